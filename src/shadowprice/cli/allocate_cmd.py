@@ -1,0 +1,1 @@
+"""``shadowprice allocate`` (placeholder until the allocation core lands)."""

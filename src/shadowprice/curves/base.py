@@ -1,0 +1,147 @@
+"""The interface every utility curve implements.
+
+A curve object holds the parameters of N queries at once and answers, for arrays of budgets,
+how much each query gains. Budgets are in tokens (floats during solving, integers in results).
+Values are in the curve's own utility units: a probability of a correct answer for the
+success-probability families, the paper's latent utility for :class:`ShiftedSurge`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+FloatArray = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What each query buys at one token price.
+
+    Attributes
+    ----------
+    budgets : ndarray of shape (N,)
+        Tokens each query demands (continuous); 0 for abandoned queries.
+    funded : ndarray of bool, shape (N,)
+        False where the query's best surplus is not positive (rational abandonment).
+    """
+
+    budgets: FloatArray
+    funded: NDArray[np.bool_]
+
+
+class UtilityCurve(ABC):
+    """N queries' utility as a function of their token budget.
+
+    Subclasses store per-query parameters as arrays of shape (N,) and implement
+    :meth:`value`. ``value`` and :meth:`marginal` accept budgets of shape (N,) (one budget
+    per query) or (N, K) (K budgets per query); scalars broadcast.
+    """
+
+    #: True when :meth:`demand` has a closed form (the market solver then needs no grid).
+    has_closed_form_demand: bool = False
+
+    @property
+    @abstractmethod
+    def n(self) -> int:
+        """Number of queries."""
+
+    def __len__(self) -> int:
+        return self.n
+
+    @abstractmethod
+    def value(self, budgets: ArrayLike) -> FloatArray:
+        """Utility of each query at ``budgets`` tokens; shape of ``budgets`` broadcast to (N,...)."""
+
+    def marginal(self, budgets: ArrayLike) -> FloatArray:
+        """dU/db at ``budgets`` (utility per token). Default: central difference of one token."""
+        b = np.asarray(budgets, dtype=float)
+        lo = np.maximum(b - 0.5, 0.0)
+        return (self.value(b + 0.5) - self.value(lo)) / (b + 0.5 - lo)
+
+    @abstractmethod
+    def threshold(self) -> FloatArray:
+        """Budget below which each query gains (almost) nothing, shape (N,). Used by baselines."""
+
+    @abstractmethod
+    def ceiling(self) -> FloatArray:
+        """Largest utility each query can reach, shape (N,)."""
+
+    def saturation(self, level: float = 0.9, cap: float = 1e7) -> FloatArray:
+        """Smallest budget reaching ``level`` of :meth:`ceiling`, shape (N,).
+
+        Generic vectorised bisection over budgets; families with a closed form override it.
+        Queries whose curve never reaches the level within ``cap`` tokens get ``cap``.
+        """
+        if not 0.0 < level <= 1.0:
+            raise ValueError(f"level must be in (0, 1], got {level!r}")
+        target = level * self.ceiling()
+        lo = np.zeros(self.n)
+        hi = np.full(self.n, float(cap))
+        reached = self.value(hi) >= target - 1e-12
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            ok = self.value(mid) >= target - 1e-12
+            hi = np.where(ok, mid, hi)
+            lo = np.where(ok, lo, mid)
+        return np.where(reached, hi, cap)
+
+    def peak(self) -> FloatArray:
+        """Budget beyond which more tokens never help, shape (N,); ``inf`` for curves that
+        keep rising (saturating families)."""
+        return np.full(self.n, np.inf)
+
+    def demand(self, price: float) -> Demand:
+        """Closed-form demand at ``price`` (utility per token). Only where
+        :attr:`has_closed_form_demand` is True."""
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form demand")
+
+    @abstractmethod
+    def __getitem__(self, index: ArrayLike | slice) -> UtilityCurve:
+        """The curves of a subset of queries (boolean mask, integer indices or slice)."""
+
+
+def as_param(name: str, value: ArrayLike, n: int | None = None, *, positive: bool = False,
+             nonnegative: bool = False, unit: bool = False) -> FloatArray:
+    """Validate one curve parameter at the boundary and return it as a float array.
+
+    Raises ``ValueError`` naming the parameter and the offending entry when it is not finite,
+    has the wrong length, or violates its sign constraint.
+    """
+    arr = np.atleast_1d(np.asarray(value, dtype=float))
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a scalar or a 1-D array, got shape {arr.shape}")
+    if n is not None and arr.size not in (1, n):
+        raise ValueError(f"{name} has {arr.size} entries but there are {n} queries; "
+                         f"pass one value per query or a scalar")
+    bad = ~np.isfinite(arr)
+    if positive:
+        bad |= arr <= 0
+    if nonnegative:
+        bad |= arr < 0
+    if unit:
+        bad |= (arr < 0) | (arr > 1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        need = ("positive and finite" if positive else "non-negative and finite" if nonnegative
+                else "in [0, 1]" if unit else "finite")
+        raise ValueError(f"{name}[{i}] = {arr[i]!r}: must be {need}")
+    return arr
+
+
+def broadcast_params(*params: FloatArray) -> int:
+    """Number of queries implied by parameter arrays of size 1 or N."""
+    sizes = {p.size for p in params if p.size != 1}
+    if len(sizes) > 1:
+        raise ValueError(f"per-query parameters disagree on the number of queries: {sorted(sizes)}")
+    return sizes.pop() if sizes else 1
+
+
+def column(param: FloatArray, budgets: FloatArray) -> FloatArray:
+    """Reshape a per-query parameter so it broadcasts against budgets of shape (N,) or (N, K)."""
+    if budgets.ndim >= 2 and param.size > 1:
+        return param.reshape((-1,) + (1,) * (budgets.ndim - 1))
+    return param
