@@ -1,0 +1,17 @@
+"""Trace sets: per-query samples of (tokens, correct), their file formats, bundled data."""
+
+from .bundled import list_bundled, load_problems, load_traces
+from .io import FORMATS, read_traces, write_traces
+from .schema import TraceSet, TraceValidationError, validate_record
+
+__all__ = [
+    "FORMATS",
+    "TraceSet",
+    "TraceValidationError",
+    "list_bundled",
+    "load_problems",
+    "load_traces",
+    "read_traces",
+    "validate_record",
+    "write_traces",
+]

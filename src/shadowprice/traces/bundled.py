@@ -1,0 +1,103 @@
+"""Real data shipped inside the package (built by ``tools/build_data.py``).
+
+See ``shadowprice/data/README.md`` for sources, licenses and derivations. Files are found
+with :mod:`importlib.resources`, so this works from a wheel or a source checkout alike.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from functools import lru_cache
+from importlib.resources import files
+from importlib.resources.abc import Traversable
+from typing import Any
+
+import pandas as pd
+
+from .schema import TraceSet, TraceValidationError, _check_unique, validate_record
+
+__all__ = ["PROBLEM_COLUMNS", "list_bundled", "load_problems", "load_traces"]
+
+PROBLEM_COLUMNS = ("id", "question", "answer", "solution_tokens", "level", "subject", "source")
+
+
+def _data_dir() -> Traversable:
+    return files("shadowprice") / "data"
+
+
+@lru_cache(maxsize=1)
+def _manifest() -> dict[str, Any]:
+    with (_data_dir() / "manifest.json").open("r", encoding="utf-8") as fh:
+        return json.load(fh)  # type: ignore[no-any-return]
+
+
+def _canon(name: str) -> str:
+    # Accept "gsm8k_train" for "gsm8k-train" and any case.
+    return name.strip().lower().replace("_", "-")
+
+
+def _lookup(kind: str, name: str) -> dict[str, Any]:
+    table: dict[str, Any] = _manifest()[kind]
+    key = _canon(name)
+    if key == "minerva-math":
+        key = "minerva"
+    if key not in table:
+        raise KeyError(f"no bundled {kind[:-1]} set {name!r}; available: {sorted(table)}")
+    return table[key]  # type: ignore[no-any-return]
+
+
+def _read_lines(rel: str) -> list[tuple[int, Any]]:
+    with (_data_dir() / rel).open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as fh:
+        return [(ln, json.loads(t)) for ln, t in enumerate(fh, start=1) if t.strip()]
+
+
+def list_bundled() -> dict[str, str]:
+    """Bundled set name -> one-line description (trace sets first, then problem sets)."""
+    m = _manifest()
+    out = {name: "trace set: " + info["description"] for name, info in m["traces"].items()}
+    out.update(
+        {name: "problem set: " + info["description"] for name, info in m["problems"].items()}
+    )
+    return out
+
+
+def load_traces(name: str) -> TraceSet:
+    """Load a bundled trace set, e.g. ``"qwen25-math-math100"`` (100 queries x 8 samples).
+
+    ``tokens`` are response lengths in DeepSeek-BPE tokens (a proxy for the generating
+    model's tokenizer); per-sample extras ``pred`` and ``pred_score`` and per-query
+    ``meta`` (``level``, ``source``, ``solution_tokens``) are kept.
+    """
+    info = _lookup("traces", name)
+    rel = info["file"]
+    path = f"shadowprice/data/{rel}"
+    rows = _read_lines(rel)
+    records = [validate_record(obj, line=ln, path=path) for ln, obj in rows]
+    if not records:
+        raise TraceValidationError("bundled file holds no records", path=path)
+    _check_unique(records, [ln for ln, _ in rows], path)
+    return TraceSet._trusted(records)
+
+
+def load_problems(name: str) -> pd.DataFrame:
+    """Load a bundled problem set as a DataFrame with one row per problem.
+
+    Names: ``math500``, ``gsm8k``, ``gsm8k-train``, ``aime24``, ``amc23``, ``minerva``,
+    ``olympiadbench``.
+
+    Columns (:data:`PROBLEM_COLUMNS`): ``id`` (string, unique), ``question`` (string),
+    ``answer`` (string, gold), ``solution_tokens`` (Int64, DeepSeek-BPE tokens of the
+    reference solution; <NA> where none), ``level`` (Int64, MATH difficulty 1-5; <NA>
+    elsewhere), ``subject`` (string; <NA> where none), ``source`` (string, benchmark).
+    Text columns use pandas' nullable ``string`` dtype.
+    """
+    info = _lookup("problems", name)
+    rows = [obj for _, obj in _read_lines(info["file"])]
+    df = pd.DataFrame.from_records(rows, columns=list(PROBLEM_COLUMNS))
+    # Fixed nullable dtypes, so a column's dtype does not depend on whether it has values.
+    for col in ("solution_tokens", "level"):
+        df[col] = df[col].astype("Int64")
+    for col in ("id", "question", "answer", "subject", "source"):
+        df[col] = df[col].astype("string")
+    return df
