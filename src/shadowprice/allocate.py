@@ -1,0 +1,113 @@
+"""One entry point for every allocation policy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from .curves.base import UtilityCurve
+from .solve import baselines
+from .solve.constraints import make_constraints
+from .solve.envelope import clear_menu
+from .solve.market import clear
+from .solve.menus import DEFAULT_LEVELS, Menu, best_of_k_menu, menu_from_curve
+from .solve.oracle import solve_oracle
+from .solve.result import Allocation
+
+#: Policy names accepted by :func:`allocate`, with a one-line description each.
+POLICIES: dict[str, str] = {
+    "clear": "CLEAR market price; closed-form demand where the curve has one, else the envelope",
+    "market": "one market price over each query's concave envelope on a budget grid (any curve)",
+    "oracle": "exact optimum on the budget grid (multiple-choice knapsack DP); small N only",
+    "uniform": "the same max_tokens for every query (B / N)",
+    "proportional": "budgets proportional to predicted thresholds",
+    "greedy": "myopic greedy on marginal utility per token",
+    "length": "each query its predicted needed length, scaled to fit (TALE-EP idea)",
+}
+
+
+def allocate(
+    curves: UtilityCurve,
+    budget: int,
+    policy: str = "clear",
+    *,
+    min_tokens: ArrayLike | None = None,
+    max_tokens: ArrayLike | None = None,
+    granularity: int = 1,
+    floor: ArrayLike | None = None,
+    grid: ArrayLike | None = None,
+    levels: int = DEFAULT_LEVELS,
+    samples: Sequence[int] | None = None,
+) -> Allocation:
+    """Split ``budget`` tokens across the N queries described by ``curves``.
+
+    Parameters
+    ----------
+    curves : UtilityCurve
+        Utility of each of N queries as a function of its budget (e.g. :class:`ShiftedSurge`).
+    budget : int
+        Total tokens B > 0 shared by all queries.
+    policy : str
+        One of :data:`POLICIES`.
+    min_tokens, max_tokens : int or array (N,), optional
+        Limits of a funded query's budget; abandoned queries get 0.
+    granularity : int
+        Budgets are multiples of this many tokens.
+    floor : int or array (N,), optional
+        Guaranteed tokens; queries with a positive floor are never abandoned.
+    grid : array (K,), optional
+        Budget grid (tokens, ascending, starting at 0) for the grid policies ('market',
+        'oracle', 'greedy'); default: up to ``levels`` multiples of the granularity.
+    levels : int
+        Grid size when ``grid`` is not given (default 64).
+    samples : sequence of int, optional
+        For 'market' and 'oracle': also let the price choose k parallel samples per query
+        (k in ``samples``), valued as pass@k with a verifier. ``curves`` must then give
+        probabilities. The result's ``samples`` holds each query's k.
+
+    Returns
+    -------
+    Allocation
+        Integer budgets with sum <= B, the clearing price, funded mask, expected utility,
+        status and message.
+    """
+    if not isinstance(curves, UtilityCurve):
+        raise TypeError(f"curves must be a UtilityCurve (e.g. ShiftedSurge), got "
+                        f"{type(curves).__name__}")
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    cons = make_constraints(curves.n, budget, min_tokens=min_tokens, max_tokens=max_tokens,
+                            granularity=granularity, floor=floor)
+    g = None if grid is None else _check_grid(grid, cons.granularity)
+    if samples is not None and policy not in ("market", "oracle"):
+        raise ValueError("samples= applies to the 'market' and 'oracle' policies only")
+
+    def menu() -> Menu:
+        if samples is not None:
+            return best_of_k_menu(curves, cons, samples, grid=g,
+                                  levels=min(levels, 16) if grid is None else levels)
+        return menu_from_curve(curves, cons, grid=g, levels=levels)
+
+    if policy == "clear":
+        if curves.has_closed_form_demand:
+            return clear(curves, cons, policy="clear")
+        return clear_menu(menu(), cons, policy="clear")
+    if policy == "market":
+        return clear_menu(menu(), cons, policy="market")
+    if policy == "oracle":
+        return solve_oracle(menu(), cons)
+    if policy == "greedy":
+        return baselines.greedy(curves, menu(), cons)
+    return {"uniform": baselines.uniform, "proportional": baselines.proportional,
+            "length": baselines.length}[policy](curves, cons)
+
+
+def _check_grid(grid: ArrayLike, g: int) -> np.ndarray:
+    arr = np.asarray(grid)
+    if arr.ndim != 1 or arr.size < 2 or arr[0] != 0 or np.any(np.diff(arr) <= 0):
+        raise ValueError("grid must be 1-D, strictly ascending, start at 0 and have >= 2 levels")
+    if np.any(arr % g):
+        raise ValueError(f"grid budgets must be multiples of granularity {g}")
+    return arr.astype(np.int64)

@@ -1,0 +1,121 @@
+"""Per-query limits every policy respects, validated once at the boundary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+IntArray = NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Integer limits on each query's budget, all multiples of ``granularity``.
+
+    A query is either abandoned (budget 0) or funded with ``lo[i] <= budget <= hi[i]``.
+    Protected queries (a positive ``floor``) are never abandoned.
+
+    Attributes
+    ----------
+    budget : int
+        Total tokens B.
+    granularity : int
+        Every budget is a multiple of this many tokens.
+    lo : ndarray of int64, shape (N,)
+        Smallest budget of a funded query: max(min_tokens, floor, granularity), rounded up.
+    hi : ndarray of int64, shape (N,)
+        Largest budget: min(max_tokens, B), rounded down.
+    protected : ndarray of bool, shape (N,)
+        Queries that must be funded (floor > 0).
+    """
+
+    budget: int
+    granularity: int
+    lo: IntArray
+    hi: IntArray
+    protected: NDArray[np.bool_]
+
+    @property
+    def n(self) -> int:
+        return int(self.lo.size)
+
+    @property
+    def uniform_limits(self) -> bool:
+        """True when lo and hi are the same for every query and nobody is protected."""
+        return (self.n == 0 or (bool((self.lo == self.lo[0]).all()) and bool((self.hi == self.hi[0]).all()))) \
+            and not self.protected.any()
+
+    @property
+    def committed(self) -> int:
+        """Tokens the protected queries need at the least."""
+        return int(self.lo[self.protected].sum())
+
+    def round_down(self, budgets: ArrayLike) -> IntArray:
+        """Snap continuous budgets onto the allowed set: 0 or a multiple of g in [lo, hi];
+        below lo becomes 0 (or lo for protected queries)."""
+        g = self.granularity
+        b = np.floor(np.nan_to_num(np.asarray(budgets, float), posinf=np.inf) / g + 1e-9)
+        b = np.minimum(b, self.hi // g).astype(np.int64) * g
+        below = b < self.lo
+        return np.where(below, np.where(self.protected, self.lo, 0), b)
+
+    def subset(self, index: ArrayLike | slice) -> Constraints:
+        return Constraints(self.budget, self.granularity, self.lo[index], self.hi[index],
+                           self.protected[index])
+
+
+def _per_query(name: str, value: ArrayLike | None, n: int, default: float) -> NDArray[np.float64]:
+    if value is None:
+        return np.full(n, default)
+    arr = np.asarray(value, dtype=float)
+    if arr.ndim > 1 or (arr.ndim == 1 and arr.size != n):
+        raise ValueError(f"{name} must be a scalar or have one entry per query ({n}), "
+                         f"got shape {arr.shape}")
+    arr = np.broadcast_to(arr, (n,))
+    bad = np.isnan(arr) | (arr < 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{name}[{i}] = {arr[i]!r}: must be a non-negative number of tokens")
+    return arr.astype(float)
+
+
+def make_constraints(n: int, budget: int | float, *, min_tokens: ArrayLike | None = None,
+                     max_tokens: ArrayLike | None = None, granularity: int = 1,
+                     floor: ArrayLike | None = None) -> Constraints:
+    """Validate the user's limits for ``n`` queries and return :class:`Constraints`.
+
+    Parameters
+    ----------
+    budget : int
+        Total tokens B > 0 (a float is accepted if it is a whole number).
+    min_tokens : int or array (N,), optional
+        Smallest useful budget of a funded query (shorter caps are worthless, e.g. the length
+        of the answer format). Abandoned queries still get 0.
+    max_tokens : int or array (N,), optional
+        Cap per query (e.g. the model's context limit). Default: B.
+    granularity : int, default 1
+        Budgets are multiples of this (e.g. 64 for KV-cache pages).
+    floor : int or array (N,), optional
+        Tokens guaranteed to each query whatever the price; a positive floor means the query
+        must not be abandoned (priority traffic).
+    """
+    if isinstance(budget, bool) or not np.isfinite(budget) or float(budget) != int(budget) \
+            or budget <= 0:
+        raise ValueError(f"budget = {budget!r}: must be a positive whole number of tokens")
+    if isinstance(granularity, bool) or int(granularity) != granularity or granularity < 1:
+        raise ValueError(f"granularity = {granularity!r}: must be a positive integer")
+    B, g = int(budget), int(granularity)
+    mins = _per_query("min_tokens", min_tokens, n, 0.0)
+    maxs = _per_query("max_tokens", max_tokens, n, float(B))
+    floors = _per_query("floor", floor, n, 0.0)
+    lo = (np.ceil(np.maximum(np.maximum(mins, floors), g) / g) * g).astype(np.int64)
+    hi = (np.floor(np.minimum(maxs, B) / g) * g).astype(np.int64)
+    protected = floors > 0
+    bad = protected & (lo > hi)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"query {i}: floor/min_tokens {lo[i]} exceeds max_tokens {hi[i]} "
+                         f"(after rounding to granularity {g}); raise max_tokens or lower the floor")
+    return Constraints(B, g, lo, hi, protected)

@@ -1,0 +1,287 @@
+"""CLEAR: market clearing on the shadow price with closed-form per-query demand.
+
+At a price lambda each query buys the budget that maximises its surplus U(b) - lambda b over
+{0} and [lo, hi] (0 only if it is not protected). Aggregate demand D(lambda) is non-increasing,
+so the clearing price is found by bisection. Two evaluators of D:
+
+* the sorted fast path (shifted surge with shared alpha, beta and the same limits for every
+  query): the funded set is a prefix of the queries sorted by tau and D is a handful of prefix
+  sums, so each bisection step costs O(log N) after one O(N log N) sort;
+* the vectorised path (any curve with a closed-form demand, per-query limits, floors): O(N)
+  per step.
+
+Demand jumps where a query drops out, so a leftover remains at the clearing price; it is
+handed out (:func:`hand_out`) to the next query that can cross its threshold or to funded
+queries with the highest marginal gain.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..curves.base import FloatArray, UtilityCurve
+from ..curves.surge import ShiftedSurge, abandonment_threshold, surge_excess
+from .constraints import Constraints, IntArray
+from .result import STATUS_INFEASIBLE, STATUS_NOT_SCARCE, STATUS_OK, Allocation
+
+#: Bisection stops when the price bracket is this small relative to the price.
+PRICE_RTOL = 1e-12
+MAX_ITER = 200
+
+
+@dataclass(frozen=True)
+class Clearing:
+    """Continuous market outcome at the clearing price, before rounding."""
+
+    price: float
+    budgets: FloatArray  # (N,) continuous demand at ``price`` (0 for abandoned)
+    funded: NDArray[np.bool_]
+    iterations: int
+    scarce: bool
+
+
+def constrained_demand(curves: UtilityCurve, price: float, cons: Constraints) -> tuple[FloatArray, NDArray[np.bool_]]:
+    """Each query's surplus-maximising budget at ``price`` within its limits.
+
+    Candidates are the unconstrained optimum clipped to [lo, hi], the cheapest funded budget
+    lo, the cap hi, and 0 (unless protected); for the closed-form families the surplus on
+    [lo, hi] is maximised at one of the first three.
+    """
+    raw = curves.demand(price).budgets
+    lo = cons.lo.astype(float)
+    hi = cons.hi.astype(float)
+    interior = np.clip(np.where(np.isfinite(raw) & (raw > 0), raw, hi), lo, hi)
+    cands = np.stack([interior, lo, hi], axis=1)
+    surplus = curves.value(cands) - price * cands
+    k = np.argmax(surplus, axis=1)
+    rows = np.arange(curves.n)
+    best = cands[rows, k]
+    best_surplus = surplus[rows, k]
+    feasible = lo <= hi
+    funded = feasible & ((best_surplus > 0) | cons.protected)
+    return np.where(funded, best, 0.0), funded
+
+
+def _price_ceiling(curves: UtilityCurve, cons: Constraints) -> float:
+    """A price at which no unprotected query buys anything."""
+    if isinstance(curves, ShiftedSurge):
+        return float(np.max(curves.alpha))
+    # Average utility per token bounds the marginal at the optimum from above.
+    lo = np.maximum(cons.lo.astype(float), 1.0)
+    grid = np.geomspace(lo, np.maximum(cons.hi, lo), 48, axis=1)
+    return float(np.max(curves.value(grid) / grid)) * 2.0 + 1e-12
+
+
+def clear_vectorised(curves: UtilityCurve, cons: Constraints) -> Clearing:
+    """Bisection on lambda with O(N) demand evaluations (any closed-form curve)."""
+    B = cons.budget
+    b0, f0 = constrained_demand(curves, 0.0, cons)
+    if b0.sum() <= B:
+        return Clearing(0.0, b0, f0, 0, scarce=False)
+    lo_p, hi_p = 0.0, _price_ceiling(curves, cons)
+    best = constrained_demand(curves, hi_p, cons)
+    it = 0
+    while hi_p - lo_p > PRICE_RTOL * hi_p and it < MAX_ITER:
+        mid = 0.5 * (lo_p + hi_p)
+        b, f = constrained_demand(curves, mid, cons)
+        if b.sum() <= B:
+            hi_p, best = mid, (b, f)
+        else:
+            lo_p = mid
+        it += 1
+    return Clearing(hi_p, best[0], best[1], it, scarce=True)
+
+
+class _SortedSurge:
+    """O(log N) aggregate demand for shifted surges sharing alpha, beta and limits."""
+
+    def __init__(self, curves: ShiftedSurge, lo: float, hi: float) -> None:
+        self.alpha = float(curves.alpha[0])
+        self.beta = float(curves.beta[0])
+        self.lo, self.hi = lo, hi
+        self.order = np.argsort(curves.tau, kind="stable")
+        self.tau = curves.tau[self.order]
+        self.prefix = np.concatenate([[0.0], np.cumsum(self.tau)])
+
+    def _surplus(self, tau: float, lam: float, x: float) -> float:
+        b = min(max(tau + x, self.lo), self.hi)
+        u = self.alpha * max(b - tau, 0.0) * math.exp(-self.beta * max(b - tau, 0.0))
+        return u - lam * b
+
+    def n_funded(self, lam: float) -> int:
+        """Queries funded at ``lam``: surplus falls with tau, so it is a prefix."""
+        if lam >= self.alpha:
+            return 0
+        x = float(surge_excess(lam, self.alpha, self.beta))
+        # Binary search on the sorted taus using the exact clipped surplus.
+        lo_i, hi_i = 0, self.tau.size
+        while lo_i < hi_i:
+            mid = (lo_i + hi_i) // 2
+            if self._surplus(float(self.tau[mid]), lam, x) > 0:
+                lo_i = mid + 1
+            else:
+                hi_i = mid
+        return lo_i
+
+    def demand(self, lam: float) -> float:
+        k = self.n_funded(lam)
+        if k == 0:
+            return 0.0
+        x = float(surge_excess(lam, self.alpha, self.beta))
+        tau = self.tau[:k]
+        # Budgets are clip(tau + x, lo, hi): split the prefix where the clip binds.
+        a = int(np.searchsorted(tau, self.lo - x, side="left"))
+        c = int(np.searchsorted(tau, self.hi - x, side="right"))
+        c = max(c, a)
+        middle = self.prefix[c] - self.prefix[a] + (c - a) * x
+        return a * self.lo + middle + (k - c) * self.hi
+
+    def budgets(self, lam: float) -> tuple[FloatArray, NDArray[np.bool_]]:
+        k = self.n_funded(lam)
+        x = float(surge_excess(lam, self.alpha, self.beta))
+        sorted_b = np.zeros(self.tau.size)
+        sorted_b[:k] = np.clip(self.tau[:k] + x, self.lo, self.hi)
+        out = np.empty_like(sorted_b)
+        out[self.order] = sorted_b
+        funded = np.zeros(self.tau.size, dtype=bool)
+        funded[self.order[:k]] = True
+        return out, funded
+
+
+def clear_sorted(curves: ShiftedSurge, cons: Constraints) -> Clearing:
+    """Bisection on lambda where each step costs O(log N) (see module docstring)."""
+    B = cons.budget
+    s = _SortedSurge(curves, float(cons.lo[0]), float(cons.hi[0]))
+    if s.demand(0.0) <= B:
+        b, f = s.budgets(0.0)
+        return Clearing(0.0, b, f, 0, scarce=False)
+    lo_p, hi_p = 0.0, s.alpha
+    it = 0
+    while hi_p - lo_p > PRICE_RTOL * hi_p and it < MAX_ITER:
+        mid = 0.5 * (lo_p + hi_p)
+        if s.demand(mid) <= B:
+            hi_p = mid
+        else:
+            lo_p = mid
+        it += 1
+    b, f = s.budgets(hi_p)
+    return Clearing(hi_p, b, f, it, scarce=True)
+
+
+def hand_out(curves: UtilityCurve, budgets: IntArray, funded: NDArray[np.bool_], price: float,
+             cons: Constraints, demand_at_price: FloatArray | None = None,
+             max_rounds: int = 10_000) -> tuple[IntArray, NDArray[np.bool_], dict[str, int]]:
+    """Give tokens left over after rounding and after the demand jump to where they pay most.
+
+    First, abandoned queries closest to funding enter, each with what is left if that buys more
+    utility than the same tokens would at the margin of funded queries (worth about ``price``
+    per token there). Then single granules go to funded queries in order of marginal gain,
+    never past a query's cap or its peak.
+    """
+    g = cons.granularity
+    b = budgets.copy()
+    f = funded.copy()
+    left = cons.budget - int(b.sum())
+    entered = 0
+    if left >= g and (~f).any():
+        # Unfunded queries by best surplus at the price (the next ones the market would admit).
+        cand = np.flatnonzero(~f & (cons.lo <= cons.hi))
+        if cand.size:
+            want = (demand_at_price[cand] if demand_at_price is not None
+                    else np.full(cand.size, np.inf))
+            want = np.where(np.isfinite(want) & (want > 0), want, cons.hi[cand])
+            thr = curves[cand].threshold() if cand.size else np.empty(0)
+            order = cand[np.argsort(thr, kind="stable")][:64]
+            for i in order:
+                if left < cons.lo[i]:
+                    continue
+                give = min(left, int(cons.hi[i]), int(math.floor(max(want[np.searchsorted(cand, i)],
+                                                                      cons.lo[i]) / g)) * g)
+                give = max(give, int(cons.lo[i]))
+                if give > left:
+                    continue
+                gain = float(curves[np.array([i])].value(np.array([float(give)]))[0])
+                if gain > price * give and gain > 0:
+                    b[i], f[i] = give, True
+                    left -= give
+                    entered += 1
+                if left < g:
+                    break
+    spread = 0
+    rounds = 0
+    while left >= g and rounds < max_rounds:
+        idx = np.flatnonzero(f & (b + g <= cons.hi))
+        if idx.size == 0:
+            break
+        cur = b[idx].astype(float)
+        gain = curves[idx].value(cur + g) - curves[idx].value(cur)
+        pos = gain > 1e-15
+        if not pos.any():
+            break
+        idx, gain = idx[pos], gain[pos]
+        m = min(left // g, idx.size)
+        if m < idx.size:
+            top = np.argpartition(-gain, m - 1)[:m]
+            idx = idx[top]
+        b[idx] += g
+        left -= g * idx.size
+        spread += g * idx.size
+        rounds += 1
+    return b, f, {"entered": entered, "spread": spread, "handout_rounds": rounds}
+
+
+def clear(curves: UtilityCurve, cons: Constraints, *, policy: str = "clear") -> Allocation:
+    """Allocate by market clearing with closed-form demand.
+
+    Parameters
+    ----------
+    curves : UtilityCurve with ``has_closed_form_demand``
+    cons : Constraints
+    """
+    if not curves.has_closed_form_demand:
+        raise TypeError(f"{type(curves).__name__} has no closed-form demand; "
+                        f"use policy='market' (concave envelope on a grid)")
+    if cons.committed > cons.budget:
+        return _infeasible(curves.n, cons, policy)
+    fast = isinstance(curves, ShiftedSurge) and curves.shared_shape and cons.uniform_limits
+    clearing = clear_sorted(curves, cons) if fast else clear_vectorised(curves, cons)
+    budgets = cons.round_down(clearing.budgets)
+    funded = clearing.funded & (budgets > 0)
+    budgets, funded, handout = hand_out(curves, budgets, funded, clearing.price, cons,
+                                        demand_at_price=_unconstrained_want(curves, clearing.price))
+    status = STATUS_OK if clearing.scarce else STATUS_NOT_SCARCE
+    path = "sorted prefix sums" if fast else "vectorised demand"
+    msg = (f"market cleared at price {clearing.price:.6g} after {clearing.iterations} bisection "
+           f"steps ({path}); {int((~funded).sum())} of {curves.n} queries abandoned"
+           if clearing.scarce else
+           "budget not scarce: every query got its utility-maximising budget at price 0")
+    return Allocation(
+        budgets=budgets, price=clearing.price, funded=funded,
+        utility=float(curves.value(budgets.astype(float)).sum()), budget=cons.budget,
+        policy=policy, status=status, message=msg,
+        info={"iterations": clearing.iterations, "solver": path, **handout},
+    )
+
+
+def _unconstrained_want(curves: UtilityCurve, price: float) -> FloatArray:
+    """What each query would buy at ``price`` if entry were free (its surge optimum)."""
+    if isinstance(curves, ShiftedSurge):
+        return curves.tau + surge_excess(price, curves.alpha, curves.beta)
+    return curves.saturation(0.9)
+
+
+def _infeasible(n: int, cons: Constraints, policy: str) -> Allocation:
+    return Allocation(
+        budgets=np.zeros(n, dtype=np.int64), price=math.nan, funded=np.zeros(n, dtype=bool),
+        utility=0.0, budget=cons.budget, policy=policy, status=STATUS_INFEASIBLE,
+        message=(f"infeasible: protected queries need {cons.committed} tokens at their floors "
+                 f"but the budget is {cons.budget}; raise the budget or lower the floors"),
+    )
+
+
+__all__ = ["Clearing", "clear", "clear_sorted", "clear_vectorised", "constrained_demand",
+           "hand_out", "abandonment_threshold"]

@@ -1,0 +1,156 @@
+"""Per-query menus of options (cost in tokens, value): what the grid solvers choose from.
+
+Any curve becomes a menu by evaluating it on a budget grid; an :class:`EmpiricalCurve` becomes
+an exact menu of its own jump points; a menu can also offer k parallel samples of b tokens each
+(cost k b, value 1 - (1 - P(b))^k when a verifier picks a correct sample).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..curves.base import UtilityCurve
+from ..curves.empirical import EmpiricalCurve
+from .constraints import Constraints, IntArray
+
+#: Default number of budget levels for curves without natural breakpoints.
+DEFAULT_LEVELS = 64
+
+
+@dataclass(frozen=True)
+class Menu:
+    """Options for N queries, K per query, sorted by cost within each row.
+
+    Attributes
+    ----------
+    costs : int64 array (N, K) or (K,)
+        Tokens each option consumes (budgets x samples); a (K,) grid is shared by all rows.
+    values : float array (N, K)
+        Utility of each option. Option values must be finite where ``feasible``.
+    budgets : int64 array (N, K) or (K,)
+        Per-sample ``max_tokens`` of each option.
+    samples : int64 array (N, K) or (K,)
+        Parallel samples of each option.
+    feasible : bool array (N, K)
+        Options allowed by the query's limits.
+    """
+
+    costs: IntArray
+    values: NDArray[np.floating]
+    budgets: IntArray
+    samples: IntArray
+    feasible: NDArray[np.bool_]
+
+    @property
+    def n(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def k(self) -> int:
+        return int(self.values.shape[1])
+
+    def row_costs(self, rows: NDArray[np.intp] | slice = slice(None)) -> IntArray:
+        """Costs of the given rows as (R, K) (a broadcast view for a shared grid)."""
+        if self.costs.ndim == 1:
+            r = np.arange(self.n)[rows]
+            return np.broadcast_to(self.costs, (np.size(r), self.k))
+        return self.costs[rows]
+
+    def pick(self, field: IntArray, choice: NDArray[np.intp]) -> IntArray:
+        """Gather one option per row from a (K,) or (N, K) field."""
+        if field.ndim == 1:
+            return field[choice]
+        return field[np.arange(self.n), choice]
+
+
+def budget_grid(curves: UtilityCurve, cons: Constraints, levels: int = DEFAULT_LEVELS) -> IntArray:
+    """A shared grid of at most ``levels`` budgets (multiples of g) from 0 to the useful top.
+
+    The top is the largest cap, but no further than where any curve stops gaining (its peak or
+    its 99.9% saturation point). Every multiple of g is kept when they fit in ``levels``.
+    """
+    if levels < 2:
+        raise ValueError(f"levels must be at least 2, got {levels}")
+    g = cons.granularity
+    peak = curves.peak()
+    useful = np.where(np.isfinite(peak), peak, curves.saturation(0.999, cap=float(cons.budget)))
+    top = min(int(cons.hi.max(initial=0)), int(np.ceil(np.max(useful, initial=0.0) / g)) * g)
+    top = max(top, g)
+    steps = top // g
+    if steps + 1 <= levels:
+        return np.arange(steps + 1, dtype=np.int64) * g
+    grid = np.unique(np.round(np.linspace(0, steps, levels)).astype(np.int64)) * g
+    return grid
+
+
+def _feasible(budgets: IntArray, cons: Constraints) -> NDArray[np.bool_]:
+    b = budgets if budgets.ndim == 2 else budgets[None, :]
+    ok = (b >= cons.lo[:, None]) & (b <= cons.hi[:, None])
+    return ok | ((b == 0) & ~cons.protected[:, None])
+
+
+def menu_from_curve(curves: UtilityCurve, cons: Constraints, grid: IntArray | None = None,
+                    levels: int = DEFAULT_LEVELS, dtype: type = np.float64) -> Menu:
+    """Evaluate ``curves`` on a budget grid (shared), or on its jump points if empirical."""
+    if isinstance(curves, EmpiricalCurve) and grid is None:
+        return menu_from_breakpoints(curves, cons)
+    g = budget_grid(curves, cons, levels) if grid is None else np.asarray(grid, dtype=np.int64)
+    if g.ndim != 1 or g[0] != 0 or np.any(np.diff(g) <= 0):
+        raise ValueError("grid must be 1-D, ascending and start at 0")
+    values = curves.value(np.broadcast_to(g.astype(float), (curves.n, g.size))).astype(dtype)
+    ones = np.ones_like(g)
+    return Menu(costs=g, values=values, budgets=g, samples=ones, feasible=_feasible(g, cons))
+
+
+def menu_from_breakpoints(curves: EmpiricalCurve, cons: Constraints) -> Menu:
+    """Exact menu of an empirical curve: 0 and each correct sample's length (rounded up to g,
+    raised to lo); the curve is flat between them, so nothing else is worth buying."""
+    g = cons.granularity
+    bp = curves.breakpoints()
+    fin = np.isfinite(bp)
+    b = np.where(fin, np.ceil(np.where(fin, bp, 0) / g) * g, 0).astype(np.int64)
+    b = np.maximum(b, np.where(fin, cons.lo[:, None], 0))
+    b = np.where(fin & (b <= cons.hi[:, None]), b, 0)
+    budgets = np.concatenate([np.zeros((curves.n, 1), np.int64), b], axis=1)
+    budgets.sort(axis=1)
+    values = curves.value(budgets.astype(float))
+    feas = _feasible(budgets, cons)
+    # Duplicate zeros (missing lengths) must not be chosen as distinct options.
+    dup = np.zeros_like(feas)
+    dup[:, 1:] = budgets[:, 1:] == budgets[:, :-1]
+    feas &= ~dup
+    return Menu(costs=budgets, values=values, budgets=budgets, samples=np.ones_like(budgets),
+                feasible=feas)
+
+
+def best_of_k_menu(curves: UtilityCurve, cons: Constraints, ks: Sequence[int] = (1, 2, 4, 8),
+                   grid: IntArray | None = None, levels: int = 16) -> Menu:
+    """Options of k parallel samples of b tokens each, valued as pass@k with a verifier.
+
+    ``curves`` must give probabilities (P(correct within b) in [0, 1]). Each option costs k b
+    tokens and is worth 1 - (1 - P(b))^k; the per-sample cap b must respect [lo, hi] and the
+    total k b must fit the query's cap.
+    """
+    ks_arr = np.asarray(sorted(set(int(k) for k in ks)), dtype=np.int64)
+    if ks_arr.size == 0 or ks_arr[0] < 1:
+        raise ValueError(f"ks must be positive integers, got {list(ks)}")
+    g = budget_grid(curves, cons, levels) if grid is None else np.asarray(grid, dtype=np.int64)
+    p = np.clip(curves.value(np.broadcast_to(g.astype(float), (curves.n, g.size))), 0.0, 1.0)
+    budgets = np.repeat(g[None, :], ks_arr.size, axis=0).ravel()  # (k-major) K = |ks| * |g|
+    samples = np.repeat(ks_arr, g.size)
+    costs = budgets * samples
+    values = 1.0 - (1.0 - p[:, None, :]) ** ks_arr[None, :, None]
+    values = values.reshape(curves.n, -1)
+    order = np.lexsort((samples, costs))
+    budgets, samples, costs, values = budgets[order], samples[order], costs[order], values[:, order]
+    feas = _feasible(budgets, cons) & (costs[None, :] <= cons.hi[:, None])
+    feas |= (costs[None, :] == 0) & ~cons.protected[:, None]
+    # Zero-cost options other than the first are the same as abandoning.
+    zero = costs == 0
+    zero[np.argmax(zero)] = False
+    feas &= ~zero[None, :]
+    return Menu(costs=costs, values=values, budgets=budgets, samples=samples, feasible=feas)

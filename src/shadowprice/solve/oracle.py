@@ -1,0 +1,75 @@
+"""The exact optimum on a budget grid: multiple-choice knapsack by dynamic programming.
+
+Utilities with an entry cost are not concave, so a price (Lagrangian) solution can fall short of
+the best allocation. The DP over total cost in granules is exact for the given menus and serves
+as the oracle that measures every policy's gap. Cost: O(N K G) time and O(N G) memory for G
+budget granules, so it is for instances up to a few thousand queries.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .constraints import Constraints
+from .menus import Menu
+from .result import STATUS_INFEASIBLE, STATUS_OK, Allocation
+
+#: Refuse instances whose DP table would exceed this many cells (N x (G + 1)).
+MAX_CELLS = 400_000_000
+
+
+def solve_oracle(menu: Menu, cons: Constraints, *, policy: str = "oracle") -> Allocation:
+    """Maximise total value subject to total cost <= B, one option per query, exactly."""
+    g = cons.granularity
+    n, k = menu.n, menu.k
+    costs = menu.row_costs()
+    if np.any(costs % g):
+        raise ValueError(f"menu costs must be multiples of the granularity {g}")
+    units = (costs // g).astype(np.int64)
+    G = cons.budget // g
+    if n * (G + 1) > MAX_CELLS:
+        raise ValueError(
+            f"oracle DP too large: {n} queries x {G + 1} budget granules; use a coarser "
+            f"granularity (e.g. granularity={g * max(2, int(np.ceil(n * (G + 1) / MAX_CELLS)))})"
+            f" or fewer queries")
+    neg = -np.inf
+    dp = np.full(G + 1, neg)
+    dp[0] = 0.0
+    # choice[i, c]: option of query i in the best solution of the first i+1 queries at cost c.
+    choice = np.zeros((n, G + 1), dtype=np.int16 if k < 32_000 else np.int32)
+    values = menu.values.astype(np.float64)
+    for i in range(n):
+        new = np.full(G + 1, neg)
+        arg = choice[i]
+        for j in np.flatnonzero(menu.feasible[i]):
+            c = int(units[i, j])
+            if c > G:
+                continue
+            cand = dp[: G + 1 - c] + values[i, j]
+            seg = new[c:]
+            better = cand > seg
+            seg[better] = cand[better]
+            arg[c:][better] = j
+        dp = new
+    if not np.isfinite(dp).any():
+        return Allocation(np.zeros(n, np.int64), float("nan"), np.zeros(n, bool), 0.0,
+                          cons.budget, policy, STATUS_INFEASIBLE,
+                          "infeasible: no combination of options fits the budget")
+    c = int(np.argmax(dp))
+    best = float(dp[c])
+    picked = np.zeros(n, dtype=np.intp)
+    for i in range(n - 1, -1, -1):
+        j = int(choice[i, c])
+        picked[i] = j
+        c -= int(units[i, j])
+    budgets = menu.pick(menu.budgets, picked).astype(np.int64)
+    samples = menu.pick(menu.samples, picked).astype(np.int64)
+    funded = budgets > 0
+    return Allocation(
+        budgets=budgets, price=float("nan"), funded=funded, utility=best, budget=cons.budget,
+        policy=policy, status=STATUS_OK,
+        message=(f"exact optimum over {k}-option menus by dynamic programming on {G + 1} "
+                 f"granules of {g} tokens; {int((~funded).sum())} of {n} queries abandoned"),
+        samples=samples if np.any(menu.samples != 1) else None,
+        info={"granules": G, "options": k, "choice": picked},
+    )
