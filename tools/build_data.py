@@ -89,7 +89,10 @@ def write_jsonl_gz(rows: list[dict[str, Any]], path: Path) -> None:
     for r in rows:
         buf.write(json.dumps(r, ensure_ascii=False))
         buf.write("\n")
-    with gzip.GzipFile(path, "wb", mtime=0, compresslevel=9) as fh:
+    # No file name and mtime=0 in the gzip header: identical bytes on every rebuild.
+    with open(path, "wb") as raw, gzip.GzipFile(
+        filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9
+    ) as fh:
         fh.write(buf.getvalue().encode("utf-8"))
 
 

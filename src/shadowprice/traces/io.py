@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -63,20 +62,16 @@ def _infer_format(path: str, format: str | None) -> str:
 # ---------------------------------------------------------------------------------------
 # JSONL
 # ---------------------------------------------------------------------------------------
-def _open_text(path: str, mode: str, gz: bool) -> IO[str]:
+def _open_read(path: str, gz: bool) -> IO[str]:
     if gz:
-        # mtime=0 keeps gzip output byte-identical across runs (reproducible bundles).
-        if "w" in mode:
-            raw = gzip.GzipFile(path, mode="wb", mtime=0)
-            return io.TextIOWrapper(raw, encoding="utf-8", newline="\n")
         return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, mode, encoding="utf-8", newline="\n" if "w" in mode else None)
+    return open(path, encoding="utf-8")
 
 
 def _read_jsonl(path: str, gz: bool) -> TraceSet:
     records: list[dict[str, Any]] = []
     lines: list[int | None] = []
-    with _open_text(path, "r", gz) as fh:
+    with _open_read(path, gz) as fh:
         for ln, text in enumerate(fh, start=1):
             if not text.strip():
                 continue  # tolerate blank lines (e.g. a trailing newline)
@@ -94,10 +89,16 @@ def _read_jsonl(path: str, gz: bool) -> TraceSet:
 
 
 def _write_jsonl(traces: TraceSet, path: str, gz: bool) -> None:
-    with _open_text(path, "w", gz) as fh:
-        for rec in traces.records:
-            fh.write(json.dumps(rec, ensure_ascii=False))
-            fh.write("\n")
+    data = "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in traces.records)
+    raw_bytes = data.encode("utf-8")
+    with open(path, "wb") as fh:
+        if not gz:
+            fh.write(raw_bytes)
+            return
+        # mtime=0 and no file name in the gzip header keep the output byte-identical
+        # across runs and paths (reproducible bundles and diffs).
+        with gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0) as gzf:
+            gzf.write(raw_bytes)
 
 
 # ---------------------------------------------------------------------------------------
