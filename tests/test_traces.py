@@ -247,7 +247,7 @@ def test_jsonl_file_level_errors(tmp_path: Path) -> None:
 
 
 def test_validate_record_normalises_and_keeps_unknowns() -> None:
-    rec = {"id": "a", "z": 1, "samples": [{"tokens": np.int64(4), "correct": np.bool_(True),
+    rec: dict[str, Any] = {"id": "a", "z": 1, "samples": [{"tokens": np.int64(4), "correct": np.bool_(True),
                                            "y": [1]}, {"tokens": 7.0, "correct": False}]}
     out = validate_record(rec, line=1, path="f.jsonl")
     assert out == {"id": "a", "z": 1, "samples": [{"tokens": 4, "correct": True, "y": [1]},
@@ -256,7 +256,7 @@ def test_validate_record_normalises_and_keeps_unknowns() -> None:
     assert type(out["samples"][0]["correct"]) is bool
     before = copy.deepcopy(rec)
     validate_record(rec)
-    assert rec["samples"][0]["tokens"] == before["samples"][0]["tokens"]  # input not mutated
+    assert rec == before and type(rec["samples"][0]["tokens"]) is np.int64  # input not mutated
 
 
 # --------------------------------------------------------------------------------------

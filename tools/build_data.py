@@ -186,9 +186,9 @@ def build_problems(name: str, raw: Path, counter: Counter) -> list[dict[str, Any
             sol = r.get("solution")
         elif name == "minerva":
             sol = r["solution"]
-            ans = last_boxed(sol)
-            assert ans is not None, r["idx"]
-            row.update(id=f"minerva-{r['idx']}", question=r["problem"], answer=ans,
+            boxed = last_boxed(r["solution"])
+            assert boxed is not None, r["idx"]
+            row.update(id=f"minerva-{r['idx']}", question=r["problem"], answer=boxed,
                        subject=r.get("type"))
         elif name == "olympiadbench":
             assert r.get("context") in (None, "None", ""), r["id"]
