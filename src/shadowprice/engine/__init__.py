@@ -1,0 +1,51 @@
+"""The execution path: send funded queries to an OpenAI-compatible endpoint under a budget.
+
+The engine knows HTTP and token usage, nothing of prices: it takes a plan (query id, messages,
+budget in tokens, gold answer) and returns graded, accounted results.
+
+- :mod:`.client`  async chat-completions client with retries that never double-charge
+- :mod:`.ledger`  reserve-before-send / settle-after accounting of the global budget
+- :mod:`.run`     bounded-concurrency execution, resumable JSONL results, summary
+- :mod:`.forcing` s1-style answer forcing after a length stop
+- :mod:`.grading` answer extraction and math-verify grading
+- :mod:`.collect` sampling K traces per query into the evaluation schema
+- :mod:`.local`   the bundled llama.cpp server (xllamacpp + packaged GGUF model)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .client import ChatClient, Completion, EngineError, Usage
+from .grading import Grade, Grader, MathGrader, extract_answer, get_grader
+from .ledger import BudgetExhausted, TokenLedger
+from .run import PlanItem, RunConfig, RunReport, execute, prompt_messages, run_plan
+
+
+def live_demo(*args: Any, **kwargs: Any) -> dict[str, dict[str, Any]]:
+    """Small real-engine batch, CLEAR vs uniform (see :func:`.demo.live_demo`)."""
+    from .demo import live_demo as _live_demo
+
+    return _live_demo(*args, **kwargs)
+
+
+__all__ = [
+    "BudgetExhausted",
+    "ChatClient",
+    "Completion",
+    "EngineError",
+    "Grade",
+    "Grader",
+    "MathGrader",
+    "PlanItem",
+    "RunConfig",
+    "RunReport",
+    "TokenLedger",
+    "Usage",
+    "execute",
+    "extract_answer",
+    "get_grader",
+    "live_demo",
+    "prompt_messages",
+    "run_plan",
+]
