@@ -1,0 +1,206 @@
+"""``shadowprice run``, ``collect`` and ``live-demo``: execute budgets on a real endpoint."""
+# ruff: noqa: B008  (typer declares options as call defaults)
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from . import app
+from ._errors import fail
+
+
+def load_queries(path: Path, *, need_tau: bool) -> list[dict[str, Any]]:
+    """Read QUERIES (JSONL or CSV: ``id``, ``question``, optional ``answer`` and ``tau``)."""
+    if not path.exists():
+        fail(f"{path}: no such file")
+    rows: list[tuple[int, dict[str, Any]]] = []
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = [(i + 2, dict(r)) for i, r in enumerate(csv.DictReader(f))]
+    else:
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                fail(f"{path}:{i}: not valid JSON ({exc.msg})")
+            if not isinstance(obj, dict):
+                fail(f"{path}:{i}: expected a JSON object")
+            rows.append((i, obj))
+    if not rows:
+        fail(f"{path}: no queries")
+    seen: set[str] = set()
+    out = []
+    for line, r in rows:
+        for key in ("id", "question"):
+            if r.get(key) in (None, ""):
+                fail(f"{path}:{line}: missing field '{key}'")
+        qid = str(r["id"])
+        if qid in seen:
+            fail(f"{path}:{line}: duplicate id '{qid}'")
+        seen.add(qid)
+        if need_tau:
+            try:
+                tau = float(r["tau"])
+            except (KeyError, TypeError, ValueError):
+                fail(f"{path}:{line}: field 'tau' missing or not a number (or pass --predictor)")
+            if not tau >= 0:
+                fail(f"{path}:{line}: field 'tau' must be >= 0, got {r['tau']}")
+            r["tau"] = tau
+        answer = r.get("answer")
+        r["answer"] = None if answer in (None, "") else str(answer)
+        out.append(r)
+    return out
+
+
+@app.command("run")
+def run_command(
+    queries: Path = typer.Argument(..., help="JSONL/CSV with id, question, answer?, tau?"),
+    endpoint: str = typer.Option(..., "--endpoint", help="OpenAI-compatible base URL"),
+    model: str = typer.Option(..., "--model", help="model name sent to the endpoint"),
+    budget: int = typer.Option(..., "--budget", help="total completion-token budget"),
+    policy: str = typer.Option("clear", "--policy", help="allocation policy (clear, uniform...)"),
+    predictor: Path | None = typer.Option(None, "--predictor", help="predictor model for tau"),
+    concurrency: int = typer.Option(8, "--concurrency", min=1),
+    force_answer: bool = typer.Option(False, "--force-answer", help="force an answer on length"),
+    force_tokens: int = typer.Option(24, "--force-tokens", min=1),
+    fallback_tokens: int = typer.Option(
+        0, "--fallback-tokens", min=0, help="direct-answer allowance for abandoned queries"
+    ),
+    alpha: float = typer.Option(1.5, "--alpha"),
+    beta: float = typer.Option(0.005, "--beta"),
+    temperature: float = typer.Option(0.0, "--temperature"),
+    grader: str = typer.Option("math", "--grader", help="math, exact or module:attribute"),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY"),
+    timeout: float = typer.Option(600.0, "--timeout", help="seconds per request"),
+    output: Path = typer.Option(Path("results.jsonl"), "-o", "--output"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Allocate BUDGET over QUERIES and execute them; re-running resumes."""
+    import numpy as np
+
+    from shadowprice.engine.planning import build_items, plan_budgets
+    from shadowprice.engine.run import RunConfig, run_plan
+
+    if budget < 0:
+        fail("--budget must be >= 0")
+    rows = load_queries(queries, need_tau=predictor is None)
+    questions = [str(r["question"]) for r in rows]
+    if predictor is not None:
+        try:
+            from shadowprice.predict import load_predictor
+        except ImportError:
+            fail("--predictor needs shadowprice.predict.load_predictor, which is not installed")
+        curves = load_predictor(str(predictor)).predict_curves(questions)
+    else:
+        from shadowprice import ShiftedSurge
+
+        curves = ShiftedSurge(np.array([r["tau"] for r in rows]), alpha=alpha, beta=beta)
+    force = force_tokens if force_answer else 0
+    try:
+        planned = plan_budgets(
+            curves, budget, policy, force_tokens=force, fallback_tokens=fallback_tokens
+        )
+    except ValueError as exc:
+        fail(str(exc))
+    items = build_items(
+        [str(r["id"]) for r in rows],
+        questions,
+        planned.budgets.tolist(),
+        [r["answer"] for r in rows],
+    )
+    report = run_plan(
+        items,
+        endpoint=endpoint,
+        model=model,
+        total_budget=budget,
+        out=output,
+        config=RunConfig(
+            concurrency=concurrency,
+            force_tokens=force,
+            fallback_tokens=fallback_tokens,
+            params={"temperature": temperature},
+            progress=progress,
+        ),
+        grader=grader,
+        api_key=api_key,
+        timeout=timeout,
+    )
+    s = report.summary
+    acc = "n/a" if s["accuracy"] is None else f"{s['accuracy']:.1%}"
+    typer.echo(
+        f"{policy}: accuracy {acc} ({s['correct']}/{s['graded']}), tokens {s['tokens_used']}"
+        f"/{s['budget']}, abandoned {s['abandoned']}, forced {s['forced']}, errors "
+        f"{s['errors']}, resumed {s['resumed']} -> {output}"
+    )
+
+
+@app.command("collect")
+def collect_command(
+    queries: Path = typer.Argument(..., help="JSONL/CSV with id, question, answer?"),
+    endpoint: str = typer.Option(..., "--endpoint"),
+    model: str = typer.Option(..., "--model"),
+    samples: int = typer.Option(4, "--samples", min=1, help="samples per query (K)"),
+    max_tokens: int = typer.Option(512, "--max-tokens", min=1, help="allowance per sample (M)"),
+    temperature: float = typer.Option(0.7, "--temperature"),
+    concurrency: int = typer.Option(8, "--concurrency", min=1),
+    grader: str = typer.Option("math", "--grader"),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY"),
+    timeout: float = typer.Option(600.0, "--timeout"),
+    output: Path = typer.Option(Path("traces.jsonl"), "-o", "--output"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Sample each query K times at M tokens into a trace set (fit/evaluate read it)."""
+    from shadowprice.engine.collect import CollectConfig, CollectQuery, collect_traces
+    from shadowprice.engine.run import prompt_messages
+
+    rows = load_queries(queries, need_tau=False)
+    qs = [
+        CollectQuery(
+            str(r["id"]), prompt_messages(str(r["question"])), str(r["question"]), r["answer"]
+        )
+        for r in rows
+    ]
+    stats = collect_traces(
+        qs,
+        endpoint=endpoint,
+        model=model,
+        out=output,
+        config=CollectConfig(
+            samples, max_tokens, concurrency, {"temperature": temperature}, progress
+        ),
+        grader=grader,
+        api_key=api_key,
+        timeout=timeout,
+    )
+    typer.echo(
+        f"collected {stats['collected']} queries ({stats['skipped']} already there), "
+        f"{stats['completion_tokens']} tokens, {stats['failed_samples']} failed samples "
+        f"-> {output}"
+    )
+
+
+@app.command("live-demo")
+def live_demo_command(
+    url: str | None = typer.Option(
+        None, "--url", help="endpoint (default: $SHADOWPRICE_LLAMA_URL, else start the bundled one)"
+    ),
+    model: str | None = typer.Option(None, "--model"),
+    n: int = typer.Option(6, "-n", min=1, max=8, help="GSM8K problems"),
+    budget_per_query: int = typer.Option(100, "--budget-per-query", min=1),
+) -> None:
+    """Run a few GSM8K problems on a real engine: uniform vs CLEAR under one small budget."""
+    from shadowprice.engine import live_demo
+
+    url = url or os.environ.get("SHADOWPRICE_LLAMA_URL") or None
+    try:
+        live_demo(url, model=model, n=n, budget_per_query=budget_per_query)
+    except RuntimeError as exc:
+        fail(str(exc))
