@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from ..curves.base import FloatArray, UtilityCurve
 from .constraints import Constraints, IntArray
 from .menus import Menu
@@ -88,43 +89,38 @@ def length(curves: UtilityCurve, cons: Constraints, level: float = 0.9) -> Alloc
 
 
 def greedy(curves: UtilityCurve, menu: Menu, cons: Constraints) -> Allocation:
-    """Myopic marginal-utility greedy on the grid: repeatedly give the next budget step to the
-    query whose next step has the highest utility per token; ties are spread round-robin.
+    """Myopic marginal-utility greedy: repeatedly give the next step up its menu to the query
+    whose next step buys the most utility per token; ties are spread round-robin.
 
     Vectorised: a query advances while its next step beats the cut-off, so its level at a
     cut-off t is the length of the prefix of steps whose running-minimum ratio is >= t.
-    Sorting all steps by that running minimum reproduces the greedy order.
+    Sorting all steps by that running minimum (then by level) reproduces the greedy order.
     """
     if cons.committed > cons.budget:
         return _infeasible(curves.n, cons, "greedy")
-    if menu.costs.ndim != 1 or np.any(menu.samples != 1):
-        raise ValueError("greedy needs a shared budget grid")
-    grid = menu.costs
     n, k = menu.n, menu.k
-    vals = np.where(menu.feasible, menu.values, np.nan)
-    # Start every query at its cheapest feasible option (0, or its floor if protected).
-    start = np.argmax(menu.feasible, axis=1)
-    step_cost = np.diff(grid).astype(float)
-    step_gain = np.diff(np.nan_to_num(vals, nan=-np.inf), axis=1)
-    ratio = np.where(np.isfinite(step_gain), step_gain, -np.inf) / step_cost
-    ratio[np.arange(k - 1)[None, :] < start[:, None]] = np.inf  # already taken
-    # Infeasible steps end the query's ladder.
-    ladder = np.minimum.accumulate(np.where(menu.feasible[:, 1:], ratio, -np.inf), axis=1)
+    feas = menu.feasible
+    # Compact each row's feasible options to the front, keeping cost order: the ladder.
+    order = np.argsort(~feas, axis=1, kind="stable")
+    rows2 = np.arange(n)[:, None]
+    vals = menu.values[rows2, order]
+    costs = menu.row_costs()[rows2, order].astype(float)
+    costs = np.where(np.isfinite(vals), costs, np.inf)
+    with np.errstate(invalid="ignore"):
+        ratio = np.diff(vals, axis=1) / np.diff(costs, axis=1)
+    ratio = np.where(np.isfinite(vals[:, 1:]), np.nan_to_num(ratio, nan=-np.inf), -np.inf)
+    ladder = np.minimum.accumulate(ratio, axis=1)
+    step_cost = np.diff(costs, axis=1)
+    key = ladder.ravel()
     rows = np.repeat(np.arange(n), k - 1)
     level = np.tile(np.arange(k - 1), n)
-    key = ladder.ravel()
-    taken_free = np.isinf(key) & (key > 0)
-    order = np.lexsort((rows, level, -key))
-    order = order[np.isfinite(key[order]) | taken_free[order]]
-    costs = np.tile(step_cost, n)[order]
-    base = int(grid[start].sum())
-    left = cons.budget - base
-    spent = np.cumsum(np.where(taken_free[order], 0.0, costs))
-    take = order[spent <= left]
-    steps = np.zeros(n, dtype=np.int64)
-    np.add.at(steps, rows[take], 1)
-    idx = np.maximum(start, steps)
-    budgets = grid[idx].astype(np.int64)
+    keep = np.isfinite(key)
+    sequence = np.lexsort((rows[keep], level[keep], -key[keep]))
+    taken_rows = rows[keep][sequence]
+    spent = np.cumsum(step_cost.ravel()[keep][sequence])
+    left = cons.budget - float(costs[:, 0].sum())
+    steps = np.bincount(taken_rows[spent <= left], minlength=n)
+    pick = order[np.arange(n), steps]
+    budgets = menu.pick(menu.budgets, pick).astype(np.int64)
     return _result(curves, budgets, cons, "greedy",
                    "greedy on marginal utility per token (ties spread evenly)")
-

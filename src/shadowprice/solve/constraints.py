@@ -56,10 +56,16 @@ class Constraints:
         """Snap continuous budgets onto the allowed set: 0 or a multiple of g in [lo, hi];
         below lo becomes 0 (or lo for protected queries)."""
         g = self.granularity
-        b = np.floor(np.nan_to_num(np.asarray(budgets, float), posinf=np.inf) / g + 1e-9)
-        b = np.minimum(b, self.hi // g).astype(np.int64) * g
-        below = b < self.lo
-        return np.where(below, np.where(self.protected, self.lo, 0), b)
+        # The small epsilon keeps 127.9999999 (float noise) from dropping a whole granule;
+        # truncation is floor for the non-negative budgets here.
+        b = np.asarray(budgets, dtype=float) + 1e-9
+        if g != 1:
+            b = (b / g).astype(np.int64) * g
+        out = np.minimum(b, self.hi).astype(np.int64, copy=False)
+        below = out < self.lo
+        if below.any():
+            out[below] = np.where(self.protected[below], self.lo[below], 0)
+        return out
 
     def subset(self, index: ArrayLike | slice) -> Constraints:
         return Constraints(self.budget, self.granularity, self.lo[index], self.hi[index],
@@ -73,15 +79,16 @@ def _per_query(name: str, value: ArrayLike | None, n: int, default: float) -> ND
     if arr.ndim > 1 or (arr.ndim == 1 and arr.size != n):
         raise ValueError(f"{name} must be a scalar or have one entry per query ({n}), "
                          f"got shape {arr.shape}")
-    arr = np.broadcast_to(arr, (n,))
     bad = np.isnan(arr) | (arr < 0)
     if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{name}[{i}] = {arr[i]!r}: must be a non-negative number of tokens")
-    return arr.astype(float)
+        i = int(np.flatnonzero(np.atleast_1d(bad))[0])
+        v = np.atleast_1d(arr)[i]
+        where = f"{name}[{i}]" if arr.ndim else name
+        raise ValueError(f"{where} = {v!r}: must be a non-negative number of tokens")
+    return np.full(n, float(arr)) if arr.ndim == 0 else arr
 
 
-def make_constraints(n: int, budget: int | float, *, min_tokens: ArrayLike | None = None,
+def make_constraints(n: int, budget: float, *, min_tokens: ArrayLike | None = None,
                      max_tokens: ArrayLike | None = None, granularity: int = 1,
                      floor: ArrayLike | None = None) -> Constraints:
     """Validate the user's limits for ``n`` queries and return :class:`Constraints`.
@@ -107,6 +114,18 @@ def make_constraints(n: int, budget: int | float, *, min_tokens: ArrayLike | Non
     if isinstance(granularity, bool) or int(granularity) != granularity or granularity < 1:
         raise ValueError(f"granularity = {granularity!r}: must be a positive integer")
     B, g = int(budget), int(granularity)
+    if all(v is None or np.ndim(v) == 0 for v in (min_tokens, max_tokens, floor)):
+        # Scalar limits (the common case): validate once, allocate three arrays.
+        lo_s, hi_s, fl = (float(_per_query(name, v, 1, d)[0]) for name, v, d in
+                          (("min_tokens", min_tokens, 0.0), ("max_tokens", max_tokens, float(B)),
+                           ("floor", floor, 0.0)))
+        lo1 = int(np.ceil(max(lo_s, fl, g) / g)) * g
+        hi1 = int(np.floor(min(hi_s, B) / g)) * g
+        if fl > 0 and lo1 > hi1:
+            raise ValueError(f"floor/min_tokens {lo1} exceeds max_tokens {hi1} (after rounding "
+                             f"to granularity {g}); raise max_tokens or lower the floor")
+        return Constraints(B, g, np.full(n, lo1, np.int64), np.full(n, hi1, np.int64),
+                           np.full(n, fl > 0))
     mins = _per_query("min_tokens", min_tokens, n, 0.0)
     maxs = _per_query("max_tokens", max_tokens, n, float(B))
     floors = _per_query("floor", floor, n, 0.0)

@@ -4,9 +4,12 @@ At a price lambda each query picks the option maximising value - lambda cost. On
 the upper concave envelope of a query's menu are ever picked, so this is CLEAR's market on the
 concave envelope of arbitrary curves (empirical, tabulated, fitted) and of menus that mix
 budgets with parallel samples. Aggregate demand is non-increasing in lambda; bisection finds
-the clearing price. Rows whose choice is the same at both ends of the price bracket cannot
-change inside it, so they leave the active set: later steps only touch the few queries that are
-still undecided, which keeps the solver near O(N K) overall.
+the clearing price.
+
+Two things keep it near a few passes over the N x K menu: the price is first estimated on a
+random subsample (a market of a few thousand queries with the same budget per query), and
+during bisection rows whose choice is the same at both ends of the price bracket cannot change
+inside it, so they leave the active set and later steps only touch undecided queries.
 """
 
 from __future__ import annotations
@@ -16,129 +19,212 @@ from numpy.typing import NDArray
 
 from .constraints import Constraints, IntArray
 from .market import PRICE_RTOL
-from .menus import Menu
+from .menus import CHUNK, Menu
 from .result import STATUS_INFEASIBLE, STATUS_NOT_SCARCE, STATUS_OK, Allocation
 
 MAX_ITER = 200
 FILL_ROUNDS = 8
+#: Rows examined per fill round (the best by next-step ratio).
+FILL_CANDIDATES = 4096
+#: Above this many queries the price is first estimated on a subsample of this size.
+SUBSAMPLE = 8192
 
 
-def _choose(menu: Menu, rows: NDArray[np.intp], price: float) -> NDArray[np.intp]:
-    """Index of each row's surplus-maximising feasible option (lowest cost on ties)."""
-    costs = menu.row_costs(rows)
-    score = menu.values[rows] - price * costs
-    score = np.where(menu.feasible[rows], score, -np.inf)
-    return np.argmax(score, axis=1)
+def _choose(menu: Menu, rows: NDArray[np.intp] | None, price: float) -> NDArray[np.intp]:
+    """Index of each row's surplus-maximising option (lowest cost on ties); chunked so the
+    (rows x K) score never materialises at once. ``rows=None`` means all rows."""
+    n = menu.n if rows is None else rows.size
+    out = np.empty(n, dtype=np.intp)
+    shared = menu.costs.ndim == 1
+    lam_c = (price * menu.costs).astype(menu.values.dtype) if shared else None
+    for start in range(0, n, CHUNK):
+        sl = slice(start, min(start + CHUNK, n))
+        r = sl if rows is None else rows[sl]
+        v = menu.values[r]
+        cost = lam_c if shared else price * menu.costs[r]
+        out[sl] = np.argmax(v - cost, axis=1)
+    return out
 
 
-def _row_cost(menu: Menu, rows: NDArray[np.intp], choice: NDArray[np.intp]) -> IntArray:
+def _cost(menu: Menu, choice: NDArray[np.intp], rows: NDArray[np.intp] | None = None) -> IntArray:
     if menu.costs.ndim == 1:
         return menu.costs[choice]
-    return menu.costs[rows, choice]
+    r = np.arange(menu.n) if rows is None else rows
+    return menu.costs[r, choice]
+
+
+def _demand(menu: Menu, price: float) -> tuple[NDArray[np.intp], int]:
+    c = _choose(menu, None, price)
+    return c, int(_cost(menu, c).sum())
 
 
 def price_ceiling(menu: Menu) -> float:
     """A price above every option's average value per token: nobody buys optional tokens."""
-    c = menu.row_costs()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(menu.feasible & (c > 0), menu.values / np.where(c > 0, c, 1), 0.0)
-    return float(np.max(ratio, initial=0.0)) * 2.0 + 1e-12
+    best = 0.0
+    for start in range(0, menu.n, CHUNK):
+        sl = slice(start, min(start + CHUNK, menu.n))
+        c = menu.row_costs(sl)
+        v = menu.values[sl]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.where(np.isfinite(v) & (c > 0), v / np.where(c > 0, c, 1), 0.0)
+        best = max(best, float(r.max(initial=0.0)))
+    return best * 2.0 + 1e-12
+
+
+def _estimate_price(menu: Menu, budget: int, rng_seed: int = 0) -> float | None:
+    """Clearing price of a random subsample with the same budget per query (None if the
+    subsample is not scarce)."""
+    rng = np.random.default_rng(rng_seed)
+    rows = np.sort(rng.choice(menu.n, SUBSAMPLE, replace=False))
+    sub = Menu(costs=menu.costs if menu.costs.ndim == 1 else menu.costs[rows],
+               values=menu.values[rows],
+               budgets=menu.budgets if menu.budgets.ndim == 1 else menu.budgets[rows],
+               samples=menu.samples if menu.samples.ndim == 1 else menu.samples[rows])
+    sub_budget = budget * SUBSAMPLE / menu.n
+    p_lo, p_hi = 0.0, price_ceiling(sub)
+    if _demand(sub, 0.0)[1] <= sub_budget:
+        return None
+    for _ in range(40):
+        mid = 0.5 * (p_lo + p_hi)
+        if _demand(sub, mid)[1] <= sub_budget:
+            p_hi = mid
+        else:
+            p_lo = mid
+    return p_hi
 
 
 def clear_menu(menu: Menu, cons: Constraints, *, policy: str = "market") -> Allocation:
     """Allocate by one clearing price over per-query menus (see module docstring)."""
     n, B = menu.n, cons.budget
-    if (~menu.feasible.any(axis=1)).any():
-        i = int(np.flatnonzero(~menu.feasible.any(axis=1))[0])
+    if n == 0:
+        return _result(menu, np.zeros(0, np.intp), 0.0, cons, policy, STATUS_NOT_SCARCE, 0, {},
+                       "no queries")
+    no_option = ~np.isfinite(menu.values).any(axis=1)
+    if no_option.any():
+        i = int(np.flatnonzero(no_option)[0])
         raise ValueError(f"query {i} has no feasible option within its limits; "
                          f"check its floor, min_tokens and max_tokens against the grid")
-    rows = np.arange(n)
-    c_lo = _choose(menu, rows, 0.0)
-    cost_lo = _row_cost(menu, rows, c_lo)
-    if cost_lo.sum() <= B:
-        return _result(menu, c_lo, 0.0, cons, policy, STATUS_NOT_SCARCE, 0, {},
-                       "budget not scarce: every query got its best option at price 0")
-    p_lo, p_hi = 0.0, price_ceiling(menu)
-    c_hi = _choose(menu, rows, p_hi)
-    cost_hi = _row_cost(menu, rows, c_hi)
-    if cost_hi.sum() > B:
-        return Allocation(np.zeros(n, np.int64), float("nan"), np.zeros(n, bool), 0.0, B, policy,
-                          STATUS_INFEASIBLE,
-                          f"infeasible: protected queries need {int(cost_hi.sum())} tokens at "
-                          f"their cheapest options but the budget is {B}")
+    p_lo, p_hi = 0.0, None
+    guess = _estimate_price(menu, B) if n > 4 * SUBSAMPLE else None
+    if guess is not None:
+        # Bracket the subsample's price tightly, widening until it brackets the full market.
+        hi_try = guess * 1.02
+        while p_hi is None:
+            c, d = _demand(menu, hi_try)
+            if d <= B:
+                p_hi, c_hi = hi_try, c
+            else:
+                p_lo, c_lo = hi_try, c
+                hi_try *= 1.5
+        lo_try = guess * 0.98
+        while p_lo == 0.0 and lo_try > guess * 1e-6:
+            c, d = _demand(menu, lo_try)
+            if d > B:
+                p_lo, c_lo = lo_try, c
+            else:
+                p_hi, c_hi = lo_try, c
+                lo_try *= 0.5
+    if p_lo == 0.0:
+        c_lo, d_lo = _demand(menu, 0.0)
+        if d_lo <= B:
+            return _result(menu, c_lo, 0.0, cons, policy, STATUS_NOT_SCARCE, 0, {},
+                           "budget not scarce: every query got its best option at price 0")
+    if p_hi is None:
+        p_hi = price_ceiling(menu)
+        c_hi, d_hi = _demand(menu, p_hi)
+        if d_hi > B:
+            return Allocation(np.zeros(n, np.int64), float("nan"), np.zeros(n, bool), 0.0, B,
+                              policy, STATUS_INFEASIBLE,
+                              f"infeasible: protected queries need {d_hi} tokens at their "
+                              f"cheapest options but the budget is {B}")
     active = np.flatnonzero(c_lo != c_hi)
-    fixed = int(cost_hi.sum() - cost_hi[active].sum())
+    fixed = int(_cost(menu, c_hi).sum() - _cost(menu, c_hi[active], active).sum())
     it = 0
     while active.size and p_hi - p_lo > PRICE_RTOL * p_hi and it < MAX_ITER:
         mid = 0.5 * (p_lo + p_hi)
         c_mid = _choose(menu, active, mid)
-        if fixed + int(_row_cost(menu, active, c_mid).sum()) <= B:
+        if fixed + int(_cost(menu, c_mid, active).sum()) <= B:
             p_hi = mid
             c_hi[active] = c_mid
         else:
             p_lo = mid
             c_lo[active] = c_mid
         settled = c_lo[active] == c_hi[active]
-        fixed += int(_row_cost(menu, active[settled], c_hi[active[settled]]).sum())
+        fixed += int(_cost(menu, c_hi[active[settled]], active[settled]).sum())
         active = active[~settled]
         it += 1
     choice, fill = _fill(menu, c_hi, c_lo, active, cons)
     return _result(menu, choice, p_hi, cons, policy, STATUS_OK, it,
-                   {"undecided_at_price": int(active.size), **fill},
+                   {"undecided_at_price": int(active.size), "subsample_price": guess or 0.0,
+                    **fill},
                    f"market cleared at price {p_hi:.6g} after {it} bisection steps over "
                    f"{menu.k}-option menus")
 
 
-def _fill(menu: Menu, choice: NDArray[np.intp], upper: NDArray[np.intp], active: NDArray[np.intp],
-          cons: Constraints) -> tuple[NDArray[np.intp], dict[str, int]]:
+def _fill(menu: Menu, choice: NDArray[np.intp], upper: NDArray[np.intp],
+          active: NDArray[np.intp], cons: Constraints) -> tuple[NDArray[np.intp], dict[str, int]]:
     """Spend the leftover at the clearing price: first upgrade the undecided queries (their
     next option is worth the price per token), then the best single upgrades that still fit."""
     choice = choice.copy()
-    rows = np.arange(menu.n)
-    left = cons.budget - int(_row_cost(menu, rows, choice).sum())
+    left = cons.budget - int(_cost(menu, choice).sum())
     upgraded = 0
     if active.size and left > 0:
-        extra = _row_cost(menu, active, upper[active]) - _row_cost(menu, active, choice[active])
+        extra = _cost(menu, upper[active], active) - _cost(menu, choice[active], active)
         gain = menu.values[active, upper[active]] - menu.values[active, choice[active]]
         order = np.argsort(-gain / np.maximum(extra, 1), kind="stable")
         take = np.cumsum(extra[order]) <= left
-        # Prefix that fits; leftover then goes to the generic fill below.
         sel = active[order[take]]
         choice[sel] = upper[sel]
         left -= int(extra[order[take]].sum())
         upgraded = int(sel.size)
     rounds = 0
     while left > 0 and rounds < FILL_ROUNDS:
-        cur_cost = _row_cost(menu, rows, choice)
-        cur_val = menu.values[rows, choice]
-        extra = menu.row_costs() - cur_cost[:, None]
-        gain = menu.values - cur_val[:, None]
-        ok = menu.feasible & (extra > 0) & (extra <= left) & (gain > 0)
+        # Only rows with some upgrade that fits are worth a look.
+        cur_cost = _cost(menu, choice)
+        fits = (menu.row_costs() > cur_cost[:, None]) & (menu.row_costs() <= cur_cost[:, None] + left) \
+            if menu.costs.ndim == 2 else None
+        if fits is None:
+            nxt = np.minimum(choice + 1, menu.k - 1)
+            step = menu.costs[nxt] - cur_cost
+            cand = np.flatnonzero((step > 0) & (step <= left))
+        else:
+            cand = np.flatnonzero(fits.any(axis=1))
+        if cand.size == 0:
+            break
+        if cand.size > FILL_CANDIDATES:
+            # Few upgrades fit in a leftover; rank rows by their next step's ratio and look
+            # closely only at the best of them.
+            nxt = np.minimum(choice[cand] + 1, menu.k - 1)
+            step = np.maximum(_cost(menu, nxt, cand) - cur_cost[cand], 1)
+            r = (menu.values[cand, nxt] - menu.values[cand, choice[cand]]) / step
+            cand = cand[np.argpartition(-np.nan_to_num(r, nan=-np.inf),
+                                        FILL_CANDIDATES - 1)[:FILL_CANDIDATES]]
+        extra = menu.row_costs(cand) - cur_cost[cand, None]
+        gain = menu.values[cand] - menu.values[cand, choice[cand]][:, None]
+        ok = (extra > 0) & (extra <= left) & (gain > 0)
         if not ok.any():
             break
         ratio = np.where(ok, gain / np.where(extra > 0, extra, 1), -np.inf)
         best = np.argmax(ratio, axis=1)
-        cand = np.flatnonzero(ok.any(axis=1))
-        r = ratio[cand, best[cand]]
-        order = cand[np.argsort(-r, kind="stable")]
-        ex = extra[order, best[order]]
-        take = np.cumsum(ex) <= left
-        if not take.any():
-            # The best-ratio upgrades are too large; take the single best that fits.
-            g = np.where(ok, gain, -np.inf)
-            i, j = np.unravel_index(np.argmax(g), g.shape)
-            choice[i] = j
+        has = np.flatnonzero(ok.any(axis=1))
+        ratio_best = ratio[has, best[has]]
+        ex = extra[has, best[has]]
+        order = np.argsort(-ratio_best, kind="stable")
+        take = order[np.cumsum(ex[order]) <= left]
+        if take.size == 0:
+            # Every best-ratio upgrade is too large alone: take the single largest gain that fits.
+            i, j = np.unravel_index(np.argmax(np.where(ok, gain, -np.inf)), gain.shape)
+            choice[cand[i]] = j
             left -= int(extra[i, j])
         else:
-            sel = order[take]
-            choice[sel] = best[sel]
+            choice[cand[has[take]]] = best[has[take]]
             left -= int(ex[take].sum())
         rounds += 1
     return choice, {"upgraded_at_price": upgraded, "fill_rounds": rounds}
 
 
 def _result(menu: Menu, choice: NDArray[np.intp], price: float, cons: Constraints, policy: str,
-            status: int, iterations: int, info: dict[str, int], message: str) -> Allocation:
+            status: int, iterations: int, info: dict[str, float], message: str) -> Allocation:
     budgets = menu.pick(menu.budgets, choice).astype(np.int64)
     samples = menu.pick(menu.samples, choice).astype(np.int64)
     funded = budgets > 0

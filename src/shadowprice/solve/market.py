@@ -97,14 +97,18 @@ def clear_vectorised(curves: UtilityCurve, cons: Constraints) -> Clearing:
 
 
 class _SortedSurge:
-    """O(log N) aggregate demand for shifted surges sharing alpha, beta and limits."""
+    """O(log N) aggregate demand for shifted surges sharing alpha, beta and limits.
+
+    Only the sorted thresholds and their prefix sums are kept (no permutation): funding is
+    decided by a cut-off on tau, so budgets are recovered from the unsorted taus at the end.
+    """
 
     def __init__(self, curves: ShiftedSurge, lo: float, hi: float) -> None:
         self.alpha = float(curves.alpha[0])
         self.beta = float(curves.beta[0])
         self.lo, self.hi = lo, hi
-        self.order = np.argsort(curves.tau, kind="stable")
-        self.tau = curves.tau[self.order]
+        self.tau_all = curves.tau
+        self.tau = np.sort(curves.tau)
         self.prefix = np.concatenate([[0.0], np.cumsum(self.tau)])
 
     def _surplus(self, tau: float, lam: float, x: float) -> float:
@@ -113,11 +117,11 @@ class _SortedSurge:
         return u - lam * b
 
     def n_funded(self, lam: float) -> int:
-        """Queries funded at ``lam``: surplus falls with tau, so it is a prefix."""
-        if lam >= self.alpha:
+        """Queries funded at ``lam``: surplus falls with tau, so they are a prefix of the
+        sorted taus (equal taus share one fate)."""
+        if lam >= self.alpha or self.lo > self.hi:
             return 0
         x = float(surge_excess(lam, self.alpha, self.beta))
-        # Binary search on the sorted taus using the exact clipped surplus.
         lo_i, hi_i = 0, self.tau.size
         while lo_i < hi_i:
             mid = (lo_i + hi_i) // 2
@@ -135,21 +139,17 @@ class _SortedSurge:
         tau = self.tau[:k]
         # Budgets are clip(tau + x, lo, hi): split the prefix where the clip binds.
         a = int(np.searchsorted(tau, self.lo - x, side="left"))
-        c = int(np.searchsorted(tau, self.hi - x, side="right"))
-        c = max(c, a)
+        c = max(int(np.searchsorted(tau, self.hi - x, side="right")), a)
         middle = self.prefix[c] - self.prefix[a] + (c - a) * x
         return a * self.lo + middle + (k - c) * self.hi
 
     def budgets(self, lam: float) -> tuple[FloatArray, NDArray[np.bool_]]:
         k = self.n_funded(lam)
+        if k == 0:
+            return np.zeros(self.tau.size), np.zeros(self.tau.size, dtype=bool)
         x = float(surge_excess(lam, self.alpha, self.beta))
-        sorted_b = np.zeros(self.tau.size)
-        sorted_b[:k] = np.clip(self.tau[:k] + x, self.lo, self.hi)
-        out = np.empty_like(sorted_b)
-        out[self.order] = sorted_b
-        funded = np.zeros(self.tau.size, dtype=bool)
-        funded[self.order[:k]] = True
-        return out, funded
+        funded = self.tau_all <= self.tau[k - 1]
+        return np.where(funded, np.clip(self.tau_all + x, self.lo, self.hi), 0.0), funded
 
 
 def clear_sorted(curves: ShiftedSurge, cons: Constraints) -> Clearing:
@@ -173,39 +173,38 @@ def clear_sorted(curves: ShiftedSurge, cons: Constraints) -> Clearing:
 
 
 def hand_out(curves: UtilityCurve, budgets: IntArray, funded: NDArray[np.bool_], price: float,
-             cons: Constraints, demand_at_price: FloatArray | None = None,
-             max_rounds: int = 10_000) -> tuple[IntArray, NDArray[np.bool_], dict[str, int]]:
+             cons: Constraints, want: FloatArray | None = None,
+             remainder: FloatArray | None = None, max_entrants: int = 64, max_rounds: int = 10_000) -> tuple[IntArray, NDArray[np.bool_], dict[str, int]]:
     """Give tokens left over after rounding and after the demand jump to where they pay most.
 
-    First, abandoned queries closest to funding enter, each with what is left if that buys more
-    utility than the same tokens would at the margin of funded queries (worth about ``price``
-    per token there). Then single granules go to funded queries in order of marginal gain,
-    never past a query's cap or its peak.
+    First, abandoned queries closest to funding (lowest thresholds) enter, each with what it
+    would buy at the price (``want``) or what is left, if that is worth more than the same
+    tokens at the margin of funded queries (about ``price`` per token there). Then single
+    granules go to funded queries in order of marginal gain, never past a cap or a peak.
     """
     g = cons.granularity
     b = budgets.copy()
     f = funded.copy()
     left = cons.budget - int(b.sum())
     entered = 0
-    if left >= g and (~f).any():
-        # Unfunded queries by best surplus at the price (the next ones the market would admit).
-        cand = np.flatnonzero(~f & (cons.lo <= cons.hi))
+    if left >= g:
+        cand = np.flatnonzero(~f & (cons.lo <= np.minimum(cons.hi, left)))
         if cand.size:
-            want = (demand_at_price[cand] if demand_at_price is not None
-                    else np.full(cand.size, np.inf))
-            want = np.where(np.isfinite(want) & (want > 0), want, cons.hi[cand])
-            thr = curves[cand].threshold() if cand.size else np.empty(0)
-            order = cand[np.argsort(thr, kind="stable")][:64]
-            for i in order:
-                if left < cons.lo[i]:
+            thr = curves.threshold()[cand]
+            if cand.size > max_entrants:
+                keep = np.argpartition(thr, max_entrants - 1)[:max_entrants]
+                cand, thr = cand[keep], thr[keep]
+            cand = cand[np.argsort(thr, kind="stable")]
+            sub = curves[cand]
+            w = want[cand] if want is not None else cons.hi[cand].astype(float)
+            w = np.where(np.isfinite(w) & (w > 0), w, cons.hi[cand])
+            for j, i in enumerate(cand):
+                lo_i, hi_i = int(cons.lo[i]), int(cons.hi[i])
+                give = min(left, hi_i, max(int(w[j] // g) * g, lo_i))
+                if give < lo_i:
                     continue
-                give = min(left, int(cons.hi[i]), int(math.floor(max(want[np.searchsorted(cand, i)],
-                                                                      cons.lo[i]) / g)) * g)
-                give = max(give, int(cons.lo[i]))
-                if give > left:
-                    continue
-                gain = float(curves[np.array([i])].value(np.array([float(give)]))[0])
-                if gain > price * give and gain > 0:
+                gain = float(sub[j:j + 1].value(np.array([float(give)]))[0])
+                if gain > 0 and gain > price * give:
                     b[i], f[i] = give, True
                     left -= give
                     entered += 1
@@ -213,20 +212,27 @@ def hand_out(curves: UtilityCurve, budgets: IntArray, funded: NDArray[np.bool_],
                     break
     spread = 0
     rounds = 0
+    if left >= g and remainder is not None:
+        # Largest remainder first: the queries rounding cut most are furthest below their
+        # optimum, where a granule is worth most (one cheap pass instead of curve evaluations).
+        up = np.flatnonzero(f & (b + g <= cons.hi) & (remainder > 0))
+        m = min(left // g, up.size)
+        if m:
+            if m < up.size:
+                up = up[np.argpartition(-remainder[up], m - 1)[:m]]
+            b[up] += g
+            left -= g * up.size
+            spread += g * up.size
     while left >= g and rounds < max_rounds:
-        idx = np.flatnonzero(f & (b + g <= cons.hi))
+        up = f & (b + g <= cons.hi)
+        bf = b.astype(float)
+        gain = np.where(up, curves.value(bf + g) - curves.value(bf), 0.0)
+        idx = np.flatnonzero(gain > 1e-15)
         if idx.size == 0:
             break
-        cur = b[idx].astype(float)
-        gain = curves[idx].value(cur + g) - curves[idx].value(cur)
-        pos = gain > 1e-15
-        if not pos.any():
-            break
-        idx, gain = idx[pos], gain[pos]
         m = min(left // g, idx.size)
         if m < idx.size:
-            top = np.argpartition(-gain, m - 1)[:m]
-            idx = idx[top]
+            idx = idx[np.argpartition(-gain[idx], m - 1)[:m]]
         b[idx] += g
         left -= g * idx.size
         spread += g * idx.size
@@ -252,7 +258,8 @@ def clear(curves: UtilityCurve, cons: Constraints, *, policy: str = "clear") -> 
     budgets = cons.round_down(clearing.budgets)
     funded = clearing.funded & (budgets > 0)
     budgets, funded, handout = hand_out(curves, budgets, funded, clearing.price, cons,
-                                        demand_at_price=_unconstrained_want(curves, clearing.price))
+                                        want=_unconstrained_want(curves, clearing.price),
+                                        remainder=clearing.budgets - budgets)
     status = STATUS_OK if clearing.scarce else STATUS_NOT_SCARCE
     path = "sorted prefix sums" if fast else "vectorised demand"
     msg = (f"market cleared at price {clearing.price:.6g} after {clearing.iterations} bisection "
@@ -283,5 +290,12 @@ def _infeasible(n: int, cons: Constraints, policy: str) -> Allocation:
     )
 
 
-__all__ = ["Clearing", "clear", "clear_sorted", "clear_vectorised", "constrained_demand",
-           "hand_out", "abandonment_threshold"]
+__all__ = [
+    "Clearing",
+    "abandonment_threshold",
+    "clear",
+    "clear_sorted",
+    "clear_vectorised",
+    "constrained_demand",
+    "hand_out",
+]

@@ -30,20 +30,17 @@ class Menu:
     costs : int64 array (N, K) or (K,)
         Tokens each option consumes (budgets x samples); a (K,) grid is shared by all rows.
     values : float array (N, K)
-        Utility of each option. Option values must be finite where ``feasible``.
+        Utility of each option; ``-inf`` marks options the query's limits forbid.
     budgets : int64 array (N, K) or (K,)
         Per-sample ``max_tokens`` of each option.
     samples : int64 array (N, K) or (K,)
         Parallel samples of each option.
-    feasible : bool array (N, K)
-        Options allowed by the query's limits.
     """
 
     costs: IntArray
     values: NDArray[np.floating]
     budgets: IntArray
     samples: IntArray
-    feasible: NDArray[np.bool_]
 
     @property
     def n(self) -> int:
@@ -53,6 +50,10 @@ class Menu:
     def k(self) -> int:
         return int(self.values.shape[1])
 
+    @property
+    def feasible(self) -> NDArray[np.bool_]:
+        return np.isfinite(self.values)
+
     def row_costs(self, rows: NDArray[np.intp] | slice = slice(None)) -> IntArray:
         """Costs of the given rows as (R, K) (a broadcast view for a shared grid)."""
         if self.costs.ndim == 1:
@@ -60,11 +61,16 @@ class Menu:
             return np.broadcast_to(self.costs, (np.size(r), self.k))
         return self.costs[rows]
 
-    def pick(self, field: IntArray, choice: NDArray[np.intp]) -> IntArray:
+    def pick(self, field: IntArray, choice: NDArray[np.intp],
+             rows: NDArray[np.intp] | slice = slice(None)) -> IntArray:
         """Gather one option per row from a (K,) or (N, K) field."""
         if field.ndim == 1:
             return field[choice]
-        return field[np.arange(self.n), choice]
+        return field[np.arange(self.n)[rows], choice]
+
+
+#: Rows evaluated at once when tabulating curves, to bound temporary memory.
+CHUNK = 1 << 15
 
 
 def budget_grid(curves: UtilityCurve, cons: Constraints, levels: int = DEFAULT_LEVELS) -> IntArray:
@@ -95,15 +101,24 @@ def _feasible(budgets: IntArray, cons: Constraints) -> NDArray[np.bool_]:
 
 def menu_from_curve(curves: UtilityCurve, cons: Constraints, grid: IntArray | None = None,
                     levels: int = DEFAULT_LEVELS, dtype: type = np.float64) -> Menu:
-    """Evaluate ``curves`` on a budget grid (shared), or on its jump points if empirical."""
+    """Evaluate ``curves`` on a budget grid (shared), or on its jump points if empirical.
+
+    Rows are tabulated in chunks so that temporaries stay small; ``dtype=np.float32`` halves
+    the menu's memory for very large N.
+    """
     if isinstance(curves, EmpiricalCurve) and grid is None:
         return menu_from_breakpoints(curves, cons)
     g = budget_grid(curves, cons, levels) if grid is None else np.asarray(grid, dtype=np.int64)
     if g.ndim != 1 or g[0] != 0 or np.any(np.diff(g) <= 0):
         raise ValueError("grid must be 1-D, ascending and start at 0")
-    values = curves.value(np.broadcast_to(g.astype(float), (curves.n, g.size))).astype(dtype)
-    ones = np.ones_like(g)
-    return Menu(costs=g, values=values, budgets=g, samples=ones, feasible=_feasible(g, cons))
+    gf = g.astype(float)
+    values = np.empty((curves.n, g.size), dtype=dtype)
+    for start in range(0, curves.n, CHUNK):
+        stop = min(start + CHUNK, curves.n)
+        sl = slice(start, stop)
+        v = curves[sl].value(np.broadcast_to(gf, (stop - start, g.size)))
+        values[sl] = np.where(_feasible(g, cons.subset(sl)), v, -np.inf)
+    return Menu(costs=g, values=values, budgets=g, samples=np.ones_like(g))
 
 
 def menu_from_breakpoints(curves: EmpiricalCurve, cons: Constraints) -> Menu:
@@ -117,14 +132,11 @@ def menu_from_breakpoints(curves: EmpiricalCurve, cons: Constraints) -> Menu:
     b = np.where(fin & (b <= cons.hi[:, None]), b, 0)
     budgets = np.concatenate([np.zeros((curves.n, 1), np.int64), b], axis=1)
     budgets.sort(axis=1)
-    values = curves.value(budgets.astype(float))
     feas = _feasible(budgets, cons)
-    # Duplicate zeros (missing lengths) must not be chosen as distinct options.
-    dup = np.zeros_like(feas)
-    dup[:, 1:] = budgets[:, 1:] == budgets[:, :-1]
-    feas &= ~dup
-    return Menu(costs=budgets, values=values, budgets=budgets, samples=np.ones_like(budgets),
-                feasible=feas)
+    # Duplicate budgets (missing lengths, rounding) must not count as distinct options.
+    feas[:, 1:] &= budgets[:, 1:] != budgets[:, :-1]
+    values = np.where(feas, curves.value(budgets.astype(float)), -np.inf)
+    return Menu(costs=budgets, values=values, budgets=budgets, samples=np.ones_like(budgets))
 
 
 def best_of_k_menu(curves: UtilityCurve, cons: Constraints, ks: Sequence[int] = (1, 2, 4, 8),
@@ -153,4 +165,5 @@ def best_of_k_menu(curves: UtilityCurve, cons: Constraints, ks: Sequence[int] = 
     zero = costs == 0
     zero[np.argmax(zero)] = False
     feas &= ~zero[None, :]
-    return Menu(costs=costs, values=values, budgets=budgets, samples=samples, feasible=feas)
+    return Menu(costs=costs, values=np.where(feas, values, -np.inf), budgets=budgets,
+                samples=samples)
