@@ -158,11 +158,13 @@ class ChatClient:
         if self.token_param != "auto" or response.status_code != 400:
             return False
         text = response.text.lower()
+        # OpenAI rejects max_tokens for reasoning models ("use max_completion_tokens");
+        # older servers reject the unknown max_completion_tokens. Which one is named alone?
+        if "max_tokens" in text.replace("max_completion_tokens", ""):
+            self.token_param = "max_completion_tokens"
+            return True
         if "max_completion_tokens" in text:
             self.token_param = "max_tokens"
-            return True
-        if "max_tokens" in text:
-            self.token_param = "max_completion_tokens"
             return True
         return False
 

@@ -128,9 +128,17 @@ def _serve(args: argparse.Namespace) -> int:
         while not stop:
             time.sleep(0.5)
     finally:
-        if args.url_file:
+        # Remove the address only if it is still ours (another server may have replaced it).
+        if args.url_file and _read(Path(args.url_file)) == server.url:
             Path(args.url_file).unlink(missing_ok=True)
     return 0
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,362 @@
+"""The engine against an in-process fake OpenAI-compatible server (real HTTP on 127.0.0.1).
+
+The fake can answer 429/500, stop on the length limit, misreport usage, or drop connections,
+so retries, the ledger, resume, forcing and accounting are tested without a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shadowprice.engine.client import ChatClient, EngineError, normalize_base_url, parse_usage
+from shadowprice.engine.collect import CollectConfig, CollectQuery, collect
+from shadowprice.engine.ledger import BudgetExhausted, TokenLedger
+from shadowprice.engine.results import read_records, summary_path
+from shadowprice.engine.run import PlanItem, RunConfig, execute, prompt_messages
+
+Respond = Callable[[dict[str, Any], int], tuple[int, dict[str, Any] | None]]
+
+
+def completion(text: str, tokens: int, finish: str = "stop", **usage: Any) -> dict[str, Any]:
+    """A chat-completions body with one choice."""
+    return {
+        "choices": [
+            {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": text}}
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": tokens, **usage},
+    }
+
+
+def solver(body: dict[str, Any], _: int) -> tuple[int, dict[str, Any] | None]:
+    """Default behaviour: "need=N ans=A" in the prompt means N tokens to reach \\boxed{A}."""
+    allowance = int(body.get("max_completion_tokens") or body["max_tokens"])
+    last = body["messages"][-1]["content"]
+    if "stop reasoning" in last.lower() or "without showing any work" in last.lower():
+        ans = _field(body["messages"][0]["content"], "ans")
+        return 200, completion(f"\\boxed{{{ans}}}", min(3, allowance))
+    need = int(_field(last, "need"))
+    if need > allowance:
+        return 200, completion("thinking " * allowance, allowance, "length")
+    return 200, completion(f"so \\boxed{{{_field(last, 'ans')}}}", need)
+
+
+def _field(text: str, key: str) -> str:
+    return text.split(f"{key}=")[1].split()[0]
+
+
+class FakeServer:
+    """ThreadingHTTPServer in a thread; ``respond`` decides each answer."""
+
+    def __init__(self) -> None:
+        self.respond: Respond = solver
+        self.requests: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # keep test output clean
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.lock:
+                    outer.requests.append(body)
+                    index = len(outer.requests) - 1
+                status, payload = outer.respond(body, index)
+                if payload is None:  # simulate a dropped connection
+                    self.connection.close()
+                    return
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                if status == 429:
+                    self.send_header("Retry-After", "0")
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[FakeServer]:
+    s = FakeServer()
+    yield s
+    s.close()
+
+
+def items(spec: list[tuple[int, int, str]]) -> list[PlanItem]:
+    """Plan items from (budget, tokens needed, gold)."""
+    return [
+        PlanItem(f"q{i}", prompt_messages(f"need={need} ans={gold} "), budget, gold)
+        for i, (budget, need, gold) in enumerate(spec)
+    ]
+
+
+def run(
+    server: FakeServer, plan: list[PlanItem], total: int, out: Path | None = None, **config: Any
+) -> Any:
+    async def main() -> Any:
+        async with ChatClient(server.url, "fake", backoff=0.001, max_retries=3) as client:
+            cfg = RunConfig(progress=False, **config)
+            return await execute(plan, client, total_budget=total, out=out, config=cfg)
+
+    return asyncio.run(main())
+
+
+# --- ledger -----------------------------------------------------------------------------
+
+
+def test_ledger_reserve_settle_release() -> None:
+    ledger = TokenLedger(100)
+    a = ledger.reserve(60, "a")
+    assert ledger.try_reserve(50) is None
+    with pytest.raises(BudgetExhausted):
+        ledger.reserve(41)
+    assert ledger.settle(a, 25) == 25
+    assert ledger.available == 75
+    b = ledger.reserve(75)
+    ledger.release(b)
+    assert ledger.snapshot() == {
+        "total": 100,
+        "spent": 25,
+        "reserved": 0,
+        "available": 75,
+        "overrun": 0,
+    }
+    with pytest.raises(RuntimeError, match="twice"):
+        ledger.release(b)
+
+
+def test_ledger_records_server_overrun_honestly() -> None:
+    ledger = TokenLedger(10)
+    r = ledger.reserve(5)
+    ledger.settle(r, 7)
+    assert ledger.spent == 7 and ledger.overrun == 2
+
+
+# --- client -----------------------------------------------------------------------------
+
+
+def test_normalize_base_url() -> None:
+    assert normalize_base_url("http://h:1") == "http://h:1/v1"
+    assert normalize_base_url("http://h:1/v1/") == "http://h:1/v1"
+    assert normalize_base_url("http://h:1/v1/chat/completions") == "http://h:1/v1"
+
+
+def test_parse_usage_distrusts_missing_or_zero_counts() -> None:
+    ok = parse_usage(completion("hi", 4, completion_tokens_details={"reasoning_tokens": 2}), 9)
+    assert (ok.completion_tokens, ok.reasoning_tokens, ok.trusted) == (4, 2, True)
+    missing = parse_usage({"choices": [{"message": {"content": "hi"}}]}, 9)
+    assert (missing.completion_tokens, missing.trusted) == (9, False)  # charge the allowance
+    zero = parse_usage(completion("some text", 0), 9)
+    assert (zero.completion_tokens, zero.trusted) == (9, False)
+    llama = parse_usage({**completion("x", 0), "timings": {"predicted_n": 5}}, 9)
+    assert llama.completion_tokens == 5
+
+
+def test_retries_on_429_500_and_dropped_connections(server: FakeServer) -> None:
+    faults = {0: (429, {"error": "slow down"}), 1: (500, {"error": "boom"}), 2: (200, None)}
+    server.respond = lambda body, i: faults.get(i) or solver(body, i)
+    report = run(server, items([(50, 20, "7")]), 50)
+    (rec,) = report.records
+    assert rec["status"] == "done" and rec["attempts"] == 4 and rec["correct"] is True
+    # Every attempt re-sent the same allowance: one reservation, charged once.
+    assert {r["max_tokens"] for r in server.requests} == {50}
+    assert report.summary["tokens_used"] == 20
+
+
+def test_gives_up_and_frees_the_reservation(server: FakeServer) -> None:
+    server.respond = lambda body, i: (503, {"error": "down"})
+    report = run(server, items([(50, 20, "7")]), 50)
+    (rec,) = report.records
+    assert rec["status"] == "error" and "gave up after 4 attempts" in rec["reason"]
+    assert report.summary["tokens_used"] == 0 and report.summary["errors"] == 1
+
+
+def test_non_retryable_status_fails_at_once(server: FakeServer) -> None:
+    server.respond = lambda body, i: (401, {"error": "bad key"})
+
+    async def main() -> None:
+        async with ChatClient(server.url, "fake", backoff=0.001) as client:
+            with pytest.raises(EngineError, match="HTTP 401") as info:
+                await client.chat([{"role": "user", "content": "x"}], 5)
+            assert info.value.attempts == 1
+
+    asyncio.run(main())
+    assert len(server.requests) == 1
+
+
+def test_token_param_falls_back_when_rejected(server: FakeServer) -> None:
+    def respond(body: dict[str, Any], i: int) -> tuple[int, dict[str, Any] | None]:
+        if "max_tokens" in body:
+            return 400, {"error": "Unsupported parameter: 'max_tokens', use max_completion_tokens"}
+        return solver(body, i)
+
+    server.respond = respond
+    report = run(server, items([(30, 10, "4")]), 30)
+    assert report.records[0]["status"] == "done"
+    assert "max_tokens" not in server.requests[-1] and server.requests[-1]["n"] == 1
+
+
+# --- runner -----------------------------------------------------------------------------
+
+
+def test_budgets_sent_as_max_tokens_and_abandoned_not_sent(server: FakeServer) -> None:
+    report = run(server, items([(40, 30, "1"), (0, 30, "2"), (25, 60, "3")]), 70)
+    by_id = {r["id"]: r for r in report.records}
+    assert by_id["q0"]["correct"] is True and by_id["q0"]["finish_reason"] == "stop"
+    assert by_id["q1"]["status"] == "abandoned" and by_id["q1"]["reason"]
+    assert by_id["q2"]["finish_reason"] == "length" and by_id["q2"]["tokens"] == 25
+    assert sorted(r["max_tokens"] for r in server.requests) == [25, 40]  # q1 never sent
+    s = report.summary
+    assert s["tokens_used"] == 55 <= s["budget"] and s["abandoned"] == 1
+    assert s["accuracy"] == pytest.approx(1 / 3)
+
+
+def test_forcing_turns_truncation_into_an_answer_within_budget(server: FakeServer) -> None:
+    plan = items([(20, 80, "5"), (20, 80, "6")])
+    report = run(server, plan, 20 + 20 + 2 * 8, force_tokens=8)
+    for rec in report.records:
+        assert rec["forced"] and rec["finish_reason"] == "length"
+        assert rec["forcing_tokens"] == 3 and rec["tokens"] == 23 and rec["correct"] is True
+    assert report.summary["tokens_used"] == 46 <= report.summary["budget"]
+    # The follow-up carries the truncated reply and asks for the answer only.
+    follow = [r for r in server.requests if r["max_tokens"] == 8]
+    assert len(follow) == 2 and follow[0]["messages"][-2]["role"] == "assistant"
+
+
+def test_forcing_skipped_when_nothing_is_left(server: FakeServer) -> None:
+    report = run(server, items([(20, 80, "5")]), 20, force_tokens=8)
+    assert report.records[0]["forced"] is False and report.summary["tokens_used"] == 20
+
+
+def test_fallback_for_abandoned_queries(server: FakeServer) -> None:
+    report = run(server, items([(30, 20, "1"), (0, 50, "2")]), 40, fallback_tokens=6)
+    rec = {r["id"]: r for r in report.records}["q1"]
+    assert rec["status"] == "fallback" and rec["tokens"] == 3 and rec["correct"] is True
+    assert report.summary["tokens_used"] <= 40
+
+
+def test_server_misreporting_usage_is_not_trusted(server: FakeServer) -> None:
+    # Like llama.cpp with n>1: usage that undercounts (0 tokens for a non-empty answer).
+    server.respond = lambda body, i: (200, completion("long text \\boxed{1}", 0, "length"))
+    report = run(server, items([(30, 0, "1"), (30, 0, "1")]), 60)
+    assert all(r["tokens"] == 30 and r["usage_trusted"] is False for r in report.records)
+    assert report.summary["tokens_used"] == 60
+
+
+def test_total_never_exceeds_budget_under_faults(server: FakeServer) -> None:
+    def chaos(body: dict[str, Any], i: int) -> tuple[int, dict[str, Any] | None]:
+        if i % 3 == 0:
+            return 500, {"error": "flaky"}
+        return solver(body, i)
+
+    server.respond = chaos
+    plan = items(
+        [
+            (b, need, str(k))
+            for k, (b, need) in enumerate(
+                [(30, 10), (30, 50), (25, 20), (40, 70), (0, 5), (35, 35)]
+            )
+        ]
+    )
+    total = 160 + 6 * 5
+    report = run(server, plan, total, concurrency=3, force_tokens=5, fallback_tokens=5)
+    charged = sum(r["tokens"] for r in report.records)
+    assert charged == report.summary["tokens_used"] <= total
+    assert report.summary["errors"] == 0
+
+
+def test_reject_bad_plans(server: FakeServer) -> None:
+    with pytest.raises(ValueError, match="duplicate"):
+        run(server, items([(5, 1, "1")]) * 2, 10)
+
+
+# --- resume -----------------------------------------------------------------------------
+
+
+def test_resume_never_repeats_a_finished_query(server: FakeServer, tmp_path: Path) -> None:
+    out = tmp_path / "results.jsonl"
+    plan = items([(30, 10, "1"), (30, 10, "2"), (0, 10, "3"), (30, 10, "4")])
+    first = run(server, plan[:2], 90, out)  # "killed" after two queries
+    assert first.summary["executed"] == 2
+    with out.open("a") as f:
+        f.write('{"id": "torn')  # a write cut off by the kill
+    sent = len(server.requests)
+    again = run(server, plan, 90, out)
+    assert len(server.requests) - sent == 1  # only q3 was sent; q2 abandoned, not sent
+    assert again.summary["resumed"] == 2 and again.summary["queries"] == 4
+    assert again.summary["tokens_used"] == 30  # 10 + 10 resumed, 10 new
+    ids = [r["id"] for r in read_records(out)]
+    assert sorted(ids) == ["q0", "q1", "q2", "q3"]  # one line each, no repeats
+    assert json.loads(summary_path(out).read_text())["tokens_used"] == 30
+    third = run(server, plan, 90, out)
+    assert third.summary["executed"] == 0 and len(server.requests) - sent == 1
+
+
+def test_resume_retries_errors_and_keeps_budget(server: FakeServer, tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    server.respond = lambda body, i: (503, {})
+    run(server, items([(30, 10, "1")]), 30, out)
+    server.respond = solver
+    report = run(server, items([(30, 10, "1")]), 30, out)
+    assert report.records[0]["status"] == "done" and report.summary["tokens_used"] == 10
+
+
+def test_resume_with_less_budget_left_abandons_instead_of_overspending(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    out = tmp_path / "r.jsonl"
+    run(server, items([(50, 50, "1")]), 50, out)
+    report = run(server, items([(50, 50, "1"), (40, 10, "2")]), 60, out)
+    rec = {r["id"]: r for r in report.records}["q1"]
+    assert rec["status"] == "abandoned" and "budget exhausted" in rec["reason"]
+    assert report.summary["tokens_used"] == 50  # nothing new fitted
+
+
+# --- collect ----------------------------------------------------------------------------
+
+
+def test_collect_writes_trace_schema_and_resumes(server: FakeServer, tmp_path: Path) -> None:
+    out = tmp_path / "traces.jsonl"
+    qs = [
+        CollectQuery(f"c{i}", prompt_messages(f"need={n} ans={i} "), f"q{i}", str(i))
+        for i, n in enumerate([10, 60])
+    ]
+
+    async def main() -> dict[str, Any]:
+        async with ChatClient(server.url, "fake") as client:
+            cfg = CollectConfig(samples=3, max_tokens=40, progress=False)
+            return await collect(qs, client, out=out, config=cfg)
+
+    stats = asyncio.run(main())
+    assert stats["collected"] == 2 and len(server.requests) == 6
+    assert all(r["n"] == 1 and r["max_tokens"] == 40 for r in server.requests)
+    recs = {r["id"]: r for r in read_records(out)}
+    assert [s["tokens"] for s in recs["c0"]["samples"]] == [10, 10, 10]
+    assert all(s["correct"] for s in recs["c0"]["samples"])
+    assert all(s["finish_reason"] == "length" and not s["correct"] for s in recs["c1"]["samples"])
+    assert recs["c1"]["answer"] == "1" and recs["c1"]["meta"]["max_tokens"] == 40
+    try:
+        from shadowprice.traces import read_traces
+    except ImportError:
+        pytest.skip("shadowprice.traces not available")
+    ts = read_traces(out)
+    assert len(ts) == 2
+    assert asyncio.run(main())["collected"] == 0  # resume: nothing sampled again
