@@ -107,10 +107,12 @@ def greedy(curves: UtilityCurve, menu: Menu, cons: Constraints) -> Allocation:
     costs = menu.row_costs()[rows2, order].astype(float)
     costs = np.where(np.isfinite(vals), costs, np.inf)
     with np.errstate(invalid="ignore"):
+        # -inf padding makes inf - inf = nan here; those steps are masked out below.
         ratio = np.diff(vals, axis=1) / np.diff(costs, axis=1)
     ratio = np.where(np.isfinite(vals[:, 1:]), np.nan_to_num(ratio, nan=-np.inf), -np.inf)
     ladder = np.minimum.accumulate(ratio, axis=1)
-    step_cost = np.diff(costs, axis=1)
+    with np.errstate(invalid="ignore"):
+        step_cost = np.diff(costs, axis=1)
     key = ladder.ravel()
     rows = np.repeat(np.arange(n), k - 1)
     level = np.tile(np.arange(k - 1), n)
