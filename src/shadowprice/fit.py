@@ -1,0 +1,465 @@
+"""Curves from traces: empirical curves, shrunk (empirical-Bayes) curves and family fits.
+
+A trace set gives, for each of N queries, S_i samples with a length in tokens and a correct
+flag. The accuracy a hard cap of b tokens buys on query i is
+
+    P_i(b) = P(correct and length <= b) = p_i * F_i(b)
+
+with p_i the chance the query is solved at all and F_i the length distribution of its correct
+solutions. With the usual 4-8 samples per query both factors are noisy, and an allocator that
+trusts them (:func:`empirical_curves`) spends tokens on noise. :class:`ShrunkCurveFitter`
+shrinks both factors toward the pool:
+
+- ``p_i``: Beta-binomial posterior mean; the prior's mean and strength are fitted to all
+  queries by marginal likelihood (empirical Bayes).
+- ``F_i``: log-lengths of correct samples are ``mu_i + e``, with ``e`` drawn from one
+  residual shape shared by the pool (kernel-smoothed) and ``mu_i`` a normal-normal
+  posterior (shrunk toward the pool mean by the ratio of within- to between-query variance).
+  The curve averages over the posterior of ``mu_i`` (Gauss-Hermite), so a query known from one
+  correct sample gets a wide, honest curve rather than a step.
+
+The paper's family fits are :class:`SurgeFitter` (shifted surge, alpha and beta shared, tau per
+query) and :class:`GammaFitter` (shifted Gamma(2) S-curve, beta shared, tau and p per query).
+:func:`goodness_of_fit` scores any probability curve against held-out traces.
+
+Units: budgets and lengths in tokens; curve values are probabilities except for
+:class:`~shadowprice.curves.ShiftedSurge` (the paper's latent utility).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike, NDArray
+from scipy import optimize, special, stats
+
+from .curves import EmpiricalCurve, GammaSCurve, ShiftedSurge, TabulatedCurve, UtilityCurve
+from .traces import TraceSet
+
+FloatArray = NDArray[np.float64]
+
+__all__ = [
+    "BetaBinomialPrior",
+    "GammaFitter",
+    "ShrunkCurveFitter",
+    "SurgeFitter",
+    "default_grid",
+    "empirical_curves",
+    "fit_beta_binomial",
+    "fit_gamma",
+    "fit_shrunk",
+    "fit_surge",
+    "goodness_of_fit",
+]
+
+#: Gauss-Hermite nodes used to average a curve over the posterior of its location.
+_GH_NODES = 9
+
+
+# -- validation -----------------------------------------------------------------------------
+def _arrays(traces: TraceSet) -> tuple[FloatArray, NDArray[np.bool_], NDArray[np.int64]]:
+    """(tokens (N, S) NaN-padded, correct (N, S), n_samples (N,)), validated."""
+    if not isinstance(traces, TraceSet):
+        raise TypeError(f"traces must be a TraceSet, got {type(traces).__name__}")
+    if traces.n == 0:
+        raise ValueError("traces hold no queries")
+    t = traces.tokens()
+    c = traces.correct() & ~np.isnan(t)
+    return t, c, traces.n_samples()
+
+
+def default_grid(traces: TraceSet, levels: int = 64, top: float | None = None) -> NDArray[np.int64]:
+    """A budget grid for fitted curves: 0, then ``levels - 1`` geometric steps (integers).
+
+    Runs from a quarter of the shortest sample to twice the longest (or ``top``), so that every
+    useful cap has a nearby grid point; geometric because lengths vary multiplicatively.
+    """
+    if levels < 3:
+        raise ValueError(f"levels must be at least 3, got {levels}")
+    t = traces.tokens()
+    lo = max(float(np.nanmin(t)) / 4.0, 1.0)
+    hi = float(top) if top is not None else max(2.0 * float(np.nanmax(t)), lo * 4.0)
+    g = np.unique(np.round(np.geomspace(lo, hi, levels - 1)).astype(np.int64))
+    return np.concatenate([[0], g[g > 0]])
+
+
+def _check_grid(grid: ArrayLike) -> NDArray[np.int64]:
+    g = np.asarray(grid)
+    if g.ndim != 1 or g.size < 2 or g[0] != 0 or np.any(np.diff(g) <= 0):
+        raise ValueError("grid must be 1-D, strictly ascending, start at 0 and have >= 2 points")
+    if not np.all(np.isfinite(g)) or np.any(g != np.round(g)):
+        raise ValueError("grid budgets must be whole numbers of tokens")
+    return g.astype(np.int64)
+
+
+# -- raw curves -----------------------------------------------------------------------------
+def empirical_curves(traces: TraceSet) -> EmpiricalCurve:
+    """Each query's raw empirical curve: share of its samples correct within b tokens.
+
+    This is what a hard cap scores on these samples; as a *plan* it overfits (4 samples make a
+    4-step curve). Shape (N,) curves.
+    """
+    t, c, _ = _arrays(traces)
+    return EmpiricalCurve(t, c)
+
+
+# -- success probability: Beta-binomial empirical Bayes ---------------------------------------
+@dataclass(frozen=True)
+class BetaBinomialPrior:
+    """Beta(mean * strength, (1 - mean) * strength) prior over per-query success rates.
+
+    ``strength`` is in pseudo-samples: a query with n samples keeps weight n / (n + strength)
+    on its own rate.
+    """
+
+    mean: float
+    strength: float
+
+    def posterior_mean(self, k: ArrayLike, n: ArrayLike, scale: float = 1.0) -> FloatArray:
+        """(k + s m) / (n + s) with s = ``scale`` * strength; shape of ``k``."""
+        s = self.strength * scale
+        return (np.asarray(k, float) + s * self.mean) / (np.asarray(n, float) + s)
+
+
+def fit_beta_binomial(k: ArrayLike, n: ArrayLike) -> BetaBinomialPrior:
+    """Fit a Beta prior to per-query successes ``k`` out of ``n`` by marginal likelihood.
+
+    Parameters
+    ----------
+    k, n : int arrays (N,)
+        Successes and trials per query (0 <= k <= n, n >= 1).
+    """
+    k = np.asarray(k, dtype=np.int64)
+    n = np.asarray(n, dtype=np.int64)
+    if k.shape != n.shape or k.ndim != 1 or k.size == 0:
+        raise ValueError("k and n must be 1-D arrays of the same non-zero length")
+    if np.any(n < 1) or np.any(k < 0) or np.any(k > n):
+        raise ValueError("need 0 <= k <= n and n >= 1 for every query")
+    m0 = float(np.clip(k.sum() / n.sum(), 1e-3, 1 - 1e-3))
+    if np.all(k == 0) or np.all(k == n):
+        # No spread to learn from: a weak prior at the observed rate.
+        return BetaBinomialPrior(m0, 1.0)
+
+    def nll(theta: FloatArray) -> float:
+        m, s = special.expit(theta[0]), np.exp(theta[1])
+        return -float(stats.betabinom.logpmf(k, n, m * s, (1 - m) * s).sum())
+
+    res = optimize.minimize(nll, x0=np.array([special.logit(m0), 0.0]), method="Nelder-Mead",
+                            options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 2000})
+    m, s = float(special.expit(res.x[0])), float(np.exp(res.x[1]))
+    # Bound the strength: below 0.05 pseudo-samples shrinkage is nil; above 1e4 it is total.
+    return BetaBinomialPrior(m, float(np.clip(s, 0.05, 1e4)))
+
+
+# -- location of correct lengths: normal-normal empirical Bayes -------------------------------
+@dataclass(frozen=True)
+class _Location:
+    mu: FloatArray        # (N,) posterior mean of each query's location
+    var: FloatArray       # (N,) posterior variance
+    residuals: FloatArray  # pooled within-query residuals (df-corrected)
+    sigma2: float         # within-query variance
+    tau2: float           # between-query variance
+    mu0: float            # pool mean
+
+
+def _location(y: FloatArray, ok: NDArray[np.bool_], fallback: FloatArray,
+              scale: float = 1.0) -> _Location:
+    """Shrink per-query means of ``y`` (N, S) over entries ``ok`` toward the pool.
+
+    Queries with no ``ok`` entry get ``fallback`` (N,) as their data mean with one
+    pseudo-observation (used: the mean log-length of all their samples).
+    """
+    nc = ok.sum(axis=1)
+    ysum = np.where(ok, y, 0.0).sum(axis=1)
+    ybar = np.where(nc > 0, ysum / np.maximum(nc, 1), fallback)
+    neff = np.where(nc > 0, nc, 1).astype(float)
+    dev = np.where(ok, y - ybar[:, None], 0.0)
+    multi = nc >= 2
+    if multi.any():
+        sigma2 = float((dev[multi] ** 2).sum() / (nc[multi] - 1).sum())
+        res = (dev * np.sqrt(nc / np.maximum(nc - 1, 1))[:, None])[ok & multi[:, None]]
+    else:
+        sigma2, res = 0.0, np.zeros(1)
+    sigma2 = max(sigma2, 1e-6)
+    has = nc > 0
+    w = neff[has]
+    mu0 = float(np.average(ybar[has], weights=w)) if has.any() else float(np.mean(fallback))
+    tau2 = float(np.average((ybar[has] - mu0) ** 2, weights=w) - np.mean(sigma2 / w)) \
+        if has.sum() > 1 else 0.0
+    tau2 = max(tau2, 1e-6)
+    # Shrinkage scale > 1 strengthens the prior (smaller tau2), < 1 weakens it.
+    t2 = tau2 / max(scale, 1e-9)
+    prec = neff / sigma2 + 1.0 / t2
+    mu = (neff * ybar / sigma2 + mu0 / t2) / prec
+    return _Location(mu, 1.0 / prec, res, sigma2, tau2, mu0)
+
+
+def _smooth_cdf(residuals: FloatArray, z: FloatArray) -> FloatArray:
+    """Gaussian-kernel CDF of ``residuals`` evaluated at ``z`` (any shape)."""
+    r = np.asarray(residuals, float)
+    sd = float(np.std(r)) if r.size > 1 else 0.0
+    h = max(1.06 * sd * r.size ** (-0.2), 0.02)
+    # Tabulate once on a fine grid, then interpolate: O(|z| + 2048 |r|) instead of O(|z||r|).
+    lo, hi = float(r.min()) - 6 * h, float(r.max()) + 6 * h
+    zz = np.linspace(lo, hi, 2048)
+    cdf = np.zeros_like(zz)
+    for chunk in np.array_split(r, max(1, r.size // 4096 + 1)):
+        cdf += special.ndtr((zz[:, None] - chunk[None, :]) / h).sum(axis=1)
+    cdf /= r.size
+    return np.interp(z, zz, cdf, left=0.0, right=1.0)
+
+
+# -- the shrunk fitter -----------------------------------------------------------------------
+class ShrunkCurveFitter:
+    """Empirical-Bayes curves: P_i(b) = p_i * E[G(log b - mu_i)], tabulated on a grid.
+
+    Parameters
+    ----------
+    grid : int array (K,), optional
+        Budgets (tokens, ascending from 0) to tabulate on; default :func:`default_grid`.
+    strength : float
+        Multiplies both fitted prior strengths: 1 is the empirical-Bayes estimate, 0 trusts
+        each query's own samples (no shrinkage of p_i or mu_i), larger pulls harder toward
+        the pool.
+    smooth : bool
+        Average the curve over the posterior of mu_i (True) or plug in its mean (False).
+
+    Attributes (after :meth:`fit`)
+    ------------------------------
+    curves_ : TabulatedCurve
+        (N,) curves on ``grid_``.
+    p_ : (N,) shrunk success probabilities.
+    mu_, mu_var_ : (N,) posterior mean and variance of each query's log-length location.
+    prior_ : BetaBinomialPrior of the success rates.
+    sigma_, tau_ : within- and between-query standard deviation of log-lengths.
+    """
+
+    def __init__(self, grid: ArrayLike | None = None, strength: float = 1.0,
+                 smooth: bool = True) -> None:
+        if not np.isfinite(strength) or strength < 0:
+            raise ValueError(f"strength must be a non-negative number, got {strength!r}")
+        self.grid = grid
+        self.strength = float(strength)
+        self.smooth = smooth
+
+    def fit(self, traces: TraceSet) -> ShrunkCurveFitter:
+        t, c, n = _arrays(traces)
+        g = default_grid(traces) if self.grid is None else _check_grid(self.grid)
+        k = c.sum(axis=1)
+        self.prior_ = fit_beta_binomial(k, n)
+        s = self.strength
+        self.p_ = (k / n).astype(float) if s == 0 else self.prior_.posterior_mean(k, n, s)
+        y = np.log(np.maximum(np.nan_to_num(t, nan=1.0), 1.0))
+        present = ~np.isnan(t)
+        fallback = np.where(present, y, 0.0).sum(axis=1) / n
+        loc = _location(y, c, fallback, scale=max(s, 1e-9))
+        self.mu_, self.mu_var_ = loc.mu, (loc.var if s > 0 else np.zeros(traces.n))
+        self.sigma_, self.tau_ = float(np.sqrt(loc.sigma2)), float(np.sqrt(loc.tau2))
+        self.residuals_ = loc.residuals
+        logb = np.log(np.maximum(g[1:].astype(float), 1.0))  # (K-1,)
+        if self.smooth and s > 0:
+            x, w = np.polynomial.hermite_e.hermegauss(_GH_NODES)
+            w = w / w.sum()
+            mu = self.mu_[:, None, None] + np.sqrt(self.mu_var_)[:, None, None] * x[None, None, :]
+            F = (_smooth_cdf(loc.residuals, logb[None, :, None] - mu) * w).sum(axis=2)
+        else:
+            F = _smooth_cdf(loc.residuals, logb[None, :] - self.mu_[:, None])
+        vals = np.concatenate([np.zeros((traces.n, 1)), self.p_[:, None] * F], axis=1)
+        self.grid_ = g
+        self.curves_ = TabulatedCurve(g, np.maximum.accumulate(vals, axis=1))
+        return self
+
+    def predict_curves(self) -> TabulatedCurve:
+        if not hasattr(self, "curves_"):
+            raise RuntimeError("call fit(traces) first")
+        return self.curves_
+
+    def pool_curve(self, n: int) -> TabulatedCurve:
+        """The pool's average curve repeated for ``n`` new queries (no per-query data)."""
+        v = self.predict_curves().values.mean(axis=0)
+        return TabulatedCurve(self.grid_, np.repeat(v[None, :], n, axis=0))
+
+
+def fit_shrunk(traces: TraceSet, grid: ArrayLike | None = None, strength: float = 1.0,
+               smooth: bool = True) -> TabulatedCurve:
+    """Shrunk per-query curves of ``traces`` (see :class:`ShrunkCurveFitter`), shape (N,)."""
+    return ShrunkCurveFitter(grid, strength, smooth).fit(traces).curves_
+
+
+# -- the paper's shifted surge ---------------------------------------------------------------
+class SurgeFitter:
+    """The paper's recipe: shifted surge with alpha, beta shared and tau per query.
+
+    - ``tau_i`` = the query's shortest correct length (``tau="min"``) or a quantile of its
+      correct lengths. The shortest correct sample is the empirical emergence point: a cap
+      below it solved nothing in the data, which is what the surge's zero below tau says.
+    - ``beta``: the pooled histogram of excess lengths ``x = L - tau_i`` over correct samples
+      (the zero that defines tau is left out) is fitted by least squares with the surge shape
+      ``A x exp(-beta x)``; the surge peaks at x = 1/beta.
+    - ``alpha`` does not change any allocation (it rescales utility and price together); it is
+      set so that the surge's peak utility alpha / (e beta) equals the pool's solve rate, which
+      puts utilities on an accuracy-like scale.
+    - Queries with no correct sample get ``tau = unsolved_factor`` x the longest sample in the
+      set: CLEAR abandons them first under scarcity and funds them only when budget is ample.
+
+    Attributes (after fit): ``curves_`` (ShiftedSurge), ``tau_``, ``alpha_``, ``beta_``,
+    ``histogram_`` (DataFrame of bin centre, observed and fitted density), ``r2_``.
+    """
+
+    def __init__(self, tau: Literal["min"] | float = "min", bins: int = 30,
+                 unsolved_factor: float = 2.0) -> None:
+        if tau != "min" and not (isinstance(tau, (int, float)) and 0 <= tau <= 1):
+            raise ValueError(f"tau must be 'min' or a quantile in [0, 1], got {tau!r}")
+        if bins < 3:
+            raise ValueError(f"bins must be at least 3, got {bins}")
+        self.tau, self.bins, self.unsolved_factor = tau, int(bins), float(unsolved_factor)
+
+    def fit(self, traces: TraceSet) -> SurgeFitter:
+        t, c, n = _arrays(traces)
+        L = np.where(c, t, np.nan)
+        solved = c.any(axis=1)
+        big = self.unsolved_factor * float(np.nanmax(t))
+        with np.errstate(all="ignore"):
+            if self.tau == "min":
+                tau = np.nanmin(np.where(solved[:, None], L, 0.0), axis=1)
+            else:
+                tau = np.nanquantile(np.where(solved[:, None], L, 0.0), float(self.tau), axis=1)
+        tau = np.where(solved, tau, big)
+        x = (L - tau[:, None])[c & solved[:, None]]
+        x = x[x > 0]
+        if x.size < 3:
+            beta = 1.0 / max(float(np.nanmedian(t)), 1.0)
+            self.histogram_, self.r2_ = pd.DataFrame(), float("nan")
+        else:
+            beta, self.histogram_, self.r2_ = _fit_surge_shape(x, self.bins)
+        p_pool = float(c.sum() / n.sum())
+        self.tau_, self.beta_ = tau, beta
+        self.alpha_ = max(p_pool, 1e-6) * np.e * beta
+        self.p_ = (c.sum(axis=1) / n).astype(float)
+        self.curves_ = ShiftedSurge(tau, self.alpha_, beta)
+        return self
+
+    def predict_curves(self) -> ShiftedSurge:
+        if not hasattr(self, "curves_"):
+            raise RuntimeError("call fit(traces) first")
+        return self.curves_
+
+    def as_probability(self) -> GammaSCurve:
+        """The accuracy curve the surge implies: excess lengths ~ Gamma(2, beta) (the surge's
+        own shape as a density) scaled by each query's observed solve rate. For scoring fits."""
+        return GammaSCurve(self.tau_, self.beta_, np.clip(self.p_, 0.0, 1.0))
+
+
+def _fit_surge_shape(x: FloatArray, bins: int) -> tuple[float, pd.DataFrame, float]:
+    """Least-squares fit of density A x exp(-beta x) to a histogram of ``x`` > 0."""
+    top = float(np.quantile(x, 0.99))
+    edges = np.linspace(0.0, max(top, 1.0), bins + 1)
+    counts, _ = np.histogram(x, bins=edges)
+    width = edges[1] - edges[0]
+    dens = counts / (x.size * width)
+    mid = 0.5 * (edges[1:] + edges[:-1])
+    beta0 = 2.0 / max(float(np.mean(x)), 1.0)
+
+    def shape(z: FloatArray, a: float, b: float) -> FloatArray:
+        return a * z * np.exp(-b * z)
+
+    try:
+        (a, b), _ = optimize.curve_fit(shape, mid, dens, p0=(beta0**2, beta0),
+                                       bounds=([0.0, 1e-7], [np.inf, 10.0]), maxfev=10_000)
+    except (RuntimeError, ValueError):
+        a, b = beta0**2, beta0
+    fitted = shape(mid, a, b)
+    ss = float(((dens - dens.mean()) ** 2).sum())
+    r2 = 1.0 - float(((dens - fitted) ** 2).sum()) / ss if ss > 0 else float("nan")
+    hist = pd.DataFrame({"excess_tokens": mid, "observed_density": dens,
+                         "fitted_density": fitted})
+    return float(b), hist, r2
+
+
+def fit_surge(traces: TraceSet, tau: Literal["min"] | float = "min") -> ShiftedSurge:
+    """The paper's shifted-surge fit (see :class:`SurgeFitter`); (N,) curves."""
+    return SurgeFitter(tau=tau).fit(traces).curves_
+
+
+# -- shifted Gamma(2) S-curve with shrinkage -------------------------------------------------
+class GammaFitter:
+    """GammaSCurve with beta shared, tau and p per query, both shrunk toward the pool.
+
+    Correct lengths are tau_i + Gamma(2, beta): mean tau_i + 2/beta, variance 2/beta^2.
+    ``beta`` comes from the pooled within-query variance of correct lengths; ``tau_i`` is the
+    query's shrunk mean correct length minus 2/beta (normal-normal empirical Bayes, clipped at
+    0); ``p_i`` the Beta-binomial posterior mean. Queries with no correct sample take the mean
+    length of all their samples as their location datum.
+    """
+
+    def __init__(self, strength: float = 1.0) -> None:
+        if not np.isfinite(strength) or strength < 0:
+            raise ValueError(f"strength must be a non-negative number, got {strength!r}")
+        self.strength = float(strength)
+
+    def fit(self, traces: TraceSet) -> GammaFitter:
+        t, c, n = _arrays(traces)
+        k = c.sum(axis=1)
+        self.prior_ = fit_beta_binomial(k, n)
+        s = self.strength
+        self.p_ = (k / n).astype(float) if s == 0 else self.prior_.posterior_mean(k, n, s)
+        y = np.nan_to_num(t, nan=0.0)
+        fallback = y.sum(axis=1) / n
+        loc = _location(y, c, fallback, scale=max(s, 1e-9))
+        self.beta_ = float(np.sqrt(2.0 / loc.sigma2))
+        self.tau_ = np.maximum(loc.mu - 2.0 / self.beta_, 0.0)
+        self.curves_ = GammaSCurve(self.tau_, self.beta_, np.clip(self.p_, 0.0, 1.0))
+        return self
+
+    def predict_curves(self) -> GammaSCurve:
+        if not hasattr(self, "curves_"):
+            raise RuntimeError("call fit(traces) first")
+        return self.curves_
+
+
+def fit_gamma(traces: TraceSet, strength: float = 1.0) -> GammaSCurve:
+    """Shrunk shifted-Gamma S-curves (see :class:`GammaFitter`); (N,) curves."""
+    return GammaFitter(strength).fit(traces).curves_
+
+
+# -- goodness of fit -------------------------------------------------------------------------
+def goodness_of_fit(curves: UtilityCurve, traces: TraceSet,
+                    grid: ArrayLike | None = None) -> dict[str, Any]:
+    """Score probability curves against (held-out) traces of the same N queries.
+
+    At each grid budget b every sample is an outcome y = [correct and length <= b]; the curve
+    predicts P_i(b). Returns
+
+    - ``mae``: mean |P_i(b) - empirical_i(b)| over queries and budgets (accuracy points),
+    - ``brier``: mean (P_i(b) - y)^2 over samples and budgets,
+    - ``log_loss``: mean Bernoulli log-loss (P clipped to [1e-4, 1 - 1e-4]),
+    - ``per_budget``: DataFrame (budget, predicted, observed, mae, brier) per grid budget.
+
+    :class:`ShiftedSurge` is not a probability; score ``SurgeFitter.as_probability()``.
+    """
+    if isinstance(curves, ShiftedSurge):
+        raise TypeError("ShiftedSurge values are utilities, not probabilities; score "
+                        "SurgeFitter(...).fit(traces).as_probability() instead")
+    t, c, n = _arrays(traces)
+    if curves.n != traces.n:
+        raise ValueError(f"curves cover {curves.n} queries but traces hold {traces.n}")
+    g = default_grid(traces, levels=24) if grid is None else _check_grid(grid)
+    gb = g[1:].astype(float)
+    P = np.clip(curves.value(np.broadcast_to(gb, (traces.n, gb.size))), 0.0, 1.0)  # (N, K)
+    present = ~np.isnan(t)
+    y = (c[:, :, None] & (np.nan_to_num(t, nan=np.inf)[:, :, None] <= gb)).astype(float)
+    emp = y.sum(axis=1) / n[:, None]
+    m = present[:, :, None]
+    sq = np.where(m, (P[:, None, :] - y) ** 2, 0.0)
+    Pc = np.clip(P, 1e-4, 1 - 1e-4)[:, None, :]
+    ll = np.where(m, -(y * np.log(Pc) + (1 - y) * np.log1p(-Pc)), 0.0)
+    total = float(n.sum())
+    per = pd.DataFrame({
+        "budget": g[1:], "predicted": P.mean(axis=0), "observed": emp.mean(axis=0),
+        "mae": np.abs(P - emp).mean(axis=0), "brier": sq.sum(axis=(0, 1)) / total,
+    })
+    return {"mae": float(np.abs(P - emp).mean()), "brier": float(sq.sum() / (total * gb.size)),
+            "log_loss": float(ll.sum() / (total * gb.size)), "per_budget": per}
