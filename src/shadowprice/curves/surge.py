@@ -91,8 +91,14 @@ class ShiftedSurge(UtilityCurve):
 
     def value(self, budgets: ArrayLike) -> FloatArray:
         b = np.asarray(budgets, dtype=float)
-        x = np.maximum(b - column(self.tau, b), 0.0)
-        return column(self.alpha, b) * x * np.exp(-column(self.beta, b) * x)
+        # In place: this runs on (N, K) grids in the envelope solver.
+        x = np.subtract(b, column(self.tau, b))
+        np.maximum(x, 0.0, out=x)
+        u = np.multiply(x, -column(self.beta, b))
+        np.exp(u, out=u)
+        u *= x
+        u *= column(self.alpha, b)
+        return u
 
     def marginal(self, budgets: ArrayLike) -> FloatArray:
         b = np.asarray(budgets, dtype=float)

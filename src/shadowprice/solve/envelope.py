@@ -59,14 +59,19 @@ def _demand(menu: Menu, price: float) -> tuple[NDArray[np.intp], int]:
 
 
 def price_ceiling(menu: Menu) -> float:
-    """A price above every option's average value per token: nobody buys optional tokens."""
+    """A price above every option's value per extra token over the row's cheapest feasible
+    option: at it, every query takes its cheapest option (0, or its floor if protected)."""
     best = 0.0
     for start in range(0, menu.n, CHUNK):
         sl = slice(start, min(start + CHUNK, menu.n))
         c = menu.row_costs(sl)
         v = menu.values[sl]
+        rows = np.arange(v.shape[0])
+        first = np.argmax(np.isfinite(v), axis=1)
+        dc = c - c[rows, first][:, None]
+        dv = v - v[rows, first][:, None]
         with np.errstate(divide="ignore", invalid="ignore"):
-            r = np.where(np.isfinite(v) & (c > 0), v / np.where(c > 0, c, 1), 0.0)
+            r = np.where(np.isfinite(v) & (dc > 0), dv / np.where(dc > 0, dc, 1), 0.0)
         best = max(best, float(r.max(initial=0.0)))
     return best * 2.0 + 1e-12
 

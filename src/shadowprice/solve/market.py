@@ -67,13 +67,16 @@ def constrained_demand(curves: UtilityCurve, price: float, cons: Constraints) ->
 
 
 def _price_ceiling(curves: UtilityCurve, cons: Constraints) -> float:
-    """A price at which no unprotected query buys anything."""
+    """A price at which every query takes its cheapest choice (0, or lo if protected)."""
     if isinstance(curves, ShiftedSurge):
         return float(np.max(curves.alpha))
-    # Average utility per token bounds the marginal at the optimum from above.
-    lo = np.maximum(cons.lo.astype(float), 1.0)
-    grid = np.geomspace(lo, np.maximum(cons.hi, lo), 48, axis=1)
-    return float(np.max(curves.value(grid) / grid)) * 2.0 + 1e-12
+    # Value per extra token over the cheapest funded budget bounds the marginal there.
+    lo = cons.lo.astype(float)
+    hi = np.maximum(cons.hi.astype(float), lo + 1.0)
+    grid = lo[:, None] + np.geomspace(1.0, hi - lo, 48, axis=1)
+    gain = (curves.value(grid) - curves.value(lo)[:, None]) / (grid - lo[:, None])
+    zero_based = curves.value(grid) / grid
+    return float(max(np.max(gain), np.max(zero_based))) * 2.0 + 1e-12
 
 
 def clear_vectorised(curves: UtilityCurve, cons: Constraints) -> Clearing:
@@ -90,6 +93,9 @@ def clear_vectorised(curves: UtilityCurve, cons: Constraints) -> Clearing:
         b, f = constrained_demand(curves, mid, cons)
         if b.sum() <= B:
             hi_p, best = mid, (b, f)
+            # Each step costs O(N) here: stop once rounding would lose more than is left.
+            if B - b.sum() < cons.granularity:
+                break
         else:
             lo_p = mid
         it += 1
@@ -116,12 +122,14 @@ class _SortedSurge:
         u = self.alpha * max(b - tau, 0.0) * math.exp(-self.beta * max(b - tau, 0.0))
         return u - lam * b
 
-    def n_funded(self, lam: float) -> int:
-        """Queries funded at ``lam``: surplus falls with tau, so they are a prefix of the
-        sorted taus (equal taus share one fate)."""
+    def excess(self, lam: float) -> float:
+        return float(surge_excess(lam, self.alpha, self.beta))
+
+    def n_funded(self, lam: float, x: float) -> int:
+        """Queries funded at ``lam`` (buying ``x`` tokens above threshold): surplus falls with
+        tau, so they are a prefix of the sorted taus (equal taus share one fate)."""
         if lam >= self.alpha or self.lo > self.hi:
             return 0
-        x = float(surge_excess(lam, self.alpha, self.beta))
         lo_i, hi_i = 0, self.tau.size
         while lo_i < hi_i:
             mid = (lo_i + hi_i) // 2
@@ -132,10 +140,10 @@ class _SortedSurge:
         return lo_i
 
     def demand(self, lam: float) -> float:
-        k = self.n_funded(lam)
+        x = self.excess(lam)
+        k = self.n_funded(lam, x)
         if k == 0:
             return 0.0
-        x = float(surge_excess(lam, self.alpha, self.beta))
         tau = self.tau[:k]
         # Budgets are clip(tau + x, lo, hi): split the prefix where the clip binds.
         a = int(np.searchsorted(tau, self.lo - x, side="left"))
@@ -144,10 +152,10 @@ class _SortedSurge:
         return a * self.lo + middle + (k - c) * self.hi
 
     def budgets(self, lam: float) -> tuple[FloatArray, NDArray[np.bool_]]:
-        k = self.n_funded(lam)
+        x = self.excess(lam)
+        k = self.n_funded(lam, x)
         if k == 0:
             return np.zeros(self.tau.size), np.zeros(self.tau.size, dtype=bool)
-        x = float(surge_excess(lam, self.alpha, self.beta))
         funded = self.tau_all <= self.tau[k - 1]
         return np.where(funded, np.clip(self.tau_all + x, self.lo, self.hi), 0.0), funded
 
@@ -198,12 +206,15 @@ def hand_out(curves: UtilityCurve, budgets: IntArray, funded: NDArray[np.bool_],
             sub = curves[cand]
             w = want[cand] if want is not None else cons.hi[cand].astype(float)
             w = np.where(np.isfinite(w) & (w > 0), w, cons.hi[cand])
+            probe = np.zeros(cand.size)
             for j, i in enumerate(cand):
                 lo_i, hi_i = int(cons.lo[i]), int(cons.hi[i])
                 give = min(left, hi_i, max(int(w[j] // g) * g, lo_i))
                 if give < lo_i:
                     continue
-                gain = float(sub[j:j + 1].value(np.array([float(give)]))[0])
+                probe[j] = give
+                gain = float(sub.value(probe)[j])
+                probe[j] = 0.0
                 if gain > 0 and gain > price * give:
                     b[i], f[i] = give, True
                     left -= give

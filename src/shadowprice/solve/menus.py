@@ -88,8 +88,14 @@ def budget_grid(curves: UtilityCurve, cons: Constraints, levels: int = DEFAULT_L
     top = max(top, g)
     steps = top // g
     if steps + 1 <= levels:
-        return np.arange(steps + 1, dtype=np.int64) * g
-    grid = np.unique(np.round(np.linspace(0, steps, levels)).astype(np.int64)) * g
+        grid = np.arange(steps + 1, dtype=np.int64) * g
+    else:
+        grid = np.unique(np.round(np.linspace(0, steps, levels)).astype(np.int64)) * g
+    # Each query's smallest funded budget must be on the grid: protected queries need it to
+    # be feasible at their floor, and min_tokens would otherwise round up to the next level.
+    los = np.unique(cons.lo[cons.lo <= cons.hi])
+    if los.size <= max(levels // 4, 1):
+        grid = np.union1d(grid, los[los <= top])
     return grid
 
 
@@ -113,11 +119,17 @@ def menu_from_curve(curves: UtilityCurve, cons: Constraints, grid: IntArray | No
         raise ValueError("grid must be 1-D, ascending and start at 0")
     gf = g.astype(float)
     values = np.empty((curves.n, g.size), dtype=dtype)
+    # With the same limits for everyone, feasibility is a property of the grid column.
+    columns = _feasible(g, cons.subset(slice(0, 1)))[0] if cons.uniform_limits else None
     for start in range(0, curves.n, CHUNK):
         stop = min(start + CHUNK, curves.n)
         sl = slice(start, stop)
         v = curves[sl].value(np.broadcast_to(gf, (stop - start, g.size)))
-        values[sl] = np.where(_feasible(g, cons.subset(sl)), v, -np.inf)
+        if columns is None:
+            values[sl] = np.where(_feasible(g, cons.subset(sl)), v, -np.inf)
+        else:
+            values[sl] = v
+            values[sl, ~columns] = -np.inf
     return Menu(costs=g, values=values, budgets=g, samples=np.ones_like(g))
 
 
@@ -130,7 +142,9 @@ def menu_from_breakpoints(curves: EmpiricalCurve, cons: Constraints) -> Menu:
     b = np.where(fin, np.ceil(np.where(fin, bp, 0) / g) * g, 0).astype(np.int64)
     b = np.maximum(b, np.where(fin, cons.lo[:, None], 0))
     b = np.where(fin & (b <= cons.hi[:, None]), b, 0)
-    budgets = np.concatenate([np.zeros((curves.n, 1), np.int64), b], axis=1)
+    # Also offer the smallest funded budget, so a protected query always has an option.
+    floor_opt = np.where(cons.lo <= cons.hi, cons.lo, 0)[:, None]
+    budgets = np.concatenate([np.zeros((curves.n, 1), np.int64), floor_opt, b], axis=1)
     budgets.sort(axis=1)
     feas = _feasible(budgets, cons)
     # Duplicate budgets (missing lengths, rounding) must not count as distinct options.
