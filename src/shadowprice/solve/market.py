@@ -30,6 +30,8 @@ from .result import STATUS_INFEASIBLE, STATUS_NOT_SCARCE, STATUS_OK, Allocation
 
 #: Bisection stops when the price bracket is this small relative to the price.
 PRICE_RTOL = 1e-12
+#: The O(N)-per-step path stops earlier: leftovers are handed out afterwards anyway.
+VECTOR_RTOL = 1e-9
 MAX_ITER = 200
 
 
@@ -88,7 +90,7 @@ def clear_vectorised(curves: UtilityCurve, cons: Constraints) -> Clearing:
     lo_p, hi_p = 0.0, _price_ceiling(curves, cons)
     best = constrained_demand(curves, hi_p, cons)
     it = 0
-    while hi_p - lo_p > PRICE_RTOL * hi_p and it < MAX_ITER:
+    while hi_p - lo_p > VECTOR_RTOL * hi_p and it < MAX_ITER:
         mid = 0.5 * (lo_p + hi_p)
         b, f = constrained_demand(curves, mid, cons)
         if b.sum() <= B:
