@@ -1,0 +1,110 @@
+"""Splits never leak, policies and runner behave, the CLI prints the documented schema."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from shadowprice.cli import app
+from shadowprice.evaluate import EVAL_POLICIES, evaluate, kfold_queries, split_half
+from shadowprice.traces import TraceSet, load_traces
+
+
+def _tagged(n: int = 30, s: int = 8, seed: int = 0) -> TraceSet:
+    rng = np.random.default_rng(seed)
+    recs = []
+    for i in range(n):
+        scale = np.exp(rng.normal(np.log(250), 0.5))
+        recs.append({"id": f"q{i}", "samples": [
+            {"tokens": int(scale * np.exp(rng.normal(0, 0.3))), "correct": bool(rng.random() < 0.8),
+             "uid": f"{i}-{j}"} for j in range(s - (i % 3))]})
+    return TraceSet(recs)
+
+
+def test_split_half_is_disjoint_and_complete() -> None:
+    ts = _tagged()
+    fit, score = split_half(ts, seed=3)
+    assert fit.ids == score.ids == ts.ids
+    for r, a, b in zip(ts.records, fit.records, score.records, strict=True):
+        ua = {s["uid"] for s in a["samples"]}
+        ub = {s["uid"] for s in b["samples"]}
+        assert not ua & ub
+        assert ua | ub == {s["uid"] for s in r["samples"]}
+        assert len(ua) == len(r["samples"]) // 2
+    # Deterministic in the seed, different across seeds.
+    again, _ = split_half(ts, seed=3)
+    assert [s["uid"] for s in again.records[0]["samples"]] == \
+        [s["uid"] for s in fit.records[0]["samples"]]
+
+
+def test_split_half_rejects_single_samples() -> None:
+    ts = TraceSet([{"id": "a", "samples": [{"tokens": 1, "correct": True}]}])
+    with pytest.raises(ValueError, match="fewer than 2 samples"):
+        split_half(ts)
+
+
+def test_kfold_partitions_queries() -> None:
+    folds = list(kfold_queries(23, k=4, seed=1))
+    scored = np.concatenate([s for _, s in folds])
+    assert sorted(scored.tolist()) == list(range(23))
+    for f, s in folds:
+        assert not set(f) & set(s) and len(f) + len(s) == 23
+
+
+def test_evaluate_table_and_oracle_is_ceiling() -> None:
+    ts = _tagged(n=40)
+    names = ["uniform", "clear", "clear-paper", "market-raw", "oracle"]
+    df = evaluate(ts, [150, 400], names, split="half", n_boot=100)
+    assert len(df) == 2 * len(names)
+    assert (df.accuracy_ci_low <= df.accuracy).all() and (df.accuracy <= df.accuracy_ci_high).all()
+    assert (df.tokens_allotted <= df.budget + 1e-9).all()
+    for b, g in df.groupby("budget"):
+        best = g.set_index("policy").accuracy
+        assert best["oracle"] >= best.drop("oracle").max() - 1e-12, b
+    assert df.loc[df.policy == "oracle", "label"].iloc[0] == "hindsight oracle (ceiling)"
+    assert (df.loc[df.policy == "uniform", "vs_uniform"] == 0).all()
+
+
+def test_evaluate_spent_cost_and_queries_split() -> None:
+    ts = _tagged(n=30)
+    df = evaluate(ts, [200], ["uniform", "clear"], split="half", cost="spent", n_boot=50)
+    # Planned on expected spend: caps exceed the budget, spend stays near it.
+    assert (df.tokens_allotted >= 200).all()
+    assert (df.tokens_spent <= 200 * 1.15).all()
+    dq = evaluate(ts, [200], ["uniform", "clear"], split="queries", folds=3, n_boot=50)
+    assert len(dq) == 2 and dq.n_queries.iloc[0] == 30
+
+
+def test_registry_and_validation() -> None:
+    assert {"uniform", "clear", "clear-paper", "market-raw", "proportional", "length", "greedy",
+            "oracle", "clear-samples"} <= set(EVAL_POLICIES)
+    with pytest.raises(ValueError, match="unknown policies"):
+        evaluate(_tagged(), [100], ["nope"])
+    with pytest.raises(ValueError, match="budgets"):
+        evaluate(_tagged(), [0], ["uniform"])
+
+
+def test_cli_json_schema() -> None:
+    res = CliRunner().invoke(app, [
+        "evaluate", "bundled:qwen25-math-math100", "--budgets", "200,400",
+        "--policies", "uniform,clear,oracle", "--split", "half", "--seed", "0",
+        "--format", "json", "--n-boot", "50"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert len(out["results"]) == 6
+    for r in out["results"]:
+        assert {"policy", "budget", "accuracy", "accuracy_ci", "tokens_allotted",
+                "tokens_spent", "abandoned"} <= set(r)
+        assert r["accuracy_ci"][0] <= r["accuracy"] <= r["accuracy_ci"][1]
+    assert load_traces("qwen25-math-math100").n == out["queries"]
+
+
+def test_cli_errors() -> None:
+    res = CliRunner().invoke(app, ["evaluate", "bundled:qwen25-math-math100",
+                                   "--policies", "uniform,bogus"])
+    assert res.exit_code == 2
+    res = CliRunner().invoke(app, ["evaluate", "/no/such/file.jsonl"])
+    assert res.exit_code == 2
