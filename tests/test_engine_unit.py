@@ -360,3 +360,30 @@ def test_collect_writes_trace_schema_and_resumes(server: FakeServer, tmp_path: P
     ts = read_traces(out)
     assert len(ts) == 2
     assert asyncio.run(main())["collected"] == 0  # resume: nothing sampled again
+
+
+# --- CLI input errors -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"id": "a", "question": "q"}\n', "q.jsonl:1: field 'tau' missing"),
+        (
+            '{"id": "a", "question": "q", "tau": 5}\n{"question": "r"}\n',
+            "q.jsonl:2: missing field 'id'",
+        ),
+        ("not json\n", "q.jsonl:1: not valid JSON"),
+    ],
+)
+def test_run_cli_rejects_bad_queries(tmp_path: Path, content: str, message: str) -> None:
+    from typer.testing import CliRunner
+
+    from shadowprice.cli import app
+
+    path = tmp_path / "q.jsonl"
+    path.write_text(content)
+    args = ["run", str(path), "--endpoint", "http://127.0.0.1:9", "--model", "m", "--budget", "9"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert message in result.output

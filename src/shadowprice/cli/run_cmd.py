@@ -38,21 +38,21 @@ def load_queries(path: Path, *, need_tau: bool) -> list[dict[str, Any]]:
         fail(f"{path}: no queries")
     seen: set[str] = set()
     out = []
-    for line, r in rows:
+    for lineno, r in rows:
         for key in ("id", "question"):
             if r.get(key) in (None, ""):
-                fail(f"{path}:{line}: missing field '{key}'")
+                fail(f"{path}:{lineno}: missing field '{key}'")
         qid = str(r["id"])
         if qid in seen:
-            fail(f"{path}:{line}: duplicate id '{qid}'")
+            fail(f"{path}:{lineno}: duplicate id '{qid}'")
         seen.add(qid)
         if need_tau:
             try:
                 tau = float(r["tau"])
             except (KeyError, TypeError, ValueError):
-                fail(f"{path}:{line}: field 'tau' missing or not a number (or pass --predictor)")
+                fail(f"{path}:{lineno}: field 'tau' missing or not a number (or pass --predictor)")
             if not tau >= 0:
-                fail(f"{path}:{line}: field 'tau' must be >= 0, got {r['tau']}")
+                fail(f"{path}:{lineno}: field 'tau' must be >= 0, got {r['tau']}")
             r["tau"] = tau
         answer = r.get("answer")
         r["answer"] = None if answer in (None, "") else str(answer)
@@ -95,7 +95,7 @@ def run_command(
     questions = [str(r["question"]) for r in rows]
     if predictor is not None:
         try:
-            from shadowprice.predict import load_predictor
+            from shadowprice.predict import load_predictor  # type: ignore[attr-defined]
         except ImportError:
             fail("--predictor needs shadowprice.predict.load_predictor, which is not installed")
         curves = load_predictor(str(predictor)).predict_curves(questions)

@@ -383,7 +383,7 @@ class _progress:
 
     def __exit__(self, *exc: object) -> None:
         if self.enabled:
-            self._bar.__exit__(*exc)
+            self._bar.__exit__(None, None, None)
 
 
 def run_plan(
