@@ -90,14 +90,17 @@ class ShiftedSurge(UtilityCurve):
         return self.alpha.size == 1 and self.beta.size == 1
 
     def value(self, budgets: ArrayLike) -> FloatArray:
-        b = np.asarray(budgets, dtype=float)
+        b = np.asarray(budgets)
+        # float32 budgets (huge menus) are evaluated in float32; everything else in float64.
+        dt = np.float32 if b.dtype == np.float32 else np.float64
+        b = b.astype(dt, copy=False)
         # In place: this runs on (N, K) grids in the envelope solver.
-        x = np.subtract(b, column(self.tau, b))
+        x = np.subtract(b, column(self.tau.astype(dt, copy=False), b))
         np.maximum(x, 0.0, out=x)
-        u = np.multiply(x, -column(self.beta, b))
+        u = np.multiply(x, -column(self.beta.astype(dt, copy=False), b))
         np.exp(u, out=u)
         u *= x
-        u *= column(self.alpha, b)
+        u *= column(self.alpha.astype(dt, copy=False), b)
         return u
 
     def marginal(self, budgets: ArrayLike) -> FloatArray:

@@ -104,7 +104,10 @@ def clear_menu(menu: Menu, cons: Constraints, *, policy: str = "market") -> Allo
     if n == 0:
         return _result(menu, np.zeros(0, np.intp), 0.0, cons, policy, STATUS_NOT_SCARCE, 0, {},
                        "no queries")
-    no_option = ~np.isfinite(menu.values).any(axis=1)
+    # Unprotected queries can always abandon (option 0), so only protected rows need a check.
+    check = np.flatnonzero(cons.protected)
+    no_option = np.zeros(n, dtype=bool)
+    no_option[check] = ~np.isfinite(menu.values[check]).any(axis=1)
     if no_option.any():
         i = int(np.flatnonzero(no_option)[0])
         raise ValueError(f"query {i} has no feasible option within its limits; "

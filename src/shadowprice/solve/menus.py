@@ -117,7 +117,7 @@ def menu_from_curve(curves: UtilityCurve, cons: Constraints, grid: IntArray | No
     g = budget_grid(curves, cons, levels) if grid is None else np.asarray(grid, dtype=np.int64)
     if g.ndim != 1 or g[0] != 0 or np.any(np.diff(g) <= 0):
         raise ValueError("grid must be 1-D, ascending and start at 0")
-    gf = g.astype(float)
+    gf = g.astype(dtype)
     values = np.empty((curves.n, g.size), dtype=dtype)
     # With the same limits for everyone, feasibility is a property of the grid column.
     columns = _feasible(g, cons.subset(slice(0, 1)))[0] if cons.uniform_limits else None
@@ -129,7 +129,8 @@ def menu_from_curve(curves: UtilityCurve, cons: Constraints, grid: IntArray | No
             values[sl] = np.where(_feasible(g, cons.subset(sl)), v, -np.inf)
         else:
             values[sl] = v
-            values[sl, ~columns] = -np.inf
+            if not columns.all():
+                values[sl, ~columns] = -np.inf
     return Menu(costs=g, values=values, budgets=g, samples=np.ones_like(g))
 
 
