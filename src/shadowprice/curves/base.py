@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any, TypeAlias
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 FloatArray = NDArray[np.float64]
+#: Selects queries: a boolean mask of shape (N,), integer indices, or a slice.
+QueryIndex: TypeAlias = Any
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,7 @@ class UtilityCurve(ABC):
         raise NotImplementedError(f"{type(self).__name__} has no closed-form demand")
 
     @abstractmethod
-    def __getitem__(self, index: ArrayLike | slice) -> UtilityCurve:
+    def __getitem__(self, index: QueryIndex) -> UtilityCurve:
         """The curves of a subset of queries (boolean mask, integer indices or slice)."""
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .base import FloatArray, UtilityCurve
+from .base import FloatArray, QueryIndex, UtilityCurve
 
 
 class EmpiricalCurve(UtilityCurve):
@@ -105,7 +105,7 @@ class EmpiricalCurve(UtilityCurve):
         last = self.lengths[np.arange(self.n), np.maximum(k - 1, 0)]
         return np.where(k > 0, last, 0.0)
 
-    def __getitem__(self, index: ArrayLike | slice) -> EmpiricalCurve:
+    def __getitem__(self, index: QueryIndex) -> EmpiricalCurve:
         return EmpiricalCurve.from_lengths(self.lengths[index], self.n_samples[index],
                                            self.weight[index])
 

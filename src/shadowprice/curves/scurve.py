@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.special import expit, lambertw
 
-from .base import Demand, FloatArray, UtilityCurve, as_param, broadcast_params, column
+from .base import Demand, FloatArray, QueryIndex, UtilityCurve, as_param, broadcast_params, column
 
 
 class _PerQuery(UtilityCurve):
@@ -30,7 +30,7 @@ class _PerQuery(UtilityCurve):
     def _col(self, name: str, b: FloatArray) -> FloatArray:
         return column(getattr(self, name), b)
 
-    def __getitem__(self, index: ArrayLike | slice) -> _PerQuery:
+    def __getitem__(self, index: QueryIndex) -> _PerQuery:
         return type(self)(**{k: getattr(self, k)[index] for k in self._params})
 
     def __repr__(self) -> str:
@@ -57,6 +57,9 @@ class GammaSCurve(_PerQuery):
 
     has_closed_form_demand = True
     _params = ("tau", "beta", "p")
+    tau: FloatArray
+    beta: FloatArray
+    p: FloatArray
 
     def __init__(self, tau: ArrayLike, beta: ArrayLike, p: ArrayLike = 1.0) -> None:
         self._set(tau=as_param("tau", tau, nonnegative=True),
@@ -110,6 +113,9 @@ class LogisticCurve(_PerQuery):
     """
 
     _params = ("mu", "scale", "p")
+    mu: FloatArray
+    scale: FloatArray
+    p: FloatArray
 
     def __init__(self, mu: ArrayLike, scale: ArrayLike, p: ArrayLike = 1.0) -> None:
         self._set(mu=as_param("mu", mu, nonnegative=True),

@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.special import lambertw
 
-from .base import Demand, FloatArray, UtilityCurve, as_param, broadcast_params, column
+from .base import Demand, FloatArray, QueryIndex, UtilityCurve, as_param, broadcast_params, column
 
 
 def surge_excess(price: ArrayLike, alpha: ArrayLike, beta: ArrayLike) -> FloatArray:
@@ -139,7 +139,7 @@ class ShiftedSurge(UtilityCurve):
         funded = (self.tau < t) & (lam < self.alpha)
         return Demand(budgets=np.where(funded, self.tau + x, 0.0), funded=funded)
 
-    def __getitem__(self, index: ArrayLike | slice) -> ShiftedSurge:
+    def __getitem__(self, index: QueryIndex) -> ShiftedSurge:
         def pick(p: FloatArray) -> FloatArray:
             return p if p.size == 1 else p[index]
         return ShiftedSurge(self.tau[index], pick(self.alpha), pick(self.beta))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .base import FloatArray, UtilityCurve
+from .base import FloatArray, QueryIndex, UtilityCurve
 
 
 class TabulatedCurve(UtilityCurve):
@@ -56,7 +56,7 @@ class TabulatedCurve(UtilityCurve):
     def peak(self) -> FloatArray:
         return self.grid[np.argmax(self.values, axis=1)]
 
-    def __getitem__(self, index: ArrayLike | slice) -> TabulatedCurve:
+    def __getitem__(self, index: QueryIndex) -> TabulatedCurve:
         return TabulatedCurve(self.grid, self.values[index])
 
     def __repr__(self) -> str:

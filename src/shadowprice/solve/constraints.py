@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -59,15 +60,15 @@ class Constraints:
         # The small epsilon keeps 127.9999999 (float noise) from dropping a whole granule;
         # truncation is floor for the non-negative budgets here.
         b = np.asarray(budgets, dtype=float) + 1e-9
-        if g != 1:
-            b = (b / g).astype(np.int64) * g
-        out = np.minimum(b, self.hi).astype(np.int64, copy=False)
+        snapped = b if g == 1 else np.floor(b / g) * g
+        out = np.minimum(snapped, self.hi).astype(np.int64)
         below = out < self.lo
         if below.any():
             out[below] = np.where(self.protected[below], self.lo[below], 0)
         return out
 
-    def subset(self, index: ArrayLike | slice) -> Constraints:
+    def subset(self, index: Any) -> Constraints:
+        """The limits of a subset of queries (mask, indices or slice)."""
         return Constraints(self.budget, self.granularity, self.lo[index], self.hi[index],
                            self.protected[index])
 

@@ -36,13 +36,12 @@ def _choose(menu: Menu, rows: NDArray[np.intp] | None, price: float) -> NDArray[
     n = menu.n if rows is None else rows.size
     out = np.empty(n, dtype=np.intp)
     shared = menu.costs.ndim == 1
-    lam_c = (price * menu.costs).astype(menu.values.dtype) if shared else None
+    lam_c = (price * menu.costs).astype(menu.values.dtype)  # (K,) or (N, K)
     for start in range(0, n, CHUNK):
         sl = slice(start, min(start + CHUNK, n))
         r = sl if rows is None else rows[sl]
-        v = menu.values[r]
-        cost = lam_c if shared else price * menu.costs[r]
-        out[sl] = np.argmax(v - cost, axis=1)
+        cost = lam_c if shared else lam_c[r]
+        out[sl] = np.argmax(menu.values[r] - cost, axis=1)
     return out
 
 
@@ -218,15 +217,15 @@ def _fill(menu: Menu, choice: NDArray[np.intp], upper: NDArray[np.intp],
         ratio_best = ratio[has, best[has]]
         ex = extra[has, best[has]]
         order = np.argsort(-ratio_best, kind="stable")
-        take = order[np.cumsum(ex[order]) <= left]
-        if take.size == 0:
+        picks = order[np.cumsum(ex[order]) <= left]
+        if picks.size == 0:
             # Every best-ratio upgrade is too large alone: take the single largest gain that fits.
             i, j = np.unravel_index(np.argmax(np.where(ok, gain, -np.inf)), gain.shape)
             choice[cand[i]] = j
             left -= int(extra[i, j])
         else:
-            choice[cand[has[take]]] = best[has[take]]
-            left -= int(ex[take].sum())
+            choice[cand[has[picks]]] = best[has[picks]]
+            left -= int(ex[picks].sum())
         rounds += 1
     return choice, {"upgraded_at_price": upgraded, "fill_rounds": rounds}
 

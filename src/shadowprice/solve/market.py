@@ -215,9 +215,9 @@ def hand_out(curves: UtilityCurve, budgets: IntArray, funded: NDArray[np.bool_],
                 if give < lo_i:
                     continue
                 probe[j] = give
-                gain = float(sub.value(probe)[j])
+                entry_gain = float(sub.value(probe)[j])
                 probe[j] = 0.0
-                if gain > 0 and gain > price * give:
+                if entry_gain > 0 and entry_gain > price * give:
                     b[i], f[i] = give, True
                     left -= give
                     entered += 1
@@ -237,9 +237,9 @@ def hand_out(curves: UtilityCurve, budgets: IntArray, funded: NDArray[np.bool_],
             left -= g * up.size
             spread += g * up.size
     while left >= g and rounds < max_rounds:
-        up = f & (b + g <= cons.hi)
+        room = f & (b + g <= cons.hi)
         bf = b.astype(float)
-        gain = np.where(up, curves.value(bf + g) - curves.value(bf), 0.0)
+        gain = np.where(room, curves.value(bf + g) - curves.value(bf), 0.0)
         idx = np.flatnonzero(gain > 1e-15)
         if idx.size == 0:
             break
@@ -267,7 +267,8 @@ def clear(curves: UtilityCurve, cons: Constraints, *, policy: str = "clear") -> 
     if cons.committed > cons.budget:
         return _infeasible(curves.n, cons, policy)
     fast = isinstance(curves, ShiftedSurge) and curves.shared_shape and cons.uniform_limits
-    clearing = clear_sorted(curves, cons) if fast else clear_vectorised(curves, cons)
+    clearing = (clear_sorted(curves, cons) if isinstance(curves, ShiftedSurge) and fast
+                else clear_vectorised(curves, cons))
     budgets = cons.round_down(clearing.budgets)
     funded = clearing.funded & (budgets > 0)
     budgets, funded, handout = hand_out(curves, budgets, funded, clearing.price, cons,

@@ -117,8 +117,8 @@ def menu_from_curve(curves: UtilityCurve, cons: Constraints, grid: IntArray | No
     g = budget_grid(curves, cons, levels) if grid is None else np.asarray(grid, dtype=np.int64)
     if g.ndim != 1 or g[0] != 0 or np.any(np.diff(g) <= 0):
         raise ValueError("grid must be 1-D, ascending and start at 0")
-    gf = g.astype(dtype)
-    values = np.empty((curves.n, g.size), dtype=dtype)
+    gf: NDArray[np.floating] = g.astype(dtype)
+    values: NDArray[np.floating] = np.empty((curves.n, g.size), dtype=dtype)
     # With the same limits for everyone, feasibility is a property of the grid column.
     columns = _feasible(g, cons.subset(slice(0, 1)))[0] if cons.uniform_limits else None
     for start in range(0, curves.n, CHUNK):
@@ -162,7 +162,7 @@ def best_of_k_menu(curves: UtilityCurve, cons: Constraints, ks: Sequence[int] = 
     tokens and is worth 1 - (1 - P(b))^k; the per-sample cap b must respect [lo, hi] and the
     total k b must fit the query's cap.
     """
-    ks_arr = np.asarray(sorted(set(int(k) for k in ks)), dtype=np.int64)
+    ks_arr = np.asarray(sorted({int(k) for k in ks}), dtype=np.int64)
     if ks_arr.size == 0 or ks_arr[0] < 1:
         raise ValueError(f"ks must be positive integers, got {list(ks)}")
     g = budget_grid(curves, cons, levels) if grid is None else np.asarray(grid, dtype=np.int64)

@@ -42,26 +42,26 @@ def solve_oracle(menu: Menu, cons: Constraints, *, policy: str = "oracle") -> Al
         new = np.full(G + 1, neg)
         arg = choice[i]
         for j in np.flatnonzero(menu.feasible[i]):
-            c = int(units[i, j])
-            if c > G:
+            cj = int(units[i, j])
+            if cj > G:
                 continue
-            cand = dp[: G + 1 - c] + values[i, j]
-            seg = new[c:]
+            cand = dp[: G + 1 - cj] + values[i, j]
+            seg = new[cj:]
             better = cand > seg
             seg[better] = cand[better]
-            arg[c:][better] = j
+            arg[cj:][better] = j
         dp = new
     if not np.isfinite(dp).any():
         return Allocation(np.zeros(n, np.int64), float("nan"), np.zeros(n, bool), 0.0,
                           cons.budget, policy, STATUS_INFEASIBLE,
                           "infeasible: no combination of options fits the budget")
-    c = int(np.argmax(dp))
-    best = float(dp[c])
+    at = int(np.argmax(dp))
+    best = float(dp[at])
     picked = np.zeros(n, dtype=np.intp)
     for i in range(n - 1, -1, -1):
-        j = int(choice[i, c])
+        j = int(choice[i, at])
         picked[i] = j
-        c -= int(units[i, j])
+        at -= int(units[i, j])
     budgets = menu.pick(menu.budgets, picked).astype(np.int64)
     samples = menu.pick(menu.samples, picked).astype(np.int64)
     funded = budgets > 0
