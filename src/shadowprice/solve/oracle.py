@@ -41,15 +41,15 @@ def solve_oracle(menu: Menu, cons: Constraints, *, policy: str = "oracle") -> Al
     for i in range(n):
         new = np.full(G + 1, neg)
         arg = choice[i]
-        for j in np.flatnonzero(menu.feasible[i]):
-            cj = int(units[i, j])
+        for opt in np.flatnonzero(menu.feasible[i]):
+            cj = int(units[i, opt])
             if cj > G:
                 continue
-            cand = dp[: G + 1 - cj] + values[i, j]
+            cand = dp[: G + 1 - cj] + values[i, opt]
             seg = new[cj:]
             better = cand > seg
             seg[better] = cand[better]
-            arg[cj:][better] = j
+            arg[cj:][better] = opt
         dp = new
     if not np.isfinite(dp).any():
         return Allocation(np.zeros(n, np.int64), float("nan"), np.zeros(n, bool), 0.0,
