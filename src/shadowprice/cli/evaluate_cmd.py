@@ -37,7 +37,12 @@ def load_trace_spec(spec: str, seed: int) -> Any:
             stream = make_stream(parts[1], int(parts[2]), seed)
         except (KeyError, ValueError) as exc:
             fail(str(exc))
-        return stream.sample_traces(STREAM_SAMPLES, seed)
+        # Samples from a seed of their own: the stream's draws, the samples and the split must
+        # not share random numbers.
+        import numpy as np
+
+        sample_seed = int(np.random.SeedSequence([seed, 0x5A]).generate_state(1)[0])
+        return stream.sample_traces(STREAM_SAMPLES, sample_seed)
     path = Path(spec)
     if not path.exists():
         fail(f"{spec}: no such file (or use bundled:NAME / stream:NAME:N)")

@@ -39,6 +39,9 @@ __all__ = ["ReplayResult", "bootstrap_ci", "pass_at_k", "replay"]
 MAX_EXACT_SUBSETS = 256
 #: Monte Carlo draws per query for majority vote when enumeration is too large.
 MC_DRAWS = 512
+#: Salt for the bootstrap and Monte Carlo generators (independent of data simulated with the
+#: same seed).
+_SALT = 0xB007_0001
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ def bootstrap_ci(per_query: ArrayLike, n_boot: int = 1000, seed: int = 0,
     if n_boot < 1:
         m = float(x.mean())
         return (m, m)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([_SALT, seed])
     means = np.empty(n_boot)
     # Chunk the (n_boot, N) index matrix so large N stays in memory.
     step = max(1, 4_000_000 // x.size)
@@ -156,7 +159,7 @@ def _majority(tokens: FloatArray, codes: NDArray[np.int64], good: NDArray[np.boo
     N, S = tokens.shape
     out = np.zeros(N)
     finished = np.nan_to_num(tokens, nan=np.inf) <= caps[:, None]
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([_SALT, seed])
     for (ni, ki) in sorted(set(zip(n.tolist(), ks.tolist(), strict=True))):
         if ki <= 0:
             continue

@@ -18,6 +18,12 @@ from ..traces import TraceSet
 
 __all__ = ["kfold_queries", "split_half"]
 
+#: Salts mixed into the seed so that a split never reuses the random numbers that generated
+#: the data: ``default_rng(seed)`` in a simulator and in the split would otherwise draw the
+#: same uniforms (e.g. send exactly the samples that came out correct to one half).
+_SALT_HALF = 0x5A17_0001
+_SALT_FOLDS = 0x5A17_0002
+
 
 def split_half(traces: TraceSet, seed: int = 0) -> tuple[TraceSet, TraceSet]:
     """Split each query's samples at random into a fit half and a score half.
@@ -40,7 +46,7 @@ def split_half(traces: TraceSet, seed: int = 0) -> tuple[TraceSet, TraceSet]:
             f"{few.size} queries have fewer than 2 samples (first: {traces.ids[few[0]]!r}); "
             f"split='half' needs 2+ per query: drop them with "
             f"traces.subset(traces.n_samples() >= 2)")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([_SALT_HALF, seed])
     # One uniform key per sample; a query's floor(n/2) smallest keys go to the fit half.
     keys = rng.random((traces.n, int(n.max())))
     keys[np.arange(keys.shape[1])[None, :] >= n[:, None]] = np.inf
@@ -69,7 +75,7 @@ def kfold_queries(traces: TraceSet | int, k: int = 5, seed: int = 0
     n = traces.n if isinstance(traces, TraceSet) else int(traces)
     if not 2 <= k <= n:
         raise ValueError(f"k must be between 2 and the number of queries ({n}), got {k}")
-    perm = np.random.default_rng(seed).permutation(n)
+    perm = np.random.default_rng([_SALT_FOLDS, seed]).permutation(n)
     for fold in np.array_split(perm, k):
         score = np.sort(fold).astype(np.int64)
         fit = np.setdiff1d(np.arange(n, dtype=np.int64), score)
