@@ -17,6 +17,7 @@ app = typer.Typer(
 
 # Registration imports: each module adds its commands to ``app``.
 from . import allocate_cmd  # noqa: E402,F401
+from . import demo_cmd  # noqa: E402,F401
 from . import run_cmd  # noqa: E402,F401
 from . import evaluate_cmd  # noqa: E402,F401
 
