@@ -159,6 +159,7 @@ class SyntheticSetting:
 
     def policies(self) -> list[DemoPolicy]:
         truth = self.stream.truth
+        assert self.beta_s is not None  # set in __post_init__
         surge = ShiftedSurge(truth.tau, self.alpha, self.beta_s)
 
         def grid(total: int) -> np.ndarray:

@@ -190,8 +190,9 @@ class SyntheticStream:
     def subset(self, index: Any) -> SyntheticStream:
         """Queries selected by a mask, indices or slice."""
         idx = np.arange(self.n)[index]
-        return SyntheticStream([self.ids[i] for i in idx], self.pool[idx], self.truth[idx],
-                               self.name)
+        t = self.truth
+        return SyntheticStream([self.ids[i] for i in idx], self.pool[idx],
+                               GammaSCurve(t.tau[idx], t.beta[idx], t.p[idx]), self.name)
 
     def sample_traces(self, samples: int, seed: int = 0, *,
                       max_tokens: int = MAX_SAMPLE_TOKENS) -> TraceSet:
