@@ -20,6 +20,7 @@ from . import allocate_cmd  # noqa: E402,F401
 from . import demo_cmd  # noqa: E402,F401
 from . import run_cmd  # noqa: E402,F401
 from . import evaluate_cmd  # noqa: E402,F401
+from . import predictor_cmd  # noqa: E402,F401
 
 
 def main() -> None:
