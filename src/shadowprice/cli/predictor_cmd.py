@@ -110,7 +110,8 @@ def fit_cmd(
 
 @predictor_app.command("predict")
 def predict_cmd(
-    model: Path = typer.Argument(..., help="Directory written by 'predictor fit'."),
+    model: Path = typer.Argument(..., help="Directory written by 'predictor fit', or "
+                                 "'default' for the bundled model."),
     queries: Path = typer.Argument(..., help="JSONL or CSV with id and text (or question)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write JSONL here (default "
                                     "stdout)."),
@@ -119,9 +120,10 @@ def predict_cmd(
 ) -> None:
     """Write id, tau, tau_low, tau_high (tokens) and sigma (log scale) per query."""
     from shadowprice.predict import load_predictor
+    from shadowprice.predict.training import default_predictor
 
     try:
-        pred = load_predictor(model)
+        pred = default_predictor() if str(model) == "default" else load_predictor(model)
     except (FileNotFoundError, ValueError, TypeError) as exc:
         fail(str(exc))
     if coverage is not None and not 0 < coverage < 1:

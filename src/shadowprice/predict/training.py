@@ -38,6 +38,7 @@ __all__ = [
     "compare_signals",
     "crossfit_allocation",
     "crossfit_predictions",
+    "default_predictor",
     "fit_default",
     "fit_proxy",
     "normalize_text",
@@ -124,6 +125,20 @@ def fit_default(traces: TraceSet | str = DEFAULT_TRACES, exclude: Iterable[str] 
                            description={"traces": str(traces) if isinstance(traces, str)
                                         else "TraceSet", "n": int(keep.sum()),
                                         "threshold": "shortest correct sample (SurgeFitter)"})
+
+
+def default_predictor() -> ThresholdPredictor:
+    """The bundled default model (``shadowprice/data/predictor``, built by
+    ``tools/build_predictor.py``), or :func:`fit_default` trained now (~10 s) if it is
+    missing or was saved by an incompatible version."""
+    from importlib.resources import as_file, files
+
+    res = files("shadowprice") / "data" / "predictor"
+    try:
+        with as_file(res) as d:
+            return ThresholdPredictor.load(d)
+    except Exception:  # noqa: BLE001 - any unpickling failure means: retrain
+        return fit_default()
 
 
 # -- cross-fitted predictions and signal comparison ---------------------------------------------
