@@ -145,10 +145,26 @@ def test_clear_matches_the_paper_mechanics():
 
 def test_clear_not_scarce_gives_everyone_the_peak():
     curves = ShiftedSurge(np.array([100.0, 300.0]), ALPHA, BETA)
-    a = allocate(curves, 10_000, "clear")
+    a = allocate(curves, 10_000, "clear", leftover="keep")
     assert a.status == STATUS_NOT_SCARCE and a.price == 0.0
     np.testing.assert_array_equal(a.budgets, [300, 500])
     assert a.leftover == 10_000 - 800
+
+
+def test_leftover_is_spread_as_headroom_by_default():
+    curves = ShiftedSurge(np.array([100.0, 300.0, 9000.0]), ALPHA, BETA)
+    kept = allocate(curves, 2000, "clear", leftover="keep", max_tokens=1500)
+    spread = allocate(curves, 2000, "clear", max_tokens=1500)
+    assert kept.leftover > 0 and not kept.funded[2]
+    # Spread evenly over the funded queries only, within their caps, to the last token.
+    assert spread.leftover == 0
+    assert (spread.budgets >= kept.budgets).all() and spread.budgets[2] == 0
+    assert (spread.budgets <= 1500).all()
+    assert spread.info["spread_leftover"] == kept.leftover
+    # Under the surge model the extra headroom is past the peak: reported utility is honest.
+    assert spread.utility == pytest.approx(float(curves.value(spread.budgets.astype(float)).sum()))
+    with pytest.raises(ValueError, match="leftover"):
+        allocate(curves, 2000, "clear", leftover="waste")
 
 
 def test_clear_sorted_and_vectorised_paths_agree():
@@ -231,7 +247,7 @@ def test_empirical_menu_is_exact():
     tokens = np.array([[120, 300], [90, 400], [500, 600]], float)
     correct = np.array([[True, True], [True, False], [True, True]])
     curves = EmpiricalCurve(tokens, correct)
-    a = allocate(curves, 300, "market")
+    a = allocate(curves, 300, "market", leftover="keep")
     assert a.budgets.tolist() == [120, 90, 0]
     o = allocate(curves, 300, "oracle")
     assert o.utility == pytest.approx(a.utility)

@@ -11,10 +11,14 @@ from .curves.base import UtilityCurve
 from .solve import baselines
 from .solve.constraints import make_constraints
 from .solve.envelope import clear_menu
+from .solve.leftover import LEFTOVER_MODES, spread_leftover
 from .solve.market import clear
 from .solve.menus import DEFAULT_LEVELS, Menu, best_of_k_menu, menu_from_curve
 from .solve.oracle import solve_oracle
 from .solve.result import Allocation
+
+#: Default grid size of the oracle: every granule up to the useful top, within reason.
+ORACLE_LEVELS = 1024
 
 #: Menus with more cells than this are tabulated in float32.
 LARGE_MENU = 10_000_000
@@ -41,8 +45,9 @@ def allocate(
     granularity: int = 1,
     floor: ArrayLike | None = None,
     grid: ArrayLike | None = None,
-    levels: int = DEFAULT_LEVELS,
+    levels: int | None = None,
     samples: Sequence[int] | None = None,
+    leftover: str = "spread",
 ) -> Allocation:
     """Split ``budget`` tokens across the N queries described by ``curves``.
 
@@ -63,12 +68,19 @@ def allocate(
     grid : array (K,), optional
         Budget grid (tokens, ascending, starting at 0) for the grid policies ('market',
         'oracle', 'greedy'); default: up to ``levels`` multiples of the granularity.
-    levels : int
-        Grid size when ``grid`` is not given (default 64).
+    levels : int, optional
+        Grid size when ``grid`` is not given: 64 for 'market' and 'greedy'; for 'oracle',
+        every multiple of the granularity up to the useful top (at most 1024 levels), so that
+        it is exact on the granularity's grid.
     samples : sequence of int, optional
         For 'market' and 'oracle': also let the price choose k parallel samples per query
         (k in ``samples``), valued as pass@k with a verifier. ``curves`` must then give
         probabilities. The result's ``samples`` holds each query's k.
+    leftover : {'spread', 'keep'}
+        For the price policies ('clear', 'market'): tokens that no query gains from under the
+        model (e.g. past a shifted surge's peak, or when the budget is not scarce) are spread
+        evenly over funded queries as headroom ('spread', default: a larger cap never lowers
+        real accuracy), or left unallotted ('keep', the model's exact optimum).
 
     Returns
     -------
@@ -86,22 +98,26 @@ def allocate(
     g = None if grid is None else _check_grid(grid, cons.granularity)
     if samples is not None and policy not in ("market", "oracle"):
         raise ValueError("samples= applies to the 'market' and 'oracle' policies only")
+    if leftover not in LEFTOVER_MODES:
+        raise ValueError(f"leftover must be one of {LEFTOVER_MODES}, got {leftover!r}")
+
+    k = levels if levels is not None else (ORACLE_LEVELS if policy == "oracle" else DEFAULT_LEVELS)
 
     def menu() -> Menu:
         if samples is not None:
             return best_of_k_menu(curves, cons, samples, grid=g,
-                                  levels=min(levels, 16) if grid is None else levels)
+                                  levels=min(k, 16) if levels is None else k)
         # Single precision halves memory and time on huge menus; choices are unaffected.
-        big = curves.n * (levels if g is None else g.size) > LARGE_MENU
-        return menu_from_curve(curves, cons, grid=g, levels=levels,
+        big = curves.n * (k if g is None else g.size) > LARGE_MENU
+        return menu_from_curve(curves, cons, grid=g, levels=k,
                                dtype=np.float32 if big else np.float64)
 
-    if policy == "clear":
-        if curves.has_closed_form_demand:
-            return clear(curves, cons, policy="clear")
-        return clear_menu(menu(), cons, policy="clear")
-    if policy == "market":
-        return clear_menu(menu(), cons, policy="market")
+    if policy in ("clear", "market"):
+        if policy == "clear" and curves.has_closed_form_demand:
+            result = clear(curves, cons, policy="clear")
+        else:
+            result = clear_menu(menu(), cons, policy=policy)
+        return spread_leftover(curves, result, cons) if leftover == "spread" else result
     if policy == "oracle":
         return solve_oracle(menu(), cons)
     if policy == "greedy":
