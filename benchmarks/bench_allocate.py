@@ -40,34 +40,38 @@ def peak_mib(fn: Callable[[], object]) -> float:
     return peak / 2**20
 
 
+def speed_row(n: int, repeat: int, per_query: int, rng: np.random.Generator) -> str:
+    tau = rng.lognormal(np.log(400), 0.6, n)
+    curves = ShiftedSurge(tau, ALPHA, BETA)
+    caps = rng.integers(500, 4000, n)  # per-query max_tokens: the O(N)-per-step path
+    budget = n * per_query
+    few = max(1, repeat // 2)
+    t_sort = best_time(lambda: np.sort(tau), repeat)
+    t_clear = best_time(lambda: allocate(curves, budget, "clear"), repeat)
+    t_vec = best_time(lambda: allocate(curves, budget, "clear", max_tokens=caps), few)
+    t_market = best_time(lambda: allocate(curves, budget, "market"), few)
+    if n <= 2000:
+        t_oracle = best_time(lambda: allocate(curves, budget, "oracle", granularity=64), 1)
+        oracle = f"{t_oracle * 1e3:.0f}"
+    else:
+        oracle = "too large (N x G cells)"
+    m_clear = peak_mib(lambda: allocate(curves, budget, "clear"))
+    m_market = peak_mib(lambda: allocate(curves, budget, "market"))
+    return (f"| {n:.0e} | {t_sort * 1e3:.1f} | {t_clear * 1e3:.1f} | {t_clear / t_sort:.1f}x | "
+            f"{t_vec * 1e3:.0f} ({t_vec / t_sort:.0f}x sort) | {t_market * 1e3:.0f} | "
+            f"{t_market / t_clear:.1f}x | {oracle} | {m_clear:.0f} | {m_market:.0f} |")
+
+
 def speed_table(sizes: list[int], repeat: int, per_query: int = 300) -> None:
     print(f"## Speed and memory (shifted surge, alpha={ALPHA}, beta={BETA}, "
           f"tau ~ lognormal(median 400, sigma 0.6), {per_query} tokens/query)\n")
-    print("| N | sort (ms) | clear (ms) | clear / sort | clear, O(N)/step (ms) | "
-          "market 64-level (ms) | market / clear | oracle DP, g=64 (ms) | "
+    print("| N | sort (ms) | clear (ms) | clear / sort | clear with per-query caps, O(N)/step "
+          "(ms) | market 64-level (ms) | market / clear | oracle DP, g=64 (ms) | "
           "peak MiB clear | peak MiB market |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     for n in sizes:
-        tau = rng.lognormal(np.log(400), 0.6, n)
-        curves = ShiftedSurge(tau, ALPHA, BETA)
-        per_query_alpha = ShiftedSurge(tau, np.full(n, ALPHA), BETA)
-        budget = n * per_query
-        t_sort = best_time(lambda: np.sort(tau), repeat)
-        t_clear = best_time(lambda: allocate(curves, budget, "clear"), repeat)
-        t_vec = best_time(lambda: allocate(per_query_alpha, budget, "clear"),
-                          max(1, repeat // 2))
-        t_market = best_time(lambda: allocate(curves, budget, "market"), max(1, repeat // 2))
-        if n <= 2000:
-            t_oracle = best_time(lambda: allocate(curves, budget, "oracle", granularity=64), 1)
-            oracle = f"{t_oracle * 1e3:.0f}"
-        else:
-            oracle = "too large (N x G cells)"
-        m_clear = peak_mib(lambda: allocate(curves, budget, "clear"))
-        m_market = peak_mib(lambda: allocate(curves, budget, "market"))
-        print(f"| {n:.0e} | {t_sort * 1e3:.1f} | {t_clear * 1e3:.1f} | {t_clear / t_sort:.1f}x | "
-              f"{t_vec * 1e3:.0f} ({t_vec / t_sort:.0f}x sort) | {t_market * 1e3:.0f} | "
-              f"{t_market / t_clear:.1f}x | {oracle} | {m_clear:.0f} | {m_market:.0f} |", flush=True)
+        print(speed_row(n, repeat, per_query, rng), flush=True)
 
 
 def gap_table(seeds: int = 5, n: int = 200) -> None:

@@ -16,11 +16,13 @@ app = typer.Typer(
 )
 
 # Registration imports: each module adds its commands to ``app``.
-from . import allocate_cmd  # noqa: E402,F401
-from . import demo_cmd  # noqa: E402,F401
-from . import run_cmd  # noqa: E402,F401
-from . import evaluate_cmd  # noqa: E402,F401
-from . import predictor_cmd  # noqa: E402,F401
+from . import (
+    allocate_cmd,  # noqa: F401
+    demo_cmd,  # noqa: F401
+    evaluate_cmd,  # noqa: F401
+    predictor_cmd,  # noqa: F401
+    run_cmd,  # noqa: F401
+)
 
 
 def main() -> None:
