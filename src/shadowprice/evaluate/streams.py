@@ -34,6 +34,16 @@ paper does not publish its proportions, these are ours: see :data:`STREAMS`. A s
 queries gets exactly the largest-remainder rounding of n x proportions per pool, in a
 seeded random order.
 
+**Long-reasoning pools (synthetic, our assumption).** ``gsm8k-long``, ``math-long`` and
+``aime-long`` (:data:`LONG_POOL_ORDER`) stand in for a long chain-of-thought ("thinking")
+model. Nothing here is measured: each is its short pool with tau and 1/beta multiplied by
+:data:`LONG_SCALE` (x6, x8, x16), i.e. the short pool's recall table with every budget
+multiplied by that factor, and the *same* p. The factors put the median correct length near
+~1.8k (GSM8K), ~3.6k (MATH500) and ~12k (AIME) tokens, roughly the response lengths reported
+for R1-distilled reasoning models; evaluate them at 1k-16k tokens per query. Streams over
+them: ``make_stream(name, n, seed, family="long")``; samples need
+``sample_traces(..., max_tokens=MAX_SAMPLE_TOKENS_LONG)``.
+
 Everything is vectorised: a 10^5-query stream takes a few milliseconds.
 """
 
@@ -55,7 +65,11 @@ from ..traces import TraceSet
 
 __all__ = [
     "BUNDLED_STREAMS",
+    "LONG_POOL_ORDER",
+    "LONG_SCALE",
+    "MAX_SAMPLE_TOKENS_LONG",
     "POOLS",
+    "POOL_FAMILIES",
     "POOL_ORDER",
     "STREAMS",
     "PoolSpec",
@@ -125,6 +139,34 @@ POOLS: dict[str, PoolSpec] = {
 #: (easy, medium, hard) order used by :data:`STREAMS`.
 POOL_ORDER: tuple[str, str, str] = ("gsm8k-like", "math500-like", "aime-like")
 
+
+def _scaled(spec: PoolSpec, factor: float, label: str) -> PoolSpec:
+    """``spec`` with tau and 1/beta multiplied by ``factor`` (same p, same spreads)."""
+    return PoolSpec(spec.mu_log_tau + float(np.log(factor)), spec.sigma_log_tau,
+                    spec.mu_log_beta - float(np.log(factor)), spec.sigma_log_beta,
+                    spec.p_mean, spec.p_concentration, label)
+
+
+#: Long-reasoning pool -> (short pool it scales, length factor). SYNTHETIC: an assumption,
+#: see the module docstring.
+LONG_SCALE: dict[str, tuple[str, float]] = {
+    "gsm8k-long": ("gsm8k-like", 6.0),
+    "math-long": ("math500-like", 8.0),
+    "aime-long": ("aime-like", 16.0),
+}
+
+POOLS.update({
+    name: _scaled(POOLS[base], f, f"SYNTHETIC long-reasoning: {POOLS[base].label} x{f:g} "
+                                  f"lengths (assumed, not measured)")
+    for name, (base, f) in LONG_SCALE.items()
+})
+
+#: (easy, medium, hard) order of the long-reasoning pools.
+LONG_POOL_ORDER: tuple[str, str, str] = ("gsm8k-long", "math-long", "aime-long")
+
+#: Pool family name -> (easy, medium, hard) pools a stream mixes.
+POOL_FAMILIES: dict[str, tuple[str, str, str]] = {"short": POOL_ORDER, "long": LONG_POOL_ORDER}
+
 #: Stream name -> (easy, medium, hard) proportions. Our choice: the paper names the four
 #: streams but does not publish their proportions.
 STREAMS: dict[str, tuple[float, float, float]] = {
@@ -143,6 +185,8 @@ BUNDLED_STREAMS: dict[str, tuple[str, int, int]] = {
 #: Length cap of simulated samples (the sampling run's max_tokens); longer correct solutions
 #: are recorded as truncated, i.e. incorrect at the cap, like a real length stop.
 MAX_SAMPLE_TOKENS = 16384
+#: Length cap for simulated samples of the long-reasoning pools.
+MAX_SAMPLE_TOKENS_LONG = 65536
 
 
 @dataclass(frozen=True)
@@ -265,26 +309,35 @@ def _counts(n: int, weights: tuple[float, ...]) -> NDArray[np.int64]:
     return c
 
 
-def make_stream(name: str, n: int, seed: int = 0) -> SyntheticStream:
+def make_stream(name: str, n: int, seed: int = 0, *, family: str = "short"
+                ) -> SyntheticStream:
     """Draw an n-query stream ``name`` (one of :data:`STREAMS`) with a fixed seed.
 
     Pool counts are the largest-remainder rounding of n x proportions; parameters are drawn
-    per pool and the queries shuffled. Same (name, n, seed) -> identical stream.
+    per pool and the queries shuffled. Same (name, n, seed, family) -> identical stream.
+    ``family="long"`` mixes the long-reasoning pools (:data:`LONG_POOL_ORDER`) instead; the
+    stream is then named ``"<name>-long"``.
     """
     if name not in STREAMS:
         raise ValueError(f"unknown stream {name!r}; choose one of {', '.join(STREAMS)}")
+    if family not in POOL_FAMILIES:
+        raise ValueError(f"unknown pool family {family!r}; choose one of "
+                         f"{', '.join(POOL_FAMILIES)}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    order_of_pools = POOL_FAMILIES[family]
+    label = name if family == "short" else f"{name}-{family}"
     rng = np.random.default_rng(seed)
     counts = _counts(n, STREAMS[name])
-    parts = [POOLS[pool].sample(int(k), rng) for pool, k in zip(POOL_ORDER, counts, strict=True)]
+    parts = [POOLS[pool].sample(int(k), rng)
+             for pool, k in zip(order_of_pools, counts, strict=True)]
     tau, beta, p = (np.concatenate([part[j] for part in parts]) for j in range(3))
-    labels = np.repeat(np.array(POOL_ORDER), counts)
+    labels = np.repeat(np.array(order_of_pools), counts)
     order = rng.permutation(n)
     width = len(str(n - 1))
-    ids = [f"{name}-{i:0{width}d}" for i in range(n)]
+    ids = [f"{label}-{i:0{width}d}" for i in range(n)]
     return SyntheticStream(ids, labels[order], GammaSCurve(tau[order], beta[order], p[order]),
-                           name)
+                           label)
 
 
 def load_stream(stem: str = "balanced-500") -> SyntheticStream:
