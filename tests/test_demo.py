@@ -1,4 +1,4 @@
-"""``shadowprice demo`` on the bundled synthetic stream."""
+"""``shadowprice demo``: the bundled real traces (default) and the synthetic stream."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from shadowprice.demo import (
     PAPER_BALANCED,
     DemoPolicy,
     SyntheticSetting,
+    TraceSetting,
+    default_setting,
     run_demo,
     surge_beta,
 )
@@ -26,7 +28,52 @@ SCARCE = (100, 200, 300)
 
 @pytest.fixture(scope="module")
 def scarce(tmp_path_factory: pytest.TempPathFactory):
-    return run_demo(tmp_path_factory.mktemp("demo"), budgets=SCARCE)
+    """The synthetic setting (true curves known)."""
+    return run_demo(tmp_path_factory.mktemp("demo"), budgets=SCARCE,
+                    setting=default_setting("synthetic"))
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory):
+    """The default setting: bundled real traces, held out."""
+    return run_demo(tmp_path_factory.mktemp("real"), budgets=SCARCE + (1000,))
+
+
+def test_default_demo_is_real_traces(real) -> None:
+    assert real.seconds < 15
+    assert "REAL" in real.description and real.setting.startswith("real traces")
+    assert {r["policy"] for r in real.rows} == {"clear", "uniform", "clear-paper", "oracle"}
+    assert real.png_path is not None and real.png_path.read_bytes()[:4] == b"\x89PNG"
+    data = json.loads(real.json_path.read_text())
+    assert len(data["table"]) == 4 and "clear-paper" in data["table"][0]
+
+
+def test_real_clear_beats_uniform_and_oracle_bounds(real) -> None:
+    clear, uniform = real.accuracy("clear"), real.accuracy("uniform")
+    oracle, paper = real.accuracy("oracle"), real.accuracy("clear-paper")
+    for b in SCARCE:
+        assert clear[b] > uniform[b] + 5.0, (b, clear[b], uniform[b])
+        assert clear[b] > paper[b], b  # the shrunk curves beat the surge recipe when scarce
+    assert clear[200] > 3 * uniform[200]
+    for b in SCARCE + (1000,):
+        for pol in ("clear", "uniform", "clear-paper"):
+            assert oracle[b] >= real.accuracy(pol)[b] - 1e-9, (b, pol)
+    # Not scarce: CLEAR ties uniform (never worse by more than a query).
+    assert clear[1000] >= uniform[1000] - 1.0
+    rows = {(r["budget_per_query"], r["policy"]): r for r in real.rows}
+    assert rows[100, "clear"]["abandoned"] > 50 and rows[100, "uniform"]["abandoned"] == 0
+
+
+def test_trace_setting_is_held_out() -> None:
+    """Fit and score halves are disjoint samples of the same queries."""
+    from shadowprice.traces import load_traces
+
+    st = TraceSetting(load_traces("qwen25-math-math100"), seed=3)
+    fit, score = st._ctx.fit, st._ctx.score
+    assert fit.ids == score.ids and st.n == 100
+    assert (fit.n_samples() + score.n_samples() == 8).all()
+    with pytest.raises(ValueError, match="setting"):
+        default_setting("nope")
 
 
 def test_demo_runs_quickly_and_writes_files(scarce) -> None:
@@ -101,8 +148,12 @@ def test_cli_demo_text_and_json(tmp_path: Path) -> None:
     t0 = time.perf_counter()
     r = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--budgets", "100,300"])
     assert r.exit_code == 0, r.output
-    assert "CLEAR" in r.stdout and "uniform" in r.stdout and "SYNTHETIC" in r.stdout
+    assert "CLEAR" in r.stdout and "uniform" in r.stdout and "REAL" in r.stdout
     assert "demo.png" in r.stdout and (tmp_path / "d" / "demo.png").exists()
+    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "s"), "--budgets", "100",
+                            "--setting", "synthetic", "--no-plot"])
+    assert r.exit_code == 0, r.output
+    assert "SYNTHETIC" in r.stdout and "market" in r.stdout
     r = runner.invoke(app, ["demo", "--out", str(tmp_path / "j"), "--budgets", "200",
                             "--format", "json", "--no-plot"])
     assert r.exit_code == 0, r.output
@@ -111,6 +162,8 @@ def test_cli_demo_text_and_json(tmp_path: Path) -> None:
     assert time.perf_counter() - t0 < 30
     r = runner.invoke(app, ["demo", "--budgets", "abc"])
     assert r.exit_code == 2 and "--budgets" in r.stderr
+    r = runner.invoke(app, ["demo", "--setting", "both"])
+    assert r.exit_code == 2 and "--setting" in r.stderr
 
 
 def test_full_demo_under_30s(tmp_path: Path) -> None:

@@ -1,11 +1,18 @@
-"""The paper's experiment in seconds: CLEAR vs uniform vs oracle on a synthetic stream.
+"""The paper's experiment in seconds: CLEAR vs uniform vs oracle on real traces.
 
 :func:`run_demo` takes a *setting* (which queries, which curves each policy sees, how an
 allocation is scored), allocates each average budget with each policy, scores it, and writes
-a JSON table and a PNG. The only setting today is :class:`SyntheticSetting` on the bundled,
-clearly synthetic 500-query Balanced stream (``shadowprice/data/streams``), scored exactly by
-its known true curves. A trace-based setting (real bundled traces, scored by replaying held-out
-samples) only has to implement :class:`DemoSetting` and can reuse everything else.
+a JSON table and a PNG. Two settings:
+
+* :class:`TraceSetting` (the default): the bundled REAL trace set ``qwen25-math-math100``
+  (100 MATH problems x 8 samples of Qwen2.5-Math-Instruct), split half: each query's samples
+  are divided at random, policies are fitted on one half and scored by replaying their caps
+  on the other (a sample counts if correct and finished within its cap). Policies: ``clear``
+  (one market price over empirical-Bayes curves, shadowprice's recommendation),
+  ``clear-paper`` (the paper's shifted surge, closed form), ``uniform`` and the hindsight
+  ``oracle`` (exact knapsack on the scoring half itself: a ceiling, not a policy).
+* :class:`SyntheticSetting`: the bundled, clearly synthetic 500-query Balanced stream
+  (``shadowprice/data/streams``), scored exactly by its known true curves.
 
 Policies of the synthetic setting (all on the same stream, scored on the TRUE curves):
 
@@ -31,8 +38,12 @@ import numpy as np
 
 from .allocate import allocate
 from .curves import ShiftedSurge
+from .evaluate.policies import FitContext, run_policy
+from .evaluate.replay import replay
+from .evaluate.splits import split_half
 from .evaluate.streams import SyntheticStream, load_stream
 from .solve.result import Allocation
+from .traces import TraceSet, load_traces
 
 __all__ = [
     "DEFAULT_BUDGETS",
@@ -41,6 +52,8 @@ __all__ = [
     "DemoResult",
     "DemoSetting",
     "SyntheticSetting",
+    "TraceSetting",
+    "default_setting",
     "run_demo",
     "surge_beta",
 ]
@@ -182,6 +195,70 @@ class SyntheticSetting:
         return self.stream.accuracy(allocation.budgets)
 
 
+#: Bundled real trace set of the default demo.
+DEMO_TRACES = "qwen25-math-math100"
+
+
+@dataclass
+class TraceSetting:
+    """Real traces, split half: fit on one half of each query's samples, replay on the other.
+
+    Parameters
+    ----------
+    traces : TraceSet
+        Queries with 2+ samples each (default demo: the bundled ``qwen25-math-math100``).
+    seed : int
+        Seeds the split (one split; ``shadowprice bench`` averages several).
+    label : str
+        Name of the trace set for titles.
+    """
+
+    traces: TraceSet
+    seed: int = 0
+    label: str = DEMO_TRACES
+    name: str = field(init=False)
+    description: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        fit, score = split_half(self.traces, self.seed)
+        self._ctx = FitContext(fit, score)
+        k = int(np.median(self.traces.n_samples()))
+        self.name = f"real traces {self.label}"
+        self.description = (f"{self.traces.n} REAL queries ({self.label}), each query's "
+                            f"samples split at random (seed {self.seed}; {k} -> {k // 2} fit + "
+                            f"{k - k // 2} scored): policies fitted on one half, scored by "
+                            f"replaying their caps on the other")
+
+    @property
+    def n(self) -> int:
+        return self.traces.n
+
+    def policies(self) -> list[DemoPolicy]:
+        ctx = self._ctx
+
+        def run(name: str) -> Callable[[int], Allocation]:
+            return lambda total: run_policy(name, ctx, total)
+
+        return [
+            DemoPolicy("clear", "CLEAR (market, shrunk curves)", run("clear")),
+            DemoPolicy("uniform", "uniform", run("uniform")),
+            DemoPolicy("clear-paper", "CLEAR, paper recipe (surge)", run("clear-paper")),
+            DemoPolicy("oracle", "hindsight oracle (ceiling)", run("oracle")),
+        ]
+
+    def score(self, allocation: Allocation) -> float:
+        return replay(allocation, self._ctx.score, n_boot=0).accuracy
+
+
+def default_setting(kind: str = "real") -> DemoSetting:
+    """The demo's setting: ``"real"`` (bundled traces) or ``"synthetic"`` (bundled stream)."""
+    if kind == "real":
+        return TraceSetting(load_traces(DEMO_TRACES))
+    if kind == "synthetic":
+        return SyntheticSetting(load_stream())
+    raise ValueError(f"unknown demo setting {kind!r}; choose real or synthetic")
+
+
 @dataclass(frozen=True)
 class DemoResult:
     """What :func:`run_demo` measured and wrote.
@@ -214,8 +291,9 @@ class DemoResult:
         return {r["budget_per_query"]: r["accuracy"] for r in self.rows if r["policy"] == policy}
 
     def table(self) -> list[dict[str, Any]]:
-        """One row per budget: CLEAR, uniform, ratio, market, oracle accuracy (%), CLEAR
-        abandonment (%), and the paper's Balanced CLEAR/uniform where it has the budget."""
+        """One row per budget: each policy's accuracy (%) under its key, CLEAR / uniform
+        ratio, CLEAR abandonment (%), and the paper's Balanced CLEAR/uniform where it has the
+        budget."""
         by: dict[int, dict[str, dict[str, Any]]] = {}
         for r in self.rows:
             by.setdefault(r["budget_per_query"], {})[r["policy"]] = r
@@ -223,9 +301,8 @@ class DemoResult:
         for b, pol in by.items():
             c, u = pol.get("clear"), pol.get("uniform")
             row: dict[str, Any] = {"budget_per_query": b}
-            for key in ("clear", "uniform", "market", "oracle"):
-                if key in pol:
-                    row[key] = pol[key]["accuracy"]
+            for key, r in pol.items():
+                row[key] = r["accuracy"]
             if c is not None and u is not None:
                 # Below 0.1 % uniform is "nobody solved"; a ratio of thousands says nothing.
                 row["ratio"] = c["accuracy"] / u["accuracy"] if u["accuracy"] >= 0.1 else None
@@ -258,7 +335,7 @@ def run_demo(out_dir: str | Path = "shadowprice-demo", *,
     budgets : sequence of int
         Average tokens per query; the total is ``budget x N``.
     setting : DemoSetting, optional
-        Default: :class:`SyntheticSetting` on the bundled ``balanced-500`` stream.
+        Default: :class:`TraceSetting` on the bundled real traces (``default_setting()``).
     plot : bool
         Write the PNG (matplotlib, Agg backend).
 
@@ -269,7 +346,7 @@ def run_demo(out_dir: str | Path = "shadowprice-demo", *,
     start = time.perf_counter()
     if not budgets or any(int(b) != b or b <= 0 for b in budgets):
         raise ValueError(f"budgets must be positive whole numbers of tokens, got {list(budgets)}")
-    st: DemoSetting = setting if setting is not None else SyntheticSetting(load_stream())
+    st: DemoSetting = setting if setting is not None else default_setting()
     policies = st.policies()
     rows: list[dict[str, Any]] = []
     for b in budgets:
@@ -307,7 +384,8 @@ def _plot(rows: list[dict[str, Any]], policies: list[DemoPolicy], st: DemoSettin
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
     styles = {"clear": ("C0", "o", "-"), "uniform": ("C1", "s", "-"),
-              "market": ("C2", "^", "-"), "oracle": ("k", "D", ":")}
+              "market": ("C2", "^", "-"), "clear-paper": ("C9", "v", "-"),
+              "oracle": ("k", "D", ":")}
     for pol in policies:
         pts = sorted((r["budget_per_query"], r["accuracy"]) for r in rows
                      if r["policy"] == pol.key)
@@ -322,7 +400,9 @@ def _plot(rows: list[dict[str, Any]], policies: list[DemoPolicy], st: DemoSettin
             label="paper: uniform, Balanced")
     ax.set_xlabel("average budget (tokens per query)")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"{st.name}: {st.n} queries (SYNTHETIC, true curves known)", fontsize=10)
+    kind = "SYNTHETIC, true curves known" if isinstance(st, SyntheticSetting) else \
+        "held out: fit on half the samples, scored on the other half"
+    ax.set_title(f"{st.name}: {st.n} queries ({kind})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8, loc="lower right")

@@ -1,7 +1,8 @@
-"""``shadowprice demo``: the paper's setting on a bundled synthetic stream, in seconds.
+"""``shadowprice demo``: the paper's setting on the bundled real traces, in seconds.
 
 A thin wrapper over :func:`shadowprice.demo.run_demo`: parse options, run, print the table
-(or JSON) and the paths of the files written. ``--live`` additionally runs a small batch on a
+(or JSON) and the paths of the files written. ``--setting synthetic`` runs the bundled
+synthetic Balanced stream instead (scored on its known true curves). ``--live`` additionally runs a small batch on a
 real engine through :func:`shadowprice.engine.live_demo`.
 """
 # ruff: noqa: B008  (typer declares options as call defaults)
@@ -43,20 +44,26 @@ def demo_command(
                               help="also run a small batch on a real engine (slow)"),
     fmt: str = typer.Option("text", "--format", help="text or json"),
     no_plot: bool = typer.Option(False, "--no-plot", help="skip the PNG"),
+    setting: str = typer.Option(
+        "real", "--setting", help="real (bundled real traces, held out) or synthetic "
+        "(bundled 500-query synthetic Balanced stream, true curves)"),
 ) -> None:
-    """CLEAR vs uniform vs oracle on a bundled 500-query SYNTHETIC Balanced stream."""
-    from shadowprice.demo import DEFAULT_BUDGETS, run_demo
+    """CLEAR vs uniform vs the hindsight oracle on the bundled REAL traces (held out)."""
+    from shadowprice.demo import DEFAULT_BUDGETS, default_setting, run_demo
 
     if fmt not in ("text", "json"):
         fail(f"unknown --format {fmt!r}; choose text or json")
+    if setting not in ("real", "synthetic"):
+        fail(f"unknown --setting {setting!r}; choose real or synthetic")
     chosen = _parse_budgets(budgets) or DEFAULT_BUDGETS
     try:
-        result = run_demo(out, budgets=chosen, plot=not no_plot)
+        result = run_demo(out, budgets=chosen, plot=not no_plot,
+                          setting=default_setting(setting))
     except OSError as exc:
         fail(f"cannot write to {out}: {exc.strerror or exc}")
     payload: dict[str, Any] = result.to_json()
     if fmt == "text":
-        _print_table(result.table(), result.description, result.seconds)
+        _print_table(result, result.seconds)
         print(f"wrote {result.json_path}")
         if result.png_path is not None:
             print(f"wrote {result.png_path}")
@@ -83,24 +90,30 @@ def demo_command(
         print(json.dumps(payload, default=str))
 
 
-def _print_table(table: list[dict[str, Any]], description: str, seconds: float) -> None:
+def _print_table(result: Any, seconds: float) -> None:
+    """Rich table: accuracy per policy, CLEAR / uniform, CLEAR abandonment, paper columns."""
     from rich.console import Console
     from rich.table import Table
 
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{v:.1f}"
 
-    t = Table(title="shadowprice demo: accuracy (%) by average budget", title_justify="left")
-    for col in ("tokens/query", "CLEAR", "uniform", "CLEAR/uniform", "market (true)",
-                "oracle (true)", "CLEAR abandoned %", "paper CLEAR", "paper uniform"):
+    labels = dict.fromkeys((r["policy"], r["label"]) for r in result.rows)
+    t = Table(title=f"shadowprice demo ({result.setting}): accuracy (%) by average budget",
+              title_justify="left")
+    t.add_column("tokens/query", justify="right")
+    for _, label in labels:
+        t.add_column(label, justify="right")
+    for col in ("CLEAR/uniform", "CLEAR abandoned %", "paper CLEAR", "paper uniform"):
         t.add_column(col, justify="right")
-    for r in table:
+    for r in result.table():
         ratio = r.get("ratio")
-        t.add_row(str(r["budget_per_query"]), pct(r.get("clear")), pct(r.get("uniform")),
+        t.add_row(str(r["budget_per_query"]), *(pct(r.get(key)) for key, _ in labels),
                   "n/a (uniform ~0)" if ratio is None else f"{ratio:.2f}x",
-                  pct(r.get("market")), pct(r.get("oracle")), pct(r.get("clear_abandoned")),
-                  pct(r.get("paper_clear")), pct(r.get("paper_uniform")))
-    console = Console(width=140)
+                  pct(r.get("clear_abandoned")), pct(r.get("paper_clear")),
+                  pct(r.get("paper_uniform")))
+    console = Console(width=160)
     console.print(t)
-    console.print(f"{description}. Paper columns: its Balanced stream on Qwen2.5-Math-7B "
-                  f"(other model, other accuracy level). {seconds:.1f} s.", highlight=False)
+    console.print(f"{result.description}. Paper columns: its Balanced stream on "
+                  f"Qwen2.5-Math-7B (other queries, other accuracy level). {seconds:.1f} s.",
+                  highlight=False)
