@@ -18,6 +18,7 @@ app = typer.Typer(
 # Registration imports: each module adds its commands to ``app``.
 from . import (
     allocate_cmd,  # noqa: F401
+    bench_cmd,  # noqa: F401
     demo_cmd,  # noqa: F401
     evaluate_cmd,  # noqa: F401
     predictor_cmd,  # noqa: F401

@@ -1,0 +1,149 @@
+"""``shadowprice bench``: a tiny run writes every file; the targets section parses."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from shadowprice.cli import app
+from shadowprice.evaluate.bench import (
+    PAPER_STREAMS,
+    RESULT_COLUMNS,
+    TRUE_CLEAR,
+    check_targets,
+    load_paper_results,
+    real_mixture,
+    run_bench,
+)
+from shadowprice.evaluate.streams import make_stream
+from shadowprice.traces import load_traces
+
+TINY = {"n": 60, "n_real_mix": 40, "n_long": 40, "repeats": 1, "real_repeats": 1,
+        "n_boot": 50, "budgets": (100, 1000), "long_budgets": (1000, 8000)}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory):
+    t0 = time.perf_counter()
+    res = run_bench(tmp_path_factory.mktemp("bench"), streams=("balanced", "mostly-hard"),
+                    policies=("uniform", "clear", "clear-paper", "oracle"), progress=False,
+                    **TINY)
+    return res, time.perf_counter() - t0
+
+
+def test_writes_all_files_quickly(tiny) -> None:
+    res, secs = tiny
+    assert secs < 30
+    for key in ("report", "csv", "frontier", "paper_style", "ratio"):
+        assert res.files[key].exists(), key
+    for key in ("frontier", "paper_style", "ratio"):
+        assert res.files[key].read_bytes()[:4] == b"\x89PNG"
+    df = pd.read_csv(res.files["csv"])
+    assert list(df.columns) == RESULT_COLUMNS
+    assert set(df.stream) == {"balanced", "mostly-hard", "real", "real-balanced",
+                              "real-mostly-hard", "balanced-long", "mostly-hard-long"}
+    assert set(df[df.kind == "long"].budget) == {1000, 8000}
+    assert set(df[df.kind == "synthetic"].budget) == {100, 1000}
+    # The true-curve reference exists only where the truth is known.
+    assert set(df[df.policy == TRUE_CLEAR].kind) == {"synthetic", "long"}
+
+
+def test_results_are_consistent(tiny) -> None:
+    df = tiny[0].results
+    uni = df[df.policy == "uniform"]
+    assert (uni.abandoned == 0).all() and (uni.vs_uniform == 0).all()
+    ora = df[df.policy == "oracle"]
+    assert (ora.share_oracle.round(9) == 1).all()
+    for (_, _), g in df[df.policy != TRUE_CLEAR].groupby(["stream", "budget"]):
+        acc = g.set_index("policy").accuracy
+        assert acc["oracle"] >= acc.max() - 1e-9
+    ok = df.ratio_uniform.notna()
+    assert (df.loc[ok, "accuracy"] / df.loc[ok, "ratio_uniform"] >= 0.01 - 1e-12).all()
+
+
+def test_targets_section_parses(tiny) -> None:
+    res = tiny[0]
+    text = res.files["report"].read_text()
+    m = re.search(r"## Targets \(CLEAR = `clear`\): (\d+) of (\d+) checks met", text)
+    assert m is not None
+    assert int(m.group(1)) == sum(t.met for t in res.targets)
+    assert int(m.group(2)) == len(res.targets)
+    section = text[m.end():text.index("## Our numbers next to the paper's")]
+    rows = re.findall(r"^\| (.+?) \| `([\w-]+)` \| \*\*(MET|MISSED)\*\* \| (.+) \|$", section,
+                      re.MULTILINE)
+    assert len(rows) >= len(res.targets)  # + the clear-paper reference table
+    for claim, _, verdict, detail in rows:
+        assert detail.strip()
+        if verdict == "MISSED":
+            assert "below" in detail or "never" in detail or "Why" in detail, (claim, detail)
+    claims = {t.claim for t in res.targets}
+    assert any("beats uniform" in c for c in claims)
+    assert any("3x" in c for c in claims)
+    assert any("never below" in c for c in claims)
+    assert any("0.8 of the hindsight" in c for c in claims)
+    # The 3x claim applies to calibrated (synthetic) streams only.
+    assert {t.stream for t in res.targets if "3x" in t.claim} == {
+        "balanced", "mostly-hard", "balanced-long", "mostly-hard-long"}
+    assert "paper CLEAR" in text and "Balanced" in text
+
+
+def test_clear_beats_uniform_when_scarce(tiny) -> None:
+    beats = {t.stream: t.met for t in tiny[0].targets if "beats uniform" in t.claim}
+    assert beats["real"] and beats["balanced"]
+
+
+def test_check_targets_flags_a_loss() -> None:
+    """A stream where clear is significantly below uniform is MISSED with the budget."""
+    from shadowprice.evaluate.bench import BenchStream
+
+    st = BenchStream("x", "real", load_traces("qwen25-math-math100"), (100,), 1)
+    rows = []
+    for pol, acc, d, lo, hi in [("uniform", 0.5, 0.0, 0.0, 0.0), ("clear", 0.3, -0.2, -0.3, -0.1),
+                                ("oracle", 0.6, 0.1, 0.05, 0.15)]:
+        rows.append({"stream": "x", "policy": pol, "budget": 100.0, "accuracy": acc,
+                     "vs_uniform": d, "vs_uniform_ci_low": lo, "vs_uniform_ci_high": hi,
+                     "ratio_uniform": acc / 0.5, "share_oracle": acc / 0.6})
+    t = {x.claim.split(" (")[0]: x for x in check_targets(pd.DataFrame(rows), [st])}
+    assert not t["beats uniform at every scarce budget"].met
+    never = t["never below uniform by more than the CI"]
+    assert not never.met and "significantly below uniform at 100" in never.detail
+    assert not t[">= 0.8 of the hindsight ceiling at scarce budgets"].met
+
+
+def test_real_mixture_by_level() -> None:
+    base = load_traces("qwen25-math-math100")
+    mix = real_mixture(base, "mostly-hard", 200, seed=1)
+    levels = pd.Series(mix.meta("level"))
+    assert mix.n == 200 and len(set(mix.ids)) == 200
+    assert levels.isin([4, 5]).sum() == 140 and levels.isin([1, 2]).sum() == 20
+    assert real_mixture(base, "mostly-hard", 200, seed=1).ids == mix.ids
+
+
+def test_paper_data_and_long_pools() -> None:
+    paper = load_paper_results()
+    assert len(paper) == 60 and set(paper.stream) == set(PAPER_STREAMS.values())
+    row = paper[(paper.stream == "Balanced") & (paper.budget == 100)].iloc[0]
+    assert (row.clear, row.uniform, row.abandoned) == (10.2, 0.9, 77.5)
+    long = make_stream("balanced", 300, 0, family="long")
+    assert long.name == "balanced-long" and set(long.pool) == {"gsm8k-long", "math-long",
+                                                                "aime-long"}
+    short = make_stream("balanced", 300, 0)
+    assert long.tau.mean() > 5 * short.tau.mean()
+
+
+def test_cli_bench_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shadowprice.cli import bench_cmd
+
+    monkeypatch.setattr(bench_cmd, "QUICK", {**TINY, "n": 40})
+    r = CliRunner().invoke(app, ["bench", "--out", str(tmp_path / "b"), "--quick",
+                                 "--no-long", "--no-real", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "targets:" in r.stdout and "report.md" in r.stdout
+    assert (tmp_path / "b" / "paper_style.png").exists()
+    df = pd.read_csv(tmp_path / "b" / "results.csv")
+    assert set(df.kind) == {"synthetic"} and df.n_queries.max() == 40
