@@ -49,7 +49,7 @@ def check_texts(texts: Iterable[object], what: str = "texts") -> list[str]:
             raise TypeError(f"{what}[{i}] is {type(t).__name__}, expected a string")
         if not t.strip():
             raise ValueError(f"{what}[{i}] is empty")
-    return out
+    return [str(t) for t in out]
 
 
 class StructuralFeatures(BaseEstimator, TransformerMixin):  # type: ignore[misc]

@@ -165,7 +165,7 @@ class ThresholdPredictor:
         self.regressor_ = self._ridge().fit(z, y)
         self.calibration_ = (0.0, 1.0)
         self._set_residuals(y, oof)
-        self.metadata_ = {
+        self.metadata_: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "trained_on": description or "unspecified targets",
             "n_train": len(x),

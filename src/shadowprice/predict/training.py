@@ -119,7 +119,7 @@ def fit_default(traces: TraceSet | str = DEFAULT_TRACES, exclude: Iterable[str] 
     """
     tr = traced_thresholds(traces)
     ex = {normalize_text(t) for t in exclude}
-    model = fit_proxy(list(tr["question"]) + list(exclude), **params)
+    model = fit_proxy(list(tr["question"]) + list(exclude), **params)  # type: ignore[arg-type]
     keep = tr["solved"] & ~tr["question"].map(normalize_text).isin(ex)
     return model.calibrate(tr.loc[keep, "question"].tolist(), tr.loc[keep, "tau"].to_numpy(),
                            description={"traces": str(traces) if isinstance(traces, str)
@@ -267,6 +267,8 @@ def crossfit_allocation(budgets: Sequence[float] = (100, 200, 300, 500, 700, 100
       tau prediction), shape fitted on all traces;
     - ``clear-predicted``: CLEAR at the predicted median tau (shape fitted on the other folds);
     - ``clear-expected``: CLEAR on the expected curve under the predictive distribution;
+    - ``clear-no-text``: CLEAR with every query at the pool's median tau (no per-query
+      information: what CLEAR gains from scarcity alone, by funding fewer queries fully);
     - ``proportional``: caps proportional to the predicted tau.
 
     Scored by replay (pass@1 within the cap) on the traced samples. Returns budget, policy,
@@ -279,7 +281,8 @@ def crossfit_allocation(budgets: Sequence[float] = (100, 200, 300, 500, 700, 100
     pred = crossfit_predictions(ts, folds, seed)
     oracle_fit = SurgeFitter().fit(ts)
     fold_ids = [np.flatnonzero(pred["fold"].to_numpy() == k) for k in range(folds)]
-    policies = ("uniform", "clear-oracle", "clear-predicted", "clear-expected", "proportional")
+    policies = ("uniform", "clear-oracle", "clear-predicted", "clear-expected", "clear-no-text",
+                "proportional")
     acc = {(p, b): np.zeros(ts.n) for p in policies for b in budgets}
     aband = {(p, b): 0.0 for p in policies for b in budgets}
     for idx in fold_ids:
@@ -304,16 +307,22 @@ def crossfit_allocation(budgets: Sequence[float] = (100, 200, 300, 500, 700, 100
             "clear-expected": expected_curves(med, sig, family, alpha=sf.alpha_, beta=sf.beta_,
                                               p=p_pool),
             "proportional": point(med),
+            # No per-query information: every query at the fit folds' median solved tau.
+            "clear-no-text": point(np.full(idx.size, float(np.median(sf.tau_[sf.p_ > 0])))),
         }
         for b in budgets:
             total = max(1, round(b * idx.size))
             for p in policies:
                 c = curves[p]
-                pol = {"uniform": "uniform", "proportional": "proportional"}.get(p, "clear")
+                # Identical curves make closed-form CLEAR's abandonment all-or-nothing (every
+                # tau crosses T(price) at once), so the no-text baseline uses the market
+                # solver, which funds a subset.
+                pol = {"uniform": "uniform", "proportional": "proportional",
+                       "clear-no-text": "market"}.get(p, "clear")
                 grid = getattr(c, "grid", None)
-                a = allocate(c, total, pol, grid=grid) if grid is not None else \
+                al = allocate(c, total, pol, grid=grid) if grid is not None else \
                     allocate(c, total, pol)
-                r = replay(a, score, n_boot=0)
+                r = replay(al, score, n_boot=0)
                 acc[(p, b)][idx] = r.per_query
                 aband[(p, b)] += r.abandoned * idx.size / ts.n
     rows = []
