@@ -258,9 +258,8 @@ def crossfit_allocation(budgets: Sequence[float] = (100, 200, 300, 500, 700, 100
     Each fold's queries get ``budget x fold size`` tokens. ``family="gamma"`` (default) prices
     success probabilities GammaSCurve(tau, beta, p) -- the surge fit's own length shape as a
     CDF (:meth:`SurgeFitter.as_probability`) with the pooled solve rate; ``"surge"`` prices the
-    paper's latent utility, which falls past its peak tau + 1/beta and so leaves budget unspent
-    once every funded query sits at its peak (with the fitted beta, 1/beta is ~16 tokens on
-    these traces). Policies:
+    paper's latent utility, which falls past its peak tau + 1/beta (with the fitted beta,
+    1/beta is ~16 tokens on these traces) and allocates worse on them. Policies:
 
     - ``uniform``: B / N each;
     - ``clear-oracle``: CLEAR with every query's own traced tau (hindsight: the ceiling for
