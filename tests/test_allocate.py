@@ -262,3 +262,13 @@ def test_best_of_k_menu_chooses_samples_and_respects_budget():
     assert a.samples.max() > 1
     o = allocate(curves, 1200, "oracle", samples=[1, 2, 4], granularity=16)
     assert o.utility >= a.utility - 1e-9
+
+
+@pytest.mark.parametrize("curves", [GammaSCurve(np.full(20, 300.0), 0.06, 0.9),
+                                    ShiftedSurge(np.full(20, 300.0), ALPHA, BETA)])
+def test_identical_queries_are_funded_as_far_as_the_budget_goes(curves):
+    # All 20 drop out at the same price; the marginal ones must still be funded, not none.
+    a = allocate(curves, 4000, "clear", leftover="keep")
+    m = allocate(curves, 4000, "market", leftover="keep")
+    assert 9 <= a.funded.sum() <= 12
+    assert a.utility >= 0.99 * m.utility

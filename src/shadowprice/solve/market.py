@@ -37,13 +37,19 @@ MAX_ITER = 200
 
 @dataclass(frozen=True)
 class Clearing:
-    """Continuous market outcome at the clearing price, before rounding."""
+    """Continuous market outcome at the clearing price, before rounding.
+
+    ``below`` is the demand just below the clearing price (budgets, funded), where demand still
+    exceeds the budget: the queries funded there but not at the price are the marginal ones,
+    indifferent at the price, that the demand jump left out.
+    """
 
     price: float
     budgets: FloatArray  # (N,) continuous demand at ``price`` (0 for abandoned)
     funded: NDArray[np.bool_]
     iterations: int
     scarce: bool
+    below: tuple[FloatArray, NDArray[np.bool_]] | None = None
 
 
 def constrained_demand(curves: UtilityCurve, price: float, cons: Constraints) -> tuple[FloatArray, NDArray[np.bool_]]:
@@ -89,6 +95,7 @@ def clear_vectorised(curves: UtilityCurve, cons: Constraints) -> Clearing:
         return Clearing(0.0, b0, f0, 0, scarce=False)
     lo_p, hi_p = 0.0, _price_ceiling(curves, cons)
     best = constrained_demand(curves, hi_p, cons)
+    below = (b0, f0)
     it = 0
     while hi_p - lo_p > VECTOR_RTOL * hi_p and it < MAX_ITER:
         mid = 0.5 * (lo_p + hi_p)
@@ -99,9 +106,9 @@ def clear_vectorised(curves: UtilityCurve, cons: Constraints) -> Clearing:
             if B - b.sum() < cons.granularity:
                 break
         else:
-            lo_p = mid
+            lo_p, below = mid, (b, f)
         it += 1
-    return Clearing(hi_p, best[0], best[1], it, scarce=True)
+    return Clearing(hi_p, best[0], best[1], it, scarce=True, below=below)
 
 
 class _SortedSurge:
@@ -179,7 +186,32 @@ def clear_sorted(curves: ShiftedSurge, cons: Constraints) -> Clearing:
             lo_p = mid
         it += 1
     b, f = s.budgets(hi_p)
-    return Clearing(hi_p, b, f, it, scarce=True)
+    return Clearing(hi_p, b, f, it, scarce=True, below=s.budgets(lo_p))
+
+
+def admit_marginal(curves: UtilityCurve, budgets: IntArray, funded: NDArray[np.bool_],
+                   below: tuple[FloatArray, NDArray[np.bool_]], cons: Constraints,
+                   ) -> tuple[IntArray, NDArray[np.bool_], int]:
+    """Fund the marginal queries (funded just below the price, not at it) while they fit.
+
+    They are indifferent at the clearing price, so funding some of them is as good as any use
+    of the leftover; lowest thresholds first. With many identical queries the price alone would
+    fund none of them (they all drop out at once); this funds as many as the budget allows.
+    """
+    b_below, f_below = below
+    cand = np.flatnonzero(f_below & ~funded)
+    if cand.size == 0:
+        return budgets, funded, 0
+    want = cons.subset(cand).round_down(b_below[cand])
+    ok = want > 0
+    cand, want = cand[ok], want[ok]
+    order = np.argsort(curves.threshold()[cand], kind="stable")
+    left = cons.budget - int(budgets.sum())
+    take = order[np.cumsum(want[order]) <= left]
+    b, f = budgets.copy(), funded.copy()
+    b[cand[take]] = want[take]
+    f[cand[take]] = True
+    return b, f, int(take.size)
 
 
 def hand_out(curves: UtilityCurve, budgets: IntArray, funded: NDArray[np.bool_], price: float,
@@ -271,6 +303,9 @@ def clear(curves: UtilityCurve, cons: Constraints, *, policy: str = "clear") -> 
                 else clear_vectorised(curves, cons))
     budgets = cons.round_down(clearing.budgets)
     funded = clearing.funded & (budgets > 0)
+    admitted = 0
+    if clearing.below is not None:
+        budgets, funded, admitted = admit_marginal(curves, budgets, funded, clearing.below, cons)
     budgets, funded, handout = hand_out(curves, budgets, funded, clearing.price, cons,
                                         want=_unconstrained_want(curves, clearing.price),
                                         remainder=clearing.budgets - budgets)
@@ -284,7 +319,8 @@ def clear(curves: UtilityCurve, cons: Constraints, *, policy: str = "clear") -> 
         budgets=budgets, price=clearing.price, funded=funded,
         utility=float(curves.value(budgets.astype(float)).sum()), budget=cons.budget,
         policy=policy, status=status, message=msg,
-        info={"iterations": clearing.iterations, "solver": path, **handout},
+        info={"iterations": clearing.iterations, "solver": path, "admitted": admitted,
+              **handout},
     )
 
 
