@@ -208,7 +208,51 @@ def read_queries(path: str | Path, family: str = "surge", *, alpha: float = 1.5,
         if not (math.isfinite(val) and val > 0):
             raise ValueError(f"--{key} must be a finite positive number, got {val}")
     params: dict[str, list[float]] = {k: [] for k in required + optional}
-    limits: dict[str, list[float]] = {k: [] for k in LIMIT_FIELDS}
+    ids = _ids(name, rows, csv_mode)
+    for line, row in rows:
+        for key in required:
+            if not _given(row.get(key), csv_mode):
+                raise QueryFileError(name, line, key,
+                                     f"is missing (the {family} family needs "
+                                     f"{', '.join(required)})")
+            params[key].append(_number(name, line, key, row[key], csv_mode))
+        for key in optional:
+            v = row.get(key)
+            params[key].append(_number(name, line, key, v, csv_mode) if _given(v, csv_mode)
+                               else defaults[key])
+    arr = {k: np.asarray(v, dtype=float) for k, v in params.items()}
+    curve: UtilityCurve
+    if family == "surge":
+        curve = ShiftedSurge(arr["tau"], _shared(arr["alpha"]), _shared(arr["beta"]))
+    elif family == "gamma":
+        curve = GammaSCurve(arr["tau"], arr["beta"], arr["p"])
+    else:
+        curve = LogisticCurve(arr["mu"], arr["scale"], arr["p"])
+    return ids, curve, _limits(name, rows, csv_mode)
+
+
+def read_query_texts(path: str | Path) -> tuple[list[str], list[str], dict[str, NDArray[np.float64]]]:
+    """Read a query file that carries only ``id`` and the prompt text (``question`` or
+    ``text``), for allocation with a text predictor.
+
+    Returns ids (N,), texts (N,) and the same ``limits`` as :func:`read_queries`.
+    """
+    name, rows, csv_mode = read_query_rows(path)
+    ids = _ids(name, rows, csv_mode)
+    texts: list[str] = []
+    for line, row in rows:
+        key = "question" if "question" in row else "text"
+        v = row.get(key)
+        if not _given(v, csv_mode) or not isinstance(v, str) or not v.strip():
+            raise QueryFileError(name, line, key,
+                                 "is missing (with --predictor each query needs its prompt "
+                                 "text in a 'question' or 'text' field)")
+        texts.append(v)
+    return ids, texts, _limits(name, rows, csv_mode)
+
+
+def _ids(name: str, rows: list[tuple[int, dict[str, Any]]], csv_mode: bool) -> list[str]:
+    """Each row's id, checked: present, a string or integer, unique."""
     ids: list[str] = []
     first_line: dict[str, int] = {}
     for line, row in rows:
@@ -224,31 +268,20 @@ def read_queries(path: str | Path, family: str = "surge", *, alpha: float = 1.5,
                                                    f"{first_line[qid]}")
         first_line[qid] = line
         ids.append(qid)
-        for key in required:
-            if not _given(row.get(key), csv_mode):
-                raise QueryFileError(name, line, key,
-                                     f"is missing (the {family} family needs "
-                                     f"{', '.join(required)})")
-            params[key].append(_number(name, line, key, row[key], csv_mode))
-        for key in optional:
-            v = row.get(key)
-            params[key].append(_number(name, line, key, v, csv_mode) if _given(v, csv_mode)
-                               else defaults[key])
-        for key in LIMIT_FIELDS:
-            v = row.get(key)
-            limits[key].append(_number(name, line, key, v, csv_mode) if _given(v, csv_mode)
-                               else math.nan)
-    arr = {k: np.asarray(v, dtype=float) for k, v in params.items()}
-    curve: UtilityCurve
-    if family == "surge":
-        curve = ShiftedSurge(arr["tau"], _shared(arr["alpha"]), _shared(arr["beta"]))
-    elif family == "gamma":
-        curve = GammaSCurve(arr["tau"], arr["beta"], arr["p"])
-    else:
-        curve = LogisticCurve(arr["mu"], arr["scale"], arr["p"])
-    out = {k: np.asarray(v, dtype=float) for k, v in limits.items()
-           if not np.isnan(np.asarray(v, dtype=float)).all()}
-    return ids, curve, out
+    return ids
+
+
+def _limits(name: str, rows: list[tuple[int, dict[str, Any]]], csv_mode: bool
+            ) -> dict[str, NDArray[np.float64]]:
+    """Per-query limit columns present in at least one row; NaN where a row omits them."""
+    out: dict[str, NDArray[np.float64]] = {}
+    for key in LIMIT_FIELDS:
+        col = [_number(name, line, key, row.get(key), csv_mode)
+               if _given(row.get(key), csv_mode) else math.nan for line, row in rows]
+        arr = np.asarray(col, dtype=float)
+        if not np.isnan(arr).all():
+            out[key] = arr
+    return out
 
 
 def _shared(values: NDArray[np.float64]) -> NDArray[np.float64] | float:

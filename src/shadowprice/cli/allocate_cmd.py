@@ -43,10 +43,17 @@ def allocate_command(
     output: Path | None = typer.Option(None, "-o", "--output",
                                        help="write budgets here (default stdout)"),
     fmt: str = typer.Option("text", "--format", help="summary format: text or json"),
+    predictor: str | None = typer.Option(
+        None, "--predictor",
+        help="threshold predictor directory (from `shadowprice predictor fit`) or 'default' "
+        "(the bundled one); QUERIES then needs only id and question/text"),
+    point: bool = typer.Option(
+        False, "--point", help="with --predictor: allocate on the point estimate of tau "
+        "instead of the expected curve under the predictor's uncertainty"),
 ) -> None:
     """Allocate a token budget over QUERIES; one JSON line per query: id, budget, funded."""
     from shadowprice import POLICIES, allocate
-    from shadowprice.queries import FAMILIES, QueryFileError, read_queries
+    from shadowprice.queries import FAMILIES, QueryFileError, read_queries, read_query_texts
 
     if (budget is None) == (per_query is None):
         fail("give exactly one of --budget TOTAL and --per-query AVG")
@@ -69,8 +76,18 @@ def allocate_command(
     if per_query is not None and not (math.isfinite(per_query) and per_query > 0):
         fail(f"--per-query must be a positive number of tokens, got {per_query}")
 
+    grid = None
     try:
-        ids, curves, limits = read_queries(queries, family, alpha=alpha, beta=beta)
+        if predictor is None:
+            ids, curves, limits = read_queries(queries, family, alpha=alpha, beta=beta)
+        else:
+            if family == "logistic":
+                fail("--predictor predicts thresholds for the surge or gamma family only")
+            ids, texts, limits = read_query_texts(queries)
+            model = _load_predictor(predictor)
+            curves = model.predict_curves(texts, family=family, uncertainty=not point,
+                                          alpha=alpha, beta=beta)
+            grid = getattr(curves, "grid", None)
     except QueryFileError as exc:
         fail(str(exc))
     total = budget if budget is not None else math.floor(per_query * len(ids))  # type: ignore[operator]
@@ -86,7 +103,9 @@ def allocate_command(
         return np.where(np.isnan(col), fill, col)
 
     try:
-        result = allocate(curves, total, policy, granularity=granularity,
+        if grid is not None and granularity > 1:
+            grid = grid[grid % granularity == 0]
+        result = allocate(curves, total, policy, granularity=granularity, grid=grid,
                           min_tokens=merged("min_tokens", min_tokens),
                           max_tokens=merged("max_tokens", max_tokens),
                           floor=merged("floor", None))
@@ -123,6 +142,22 @@ def allocate_command(
     else:
         _print_summary(summary, summary_stream)
     summary_stream.flush()
+
+
+def _load_predictor(path: str) -> Any:
+    """The bundled default predictor or one saved by ``shadowprice predictor fit``."""
+    from shadowprice.predict import load_predictor
+    from shadowprice.predict.training import default_predictor
+
+    if path == "default":
+        return default_predictor()
+    if not Path(path).is_dir():
+        fail(f"--predictor {path}: no such predictor directory (train one with "
+             f"`shadowprice predictor fit`, or pass 'default')")
+    try:
+        return load_predictor(path)
+    except (OSError, ValueError) as exc:
+        fail(f"--predictor {path}: cannot load ({exc})")
 
 
 def _print_summary(s: dict[str, Any], stream: TextIO) -> None:
