@@ -185,3 +185,17 @@ def test_cli_needs_data_or_bundled(tmp_path) -> None:
     r = CliRunner().invoke(app, ["predictor", "predict", str(tmp_path / "nope"),
                                  str(tmp_path / "q.jsonl")])
     assert r.exit_code == 2
+
+
+def test_evaluate_split_queries_with_the_text_predictor_beats_uniform_when_scarce():
+    """Cross-fitted end to end through evaluate(split='queries') (small proxy sets for speed)."""
+    from shadowprice.evaluate import evaluate
+    from shadowprice.predict.training import text_curve_predictor
+    from shadowprice.traces import load_traces
+
+    ts = load_traces("qwen25-math-math100")
+    pred = text_curve_predictor(uncertainty=True, proxy_sets=("aime24", "amc23", "math500"))
+    df = evaluate(ts, [150], ["uniform", "clear"], split="queries", folds=2, n_boot=50,
+                  predictor=pred)
+    acc = df.set_index("policy")["accuracy"]
+    assert acc["clear"] > acc["uniform"]

@@ -78,6 +78,11 @@ def evaluate_command(
     n_boot: int = typer.Option(1000, "--n-boot", min=0, help="bootstrap resamples"),
     folds: int = typer.Option(5, "--folds", min=2, help="folds for --split queries"),
     fmt: str = typer.Option("table", "--format", help="table | json"),
+    predictor: str = typer.Option(
+        "auto", "--predictor",
+        help="with --split queries: text (cross-fitted text predictor, expected curves), "
+        "text-point (its point estimate), none (the pool's curve for every unseen query), "
+        "auto (text when the traces carry questions)"),
 ) -> None:
     """Fit each policy on one part of TRACES, replay its caps on the other, print a table.
 
@@ -102,10 +107,24 @@ def evaluate_command(
                                ("format", fmt, ("table", "json"))]:
         if val not in allowed:
             fail(f"--{name} must be one of {', '.join(allowed)}, got {val!r}")
+    if predictor not in ("auto", "text", "text-point", "none"):
+        fail(f"--predictor must be one of auto, text, text-point, none, got {predictor!r}")
     ts = load_trace_spec(traces, seed)
+    has_text = all(q for q in ts.questions())
+    if predictor == "auto":
+        predictor = "text" if has_text else "none"
+    if predictor != "none" and split == "queries" and not has_text:
+        fail(f"--predictor {predictor} needs question texts, and {traces} has queries without "
+             f"one; use --predictor none")
+    curve_predictor = None
+    if split == "queries" and predictor != "none":
+        from shadowprice.predict.training import text_curve_predictor
+
+        curve_predictor = text_curve_predictor(uncertainty=predictor == "text")
     try:
         df = evaluate(ts, bq, pols, split=split, seed=seed, cost=cost,  # type: ignore[arg-type]
-                      repeats=repeats, vote=vote, n_boot=n_boot, folds=folds)  # type: ignore[arg-type]
+                      repeats=repeats, vote=vote, n_boot=n_boot, folds=folds,  # type: ignore[arg-type]
+                      predictor=curve_predictor)
     except ValueError as exc:
         fail(str(exc))
     if fmt == "json":
@@ -118,6 +137,7 @@ def evaluate_command(
             "vs_uniform_ci": [_clean(r.vs_uniform_ci_low), _clean(r.vs_uniform_ci_high)],
         } for r in df.itertuples()]
         print(json.dumps({"traces": traces, "queries": ts.n, "split": split, "seed": seed,
+                          "predictor": predictor if split == "queries" else None,
                           "cost": cost, "vote": vote, "repeats": repeats,
                           "results": results}, indent=2))
         return
