@@ -802,6 +802,8 @@ def plot_ratio(results: pd.DataFrame, paper: pd.DataFrame, sts: Sequence[BenchSt
                path: Path) -> Path:
     """CLEAR / uniform accuracy vs budget per stream (where uniform >= 1 %), paper dashed."""
     plt = _pyplot()
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     kinds = list(dict.fromkeys(s.kind for s in sts))
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 3.8), dpi=100,
                              squeeze=False)
@@ -818,6 +820,8 @@ def plot_ratio(results: pd.DataFrame, paper: pd.DataFrame, sts: Sequence[BenchSt
         ax.axhline(1.0, color="k", lw=0.8)
         ax.axhline(3.0, color="k", lw=0.6, ls=":")
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
         if kind == "long":
             ax.set_xscale("log", base=2)
         ax.set_title(f"{kind}: CLEAR / uniform", fontsize=10)
