@@ -368,12 +368,13 @@ def test_collect_writes_trace_schema_and_resumes(server: FakeServer, tmp_path: P
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ('{"id": "a", "question": "q"}\n', "q.jsonl:1: field 'tau' missing"),
+        ('{"id": "a", "question": "q"}\n', 'q.jsonl line 1: field "tau" is missing'),
         (
             '{"id": "a", "question": "q", "tau": 5}\n{"question": "r"}\n',
-            "q.jsonl:2: missing field 'id'",
+            'q.jsonl line 2: field "id" is missing',
         ),
-        ("not json\n", "q.jsonl:1: not valid JSON"),
+        ("not json\n", "q.jsonl line 1: not valid JSON"),
+        ('{"id": "a", "tau": 5}\n', 'q.jsonl line 1: field "text" is missing'),
     ],
 )
 def test_run_cli_rejects_bad_queries(tmp_path: Path, content: str, message: str) -> None:

@@ -251,6 +251,27 @@ def read_query_texts(path: str | Path) -> tuple[list[str], list[str], dict[str, 
     return ids, texts, _limits(name, rows, csv_mode)
 
 
+def read_run_queries(path: str | Path, *, need_tau: bool) -> tuple[
+        list[str], list[str], list[str | None], NDArray[np.float64] | None]:
+    """Read queries to execute: ``id``, prompt (``question`` or ``text``), optional gold
+    ``answer`` and, when ``need_tau``, the threshold ``tau`` in tokens.
+
+    Returns ids (N,), texts (N,), answers (N,; None where absent) and tau (N,) or None.
+    """
+    name, rows, csv_mode = read_query_rows(path)
+    ids, texts, _ = read_query_texts(path)
+    answers = [str(r["answer"]) if _given(r.get("answer"), csv_mode) else None for _, r in rows]
+    if not need_tau:
+        return ids, texts, answers, None
+    tau = []
+    for line, row in rows:
+        if not _given(row.get("tau"), csv_mode):
+            raise QueryFileError(name, line, "tau", "is missing (give each query a threshold, "
+                                                    "or pass --predictor)")
+        tau.append(_number(name, line, "tau", row["tau"], csv_mode))
+    return ids, texts, answers, np.asarray(tau, dtype=float)
+
+
 def _ids(name: str, rows: list[tuple[int, dict[str, Any]]], csv_mode: bool) -> list[str]:
     """Each row's id, checked: present, a string or integer, unique."""
     ids: list[str] = []

@@ -147,13 +147,7 @@ def allocate_command(
 def _load_predictor(path: str) -> Any:
     """The bundled default predictor or one saved by ``shadowprice predictor fit``."""
     from shadowprice.predict import load_predictor
-    from shadowprice.predict.training import default_predictor
 
-    if path == "default":
-        return default_predictor()
-    if not Path(path).is_dir():
-        fail(f"--predictor {path}: no such predictor directory (train one with "
-             f"`shadowprice predictor fit`, or pass 'default')")
     try:
         return load_predictor(path)
     except (OSError, ValueError) as exc:

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -17,47 +15,15 @@ from ._errors import fail
 
 def load_queries(path: Path, *, need_tau: bool) -> list[dict[str, Any]]:
     """Read QUERIES (JSONL or CSV: ``id``, ``question``, optional ``answer`` and ``tau``)."""
-    if not path.exists():
-        fail(f"{path}: no such file")
-    rows: list[tuple[int, dict[str, Any]]] = []
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = [(i + 2, dict(r)) for i, r in enumerate(csv.DictReader(f))]
-    else:
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                fail(f"{path}:{i}: not valid JSON ({exc.msg})")
-            if not isinstance(obj, dict):
-                fail(f"{path}:{i}: expected a JSON object")
-            rows.append((i, obj))
-    if not rows:
-        fail(f"{path}: no queries")
-    seen: set[str] = set()
-    out = []
-    for lineno, r in rows:
-        for key in ("id", "question"):
-            if r.get(key) in (None, ""):
-                fail(f"{path}:{lineno}: missing field '{key}'")
-        qid = str(r["id"])
-        if qid in seen:
-            fail(f"{path}:{lineno}: duplicate id '{qid}'")
-        seen.add(qid)
-        if need_tau:
-            try:
-                tau = float(r["tau"])
-            except (KeyError, TypeError, ValueError):
-                fail(f"{path}:{lineno}: field 'tau' missing or not a number (or pass --predictor)")
-            if not tau >= 0:
-                fail(f"{path}:{lineno}: field 'tau' must be >= 0, got {r['tau']}")
-            r["tau"] = tau
-        answer = r.get("answer")
-        r["answer"] = None if answer in (None, "") else str(answer)
-        out.append(r)
-    return out
+    from shadowprice.queries import QueryFileError, read_run_queries
+
+    try:
+        ids, texts, answers, tau = read_run_queries(path, need_tau=need_tau)
+    except QueryFileError as exc:
+        fail(str(exc))
+    return [{"id": i, "question": q, "answer": a,
+             **({"tau": float(tau[k])} if tau is not None else {})}
+            for k, (i, q, a) in enumerate(zip(ids, texts, answers, strict=True))]
 
 
 @app.command("run")
@@ -67,7 +33,8 @@ def run_command(
     model: str = typer.Option(..., "--model", help="model name sent to the endpoint"),
     budget: int = typer.Option(..., "--budget", help="total completion-token budget"),
     policy: str = typer.Option("clear", "--policy", help="allocation policy (clear, uniform...)"),
-    predictor: Path | None = typer.Option(None, "--predictor", help="predictor model for tau"),
+    predictor: str | None = typer.Option(
+        None, "--predictor", help="threshold predictor directory or 'default' (bundled)"),
     concurrency: int = typer.Option(8, "--concurrency", min=1),
     force_answer: bool = typer.Option(False, "--force-answer", help="force an answer on length"),
     force_tokens: int = typer.Option(24, "--force-tokens", min=1),
@@ -94,11 +61,13 @@ def run_command(
     rows = load_queries(queries, need_tau=predictor is None)
     questions = [str(r["question"]) for r in rows]
     if predictor is not None:
+        from shadowprice.predict import load_predictor
+
         try:
-            from shadowprice.predict import load_predictor  # type: ignore[attr-defined]
-        except ImportError:
-            fail("--predictor needs shadowprice.predict.load_predictor, which is not installed")
-        curves = load_predictor(str(predictor)).predict_curves(questions)
+            model = load_predictor(str(predictor))
+        except (OSError, ValueError) as exc:
+            fail(f"--predictor {predictor}: cannot load ({exc})")
+        curves = model.predict_curves(questions, alpha=alpha, beta=beta)
     else:
         from shadowprice import ShiftedSurge
 

@@ -338,7 +338,15 @@ class ThresholdPredictor:
 
 
 def load_predictor(path: str | Path) -> ThresholdPredictor:
-    """Load a saved :class:`ThresholdPredictor` (directory written by ``save``)."""
+    """Load a saved :class:`ThresholdPredictor` (directory written by ``save``); ``"default"``
+    gives the bundled model (retrained in ~10 s if it cannot be unpickled here)."""
+    if str(path) == "default":
+        from .training import default_predictor
+
+        return default_predictor()
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"{path}: no such predictor directory (train one with "
+                                f"`shadowprice predictor fit`, or use 'default')")
     return ThresholdPredictor.load(path)
 
 
