@@ -7,6 +7,7 @@ import pytest
 
 from shadowprice.curves import EmpiricalCurve, GammaSCurve, ShiftedSurge, TabulatedCurve
 from shadowprice.fit import (
+    UNREACHABLE_TAU,
     ShrunkCurveFitter,
     SurgeFitter,
     empirical_curves,
@@ -82,7 +83,9 @@ def test_surge_recipe() -> None:
     solved = c.any(axis=1)
     shortest = np.nanmin(np.where(c, t, np.nan)[solved], axis=1)
     np.testing.assert_allclose(f.tau_[solved], shortest)
-    assert np.all(f.tau_[~solved] == 2.0 * np.nanmax(t))  # unsolved: abandoned first
+    assert np.all(f.tau_[~solved] == UNREACHABLE_TAU)  # unsolved: beyond any budget
+    g = SurgeFitter(unsolved_factor=2.0).fit(ts)
+    assert np.all(g.tau_[~solved] == 2.0 * np.nanmax(t))
     assert f.beta_ > 0 and np.isfinite(f.r2_)
     assert isinstance(fit_surge(ts), ShiftedSurge)
     with pytest.raises(TypeError, match="as_probability"):

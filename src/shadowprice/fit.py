@@ -290,6 +290,10 @@ def fit_shrunk(traces: TraceSet, grid: ArrayLike | None = None, strength: float 
 
 
 # -- the paper's shifted surge ---------------------------------------------------------------
+#: Threshold given to queries never solved in the fit data: beyond any budget.
+UNREACHABLE_TAU = 1e9
+
+
 class SurgeFitter:
     """The paper's recipe: shifted surge with alpha, beta shared and tau per query.
 
@@ -302,26 +306,32 @@ class SurgeFitter:
     - ``alpha`` does not change any allocation (it rescales utility and price together); it is
       set so that the surge's peak utility alpha / (e beta) equals the pool's solve rate, which
       puts utilities on an accuracy-like scale.
-    - Queries with no correct sample get ``tau = unsolved_factor`` x the longest sample in the
-      set: CLEAR abandons them first under scarcity and funds them only when budget is ample.
+    - Queries with no correct sample get ``tau = UNREACHABLE_TAU`` (10^9 tokens) by default:
+      the data give no evidence that any budget solves them, and the surge, whose peak utility
+      is the same for every query, would otherwise price a never-solved query like a solvable
+      one and fund it whenever the budget can cover its threshold. Pass ``unsolved_factor``
+      to place them at that multiple of the longest sample instead.
 
     Attributes (after fit): ``curves_`` (ShiftedSurge), ``tau_``, ``alpha_``, ``beta_``,
     ``histogram_`` (DataFrame of bin centre, observed and fitted density), ``r2_``.
     """
 
     def __init__(self, tau: Literal["min"] | float = "min", bins: int = 30,
-                 unsolved_factor: float = 2.0) -> None:
+                 unsolved_factor: float | None = None) -> None:
         if tau != "min" and not (isinstance(tau, (int, float)) and 0 <= tau <= 1):
             raise ValueError(f"tau must be 'min' or a quantile in [0, 1], got {tau!r}")
         if bins < 3:
             raise ValueError(f"bins must be at least 3, got {bins}")
-        self.tau, self.bins, self.unsolved_factor = tau, int(bins), float(unsolved_factor)
+        if unsolved_factor is not None and not unsolved_factor > 0:
+            raise ValueError(f"unsolved_factor must be positive, got {unsolved_factor!r}")
+        self.tau, self.bins, self.unsolved_factor = tau, int(bins), unsolved_factor
 
     def fit(self, traces: TraceSet) -> SurgeFitter:
         t, c, n = _arrays(traces)
         L = np.where(c, t, np.nan)
         solved = c.any(axis=1)
-        big = self.unsolved_factor * float(np.nanmax(t))
+        big = (UNREACHABLE_TAU if self.unsolved_factor is None
+               else self.unsolved_factor * float(np.nanmax(t)))
         with np.errstate(all="ignore"):
             if self.tau == "min":
                 tau = np.nanmin(np.where(solved[:, None], L, 0.0), axis=1)

@@ -63,8 +63,8 @@ def traced_thresholds(traces: TraceSet | str = DEFAULT_TRACES) -> pd.DataFrame:
     """Per traced query: id, question, tau (tokens), solved, level, solution_tokens.
 
     tau is the shortest correct sample (the paper's emergence point); unsolved queries get
-    SurgeFitter's stand-in (twice the longest sample) and ``solved = False``: they are scored
-    but never used as training targets (their tau is not a measurement).
+    SurgeFitter's stand-in (``UNREACHABLE_TAU``) and ``solved = False``: they are scored but
+    never used as training targets (their tau is not a measurement).
     """
     ts = load_traces(traces) if isinstance(traces, str) else traces
     f = SurgeFitter().fit(ts)
