@@ -402,7 +402,7 @@ def _plot(rows: list[dict[str, Any]], policies: list[DemoPolicy], st: DemoSettin
     ax.set_ylabel("accuracy (%)")
     kind = "SYNTHETIC, true curves known" if isinstance(st, SyntheticSetting) else \
         "held out: fit on half the samples, scored on the other half"
-    ax.set_title(f"{st.name}: {st.n} queries ({kind})", fontsize=10)
+    ax.set_title(f"{st.name}: {st.n} queries\n({kind})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8, loc="lower right")
