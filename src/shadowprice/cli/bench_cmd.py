@@ -33,6 +33,8 @@ def bench_command(
                                  help="skip the bundled real traces and their mixtures"),
     no_long: bool = typer.Option(False, "--no-long",
                                  help="skip the long-reasoning pools (1k-16k tokens/query)"),
+    no_predict: bool = typer.Option(False, "--no-predict",
+                                    help="skip the cross-fitted text-prediction study"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
 ) -> None:
     """Accuracy vs budget for every policy on every stream, ratios, oracle gap, targets."""
@@ -45,6 +47,7 @@ def bench_command(
         if sys.argv and sys.argv[0].endswith("shadowprice") else None
     try:
         result = run_bench(out, seed=seed, real=not no_real, long=not no_long,
+                           predict=not no_predict and not quick,
                            progress=not no_progress, command=command, **opts)
     except OSError as exc:
         fail(f"cannot write to {out}: {exc.strerror or exc}")
