@@ -272,3 +272,22 @@ def test_identical_queries_are_funded_as_far_as_the_budget_goes(curves):
     m = allocate(curves, 4000, "market", leftover="keep")
     assert 9 <= a.funded.sum() <= 12
     assert a.utility >= 0.99 * m.utility
+
+
+@pytest.mark.parametrize("kind", ["surge", "gamma", "empirical"])
+def test_market_subsample_bracket_matches_full_bisection(kind, monkeypatch):
+    # From SUBSAMPLE_FROM queries on, the price is estimated on a subsample and bracketed on
+    # the full market; the result must equal plain bisection's.
+    from shadowprice.solve import envelope
+
+    rng = np.random.default_rng(21)
+    curves = _curves(kind, 6000, rng)
+    budget = 6000 * 200
+    fast = allocate(curves, budget, "market", leftover="keep")
+    assert fast.info["subsample_price"] > 0
+    monkeypatch.setattr(envelope, "SUBSAMPLE_FROM", 10**9)
+    plain = allocate(curves, budget, "market", leftover="keep")
+    assert plain.info["subsample_price"] == 0.0
+    check_invariants(fast, curves, budget)
+    assert fast.utility == pytest.approx(plain.utility, rel=1e-6)
+    assert fast.price == pytest.approx(plain.price, rel=1e-6)

@@ -21,7 +21,7 @@ from .solve.result import Allocation
 ORACLE_LEVELS = 1024
 
 #: Menus with more cells than this are tabulated in float32.
-LARGE_MENU = 10_000_000
+LARGE_MENU = 1_000_000
 
 #: Policy names accepted by :func:`allocate`, with a one-line description each.
 POLICIES: dict[str, str] = {

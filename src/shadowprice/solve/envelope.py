@@ -26,7 +26,9 @@ MAX_ITER = 200
 FILL_ROUNDS = 8
 #: Rows examined per fill round (the best by next-step ratio).
 FILL_CANDIDATES = 4096
-#: Above this many queries the price is first estimated on a subsample of this size.
+#: From this many queries on, the price is first estimated on a subsample of a quarter of
+#: the queries (at most SUBSAMPLE) and only bracketed on the full market.
+SUBSAMPLE_FROM = 4096
 SUBSAMPLE = 8192
 
 
@@ -61,10 +63,21 @@ def price_ceiling(menu: Menu) -> float:
     """A price above every option's value per extra token over the row's cheapest feasible
     option: at it, every query takes its cheapest option (0, or its floor if protected)."""
     best = 0.0
+    # Common case: every row may abandon (option 0 = nothing for nothing), so the cheapest
+    # option is column 0 and the ratios are plain value per token.
+    zero_first = bool(np.isfinite(menu.values[:, 0]).all()
+                      and not np.any(menu.values[:, 0])
+                      and not np.any(menu.costs[..., 0]))
     for start in range(0, menu.n, CHUNK):
         sl = slice(start, min(start + CHUNK, menu.n))
         c = menu.row_costs(sl)
         v = menu.values[sl]
+        if zero_first:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                r = v[:, 1:] / c[:, 1:]
+            best = max(best, float(np.nanmax(np.where(np.isfinite(v[:, 1:]), r, 0.0),
+                                             initial=0.0)))
+            continue
         rows = np.arange(v.shape[0])
         first = np.argmax(np.isfinite(v), axis=1)
         dc = c - c[rows, first][:, None]
@@ -79,12 +92,13 @@ def _estimate_price(menu: Menu, budget: int, rng_seed: int = 0) -> float | None:
     """Clearing price of a random subsample with the same budget per query (None if the
     subsample is not scarce)."""
     rng = np.random.default_rng(rng_seed)
-    rows = np.sort(rng.choice(menu.n, SUBSAMPLE, replace=False))
+    size = min(SUBSAMPLE, max(menu.n // 4, 1024))
+    rows = np.sort(rng.choice(menu.n, size, replace=False))
     sub = Menu(costs=menu.costs if menu.costs.ndim == 1 else menu.costs[rows],
                values=menu.values[rows],
                budgets=menu.budgets if menu.budgets.ndim == 1 else menu.budgets[rows],
                samples=menu.samples if menu.samples.ndim == 1 else menu.samples[rows])
-    sub_budget = budget * SUBSAMPLE / menu.n
+    sub_budget = budget * size / menu.n
     p_lo, p_hi = 0.0, price_ceiling(sub)
     if _demand(sub, 0.0)[1] <= sub_budget:
         return None
@@ -112,7 +126,7 @@ def clear_menu(menu: Menu, cons: Constraints, *, policy: str = "market") -> Allo
         raise ValueError(f"query {i} has no feasible option within its limits; "
                          f"check its floor, min_tokens and max_tokens against the grid")
     p_lo, p_hi = 0.0, None
-    guess = _estimate_price(menu, B) if n > 4 * SUBSAMPLE else None
+    guess = _estimate_price(menu, B) if n >= SUBSAMPLE_FROM else None
     if guess is not None:
         # Bracket the subsample's price tightly, widening until it brackets the full market.
         hi_try = guess * 1.02
