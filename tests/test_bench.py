@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -24,21 +23,20 @@ from shadowprice.evaluate.streams import make_stream
 from shadowprice.traces import load_traces
 
 TINY = {"n": 60, "n_real_mix": 40, "n_long": 40, "repeats": 1, "real_repeats": 1,
-        "n_boot": 50, "budgets": (100, 1000), "long_budgets": (1000, 8000)}
+        "n_boot": 50, "budgets": (100, 1000), "long_budgets": (1000, 8000), "predict": False}
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory):
-    t0 = time.perf_counter()
+    # Run time is measured in docs/benchmarks.md, never asserted here.
     res = run_bench(tmp_path_factory.mktemp("bench"), streams=("balanced", "mostly-hard"),
                     policies=("uniform", "clear", "clear-paper", "oracle"), progress=False,
                     **TINY)
-    return res, time.perf_counter() - t0
+    return res, res.seconds
 
 
-def test_writes_all_files_quickly(tiny) -> None:
-    res, secs = tiny
-    assert secs < 30
+def test_writes_all_files(tiny) -> None:
+    res, _ = tiny
     for key in ("report", "csv", "frontier", "paper_style", "ratio"):
         assert res.files[key].exists(), key
     for key in ("frontier", "paper_style", "ratio"):

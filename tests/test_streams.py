@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -143,10 +141,8 @@ def test_bad_arguments() -> None:
 
 
 def test_scales_to_1e5_queries() -> None:
-    t0 = time.perf_counter()
+    # Speed is measured in docs/benchmarks.md; here only that 1e5+ queries work.
     s = make_stream("mostly-easy", 200_000, seed=0)
-    made = time.perf_counter() - t0
-    assert s.n == 200_000 and made < 2.0
-    t0 = time.perf_counter()
+    assert s.n == 200_000
     ts = s.subset(slice(0, 100_000)).sample_traces(4, seed=0)
-    assert ts.n == 100_000 and time.perf_counter() - t0 < 10.0
+    assert ts.n == 100_000

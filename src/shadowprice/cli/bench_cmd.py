@@ -46,8 +46,8 @@ def bench_command(
     command = "shadowprice " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
         if sys.argv and sys.argv[0].endswith("shadowprice") else None
     try:
+        opts.setdefault("predict", not (no_predict or quick))
         result = run_bench(out, seed=seed, real=not no_real, long=not no_long,
-                           predict=not no_predict and not quick,
                            progress=not no_progress, command=command, **opts)
     except OSError as exc:
         fail(f"cannot write to {out}: {exc.strerror or exc}")
