@@ -95,14 +95,37 @@ class SentenceEncoder(_Lazy):
         self.path, self.batch_size, self.device = str(path), int(batch_size), device
         self.normalize = bool(normalize)
 
+    def _load(self) -> None:
+        st = _need("sentence_transformers")
+        d = str(_local_dir(self.path))
+        try:
+            self._model = st.SentenceTransformer(d, device=self.device, local_files_only=True)
+        except TypeError as e:
+            # sentence-transformers < 2.3 has no local_files_only; it reads an existing
+            # directory from disk without contacting the hub, so the guarantee still holds.
+            if "local_files_only" not in str(e):
+                raise
+            self._model = st.SentenceTransformer(d, device=self.device)
+
+    @property
+    def dimension(self) -> int:
+        """Embedding width D (loads the model)."""
+        if self._model is None:
+            self._load()
+        m = self._model
+        # Renamed in sentence-transformers 5.x; the old name warns there.
+        get = getattr(m, "get_embedding_dimension", None) or m.get_sentence_embedding_dimension
+        return int(get())
+
     def encode(self, texts: Sequence[str]) -> NDArray[np.float64]:
         if self._model is None:
-            st = _need("sentence_transformers")
-            self._model = st.SentenceTransformer(str(_local_dir(self.path)), device=self.device,
-                                                 local_files_only=True)
-        out = self._model.encode(list(texts), batch_size=self.batch_size,
+            self._load()
+        x = list(texts)
+        if not x:  # the library returns shape (0,) here; keep the (N, D) contract
+            return np.zeros((0, self.dimension))
+        out = self._model.encode(x, batch_size=self.batch_size,
                                  normalize_embeddings=self.normalize, show_progress_bar=False)
-        return np.asarray(out, dtype=float)
+        return np.asarray(out, dtype=float).reshape(len(x), -1)
 
     def __repr__(self) -> str:
         return f"SentenceEncoder({self.path!r})"
@@ -162,7 +185,11 @@ class HFEncoder(_Lazy):
                     m = enc["attention_mask"].unsqueeze(-1).to(res.last_hidden_state.dtype)
                     v = (res.last_hidden_state * m).sum(1) / m.sum(1).clamp(min=1)
                 out.append(v.float().cpu().numpy())
-        return np.concatenate(out, axis=0).astype(float) if out else np.zeros((0, 1))
+        if not out:  # keep the (N, D) contract for an empty batch
+            cfg = self._model.config
+            width = cfg.num_labels if self.output == "regression" else cfg.hidden_size
+            return np.zeros((0, int(width)))
+        return np.concatenate(out, axis=0).astype(float)
 
     def __getstate__(self) -> dict[str, Any]:
         d = super().__getstate__()
