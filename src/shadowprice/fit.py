@@ -329,7 +329,7 @@ class SurgeFitter:
     def fit(self, traces: TraceSet) -> SurgeFitter:
         t, c, n = _arrays(traces)
         L = np.where(c, t, np.nan)
-        solved = c.any(axis=1)
+        solved: NDArray[np.bool_] = np.asarray(c.any(axis=1), dtype=bool)
         big = (UNREACHABLE_TAU if self.unsolved_factor is None
                else self.unsolved_factor * float(np.nanmax(t)))
         with np.errstate(all="ignore"):

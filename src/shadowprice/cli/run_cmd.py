@@ -64,10 +64,10 @@ def run_command(
         from shadowprice.predict import load_predictor
 
         try:
-            model = load_predictor(str(predictor))
+            threshold_model = load_predictor(str(predictor))
         except (OSError, ValueError) as exc:
             fail(f"--predictor {predictor}: cannot load ({exc})")
-        curves = model.predict_curves(questions, alpha=alpha, beta=beta)
+        curves = threshold_model.predict_curves(questions, alpha=alpha, beta=beta)
     else:
         from shadowprice import ShiftedSurge
 

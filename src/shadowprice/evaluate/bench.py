@@ -571,14 +571,14 @@ def prediction_section(df: pd.DataFrame, folds: int) -> list[str]:
     lines += _md_table(["policy"] + [_fmt_b(b) for b in budgets], rows)
     scarce = [b for b in budgets if b <= 300]
     ex = df[df.policy == "clear-expected"].set_index("budget")
-    kept = [(b, float(ex.loc[b].gain_kept)) for b in scarce]
-    half = all(k >= 0.5 for _, k in kept)
+    shares = [(b, float(ex.loc[b].gain_kept)) for b in scarce]
+    half = all(k >= 0.5 for _, k in shares)
     worst = df[df.policy.isin(["clear-predicted", "clear-expected"])]
     below = worst[worst.vs_uniform_ci_high < 0]
     lines += ["", "| claim | verdict | detail |", "|---|---|---|",
               (f"| keeps ≥ half of the hindsight-tau gain over uniform at scarce budgets "
                f"(≤ 300 tokens/query), expected curve | {'MET' if half else 'MISSED'} | "
-               + ", ".join(f"{_fmt_b(b)}: {k:.0%}" for b, k in kept) + " |"),
+               + ", ".join(f"{_fmt_b(b)}: {k:.0%}" for b, k in shares) + " |"),
               (f"| never below uniform by more than the CI (predicted and expected) | "
                f"{'MET' if below.empty else 'MISSED'} | "
                + ("lowest paired CI upper bound "

@@ -209,12 +209,11 @@ def replay(allocation_or_budgets: Allocation | ArrayLike, traces: TraceSet, *,
     if not isinstance(traces, TraceSet):
         raise TypeError(f"traces must be a TraceSet, got {type(traces).__name__}")
     if isinstance(allocation_or_budgets, Allocation):
-        caps = allocation_or_budgets.budgets
+        b = np.asarray(allocation_or_budgets.budgets, dtype=float)
         if samples is None:
             samples = allocation_or_budgets.samples
     else:
-        caps = allocation_or_budgets
-    b = np.asarray(caps, dtype=float)
+        b = np.asarray(allocation_or_budgets, dtype=float)
     if b.ndim == 0:
         b = np.full(traces.n, float(b))
     if b.shape != (traces.n,):

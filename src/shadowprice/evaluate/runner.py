@@ -127,11 +127,12 @@ def evaluate(traces: TraceSet, budgets_per_query: Sequence[float],
                          "tokens_spent": spent, "abandoned": abandoned, "split": split,
                          "n_queries": N, "cost": cost, "vote": vote})
     for row in rows:
-        base = per_q.get(("uniform", row["budget"]))
+        key_b = float(row["budget"])  # type: ignore[arg-type]
+        base = per_q.get(("uniform", key_b))
         if base is None:
             row.update(vs_uniform=np.nan, vs_uniform_ci_low=np.nan, vs_uniform_ci_high=np.nan)
             continue
-        d = per_q[(row["policy"], row["budget"])] - base
+        d = per_q[(str(row["policy"]), key_b)] - base
         lo, hi = bootstrap_ci(d, n_boot, seed)
         row.update(vs_uniform=float(d.mean()), vs_uniform_ci_low=lo, vs_uniform_ci_high=hi)
     return pd.DataFrame(rows, columns=COLUMNS)
