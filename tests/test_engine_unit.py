@@ -388,3 +388,24 @@ def test_run_cli_rejects_bad_queries(tmp_path: Path, content: str, message: str)
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_run_cli_with_the_default_predictor_sends_the_model_name(
+        server: FakeServer, tmp_path: Path) -> None:
+    """QUERIES with only id + question; thresholds come from the bundled text predictor."""
+    from typer.testing import CliRunner
+
+    from shadowprice.cli import app
+
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(json.dumps({"id": f"q{i}", "question": f"need=20 ans={i} what?",
+                                        "answer": str(i)}) + "\n" for i in range(4)))
+    out = tmp_path / "r.jsonl"
+    args = ["run", str(path), "--endpoint", server.url, "--model", "served-name", "--budget",
+            "2000", "--predictor", "default", "--no-progress", "-o", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert server.requests and {r["model"] for r in server.requests} == {"served-name"}
+    records = read_records(out)
+    assert len(records) == 4
+    assert sum(r["budget"] for r in records) <= 2000
