@@ -293,3 +293,10 @@ def test_market_subsample_bracket_matches_full_bisection(kind, monkeypatch):
     check_invariants(fast, curves, budget)
     assert fast.utility == pytest.approx(plain.utility, rel=1e-6)
     assert fast.price == pytest.approx(plain.price, rel=1e-6)
+
+
+def test_proportional_ignores_unreachable_thresholds():
+    curves = ShiftedSurge(np.array([100.0, 300.0, 1e9]), ALPHA, BETA)
+    a = allocate(curves, 1200, "proportional")
+    assert a.budgets[2] == 0
+    assert a.budgets[1] == pytest.approx(3 * a.budgets[0], abs=3)

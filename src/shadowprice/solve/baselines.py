@@ -71,7 +71,9 @@ def proportional(curves: UtilityCurve, cons: Constraints) -> Allocation:
     if cons.committed > cons.budget:
         return _infeasible(curves.n, cons, "proportional")
     tau = curves.threshold()
-    want = np.where(np.isfinite(tau), np.maximum(tau, 1.0), 0.0)
+    # A threshold beyond the query's cap cannot be reached: such a query would otherwise
+    # absorb the budget in proportion to an unreachable number.
+    want = np.where(np.isfinite(tau) & (tau <= cons.hi), np.maximum(tau, 1.0), 0.0)
     return _result(curves, fit_to_budget(want, cons), cons, "proportional",
                    "budgets proportional to predicted thresholds")
 
