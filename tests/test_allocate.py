@@ -300,3 +300,26 @@ def test_proportional_ignores_unreachable_thresholds():
     a = allocate(curves, 1200, "proportional")
     assert a.budgets[2] == 0
     assert a.budgets[1] == pytest.approx(3 * a.budgets[0], abs=3)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_per_query_limits_active_set_path_matches_vectorised(seed):
+    from shadowprice.solve import market
+    from shadowprice.solve.constraints import make_constraints
+
+    rng = np.random.default_rng(seed)
+    n = 3000
+    curves = ShiftedSurge(rng.lognormal(np.log(400), 0.7, n), ALPHA, BETA)
+    caps = rng.integers(200, 3000, n)
+    mins = rng.choice([0, 64, 128], n)
+    for per_query in (80, 250, 600, 5000):
+        cons = make_constraints(n, n * per_query, max_tokens=caps, min_tokens=mins)
+        fast = market.clear_surge_limits(curves, cons)
+        slow = market.clear_vectorised(curves, cons)
+        assert fast.scarce == slow.scarce
+        assert fast.price == pytest.approx(slow.price, rel=1e-6, abs=1e-12)
+        assert fast.budgets.sum() <= n * per_query
+        a = allocate(curves, n * per_query, "clear", max_tokens=caps, min_tokens=mins)
+        assert a.info["solver"] == "per-query limits, active set"
+        check_invariants(a, curves, n * per_query, lo=None, hi=np.floor(caps))
+        assert (a.budgets[a.funded] >= np.maximum(mins[a.funded], 1)).all()

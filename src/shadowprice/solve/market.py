@@ -7,8 +7,10 @@ so the clearing price is found by bisection. Two evaluators of D:
 * the sorted fast path (shifted surge with shared alpha, beta and the same limits for every
   query): the funded set is a prefix of the queries sorted by tau and D is a handful of prefix
   sums, so each bisection step costs O(log N) after one O(N log N) sort;
-* the vectorised path (any curve with a closed-form demand, per-query limits, floors): O(N)
-  per step.
+* the active-set path (shifted surge with shared alpha, beta and per-query limits): queries
+  whose state (abandoned, clipped low, interior, clipped high) is the same at both ends of the
+  price bracket are summed once; each step evaluates only the undecided ones;
+* the vectorised path (any other curve with a closed-form demand, floors): O(N) per step.
 
 Demand jumps where a query drops out, so a leftover remains at the clearing price; it is
 handed out (:func:`hand_out`) to the next query that can cross its threshold or to funded
@@ -285,6 +287,82 @@ def hand_out(curves: UtilityCurve, budgets: IntArray, funded: NDArray[np.bool_],
     return b, f, {"entered": entered, "spread": spread, "handout_rounds": rounds}
 
 
+class _SurgeStates:
+    """Per-query state of shifted surges (shared alpha, beta) with per-query limits.
+
+    At a price, query i buys clip(tau_i + x, lo_i, hi_i) if that has a positive surplus; its
+    state is (funded, region), region 0 = clipped at lo, 1 = interior, 2 = clipped at hi. As the
+    price rises, x falls, so regions only move down and funding is only lost: a query in the
+    same state at both ends of a price bracket keeps it throughout, and its demand is a
+    constant (clipped) or tau_i + x (interior). Only the others need evaluating.
+    """
+
+    def __init__(self, curves: ShiftedSurge, cons: Constraints) -> None:
+        self.alpha = float(curves.alpha[0])
+        self.beta = float(curves.beta[0])
+        self.tau = curves.tau
+        self.lo = cons.lo.astype(float)
+        self.hi = cons.hi.astype(float)
+
+    def excess(self, lam: float) -> float:
+        return float(surge_excess(lam, self.alpha, self.beta))
+
+    def state(self, lam: float, rows: NDArray[np.intp] | slice = slice(None)
+              ) -> tuple[NDArray[np.int8], FloatArray]:
+        """State code (-1 abandoned, else region) and budgets of ``rows`` at ``lam``."""
+        x = self.excess(lam)
+        tau, lo, hi = self.tau[rows], self.lo[rows], self.hi[rows]
+        b0 = tau + x
+        b = np.minimum(np.maximum(b0, lo), hi)
+        u = np.maximum(b - tau, 0.0)
+        funded = (lo <= hi) & (self.alpha * u * np.exp(-self.beta * u) - lam * b > 0)
+        region = np.where(b0 < lo, 0, np.where(b0 > hi, 2, 1)).astype(np.int8)
+        code = np.where(funded, region, -1).astype(np.int8)
+        return code, np.where(funded, b, 0.0)
+
+
+def clear_surge_limits(curves: ShiftedSurge, cons: Constraints) -> Clearing:
+    """Bisection on lambda for shared-shape surges with per-query limits, touching only the
+    queries whose state can still change inside the price bracket (see :class:`_SurgeStates`)."""
+    B = cons.budget
+    st = _SurgeStates(curves, cons)
+    code_lo, b_lo = st.state(0.0)
+    if b_lo.sum() <= B:
+        return Clearing(0.0, b_lo, code_lo >= 0, 0, scarce=False)
+    lo_p, hi_p = 0.0, st.alpha
+    code_hi, b_hi = st.state(hi_p)
+    active = np.flatnonzero(code_lo != code_hi)
+    settled = np.ones(curves.n, dtype=bool)
+    settled[active] = False
+    # Settled queries: constants (clipped) and tau + x (interior) summed once.
+    interior = settled & (code_hi == 1)
+    const = float(b_hi[settled & (code_hi != 1)].sum())
+    tau_sum, n_int = float(st.tau[interior].sum()), int(interior.sum())
+    it = 0
+    while hi_p - lo_p > PRICE_RTOL * hi_p and it < MAX_ITER:
+        mid = 0.5 * (lo_p + hi_p)
+        x = st.excess(mid)
+        code_mid, b_mid = st.state(mid, active)
+        if const + tau_sum + n_int * x + float(b_mid.sum()) <= B:
+            hi_p = mid
+            code_hi[active] = code_mid
+        else:
+            lo_p = mid
+            code_lo[active] = code_mid
+        done = code_lo[active] == code_hi[active]
+        if done.any():
+            newly = active[done]
+            inner = newly[code_hi[newly] == 1]
+            const += float(st.state(hi_p, newly[code_hi[newly] != 1])[1].sum())
+            tau_sum += float(st.tau[inner].sum())
+            n_int += int(inner.size)
+            active = active[~done]
+        it += 1
+    code, b = st.state(hi_p)
+    below_code, below_b = st.state(lo_p)
+    return Clearing(hi_p, b, code >= 0, it, scarce=True, below=(below_b, below_code >= 0))
+
+
 def clear(curves: UtilityCurve, cons: Constraints, *, policy: str = "clear") -> Allocation:
     """Allocate by market clearing with closed-form demand.
 
@@ -298,9 +376,13 @@ def clear(curves: UtilityCurve, cons: Constraints, *, policy: str = "clear") -> 
                         f"use policy='market' (concave envelope on a grid)")
     if cons.committed > cons.budget:
         return _infeasible(curves.n, cons, policy)
-    fast = isinstance(curves, ShiftedSurge) and curves.shared_shape and cons.uniform_limits
-    clearing = (clear_sorted(curves, cons) if isinstance(curves, ShiftedSurge) and fast
-                else clear_vectorised(curves, cons))
+    surge = isinstance(curves, ShiftedSurge) and curves.shared_shape
+    if isinstance(curves, ShiftedSurge) and surge and cons.uniform_limits:
+        clearing, path = clear_sorted(curves, cons), "sorted prefix sums"
+    elif isinstance(curves, ShiftedSurge) and surge and not cons.protected.any():
+        clearing, path = clear_surge_limits(curves, cons), "per-query limits, active set"
+    else:
+        clearing, path = clear_vectorised(curves, cons), "vectorised demand"
     budgets = cons.round_down(clearing.budgets)
     funded = clearing.funded & (budgets > 0)
     admitted = 0
@@ -310,7 +392,6 @@ def clear(curves: UtilityCurve, cons: Constraints, *, policy: str = "clear") -> 
                                         want=_unconstrained_want(curves, clearing.price),
                                         remainder=clearing.budgets - budgets)
     status = STATUS_OK if clearing.scarce else STATUS_NOT_SCARCE
-    path = "sorted prefix sums" if fast else "vectorised demand"
     msg = (f"market cleared at price {clearing.price:.6g} after {clearing.iterations} bisection "
            f"steps ({path}); {int((~funded).sum())} of {curves.n} queries abandoned"
            if clearing.scarce else
