@@ -108,3 +108,17 @@ def test_cli_errors() -> None:
     assert res.exit_code == 2
     res = CliRunner().invoke(app, ["evaluate", "/no/such/file.jsonl"])
     assert res.exit_code == 2
+
+
+def test_samples_ceiling_bounds_length_ceiling_and_clear_samples():
+    from shadowprice.evaluate import evaluate
+    from shadowprice.traces import load_traces
+
+    ts = load_traces("qwen25-math-math100")
+    df = evaluate(ts, [500], ["clear-samples", "oracle", "oracle-samples"], split="half",
+                  seed=0, n_boot=50)
+    acc = df.set_index("policy")["accuracy"]
+    assert acc["oracle-samples"] >= acc["oracle"] - 1e-12
+    assert acc["oracle-samples"] >= acc["clear-samples"] - 1e-12
+    labels = set(df["label"])
+    assert "hindsight oracle over k x b (ceiling)" in labels

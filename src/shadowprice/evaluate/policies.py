@@ -154,10 +154,11 @@ class EvalPolicy:
     description: str
     fn: Callable[[FitContext, int], Allocation]
     hindsight: bool = False  # True: looks at the score split (the ceiling, not a policy)
+    ceiling_label: str = ORACLE_LABEL
 
     @property
     def label(self) -> str:
-        return ORACLE_LABEL if self.hindsight else self.name
+        return self.ceiling_label if self.hindsight else self.name
 
 
 def _oracle(ctx: FitContext, budget: int) -> Allocation:
@@ -165,6 +166,44 @@ def _oracle(ctx: FitContext, budget: int) -> Allocation:
     # makes the ceiling very slightly pessimistic, never optimistic.
     g = max(1, int(np.ceil(ctx.n * (budget + 1) / ORACLE_CELLS)))
     return allocate(ctx.hindsight, budget, "oracle", granularity=g)
+
+
+def _oracle_samples(ctx: FitContext, budget: int, ks: tuple[int, ...] = (1, 2, 4)
+                    ) -> Allocation:
+    """Exact knapsack over (k samples x b tokens) on the score split, valued exactly as replay
+    scores it (unbiased pass@k of the scored samples): the ceiling for ``clear-samples``.
+
+    Per query the only caps worth buying are its correct samples' lengths, so the menu is 0
+    and, for each k, k x (each correct length rounded up to the granule).
+    """
+    from ..solve.constraints import make_constraints
+    from ..solve.menus import Menu
+    from ..solve.oracle import solve_oracle
+    from .replay import pass_at_k
+
+    emp = ctx.hindsight
+    n, S = emp.n, emp.lengths.shape[1]
+    g = max(1, int(np.ceil(n * (budget + 1) / ORACLE_CELLS)))
+    cons = make_constraints(n, budget, granularity=g)
+    lengths = emp.breakpoints()  # (N, S) ascending, inf padded
+    fin = np.isfinite(lengths)
+    caps = np.where(fin, np.ceil(np.where(fin, lengths, 0) / g) * g, 0).astype(np.int64)
+    hits = np.arange(1, S + 1)[None, :]  # correct samples finished within the j-th length
+    ks_arr = np.asarray(ks, dtype=np.int64)
+    budgets = np.concatenate([np.zeros((n, 1), np.int64), np.tile(caps, (1, ks_arr.size))], 1)
+    samples = np.concatenate([np.ones((n, 1), np.int64), np.repeat(ks_arr, S)[None, :]
+                              .repeat(n, axis=0)], axis=1)
+    value = pass_at_k(emp.n_samples[:, None, None], np.broadcast_to(hits, (n, S))[:, None, :],
+                      ks_arr[None, :, None]).reshape(n, -1)
+    values = np.concatenate([np.zeros((n, 1)), value], axis=1)
+    costs = budgets * samples
+    ok = np.concatenate([np.ones((n, 1), bool), np.tile(fin, (1, ks_arr.size))], axis=1)
+    ok &= costs <= budget
+    order = np.argsort(np.where(ok, costs, np.iinfo(np.int64).max), axis=1, kind="stable")
+    rows = np.arange(n)[:, None]
+    menu = Menu(costs=costs[rows, order], values=np.where(ok, values, -np.inf)[rows, order],
+                budgets=budgets[rows, order], samples=samples[rows, order])
+    return solve_oracle(menu, cons, policy="oracle-samples")
 
 
 def _with_grid(policy: str) -> Callable[[FitContext, int], Allocation]:
@@ -197,6 +236,10 @@ EVAL_POLICIES: dict[str, EvalPolicy] = {p.name: p for p in [
                lambda c, b: allocate(c.shrunk, b, "market", grid=c.grid, samples=(1, 2, 4))),
     EvalPolicy("oracle", "exact knapsack on the score split's own curves: the hindsight "
                "ceiling, not a runnable policy", _oracle, hindsight=True),
+    EvalPolicy("oracle-samples", "exact knapsack over (k samples x b tokens), k in {1, 2, 4}, "
+               "on the score split, valued as replay scores it: the hindsight ceiling of "
+               "clear-samples", _oracle_samples, hindsight=True,
+               ceiling_label="hindsight oracle over k x b (ceiling)"),
 ]}
 
 
