@@ -409,3 +409,24 @@ def test_run_cli_with_the_default_predictor_sends_the_model_name(
     records = read_records(out)
     assert len(records) == 4
     assert sum(r["budget"] for r in records) <= 2000
+
+
+def test_run_cli_template_and_system_reach_the_server(server: FakeServer, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from shadowprice.cli import app
+
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"id": "a", "question": "need=5 ans=7", "answer": "7",
+                                "tau": 1}) + "\n")
+    args = ["run", str(path), "--endpoint", server.url, "--model", "m", "--budget", "50",
+            "--no-progress", "-o", str(tmp_path / "r.jsonl"), "--system", "be brief",
+            "--template", "Q: {question} "]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    msgs = server.requests[0]["messages"]
+    assert msgs[0] == {"role": "system", "content": "be brief"}
+    assert msgs[1]["content"] == "Q: need=5 ans=7 "
+    for bad in ("no placeholder", "{question} and {other}"):
+        result = CliRunner().invoke(app, args[:-1] + [bad])
+        assert result.exit_code == 2 and "--template" in result.output

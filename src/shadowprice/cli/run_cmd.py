@@ -26,6 +26,22 @@ def load_queries(path: Path, *, need_tau: bool) -> list[dict[str, Any]]:
             for k, (i, q, a) in enumerate(zip(ids, texts, answers, strict=True))]
 
 
+def _check_template(template: str) -> str:
+    """A prompt template must contain ``{question}`` and nothing else in braces."""
+    try:
+        template.format(question="")
+    except (KeyError, IndexError, ValueError) as exc:
+        fail(f"--template must contain {{question}} and no other {{...}} fields ({exc!r}); "
+             f"write literal braces as {{{{ and }}}}")
+    if "{question}" not in template:
+        fail("--template must contain {question}")
+    return template
+
+
+TEMPLATE_HELP = ("user message with {question} where the query goes (default: reason step by "
+                 "step, final answer in \\boxed{})")
+
+
 @app.command("run")
 def run_command(
     queries: Path = typer.Argument(..., help="JSONL/CSV with id, question, answer?, tau?"),
@@ -45,6 +61,8 @@ def run_command(
     beta: float = typer.Option(0.005, "--beta"),
     temperature: float = typer.Option(0.0, "--temperature"),
     grader: str = typer.Option("math", "--grader", help="math, exact or module:attribute"),
+    template: str | None = typer.Option(None, "--template", help=TEMPLATE_HELP),
+    system: str | None = typer.Option(None, "--system", help="system message, if any"),
     api_key: str | None = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY"),
     timeout: float = typer.Option(600.0, "--timeout", help="seconds per request"),
     output: Path = typer.Option(Path("results.jsonl"), "-o", "--output"),
@@ -79,11 +97,15 @@ def run_command(
         )
     except ValueError as exc:
         fail(str(exc))
+    from shadowprice.engine.run import DEFAULT_TEMPLATE
+
     items = build_items(
         [str(r["id"]) for r in rows],
         questions,
         planned.budgets.tolist(),
         [r["answer"] for r in rows],
+        template=_check_template(template) if template is not None else DEFAULT_TEMPLATE,
+        system=system,
     )
     report = run_plan(
         items,
@@ -121,6 +143,8 @@ def collect_command(
     temperature: float = typer.Option(0.7, "--temperature"),
     concurrency: int = typer.Option(8, "--concurrency", min=1),
     grader: str = typer.Option("math", "--grader"),
+    template: str | None = typer.Option(None, "--template", help=TEMPLATE_HELP),
+    system: str | None = typer.Option(None, "--system", help="system message, if any"),
     api_key: str | None = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY"),
     timeout: float = typer.Option(600.0, "--timeout"),
     output: Path = typer.Option(Path("traces.jsonl"), "-o", "--output"),
@@ -128,13 +152,13 @@ def collect_command(
 ) -> None:
     """Sample each query K times at M tokens into a trace set (fit/evaluate read it)."""
     from shadowprice.engine.collect import CollectConfig, CollectQuery, collect_traces
-    from shadowprice.engine.run import prompt_messages
+    from shadowprice.engine.run import DEFAULT_TEMPLATE, prompt_messages
 
+    tmpl = _check_template(template) if template is not None else DEFAULT_TEMPLATE
     rows = load_queries(queries, need_tau=False)
     qs = [
-        CollectQuery(
-            str(r["id"]), prompt_messages(str(r["question"])), str(r["question"]), r["answer"]
-        )
+        CollectQuery(str(r["id"]), prompt_messages(str(r["question"]), tmpl, system),
+                     str(r["question"]), r["answer"])
         for r in rows
     ]
     stats = collect_traces(
