@@ -65,7 +65,7 @@ def speed_row(n: int, repeat: int, per_query: int, rng: np.random.Generator) -> 
 def speed_table(sizes: list[int], repeat: int, per_query: int = 300) -> None:
     print(f"## Speed and memory (shifted surge, alpha={ALPHA}, beta={BETA}, "
           f"tau ~ lognormal(median 400, sigma 0.6), {per_query} tokens/query)\n")
-    print("| N | sort (ms) | clear (ms) | clear / sort | clear with per-query caps, O(N)/step "
+    print("| N | sort (ms) | clear (ms) | clear / sort | clear with per-query caps, active set "
           "(ms) | market 64-level (ms) | market / clear | oracle DP, g=64 (ms) | "
           "peak MiB clear | peak MiB market |")
     print("|---|---|---|---|---|---|---|---|---|---|")
