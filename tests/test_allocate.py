@@ -312,14 +312,32 @@ def test_per_query_limits_active_set_path_matches_vectorised(seed):
     curves = ShiftedSurge(rng.lognormal(np.log(400), 0.7, n), ALPHA, BETA)
     caps = rng.integers(200, 3000, n)
     mins = rng.choice([0, 64, 128], n)
+    floors = np.where(rng.random(n) < 0.1, 64, 0)
     for per_query in (80, 250, 600, 5000):
-        cons = make_constraints(n, n * per_query, max_tokens=caps, min_tokens=mins)
+        cons = make_constraints(n, n * per_query, max_tokens=caps, min_tokens=mins,
+                                floor=floors if seed % 2 else None)
         fast = market.clear_surge_limits(curves, cons)
         slow = market.clear_vectorised(curves, cons)
         assert fast.scarce == slow.scarce
         assert fast.price == pytest.approx(slow.price, rel=1e-6, abs=1e-12)
         assert fast.budgets.sum() <= n * per_query
-        a = allocate(curves, n * per_query, "clear", max_tokens=caps, min_tokens=mins)
+        a = allocate(curves, n * per_query, "clear", max_tokens=caps, min_tokens=mins,
+                     floor=floors if seed % 2 else None)
         assert a.info["solver"] == "per-query limits, active set"
-        check_invariants(a, curves, n * per_query, lo=None, hi=np.floor(caps))
+        check_invariants(a, curves, n * per_query, lo=None, hi=np.floor(caps),
+                         floor=floors if seed % 2 else None)
         assert (a.budgets[a.funded] >= np.maximum(mins[a.funded], 1)).all()
+
+
+def test_protected_query_buys_its_best_funded_budget_not_its_floor():
+    # At this price the surge optimum (tau + x) has a slightly negative surplus, yet it beats
+    # sitting at the floor (utility 0, cost 64): a query that must be funded buys the optimum.
+    from shadowprice.solve.constraints import make_constraints
+    from shadowprice.solve.market import constrained_demand
+
+    curves = ShiftedSurge(np.array([255.5]), ALPHA, BETA)
+    cons = make_constraints(1, 10_000, floor=64, max_tokens=885)
+    b, funded = constrained_demand(curves, 0.27, cons)
+    grid = np.arange(64, 886, 0.5)
+    best = grid[np.argmax(curves.value(grid[None, :])[0] - 0.27 * grid)]
+    assert funded[0] and b[0] == pytest.approx(best, abs=0.5)

@@ -30,10 +30,14 @@ class Demand:
         Tokens each query demands (continuous); 0 for abandoned queries.
     funded : ndarray of bool, shape (N,)
         False where the query's best surplus is not positive (rational abandonment).
+    interior : ndarray of shape (N,), optional
+        The surplus-maximising budget above the threshold whether or not the query is funded:
+        what a query that must be funded (a floor) buys at this price.
     """
 
     budgets: FloatArray
     funded: NDArray[np.bool_]
+    interior: FloatArray | None = None
 
 
 class UtilityCurve(ABC):

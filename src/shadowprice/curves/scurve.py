@@ -94,7 +94,8 @@ class GammaSCurve(_PerQuery):
         bx = np.where(reachable, -lambertw(-np.minimum(z, 1.0 / np.e), -1).real, 1.0)
         b = self.tau + bx / self.beta
         funded = reachable & (self.value(b) - lam * b > 0)
-        return Demand(np.where(funded, b, 0.0), funded)
+        # Where the marginal never reaches the price, no budget above tau pays for itself.
+        return Demand(np.where(funded, b, 0.0), funded, interior=np.where(reachable, b, self.tau))
 
 
 class LogisticCurve(_PerQuery):

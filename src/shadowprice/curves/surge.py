@@ -137,7 +137,8 @@ class ShiftedSurge(UtilityCurve):
         x = surge_excess(lam, self.alpha, self.beta)
         t = abandonment_threshold(lam, self.alpha, self.beta)
         funded = (self.tau < t) & (lam < self.alpha)
-        return Demand(budgets=np.where(funded, self.tau + x, 0.0), funded=funded)
+        return Demand(budgets=np.where(funded, self.tau + x, 0.0), funded=funded,
+                      interior=self.tau + x)
 
     def __getitem__(self, index: QueryIndex) -> ShiftedSurge:
         def pick(p: FloatArray) -> FloatArray:

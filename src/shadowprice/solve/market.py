@@ -7,10 +7,10 @@ so the clearing price is found by bisection. Two evaluators of D:
 * the sorted fast path (shifted surge with shared alpha, beta and the same limits for every
   query): the funded set is a prefix of the queries sorted by tau and D is a handful of prefix
   sums, so each bisection step costs O(log N) after one O(N log N) sort;
-* the active-set path (shifted surge with shared alpha, beta and per-query limits): queries
+* the active-set path (shifted surge with shared alpha, beta and per-query limits or floors): queries
   whose state (abandoned, clipped low, interior, clipped high) is the same at both ends of the
   price bracket are summed once; each step evaluates only the undecided ones;
-* the vectorised path (any other curve with a closed-form demand, floors): O(N) per step.
+* the vectorised path (any other closed-form curve, e.g. per-query alpha, beta): O(N) per step.
 
 Demand jumps where a query drops out, so a leftover remains at the clearing price; it is
 handed out (:func:`hand_out`) to the next query that can cross its threshold or to funded
@@ -61,7 +61,10 @@ def constrained_demand(curves: UtilityCurve, price: float, cons: Constraints) ->
     lo, the cap hi, and 0 (unless protected); for the closed-form families the surplus on
     [lo, hi] is maximised at one of the first three.
     """
-    raw = curves.demand(price).budgets
+    d = curves.demand(price)
+    # The stationary point even for queries the curve would abandon: a protected query
+    # must buy something, and its best funded budget is there, at lo or at hi.
+    raw = d.interior if d.interior is not None else d.budgets
     lo = cons.lo.astype(float)
     hi = cons.hi.astype(float)
     interior = np.clip(np.where(np.isfinite(raw) & (raw > 0), raw, hi), lo, hi)
@@ -303,20 +306,33 @@ class _SurgeStates:
         self.tau = curves.tau
         self.lo = cons.lo.astype(float)
         self.hi = cons.hi.astype(float)
+        self.protected = cons.protected
 
     def excess(self, lam: float) -> float:
         return float(surge_excess(lam, self.alpha, self.beta))
 
+    def _value(self, b: FloatArray, tau: FloatArray) -> FloatArray:
+        u = np.maximum(b - tau, 0.0)
+        return self.alpha * u * np.exp(-self.beta * u)
+
     def state(self, lam: float, rows: NDArray[np.intp] | slice = slice(None)
               ) -> tuple[NDArray[np.int8], FloatArray]:
-        """State code (-1 abandoned, else region) and budgets of ``rows`` at ``lam``."""
+        """State code (-1 abandoned, else region) and budgets of ``rows`` at ``lam``.
+
+        A protected query is never abandoned: when its surge optimum has less surplus than
+        its floor ``lo``, it sits at ``lo`` (region 0, the same budget as clipped-low).
+        """
         x = self.excess(lam)
         tau, lo, hi = self.tau[rows], self.lo[rows], self.hi[rows]
         b0 = tau + x
         b = np.minimum(np.maximum(b0, lo), hi)
-        u = np.maximum(b - tau, 0.0)
-        funded = (lo <= hi) & (self.alpha * u * np.exp(-self.beta * u) - lam * b > 0)
+        surplus = self._value(b, tau) - lam * b
         region = np.where(b0 < lo, 0, np.where(b0 > hi, 2, 1)).astype(np.int8)
+        protected = self.protected[rows]
+        at_floor = protected & (surplus <= self._value(lo, tau) - lam * lo)
+        b = np.where(at_floor, lo, b)
+        region = np.where(at_floor, 0, region).astype(np.int8)
+        funded = protected | ((lo <= hi) & (surplus > 0))
         code = np.where(funded, region, -1).astype(np.int8)
         return code, np.where(funded, b, 0.0)
 
@@ -379,7 +395,7 @@ def clear(curves: UtilityCurve, cons: Constraints, *, policy: str = "clear") -> 
     surge = isinstance(curves, ShiftedSurge) and curves.shared_shape
     if isinstance(curves, ShiftedSurge) and surge and cons.uniform_limits:
         clearing, path = clear_sorted(curves, cons), "sorted prefix sums"
-    elif isinstance(curves, ShiftedSurge) and surge and not cons.protected.any():
+    elif isinstance(curves, ShiftedSurge) and surge:
         clearing, path = clear_surge_limits(curves, cons), "per-query limits, active set"
     else:
         clearing, path = clear_vectorised(curves, cons), "vectorised demand"
