@@ -7,7 +7,7 @@ import numpy as np
 from ..curves.base import FloatArray, UtilityCurve
 from .constraints import Constraints, IntArray
 from .menus import Menu
-from .result import STATUS_INFEASIBLE, STATUS_OK, Allocation
+from .result import STATUS_OK, Allocation, floors_exceed_budget
 
 
 def fit_to_budget(want: FloatArray, cons: Constraints, *, max_scale: float = np.inf) -> IntArray:
@@ -51,10 +51,7 @@ def _result(curves: UtilityCurve, budgets: IntArray, cons: Constraints, policy: 
 
 
 def _infeasible(n: int, cons: Constraints, policy: str) -> Allocation:
-    return Allocation(np.zeros(n, np.int64), float("nan"), np.zeros(n, bool), 0.0, cons.budget,
-                      policy, STATUS_INFEASIBLE,
-                      f"infeasible: protected queries need {cons.committed} tokens but the "
-                      f"budget is {cons.budget}")
+    return floors_exceed_budget(n, cons.committed, cons.budget, policy)
 
 
 def uniform(curves: UtilityCurve, cons: Constraints) -> Allocation:

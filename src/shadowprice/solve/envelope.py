@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from .constraints import Constraints, IntArray
 from .market import PRICE_RTOL
 from .menus import CHUNK, Menu
-from .result import STATUS_INFEASIBLE, STATUS_NOT_SCARCE, STATUS_OK, Allocation
+from .result import STATUS_NOT_SCARCE, STATUS_OK, Allocation, floors_exceed_budget
 
 MAX_ITER = 200
 FILL_ROUNDS = 8
@@ -154,10 +154,7 @@ def clear_menu(menu: Menu, cons: Constraints, *, policy: str = "market") -> Allo
         p_hi = price_ceiling(menu)
         c_hi, d_hi = _demand(menu, p_hi)
         if d_hi > B:
-            return Allocation(np.zeros(n, np.int64), float("nan"), np.zeros(n, bool), 0.0, B,
-                              policy, STATUS_INFEASIBLE,
-                              f"infeasible: protected queries need {d_hi} tokens at their "
-                              f"cheapest options but the budget is {B}")
+            return floors_exceed_budget(n, d_hi, B, policy)
     active = np.flatnonzero(c_lo != c_hi)
     fixed = int(_cost(menu, c_hi).sum() - _cost(menu, c_hi[active], active).sum())
     it = 0

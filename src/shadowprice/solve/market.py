@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 from ..curves.base import FloatArray, UtilityCurve
 from ..curves.surge import ShiftedSurge, abandonment_threshold, surge_excess
 from .constraints import Constraints, IntArray
-from .result import STATUS_INFEASIBLE, STATUS_NOT_SCARCE, STATUS_OK, Allocation
+from .result import STATUS_NOT_SCARCE, STATUS_OK, Allocation, floors_exceed_budget
 
 #: Bisection stops when the price bracket is this small relative to the price.
 PRICE_RTOL = 1e-12
@@ -429,19 +429,15 @@ def _unconstrained_want(curves: UtilityCurve, price: float) -> FloatArray:
 
 
 def _infeasible(n: int, cons: Constraints, policy: str) -> Allocation:
-    return Allocation(
-        budgets=np.zeros(n, dtype=np.int64), price=math.nan, funded=np.zeros(n, dtype=bool),
-        utility=0.0, budget=cons.budget, policy=policy, status=STATUS_INFEASIBLE,
-        message=(f"infeasible: protected queries need {cons.committed} tokens at their floors "
-                 f"but the budget is {cons.budget}; raise the budget or lower the floors"),
-    )
+    return floors_exceed_budget(n, cons.committed, cons.budget, policy)
 
 
 __all__ = [
     "Clearing",
-    "abandonment_threshold",
+    "admit_marginal",
     "clear",
     "clear_sorted",
+    "clear_surge_limits",
     "clear_vectorised",
     "constrained_demand",
     "hand_out",

@@ -12,7 +12,7 @@ import numpy as np
 
 from .constraints import Constraints
 from .menus import Menu
-from .result import STATUS_INFEASIBLE, STATUS_OK, Allocation
+from .result import STATUS_OK, Allocation, infeasible
 
 #: Refuse instances whose DP table would exceed this many cells (N x (G + 1)).
 MAX_CELLS = 400_000_000
@@ -52,9 +52,7 @@ def solve_oracle(menu: Menu, cons: Constraints, *, policy: str = "oracle") -> Al
             arg[cj:][better] = opt
         dp = new
     if not np.isfinite(dp).any():
-        return Allocation(np.zeros(n, np.int64), float("nan"), np.zeros(n, bool), 0.0,
-                          cons.budget, policy, STATUS_INFEASIBLE,
-                          "infeasible: no combination of options fits the budget")
+        return infeasible(n, cons.budget, policy, "no combination of options fits the budget")
     at = int(np.argmax(dp))
     best = float(dp[at])
     picked = np.zeros(n, dtype=np.intp)
