@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..curves.base import FloatArray, UtilityCurve
-from ..curves.surge import ShiftedSurge, abandonment_threshold, surge_excess
+from ..curves.surge import ShiftedSurge, surge_excess
 from .constraints import Constraints, IntArray
 from .result import STATUS_NOT_SCARCE, STATUS_OK, Allocation, floors_exceed_budget
 
