@@ -38,10 +38,16 @@ def main() -> None:
     rows.append(("predict_curves point (GammaSCurve)", time.perf_counter() - t0))
     t0 = time.perf_counter()
     c = m.predict_curves(p, "gamma", uncertainty=True, beta=0.06, p=0.9, nodes=16)
-    rows.append((f"predict_curves expected ({c.values.shape[1]}-point grid, 16 nodes)",
-                 time.perf_counter() - t0))
-    print(f"n = {a.n} queries; {platform.processor() or platform.machine()}, "
-          f"python {platform.python_version()}")
+    rows.append(
+        (
+            f"predict_curves expected ({c.values.shape[1]}-point grid, 16 nodes)",
+            time.perf_counter() - t0,
+        )
+    )
+    print(
+        f"n = {a.n} queries; {platform.processor() or platform.machine()}, "
+        f"python {platform.python_version()}"
+    )
     print(f"{'step':<58} {'seconds':>8} {'us/query':>9}")
     for name, s in rows:
         print(f"{name:<58} {s:8.2f} {1e6 * s / a.n:9.1f}")

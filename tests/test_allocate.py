@@ -69,8 +69,11 @@ def test_invariants_hold_for_every_policy(kind, policy, n, per_query, g, seed, l
     budget = n * per_query
     kw = {}
     if limits:
-        kw = {"min_tokens": 64, "max_tokens": rng.integers(300, 3000, n),
-              "floor": np.where(rng.random(n) < 0.2, 64, 0)}
+        kw = {
+            "min_tokens": 64,
+            "max_tokens": rng.integers(300, 3000, n),
+            "floor": np.where(rng.random(n) < 0.2, 64, 0),
+        }
         if np.sum(np.ceil(np.maximum(kw["floor"][kw["floor"] > 0], g) / g) * g) > budget:
             kw["floor"] = np.zeros(n, int)
     if policy == "oracle" and n * budget // g > 2_000_000:
@@ -117,8 +120,9 @@ def test_no_policy_beats_the_oracle_on_its_grid(kind):
             assert a.utility <= oracle.utility + 1e-9
 
 
-@pytest.mark.parametrize("kind, seed", [(k, s) for k in ("surge", "gamma", "logistic", "empirical")
-                                        for s in range(3)])
+@pytest.mark.parametrize(
+    "kind, seed", [(k, s) for k in ("surge", "gamma", "logistic", "empirical") for s in range(3)]
+)
 def test_market_within_one_percent_of_oracle_for_n_100(kind, seed):
     # Grid-aligned: both solve the same menus (the 64-level grid in 32-token granules).
     rng = np.random.default_rng(100 + seed)
@@ -197,8 +201,7 @@ def test_clear_close_to_oracle_and_far_above_uniform_when_scarce():
     curves = ShiftedSurge(tau, ALPHA, BETA)
     budget = 200 * 150
     clear = allocate(curves, budget, "clear", granularity=16)
-    oracle = allocate(curves, budget, "oracle", granularity=16,
-                      grid=np.arange(0, 2049, 16))
+    oracle = allocate(curves, budget, "oracle", granularity=16, grid=np.arange(0, 2049, 16))
     uniform = allocate(curves, budget, "uniform", granularity=16)
     assert clear.utility >= 0.98 * oracle.utility
     assert clear.utility > 3 * uniform.utility
@@ -219,17 +222,20 @@ def test_infeasible_floors_report_status_not_exception():
         assert "floor" in a.message or "budget" in a.message
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"budget": 0}, "budget"),
-    ({"budget": -5}, "budget"),
-    ({"budget": float("nan")}, "budget"),
-    ({"budget": 10.5}, "budget"),
-    ({"budget": 100, "granularity": 0}, "granularity"),
-    ({"budget": 100, "max_tokens": [1, 2]}, "max_tokens"),
-    ({"budget": 100, "min_tokens": -1}, "min_tokens"),
-    ({"budget": 100, "policy": "magic"}, "unknown policy"),
-    ({"budget": 100, "policy": "uniform", "samples": [1, 2]}, "samples"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"budget": 0}, "budget"),
+        ({"budget": -5}, "budget"),
+        ({"budget": float("nan")}, "budget"),
+        ({"budget": 10.5}, "budget"),
+        ({"budget": 100, "granularity": 0}, "granularity"),
+        ({"budget": 100, "max_tokens": [1, 2]}, "max_tokens"),
+        ({"budget": 100, "min_tokens": -1}, "min_tokens"),
+        ({"budget": 100, "policy": "magic"}, "unknown policy"),
+        ({"budget": 100, "policy": "uniform", "samples": [1, 2]}, "samples"),
+    ],
+)
 def test_bad_arguments_raise_clear_errors(kwargs, match):
     curves = ShiftedSurge(np.array([100.0, 200.0, 300.0]), ALPHA, BETA)
     with pytest.raises(ValueError, match=match):
@@ -256,7 +262,9 @@ def test_empirical_menu_is_exact():
 
 
 def test_best_of_k_menu_chooses_samples_and_respects_budget():
-    curves = GammaSCurve(tau=np.array([100.0, 150.0, 800.0]), beta=0.02, p=np.array([0.3, 0.4, 0.9]))
+    curves = GammaSCurve(
+        tau=np.array([100.0, 150.0, 800.0]), beta=0.02, p=np.array([0.3, 0.4, 0.9])
+    )
     a = allocate(curves, 1200, "market", samples=[1, 2, 4], granularity=16)
     assert a.samples is not None
     assert int((a.budgets * a.samples).sum()) <= 1200
@@ -266,8 +274,10 @@ def test_best_of_k_menu_chooses_samples_and_respects_budget():
     assert o.utility >= a.utility - 1e-9
 
 
-@pytest.mark.parametrize("curves", [GammaSCurve(np.full(20, 300.0), 0.06, 0.9),
-                                    ShiftedSurge(np.full(20, 300.0), ALPHA, BETA)])
+@pytest.mark.parametrize(
+    "curves",
+    [GammaSCurve(np.full(20, 300.0), 0.06, 0.9), ShiftedSurge(np.full(20, 300.0), ALPHA, BETA)],
+)
 def test_identical_queries_are_funded_as_far_as_the_budget_goes(curves):
     # All 20 drop out at the same price; the marginal ones must still be funded, not none.
     a = allocate(curves, 4000, "clear", leftover="keep")
@@ -314,18 +324,26 @@ def test_per_query_limits_active_set_path_matches_vectorised(seed):
     mins = rng.choice([0, 64, 128], n)
     floors = np.where(rng.random(n) < 0.1, 64, 0)
     for per_query in (80, 250, 600, 5000):
-        cons = make_constraints(n, n * per_query, max_tokens=caps, min_tokens=mins,
-                                floor=floors if seed % 2 else None)
+        cons = make_constraints(
+            n, n * per_query, max_tokens=caps, min_tokens=mins, floor=floors if seed % 2 else None
+        )
         fast = market.clear_surge_limits(curves, cons)
         slow = market.clear_vectorised(curves, cons)
         assert fast.scarce == slow.scarce
         assert fast.price == pytest.approx(slow.price, rel=1e-6, abs=1e-12)
         assert fast.budgets.sum() <= n * per_query
-        a = allocate(curves, n * per_query, "clear", max_tokens=caps, min_tokens=mins,
-                     floor=floors if seed % 2 else None)
+        a = allocate(
+            curves,
+            n * per_query,
+            "clear",
+            max_tokens=caps,
+            min_tokens=mins,
+            floor=floors if seed % 2 else None,
+        )
         assert a.info["solver"] == "per-query limits, active set"
-        check_invariants(a, curves, n * per_query, lo=None, hi=np.floor(caps),
-                         floor=floors if seed % 2 else None)
+        check_invariants(
+            a, curves, n * per_query, lo=None, hi=np.floor(caps), floor=floors if seed % 2 else None
+        )
         assert (a.budgets[a.funded] >= np.maximum(mins[a.funded], 1)).all()
 
 

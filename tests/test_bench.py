@@ -22,16 +22,29 @@ from shadowprice.evaluate.bench import (
 from shadowprice.evaluate.streams import make_stream
 from shadowprice.traces import load_traces
 
-TINY = {"n": 60, "n_real_mix": 40, "n_long": 40, "repeats": 1, "real_repeats": 1,
-        "n_boot": 50, "budgets": (100, 1000), "long_budgets": (1000, 8000), "predict": False}
+TINY = {
+    "n": 60,
+    "n_real_mix": 40,
+    "n_long": 40,
+    "repeats": 1,
+    "real_repeats": 1,
+    "n_boot": 50,
+    "budgets": (100, 1000),
+    "long_budgets": (1000, 8000),
+    "predict": False,
+}
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory):
     # Run time is measured in docs/benchmarks.md, never asserted here.
-    res = run_bench(tmp_path_factory.mktemp("bench"), streams=("balanced", "mostly-hard"),
-                    policies=("uniform", "clear", "clear-paper", "oracle"), progress=False,
-                    **TINY)
+    res = run_bench(
+        tmp_path_factory.mktemp("bench"),
+        streams=("balanced", "mostly-hard"),
+        policies=("uniform", "clear", "clear-paper", "oracle"),
+        progress=False,
+        **TINY,
+    )
     return res, res.seconds
 
 
@@ -43,8 +56,15 @@ def test_writes_all_files(tiny) -> None:
         assert res.files[key].read_bytes()[:4] == b"\x89PNG"
     df = pd.read_csv(res.files["csv"])
     assert list(df.columns) == RESULT_COLUMNS
-    assert set(df.stream) == {"balanced", "mostly-hard", "real", "real-balanced",
-                              "real-mostly-hard", "balanced-long", "mostly-hard-long"}
+    assert set(df.stream) == {
+        "balanced",
+        "mostly-hard",
+        "real",
+        "real-balanced",
+        "real-mostly-hard",
+        "balanced-long",
+        "mostly-hard-long",
+    }
     assert set(df[df.kind == "long"].budget) == {1000, 8000}
     assert set(df[df.kind == "synthetic"].budget) == {100, 1000}
     # The true-curve reference exists only where the truth is known.
@@ -71,9 +91,10 @@ def test_targets_section_parses(tiny) -> None:
     assert m is not None
     assert int(m.group(1)) == sum(t.met for t in res.targets)
     assert int(m.group(2)) == len(res.targets)
-    section = text[m.end():text.index("## Our numbers next to the paper's")]
-    rows = re.findall(r"^\| (.+?) \| `([\w-]+)` \| \*\*(MET|MISSED)\*\* \| (.+) \|$", section,
-                      re.MULTILINE)
+    section = text[m.end() : text.index("## Our numbers next to the paper's")]
+    rows = re.findall(
+        r"^\| (.+?) \| `([\w-]+)` \| \*\*(MET|MISSED)\*\* \| (.+) \|$", section, re.MULTILINE
+    )
     assert len(rows) >= len(res.targets)  # + the clear-paper reference table
     for claim, _, verdict, detail in rows:
         assert detail.strip()
@@ -86,7 +107,11 @@ def test_targets_section_parses(tiny) -> None:
     assert any("0.8 of the hindsight" in c for c in claims)
     # The 3x claim applies to calibrated (synthetic) streams only.
     assert {t.stream for t in res.targets if "3x" in t.claim} == {
-        "balanced", "mostly-hard", "balanced-long", "mostly-hard-long"}
+        "balanced",
+        "mostly-hard",
+        "balanced-long",
+        "mostly-hard-long",
+    }
     assert "paper CLEAR" in text and "Balanced" in text
 
 
@@ -101,11 +126,24 @@ def test_check_targets_flags_a_loss() -> None:
 
     st = BenchStream("x", "real", load_traces("qwen25-math-math100"), (100,), 1)
     rows = []
-    for pol, acc, d, lo, hi in [("uniform", 0.5, 0.0, 0.0, 0.0), ("clear", 0.3, -0.2, -0.3, -0.1),
-                                ("oracle", 0.6, 0.1, 0.05, 0.15)]:
-        rows.append({"stream": "x", "policy": pol, "budget": 100.0, "accuracy": acc,
-                     "vs_uniform": d, "vs_uniform_ci_low": lo, "vs_uniform_ci_high": hi,
-                     "ratio_uniform": acc / 0.5, "share_oracle": acc / 0.6})
+    for pol, acc, d, lo, hi in [
+        ("uniform", 0.5, 0.0, 0.0, 0.0),
+        ("clear", 0.3, -0.2, -0.3, -0.1),
+        ("oracle", 0.6, 0.1, 0.05, 0.15),
+    ]:
+        rows.append(
+            {
+                "stream": "x",
+                "policy": pol,
+                "budget": 100.0,
+                "accuracy": acc,
+                "vs_uniform": d,
+                "vs_uniform_ci_low": lo,
+                "vs_uniform_ci_high": hi,
+                "ratio_uniform": acc / 0.5,
+                "share_oracle": acc / 0.6,
+            }
+        )
     t = {x.claim.split(" (")[0]: x for x in check_targets(pd.DataFrame(rows), [st])}
     assert not t["beats uniform at every scarce budget"].met
     never = t["never below uniform by more than the CI"]
@@ -128,8 +166,11 @@ def test_paper_data_and_long_pools() -> None:
     row = paper[(paper.stream == "Balanced") & (paper.budget == 100)].iloc[0]
     assert (row.clear, row.uniform, row.abandoned) == (10.2, 0.9, 77.5)
     long = make_stream("balanced", 300, 0, family="long")
-    assert long.name == "balanced-long" and set(long.pool) == {"gsm8k-long", "math-long",
-                                                                "aime-long"}
+    assert long.name == "balanced-long" and set(long.pool) == {
+        "gsm8k-long",
+        "math-long",
+        "aime-long",
+    }
     short = make_stream("balanced", 300, 0)
     assert long.tau.mean() > 5 * short.tau.mean()
 
@@ -138,8 +179,18 @@ def test_cli_bench_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     from shadowprice.cli import bench_cmd
 
     monkeypatch.setattr(bench_cmd, "QUICK", {**TINY, "n": 40})
-    r = CliRunner().invoke(app, ["bench", "--out", str(tmp_path / "b"), "--quick",
-                                 "--no-long", "--no-real", "--no-progress"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--out",
+            str(tmp_path / "b"),
+            "--quick",
+            "--no-long",
+            "--no-real",
+            "--no-progress",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "targets:" in r.stdout and "report.md" in r.stdout
     assert (tmp_path / "b" / "paper_style.png").exists()
@@ -153,12 +204,26 @@ def test_prediction_section_checks_both_issue4_targets():
     from shadowprice.evaluate.bench import prediction_section
 
     rows = []
-    for b, (u, o, e) in {100: (0.0, 0.30, 0.20), 200: (0.10, 0.50, 0.35),
-                         300: (0.40, 0.70, 0.50)}.items():
-        for pol, acc in (("uniform", u), ("clear-oracle", o), ("clear-expected", e),
-                         ("clear-predicted", e)):
-            rows.append({"budget": b, "policy": pol, "accuracy": acc,
-                         "gain_kept": (acc - u) / (o - u), "vs_uniform_ci_high": acc - u + 0.01})
+    for b, (u, o, e) in {
+        100: (0.0, 0.30, 0.20),
+        200: (0.10, 0.50, 0.35),
+        300: (0.40, 0.70, 0.50),
+    }.items():
+        for pol, acc in (
+            ("uniform", u),
+            ("clear-oracle", o),
+            ("clear-expected", e),
+            ("clear-predicted", e),
+        ):
+            rows.append(
+                {
+                    "budget": b,
+                    "policy": pol,
+                    "accuracy": acc,
+                    "gain_kept": (acc - u) / (o - u),
+                    "vs_uniform_ci_high": acc - u + 0.01,
+                }
+            )
     text = "\n".join(prediction_section(pd.DataFrame(rows), 5))
     # 300: (0.50 - 0.40) / (0.70 - 0.40) = 33 % < 50 %: missed, and said so with the numbers.
     assert "| MISSED | 100: 67%, 200: 62%, 300: 33% |" in text

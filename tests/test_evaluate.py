@@ -18,9 +18,19 @@ def _tagged(n: int = 30, s: int = 8, seed: int = 0) -> TraceSet:
     recs = []
     for i in range(n):
         scale = np.exp(rng.normal(np.log(250), 0.5))
-        recs.append({"id": f"q{i}", "samples": [
-            {"tokens": int(scale * np.exp(rng.normal(0, 0.3))), "correct": bool(rng.random() < 0.8),
-             "uid": f"{i}-{j}"} for j in range(s - (i % 3))]})
+        recs.append(
+            {
+                "id": f"q{i}",
+                "samples": [
+                    {
+                        "tokens": int(scale * np.exp(rng.normal(0, 0.3))),
+                        "correct": bool(rng.random() < 0.8),
+                        "uid": f"{i}-{j}",
+                    }
+                    for j in range(s - (i % 3))
+                ],
+            }
+        )
     return TraceSet(recs)
 
 
@@ -36,8 +46,9 @@ def test_split_half_is_disjoint_and_complete() -> None:
         assert len(ua) == len(r["samples"]) // 2
     # Deterministic in the seed, different across seeds.
     again, _ = split_half(ts, seed=3)
-    assert [s["uid"] for s in again.records[0]["samples"]] == \
-        [s["uid"] for s in fit.records[0]["samples"]]
+    assert [s["uid"] for s in again.records[0]["samples"]] == [
+        s["uid"] for s in fit.records[0]["samples"]
+    ]
 
 
 def test_split_half_rejects_single_samples() -> None:
@@ -79,8 +90,17 @@ def test_evaluate_spent_cost_and_queries_split() -> None:
 
 
 def test_registry_and_validation() -> None:
-    assert {"uniform", "clear", "clear-paper", "market-raw", "proportional", "length", "greedy",
-            "oracle", "clear-samples"} <= set(EVAL_POLICIES)
+    assert {
+        "uniform",
+        "clear",
+        "clear-paper",
+        "market-raw",
+        "proportional",
+        "length",
+        "greedy",
+        "oracle",
+        "clear-samples",
+    } <= set(EVAL_POLICIES)
     with pytest.raises(ValueError, match="unknown policies"):
         evaluate(_tagged(), [100], ["nope"])
     with pytest.raises(ValueError, match="budgets"):
@@ -88,23 +108,46 @@ def test_registry_and_validation() -> None:
 
 
 def test_cli_json_schema() -> None:
-    res = CliRunner().invoke(app, [
-        "evaluate", "bundled:qwen25-math-math100", "--budgets", "200,400",
-        "--policies", "uniform,clear,oracle", "--split", "half", "--seed", "0",
-        "--format", "json", "--n-boot", "50"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "bundled:qwen25-math-math100",
+            "--budgets",
+            "200,400",
+            "--policies",
+            "uniform,clear,oracle",
+            "--split",
+            "half",
+            "--seed",
+            "0",
+            "--format",
+            "json",
+            "--n-boot",
+            "50",
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert len(out["results"]) == 6
     for r in out["results"]:
-        assert {"policy", "budget", "accuracy", "accuracy_ci", "tokens_allotted",
-                "tokens_spent", "abandoned"} <= set(r)
+        assert {
+            "policy",
+            "budget",
+            "accuracy",
+            "accuracy_ci",
+            "tokens_allotted",
+            "tokens_spent",
+            "abandoned",
+        } <= set(r)
         assert r["accuracy_ci"][0] <= r["accuracy"] <= r["accuracy_ci"][1]
     assert load_traces("qwen25-math-math100").n == out["queries"]
 
 
 def test_cli_errors() -> None:
-    res = CliRunner().invoke(app, ["evaluate", "bundled:qwen25-math-math100",
-                                   "--policies", "uniform,bogus"])
+    res = CliRunner().invoke(
+        app, ["evaluate", "bundled:qwen25-math-math100", "--policies", "uniform,bogus"]
+    )
     assert res.exit_code == 2
     res = CliRunner().invoke(app, ["evaluate", "/no/such/file.jsonl"])
     assert res.exit_code == 2
@@ -115,8 +158,9 @@ def test_samples_ceiling_bounds_length_ceiling_and_clear_samples():
     from shadowprice.traces import load_traces
 
     ts = load_traces("qwen25-math-math100")
-    df = evaluate(ts, [500], ["clear-samples", "oracle", "oracle-samples"], split="half",
-                  seed=0, n_boot=50)
+    df = evaluate(
+        ts, [500], ["clear-samples", "oracle", "oracle-samples"], split="half", seed=0, n_boot=50
+    )
     acc = df.set_index("policy")["accuracy"]
     assert acc["oracle-samples"] >= acc["oracle"] - 1e-12
     assert acc["oracle-samples"] >= acc["clear-samples"] - 1e-12

@@ -31,8 +31,14 @@ def _synthetic(n: int = 60, s: int = 4, seed: int = 0) -> TraceSet:
 
 
 def test_empirical_curves_match_counts() -> None:
-    ts = TraceSet([{"id": "a", "samples": [{"tokens": 10, "correct": True},
-                                           {"tokens": 30, "correct": False}]}])
+    ts = TraceSet(
+        [
+            {
+                "id": "a",
+                "samples": [{"tokens": 10, "correct": True}, {"tokens": 30, "correct": False}],
+            }
+        ]
+    )
     c = empirical_curves(ts)
     assert isinstance(c, EmpiricalCurve)
     assert c.value(np.array([9.0])).tolist() == [0.0]

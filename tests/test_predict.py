@@ -28,8 +28,10 @@ def synthetic(n: int, seed: int = 0, noise: float = 0.3) -> tuple[list[str], np.
     """Texts whose log-threshold is linear in the number of 'step' words, plus known noise."""
     rng = np.random.default_rng(seed)
     k = rng.integers(0, 12, n)
-    texts = [" ".join(["step"] * int(j) + list(rng.choice(WORDS, 6))) + f" case {i}"
-             for i, j in enumerate(k)]
+    texts = [
+        " ".join(["step"] * int(j) + list(rng.choice(WORDS, 6))) + f" case {i}"
+        for i, j in enumerate(k)
+    ]
     tau = np.exp(4.5 + 0.15 * k + noise * rng.standard_normal(n))
     return texts, tau
 
@@ -70,6 +72,7 @@ def test_calibrated_on_synthetic_truth(fitted: ThresholdPredictor) -> None:
     assert 0.72 <= cover <= 0.88
     assert 0.25 <= fitted.sigma_ <= 0.4
     from scipy.stats import spearmanr
+
     assert spearmanr(p.median, tau)[0] > 0.7
 
 
@@ -153,28 +156,34 @@ def _jsonl(path, rows) -> None:
 
 def test_cli_fit_and_predict(tmp_path) -> None:
     x, tau = synthetic(60, seed=8)
-    _jsonl(tmp_path / "train.jsonl", [{"text": t, "target": float(y)} for t, y in zip(x, tau)])
+    _jsonl(tmp_path / "train.jsonl", [{"text": t, "target": float(y)} for t, y in zip(x, tau, strict=False)])
     _jsonl(tmp_path / "q.jsonl", [{"id": f"q{i}", "question": t} for i, t in enumerate(x[:4])])
-    r = CliRunner().invoke(app, ["predictor", "fit", str(tmp_path / "train.jsonl"),
-                                 "-o", str(tmp_path / "m")])
+    r = CliRunner().invoke(
+        app, ["predictor", "fit", str(tmp_path / "train.jsonl"), "-o", str(tmp_path / "m")]
+    )
     assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(app, ["predictor", "predict", str(tmp_path / "m"),
-                                 str(tmp_path / "q.jsonl")])
+    r = CliRunner().invoke(
+        app, ["predictor", "predict", str(tmp_path / "m"), str(tmp_path / "q.jsonl")]
+    )
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in r.output.splitlines()]
     assert [row["id"] for row in rows] == ["q0", "q1", "q2", "q3"]
     assert all(row["tau_low"] < row["tau"] < row["tau_high"] for row in rows)
 
 
-@pytest.mark.parametrize("rows, msg", [
-    ([{"text": "a b", "target": "many"}], "number of tokens"),
-    ([{"text": "a b", "target": -3}], "positive"),
-    ([{"target": 30}], "'text'"),
-])
+@pytest.mark.parametrize(
+    "rows, msg",
+    [
+        ([{"text": "a b", "target": "many"}], "number of tokens"),
+        ([{"text": "a b", "target": -3}], "positive"),
+        ([{"target": 30}], "'text'"),
+    ],
+)
 def test_cli_bad_input_exits_2(tmp_path, rows, msg) -> None:
     _jsonl(tmp_path / "bad.jsonl", rows * 3)
-    r = CliRunner().invoke(app, ["predictor", "fit", str(tmp_path / "bad.jsonl"),
-                                 "-o", str(tmp_path / "m")])
+    r = CliRunner().invoke(
+        app, ["predictor", "fit", str(tmp_path / "bad.jsonl"), "-o", str(tmp_path / "m")]
+    )
     assert r.exit_code == 2
     assert msg in r.output
 
@@ -182,8 +191,9 @@ def test_cli_bad_input_exits_2(tmp_path, rows, msg) -> None:
 def test_cli_needs_data_or_bundled(tmp_path) -> None:
     r = CliRunner().invoke(app, ["predictor", "fit", "-o", str(tmp_path / "m")])
     assert r.exit_code == 2
-    r = CliRunner().invoke(app, ["predictor", "predict", str(tmp_path / "nope"),
-                                 str(tmp_path / "q.jsonl")])
+    r = CliRunner().invoke(
+        app, ["predictor", "predict", str(tmp_path / "nope"), str(tmp_path / "q.jsonl")]
+    )
     assert r.exit_code == 2
 
 
@@ -195,7 +205,8 @@ def test_evaluate_split_queries_with_the_text_predictor_beats_uniform_when_scarc
 
     ts = load_traces("qwen25-math-math100")
     pred = text_curve_predictor(uncertainty=True, proxy_sets=("aime24", "amc23", "math500"))
-    df = evaluate(ts, [150], ["uniform", "clear"], split="queries", folds=2, n_boot=50,
-                  predictor=pred)
+    df = evaluate(
+        ts, [150], ["uniform", "clear"], split="queries", folds=2, n_boot=50, predictor=pred
+    )
     acc = df.set_index("policy")["accuracy"]
     assert acc["clear"] > acc["uniform"]

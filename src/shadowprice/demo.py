@@ -66,11 +66,21 @@ DEFAULT_BUDGETS: tuple[int, ...] = (100, 200, 300, 500, 1000, 1500)
 #: abandoned %). A different model and accuracy level than our synthetic stream: compare
 #: shapes and ratios, not absolute values.
 PAPER_BALANCED: dict[int, tuple[float, float, float]] = {
-    100: (10.2, 0.9, 77.5), 200: (16.8, 3.2, 62.8), 300: (19.8, 8.1, 51.5),
-    400: (21.6, 14.5, 41.2), 500: (22.2, 17.6, 32.1), 600: (23.2, 20.3, 23.8),
-    700: (23.8, 22.7, 15.6), 800: (25.0, 23.9, 7.6), 900: (26.4, 25.0, 0.0),
-    1000: (29.0, 25.8, 0.0), 1100: (30.8, 27.9, 0.0), 1200: (31.4, 29.4, 0.0),
-    1300: (31.6, 30.2, 0.0), 1400: (31.9, 31.3, 0.0), 1500: (32.4, 31.9, 0.0),
+    100: (10.2, 0.9, 77.5),
+    200: (16.8, 3.2, 62.8),
+    300: (19.8, 8.1, 51.5),
+    400: (21.6, 14.5, 41.2),
+    500: (22.2, 17.6, 32.1),
+    600: (23.2, 20.3, 23.8),
+    700: (23.8, 22.7, 15.6),
+    800: (25.0, 23.9, 7.6),
+    900: (26.4, 25.0, 0.0),
+    1000: (29.0, 25.8, 0.0),
+    1100: (30.8, 27.9, 0.0),
+    1200: (31.4, 29.4, 0.0),
+    1300: (31.6, 30.2, 0.0),
+    1400: (31.9, 31.3, 0.0),
+    1500: (32.4, 31.9, 0.0),
 }
 
 #: Upper quantile of Gamma(2, 1): a correct solution is this many 1/beta above its threshold
@@ -162,9 +172,11 @@ class SyntheticSetting:
         pools, counts = np.unique(self.stream.pool, return_counts=True)
         mix = ", ".join(f"{c} {p}" for p, c in zip(pools, counts, strict=True))
         self.name = f"synthetic {self.stream.name} stream"
-        self.description = (f"{self.stream.n} SYNTHETIC queries ({mix}); accuracy = mean true "
-                            f"success probability; CLEAR surge alpha={self.alpha}, "
-                            f"beta=1/{1 / self.beta_s:.0f}")
+        self.description = (
+            f"{self.stream.n} SYNTHETIC queries ({mix}); accuracy = mean true "
+            f"success probability; CLEAR surge alpha={self.alpha}, "
+            f"beta=1/{1 / self.beta_s:.0f}"
+        )
 
     @property
     def n(self) -> int:
@@ -180,15 +192,24 @@ class SyntheticSetting:
             return np.arange(0, top + 1, ORACLE_GRANULARITY)
 
         return [
-            DemoPolicy("clear", "CLEAR (surge, known tau)",
-                       lambda total: allocate(surge, total, "clear")),
+            DemoPolicy(
+                "clear", "CLEAR (surge, known tau)", lambda total: allocate(surge, total, "clear")
+            ),
             DemoPolicy("uniform", "uniform", lambda total: allocate(truth, total, "uniform")),
-            DemoPolicy("market", "market (true curves)",
-                       lambda total: allocate(truth, total, "market",
-                                              granularity=ORACLE_GRANULARITY, grid=grid(total))),
-            DemoPolicy("oracle", "oracle (true curves, 64-token grid)",
-                       lambda total: allocate(truth, total, "oracle",
-                                              granularity=ORACLE_GRANULARITY, grid=grid(total))),
+            DemoPolicy(
+                "market",
+                "market (true curves)",
+                lambda total: allocate(
+                    truth, total, "market", granularity=ORACLE_GRANULARITY, grid=grid(total)
+                ),
+            ),
+            DemoPolicy(
+                "oracle",
+                "oracle (true curves, 64-token grid)",
+                lambda total: allocate(
+                    truth, total, "oracle", granularity=ORACLE_GRANULARITY, grid=grid(total)
+                ),
+            ),
         ]
 
     def score(self, allocation: Allocation) -> float:
@@ -224,10 +245,12 @@ class TraceSetting:
         self._ctx = FitContext(fit, score)
         k = int(np.median(self.traces.n_samples()))
         self.name = f"real traces {self.label}"
-        self.description = (f"{self.traces.n} REAL queries ({self.label}), each query's "
-                            f"samples split at random (seed {self.seed}; {k} -> {k // 2} fit + "
-                            f"{k - k // 2} scored): policies fitted on one half, scored by "
-                            f"replaying their caps on the other")
+        self.description = (
+            f"{self.traces.n} REAL queries ({self.label}), each query's "
+            f"samples split at random (seed {self.seed}; {k} -> {k // 2} fit + "
+            f"{k - k // 2} scored): policies fitted on one half, scored by "
+            f"replaying their caps on the other"
+        )
 
     @property
     def n(self) -> int:
@@ -309,8 +332,9 @@ class DemoResult:
             if c is not None:
                 row["clear_abandoned"] = c["abandoned"]
             paper = PAPER_BALANCED.get(b)
-            row["paper_clear"], row["paper_uniform"] = (paper[0], paper[1]) if paper else (None,
-                                                                                          None)
+            row["paper_clear"], row["paper_uniform"] = (
+                (paper[0], paper[1]) if paper else (None, None)
+            )
             out.append(row)
         return out
 
@@ -322,10 +346,13 @@ class DemoResult:
         return d
 
 
-def run_demo(out_dir: str | Path = "shadowprice-demo", *,
-             budgets: Sequence[int] = DEFAULT_BUDGETS,
-             setting: DemoSetting | None = None,
-             plot: bool = True) -> DemoResult:
+def run_demo(
+    out_dir: str | Path = "shadowprice-demo",
+    *,
+    budgets: Sequence[int] = DEFAULT_BUDGETS,
+    setting: DemoSetting | None = None,
+    plot: bool = True,
+) -> DemoResult:
     """Allocate each average budget with each policy of ``setting``, score, write files.
 
     Parameters
@@ -355,53 +382,85 @@ def run_demo(out_dir: str | Path = "shadowprice-demo", *,
             t0 = time.perf_counter()
             alloc = pol.run(total)
             secs = time.perf_counter() - t0
-            rows.append({
-                "budget_per_query": int(b), "policy": pol.key, "label": pol.label,
-                "accuracy": 100.0 * st.score(alloc),
-                "abandoned": 100.0 * alloc.abandonment_rate,
-                "spent_per_query": alloc.spent / st.n,
-                "price": None if np.isnan(alloc.price) else float(alloc.price),
-                "seconds": secs,
-            })
+            rows.append(
+                {
+                    "budget_per_query": int(b),
+                    "policy": pol.key,
+                    "label": pol.label,
+                    "accuracy": 100.0 * st.score(alloc),
+                    "abandoned": 100.0 * alloc.abandonment_rate,
+                    "spent_per_query": alloc.spent / st.n,
+                    "price": None if np.isnan(alloc.price) else float(alloc.price),
+                    "seconds": secs,
+                }
+            )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     png = out / "demo.png" if plot else None
     if png is not None:
         _plot(rows, policies, st, png)
     json_path = out / "demo.json"
-    result = DemoResult(st.name, st.description, rows, json_path, png,
-                        time.perf_counter() - start)
+    result = DemoResult(st.name, st.description, rows, json_path, png, time.perf_counter() - start)
     json_path.write_text(json.dumps(result.to_json(), indent=1) + "\n", encoding="utf-8")
     return result
 
 
-def _plot(rows: list[dict[str, Any]], policies: list[DemoPolicy], st: DemoSetting,
-          path: Path) -> None:
+def _plot(
+    rows: list[dict[str, Any]], policies: list[DemoPolicy], st: DemoSetting, path: Path
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only: works headless and never opens a window
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
-    styles = {"clear": ("C0", "o", "-"), "uniform": ("C1", "s", "-"),
-              "market": ("C2", "^", "-"), "clear-paper": ("C9", "v", "-"),
-              "oracle": ("k", "D", ":")}
+    styles = {
+        "clear": ("C0", "o", "-"),
+        "uniform": ("C1", "s", "-"),
+        "market": ("C2", "^", "-"),
+        "clear-paper": ("C9", "v", "-"),
+        "oracle": ("k", "D", ":"),
+    }
     for pol in policies:
-        pts = sorted((r["budget_per_query"], r["accuracy"]) for r in rows
-                     if r["policy"] == pol.key)
+        pts = sorted((r["budget_per_query"], r["accuracy"]) for r in rows if r["policy"] == pol.key)
         color, marker, ls = styles.get(pol.key, (None, ".", "-"))
         # Hollow oracle markers: the market often coincides with it and must stay visible.
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, ls=ls, color=color,
-                label=pol.label, mfc="none" if pol.key == "oracle" else None, ms=7)
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            marker=marker,
+            ls=ls,
+            color=color,
+            label=pol.label,
+            mfc="none" if pol.key == "oracle" else None,
+            ms=7,
+        )
     xs = sorted(PAPER_BALANCED)
-    ax.plot(xs, [PAPER_BALANCED[x][0] for x in xs], color="C0", ls="--", alpha=0.5, marker="x",
-            label="paper: CLEAR, Balanced (Qwen2.5-Math-7B)")
-    ax.plot(xs, [PAPER_BALANCED[x][1] for x in xs], color="C1", ls="--", alpha=0.5, marker="x",
-            label="paper: uniform, Balanced")
+    ax.plot(
+        xs,
+        [PAPER_BALANCED[x][0] for x in xs],
+        color="C0",
+        ls="--",
+        alpha=0.5,
+        marker="x",
+        label="paper: CLEAR, Balanced (Qwen2.5-Math-7B)",
+    )
+    ax.plot(
+        xs,
+        [PAPER_BALANCED[x][1] for x in xs],
+        color="C1",
+        ls="--",
+        alpha=0.5,
+        marker="x",
+        label="paper: uniform, Balanced",
+    )
     ax.set_xlabel("average budget (tokens per query)")
     ax.set_ylabel("accuracy (%)")
-    kind = "SYNTHETIC, true curves known" if isinstance(st, SyntheticSetting) else \
-        "held out: fit on half the samples, scored on the other half"
+    kind = (
+        "SYNTHETIC, true curves known"
+        if isinstance(st, SyntheticSetting)
+        else "held out: fit on half the samples, scored on the other half"
+    )
     ax.set_title(f"{st.name}: {st.n} queries\n({kind})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.set_ylim(bottom=0)

@@ -147,8 +147,12 @@ def fit_beta_binomial(k: ArrayLike, n: ArrayLike) -> BetaBinomialPrior:
         m, s = special.expit(theta[0]), np.exp(theta[1])
         return -float(stats.betabinom.logpmf(k, n, m * s, (1 - m) * s).sum())
 
-    res = optimize.minimize(nll, x0=np.array([special.logit(m0), 0.0]), method="Nelder-Mead",
-                            options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 2000})
+    res = optimize.minimize(
+        nll,
+        x0=np.array([special.logit(m0), 0.0]),
+        method="Nelder-Mead",
+        options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 2000},
+    )
     m, s = float(special.expit(res.x[0])), float(np.exp(res.x[1]))
     # Bound the strength: below 0.05 pseudo-samples shrinkage is nil; above 1e4 it is total.
     return BetaBinomialPrior(m, float(np.clip(s, 0.05, 1e4)))
@@ -157,16 +161,17 @@ def fit_beta_binomial(k: ArrayLike, n: ArrayLike) -> BetaBinomialPrior:
 # -- location of correct lengths: normal-normal empirical Bayes -------------------------------
 @dataclass(frozen=True)
 class _Location:
-    mu: FloatArray        # (N,) posterior mean of each query's location
-    var: FloatArray       # (N,) posterior variance
+    mu: FloatArray  # (N,) posterior mean of each query's location
+    var: FloatArray  # (N,) posterior variance
     residuals: FloatArray  # pooled within-query residuals (df-corrected)
-    sigma2: float         # within-query variance
-    tau2: float           # between-query variance
-    mu0: float            # pool mean
+    sigma2: float  # within-query variance
+    tau2: float  # between-query variance
+    mu0: float  # pool mean
 
 
-def _location(y: FloatArray, ok: NDArray[np.bool_], fallback: FloatArray,
-              scale: float = 1.0) -> _Location:
+def _location(
+    y: FloatArray, ok: NDArray[np.bool_], fallback: FloatArray, scale: float = 1.0
+) -> _Location:
     """Shrink per-query means of ``y`` (N, S) over entries ``ok`` toward the pool.
 
     Queries with no ``ok`` entry get ``fallback`` (N,) as their data mean with one
@@ -187,8 +192,11 @@ def _location(y: FloatArray, ok: NDArray[np.bool_], fallback: FloatArray,
     has = nc > 0
     w = neff[has]
     mu0 = float(np.average(ybar[has], weights=w)) if has.any() else float(np.mean(fallback))
-    tau2 = float(np.average((ybar[has] - mu0) ** 2, weights=w) - np.mean(sigma2 / w)) \
-        if has.sum() > 1 else 0.0
+    tau2 = (
+        float(np.average((ybar[has] - mu0) ** 2, weights=w) - np.mean(sigma2 / w))
+        if has.sum() > 1
+        else 0.0
+    )
     tau2 = max(tau2, 1e-6)
     # Shrinkage scale > 1 strengthens the prior (smaller tau2), < 1 weakens it.
     t2 = tau2 / max(scale, 1e-9)
@@ -237,8 +245,9 @@ class ShrunkCurveFitter:
     sigma_, tau_ : within- and between-query standard deviation of log-lengths.
     """
 
-    def __init__(self, grid: ArrayLike | None = None, strength: float = 1.0,
-                 smooth: bool = True) -> None:
+    def __init__(
+        self, grid: ArrayLike | None = None, strength: float = 1.0, smooth: bool = True
+    ) -> None:
         if not np.isfinite(strength) or strength < 0:
             raise ValueError(f"strength must be a non-negative number, got {strength!r}")
         self.grid = grid
@@ -283,8 +292,9 @@ class ShrunkCurveFitter:
         return TabulatedCurve(self.grid_, np.repeat(v[None, :], n, axis=0))
 
 
-def fit_shrunk(traces: TraceSet, grid: ArrayLike | None = None, strength: float = 1.0,
-               smooth: bool = True) -> TabulatedCurve:
+def fit_shrunk(
+    traces: TraceSet, grid: ArrayLike | None = None, strength: float = 1.0, smooth: bool = True
+) -> TabulatedCurve:
     """Shrunk per-query curves of ``traces`` (see :class:`ShrunkCurveFitter`), shape (N,)."""
     return ShrunkCurveFitter(grid, strength, smooth).fit(traces).curves_
 
@@ -316,8 +326,12 @@ class SurgeFitter:
     ``histogram_`` (DataFrame of bin centre, observed and fitted density), ``r2_``.
     """
 
-    def __init__(self, tau: Literal["min"] | float = "min", bins: int = 30,
-                 unsolved_factor: float | None = None) -> None:
+    def __init__(
+        self,
+        tau: Literal["min"] | float = "min",
+        bins: int = 30,
+        unsolved_factor: float | None = None,
+    ) -> None:
         if tau != "min" and not (isinstance(tau, (int, float)) and 0 <= tau <= 1):
             raise ValueError(f"tau must be 'min' or a quantile in [0, 1], got {tau!r}")
         if bins < 3:
@@ -330,8 +344,11 @@ class SurgeFitter:
         t, c, n = _arrays(traces)
         L = np.where(c, t, np.nan)
         solved: NDArray[np.bool_] = np.asarray(c.any(axis=1), dtype=bool)
-        big = (UNREACHABLE_TAU if self.unsolved_factor is None
-               else self.unsolved_factor * float(np.nanmax(t)))
+        big = (
+            UNREACHABLE_TAU
+            if self.unsolved_factor is None
+            else self.unsolved_factor * float(np.nanmax(t))
+        )
         with np.errstate(all="ignore"):
             if self.tau == "min":
                 tau = np.nanmin(np.where(solved[:, None], L, 0.0), axis=1)
@@ -377,15 +394,20 @@ def _fit_surge_shape(x: FloatArray, bins: int) -> tuple[float, pd.DataFrame, flo
         return a * z * np.exp(-b * z)
 
     try:
-        (a, b), _ = optimize.curve_fit(shape, mid, dens, p0=(beta0**2, beta0),
-                                       bounds=([0.0, 1e-7], [np.inf, 10.0]), maxfev=10_000)
+        (a, b), _ = optimize.curve_fit(
+            shape,
+            mid,
+            dens,
+            p0=(beta0**2, beta0),
+            bounds=([0.0, 1e-7], [np.inf, 10.0]),
+            maxfev=10_000,
+        )
     except (RuntimeError, ValueError):
         a, b = beta0**2, beta0
     fitted = shape(mid, a, b)
     ss = float(((dens - dens.mean()) ** 2).sum())
     r2 = 1.0 - float(((dens - fitted) ** 2).sum()) / ss if ss > 0 else float("nan")
-    hist = pd.DataFrame({"excess_tokens": mid, "observed_density": dens,
-                         "fitted_density": fitted})
+    hist = pd.DataFrame({"excess_tokens": mid, "observed_density": dens, "fitted_density": fitted})
     return float(b), hist, r2
 
 
@@ -436,8 +458,9 @@ def fit_gamma(traces: TraceSet, strength: float = 1.0) -> GammaSCurve:
 
 
 # -- goodness of fit -------------------------------------------------------------------------
-def goodness_of_fit(curves: UtilityCurve, traces: TraceSet,
-                    grid: ArrayLike | None = None) -> dict[str, Any]:
+def goodness_of_fit(
+    curves: UtilityCurve, traces: TraceSet, grid: ArrayLike | None = None
+) -> dict[str, Any]:
     """Score probability curves against (held-out) traces of the same N queries.
 
     At each grid budget b every sample is an outcome y = [correct and length <= b]; the curve
@@ -451,8 +474,10 @@ def goodness_of_fit(curves: UtilityCurve, traces: TraceSet,
     :class:`ShiftedSurge` is not a probability; score ``SurgeFitter.as_probability()``.
     """
     if isinstance(curves, ShiftedSurge):
-        raise TypeError("ShiftedSurge values are utilities, not probabilities; score "
-                        "SurgeFitter(...).fit(traces).as_probability() instead")
+        raise TypeError(
+            "ShiftedSurge values are utilities, not probabilities; score "
+            "SurgeFitter(...).fit(traces).as_probability() instead"
+        )
     t, c, n = _arrays(traces)
     if curves.n != traces.n:
         raise ValueError(f"curves cover {curves.n} queries but traces hold {traces.n}")
@@ -467,9 +492,18 @@ def goodness_of_fit(curves: UtilityCurve, traces: TraceSet,
     Pc = np.clip(P, 1e-4, 1 - 1e-4)[:, None, :]
     ll = np.where(m, -(y * np.log(Pc) + (1 - y) * np.log1p(-Pc)), 0.0)
     total = float(n.sum())
-    per = pd.DataFrame({
-        "budget": g[1:], "predicted": P.mean(axis=0), "observed": emp.mean(axis=0),
-        "mae": np.abs(P - emp).mean(axis=0), "brier": sq.sum(axis=(0, 1)) / total,
-    })
-    return {"mae": float(np.abs(P - emp).mean()), "brier": float(sq.sum() / (total * gb.size)),
-            "log_loss": float(ll.sum() / (total * gb.size)), "per_budget": per}
+    per = pd.DataFrame(
+        {
+            "budget": g[1:],
+            "predicted": P.mean(axis=0),
+            "observed": emp.mean(axis=0),
+            "mae": np.abs(P - emp).mean(axis=0),
+            "brier": sq.sum(axis=(0, 1)) / total,
+        }
+    )
+    return {
+        "mae": float(np.abs(P - emp).mean()),
+        "brier": float(sq.sum() / (total * gb.size)),
+        "log_loss": float(ll.sum() / (total * gb.size)),
+        "per_budget": per,
+    }

@@ -72,8 +72,15 @@ FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 _CHECKS: dict[str, tuple[Callable[[float], bool], str]] = {
-    "tau": _NONNEG, "mu": _NONNEG, "alpha": _POS, "beta": _POS, "scale": _POS, "p": _UNIT,
-    "floor": _NONNEG, "min_tokens": _NONNEG, "max_tokens": _NONNEG,
+    "tau": _NONNEG,
+    "mu": _NONNEG,
+    "alpha": _POS,
+    "beta": _POS,
+    "scale": _POS,
+    "p": _UNIT,
+    "floor": _NONNEG,
+    "min_tokens": _NONNEG,
+    "max_tokens": _NONNEG,
 }
 
 
@@ -93,8 +100,9 @@ def _number(path: str, line: int, name: str, raw: Any, csv_mode: bool) -> float:
         try:
             v = float(raw.strip())
         except ValueError:
-            raise QueryFileError(path, line, name, f"must be a {need}, got {_display(raw)}") \
-                from None
+            raise QueryFileError(
+                path, line, name, f"must be a {need}, got {_display(raw)}"
+            ) from None
     elif isinstance(raw, (int, float)) and not isinstance(raw, bool):
         v = float(raw)
     else:
@@ -140,10 +148,14 @@ def read_query_rows(path: str | Path) -> tuple[str, list[tuple[int, dict[str, An
         try:
             for rec in reader:
                 if None in rec:  # more cells than header columns
-                    raise QueryFileError(name, reader.line_num, None,
-                                         f"row has {len(reader.fieldnames or []) + len(rec[None])}"
-                                         f" cells but the header has "
-                                         f"{len(reader.fieldnames or [])} columns")
+                    raise QueryFileError(
+                        name,
+                        reader.line_num,
+                        None,
+                        f"row has {len(reader.fieldnames or []) + len(rec[None])}"
+                        f" cells but the header has "
+                        f"{len(reader.fieldnames or [])} columns",
+                    )
                 if all(v in (None, "") for v in rec.values()):
                     continue
                 # line_num counts physical lines read so far: the row's last line.
@@ -157,11 +169,13 @@ def read_query_rows(path: str | Path) -> tuple[str, list[tuple[int, dict[str, An
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise QueryFileError(name, i, None, f"not valid JSON ({exc.msg} at column "
-                                                    f"{exc.colno})") from None
+                raise QueryFileError(
+                    name, i, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+                ) from None
             if not isinstance(obj, dict):
-                raise QueryFileError(name, i, None,
-                                     f"expected a JSON object, got {type(obj).__name__}")
+                raise QueryFileError(
+                    name, i, None, f"expected a JSON object, got {type(obj).__name__}"
+                )
             rows.append((i, obj))
     if not rows:
         raise QueryFileError(name, None, None, "no queries (the file is empty)")
@@ -172,8 +186,9 @@ def _given(v: Any, csv_mode: bool) -> bool:
     return v is not None and not (csv_mode and isinstance(v, str) and v.strip() == "")
 
 
-def read_queries(path: str | Path, family: str = "surge", *, alpha: float = 1.5,
-                 beta: float = 0.005) -> tuple[list[str], UtilityCurve, dict[str, NDArray[np.float64]]]:
+def read_queries(
+    path: str | Path, family: str = "surge", *, alpha: float = 1.5, beta: float = 0.005
+) -> tuple[list[str], UtilityCurve, dict[str, NDArray[np.float64]]]:
     """Read a query file and build the family's curves.
 
     Parameters
@@ -212,14 +227,15 @@ def read_queries(path: str | Path, family: str = "surge", *, alpha: float = 1.5,
     for line, row in rows:
         for key in required:
             if not _given(row.get(key), csv_mode):
-                raise QueryFileError(name, line, key,
-                                     f"is missing (the {family} family needs "
-                                     f"{', '.join(required)})")
+                raise QueryFileError(
+                    name, line, key, f"is missing (the {family} family needs {', '.join(required)})"
+                )
             params[key].append(_number(name, line, key, row[key], csv_mode))
         for key in optional:
             v = row.get(key)
-            params[key].append(_number(name, line, key, v, csv_mode) if _given(v, csv_mode)
-                               else defaults[key])
+            params[key].append(
+                _number(name, line, key, v, csv_mode) if _given(v, csv_mode) else defaults[key]
+            )
     arr = {k: np.asarray(v, dtype=float) for k, v in params.items()}
     curve: UtilityCurve
     if family == "surge":
@@ -231,7 +247,9 @@ def read_queries(path: str | Path, family: str = "surge", *, alpha: float = 1.5,
     return ids, curve, _limits(name, rows, csv_mode)
 
 
-def read_query_texts(path: str | Path) -> tuple[list[str], list[str], dict[str, NDArray[np.float64]]]:
+def read_query_texts(
+    path: str | Path,
+) -> tuple[list[str], list[str], dict[str, NDArray[np.float64]]]:
     """Read a query file that carries only ``id`` and the prompt text (``question`` or
     ``text``), for allocation with a text predictor.
 
@@ -244,15 +262,20 @@ def read_query_texts(path: str | Path) -> tuple[list[str], list[str], dict[str, 
         key = "question" if "question" in row else "text"
         v = row.get(key)
         if not _given(v, csv_mode) or not isinstance(v, str) or not v.strip():
-            raise QueryFileError(name, line, key,
-                                 "is missing (with --predictor each query needs its prompt "
-                                 "text in a 'question' or 'text' field)")
+            raise QueryFileError(
+                name,
+                line,
+                key,
+                "is missing (with --predictor each query needs its prompt "
+                "text in a 'question' or 'text' field)",
+            )
         texts.append(v)
     return ids, texts, _limits(name, rows, csv_mode)
 
 
-def read_run_queries(path: str | Path, *, need_tau: bool) -> tuple[
-        list[str], list[str], list[str | None], NDArray[np.float64] | None]:
+def read_run_queries(
+    path: str | Path, *, need_tau: bool
+) -> tuple[list[str], list[str], list[str | None], NDArray[np.float64] | None]:
     """Read queries to execute: ``id``, prompt (``question`` or ``text``), optional gold
     ``answer`` and, when ``need_tau``, the threshold ``tau`` in tokens.
 
@@ -266,8 +289,9 @@ def read_run_queries(path: str | Path, *, need_tau: bool) -> tuple[
     tau = []
     for line, row in rows:
         if not _given(row.get("tau"), csv_mode):
-            raise QueryFileError(name, line, "tau", "is missing (give each query a threshold, "
-                                                    "or pass --predictor)")
+            raise QueryFileError(
+                name, line, "tau", "is missing (give each query a threshold, or pass --predictor)"
+            )
         tau.append(_number(name, line, "tau", row["tau"], csv_mode))
     return ids, texts, answers, np.asarray(tau, dtype=float)
 
@@ -281,24 +305,31 @@ def _ids(name: str, rows: list[tuple[int, dict[str, Any]]], csv_mode: bool) -> l
         if not _given(rid, csv_mode) or rid == "":
             raise QueryFileError(name, line, "id", "is missing")
         if isinstance(rid, bool) or not isinstance(rid, (str, int)):
-            raise QueryFileError(name, line, "id",
-                                 f"must be a string or an integer, got {_display(rid)}")
+            raise QueryFileError(
+                name, line, "id", f"must be a string or an integer, got {_display(rid)}"
+            )
         qid = str(rid).strip() if csv_mode else str(rid)
         if qid in first_line:
-            raise QueryFileError(name, line, "id", f"duplicates id {_display(qid)} of line "
-                                                   f"{first_line[qid]}")
+            raise QueryFileError(
+                name, line, "id", f"duplicates id {_display(qid)} of line {first_line[qid]}"
+            )
         first_line[qid] = line
         ids.append(qid)
     return ids
 
 
-def _limits(name: str, rows: list[tuple[int, dict[str, Any]]], csv_mode: bool
-            ) -> dict[str, NDArray[np.float64]]:
+def _limits(
+    name: str, rows: list[tuple[int, dict[str, Any]]], csv_mode: bool
+) -> dict[str, NDArray[np.float64]]:
     """Per-query limit columns present in at least one row; NaN where a row omits them."""
     out: dict[str, NDArray[np.float64]] = {}
     for key in LIMIT_FIELDS:
-        col = [_number(name, line, key, row.get(key), csv_mode)
-               if _given(row.get(key), csv_mode) else math.nan for line, row in rows]
+        col = [
+            _number(name, line, key, row.get(key), csv_mode)
+            if _given(row.get(key), csv_mode)
+            else math.nan
+            for line, row in rows
+        ]
         arr = np.asarray(col, dtype=float)
         if not np.isnan(arr).all():
             out[key] = arr

@@ -5,7 +5,7 @@ module only maps options to those calls and prints. Per-query budgets go to ``-o
 stdout as JSON lines; the summary goes to stderr, or to stdout when ``-o`` is given, so that
 ``shadowprice allocate q.jsonl --budget 9000 > budgets.jsonl`` keeps the data stream clean.
 """
-# ruff: noqa: B008  (typer declares options as call defaults)
+
 
 from __future__ import annotations
 
@@ -25,31 +25,42 @@ from ._errors import fail
 @app.command("allocate")
 def allocate_command(
     queries: str = typer.Argument(
-        ..., help="JSONL or CSV (by suffix; '-' = JSONL on stdin) with id and the family's "
+        ...,
+        help="JSONL or CSV (by suffix; '-' = JSONL on stdin) with id and the family's "
         "parameters (surge: tau; gamma: tau, beta?, p?; logistic: mu, scale, p?), optional "
-        "floor, min_tokens, max_tokens, alpha, beta"),
+        "floor, min_tokens, max_tokens, alpha, beta",
+    ),
     budget: int | None = typer.Option(None, "--budget", help="total tokens for all queries"),
     per_query: float | None = typer.Option(
-        None, "--per-query", help="average tokens per query (total = AVG x N, rounded down)"),
+        None, "--per-query", help="average tokens per query (total = AVG x N, rounded down)"
+    ),
     policy: str = typer.Option("clear", "--policy", help="allocation policy"),
     family: str = typer.Option("surge", "--family", help="curve family: surge, gamma, logistic"),
     alpha: float = typer.Option(1.5, "--alpha", help="surge gain (unless the file has alpha)"),
-    beta: float = typer.Option(0.005, "--beta",
-                               help="surge decay / gamma rate in 1/tokens (unless in the file)"),
+    beta: float = typer.Option(
+        0.005, "--beta", help="surge decay / gamma rate in 1/tokens (unless in the file)"
+    ),
     granularity: int = typer.Option(1, "--granularity", help="budgets are multiples of this"),
-    min_tokens: int | None = typer.Option(None, "--min-tokens",
-                                          help="smallest budget of a funded query"),
+    min_tokens: int | None = typer.Option(
+        None, "--min-tokens", help="smallest budget of a funded query"
+    ),
     max_tokens: int | None = typer.Option(None, "--max-tokens", help="cap per query"),
-    output: Path | None = typer.Option(None, "-o", "--output",
-                                       help="write budgets here (default stdout)"),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="write budgets here (default stdout)"
+    ),
     fmt: str = typer.Option("text", "--format", help="summary format: text or json"),
     predictor: str | None = typer.Option(
-        None, "--predictor",
+        None,
+        "--predictor",
         help="threshold predictor directory (from `shadowprice predictor fit`) or 'default' "
-        "(the bundled one); QUERIES then needs only id and question/text"),
+        "(the bundled one); QUERIES then needs only id and question/text",
+    ),
     point: bool = typer.Option(
-        False, "--point", help="with --predictor: allocate on the point estimate of tau "
-        "instead of the expected curve under the predictor's uncertainty"),
+        False,
+        "--point",
+        help="with --predictor: allocate on the point estimate of tau "
+        "instead of the expected curve under the predictor's uncertainty",
+    ),
 ) -> None:
     """Allocate a token budget over QUERIES; one JSON line per query: id, budget, funded."""
     from shadowprice import POLICIES, allocate
@@ -85,8 +96,9 @@ def allocate_command(
                 fail("--predictor predicts thresholds for the surge or gamma family only")
             ids, texts, limits = read_query_texts(queries)
             model = _load_predictor(predictor)
-            curves = model.predict_curves(texts, family=family, uncertainty=not point,
-                                          alpha=alpha, beta=beta)
+            curves = model.predict_curves(
+                texts, family=family, uncertainty=not point, alpha=alpha, beta=beta
+            )
             grid = getattr(curves, "grid", None)
     except QueryFileError as exc:
         fail(str(exc))
@@ -105,10 +117,16 @@ def allocate_command(
     try:
         if grid is not None and granularity > 1:
             grid = grid[grid % granularity == 0]
-        result = allocate(curves, total, policy, granularity=granularity, grid=grid,
-                          min_tokens=merged("min_tokens", min_tokens),
-                          max_tokens=merged("max_tokens", max_tokens),
-                          floor=merged("floor", None))
+        result = allocate(
+            curves,
+            total,
+            policy,
+            granularity=granularity,
+            grid=grid,
+            min_tokens=merged("min_tokens", min_tokens),
+            max_tokens=merged("max_tokens", max_tokens),
+            floor=merged("floor", None),
+        )
     except ValueError as exc:
         fail(str(exc))
 
@@ -159,8 +177,11 @@ def _print_summary(s: dict[str, Any], stream: TextIO) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    price = ("none (this policy sets no price)" if s["price"] is None
-             else f"{s['price']:.6g} utility/token")
+    price = (
+        "none (this policy sets no price)"
+        if s["price"] is None
+        else f"{s['price']:.6g} utility/token"
+    )
     n = s["queries"]
     rows = [
         ("policy", f"{s['policy']} ({s['family']} curves)"),

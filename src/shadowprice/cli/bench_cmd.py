@@ -3,7 +3,7 @@
 A thin wrapper over :func:`shadowprice.evaluate.bench.run_bench`: parse options, run with a
 progress bar on stderr, print the targets summary and the files written.
 """
-# ruff: noqa: B008  (typer declares options as call defaults)
+
 
 from __future__ import annotations
 
@@ -17,24 +17,37 @@ from . import app
 from ._errors import fail
 
 #: ``--quick``: small streams, one split, coarse budgets (a smoke run of ~20 s).
-QUICK = {"n": 200, "n_real_mix": 100, "n_long": 150, "repeats": 1, "real_repeats": 2,
-         "n_boot": 200, "budgets": (100, 300, 1000), "long_budgets": (1000, 4000, 16000)}
+QUICK = {
+    "n": 200,
+    "n_real_mix": 100,
+    "n_long": 150,
+    "repeats": 1,
+    "real_repeats": 2,
+    "n_boot": 200,
+    "budgets": (100, 300, 1000),
+    "long_budgets": (1000, 4000, 16000),
+}
 
 
 @app.command("bench")
 def bench_command(
-    out: Path = typer.Option(Path("shadowprice-bench"), "--out",
-                             help="report folder (report.md, results.csv, PNGs)"),
-    n: int | None = typer.Option(None, "--n", min=10,
-                                 help="queries per synthetic stream (default 1000)"),
+    out: Path = typer.Option(
+        Path("shadowprice-bench"), "--out", help="report folder (report.md, results.csv, PNGs)"
+    ),
+    n: int | None = typer.Option(
+        None, "--n", min=10, help="queries per synthetic stream (default 1000)"
+    ),
     quick: bool = typer.Option(False, "--quick", help="small, fast smoke run"),
     seed: int = typer.Option(0, "--seed", help="seeds streams, samples, splits, bootstrap"),
-    no_real: bool = typer.Option(False, "--no-real",
-                                 help="skip the bundled real traces and their mixtures"),
-    no_long: bool = typer.Option(False, "--no-long",
-                                 help="skip the long-reasoning pools (1k-16k tokens/query)"),
-    no_predict: bool = typer.Option(False, "--no-predict",
-                                    help="skip the cross-fitted text-prediction study"),
+    no_real: bool = typer.Option(
+        False, "--no-real", help="skip the bundled real traces and their mixtures"
+    ),
+    no_long: bool = typer.Option(
+        False, "--no-long", help="skip the long-reasoning pools (1k-16k tokens/query)"
+    ),
+    no_predict: bool = typer.Option(
+        False, "--no-predict", help="skip the cross-fitted text-prediction study"
+    ),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
 ) -> None:
     """Accuracy vs budget for every policy on every stream, ratios, oracle gap, targets."""
@@ -43,19 +56,31 @@ def bench_command(
     opts: dict = dict(QUICK) if quick else {}
     if n is not None:
         opts["n"] = n
-    command = "shadowprice " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
-        if sys.argv and sys.argv[0].endswith("shadowprice") else None
+    command = (
+        "shadowprice " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        if sys.argv and sys.argv[0].endswith("shadowprice")
+        else None
+    )
     try:
         opts.setdefault("predict", not (no_predict or quick))
-        result = run_bench(out, seed=seed, real=not no_real, long=not no_long,
-                           progress=not no_progress, command=command, **opts)
+        result = run_bench(
+            out,
+            seed=seed,
+            real=not no_real,
+            long=not no_long,
+            progress=not no_progress,
+            command=command,
+            **opts,
+        )
     except OSError as exc:
         fail(f"cannot write to {out}: {exc.strerror or exc}")
     except ValueError as exc:
         fail(str(exc))
     met = sum(t.met for t in result.targets)
-    print(f"targets: {met} of {len(result.targets)} checks met "
-          f"({len(result.streams)} streams, {result.seconds:.0f} s)")
+    print(
+        f"targets: {met} of {len(result.targets)} checks met "
+        f"({len(result.streams)} streams, {result.seconds:.0f} s)"
+    )
     for t in result.targets:
         if not t.met:
             print(f"  MISSED {t.stream}: {t.claim}")

@@ -5,7 +5,7 @@ A thin wrapper over :func:`shadowprice.demo.run_demo`: parse options, run, print
 synthetic Balanced stream instead (scored on its known true curves). ``--live`` additionally runs a small batch on a
 real engine through :func:`shadowprice.engine.live_demo`.
 """
-# ruff: noqa: B008  (typer declares options as call defaults)
+
 
 from __future__ import annotations
 
@@ -35,18 +35,25 @@ def _parse_budgets(text: str | None) -> tuple[int, ...] | None:
 
 @app.command("demo")
 def demo_command(
-    out: Path = typer.Option(Path("shadowprice-demo"), "--out",
-                             help="folder for demo.json and demo.png"),
+    out: Path = typer.Option(
+        Path("shadowprice-demo"), "--out", help="folder for demo.json and demo.png"
+    ),
     budgets: str | None = typer.Option(
-        None, "--budgets", help="average tokens per query, comma-separated "
-        "(default 100,200,300,500,1000,1500)"),
-    live: bool = typer.Option(False, "--live",
-                              help="also run a small batch on a real engine (slow)"),
+        None,
+        "--budgets",
+        help="average tokens per query, comma-separated (default 100,200,300,500,1000,1500)",
+    ),
+    live: bool = typer.Option(
+        False, "--live", help="also run a small batch on a real engine (slow)"
+    ),
     fmt: str = typer.Option("text", "--format", help="text or json"),
     no_plot: bool = typer.Option(False, "--no-plot", help="skip the PNG"),
     setting: str = typer.Option(
-        "real", "--setting", help="real (bundled real traces, held out) or synthetic "
-        "(bundled 500-query synthetic Balanced stream, true curves)"),
+        "real",
+        "--setting",
+        help="real (bundled real traces, held out) or synthetic "
+        "(bundled 500-query synthetic Balanced stream, true curves)",
+    ),
 ) -> None:
     """CLEAR vs uniform vs the hindsight oracle on the bundled REAL traces (held out)."""
     from shadowprice.demo import DEFAULT_BUDGETS, default_setting, run_demo
@@ -57,8 +64,7 @@ def demo_command(
         fail(f"unknown --setting {setting!r}; choose real or synthetic")
     chosen = _parse_budgets(budgets) or DEFAULT_BUDGETS
     try:
-        result = run_demo(out, budgets=chosen, plot=not no_plot,
-                          setting=default_setting(setting))
+        result = run_demo(out, budgets=chosen, plot=not no_plot, setting=default_setting(setting))
     except OSError as exc:
         fail(f"cannot write to {out}: {exc.strerror or exc}")
     payload: dict[str, Any] = result.to_json()
@@ -71,19 +77,21 @@ def demo_command(
         try:
             from shadowprice.engine import live_demo
         except ImportError as exc:
-            fail(f"--live needs the execution engine (shadowprice.engine), which failed to "
-                 f"import: {exc}")
+            fail(
+                f"--live needs the execution engine (shadowprice.engine), which failed to "
+                f"import: {exc}"
+            )
         url = os.environ.get("SHADOWPRICE_LLAMA_URL") or None
         try:
             # In JSON mode the engine's progress goes to stderr so stdout stays one object.
             console = None
             if fmt == "json":
                 from rich.console import Console
+
                 console = Console(file=sys.stderr)
             payload["live"] = live_demo(url, out_dir=out / "live", console=console)
         except ImportError as exc:
-            fail(f"--live: a package the live engine needs is missing ({exc}); see "
-                 f"tools/engine.sh")
+            fail(f"--live: a package the live engine needs is missing ({exc}); see tools/engine.sh")
         except (RuntimeError, OSError) as exc:
             fail(f"--live failed: {exc}")
     if fmt == "json":
@@ -99,8 +107,10 @@ def _print_table(result: Any, seconds: float) -> None:
         return "-" if v is None else f"{v:.1f}"
 
     labels = dict.fromkeys((r["policy"], r["label"]) for r in result.rows)
-    t = Table(title=f"shadowprice demo ({result.setting}): accuracy (%) by average budget",
-              title_justify="left")
+    t = Table(
+        title=f"shadowprice demo ({result.setting}): accuracy (%) by average budget",
+        title_justify="left",
+    )
     t.add_column("tokens/query", justify="right")
     for _, label in labels:
         t.add_column(label, justify="right")
@@ -108,12 +118,18 @@ def _print_table(result: Any, seconds: float) -> None:
         t.add_column(col, justify="right")
     for r in result.table():
         ratio = r.get("ratio")
-        t.add_row(str(r["budget_per_query"]), *(pct(r.get(key)) for key, _ in labels),
-                  "n/a (uniform ~0)" if ratio is None else f"{ratio:.2f}x",
-                  pct(r.get("clear_abandoned")), pct(r.get("paper_clear")),
-                  pct(r.get("paper_uniform")))
+        t.add_row(
+            str(r["budget_per_query"]),
+            *(pct(r.get(key)) for key, _ in labels),
+            "n/a (uniform ~0)" if ratio is None else f"{ratio:.2f}x",
+            pct(r.get("clear_abandoned")),
+            pct(r.get("paper_clear")),
+            pct(r.get("paper_uniform")),
+        )
     console = Console(width=160)
     console.print(t)
-    console.print(f"{result.description}. Paper columns: its Balanced stream on "
-                  f"Qwen2.5-Math-7B (other queries, other accuracy level). {seconds:.1f} s.",
-                  highlight=False)
+    console.print(
+        f"{result.description}. Paper columns: its Balanced stream on "
+        f"Qwen2.5-Math-7B (other queries, other accuracy level). {seconds:.1f} s.",
+        highlight=False,
+    )

@@ -66,10 +66,14 @@ def _clean(x: float) -> float | None:
 @app.command("evaluate")
 def evaluate_command(
     traces: str = typer.Argument(..., help="trace file, bundled:NAME or stream:NAME:N"),
-    budgets: str = typer.Option("100,150,200,300,500,1000,1500", "--budgets",
-                                help="average tokens per query, comma-separated"),
-    policies: str = typer.Option("uniform,clear,oracle", "--policies",
-                                 help="comma-separated evaluation policies"),
+    budgets: str = typer.Option(
+        "100,150,200,300,500,1000,1500",
+        "--budgets",
+        help="average tokens per query, comma-separated",
+    ),
+    policies: str = typer.Option(
+        "uniform,clear,oracle", "--policies", help="comma-separated evaluation policies"
+    ),
     split: str = typer.Option("half", "--split", help="half | queries | none"),
     seed: int = typer.Option(0, "--seed"),
     cost: str = typer.Option("allotted", "--cost", help="allotted (caps) | spent (generated)"),
@@ -79,10 +83,12 @@ def evaluate_command(
     folds: int = typer.Option(5, "--folds", min=2, help="folds for --split queries"),
     fmt: str = typer.Option("table", "--format", help="table | json"),
     predictor: str = typer.Option(
-        "auto", "--predictor",
+        "auto",
+        "--predictor",
         help="with --split queries: text (cross-fitted text predictor, expected curves), "
         "text-point (its point estimate), none (the pool's curve for every unseen query), "
-        "auto (text when the traces carry questions)"),
+        "auto (text when the traces carry questions)",
+    ),
 ) -> None:
     """Fit each policy on one part of TRACES, replay its caps on the other, print a table.
 
@@ -101,10 +107,12 @@ def evaluate_command(
     bad = [p for p in pols if p not in EVAL_POLICIES]
     if bad:
         fail(f"unknown policies {', '.join(bad)}; choose from {', '.join(EVAL_POLICIES)}")
-    for name, val, allowed in [("split", split, ("half", "queries", "none")),
-                               ("cost", cost, ("allotted", "spent")),
-                               ("vote", vote, ("pass", "majority")),
-                               ("format", fmt, ("table", "json"))]:
+    for name, val, allowed in [
+        ("split", split, ("half", "queries", "none")),
+        ("cost", cost, ("allotted", "spent")),
+        ("vote", vote, ("pass", "majority")),
+        ("format", fmt, ("table", "json")),
+    ]:
         if val not in allowed:
             fail(f"--{name} must be one of {', '.join(allowed)}, got {val!r}")
     if predictor not in ("auto", "text", "text-point", "none"):
@@ -114,43 +122,80 @@ def evaluate_command(
     if predictor == "auto":
         predictor = "text" if has_text else "none"
     if predictor != "none" and split == "queries" and not has_text:
-        fail(f"--predictor {predictor} needs question texts, and {traces} has queries without "
-             f"one; use --predictor none")
+        fail(
+            f"--predictor {predictor} needs question texts, and {traces} has queries without "
+            f"one; use --predictor none"
+        )
     curve_predictor = None
     if split == "queries" and predictor != "none":
         from shadowprice.predict.training import text_curve_predictor
 
         curve_predictor = text_curve_predictor(uncertainty=predictor == "text")
     try:
-        df = evaluate(ts, bq, pols, split=split, seed=seed, cost=cost,  # type: ignore[arg-type]
-                      repeats=repeats, vote=vote, n_boot=n_boot, folds=folds,  # type: ignore[arg-type]
-                      predictor=curve_predictor)
+        df = evaluate(
+            ts,
+            bq,
+            pols,
+            split=split,
+            seed=seed,
+            cost=cost,  # type: ignore[arg-type]
+            repeats=repeats,
+            vote=vote,
+            n_boot=n_boot,
+            folds=folds,  # type: ignore[arg-type]
+            predictor=curve_predictor,
+        )
     except ValueError as exc:
         fail(str(exc))
     if fmt == "json":
-        results = [{
-            "policy": r.policy, "label": r.label, "budget": float(r.budget),
-            "accuracy": float(r.accuracy),
-            "accuracy_ci": [float(r.accuracy_ci_low), float(r.accuracy_ci_high)],
-            "tokens_allotted": float(r.tokens_allotted), "tokens_spent": float(r.tokens_spent),
-            "abandoned": float(r.abandoned), "vs_uniform": _clean(r.vs_uniform),
-            "vs_uniform_ci": [_clean(r.vs_uniform_ci_low), _clean(r.vs_uniform_ci_high)],
-        } for r in df.itertuples()]
-        print(json.dumps({"traces": traces, "queries": ts.n, "split": split, "seed": seed,
-                          "predictor": predictor if split == "queries" else None,
-                          "cost": cost, "vote": vote, "repeats": repeats,
-                          "results": results}, indent=2))
+        results = [
+            {
+                "policy": r.policy,
+                "label": r.label,
+                "budget": float(r.budget),
+                "accuracy": float(r.accuracy),
+                "accuracy_ci": [float(r.accuracy_ci_low), float(r.accuracy_ci_high)],
+                "tokens_allotted": float(r.tokens_allotted),
+                "tokens_spent": float(r.tokens_spent),
+                "abandoned": float(r.abandoned),
+                "vs_uniform": _clean(r.vs_uniform),
+                "vs_uniform_ci": [_clean(r.vs_uniform_ci_low), _clean(r.vs_uniform_ci_high)],
+            }
+            for r in df.itertuples()
+        ]
+        print(
+            json.dumps(
+                {
+                    "traces": traces,
+                    "queries": ts.n,
+                    "split": split,
+                    "seed": seed,
+                    "predictor": predictor if split == "queries" else None,
+                    "cost": cost,
+                    "vote": vote,
+                    "repeats": repeats,
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
         return
-    print(f"{traces}: {ts.n} queries, split={split}, cost={cost}, vote={vote}, "
-          f"repeats={repeats}, seed={seed}")
-    head = (f"{'budget':>7} {'policy':<14} {'accuracy':>8} {'95% CI':>15} {'vs unif':>8} "
-            f"{'allotted':>9} {'spent':>8} {'abandon':>7}")
+    print(
+        f"{traces}: {ts.n} queries, split={split}, cost={cost}, vote={vote}, "
+        f"repeats={repeats}, seed={seed}"
+    )
+    head = (
+        f"{'budget':>7} {'policy':<14} {'accuracy':>8} {'95% CI':>15} {'vs unif':>8} "
+        f"{'allotted':>9} {'spent':>8} {'abandon':>7}"
+    )
     print(head)
     print("-" * len(head))
     for r in df.itertuples():
         ci = f"[{r.accuracy_ci_low:.3f}, {r.accuracy_ci_high:.3f}]"
         vs = "" if math.isnan(r.vs_uniform) else f"{r.vs_uniform:+.3f}"
-        print(f"{r.budget:>7g} {r.policy:<14} {r.accuracy:>8.3f} {ci:>15} {vs:>8} "
-              f"{r.tokens_allotted:>9.1f} {r.tokens_spent:>8.1f} {r.abandoned:>7.1%}")
+        print(
+            f"{r.budget:>7g} {r.policy:<14} {r.accuracy:>8.3f} {ci:>15} {vs:>8} "
+            f"{r.tokens_allotted:>9.1f} {r.tokens_spent:>8.1f} {r.abandoned:>7.1%}"
+        )
     if "oracle" in pols:
         print("oracle = hindsight oracle (ceiling): exact DP on the scoring data itself.")

@@ -1,5 +1,5 @@
 """``shadowprice predictor fit|predict``: train and apply the text -> threshold model."""
-# ruff: noqa: B008  (typer declares options as call defaults)
+
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import typer
 from . import app
 from ._errors import fail
 
-predictor_app = typer.Typer(help="Predict each query's emergence threshold from its text.",
-                            no_args_is_help=True)
+predictor_app = typer.Typer(
+    help="Predict each query's emergence threshold from its text.", no_args_is_help=True
+)
 app.add_typer(predictor_app, name="predictor")
 
 _TEXT_KEYS = ("text", "question", "prompt")
@@ -58,12 +59,17 @@ def _text(row: dict[str, Any], where: str) -> str:
 
 @predictor_app.command("fit")
 def fit_cmd(
-    data: Path | None = typer.Argument(None, help="JSONL or CSV with text (or question) and "
-                                       "target (threshold in tokens)."),
+    data: Path | None = typer.Argument(
+        None, help="JSONL or CSV with text (or question) and target (threshold in tokens)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Directory to save the model in."),
-    bundled: bool = typer.Option(False, "--bundled", help="Train the default on the bundled "
-                                 "data: text -> reference-solution length on the problem "
-                                 "sets, calibrated on the traced thresholds."),
+    bundled: bool = typer.Option(
+        False,
+        "--bundled",
+        help="Train the default on the bundled "
+        "data: text -> reference-solution length on the problem "
+        "sets, calibrated on the traced thresholds.",
+    ),
     target: str = typer.Option("target", help="Column holding the threshold (tokens)."),
     alpha: float = typer.Option(3.0, help="Ridge penalty."),
     coverage: float = typer.Option(0.8, help="Nominal coverage of the reported interval."),
@@ -99,24 +105,26 @@ def fit_cmd(
         if cv < 2:
             fail(f"{data}: need at least 2 rows to train, got {len(texts)}")
         model = ThresholdPredictor(alpha=alpha, coverage=coverage, cv=cv).fit(
-            texts, ys, description={"file": str(data), "target": target})
+            texts, ys, description={"file": str(data), "target": target}
+        )
     model.save(out)
     m = model.metadata_
     cal = m.get("calibrated_on") or {}
     rho = cal.get("cv_spearman", m["cv_spearman"])
-    typer.echo(f"saved {out} (n_train={m['n_train']}, cross-validated Spearman {rho:.3f}, "
-               f"log-sigma {model.sigma_:.3f})")
+    typer.echo(
+        f"saved {out} (n_train={m['n_train']}, cross-validated Spearman {rho:.3f}, "
+        f"log-sigma {model.sigma_:.3f})"
+    )
 
 
 @predictor_app.command("predict")
 def predict_cmd(
-    model: Path = typer.Argument(..., help="Directory written by 'predictor fit', or "
-                                 "'default' for the bundled model."),
+    model: Path = typer.Argument(
+        ..., help="Directory written by 'predictor fit', or 'default' for the bundled model."
+    ),
     queries: Path = typer.Argument(..., help="JSONL or CSV with id and text (or question)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Write JSONL here (default "
-                                    "stdout)."),
-    coverage: float | None = typer.Option(None, help="Interval coverage (default: the "
-                                          "model's)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write JSONL here (default stdout)."),
+    coverage: float | None = typer.Option(None, help="Interval coverage (default: the model's)."),
 ) -> None:
     """Write id, tau, tau_low, tau_high (tokens) and sigma (log scale) per query."""
     from shadowprice.predict import load_predictor
@@ -132,9 +140,18 @@ def predict_cmd(
     ids = [str(r.get("id", i)) for i, r in enumerate(rows)]
     texts = [_text(r, f"{queries}:{i}") for i, r in enumerate(rows, 1)]
     p = pred.predict(texts, coverage=coverage)
-    lines = [json.dumps({"id": i, "tau": round(float(a), 1), "tau_low": round(float(lo), 1),
-                         "tau_high": round(float(hi), 1), "sigma": round(float(s), 4)})
-             for i, a, lo, hi, s in zip(ids, p.median, p.lower, p.upper, p.sigma, strict=True)]
+    lines = [
+        json.dumps(
+            {
+                "id": i,
+                "tau": round(float(a), 1),
+                "tau_low": round(float(lo), 1),
+                "tau_high": round(float(hi), 1),
+                "sigma": round(float(s), 4),
+            }
+        )
+        for i, a, lo, hi, s in zip(ids, p.median, p.lower, p.upper, p.sigma, strict=True)
+    ]
     text = "\n".join(lines) + "\n"
     if out is None:
         typer.echo(text, nl=False)

@@ -1,5 +1,5 @@
 """``shadowprice run``, ``collect`` and ``live-demo``: execute budgets on a real endpoint."""
-# ruff: noqa: B008  (typer declares options as call defaults)
+
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ def load_queries(path: Path, *, need_tau: bool) -> list[dict[str, Any]]:
         ids, texts, answers, tau = read_run_queries(path, need_tau=need_tau)
     except QueryFileError as exc:
         fail(str(exc))
-    return [{"id": i, "question": q, "answer": a,
-             **({"tau": float(tau[k])} if tau is not None else {})}
-            for k, (i, q, a) in enumerate(zip(ids, texts, answers, strict=True))]
+    return [
+        {"id": i, "question": q, "answer": a, **({"tau": float(tau[k])} if tau is not None else {})}
+        for k, (i, q, a) in enumerate(zip(ids, texts, answers, strict=True))
+    ]
 
 
 def _check_template(template: str) -> str:
@@ -31,15 +32,19 @@ def _check_template(template: str) -> str:
     try:
         template.format(question="")
     except (KeyError, IndexError, ValueError) as exc:
-        fail(f"--template must contain {{question}} and no other {{...}} fields ({exc!r}); "
-             f"write literal braces as {{{{ and }}}}")
+        fail(
+            f"--template must contain {{question}} and no other {{...}} fields ({exc!r}); "
+            f"write literal braces as {{{{ and }}}}"
+        )
     if "{question}" not in template:
         fail("--template must contain {question}")
     return template
 
 
-TEMPLATE_HELP = ("user message with {question} where the query goes (default: reason step by "
-                 "step, final answer in \\boxed{})")
+TEMPLATE_HELP = (
+    "user message with {question} where the query goes (default: reason step by "
+    "step, final answer in \\boxed{})"
+)
 
 
 @app.command("run")
@@ -50,7 +55,8 @@ def run_command(
     budget: int = typer.Option(..., "--budget", help="total completion-token budget"),
     policy: str = typer.Option("clear", "--policy", help="allocation policy (clear, uniform...)"),
     predictor: str | None = typer.Option(
-        None, "--predictor", help="threshold predictor directory or 'default' (bundled)"),
+        None, "--predictor", help="threshold predictor directory or 'default' (bundled)"
+    ),
     concurrency: int = typer.Option(8, "--concurrency", min=1),
     force_answer: bool = typer.Option(False, "--force-answer", help="force an answer on length"),
     force_tokens: int = typer.Option(24, "--force-tokens", min=1),
@@ -157,8 +163,12 @@ def collect_command(
     tmpl = _check_template(template) if template is not None else DEFAULT_TEMPLATE
     rows = load_queries(queries, need_tau=False)
     qs = [
-        CollectQuery(str(r["id"]), prompt_messages(str(r["question"]), tmpl, system),
-                     str(r["question"]), r["answer"])
+        CollectQuery(
+            str(r["id"]),
+            prompt_messages(str(r["question"]), tmpl, system),
+            str(r["question"]),
+            r["answer"],
+        )
         for r in rows
     ]
     stats = collect_traces(

@@ -111,8 +111,15 @@ class UtilityCurve(ABC):
         """The curves of a subset of queries (boolean mask, integer indices or slice)."""
 
 
-def as_param(name: str, value: ArrayLike, n: int | None = None, *, positive: bool = False,
-             nonnegative: bool = False, unit: bool = False) -> FloatArray:
+def as_param(
+    name: str,
+    value: ArrayLike,
+    n: int | None = None,
+    *,
+    positive: bool = False,
+    nonnegative: bool = False,
+    unit: bool = False,
+) -> FloatArray:
     """Validate one curve parameter at the boundary and return it as a float array.
 
     Raises ``ValueError`` naming the parameter and the offending entry when it is not finite,
@@ -122,8 +129,10 @@ def as_param(name: str, value: ArrayLike, n: int | None = None, *, positive: boo
     if arr.ndim != 1:
         raise ValueError(f"{name} must be a scalar or a 1-D array, got shape {arr.shape}")
     if n is not None and arr.size not in (1, n):
-        raise ValueError(f"{name} has {arr.size} entries but there are {n} queries; "
-                         f"pass one value per query or a scalar")
+        raise ValueError(
+            f"{name} has {arr.size} entries but there are {n} queries; "
+            f"pass one value per query or a scalar"
+        )
     bad = ~np.isfinite(arr)
     if positive:
         bad |= arr <= 0
@@ -133,8 +142,15 @@ def as_param(name: str, value: ArrayLike, n: int | None = None, *, positive: boo
         bad |= (arr < 0) | (arr > 1)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        need = ("positive and finite" if positive else "non-negative and finite" if nonnegative
-                else "in [0, 1]" if unit else "finite")
+        need = (
+            "positive and finite"
+            if positive
+            else "non-negative and finite"
+            if nonnegative
+            else "in [0, 1]"
+            if unit
+            else "finite"
+        )
         raise ValueError(f"{name}[{i}] = {arr[i]!r}: must be {need}")
     return arr
 

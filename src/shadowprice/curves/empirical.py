@@ -29,15 +29,17 @@ class EmpiricalCurve(UtilityCurve):
         Multiplies each curve (e.g. to mix in a prior); default 1.
     """
 
-    def __init__(self, tokens: ArrayLike, correct: ArrayLike,
-                 weight: ArrayLike | None = None) -> None:
+    def __init__(
+        self, tokens: ArrayLike, correct: ArrayLike, weight: ArrayLike | None = None
+    ) -> None:
         t = np.asarray(tokens, dtype=float)
         c = np.asarray(correct)
         if t.ndim == 1:
             t, c = t[None, :], c[None, :]
         if t.ndim != 2 or c.shape != t.shape:
-            raise ValueError(f"tokens and correct must have the same (N, S) shape, got "
-                             f"{t.shape} and {c.shape}")
+            raise ValueError(
+                f"tokens and correct must have the same (N, S) shape, got {t.shape} and {c.shape}"
+            )
         if c.dtype != bool:
             raise ValueError(f"correct must be boolean, got dtype {c.dtype}")
         present = ~np.isnan(t)
@@ -52,12 +54,16 @@ class EmpiricalCurve(UtilityCurve):
         ok = present & c
         # Correct lengths sorted ascending, +inf padding: value() is a count of entries <= b.
         self.lengths: FloatArray = np.sort(np.where(ok, t, np.inf), axis=1)
-        self.weight: FloatArray = (np.ones(t.shape[0]) if weight is None
-                                   else np.broadcast_to(np.asarray(weight, float), (t.shape[0],)).copy())
+        self.weight: FloatArray = (
+            np.ones(t.shape[0])
+            if weight is None
+            else np.broadcast_to(np.asarray(weight, float), (t.shape[0],)).copy()
+        )
 
     @classmethod
-    def from_lengths(cls, lengths: FloatArray, n_samples: NDArray[np.int64],
-                     weight: FloatArray) -> EmpiricalCurve:
+    def from_lengths(
+        cls, lengths: FloatArray, n_samples: NDArray[np.int64], weight: FloatArray
+    ) -> EmpiricalCurve:
         obj = cls.__new__(cls)
         obj.lengths, obj.n_samples, obj.weight = lengths, n_samples, weight
         return obj
@@ -106,8 +112,9 @@ class EmpiricalCurve(UtilityCurve):
         return np.where(k > 0, last, 0.0)
 
     def __getitem__(self, index: QueryIndex) -> EmpiricalCurve:
-        return EmpiricalCurve.from_lengths(self.lengths[index], self.n_samples[index],
-                                           self.weight[index])
+        return EmpiricalCurve.from_lengths(
+            self.lengths[index], self.n_samples[index], self.weight[index]
+        )
 
     def __repr__(self) -> str:
         return f"EmpiricalCurve(n={self.n}, samples<={self.lengths.shape[1]})"

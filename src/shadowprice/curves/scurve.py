@@ -62,9 +62,11 @@ class GammaSCurve(_PerQuery):
     p: FloatArray
 
     def __init__(self, tau: ArrayLike, beta: ArrayLike, p: ArrayLike = 1.0) -> None:
-        self._set(tau=as_param("tau", tau, nonnegative=True),
-                  beta=as_param("beta", beta, positive=True),
-                  p=as_param("p", p, unit=True))
+        self._set(
+            tau=as_param("tau", tau, nonnegative=True),
+            beta=as_param("beta", beta, positive=True),
+            p=as_param("p", p, unit=True),
+        )
 
     def value(self, budgets: ArrayLike) -> FloatArray:
         b = np.asarray(budgets, dtype=float)
@@ -119,9 +121,11 @@ class LogisticCurve(_PerQuery):
     p: FloatArray
 
     def __init__(self, mu: ArrayLike, scale: ArrayLike, p: ArrayLike = 1.0) -> None:
-        self._set(mu=as_param("mu", mu, nonnegative=True),
-                  scale=as_param("scale", scale, positive=True),
-                  p=as_param("p", p, unit=True))
+        self._set(
+            mu=as_param("mu", mu, nonnegative=True),
+            scale=as_param("scale", scale, positive=True),
+            p=as_param("p", p, unit=True),
+        )
 
     def value(self, budgets: ArrayLike) -> FloatArray:
         b = np.asarray(budgets, dtype=float)

@@ -137,12 +137,14 @@ class ShiftedSurge(UtilityCurve):
         x = surge_excess(lam, self.alpha, self.beta)
         t = abandonment_threshold(lam, self.alpha, self.beta)
         funded = (self.tau < t) & (lam < self.alpha)
-        return Demand(budgets=np.where(funded, self.tau + x, 0.0), funded=funded,
-                      interior=self.tau + x)
+        return Demand(
+            budgets=np.where(funded, self.tau + x, 0.0), funded=funded, interior=self.tau + x
+        )
 
     def __getitem__(self, index: QueryIndex) -> ShiftedSurge:
         def pick(p: FloatArray) -> FloatArray:
             return p if p.size == 1 else p[index]
+
         return ShiftedSurge(self.tau[index], pick(self.alpha), pick(self.beta))
 
     def __repr__(self) -> str:

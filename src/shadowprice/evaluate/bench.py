@@ -89,8 +89,14 @@ LONG_BUDGETS: tuple[int, ...] = (1000, 2000, 4000, 8000, 16000)
 SCARCE_SHORT = 500
 SCARCE_LONG = 4000
 #: CLEAR, the general solver (market on shrunk curves), the baselines and the ceiling.
-DEFAULT_POLICIES: tuple[str, ...] = ("uniform", "clear", "clear-paper", "proportional",
-                                     "length", "oracle")
+DEFAULT_POLICIES: tuple[str, ...] = (
+    "uniform",
+    "clear",
+    "clear-paper",
+    "proportional",
+    "length",
+    "oracle",
+)
 #: Name of the true-curve reference rows (synthetic streams only).
 TRUE_CLEAR = "true-clear"
 TRUE_CLEAR_LABEL = "CLEAR on the true curves (reference, not runnable)"
@@ -99,16 +105,36 @@ RATIO_FLOOR = 0.01
 #: Samples simulated per synthetic query.
 SAMPLES = 8
 #: Our stream names -> the paper's (digitised CSV) names.
-PAPER_STREAMS: dict[str, str] = {"balanced": "Balanced", "mostly-easy": "MostlyEasy",
-                                 "mostly-hard": "MostlyHard", "u-shaped": "UShaped"}
+PAPER_STREAMS: dict[str, str] = {
+    "balanced": "Balanced",
+    "mostly-easy": "MostlyEasy",
+    "mostly-hard": "MostlyHard",
+    "u-shaped": "UShaped",
+}
 #: MATH level -> (easy, medium, hard) pool index for the real-mix streams.
 LEVEL_POOL: dict[int, int] = {1: 0, 2: 0, 3: 1, 4: 2, 5: 2}
 REAL_SET = "qwen25-math-math100"
 
-RESULT_COLUMNS = ["stream", "kind", "policy", "label", "budget", "accuracy", "accuracy_ci_low",
-                  "accuracy_ci_high", "tokens_allotted", "tokens_spent", "abandoned",
-                  "vs_uniform", "vs_uniform_ci_low", "vs_uniform_ci_high", "ratio_uniform",
-                  "share_oracle", "n_queries", "repeats"]
+RESULT_COLUMNS = [
+    "stream",
+    "kind",
+    "policy",
+    "label",
+    "budget",
+    "accuracy",
+    "accuracy_ci_low",
+    "accuracy_ci_high",
+    "tokens_allotted",
+    "tokens_spent",
+    "abandoned",
+    "vs_uniform",
+    "vs_uniform_ci_low",
+    "vs_uniform_ci_high",
+    "ratio_uniform",
+    "share_oracle",
+    "n_queries",
+    "repeats",
+]
 
 
 @dataclass(frozen=True)
@@ -216,8 +242,12 @@ def real_mixture(traces: TraceSet, name: str, n: int, seed: int = 0) -> TraceSet
     if any(not g for g in groups):
         raise ValueError("real mixtures need queries of every difficulty class (meta.level)")
     rng = np.random.default_rng([seed, 0x3E11])
-    picks = np.concatenate([rng.choice(g, size=int(k), replace=True)
-                            for g, k in zip(groups, _counts(n, STREAMS[name]), strict=True)])
+    picks = np.concatenate(
+        [
+            rng.choice(g, size=int(k), replace=True)
+            for g, k in zip(groups, _counts(n, STREAMS[name]), strict=True)
+        ]
+    )
     picks = picks[rng.permutation(picks.size)]
     records = []
     for k, i in enumerate(picks.tolist()):
@@ -228,37 +258,80 @@ def real_mixture(traces: TraceSet, name: str, n: int, seed: int = 0) -> TraceSet
     return TraceSet(records)
 
 
-def build_streams(*, streams: Sequence[str] = tuple(PAPER_STREAMS), n: int = 1000,
-                  n_real_mix: int = 300, n_long: int = 500, budgets: Sequence[int] = SHORT_BUDGETS,
-                  long_budgets: Sequence[int] = LONG_BUDGETS, real: bool = True,
-                  long: bool = True, repeats: int = 2, real_repeats: int = 5,
-                  seed: int = 0) -> list[BenchStream]:
+def build_streams(
+    *,
+    streams: Sequence[str] = tuple(PAPER_STREAMS),
+    n: int = 1000,
+    n_real_mix: int = 300,
+    n_long: int = 500,
+    budgets: Sequence[int] = SHORT_BUDGETS,
+    long_budgets: Sequence[int] = LONG_BUDGETS,
+    real: bool = True,
+    long: bool = True,
+    repeats: int = 2,
+    real_repeats: int = 5,
+    seed: int = 0,
+) -> list[BenchStream]:
     """The bench's streams, in report order (see the module docstring)."""
     out: list[BenchStream] = []
     bs, lbs = tuple(int(b) for b in budgets), tuple(int(b) for b in long_budgets)
     for name in streams:
         st = make_stream(name, n, seed)
-        out.append(BenchStream(name, "synthetic", st.sample_traces(SAMPLES, _sample_seed(
-            seed, 0x5A)), bs, repeats, st.truth,
-            f"SYNTHETIC, paper-calibrated pools, {n} queries x {SAMPLES} simulated samples"))
+        out.append(
+            BenchStream(
+                name,
+                "synthetic",
+                st.sample_traces(SAMPLES, _sample_seed(seed, 0x5A)),
+                bs,
+                repeats,
+                st.truth,
+                f"SYNTHETIC, paper-calibrated pools, {n} queries x {SAMPLES} simulated samples",
+            )
+        )
     if real:
         base = load_traces(REAL_SET)
-        out.append(BenchStream("real", "real", base, bs, real_repeats, None,
-                               f"REAL: bundled {REAL_SET}, {base.n} MATH problems x 8 samples "
-                               f"of Qwen2.5-Math-Instruct"))
+        out.append(
+            BenchStream(
+                "real",
+                "real",
+                base,
+                bs,
+                real_repeats,
+                None,
+                f"REAL: bundled {REAL_SET}, {base.n} MATH problems x 8 samples "
+                f"of Qwen2.5-Math-Instruct",
+            )
+        )
         for name in streams:
-            out.append(BenchStream(
-                f"real-{name}", "real-mix", real_mixture(base, name, n_real_mix, seed), bs,
-                repeats, None, f"REAL queries resampled with replacement into {name} by MATH "
-                f"level, {n_real_mix} draws from {base.n} problems (CIs understate)"))
+            out.append(
+                BenchStream(
+                    f"real-{name}",
+                    "real-mix",
+                    real_mixture(base, name, n_real_mix, seed),
+                    bs,
+                    repeats,
+                    None,
+                    f"REAL queries resampled with replacement into {name} by MATH "
+                    f"level, {n_real_mix} draws from {base.n} problems (CIs understate)",
+                )
+            )
     if long:
         for name in streams:
             st = make_stream(name, n_long, seed, family="long")
-            out.append(BenchStream(
-                st.name, "long", st.sample_traces(SAMPLES, _sample_seed(seed, 0x5B),
-                                                  max_tokens=MAX_SAMPLE_TOKENS_LONG),
-                lbs, repeats, st.truth, f"SYNTHETIC long-reasoning pools (assumed lengths), "
-                f"{n_long} queries x {SAMPLES} simulated samples"))
+            out.append(
+                BenchStream(
+                    st.name,
+                    "long",
+                    st.sample_traces(
+                        SAMPLES, _sample_seed(seed, 0x5B), max_tokens=MAX_SAMPLE_TOKENS_LONG
+                    ),
+                    lbs,
+                    repeats,
+                    st.truth,
+                    f"SYNTHETIC long-reasoning pools (assumed lengths), "
+                    f"{n_long} queries x {SAMPLES} simulated samples",
+                )
+            )
     return out
 
 
@@ -277,22 +350,37 @@ def _true_clear(stream: BenchStream, budget: int, seed: int) -> dict[str, Any]:
         acc += res.accuracy / stream.repeats
         allotted += res.tokens_allotted / (stream.repeats * ts.n)
         spent += res.tokens_spent / (stream.repeats * ts.n)
-    return {"policy": TRUE_CLEAR, "label": TRUE_CLEAR_LABEL, "budget": float(budget),
-            "accuracy": acc, "accuracy_ci_low": np.nan, "accuracy_ci_high": np.nan,
-            "tokens_allotted": allotted, "tokens_spent": spent,
-            "abandoned": alloc.abandonment_rate, "n_queries": ts.n}
+    return {
+        "policy": TRUE_CLEAR,
+        "label": TRUE_CLEAR_LABEL,
+        "budget": float(budget),
+        "accuracy": acc,
+        "accuracy_ci_low": np.nan,
+        "accuracy_ci_high": np.nan,
+        "tokens_allotted": allotted,
+        "tokens_spent": spent,
+        "abandoned": alloc.abandonment_rate,
+        "n_queries": ts.n,
+    }
 
 
-def _evaluate_stream(stream: BenchStream, policies: Sequence[str], seed: int, n_boot: int,
-                     tick: Callable[[], None]) -> pd.DataFrame:
+def _evaluate_stream(
+    stream: BenchStream, policies: Sequence[str], seed: int, n_boot: int, tick: Callable[[], None]
+) -> pd.DataFrame:
     """All policies at all budgets of one stream (one evaluate call per budget)."""
     frames = []
     for b in stream.budgets:
-        df = evaluate(stream.traces, [b], policies, split="half", seed=seed,
-                      repeats=stream.repeats, n_boot=n_boot)
+        df = evaluate(
+            stream.traces,
+            [b],
+            policies,
+            split="half",
+            seed=seed,
+            repeats=stream.repeats,
+            n_boot=n_boot,
+        )
         if stream.truth is not None:
-            df = pd.concat([df, pd.DataFrame([_true_clear(stream, b, seed)])],
-                           ignore_index=True)
+            df = pd.concat([df, pd.DataFrame([_true_clear(stream, b, seed)])], ignore_index=True)
         frames.append(df)
         tick()
     df = pd.concat(frames, ignore_index=True)
@@ -324,8 +412,9 @@ def _fmt_b(b: float) -> str:
     return f"{b / 1000:g}k" if b >= 1000 and b % 1000 == 0 and b > 1500 else f"{b:g}"
 
 
-def check_targets(results: pd.DataFrame, streams: Sequence[BenchStream],
-                  policy: str = "clear") -> list[Target]:
+def check_targets(
+    results: pd.DataFrame, streams: Sequence[BenchStream], policy: str = "clear"
+) -> list[Target]:
     """Check the issue-3 claims for ``policy`` on every stream (MET / MISSED + reason).
 
     1. beats uniform at every scarce budget (point estimate above uniform's);
@@ -354,13 +443,16 @@ def _t_beats(g: pd.DataFrame, st: BenchStream, scarce: list[float], pol: str) ->
     worst = min(d, key=lambda b: d[b])
     sig = sum(lo[b] > 0 for b in scarce)
     met = all(v > 0 for v in d.values())
-    detail = (f"{pol} − uniform from {100 * d[worst]:+.1f} pts (at {_fmt_b(worst)}) to "
-              f"{100 * max(d.values()):+.1f} pts; paired CI above 0 at {sig}/{len(scarce)} "
-              f"scarce budgets")
+    detail = (
+        f"{pol} − uniform from {100 * d[worst]:+.1f} pts (at {_fmt_b(worst)}) to "
+        f"{100 * max(d.values()):+.1f} pts; paired CI above 0 at {sig}/{len(scarce)} "
+        f"scarce budgets"
+    )
     if not met:
         detail += f"; not above uniform at {_fmt_b(worst)}"
-    return Target(f"beats uniform at every scarce budget (<= {_fmt_b(st.scarce)})", st.key, met,
-                  detail)
+    return Target(
+        f"beats uniform at every scarce budget (<= {_fmt_b(st.scarce)})", st.key, met, detail
+    )
 
 
 def _t_ratio(g: pd.DataFrame, st: BenchStream, scarce: list[float], pol: str) -> Target:
@@ -376,8 +468,10 @@ def _t_ratio(g: pd.DataFrame, st: BenchStream, scarce: list[float], pol: str) ->
         parts.append(f"best ratio where uniform >= 1 %: {shown[best]:.1f}x at {_fmt_b(best)}")
     tiny = [b for b in scarce if uni[b] < RATIO_FLOOR]
     if tiny:
-        parts.append("uniform < 1 % at " + ", ".join(
-            f"{_fmt_b(b)} ({100 * acc[b]:.1f} % vs {100 * uni[b]:.1f} %)" for b in tiny))
+        parts.append(
+            "uniform < 1 % at "
+            + ", ".join(f"{_fmt_b(b)} ({100 * acc[b]:.1f} % vs {100 * uni[b]:.1f} %)" for b in tiny)
+        )
     met = bool(hits)
     if met:
         parts.append(f">= 3x (CI-significant) at {', '.join(_fmt_b(b) for b in hits)}")
@@ -395,8 +489,10 @@ def _t_never_below(g: pd.DataFrame, st: BenchStream, pol: str) -> Target:
     met = not bad
     detail = f"lowest {pol} − uniform {100 * d[worst]:+.1f} pts at {_fmt_b(worst)}"
     if bad:
-        detail += (f"; significantly below uniform at {', '.join(_fmt_b(b) for b in bad)} "
-                   f"(paired CI upper end {100 * min(hi[b] for b in bad):+.1f} pts)")
+        detail += (
+            f"; significantly below uniform at {', '.join(_fmt_b(b) for b in bad)} "
+            f"(paired CI upper end {100 * min(hi[b] for b in bad):+.1f} pts)"
+        )
     return Target("never below uniform by more than the CI (any budget)", st.key, met, detail)
 
 
@@ -404,25 +500,33 @@ def _t_ceiling(g: pd.DataFrame, st: BenchStream, scarce: list[float], pol: str) 
     s = {b: float(g.loc[(pol, b), "share_oracle"]) for b in scarce}
     worst = min(s, key=lambda b: s[b])
     met = all(v >= 0.8 for v in s.values())
-    detail = (f"{pol} / hindsight oracle {' / '.join(f'{s[b]:.2f}' for b in scarce)} at "
-              f"{' / '.join(_fmt_b(b) for b in scarce)}")
+    detail = (
+        f"{pol} / hindsight oracle {' / '.join(f'{s[b]:.2f}' for b in scarce)} at "
+        f"{' / '.join(_fmt_b(b) for b in scarce)}"
+    )
     if not met:
         detail += f"; below 0.8 at {_fmt_b(worst)}. Why: " + _ceiling_reason(g, st, worst, pol)
-    return Target(">= 0.8 of the hindsight ceiling at scarce budgets (split half)", st.key, met,
-                  detail)
+    return Target(
+        ">= 0.8 of the hindsight ceiling at scarce budgets (split half)", st.key, met, detail
+    )
 
 
 def _ceiling_reason(g: pd.DataFrame, st: BenchStream, b: float, pol: str) -> str:
     if (TRUE_CLEAR, b) in g.index:
         t = float(g.loc[(TRUE_CLEAR, b), "share_oracle"])
-        c = float(g.loc[(pol, b), "accuracy"]) / max(float(g.loc[(TRUE_CLEAR, b), "accuracy"]),
-                                                     1e-12)
-        return (f"the ceiling fits the very samples it is scored on; even CLEAR on the TRUE "
-                f"curves reaches only {t:.2f} of it here, and {pol} (fitted from 4 samples per "
-                f"query) reaches {c:.2f} of that true-curve allocator")
-    return ("the ceiling picks caps on the 4 scoring samples it is graded on (their luck is "
-            "not attainable); the real set has no known true curves to measure the attainable "
-            "level")
+        c = float(g.loc[(pol, b), "accuracy"]) / max(
+            float(g.loc[(TRUE_CLEAR, b), "accuracy"]), 1e-12
+        )
+        return (
+            f"the ceiling fits the very samples it is scored on; even CLEAR on the TRUE "
+            f"curves reaches only {t:.2f} of it here, and {pol} (fitted from 4 samples per "
+            f"query) reaches {c:.2f} of that true-curve allocator"
+        )
+    return (
+        "the ceiling picks caps on the 4 scoring samples it is graded on (their luck is "
+        "not attainable); the real set has no known true curves to measure the attainable "
+        "level"
+    )
 
 
 # --------------------------------------------------------------------------- paper data
@@ -437,28 +541,42 @@ def load_paper_results() -> pd.DataFrame:
     res = files("shadowprice") / "data" / "paper" / "clear_results_digitized.csv"
     with res.open("r", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    return pd.DataFrame({
-        "stream": [r["stream"] for r in rows],
-        "budget": [float(r["budget_per_sample"]) for r in rows],
-        "clear": [float(r["daba_lambert_acc_pct"]) for r in rows],
-        "uniform": [float(r["uniform_acc_pct"]) for r in rows],
-        "abandoned": [float(r["abandonment_rate_pct"]) for r in rows],
-    })
+    return pd.DataFrame(
+        {
+            "stream": [r["stream"] for r in rows],
+            "budget": [float(r["budget_per_sample"]) for r in rows],
+            "clear": [float(r["daba_lambert_acc_pct"]) for r in rows],
+            "uniform": [float(r["uniform_acc_pct"]) for r in rows],
+            "abandoned": [float(r["abandonment_rate_pct"]) for r in rows],
+        }
+    )
 
 
 # --------------------------------------------------------------------------- driver
 
 
-def run_bench(out_dir: str | Path = "shadowprice-bench", *,
-              streams: Sequence[str] = tuple(PAPER_STREAMS), n: int = 1000,
-              n_real_mix: int = 300, n_long: int = 500,
-              budgets: Sequence[int] = SHORT_BUDGETS,
-              long_budgets: Sequence[int] = LONG_BUDGETS,
-              policies: Sequence[str] = DEFAULT_POLICIES, real: bool = True,
-              long: bool = True, repeats: int = 2, real_repeats: int = 5, n_boot: int = 500,
-              seed: int = 0, progress: bool = True, plots: bool = True,
-              predict: bool = True, predict_folds: int = 5,
-              command: str | None = None) -> BenchResult:
+def run_bench(
+    out_dir: str | Path = "shadowprice-bench",
+    *,
+    streams: Sequence[str] = tuple(PAPER_STREAMS),
+    n: int = 1000,
+    n_real_mix: int = 300,
+    n_long: int = 500,
+    budgets: Sequence[int] = SHORT_BUDGETS,
+    long_budgets: Sequence[int] = LONG_BUDGETS,
+    policies: Sequence[str] = DEFAULT_POLICIES,
+    real: bool = True,
+    long: bool = True,
+    repeats: int = 2,
+    real_repeats: int = 5,
+    n_boot: int = 500,
+    seed: int = 0,
+    progress: bool = True,
+    plots: bool = True,
+    predict: bool = True,
+    predict_folds: int = 5,
+    command: str | None = None,
+) -> BenchResult:
     """Evaluate ``policies`` on every stream at every budget; write the report folder.
 
     Parameters
@@ -493,9 +611,19 @@ def run_bench(out_dir: str | Path = "shadowprice-bench", *,
     """
     start = time.perf_counter()
     pols = _policy_list(policies)
-    sts = build_streams(streams=streams, n=n, n_real_mix=n_real_mix, n_long=n_long,
-                        budgets=budgets, long_budgets=long_budgets, real=real, long=long,
-                        repeats=repeats, real_repeats=real_repeats, seed=seed)
+    sts = build_streams(
+        streams=streams,
+        n=n,
+        n_real_mix=n_real_mix,
+        n_long=n_long,
+        budgets=budgets,
+        long_budgets=long_budgets,
+        real=real,
+        long=long,
+        repeats=repeats,
+        real_repeats=real_repeats,
+        seed=seed,
+    )
     frames = _run_all(sts, pols, seed, n_boot, progress)
     results = pd.concat(frames, ignore_index=True)
     targets = check_targets(results, sts)
@@ -515,24 +643,38 @@ def run_bench(out_dir: str | Path = "shadowprice-bench", *,
         files_["ratio"] = plot_ratio(results, paper, sts, out / "ratio.png")
     seconds = time.perf_counter() - start
     ref = check_targets(results, sts, "clear-paper") if "clear-paper" in pols else []
-    report = render_report(results, sts, targets, ref, paper, seconds=seconds, command=command,
-                           n_boot=n_boot, seed=seed)
+    report = render_report(
+        results,
+        sts,
+        targets,
+        ref,
+        paper,
+        seconds=seconds,
+        command=command,
+        n_boot=n_boot,
+        seed=seed,
+    )
     if prediction is not None:
         report += "\n" + "\n".join(prediction_section(prediction, predict_folds)) + "\n"
     files_["report"].write_text(report, encoding="utf-8")
     return BenchResult(out, results, targets, seconds, files_, [s.key for s in sts])
 
 
-def _run_prediction(budgets: Sequence[int], folds: int, seed: int, n_boot: int,
-                    progress: bool) -> pd.DataFrame:
+def _run_prediction(
+    budgets: Sequence[int], folds: int, seed: int, n_boot: int, progress: bool
+) -> pd.DataFrame:
     """CLEAR with text-predicted thresholds on the real set, cross-fitted over queries."""
     from ..predict.training import crossfit_allocation
 
     if progress:
-        print(f"cross-fitting the text predictor on the real set ({folds} folds)...",
-              file=sys.stderr, flush=True)
-    return crossfit_allocation(budgets=tuple(float(b) for b in budgets), folds=folds,
-                               seed=seed, n_boot=n_boot)
+        print(
+            f"cross-fitting the text predictor on the real set ({folds} folds)...",
+            file=sys.stderr,
+            flush=True,
+        )
+    return crossfit_allocation(
+        budgets=tuple(float(b) for b in budgets), folds=folds, seed=seed, n_boot=n_boot
+    )
 
 
 #: Prediction policies shown in the report, in order, with their labels.
@@ -549,13 +691,19 @@ PREDICTION_POLICIES = {
 def prediction_section(df: pd.DataFrame, folds: int) -> list[str]:
     """Markdown for the cross-fitted prediction study, with its two issue-4 targets."""
     budgets = sorted(df.budget.unique())
-    lines = ["## Prediction from text (issue 4): the real set, cross-fitted", "",
-             (f"Each of {folds} folds of the 100 real queries is allocated with thresholds "
-              "predicted from its question text by a model that never saw those questions "
-              "(trained on the bundled problem sets' reference-solution lengths minus every "
-              "traced question, calibrated on the other folds' traced thresholds); scored by "
-              "replay on all 8 traced samples. Cells: accuracy % (share of the hindsight-tau "
-              "CLEAR's gain over uniform that the policy keeps)."), ""]
+    lines = [
+        "## Prediction from text (issue 4): the real set, cross-fitted",
+        "",
+        (
+            f"Each of {folds} folds of the 100 real queries is allocated with thresholds "
+            "predicted from its question text by a model that never saw those questions "
+            "(trained on the bundled problem sets' reference-solution lengths minus every "
+            "traced question, calibrated on the other folds' traced thresholds); scored by "
+            "replay on all 8 traced samples. Cells: accuracy % (share of the hindsight-tau "
+            "CLEAR's gain over uniform that the policy keeps)."
+        ),
+        "",
+    ]
     rows = []
     for pol, label in PREDICTION_POLICIES.items():
         g = df[df.policy == pol].set_index("budget")
@@ -564,8 +712,11 @@ def prediction_section(df: pd.DataFrame, folds: int) -> list[str]:
         cells = []
         for b in budgets:
             r = g.loc[b]
-            kept = "" if pol in ("uniform", "clear-oracle") or not np.isfinite(r.gain_kept) \
+            kept = (
+                ""
+                if pol in ("uniform", "clear-oracle") or not np.isfinite(r.gain_kept)
                 else f" ({r.gain_kept:.0%})"
+            )
             cells.append(f"{100 * r.accuracy:.1f}{kept}")
         rows.append([label] + cells)
     lines += _md_table(["policy"] + [_fmt_b(b) for b in budgets], rows)
@@ -575,16 +726,28 @@ def prediction_section(df: pd.DataFrame, folds: int) -> list[str]:
     half = all(k >= 0.5 for _, k in shares)
     worst = df[df.policy.isin(["clear-predicted", "clear-expected"])]
     below = worst[worst.vs_uniform_ci_high < 0]
-    lines += ["", "| claim | verdict | detail |", "|---|---|---|",
-              (f"| keeps ≥ half of the hindsight-tau gain over uniform at scarce budgets "
-               f"(≤ 300 tokens/query), expected curve | {'MET' if half else 'MISSED'} | "
-               + ", ".join(f"{_fmt_b(b)}: {k:.0%}" for b, k in shares) + " |"),
-              (f"| never below uniform by more than the CI (predicted and expected) | "
-               f"{'MET' if below.empty else 'MISSED'} | "
-               + ("lowest paired CI upper bound "
-                  f"{100 * worst.vs_uniform_ci_high.min():+.1f} points" if below.empty else
-                  ", ".join(f"{r.policy} at {_fmt_b(r.budget)}" for r in below.itertuples()))
-               + " |"), ""]
+    lines += [
+        "",
+        "| claim | verdict | detail |",
+        "|---|---|---|",
+        (
+            f"| keeps ≥ half of the hindsight-tau gain over uniform at scarce budgets "
+            f"(≤ 300 tokens/query), expected curve | {'MET' if half else 'MISSED'} | "
+            + ", ".join(f"{_fmt_b(b)}: {k:.0%}" for b, k in shares)
+            + " |"
+        ),
+        (
+            f"| never below uniform by more than the CI (predicted and expected) | "
+            f"{'MET' if below.empty else 'MISSED'} | "
+            + (
+                f"lowest paired CI upper bound {100 * worst.vs_uniform_ci_high.min():+.1f} points"
+                if below.empty
+                else ", ".join(f"{r.policy} at {_fmt_b(r.budget)}" for r in below.itertuples())
+            )
+            + " |"
+        ),
+        "",
+    ]
     return lines
 
 
@@ -596,8 +759,9 @@ def _policy_list(policies: Sequence[str]) -> list[str]:
     return [p for p in pols if p != "oracle"] + ["oracle"]
 
 
-def _run_all(sts: list[BenchStream], pols: list[str], seed: int, n_boot: int,
-             progress: bool) -> list[pd.DataFrame]:
+def _run_all(
+    sts: list[BenchStream], pols: list[str], seed: int, n_boot: int, progress: bool
+) -> list[pd.DataFrame]:
     """Evaluate every stream, with a rich progress bar (one step per stream x budget)."""
     total = sum(len(s.budgets) for s in sts)
     if not progress:
@@ -613,14 +777,19 @@ def _run_all(sts: list[BenchStream], pols: list[str], seed: int, n_boot: int,
     )
 
     frames = []
-    with Progress(TextColumn("[bold]bench[/] {task.description:<22}"), BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=False) as bar:
+    with Progress(
+        TextColumn("[bold]bench[/] {task.description:<22}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    ) as bar:
         task = bar.add_task("", total=total)
         for s in sts:
             bar.update(task, description=s.key)
-            frames.append(_evaluate_stream(s, pols, seed, n_boot,
-                                           lambda: bar.advance(task)))
+            frames.append(_evaluate_stream(s, pols, seed, n_boot, lambda: bar.advance(task)))
     return frames
 
 
@@ -643,14 +812,17 @@ def _label(policy: str) -> str:
     return EVAL_POLICIES[policy].label if policy in EVAL_POLICIES else policy
 
 
-def _pivot_table(g: pd.DataFrame, budgets: Sequence[int],
-                 cell: Callable[[pd.Series], str]) -> list[str]:
+def _pivot_table(
+    g: pd.DataFrame, budgets: Sequence[int], cell: Callable[[pd.Series], str]
+) -> list[str]:
     """Markdown table: one row per policy, one column per budget."""
     rows = []
     for pol in dict.fromkeys(g.policy):
         sub = g[g.policy == pol].set_index("budget")
-        rows.append([_label(pol)] + [cell(sub.loc[float(b)]) if float(b) in sub.index else "—"
-                                     for b in budgets])
+        rows.append(
+            [_label(pol)]
+            + [cell(sub.loc[float(b)]) if float(b) in sub.index else "—" for b in budgets]
+        )
     return _md_table(["policy"] + [_fmt_b(b) for b in budgets], rows)
 
 
@@ -666,35 +838,54 @@ def _ratio_cell(r: pd.Series) -> str:
 
 def _stream_section(results: pd.DataFrame, st: BenchStream) -> list[str]:
     g = results[results.stream == st.key]
-    lines = [f"### `{st.key}` ({st.kind})", "", (f"{st.note}; {st.traces.n} queries, "
-             f"{st.repeats} random half-splits."), "",
-             "Accuracy, % [95 % bootstrap CI over queries]", ""]
+    lines = [
+        f"### `{st.key}` ({st.kind})",
+        "",
+        (f"{st.note}; {st.traces.n} queries, {st.repeats} random half-splits."),
+        "",
+        "Accuracy, % [95 % bootstrap CI over queries]",
+        "",
+    ]
     lines += _pivot_table(g, st.budgets, _acc_cell)
     lines += ["", "Ratio to uniform (accuracy / uniform's; only where uniform ≥ 1 %)", ""]
     lines += _pivot_table(g, st.budgets, _ratio_cell)
     lines += ["", "Accuracy minus uniform, points [paired 95 % CI]", ""]
-    lines += _pivot_table(g[g.policy != TRUE_CLEAR], st.budgets, lambda r: (
-        f"{100 * r.vs_uniform:+.1f} [{100 * r.vs_uniform_ci_low:+.1f}, "
-        f"{100 * r.vs_uniform_ci_high:+.1f}]"))
+    lines += _pivot_table(
+        g[g.policy != TRUE_CLEAR],
+        st.budgets,
+        lambda r: (
+            f"{100 * r.vs_uniform:+.1f} [{100 * r.vs_uniform_ci_low:+.1f}, "
+            f"{100 * r.vs_uniform_ci_high:+.1f}]"
+        ),
+    )
     lines += ["", "Share of the hindsight oracle (ceiling)", ""]
-    lines += _pivot_table(g, st.budgets, lambda r: "—" if math.isnan(r.share_oracle)
-                          else f"{r.share_oracle:.2f}")
+    lines += _pivot_table(
+        g, st.budgets, lambda r: "—" if math.isnan(r.share_oracle) else f"{r.share_oracle:.2f}"
+    )
     lines += ["", "Abandoned, % of queries", ""]
     lines += _pivot_table(g, st.budgets, lambda r: f"{100 * r.abandoned:.0f}")
     lines += ["", "Tokens per query: allotted / spent", ""]
-    lines += _pivot_table(g, st.budgets,
-                          lambda r: f"{r.tokens_allotted:.0f} / {r.tokens_spent:.0f}")
+    lines += _pivot_table(
+        g, st.budgets, lambda r: f"{r.tokens_allotted:.0f} / {r.tokens_spent:.0f}"
+    )
     return lines + [""]
 
 
-def _paper_section(results: pd.DataFrame, paper: pd.DataFrame,
-                   sts: Sequence[BenchStream]) -> list[str]:
+def _paper_section(
+    results: pd.DataFrame, paper: pd.DataFrame, sts: Sequence[BenchStream]
+) -> list[str]:
     keys = {s.key for s in sts}
-    lines = ["## Our numbers next to the paper's", "",
-             ("Paper: its results figure, digitised (±0.5 point; Qwen2.5-Math-7B, its own "
-             "500-query streams). Ours: `clear` and `clear-paper` on the SYNTHETIC calibrated "
-             "stream of the same name (held out, split half) and `clear` on the real-mix "
-             "stream. Accuracies in %; ratio = CLEAR / uniform; abandoned = CLEAR's."), ""]
+    lines = [
+        "## Our numbers next to the paper's",
+        "",
+        (
+            "Paper: its results figure, digitised (±0.5 point; Qwen2.5-Math-7B, its own "
+            "500-query streams). Ours: `clear` and `clear-paper` on the SYNTHETIC calibrated "
+            "stream of the same name (held out, split half) and `clear` on the real-mix "
+            "stream. Accuracies in %; ratio = CLEAR / uniform; abandoned = CLEAR's."
+        ),
+        "",
+    ]
     for ours, theirs in PAPER_STREAMS.items():
         if ours not in keys:
             continue
@@ -708,24 +899,46 @@ def _paper_section(results: pd.DataFrame, paper: pd.DataFrame,
             row = [_fmt_b(b)]
             if pr is not None:
                 ratio = pr.clear / pr.uniform if pr.uniform >= 1.0 else float("nan")
-                row += [f"{pr.clear:.1f}", f"{pr.uniform:.1f}",
-                        "—" if math.isnan(ratio) else f"{ratio:.1f}×", f"{pr.abandoned:.0f}"]
+                row += [
+                    f"{pr.clear:.1f}",
+                    f"{pr.uniform:.1f}",
+                    "—" if math.isnan(ratio) else f"{ratio:.1f}×",
+                    f"{pr.abandoned:.0f}",
+                ]
             else:
                 row += ["—"] * 4
             c, u = g.loc[("clear", b)], g.loc[("uniform", b)]
             cp = g.loc[("clear-paper", b)].accuracy if ("clear-paper", b) in g.index else np.nan
-            row += [_pct(c.accuracy), _pct(cp), _pct(u.accuracy), _ratio_cell(c).replace(
-                " (uniform < 1 %)", ""), f"{100 * c.abandoned:.0f}"]
+            row += [
+                _pct(c.accuracy),
+                _pct(cp),
+                _pct(u.accuracy),
+                _ratio_cell(c).replace(" (uniform < 1 %)", ""),
+                f"{100 * c.abandoned:.0f}",
+            ]
             if ("clear", b) in rm.index:
                 row += [_pct(rm.loc[("clear", b)].accuracy), _pct(rm.loc[("uniform", b)].accuracy)]
             else:
                 row += ["—", "—"]
             rows.append(row)
         lines += [f"### {theirs} (ours: `{ours}`)", ""]
-        lines += _md_table(["tokens/query", "paper CLEAR", "paper uniform", "paper ratio",
-                            "paper abandoned", "our clear", "our clear-paper", "our uniform",
-                            "our ratio", "our abandoned", "real-mix clear", "real-mix uniform"],
-                           rows)
+        lines += _md_table(
+            [
+                "tokens/query",
+                "paper CLEAR",
+                "paper uniform",
+                "paper ratio",
+                "paper abandoned",
+                "our clear",
+                "our clear-paper",
+                "our uniform",
+                "our ratio",
+                "our abandoned",
+                "real-mix clear",
+                "real-mix uniform",
+            ],
+            rows,
+        )
         lines.append("")
     return lines
 
@@ -735,56 +948,111 @@ def _targets_table(targets: Sequence[Target]) -> list[str]:
     return _md_table(["claim", "stream", "verdict", "detail"], rows)
 
 
-def render_report(results: pd.DataFrame, sts: Sequence[BenchStream], targets: Sequence[Target],
-                  reference: Sequence[Target], paper: pd.DataFrame, *, seconds: float,
-                  command: str | None, n_boot: int, seed: int) -> str:
+def render_report(
+    results: pd.DataFrame,
+    sts: Sequence[BenchStream],
+    targets: Sequence[Target],
+    reference: Sequence[Target],
+    paper: pd.DataFrame,
+    *,
+    seconds: float,
+    command: str | None,
+    n_boot: int,
+    seed: int,
+) -> str:
     """The report's markdown (see the module docstring)."""
     met = sum(t.met for t in targets)
-    lines = ["# shadowprice bench report", "",
-             (f"Command: `{command or 'run_bench(...)'}`. Wall time {seconds:.0f} s; seed "
-             f"{seed}; {n_boot} bootstrap resamples."), "",
-             ("Every number is **held out** (`split=half`): each policy is fitted on one random "
-             "half of each query's samples and replayed on the other half with a hard cap (a "
-             "sample counts only if correct *and* finished within its cap). Budgets are "
-             "average tokens per query; cost = allotted caps (the paper's accounting). "
-             "`oracle` is the **hindsight oracle (ceiling)**: the exact knapsack on the scoring "
-             "half itself, not a runnable policy."), "", "## Streams", ""]
-    lines += _md_table(["stream", "kind", "queries", "budgets", "repeats", "data"],
-                       [[f"`{s.key}`", s.kind, str(s.traces.n),
-                         ", ".join(_fmt_b(b) for b in s.budgets), str(s.repeats), s.note]
-                        for s in sts])
+    lines = [
+        "# shadowprice bench report",
+        "",
+        (
+            f"Command: `{command or 'run_bench(...)'}`. Wall time {seconds:.0f} s; seed "
+            f"{seed}; {n_boot} bootstrap resamples."
+        ),
+        "",
+        (
+            "Every number is **held out** (`split=half`): each policy is fitted on one random "
+            "half of each query's samples and replayed on the other half with a hard cap (a "
+            "sample counts only if correct *and* finished within its cap). Budgets are "
+            "average tokens per query; cost = allotted caps (the paper's accounting). "
+            "`oracle` is the **hindsight oracle (ceiling)**: the exact knapsack on the scoring "
+            "half itself, not a runnable policy."
+        ),
+        "",
+        "## Streams",
+        "",
+    ]
+    lines += _md_table(
+        ["stream", "kind", "queries", "budgets", "repeats", "data"],
+        [
+            [
+                f"`{s.key}`",
+                s.kind,
+                str(s.traces.n),
+                ", ".join(_fmt_b(b) for b in s.budgets),
+                str(s.repeats),
+                s.note,
+            ]
+            for s in sts
+        ],
+    )
     lines += ["", "## Policies", ""]
     pols = list(dict.fromkeys(results.policy))
-    lines += [f"- `{p}`: " + (EVAL_POLICIES[p].description if p in EVAL_POLICIES else
-                              "allocate(true curves, 'clear') on the synthetic streams' known "
-                              "true curves, replayed on the same held-out halves; the "
-                              "attainable reference (needs knowledge no policy has)")
-              for p in pols]
-    lines += ["", f"## Targets (CLEAR = `clear`): {met} of {len(targets)} checks met", "",
-              (f"Scarce regime: ≤ {SCARCE_SHORT} tokens/query (≤ {SCARCE_LONG // 1000}k on the "
-              "long-reasoning pools). \"Beats\" = point estimate above uniform's; \"below by "
-              "more than the CI\" = the paired 95 % CI of (clear − uniform) lies wholly below 0. "
-              "The ≥ 3× claim is checked on the calibrated (synthetic) streams only."), ""]
+    lines += [
+        f"- `{p}`: "
+        + (
+            EVAL_POLICIES[p].description
+            if p in EVAL_POLICIES
+            else "allocate(true curves, 'clear') on the synthetic streams' known "
+            "true curves, replayed on the same held-out halves; the "
+            "attainable reference (needs knowledge no policy has)"
+        )
+        for p in pols
+    ]
+    lines += [
+        "",
+        f"## Targets (CLEAR = `clear`): {met} of {len(targets)} checks met",
+        "",
+        (
+            f"Scarce regime: ≤ {SCARCE_SHORT} tokens/query (≤ {SCARCE_LONG // 1000}k on the "
+            'long-reasoning pools). "Beats" = point estimate above uniform\'s; "below by '
+            'more than the CI" = the paired 95 % CI of (clear − uniform) lies wholly below 0. '
+            "The ≥ 3× claim is checked on the calibrated (synthetic) streams only."
+        ),
+        "",
+    ]
     lines += _targets_table(targets)
     if reference:
         rm = sum(t.met for t in reference)
-        lines += ["", (f"### For reference: the paper's recipe (`clear-paper`), {rm} of "
-                  f"{len(reference)} met"), ""]
+        lines += [
+            "",
+            (
+                f"### For reference: the paper's recipe (`clear-paper`), {rm} of "
+                f"{len(reference)} met"
+            ),
+            "",
+        ]
         lines += _targets_table(reference)
     lines += [""] + _paper_section(results, paper, sts)
     lines += ["## Results per stream", ""]
     for st in sts:
         lines += _stream_section(results, st)
-    lines += [("Files: `results.csv` (every row above), `frontier.png`, `paper_style.png`, "
-              "`ratio.png`."), ""]
+    lines += [
+        ("Files: `results.csv` (every row above), `frontier.png`, `paper_style.png`, `ratio.png`."),
+        "",
+    ]
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- plots
 
 _STYLE: dict[str, tuple[str, str, str]] = {
-    "clear": ("C0", "o", "-"), "clear-paper": ("C9", "v", "-"), "uniform": ("0.45", "s", "--"),
-    "proportional": ("C2", "^", "-"), "length": ("C4", "P", "-"), "oracle": ("k", "D", ":"),
+    "clear": ("C0", "o", "-"),
+    "clear-paper": ("C9", "v", "-"),
+    "uniform": ("0.45", "s", "--"),
+    "proportional": ("C2", "^", "-"),
+    "length": ("C4", "P", "-"),
+    "oracle": ("k", "D", ":"),
     TRUE_CLEAR: ("C3", "*", ":"),
 }
 
@@ -803,15 +1071,23 @@ def plot_frontier(results: pd.DataFrame, sts: Sequence[BenchStream], path: Path)
     plt = _pyplot()
     cols = 4
     rows = math.ceil(len(sts) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), dpi=100,
-                             squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), dpi=100, squeeze=False)
     for ax, st in zip(axes.flat, sts, strict=False):
         g = results[results.stream == st.key]
         for pol in dict.fromkeys(g.policy):
             sub = g[g.policy == pol].sort_values("budget")
             color, marker, ls = _STYLE.get(pol, (None, ".", "-"))
-            ax.plot(sub.tokens_allotted, 100 * sub.accuracy, color=color, marker=marker, ls=ls,
-                    ms=4, lw=1.2, label=_label(pol), mfc="none" if pol == "oracle" else None)
+            ax.plot(
+                sub.tokens_allotted,
+                100 * sub.accuracy,
+                color=color,
+                marker=marker,
+                ls=ls,
+                ms=4,
+                lw=1.2,
+                label=_label(pol),
+                mfc="none" if pol == "oracle" else None,
+            )
         if st.kind == "long":
             ax.set_xscale("log", base=2)
         ax.set_title(f"{st.key} ({st.kind}, n={st.traces.n})", fontsize=9)
@@ -820,13 +1096,16 @@ def plot_frontier(results: pd.DataFrame, sts: Sequence[BenchStream], path: Path)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         ax.set_ylim(bottom=0)
-    for ax in list(axes.flat)[len(sts):]:
+    for ax in list(axes.flat)[len(sts) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7), fontsize=8,
-               frameon=False)
-    fig.suptitle("Accuracy vs average budget (held out, split half); synthetic streams are "
-                 "SYNTHETIC", fontsize=11)
+    fig.legend(
+        handles, labels, loc="lower center", ncol=min(len(labels), 7), fontsize=8, frameon=False
+    )
+    fig.suptitle(
+        "Accuracy vs average budget (held out, split half); synthetic streams are SYNTHETIC",
+        fontsize=11,
+    )
     fig.tight_layout(rect=(0, 0.04, 1, 0.97))
     fig.savefig(path)
     plt.close(fig)
@@ -844,18 +1123,61 @@ def plot_paper_style(results: pd.DataFrame, paper: pd.DataFrame, path: Path) -> 
         if not g.empty:
             c = g[g.policy == "clear"].sort_values("budget")
             u = g[g.policy == "uniform"].sort_values("budget")
-            ax.plot(c.budget, 100 * c.accuracy, "o-", color="#4aa3df", lw=2.2, ms=6,
-                    label="ours: CLEAR (clear) accuracy")
-            ax.plot(u.budget, 100 * u.accuracy, "--", color="0.4", lw=2.2,
-                    label="ours: uniform accuracy")
-            tw.plot(c.budget, 100 * c.abandoned, "x:", color="#e74c3c", lw=2, ms=6,
-                    label="ours: abandonment rate")
-        ax.plot(p.budget, p.clear, "o-", color="#4aa3df", alpha=0.35, lw=1.2, ms=3,
-                label="paper: CLEAR accuracy (digitised)")
-        ax.plot(p.budget, p.uniform, "--", color="0.4", alpha=0.35, lw=1.2,
-                label="paper: uniform accuracy (digitised)")
-        tw.plot(p.budget, p.abandoned, "x:", color="#e74c3c", alpha=0.35, lw=1.2, ms=3,
-                label="paper: abandonment (digitised)")
+            ax.plot(
+                c.budget,
+                100 * c.accuracy,
+                "o-",
+                color="#4aa3df",
+                lw=2.2,
+                ms=6,
+                label="ours: CLEAR (clear) accuracy",
+            )
+            ax.plot(
+                u.budget,
+                100 * u.accuracy,
+                "--",
+                color="0.4",
+                lw=2.2,
+                label="ours: uniform accuracy",
+            )
+            tw.plot(
+                c.budget,
+                100 * c.abandoned,
+                "x:",
+                color="#e74c3c",
+                lw=2,
+                ms=6,
+                label="ours: abandonment rate",
+            )
+        ax.plot(
+            p.budget,
+            p.clear,
+            "o-",
+            color="#4aa3df",
+            alpha=0.35,
+            lw=1.2,
+            ms=3,
+            label="paper: CLEAR accuracy (digitised)",
+        )
+        ax.plot(
+            p.budget,
+            p.uniform,
+            "--",
+            color="0.4",
+            alpha=0.35,
+            lw=1.2,
+            label="paper: uniform accuracy (digitised)",
+        )
+        tw.plot(
+            p.budget,
+            p.abandoned,
+            "x:",
+            color="#e74c3c",
+            alpha=0.35,
+            lw=1.2,
+            ms=3,
+            label="paper: abandonment (digitised)",
+        )
         ax.set_title(theirs, fontsize=13, fontweight="bold")
         ax.set_xlabel("Budget per query (tokens)")
         ax.set_ylabel("Accuracy (%)", color="#4aa3df")
@@ -866,24 +1188,26 @@ def plot_paper_style(results: pd.DataFrame, paper: pd.DataFrame, path: Path) -> 
     h1, l1 = axes[0].get_legend_handles_labels()
     h2, l2 = axes[0].figure.axes[-1].get_legend_handles_labels()
     fig.legend(h1 + h2, l1 + l2, loc="lower center", ncol=6, fontsize=9, frameon=False)
-    fig.suptitle("Ours (SYNTHETIC paper-calibrated streams, held out) vs the paper "
-                 "(Qwen2.5-Math-7B, digitised): compare shapes and ratios, not levels",
-                 fontsize=11)
+    fig.suptitle(
+        "Ours (SYNTHETIC paper-calibrated streams, held out) vs the paper "
+        "(Qwen2.5-Math-7B, digitised): compare shapes and ratios, not levels",
+        fontsize=11,
+    )
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
     fig.savefig(path)
     plt.close(fig)
     return path
 
 
-def plot_ratio(results: pd.DataFrame, paper: pd.DataFrame, sts: Sequence[BenchStream],
-               path: Path) -> Path:
+def plot_ratio(
+    results: pd.DataFrame, paper: pd.DataFrame, sts: Sequence[BenchStream], path: Path
+) -> Path:
     """CLEAR / uniform accuracy vs budget per stream (where uniform >= 1 %), paper dashed."""
     plt = _pyplot()
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     kinds = list(dict.fromkeys(s.kind for s in sts))
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 3.8), dpi=100,
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 3.8), dpi=100, squeeze=False)
     for ax, kind in zip(axes.flat, kinds, strict=True):
         for i, st in enumerate(s for s in sts if s.kind == kind):
             c = results[(results.stream == st.key) & (results.policy == "clear")]
@@ -892,8 +1216,14 @@ def plot_ratio(results: pd.DataFrame, paper: pd.DataFrame, sts: Sequence[BenchSt
             theirs = PAPER_STREAMS.get(st.key)
             if theirs is not None:
                 p = paper[(paper.stream == theirs) & (paper.uniform >= 1.0)]
-                ax.plot(p.budget, p.clear / p.uniform, "--", color=f"C{i}", alpha=0.5,
-                        label=f"paper {theirs}")
+                ax.plot(
+                    p.budget,
+                    p.clear / p.uniform,
+                    "--",
+                    color=f"C{i}",
+                    alpha=0.5,
+                    label=f"paper {theirs}",
+                )
         ax.axhline(1.0, color="k", lw=0.8)
         ax.axhline(3.0, color="k", lw=0.6, ls=":")
         ax.set_yscale("log")

@@ -116,8 +116,7 @@ class FitContext:
         f = GammaFitter(self.strength).fit(self.fit)
         if self.same_queries:
             return f.curves_
-        return GammaSCurve(np.full(self.n, float(np.median(f.tau_))), f.beta_,
-                           float(np.mean(f.p_)))
+        return GammaSCurve(np.full(self.n, float(np.median(f.tau_))), f.beta_, float(np.mean(f.p_)))
 
     @cached_property
     def hindsight(self) -> EmpiricalCurve:
@@ -137,12 +136,14 @@ class FitContext:
                 cs = np.concatenate([[0.0], np.cumsum(srt)])
                 j = np.searchsorted(srt, b, side="right")
                 return float(((cs[j] + b * (srt.size - j)) / srt.size).sum())
+
             return pooled
         n = src.n_samples()
 
         def per_query(b: NDArray[np.int64]) -> float:
             m = np.where(np.isnan(t), 0.0, np.minimum(t, np.asarray(b, float)[:, None]))
             return float((m.sum(axis=1) / n).sum())
+
         return per_query
 
 
@@ -168,8 +169,7 @@ def _oracle(ctx: FitContext, budget: int) -> Allocation:
     return allocate(ctx.hindsight, budget, "oracle", granularity=g)
 
 
-def _oracle_samples(ctx: FitContext, budget: int, ks: tuple[int, ...] = (1, 2, 4)
-                    ) -> Allocation:
+def _oracle_samples(ctx: FitContext, budget: int, ks: tuple[int, ...] = (1, 2, 4)) -> Allocation:
     """Exact knapsack over (k samples x b tokens) on the score split, valued exactly as replay
     scores it (unbiased pass@k of the scored samples): the ceiling for ``clear-samples``.
 
@@ -191,56 +191,107 @@ def _oracle_samples(ctx: FitContext, budget: int, ks: tuple[int, ...] = (1, 2, 4
     hits = np.arange(1, S + 1)[None, :]  # correct samples finished within the j-th length
     ks_arr = np.asarray(ks, dtype=np.int64)
     budgets = np.concatenate([np.zeros((n, 1), np.int64), np.tile(caps, (1, ks_arr.size))], 1)
-    samples = np.concatenate([np.ones((n, 1), np.int64), np.repeat(ks_arr, S)[None, :]
-                              .repeat(n, axis=0)], axis=1)
-    value = pass_at_k(emp.n_samples[:, None, None], np.broadcast_to(hits, (n, S))[:, None, :],
-                      ks_arr[None, :, None]).reshape(n, -1)
+    samples = np.concatenate(
+        [np.ones((n, 1), np.int64), np.repeat(ks_arr, S)[None, :].repeat(n, axis=0)], axis=1
+    )
+    value = pass_at_k(
+        emp.n_samples[:, None, None],
+        np.broadcast_to(hits, (n, S))[:, None, :],
+        ks_arr[None, :, None],
+    ).reshape(n, -1)
     values = np.concatenate([np.zeros((n, 1)), value], axis=1)
     costs = budgets * samples
     ok = np.concatenate([np.ones((n, 1), bool), np.tile(fin, (1, ks_arr.size))], axis=1)
     ok &= costs <= budget
     order = np.argsort(np.where(ok, costs, np.iinfo(np.int64).max), axis=1, kind="stable")
     rows = np.arange(n)[:, None]
-    menu = Menu(costs=costs[rows, order], values=np.where(ok, values, -np.inf)[rows, order],
-                budgets=budgets[rows, order], samples=samples[rows, order])
+    menu = Menu(
+        costs=costs[rows, order],
+        values=np.where(ok, values, -np.inf)[rows, order],
+        budgets=budgets[rows, order],
+        samples=samples[rows, order],
+    )
     return solve_oracle(menu, cons, policy="oracle-samples")
 
 
 def _with_grid(policy: str) -> Callable[[FitContext, int], Allocation]:
     def run(ctx: FitContext, budget: int) -> Allocation:
         return allocate(ctx.shrunk, budget, policy, grid=ctx.grid)
+
     return run
 
 
-EVAL_POLICIES: dict[str, EvalPolicy] = {p.name: p for p in [
-    EvalPolicy("uniform", "the same cap B/N for every query", lambda c, b: allocate(
-        c.raw, b, "uniform")),
-    EvalPolicy("clear", "shadowprice's recommendation: one market price over empirical-Bayes "
-               "shrunk curves fitted on the fit split", _with_grid("market")),
-    EvalPolicy("clear-paper", "the paper's recipe: shifted surge (alpha, beta shared, tau = "
-               "shortest correct length per query), closed-form CLEAR",
-               lambda c, b: allocate(c.surge, b, "clear")),
-    EvalPolicy("clear-gamma", "CLEAR closed form on shrunk shifted-Gamma S-curves",
-               lambda c, b: allocate(c.gamma, b, "clear")),
-    EvalPolicy("market-raw", "market price on each query's raw empirical curve from the fit "
-               "split (overfits few samples)", lambda c, b: allocate(c.raw, b, "market")),
-    EvalPolicy("proportional", "caps proportional to the shrunk curves' thresholds",
-               lambda c, b: allocate(c.shrunk, b, "proportional")),
-    EvalPolicy("length", "each query the length where its shrunk curve reaches 90% of its "
-               "ceiling, scaled to fit (TALE-EP idea)",
-               lambda c, b: allocate(c.shrunk, b, "length")),
-    EvalPolicy("greedy", "myopic greedy on marginal accuracy per token (shrunk curves)",
-               _with_grid("greedy")),
-    EvalPolicy("clear-samples", "one market price over (k samples x b tokens) menus, k in "
-               "{1, 2, 4}, on shrunk curves valued as pass@k",
-               lambda c, b: allocate(c.shrunk, b, "market", grid=c.grid, samples=(1, 2, 4))),
-    EvalPolicy("oracle", "exact knapsack on the score split's own curves: the hindsight "
-               "ceiling, not a runnable policy", _oracle, hindsight=True),
-    EvalPolicy("oracle-samples", "exact knapsack over (k samples x b tokens), k in {1, 2, 4}, "
-               "on the score split, valued as replay scores it: the hindsight ceiling of "
-               "clear-samples", _oracle_samples, hindsight=True,
-               ceiling_label="hindsight oracle over k x b (ceiling)"),
-]}
+EVAL_POLICIES: dict[str, EvalPolicy] = {
+    p.name: p
+    for p in [
+        EvalPolicy(
+            "uniform",
+            "the same cap B/N for every query",
+            lambda c, b: allocate(c.raw, b, "uniform"),
+        ),
+        EvalPolicy(
+            "clear",
+            "shadowprice's recommendation: one market price over empirical-Bayes "
+            "shrunk curves fitted on the fit split",
+            _with_grid("market"),
+        ),
+        EvalPolicy(
+            "clear-paper",
+            "the paper's recipe: shifted surge (alpha, beta shared, tau = "
+            "shortest correct length per query), closed-form CLEAR",
+            lambda c, b: allocate(c.surge, b, "clear"),
+        ),
+        EvalPolicy(
+            "clear-gamma",
+            "CLEAR closed form on shrunk shifted-Gamma S-curves",
+            lambda c, b: allocate(c.gamma, b, "clear"),
+        ),
+        EvalPolicy(
+            "market-raw",
+            "market price on each query's raw empirical curve from the fit "
+            "split (overfits few samples)",
+            lambda c, b: allocate(c.raw, b, "market"),
+        ),
+        EvalPolicy(
+            "proportional",
+            "caps proportional to the shrunk curves' thresholds",
+            lambda c, b: allocate(c.shrunk, b, "proportional"),
+        ),
+        EvalPolicy(
+            "length",
+            "each query the length where its shrunk curve reaches 90% of its "
+            "ceiling, scaled to fit (TALE-EP idea)",
+            lambda c, b: allocate(c.shrunk, b, "length"),
+        ),
+        EvalPolicy(
+            "greedy",
+            "myopic greedy on marginal accuracy per token (shrunk curves)",
+            _with_grid("greedy"),
+        ),
+        EvalPolicy(
+            "clear-samples",
+            "one market price over (k samples x b tokens) menus, k in "
+            "{1, 2, 4}, on shrunk curves valued as pass@k",
+            lambda c, b: allocate(c.shrunk, b, "market", grid=c.grid, samples=(1, 2, 4)),
+        ),
+        EvalPolicy(
+            "oracle",
+            "exact knapsack on the score split's own curves: the hindsight "
+            "ceiling, not a runnable policy",
+            _oracle,
+            hindsight=True,
+        ),
+        EvalPolicy(
+            "oracle-samples",
+            "exact knapsack over (k samples x b tokens), k in {1, 2, 4}, "
+            "on the score split, valued as replay scores it: the hindsight ceiling of "
+            "clear-samples",
+            _oracle_samples,
+            hindsight=True,
+            ceiling_label="hindsight oracle over k x b (ceiling)",
+        ),
+    ]
+}
 
 
 def run_policy(name: str, ctx: FitContext, budget: int, cost: str = "allotted") -> Allocation:
@@ -253,8 +304,9 @@ def run_policy(name: str, ctx: FitContext, budget: int, cost: str = "allotted") 
     differ by a few percent.
     """
     if name not in EVAL_POLICIES:
-        raise ValueError(f"unknown evaluation policy {name!r}; choose from "
-                         f"{', '.join(EVAL_POLICIES)}")
+        raise ValueError(
+            f"unknown evaluation policy {name!r}; choose from {', '.join(EVAL_POLICIES)}"
+        )
     if budget < 1:
         raise ValueError(f"budget must be a positive number of tokens, got {budget}")
     pol = EVAL_POLICIES[name]
@@ -266,8 +318,11 @@ def run_policy(name: str, ctx: FitContext, budget: int, cost: str = "allotted") 
 
     def predicted(a: Allocation) -> float:
         k = 1 if a.samples is None else a.samples
-        return spend(a.budgets) if a.samples is None else \
-            float(sum(spend(np.where(k == j, a.budgets, 0)) * j for j in np.unique(k)))
+        return (
+            spend(a.budgets)
+            if a.samples is None
+            else float(sum(spend(np.where(k == j, a.budgets, 0)) * j for j in np.unique(k)))
+        )
 
     best = pol.fn(ctx, int(budget))
     lo, hi = float(budget), float(budget) * 2.0

@@ -80,9 +80,13 @@ class ReplayResult:
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready dict (per-query arrays left out)."""
-        return {"accuracy": self.accuracy, "accuracy_ci": list(self.accuracy_ci),
-                "tokens_allotted": self.tokens_allotted, "tokens_spent": self.tokens_spent,
-                "abandoned": self.abandoned}
+        return {
+            "accuracy": self.accuracy,
+            "accuracy_ci": list(self.accuracy_ci),
+            "tokens_allotted": self.tokens_allotted,
+            "tokens_spent": self.tokens_spent,
+            "abandoned": self.abandoned,
+        }
 
 
 def pass_at_k(n: ArrayLike, c: ArrayLike, k: ArrayLike) -> FloatArray:
@@ -92,8 +96,9 @@ def pass_at_k(n: ArrayLike, c: ArrayLike, k: ArrayLike) -> FloatArray:
     estimator is undefined; the with-replacement value 1 - (1 - c/n)^k is used instead. k = 0
     gives 0.
     """
-    n_a, c_a, k_a = np.broadcast_arrays(np.asarray(n, float), np.asarray(c, float),
-                                        np.asarray(k, np.int64))
+    n_a, c_a, k_a = np.broadcast_arrays(
+        np.asarray(n, float), np.asarray(c, float), np.asarray(k, np.int64)
+    )
     if np.any(c_a < 0) or np.any(c_a > n_a) or np.any(n_a < 1) or np.any(k_a < 0):
         raise ValueError("need n >= 1, 0 <= c <= n and k >= 0")
     kmax = int(k_a.max(initial=0))
@@ -107,8 +112,9 @@ def pass_at_k(n: ArrayLike, c: ArrayLike, k: ArrayLike) -> FloatArray:
     return np.where(k_a == 0, 0.0, out)
 
 
-def bootstrap_ci(per_query: ArrayLike, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    per_query: ArrayLike, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``per_query`` (resampling queries)."""
     x = np.asarray(per_query, float)
     if x.size == 0:
@@ -144,23 +150,34 @@ def _answer_codes(traces: TraceSet, s_max: int) -> tuple[NDArray[np.int64], NDAr
         table: dict[Any, int] = {}
         for j, s in enumerate(r["samples"]):
             pred = s.get("pred")
-            key: Any = ("__correct__",) if pred is None and s["correct"] else \
-                ("__wrong__", j) if pred is None else str(pred).strip()
+            key: Any = (
+                ("__correct__",)
+                if pred is None and s["correct"]
+                else ("__wrong__", j)
+                if pred is None
+                else str(pred).strip()
+            )
             code = table.setdefault(key, len(table))
             codes[i, j] = code
             good[i, code] |= bool(s["correct"])
     return codes, good
 
 
-def _majority(tokens: FloatArray, codes: NDArray[np.int64], good: NDArray[np.bool_],
-              n: NDArray[np.int64], caps: FloatArray, ks: NDArray[np.int64],
-              seed: int) -> FloatArray:
+def _majority(
+    tokens: FloatArray,
+    codes: NDArray[np.int64],
+    good: NDArray[np.bool_],
+    n: NDArray[np.int64],
+    caps: FloatArray,
+    ks: NDArray[np.int64],
+    seed: int,
+) -> FloatArray:
     """Expected majority-vote accuracy per query (see module docstring)."""
     N, S = tokens.shape
     out = np.zeros(N)
     finished = np.nan_to_num(tokens, nan=np.inf) <= caps[:, None]
     rng = np.random.default_rng([_SALT, seed])
-    for (ni, ki) in sorted(set(zip(n.tolist(), ks.tolist(), strict=True))):
+    for ni, ki in sorted(set(zip(n.tolist(), ks.tolist(), strict=True))):
         if ki <= 0:
             continue
         rows = np.flatnonzero((n == ni) & (ks == ki))
@@ -172,11 +189,14 @@ def _majority(tokens: FloatArray, codes: NDArray[np.int64], good: NDArray[np.boo
             keys = rng.random((rows.size, MC_DRAWS, ni))
             picks = np.argsort(keys, axis=2)[:, :, :kk]
         r = rows[:, None, None]
-        c = codes[r, picks]                       # (R, M, k) answer codes
-        f = finished[r, picks]                    # (R, M, k) answered within cap
+        c = codes[r, picks]  # (R, M, k) answer codes
+        f = finished[r, picks]  # (R, M, k) answered within cap
         votes = np.zeros(c.shape[:2] + (S,))
-        np.add.at(votes, (np.arange(rows.size)[:, None, None],
-                          np.arange(c.shape[1])[None, :, None], c), f.astype(float))
+        np.add.at(
+            votes,
+            (np.arange(rows.size)[:, None, None], np.arange(c.shape[1])[None, :, None], c),
+            f.astype(float),
+        )
         top = votes.max(axis=2, keepdims=True)
         tied = (votes == top) & (top > 0)
         # Random tie-break in expectation: share of the tied answers that are correct.
@@ -185,9 +205,15 @@ def _majority(tokens: FloatArray, codes: NDArray[np.int64], good: NDArray[np.boo
     return out
 
 
-def replay(allocation_or_budgets: Allocation | ArrayLike, traces: TraceSet, *,
-           samples: ArrayLike | None = None, vote: Literal["pass", "majority"] = "pass",
-           n_boot: int = 1000, seed: int = 0) -> ReplayResult:
+def replay(
+    allocation_or_budgets: Allocation | ArrayLike,
+    traces: TraceSet,
+    *,
+    samples: ArrayLike | None = None,
+    vote: Literal["pass", "majority"] = "pass",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> ReplayResult:
     """Score per-query caps on ``traces`` (same N queries, same order).
 
     Parameters
@@ -220,8 +246,11 @@ def replay(allocation_or_budgets: Allocation | ArrayLike, traces: TraceSet, *,
         raise ValueError(f"need one cap per query: {traces.n} queries, got shape {b.shape}")
     if not np.all(np.isfinite(b)) or np.any(b < 0):
         raise ValueError("caps must be finite and non-negative")
-    k = np.ones(traces.n, np.int64) if samples is None else \
-        np.broadcast_to(np.asarray(samples), (traces.n,)).astype(np.int64)
+    k = (
+        np.ones(traces.n, np.int64)
+        if samples is None
+        else np.broadcast_to(np.asarray(samples), (traces.n,)).astype(np.int64)
+    )
     if np.any(k < 0):
         raise ValueError("samples must be non-negative")
     if vote not in ("pass", "majority"):
@@ -241,7 +270,11 @@ def replay(allocation_or_budgets: Allocation | ArrayLike, traces: TraceSet, *,
     spent = k * np.where(np.isnan(t), 0.0, np.minimum(t, b[:, None])).sum(axis=1) / n
     spent = np.where(active, spent, 0.0)
     return ReplayResult(
-        accuracy=float(acc.mean()), accuracy_ci=bootstrap_ci(acc, n_boot, seed),
+        accuracy=float(acc.mean()),
+        accuracy_ci=bootstrap_ci(acc, n_boot, seed),
         tokens_allotted=float((np.where(active, b, 0.0) * k).sum()),
-        tokens_spent=float(spent.sum()), abandoned=float(np.mean(~active)),
-        per_query=acc, spent_per_query=spent)
+        tokens_spent=float(spent.sum()),
+        abandoned=float(np.mean(~active)),
+        per_query=acc,
+        spent_per_query=spent,
+    )

@@ -23,14 +23,35 @@ from .splits import kfold_queries, split_half
 
 __all__ = ["COLUMNS", "evaluate"]
 
-COLUMNS = ["policy", "label", "budget", "accuracy", "accuracy_ci_low", "accuracy_ci_high",
-           "tokens_allotted", "tokens_spent", "abandoned", "vs_uniform", "vs_uniform_ci_low",
-           "vs_uniform_ci_high", "split", "n_queries", "cost", "vote"]
+COLUMNS = [
+    "policy",
+    "label",
+    "budget",
+    "accuracy",
+    "accuracy_ci_low",
+    "accuracy_ci_high",
+    "tokens_allotted",
+    "tokens_spent",
+    "abandoned",
+    "vs_uniform",
+    "vs_uniform_ci_low",
+    "vs_uniform_ci_high",
+    "split",
+    "n_queries",
+    "cost",
+    "vote",
+]
 
 
-def _contexts(traces: TraceSet, split: str, seed: int, repeats: int, folds: int,
-              strength: float, predictor: Predictor | None
-              ) -> list[list[tuple[FitContext, np.ndarray]]]:
+def _contexts(
+    traces: TraceSet,
+    split: str,
+    seed: int,
+    repeats: int,
+    folds: int,
+    strength: float,
+    predictor: Predictor | None,
+) -> list[list[tuple[FitContext, np.ndarray]]]:
     """Per repeat, a list of (context, indices of the scored queries)."""
     out = []
     for r in range(repeats):
@@ -40,18 +61,30 @@ def _contexts(traces: TraceSet, split: str, seed: int, repeats: int, folds: int,
         elif split == "none":
             out.append([(FitContext(traces, traces, True, strength), np.arange(traces.n))])
         else:
-            out.append([(FitContext(traces.subset(f), traces.subset(s), False, strength,
-                                    predictor), s)
-                        for f, s in kfold_queries(traces, folds, seed + r)])
+            out.append(
+                [
+                    (FitContext(traces.subset(f), traces.subset(s), False, strength, predictor), s)
+                    for f, s in kfold_queries(traces, folds, seed + r)
+                ]
+            )
     return out
 
 
-def evaluate(traces: TraceSet, budgets_per_query: Sequence[float],
-             policies: Sequence[str] = ("uniform", "clear", "oracle"), *,
-             split: Literal["half", "none", "queries"] = "half", seed: int = 0,
-             cost: Literal["allotted", "spent"] = "allotted", repeats: int = 1,
-             vote: Literal["pass", "majority"] = "pass", n_boot: int = 1000, folds: int = 5,
-             strength: float = 1.0, predictor: Predictor | None = None) -> pd.DataFrame:
+def evaluate(
+    traces: TraceSet,
+    budgets_per_query: Sequence[float],
+    policies: Sequence[str] = ("uniform", "clear", "oracle"),
+    *,
+    split: Literal["half", "none", "queries"] = "half",
+    seed: int = 0,
+    cost: Literal["allotted", "spent"] = "allotted",
+    repeats: int = 1,
+    vote: Literal["pass", "majority"] = "pass",
+    n_boot: int = 1000,
+    folds: int = 5,
+    strength: float = 1.0,
+    predictor: Predictor | None = None,
+) -> pd.DataFrame:
     """Score each policy at each average budget per query.
 
     Parameters
@@ -121,11 +154,23 @@ def evaluate(traces: TraceSet, budgets_per_query: Sequence[float],
                     abandoned += res.abandoned * ctx.n / (reps * N)
             per_q[(name, bq)] = acc
             lo, hi = bootstrap_ci(acc, n_boot, seed)
-            rows.append({"policy": name, "label": EVAL_POLICIES[name].label, "budget": bq,
-                         "accuracy": float(acc.mean()), "accuracy_ci_low": lo,
-                         "accuracy_ci_high": hi, "tokens_allotted": allotted,
-                         "tokens_spent": spent, "abandoned": abandoned, "split": split,
-                         "n_queries": N, "cost": cost, "vote": vote})
+            rows.append(
+                {
+                    "policy": name,
+                    "label": EVAL_POLICIES[name].label,
+                    "budget": bq,
+                    "accuracy": float(acc.mean()),
+                    "accuracy_ci_low": lo,
+                    "accuracy_ci_high": hi,
+                    "tokens_allotted": allotted,
+                    "tokens_spent": spent,
+                    "abandoned": abandoned,
+                    "split": split,
+                    "n_queries": N,
+                    "cost": cost,
+                    "vote": vote,
+                }
+            )
     for row in rows:
         key_b = float(row["budget"])  # type: ignore[arg-type]
         base = per_q.get(("uniform", key_b))

@@ -45,7 +45,8 @@ def split_half(traces: TraceSet, seed: int = 0) -> tuple[TraceSet, TraceSet]:
         raise ValueError(
             f"{few.size} queries have fewer than 2 samples (first: {traces.ids[few[0]]!r}); "
             f"split='half' needs 2+ per query: drop them with "
-            f"traces.subset(traces.n_samples() >= 2)")
+            f"traces.subset(traces.n_samples() >= 2)"
+        )
     rng = np.random.default_rng([_SALT_HALF, seed])
     # One uniform key per sample; a query's floor(n/2) smallest keys go to the fit half.
     keys = rng.random((traces.n, int(n.max())))
@@ -59,14 +60,16 @@ def split_half(traces: TraceSet, seed: int = 0) -> tuple[TraceSet, TraceSet]:
         def pick(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
             m = next(rows)
             return [s for j, s in enumerate(samples) if m[j]]
+
         return traces.map_samples(pick)
 
     present = np.arange(keys.shape[1])[None, :] < n[:, None]
     return side(to_fit), side(present & ~to_fit)
 
 
-def kfold_queries(traces: TraceSet | int, k: int = 5, seed: int = 0
-                  ) -> Iterator[tuple[NDArray[np.int64], NDArray[np.int64]]]:
+def kfold_queries(
+    traces: TraceSet | int, k: int = 5, seed: int = 0
+) -> Iterator[tuple[NDArray[np.int64], NDArray[np.int64]]]:
     """k-fold over queries: yields (fit_idx, score_idx) integer index arrays, k times.
 
     Folds are a random partition (sizes differ by at most one); indices are sorted. Accepts a

@@ -128,12 +128,15 @@ class PoolSpec:
 #: Fitted by ``tools/calibrate_pools.py`` to the paper's Fig. 1 recall table (see module
 #: docstring); do not edit by hand, re-run the script.
 POOLS: dict[str, PoolSpec] = {
-    "gsm8k-like": PoolSpec(5.3875, 0.2000, -3.8178, 1.0000, 0.90, 5.0,
-                           "easy: GSM8K-like (grade-school word problems)"),
-    "math500-like": PoolSpec(5.6875, 0.4485, -4.5363, 1.0000, 0.75, 5.0,
-                             "medium: MATH500-like (competition math)"),
-    "aime-like": PoolSpec(5.9740, 0.5042, -5.3299, 0.0200, 0.35, 5.0,
-                          "hard: AIME/AMC-like (olympiad)"),
+    "gsm8k-like": PoolSpec(
+        5.3875, 0.2000, -3.8178, 1.0000, 0.90, 5.0, "easy: GSM8K-like (grade-school word problems)"
+    ),
+    "math500-like": PoolSpec(
+        5.6875, 0.4485, -4.5363, 1.0000, 0.75, 5.0, "medium: MATH500-like (competition math)"
+    ),
+    "aime-like": PoolSpec(
+        5.9740, 0.5042, -5.3299, 0.0200, 0.35, 5.0, "hard: AIME/AMC-like (olympiad)"
+    ),
 }
 
 #: (easy, medium, hard) order used by :data:`STREAMS`.
@@ -142,9 +145,15 @@ POOL_ORDER: tuple[str, str, str] = ("gsm8k-like", "math500-like", "aime-like")
 
 def _scaled(spec: PoolSpec, factor: float, label: str) -> PoolSpec:
     """``spec`` with tau and 1/beta multiplied by ``factor`` (same p, same spreads)."""
-    return PoolSpec(spec.mu_log_tau + float(np.log(factor)), spec.sigma_log_tau,
-                    spec.mu_log_beta - float(np.log(factor)), spec.sigma_log_beta,
-                    spec.p_mean, spec.p_concentration, label)
+    return PoolSpec(
+        spec.mu_log_tau + float(np.log(factor)),
+        spec.sigma_log_tau,
+        spec.mu_log_beta - float(np.log(factor)),
+        spec.sigma_log_beta,
+        spec.p_mean,
+        spec.p_concentration,
+        label,
+    )
 
 
 #: Long-reasoning pool -> (short pool it scales, length factor). SYNTHETIC: an assumption,
@@ -155,11 +164,16 @@ LONG_SCALE: dict[str, tuple[str, float]] = {
     "aime-long": ("aime-like", 16.0),
 }
 
-POOLS.update({
-    name: _scaled(POOLS[base], f, f"SYNTHETIC long-reasoning: {POOLS[base].label} x{f:g} "
-                                  f"lengths (assumed, not measured)")
-    for name, (base, f) in LONG_SCALE.items()
-})
+POOLS.update(
+    {
+        name: _scaled(
+            POOLS[base],
+            f,
+            f"SYNTHETIC long-reasoning: {POOLS[base].label} x{f:g} lengths (assumed, not measured)",
+        )
+        for name, (base, f) in LONG_SCALE.items()
+    }
+)
 
 #: (easy, medium, hard) order of the long-reasoning pools.
 LONG_POOL_ORDER: tuple[str, str, str] = ("gsm8k-long", "math-long", "aime-long")
@@ -235,11 +249,16 @@ class SyntheticStream:
         """Queries selected by a mask, indices or slice."""
         idx = np.arange(self.n)[index]
         t = self.truth
-        return SyntheticStream([self.ids[i] for i in idx], self.pool[idx],
-                               GammaSCurve(t.tau[idx], t.beta[idx], t.p[idx]), self.name)
+        return SyntheticStream(
+            [self.ids[i] for i in idx],
+            self.pool[idx],
+            GammaSCurve(t.tau[idx], t.beta[idx], t.p[idx]),
+            self.name,
+        )
 
-    def sample_traces(self, samples: int, seed: int = 0, *,
-                      max_tokens: int = MAX_SAMPLE_TOKENS) -> TraceSet:
+    def sample_traces(
+        self, samples: int, seed: int = 0, *, max_tokens: int = MAX_SAMPLE_TOKENS
+    ) -> TraceSet:
         """Simulate ``samples`` independent rollouts per query from the true model.
 
         Each sample is correct with probability p_i; a correct one has length
@@ -266,11 +285,20 @@ class SyntheticStream:
         # Records are built directly (valid by construction) and handed to the trusted
         # constructor: re-validating 10^6 samples one by one would dominate the run time.
         records = [
-            {"id": self.ids[i],
-             "samples": [{"tokens": a, "correct": c} for a, c in zip(tok_rows[i], cor_rows[i],
-                                                                      strict=True)],
-             "meta": {"pool": pools[i], "tau": tau[i], "beta": beta[i], "p": p[i],
-                      "synthetic": True}}
+            {
+                "id": self.ids[i],
+                "samples": [
+                    {"tokens": a, "correct": c}
+                    for a, c in zip(tok_rows[i], cor_rows[i], strict=True)
+                ],
+                "meta": {
+                    "pool": pools[i],
+                    "tau": tau[i],
+                    "beta": beta[i],
+                    "p": p[i],
+                    "synthetic": True,
+                },
+            }
             for i in range(n)
         ]
         return TraceSet._trusted(records)
@@ -278,23 +306,33 @@ class SyntheticStream:
     def to_records(self) -> list[dict[str, Any]]:
         """One dict per query: id, pool, tau, beta, p (JSON-ready)."""
         t = self.truth
-        return [{"id": i, "pool": str(pl), "tau": float(a), "beta": float(b), "p": float(c)}
-                for i, pl, a, b, c in zip(self.ids, self.pool, t.tau, t.beta, t.p, strict=True)]
+        return [
+            {"id": i, "pool": str(pl), "tau": float(a), "beta": float(b), "p": float(c)}
+            for i, pl, a, b, c in zip(self.ids, self.pool, t.tau, t.beta, t.p, strict=True)
+        ]
 
     @classmethod
     def from_records(cls, records: Iterable[Mapping[str, Any]], name: str) -> SyntheticStream:
         """Inverse of :meth:`to_records`."""
         rows = list(records)
-        return cls([str(r["id"]) for r in rows], np.array([str(r["pool"]) for r in rows]),
-                   GammaSCurve(np.array([r["tau"] for r in rows], dtype=float),
-                               np.array([r["beta"] for r in rows], dtype=float),
-                               np.array([r["p"] for r in rows], dtype=float)), name)
+        return cls(
+            [str(r["id"]) for r in rows],
+            np.array([str(r["pool"]) for r in rows]),
+            GammaSCurve(
+                np.array([r["tau"] for r in rows], dtype=float),
+                np.array([r["beta"] for r in rows], dtype=float),
+                np.array([r["p"] for r in rows], dtype=float),
+            ),
+            name,
+        )
 
     def write_jsonl_gz(self, path: str | Path) -> None:
         """Write :meth:`to_records` as reproducible gzip JSONL (no name/mtime in the header)."""
         data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in self.to_records())
-        with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
-                                                     mtime=0) as gz:
+        with (
+            open(path, "wb") as raw,
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
+        ):
             gz.write(data.encode("utf-8"))
 
 
@@ -309,8 +347,7 @@ def _counts(n: int, weights: tuple[float, ...]) -> NDArray[np.int64]:
     return c
 
 
-def make_stream(name: str, n: int, seed: int = 0, *, family: str = "short"
-                ) -> SyntheticStream:
+def make_stream(name: str, n: int, seed: int = 0, *, family: str = "short") -> SyntheticStream:
     """Draw an n-query stream ``name`` (one of :data:`STREAMS`) with a fixed seed.
 
     Pool counts are the largest-remainder rounding of n x proportions; parameters are drawn
@@ -321,23 +358,26 @@ def make_stream(name: str, n: int, seed: int = 0, *, family: str = "short"
     if name not in STREAMS:
         raise ValueError(f"unknown stream {name!r}; choose one of {', '.join(STREAMS)}")
     if family not in POOL_FAMILIES:
-        raise ValueError(f"unknown pool family {family!r}; choose one of "
-                         f"{', '.join(POOL_FAMILIES)}")
+        raise ValueError(
+            f"unknown pool family {family!r}; choose one of {', '.join(POOL_FAMILIES)}"
+        )
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     order_of_pools = POOL_FAMILIES[family]
     label = name if family == "short" else f"{name}-{family}"
     rng = np.random.default_rng(seed)
     counts = _counts(n, STREAMS[name])
-    parts = [POOLS[pool].sample(int(k), rng)
-             for pool, k in zip(order_of_pools, counts, strict=True)]
+    parts = [
+        POOLS[pool].sample(int(k), rng) for pool, k in zip(order_of_pools, counts, strict=True)
+    ]
     tau, beta, p = (np.concatenate([part[j] for part in parts]) for j in range(3))
     labels = np.repeat(np.array(order_of_pools), counts)
     order = rng.permutation(n)
     width = len(str(n - 1))
     ids = [f"{label}-{i:0{width}d}" for i in range(n)]
-    return SyntheticStream(ids, labels[order], GammaSCurve(tau[order], beta[order], p[order]),
-                           label)
+    return SyntheticStream(
+        ids, labels[order], GammaSCurve(tau[order], beta[order], p[order]), label
+    )
 
 
 def load_stream(stem: str = "balanced-500") -> SyntheticStream:

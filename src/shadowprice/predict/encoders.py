@@ -53,14 +53,16 @@ def _need(module: str) -> Any:
     except ImportError as e:
         raise ImportError(
             f"this encoder needs the optional package '{module}'; install it with "
-            f"pip install 'shadowprice[{EXTRA}]' (or pip install {module})") from e
+            f"pip install 'shadowprice[{EXTRA}]' (or pip install {module})"
+        ) from e
 
 
 def _local_dir(path: str | Path) -> Path:
     p = Path(path).expanduser()
     if not p.is_dir():
-        raise FileNotFoundError(f"encoder weights must be a local directory; {p} is not one "
-                                f"(nothing is downloaded)")
+        raise FileNotFoundError(
+            f"encoder weights must be a local directory; {p} is not one (nothing is downloaded)"
+        )
     return p
 
 
@@ -90,8 +92,13 @@ class SentenceEncoder(_Lazy):
         L2-normalise embeddings.
     """
 
-    def __init__(self, path: str | Path, batch_size: int = 64, device: str | None = None,
-                 normalize: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        batch_size: int = 64,
+        device: str | None = None,
+        normalize: bool = True,
+    ) -> None:
         self.path, self.batch_size, self.device = str(path), int(batch_size), device
         self.normalize = bool(normalize)
 
@@ -123,8 +130,12 @@ class SentenceEncoder(_Lazy):
         x = list(texts)
         if not x:  # the library returns shape (0,) here; keep the (N, D) contract
             return np.zeros((0, self.dimension))
-        out = self._model.encode(x, batch_size=self.batch_size,
-                                 normalize_embeddings=self.normalize, show_progress_bar=False)
+        out = self._model.encode(
+            x,
+            batch_size=self.batch_size,
+            normalize_embeddings=self.normalize,
+            show_progress_bar=False,
+        )
         return np.asarray(out, dtype=float).reshape(len(x), -1)
 
     def __repr__(self) -> str:
@@ -148,8 +159,14 @@ class HFEncoder(_Lazy):
         Default 'cuda' if available, else 'cpu'.
     """
 
-    def __init__(self, path: str | Path, output: Literal["mean", "cls", "regression"] = "mean",
-                 max_length: int = 512, batch_size: int = 32, device: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        output: Literal["mean", "cls", "regression"] = "mean",
+        max_length: int = 512,
+        batch_size: int = 32,
+        device: str | None = None,
+    ) -> None:
         if output not in ("mean", "cls", "regression"):
             raise ValueError(f"output must be 'mean', 'cls' or 'regression', got {output!r}")
         self.path, self.output = str(path), output
@@ -159,8 +176,9 @@ class HFEncoder(_Lazy):
         torch = _need("torch")
         tf = _need("transformers")
         d = str(_local_dir(self.path))
-        auto = tf.AutoModelForSequenceClassification if self.output == "regression" \
-            else tf.AutoModel
+        auto = (
+            tf.AutoModelForSequenceClassification if self.output == "regression" else tf.AutoModel
+        )
         self._tok = tf.AutoTokenizer.from_pretrained(d, local_files_only=True)
         dev = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self._model = auto.from_pretrained(d, local_files_only=True).to(dev).eval()
@@ -174,8 +192,13 @@ class HFEncoder(_Lazy):
         x = list(texts)
         with torch.no_grad():
             for i in range(0, len(x), self.batch_size):
-                enc = self._tok(x[i:i + self.batch_size], padding=True, truncation=True,
-                                max_length=self.max_length, return_tensors="pt").to(self._dev)
+                enc = self._tok(
+                    x[i : i + self.batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                ).to(self._dev)
                 res = self._model(**enc)
                 if self.output == "regression":
                     v = res.logits
@@ -201,7 +224,7 @@ class HFEncoder(_Lazy):
         return f"HFEncoder({self.path!r}, output={self.output!r})"
 
 
-class EncoderFeatures(BaseEstimator, TransformerMixin):  # type: ignore[misc]
+class EncoderFeatures(BaseEstimator, TransformerMixin):
     """scikit-learn transformer wrapping an :class:`Encoder` (stateless; fit does nothing)."""
 
     def __init__(self, encoder: Encoder) -> None:
@@ -209,13 +232,15 @@ class EncoderFeatures(BaseEstimator, TransformerMixin):  # type: ignore[misc]
 
     def fit(self, texts: Sequence[str], y: object = None) -> EncoderFeatures:
         if not isinstance(self.encoder, Encoder):
-            raise TypeError(f"encoder must have an encode(texts) method, got "
-                            f"{type(self.encoder).__name__}")
+            raise TypeError(
+                f"encoder must have an encode(texts) method, got {type(self.encoder).__name__}"
+            )
         return self
 
     def transform(self, texts: Sequence[str]) -> NDArray[np.float64]:
         e = np.asarray(self.encoder.encode(list(texts)), dtype=float)
         if e.ndim != 2 or e.shape[0] != len(texts):
-            raise ValueError(f"encoder returned shape {e.shape} for {len(texts)} texts; "
-                             f"expected (N, D)")
+            raise ValueError(
+                f"encoder returned shape {e.shape} for {len(texts)} texts; expected (N, D)"
+            )
         return e

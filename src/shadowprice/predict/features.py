@@ -22,16 +22,31 @@ __all__ = ["STRUCTURE_NAMES", "StructuralFeatures", "check_texts", "make_text_fe
 _NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")
 _LATEX_CMD = re.compile(r"\\[A-Za-z]+")
 _SENTENCE = re.compile(r"[.?!](?:\s|$)")
-_HARD_WORDS = re.compile(r"\b(prove|show that|find all|how many|maximum|minimum|largest|"
-                         r"smallest|sum of all|probability|integer[s]?|prime)\b",
-                         re.IGNORECASE)
+_HARD_WORDS = re.compile(
+    r"\b(prove|show that|find all|how many|maximum|minimum|largest|"
+    r"smallest|sum of all|probability|integer[s]?|prime)\b",
+    re.IGNORECASE,
+)
 
 #: Names of the columns :class:`StructuralFeatures` produces, in order.
 STRUCTURE_NAMES: tuple[str, ...] = (
-    "log_chars", "log_words", "log_numbers", "max_number_digits", "digit_share",
-    "latex_per_100_chars", "dollar_per_100_chars", "log_sentences", "has_frac", "has_sqrt",
-    "has_sum_or_prod", "has_trig", "has_exponent", "has_equation", "hard_words",
-    "has_figure", "has_choices",
+    "log_chars",
+    "log_words",
+    "log_numbers",
+    "max_number_digits",
+    "digit_share",
+    "latex_per_100_chars",
+    "dollar_per_100_chars",
+    "log_sentences",
+    "has_frac",
+    "has_sqrt",
+    "has_sum_or_prod",
+    "has_trig",
+    "has_exponent",
+    "has_equation",
+    "hard_words",
+    "has_figure",
+    "has_choices",
 )
 
 
@@ -52,7 +67,7 @@ def check_texts(texts: Iterable[object], what: str = "texts") -> list[str]:
     return [str(t) for t in out]
 
 
-class StructuralFeatures(BaseEstimator, TransformerMixin):  # type: ignore[misc]
+class StructuralFeatures(BaseEstimator, TransformerMixin):
     """Dense per-text structure: length, numbers, LaTeX density, a few keyword flags.
 
     ``transform(texts)`` returns an array of shape (N, len(STRUCTURE_NAMES)); lengths and
@@ -75,21 +90,29 @@ class StructuralFeatures(BaseEstimator, TransformerMixin):  # type: ignore[misc]
         nums = _NUMBER.findall(t)
         digits = max((len(re.sub(r"\D", "", x)) for x in nums), default=0)
         return [
-            np.log1p(len(t)), np.log1p(len(t.split())), np.log1p(len(nums)), float(digits),
+            np.log1p(len(t)),
+            np.log1p(len(t.split())),
+            np.log1p(len(nums)),
+            float(digits),
             sum(c.isdigit() for c in t) / n,
-            100.0 * len(_LATEX_CMD.findall(t)) / n, 100.0 * t.count("$") / n,
+            100.0 * len(_LATEX_CMD.findall(t)) / n,
+            100.0 * t.count("$") / n,
             np.log1p(len(_SENTENCE.findall(t))),
-            float("\\frac" in t), float("\\sqrt" in t),
+            float("\\frac" in t),
+            float("\\sqrt" in t),
             float("\\sum" in t or "\\prod" in t),
             float(any(k in t for k in ("\\sin", "\\cos", "\\tan", "\\log"))),
-            float("^" in t), float("=" in t), float(len(_HARD_WORDS.findall(t))),
+            float("^" in t),
+            float("=" in t),
+            float(len(_HARD_WORDS.findall(t))),
             float("[asy]" in t or "diagram" in t.lower()),
             float("(A)" in t or "\\textbf{(A)" in t),
         ]
 
 
-def make_text_features(word_features: int = 50_000, char_features: int = 50_000,
-                       min_df: int = 2) -> FeatureUnion:
+def make_text_features(
+    word_features: int = 50_000, char_features: int = 50_000, min_df: int = 2
+) -> FeatureUnion:
     """The default text featuriser: word 1-2 grams, char 3-5 grams (within words), structure.
 
     Parameters
@@ -106,13 +129,32 @@ def make_text_features(word_features: int = 50_000, char_features: int = 50_000,
     """
     blocks: list[tuple[str, object]] = []
     if word_features:
-        blocks.append(("word", TfidfVectorizer(ngram_range=(1, 2), min_df=min_df,
-                                               sublinear_tf=True, max_features=word_features,
-                                               dtype=np.float32)))
+        blocks.append(
+            (
+                "word",
+                TfidfVectorizer(
+                    ngram_range=(1, 2),
+                    min_df=min_df,
+                    sublinear_tf=True,
+                    max_features=word_features,
+                    dtype=np.float32,
+                ),
+            )
+        )
     if char_features:
-        blocks.append(("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5),
-                                               min_df=min_df, sublinear_tf=True,
-                                               max_features=char_features, dtype=np.float32)))
+        blocks.append(
+            (
+                "char",
+                TfidfVectorizer(
+                    analyzer="char_wb",
+                    ngram_range=(3, 5),
+                    min_df=min_df,
+                    sublinear_tf=True,
+                    max_features=char_features,
+                    dtype=np.float32,
+                ),
+            )
+        )
     blocks.append(("structure", make_pipeline(StructuralFeatures(), StandardScaler())))
     return FeatureUnion(blocks)
 

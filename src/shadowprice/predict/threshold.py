@@ -40,8 +40,13 @@ from .features import check_texts, make_text_features
 
 FloatArray = NDArray[np.float64]
 
-__all__ = ["FORMAT_VERSION", "Prediction", "ThresholdPredictor", "expected_curves",
-           "load_predictor"]
+__all__ = [
+    "FORMAT_VERSION",
+    "Prediction",
+    "ThresholdPredictor",
+    "expected_curves",
+    "load_predictor",
+]
 
 #: Bumped when the saved layout changes; :meth:`ThresholdPredictor.load` refuses others.
 FORMAT_VERSION = 1
@@ -117,9 +122,16 @@ class ThresholdPredictor:
         What the model was trained on, sizes, scores and versions; saved beside the model.
     """
 
-    def __init__(self, alpha: float = 3.0, coverage: float = 0.8, cv: int = 5,
-                 word_features: int = 50_000, char_features: int = 50_000,
-                 random_state: int = 0, encoder: Encoder | None = None) -> None:
+    def __init__(
+        self,
+        alpha: float = 3.0,
+        coverage: float = 0.8,
+        cv: int = 5,
+        word_features: int = 50_000,
+        char_features: int = 50_000,
+        random_state: int = 0,
+        encoder: Encoder | None = None,
+    ) -> None:
         if not (np.isfinite(alpha) and alpha > 0):
             raise ValueError(f"alpha must be positive, got {alpha!r}")
         if not 0 < coverage < 1:
@@ -132,8 +144,13 @@ class ThresholdPredictor:
         self.encoder = encoder
 
     # -- fitting ------------------------------------------------------------------------------
-    def fit(self, texts: Sequence[str], targets: ArrayLike, *,
-            description: str | dict[str, Any] | None = None) -> ThresholdPredictor:
+    def fit(
+        self,
+        texts: Sequence[str],
+        targets: ArrayLike,
+        *,
+        description: str | dict[str, Any] | None = None,
+    ) -> ThresholdPredictor:
         """Learn log(targets) from texts.
 
         Parameters
@@ -154,9 +171,12 @@ class ThresholdPredictor:
         # The vectoriser's vocabulary and idf are unsupervised (no targets), so fitting them on
         # every training text and cross-validating only the regression leaks nothing about y.
         self.features_: Any = (
-            make_text_features(self.word_features, self.char_features,
-                               min_df=2 if len(x) >= 50 else 1)
-            if self.encoder is None else EncoderFeatures(self.encoder))
+            make_text_features(
+                self.word_features, self.char_features, min_df=2 if len(x) >= 50 else 1
+            )
+            if self.encoder is None
+            else EncoderFeatures(self.encoder)
+        )
         raw = self.features_.fit_transform(x)
         z = sparse.csr_matrix(raw) if sparse.issparse(raw) else np.asarray(raw)
         oof = np.empty(len(x))
@@ -178,8 +198,13 @@ class ThresholdPredictor:
         }
         return self
 
-    def calibrate(self, texts: Sequence[str], thresholds: ArrayLike, *,
-                  description: str | dict[str, Any] | None = None) -> ThresholdPredictor:
+    def calibrate(
+        self,
+        texts: Sequence[str],
+        thresholds: ArrayLike,
+        *,
+        description: str | dict[str, Any] | None = None,
+    ) -> ThresholdPredictor:
         """Map the regression's output to real thresholds: log tau = a + b z (least squares).
 
         Use after :meth:`fit` on a proxy target. The intervals are then recomputed from
@@ -206,9 +231,12 @@ class ThresholdPredictor:
         self.calibration_ = _line(z, y)
         self._set_residuals(y, oof)
         self.metadata_["calibrated_on"] = {
-            "description": description or "unspecified thresholds", "n": len(x),
-            "a": self.calibration_[0], "b": self.calibration_[1],
-            "cv_spearman": _spearman(oof, y)}
+            "description": description or "unspecified thresholds",
+            "n": len(x),
+            "a": self.calibration_[0],
+            "b": self.calibration_[1],
+            "cv_spearman": _spearman(oof, y),
+        }
         return self
 
     # -- prediction ---------------------------------------------------------------------------
@@ -232,13 +260,26 @@ class ThresholdPredictor:
         r = self.residuals_ - self.shift_
         lo, hi = np.quantile(r, [(1 - c) / 2, (1 + c) / 2])
         n = mid.size
-        return Prediction(median=np.exp(mid), lower=np.exp(mid + lo), upper=np.exp(mid + hi),
-                          sigma=np.full(n, max(self.sigma_, 1e-6)), coverage=c)
+        return Prediction(
+            median=np.exp(mid),
+            lower=np.exp(mid + lo),
+            upper=np.exp(mid + hi),
+            sigma=np.full(n, max(self.sigma_, 1e-6)),
+            coverage=c,
+        )
 
-    def predict_curves(self, texts: Sequence[str] | Prediction, family: Family = "surge",
-                       uncertainty: bool = True, *, alpha: float = 1.5, beta: float = 0.005,
-                       p: ArrayLike = 1.0, grid: ArrayLike | None = None,
-                       nodes: int = 32) -> UtilityCurve:
+    def predict_curves(
+        self,
+        texts: Sequence[str] | Prediction,
+        family: Family = "surge",
+        uncertainty: bool = True,
+        *,
+        alpha: float = 1.5,
+        beta: float = 0.005,
+        p: ArrayLike = 1.0,
+        grid: ArrayLike | None = None,
+        nodes: int = 32,
+    ) -> UtilityCurve:
         """Utility curves of the queries for :func:`shadowprice.allocate`.
 
         Parameters
@@ -261,8 +302,16 @@ class ThresholdPredictor:
             Equal-probability quadrature nodes over tau.
         """
         pred = texts if isinstance(texts, Prediction) else self.predict(texts)
-        return expected_curves(pred.median, pred.sigma if uncertainty else 0.0, family,
-                               alpha=alpha, beta=beta, p=p, grid=grid, nodes=nodes)
+        return expected_curves(
+            pred.median,
+            pred.sigma if uncertainty else 0.0,
+            family,
+            alpha=alpha,
+            beta=beta,
+            p=p,
+            grid=grid,
+            nodes=nodes,
+        )
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -273,8 +322,12 @@ class ThresholdPredictor:
         d = Path(path)
         d.mkdir(parents=True, exist_ok=True)
         joblib.dump(self, d / _MODEL_FILE, compress=3)
-        meta = dict(self.metadata_, sigma=self.sigma_, coverage=self.coverage,
-                    saved_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        meta = dict(
+            self.metadata_,
+            sigma=self.sigma_,
+            coverage=self.coverage,
+            saved_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
         (d / _META_FILE).write_text(json.dumps(meta, indent=2, default=_jsonable) + "\n")
         return d
 
@@ -294,22 +347,32 @@ class ThresholdPredictor:
         if meta_file.is_file():
             meta = json.loads(meta_file.read_text())
             if meta.get("format_version") != FORMAT_VERSION:
-                raise ValueError(f"{meta_file}: format_version {meta.get('format_version')!r}"
-                                 f" is not {FORMAT_VERSION}; retrain the predictor")
+                raise ValueError(
+                    f"{meta_file}: format_version {meta.get('format_version')!r}"
+                    f" is not {FORMAT_VERSION}; retrain the predictor"
+                )
         obj = joblib.load(f)
         if not isinstance(obj, cls):
             raise TypeError(f"{f} holds a {type(obj).__name__}, not a {cls.__name__}")
         return obj
 
     def get_params(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "coverage": self.coverage, "cv": self.cv,
-                "word_features": self.word_features, "char_features": self.char_features,
-                "random_state": self.random_state,
-                "encoder": None if self.encoder is None else repr(self.encoder)}
+        return {
+            "alpha": self.alpha,
+            "coverage": self.coverage,
+            "cv": self.cv,
+            "word_features": self.word_features,
+            "char_features": self.char_features,
+            "random_state": self.random_state,
+            "encoder": None if self.encoder is None else repr(self.encoder),
+        }
 
     def __repr__(self) -> str:
-        state = "unfitted" if not hasattr(self, "regressor_") else \
-            f"n_train={self.metadata_['n_train']}, sigma={self.sigma_:.3f}"
+        state = (
+            "unfitted"
+            if not hasattr(self, "regressor_")
+            else f"n_train={self.metadata_['n_train']}, sigma={self.sigma_:.3f}"
+        )
         return f"ThresholdPredictor({state})"
 
     # -- internals ----------------------------------------------------------------------------
@@ -328,8 +391,7 @@ class ThresholdPredictor:
         self.oof_, self.residuals_ = oof, r
         # Centre on the residual median so the point estimate is the predictive median.
         self.shift_ = float(np.median(r))
-        lo, hi = np.quantile(r - self.shift_, [(1 - self.coverage) / 2,
-                                               (1 + self.coverage) / 2])
+        lo, hi = np.quantile(r - self.shift_, [(1 - self.coverage) / 2, (1 + self.coverage) / 2])
         self.sigma_ = float((hi - lo) / (2 * stats.norm.ppf((1 + self.coverage) / 2)))
 
     def _check_fitted(self) -> None:
@@ -345,14 +407,17 @@ def load_predictor(path: str | Path) -> ThresholdPredictor:
 
         return default_predictor()
     if not Path(path).is_dir():
-        raise FileNotFoundError(f"{path}: no such predictor directory (train one with "
-                                f"`shadowprice predictor fit`, or use 'default')")
+        raise FileNotFoundError(
+            f"{path}: no such predictor directory (train one with "
+            f"`shadowprice predictor fit`, or use 'default')"
+        )
     return ThresholdPredictor.load(path)
 
 
 # -- expected curves ----------------------------------------------------------------------------
-def default_curve_grid(median: ArrayLike, sigma: ArrayLike, beta: float,
-                       levels: int = 160) -> NDArray[np.int64]:
+def default_curve_grid(
+    median: ArrayLike, sigma: ArrayLike, beta: float, levels: int = 160
+) -> NDArray[np.int64]:
     """Integer budget grid covering every query's likely thresholds plus its surge.
 
     0, then ``levels - 1`` geometric steps from a quarter of the smallest 1 % quantile to the
@@ -366,9 +431,17 @@ def default_curve_grid(median: ArrayLike, sigma: ArrayLike, beta: float,
     return np.concatenate([[0], g[g > 0]])
 
 
-def expected_curves(median: ArrayLike, sigma: ArrayLike, family: Family = "surge", *,
-                    alpha: float = 1.5, beta: float = 0.005, p: ArrayLike = 1.0,
-                    grid: ArrayLike | None = None, nodes: int = 32) -> UtilityCurve:
+def expected_curves(
+    median: ArrayLike,
+    sigma: ArrayLike,
+    family: Family = "surge",
+    *,
+    alpha: float = 1.5,
+    beta: float = 0.005,
+    p: ArrayLike = 1.0,
+    grid: ArrayLike | None = None,
+    nodes: int = 32,
+) -> UtilityCurve:
     """Curves of N queries whose thresholds are log-normal: log tau ~ N(log median, sigma).
 
     Parameters
@@ -422,8 +495,9 @@ def expected_curves(median: ArrayLike, sigma: ArrayLike, family: Family = "surge
 def _log_targets(targets: ArrayLike, n: int) -> FloatArray:
     y = np.asarray(targets, dtype=float)
     if y.ndim != 1 or y.size != n:
-        raise ValueError(f"targets must be a 1-D array with one value per text ({n}), "
-                         f"got shape {y.shape}")
+        raise ValueError(
+            f"targets must be a 1-D array with one value per text ({n}), got shape {y.shape}"
+        )
     bad = ~np.isfinite(y) | (y <= 0)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -449,8 +523,13 @@ def _versions() -> dict[str, str]:
     import sklearn
 
     from .. import __version__ as sp_version
-    return {"shadowprice": str(sp_version), "scikit-learn": sklearn.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
+
+    return {
+        "shadowprice": str(sp_version),
+        "scikit-learn": sklearn.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def _jsonable(o: object) -> object:

@@ -49,8 +49,14 @@ __all__ = [
 
 DEFAULT_TRACES = "qwen25-math-math100"
 #: Bundled problem sets with reference-solution lengths (amc23 has none).
-PROXY_SETS: tuple[str, ...] = ("gsm8k-train", "gsm8k", "math500", "olympiadbench", "minerva",
-                               "aime24")
+PROXY_SETS: tuple[str, ...] = (
+    "gsm8k-train",
+    "gsm8k",
+    "math500",
+    "olympiadbench",
+    "minerva",
+    "aime24",
+)
 _WS = re.compile(r"\s+")
 
 
@@ -71,14 +77,19 @@ def traced_thresholds(traces: TraceSet | str = DEFAULT_TRACES) -> pd.DataFrame:
     q = ts.questions()
     if any(x is None or not str(x).strip() for x in q):
         raise ValueError("every traced query needs its question text to train a text model")
-    return pd.DataFrame({
-        "id": ts.ids, "question": [str(x) for x in q], "tau": f.tau_, "solved": f.p_ > 0,
-        "level": pd.array(ts.meta("level"), dtype="Float64"),
-        "solution_tokens": pd.array(ts.meta("solution_tokens"), dtype="Float64")})
+    return pd.DataFrame(
+        {
+            "id": ts.ids,
+            "question": [str(x) for x in q],
+            "tau": f.tau_,
+            "solved": f.p_ > 0,
+            "level": pd.array(ts.meta("level"), dtype="Float64"),
+            "solution_tokens": pd.array(ts.meta("solution_tokens"), dtype="Float64"),
+        }
+    )
 
 
-def proxy_problems(sets: Sequence[str] = PROXY_SETS,
-                   exclude: Iterable[str] = ()) -> pd.DataFrame:
+def proxy_problems(sets: Sequence[str] = PROXY_SETS, exclude: Iterable[str] = ()) -> pd.DataFrame:
     """Bundled problems with a reference solution length, minus ``exclude``d question texts.
 
     Returns columns question, solution_tokens (float), level (Float64, MATH500 only), set.
@@ -88,30 +99,47 @@ def proxy_problems(sets: Sequence[str] = PROXY_SETS,
     for name in sets:
         d = load_problems(name)
         d = d[d["solution_tokens"].notna() & (d["solution_tokens"].astype(float) > 0)]
-        parts.append(pd.DataFrame({"question": d["question"].astype(str),
-                                   "solution_tokens": d["solution_tokens"].astype(float),
-                                   "level": d["level"].astype("Float64"), "set": name}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "question": d["question"].astype(str),
+                    "solution_tokens": d["solution_tokens"].astype(float),
+                    "level": d["level"].astype("Float64"),
+                    "set": name,
+                }
+            )
+        )
     out = pd.concat(parts, ignore_index=True)
     keep = ~out["question"].map(normalize_text).isin(drop)
     return out[keep].reset_index(drop=True)
 
 
-def fit_proxy(exclude: Iterable[str] = (), sets: Sequence[str] = PROXY_SETS,
-              target: Literal["solution_tokens", "level"] = "solution_tokens",
-              **params: object) -> ThresholdPredictor:
+def fit_proxy(
+    exclude: Iterable[str] = (),
+    sets: Sequence[str] = PROXY_SETS,
+    target: Literal["solution_tokens", "level"] = "solution_tokens",
+    **params: object,
+) -> ThresholdPredictor:
     """Text -> proxy target (reference solution tokens, or MATH level) on bundled problems."""
     d = proxy_problems(sets, exclude)
     if target == "level":
         d = d[d["level"].notna()]
     y = d[target].astype(float).to_numpy()
     return ThresholdPredictor(**params).fit(  # type: ignore[arg-type]
-        d["question"].tolist(), y,
-        description={"target": target, "sets": list(sets), "n": len(d),
-                     "excluded_texts": len(set(map(normalize_text, exclude)))})
+        d["question"].tolist(),
+        y,
+        description={
+            "target": target,
+            "sets": list(sets),
+            "n": len(d),
+            "excluded_texts": len(set(map(normalize_text, exclude))),
+        },
+    )
 
 
-def fit_default(traces: TraceSet | str = DEFAULT_TRACES, exclude: Iterable[str] = (),
-                **params: object) -> ThresholdPredictor:
+def fit_default(
+    traces: TraceSet | str = DEFAULT_TRACES, exclude: Iterable[str] = (), **params: object
+) -> ThresholdPredictor:
     """The default predictor: proxy fit on all problem sets, calibrated on traced thresholds.
 
     Problems whose text matches a traced query or ``exclude`` are left out of proxy training;
@@ -121,10 +149,15 @@ def fit_default(traces: TraceSet | str = DEFAULT_TRACES, exclude: Iterable[str] 
     ex = {normalize_text(t) for t in exclude}
     model = fit_proxy(list(tr["question"]) + list(exclude), **params)  # type: ignore[arg-type]
     keep = tr["solved"] & ~tr["question"].map(normalize_text).isin(ex)
-    return model.calibrate(tr.loc[keep, "question"].tolist(), tr.loc[keep, "tau"].to_numpy(),
-                           description={"traces": str(traces) if isinstance(traces, str)
-                                        else "TraceSet", "n": int(keep.sum()),
-                                        "threshold": "shortest correct sample (SurgeFitter)"})
+    return model.calibrate(
+        tr.loc[keep, "question"].tolist(),
+        tr.loc[keep, "tau"].to_numpy(),
+        description={
+            "traces": str(traces) if isinstance(traces, str) else "TraceSet",
+            "n": int(keep.sum()),
+            "threshold": "shortest correct sample (SurgeFitter)",
+        },
+    )
 
 
 def default_predictor() -> ThresholdPredictor:
@@ -137,7 +170,7 @@ def default_predictor() -> ThresholdPredictor:
     try:
         with as_file(res) as d:
             return ThresholdPredictor.load(d)
-    except Exception:  # noqa: BLE001 - any unpickling failure means: retrain
+    except Exception:
         return fit_default()
 
 
@@ -147,9 +180,13 @@ def _folds(n: int, k: int, seed: int) -> list[np.ndarray]:
     return [np.sort(f) for f in np.array_split(perm, k)]
 
 
-def crossfit_predictions(traces: TraceSet | str = DEFAULT_TRACES, folds: int = 5,
-                         seed: int = 0, coverage: float = 0.8,
-                         proxy: ThresholdPredictor | None = None) -> pd.DataFrame:
+def crossfit_predictions(
+    traces: TraceSet | str = DEFAULT_TRACES,
+    folds: int = 5,
+    seed: int = 0,
+    coverage: float = 0.8,
+    proxy: ThresholdPredictor | None = None,
+) -> pd.DataFrame:
     """Out-of-fold predictions of the default predictor for every traced query.
 
     The proxy model never sees a traced question (all are excluded from its training); the
@@ -166,25 +203,28 @@ def crossfit_predictions(traces: TraceSet | str = DEFAULT_TRACES, folds: int = 5
     for k, score in enumerate(_folds(len(tr), folds, seed)):
         fit = np.setdiff1d(np.arange(len(tr)), score)
         fit = fit[tr["solved"].to_numpy()[fit]]
-        m = _clone_calibrated(model, tr["question"].iloc[fit].tolist(),
-                              tr["tau"].to_numpy()[fit])
+        m = _clone_calibrated(model, tr["question"].iloc[fit].tolist(), tr["tau"].to_numpy()[fit])
         p = m.predict(tr["question"].iloc[score].tolist(), coverage=coverage)
         out.loc[score, ["median", "lower", "upper", "sigma"]] = np.c_[
-            p.median, p.lower, p.upper, p.sigma]
+            p.median, p.lower, p.upper, p.sigma
+        ]
         out.loc[score, "fold"] = k
     return out
 
 
-def _clone_calibrated(model: ThresholdPredictor, texts: list[str],
-                      tau: np.ndarray) -> ThresholdPredictor:
+def _clone_calibrated(
+    model: ThresholdPredictor, texts: list[str], tau: np.ndarray
+) -> ThresholdPredictor:
     import copy
+
     m = copy.copy(model)
     m.metadata_ = dict(model.metadata_)
     return m.calibrate(texts, tau)
 
 
-def compare_signals(traces: TraceSet | str = DEFAULT_TRACES, folds: int = 5,
-                    seed: int = 0) -> pd.DataFrame:
+def compare_signals(
+    traces: TraceSet | str = DEFAULT_TRACES, folds: int = 5, seed: int = 0
+) -> pd.DataFrame:
     """Spearman rank correlation of each candidate signal with the traced thresholds.
 
     Scored over the solved traced queries, cross-fitted (k-fold over queries) wherever the
@@ -200,13 +240,18 @@ def compare_signals(traces: TraceSet | str = DEFAULT_TRACES, folds: int = 5,
         s = np.asarray(score, dtype=float)
         m = ok & np.isfinite(s)
         rho = float(stats.spearmanr(s[m], tau[m])[0])
-        rows.append({"signal": name, "spearman": rho, "n": int(m.sum()),
-                     "from_text": from_text})
+        rows.append({"signal": name, "spearman": rho, "n": int(m.sum()), "from_text": from_text})
 
-    add("reference solution tokens (known only for benchmark problems)",
-        tr["solution_tokens"].to_numpy(dtype=float, na_value=np.nan), False)
-    add("MATH level (known only for benchmark problems)",
-        tr["level"].to_numpy(dtype=float, na_value=np.nan), False)
+    add(
+        "reference solution tokens (known only for benchmark problems)",
+        tr["solution_tokens"].to_numpy(dtype=float, na_value=np.nan),
+        False,
+    )
+    add(
+        "MATH level (known only for benchmark problems)",
+        tr["level"].to_numpy(dtype=float, na_value=np.nan),
+        False,
+    )
     add("question length in characters", np.array([len(q) for q in qs], float), True)
     # Direct: text -> traced tau, trained on the other folds (~75 texts).
     direct = np.full(len(tr), np.nan)
@@ -249,10 +294,14 @@ def interval_quality(pred: pd.DataFrame) -> dict[str, float]:
 
 
 # -- allocation with predicted thresholds ------------------------------------------------------
-def crossfit_allocation(budgets: Sequence[float] = (100, 200, 300, 500, 700, 1000, 1500),
-                        traces: TraceSet | str = DEFAULT_TRACES, folds: int = 5, seed: int = 0,
-                        n_boot: int = 1000, family: Literal["gamma", "surge"] = "gamma"
-                        ) -> pd.DataFrame:
+def crossfit_allocation(
+    budgets: Sequence[float] = (100, 200, 300, 500, 700, 1000, 1500),
+    traces: TraceSet | str = DEFAULT_TRACES,
+    folds: int = 5,
+    seed: int = 0,
+    n_boot: int = 1000,
+    family: Literal["gamma", "surge"] = "gamma",
+) -> pd.DataFrame:
     """Accuracy of CLEAR with predicted vs oracle thresholds vs uniform, cross-fitted.
 
     Each fold's queries get ``budget x fold size`` tokens. ``family="gamma"`` (default) prices
@@ -280,8 +329,14 @@ def crossfit_allocation(budgets: Sequence[float] = (100, 200, 300, 500, 700, 100
     pred = crossfit_predictions(ts, folds, seed)
     oracle_fit = SurgeFitter().fit(ts)
     fold_ids = [np.flatnonzero(pred["fold"].to_numpy() == k) for k in range(folds)]
-    policies = ("uniform", "clear-oracle", "clear-predicted", "clear-expected", "clear-no-text",
-                "proportional")
+    policies = (
+        "uniform",
+        "clear-oracle",
+        "clear-predicted",
+        "clear-expected",
+        "clear-no-text",
+        "proportional",
+    )
     acc = {(p, b): np.zeros(ts.n) for p in policies for b in budgets}
     aband = {(p, b): 0.0 for p in policies for b in budgets}
     for idx in fold_ids:
@@ -303,8 +358,9 @@ def crossfit_allocation(budgets: Sequence[float] = (100, 200, 300, 500, 700, 100
             "uniform": point(med),
             "clear-oracle": point(oracle_fit.tau_[idx], oracle_fit, float(np.mean(oracle_fit.p_))),
             "clear-predicted": point(med),
-            "clear-expected": expected_curves(med, sig, family, alpha=sf.alpha_, beta=sf.beta_,
-                                              p=p_pool),
+            "clear-expected": expected_curves(
+                med, sig, family, alpha=sf.alpha_, beta=sf.beta_, p=p_pool
+            ),
             "proportional": point(med),
             # No per-query information: every query at the fit folds' median solved tau.
             "clear-no-text": point(np.full(idx.size, float(np.median(sf.tau_[sf.p_ > 0])))),
@@ -316,11 +372,17 @@ def crossfit_allocation(budgets: Sequence[float] = (100, 200, 300, 500, 700, 100
                 # Identical curves make closed-form CLEAR's abandonment all-or-nothing (every
                 # tau crosses T(price) at once), so the no-text baseline uses the market
                 # solver, which funds a subset.
-                pol = {"uniform": "uniform", "proportional": "proportional",
-                       "clear-no-text": "market"}.get(p, "clear")
+                pol = {
+                    "uniform": "uniform",
+                    "proportional": "proportional",
+                    "clear-no-text": "market",
+                }.get(p, "clear")
                 grid = getattr(c, "grid", None)
-                al = allocate(c, total, pol, grid=grid) if grid is not None else \
-                    allocate(c, total, pol)
+                al = (
+                    allocate(c, total, pol, grid=grid)
+                    if grid is not None
+                    else allocate(c, total, pol)
+                )
                 r = replay(al, score, n_boot=0)
                 acc[(p, b)][idx] = r.per_query
                 aband[(p, b)] += r.abandoned * idx.size / ts.n
@@ -332,19 +394,29 @@ def crossfit_allocation(budgets: Sequence[float] = (100, 200, 300, 500, 700, 100
             a = acc[(p, b)]
             lo, hi = bootstrap_ci(a, n_boot, seed)
             dlo, dhi = bootstrap_ci(a - base, n_boot, seed)
-            rows.append({"budget": b, "policy": p, "accuracy": float(a.mean()),
-                         "ci_low": lo, "ci_high": hi, "vs_uniform": float((a - base).mean()),
-                         "vs_uniform_ci_low": dlo, "vs_uniform_ci_high": dhi,
-                         "abandoned": aband[(p, b)],
-                         "gain_kept": float((a.mean() - base.mean()) / gain_or)
-                         if gain_or > 1e-9 else np.nan})
+            rows.append(
+                {
+                    "budget": b,
+                    "policy": p,
+                    "accuracy": float(a.mean()),
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "vs_uniform": float((a - base).mean()),
+                    "vs_uniform_ci_low": dlo,
+                    "vs_uniform_ci_high": dhi,
+                    "abandoned": aband[(p, b)],
+                    "gain_kept": float((a.mean() - base.mean()) / gain_or)
+                    if gain_or > 1e-9
+                    else np.nan,
+                }
+            )
     return pd.DataFrame(rows)
 
 
 # -- adapter for shadowprice.evaluate (split="queries") -------------------------------------------
-def text_curve_predictor(uncertainty: bool = True, nodes: int = 32,
-                         proxy_sets: Sequence[str] = PROXY_SETS
-                         ) -> Callable[[TraceSet, TraceSet], UtilityCurve]:
+def text_curve_predictor(
+    uncertainty: bool = True, nodes: int = 32, proxy_sets: Sequence[str] = PROXY_SETS
+) -> Callable[[TraceSet, TraceSet], UtilityCurve]:
     """A ``predictor=`` for :func:`shadowprice.evaluate.evaluate` with ``split="queries"``.
 
     Given (fit traces, score traces) it trains the text model on the proxy sets minus every
@@ -354,6 +426,7 @@ def text_curve_predictor(uncertainty: bool = True, nodes: int = 32,
     fit traces; with ``uncertainty`` the expected curve under the predictive distribution
     (a TabulatedCurve).
     """
+
     def predict(fit: TraceSet, score: TraceSet) -> UtilityCurve:
         tr = traced_thresholds(fit)
         sq = [str(q) for q in score.questions()]
@@ -366,6 +439,7 @@ def text_curve_predictor(uncertainty: bool = True, nodes: int = 32,
         if not uncertainty:
             return GammaSCurve(pr.median, sf.beta_, p)
         return expected_curves(pr.median, pr.sigma, "gamma", beta=sf.beta_, p=p, nodes=nodes)
+
     return predict
 
 

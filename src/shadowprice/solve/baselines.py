@@ -39,13 +39,18 @@ def fit_to_budget(want: FloatArray, cons: Constraints, *, max_scale: float = np.
     return cons.round_down(want * lo_s)
 
 
-def _result(curves: UtilityCurve, budgets: IntArray, cons: Constraints, policy: str,
-            message: str) -> Allocation:
+def _result(
+    curves: UtilityCurve, budgets: IntArray, cons: Constraints, policy: str, message: str
+) -> Allocation:
     funded = budgets > 0
     return Allocation(
-        budgets=budgets, price=float("nan"), funded=funded,
-        utility=float(curves.value(budgets.astype(float)).sum()), budget=cons.budget,
-        policy=policy, status=STATUS_OK,
+        budgets=budgets,
+        price=float("nan"),
+        funded=funded,
+        utility=float(curves.value(budgets.astype(float)).sum()),
+        budget=cons.budget,
+        policy=policy,
+        status=STATUS_OK,
         message=f"{message}; {int((~funded).sum())} of {curves.n} queries get no tokens",
     )
 
@@ -71,8 +76,13 @@ def proportional(curves: UtilityCurve, cons: Constraints) -> Allocation:
     # A threshold beyond the query's cap cannot be reached: such a query would otherwise
     # absorb the budget in proportion to an unreachable number.
     want = np.where(np.isfinite(tau) & (tau <= cons.hi), np.maximum(tau, 1.0), 0.0)
-    return _result(curves, fit_to_budget(want, cons), cons, "proportional",
-                   "budgets proportional to predicted thresholds")
+    return _result(
+        curves,
+        fit_to_budget(want, cons),
+        cons,
+        "proportional",
+        "budgets proportional to predicted thresholds",
+    )
 
 
 def length(curves: UtilityCurve, cons: Constraints, level: float = 0.9) -> Allocation:
@@ -82,9 +92,13 @@ def length(curves: UtilityCurve, cons: Constraints, level: float = 0.9) -> Alloc
         return _infeasible(curves.n, cons, "length")
     need = curves.saturation(level, cap=float(cons.budget))
     b = fit_to_budget(need, cons, max_scale=1.0)
-    return _result(curves, b, cons, "length",
-                   f"each query its predicted needed length ({level:.0%} of its ceiling), "
-                   f"scaled to fit")
+    return _result(
+        curves,
+        b,
+        cons,
+        "length",
+        f"each query its predicted needed length ({level:.0%} of its ceiling), scaled to fit",
+    )
 
 
 def greedy(curves: UtilityCurve, menu: Menu, cons: Constraints) -> Allocation:
@@ -123,5 +137,6 @@ def greedy(curves: UtilityCurve, menu: Menu, cons: Constraints) -> Allocation:
     steps = np.bincount(taken_rows[spent <= left], minlength=n)
     pick = order[np.arange(n), steps]
     budgets = menu.pick(menu.budgets, pick).astype(np.int64)
-    return _result(curves, budgets, cons, "greedy",
-                   "greedy on marginal utility per token (ties spread evenly)")
+    return _result(
+        curves, budgets, cons, "greedy", "greedy on marginal utility per token (ties spread evenly)"
+    )

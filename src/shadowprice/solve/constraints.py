@@ -45,8 +45,10 @@ class Constraints:
     @property
     def uniform_limits(self) -> bool:
         """True when lo and hi are the same for every query and nobody is protected."""
-        return (self.n == 0 or (bool((self.lo == self.lo[0]).all()) and bool((self.hi == self.hi[0]).all()))) \
-            and not self.protected.any()
+        return (
+            self.n == 0
+            or (bool((self.lo == self.lo[0]).all()) and bool((self.hi == self.hi[0]).all()))
+        ) and not self.protected.any()
 
     @property
     def committed(self) -> int:
@@ -69,8 +71,9 @@ class Constraints:
 
     def subset(self, index: Any) -> Constraints:
         """The limits of a subset of queries (mask, indices or slice)."""
-        return Constraints(self.budget, self.granularity, self.lo[index], self.hi[index],
-                           self.protected[index])
+        return Constraints(
+            self.budget, self.granularity, self.lo[index], self.hi[index], self.protected[index]
+        )
 
 
 def _per_query(name: str, value: ArrayLike | None, n: int, default: float) -> NDArray[np.float64]:
@@ -78,8 +81,9 @@ def _per_query(name: str, value: ArrayLike | None, n: int, default: float) -> ND
         return np.full(n, default)
     arr = np.asarray(value, dtype=float)
     if arr.ndim > 1 or (arr.ndim == 1 and arr.size != n):
-        raise ValueError(f"{name} must be a scalar or have one entry per query ({n}), "
-                         f"got shape {arr.shape}")
+        raise ValueError(
+            f"{name} must be a scalar or have one entry per query ({n}), got shape {arr.shape}"
+        )
     bad = np.isnan(arr) | (arr < 0)
     if bad.any():
         i = int(np.flatnonzero(np.atleast_1d(bad))[0])
@@ -89,9 +93,15 @@ def _per_query(name: str, value: ArrayLike | None, n: int, default: float) -> ND
     return np.full(n, float(arr)) if arr.ndim == 0 else arr
 
 
-def make_constraints(n: int, budget: float, *, min_tokens: ArrayLike | None = None,
-                     max_tokens: ArrayLike | None = None, granularity: int = 1,
-                     floor: ArrayLike | None = None) -> Constraints:
+def make_constraints(
+    n: int,
+    budget: float,
+    *,
+    min_tokens: ArrayLike | None = None,
+    max_tokens: ArrayLike | None = None,
+    granularity: int = 1,
+    floor: ArrayLike | None = None,
+) -> Constraints:
     """Validate the user's limits for ``n`` queries and return :class:`Constraints`.
 
     Parameters
@@ -109,24 +119,36 @@ def make_constraints(n: int, budget: float, *, min_tokens: ArrayLike | None = No
         Tokens guaranteed to each query whatever the price; a positive floor means the query
         must not be abandoned (priority traffic).
     """
-    if isinstance(budget, bool) or not np.isfinite(budget) or float(budget) != int(budget) \
-            or budget <= 0:
+    if (
+        isinstance(budget, bool)
+        or not np.isfinite(budget)
+        or float(budget) != int(budget)
+        or budget <= 0
+    ):
         raise ValueError(f"budget = {budget!r}: must be a positive whole number of tokens")
     if isinstance(granularity, bool) or int(granularity) != granularity or granularity < 1:
         raise ValueError(f"granularity = {granularity!r}: must be a positive integer")
     B, g = int(budget), int(granularity)
     if all(v is None or np.ndim(v) == 0 for v in (min_tokens, max_tokens, floor)):
         # Scalar limits (the common case): validate once, allocate three arrays.
-        lo_s, hi_s, fl = (float(_per_query(name, v, 1, d)[0]) for name, v, d in
-                          (("min_tokens", min_tokens, 0.0), ("max_tokens", max_tokens, float(B)),
-                           ("floor", floor, 0.0)))
+        lo_s, hi_s, fl = (
+            float(_per_query(name, v, 1, d)[0])
+            for name, v, d in (
+                ("min_tokens", min_tokens, 0.0),
+                ("max_tokens", max_tokens, float(B)),
+                ("floor", floor, 0.0),
+            )
+        )
         lo1 = int(np.ceil(max(lo_s, fl, g) / g)) * g
         hi1 = int(np.floor(min(hi_s, B) / g)) * g
         if fl > 0 and lo1 > hi1:
-            raise ValueError(f"floor/min_tokens {lo1} exceeds max_tokens {hi1} (after rounding "
-                             f"to granularity {g}); raise max_tokens or lower the floor")
-        return Constraints(B, g, np.full(n, lo1, np.int64), np.full(n, hi1, np.int64),
-                           np.full(n, fl > 0))
+            raise ValueError(
+                f"floor/min_tokens {lo1} exceeds max_tokens {hi1} (after rounding "
+                f"to granularity {g}); raise max_tokens or lower the floor"
+            )
+        return Constraints(
+            B, g, np.full(n, lo1, np.int64), np.full(n, hi1, np.int64), np.full(n, fl > 0)
+        )
     mins = _per_query("min_tokens", min_tokens, n, 0.0)
     maxs = _per_query("max_tokens", max_tokens, n, float(B))
     floors = _per_query("floor", floor, n, 0.0)
@@ -136,6 +158,8 @@ def make_constraints(n: int, budget: float, *, min_tokens: ArrayLike | None = No
     bad = protected & (lo > hi)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"query {i}: floor/min_tokens {lo[i]} exceeds max_tokens {hi[i]} "
-                         f"(after rounding to granularity {g}); raise max_tokens or lower the floor")
+        raise ValueError(
+            f"query {i}: floor/min_tokens {lo[i]} exceeds max_tokens {hi[i]} "
+            f"(after rounding to granularity {g}); raise max_tokens or lower the floor"
+        )
     return Constraints(B, g, lo, hi, protected)

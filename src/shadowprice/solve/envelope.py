@@ -65,9 +65,11 @@ def price_ceiling(menu: Menu) -> float:
     best = 0.0
     # Common case: every row may abandon (option 0 = nothing for nothing), so the cheapest
     # option is column 0 and the ratios are plain value per token.
-    zero_first = bool(np.isfinite(menu.values[:, 0]).all()
-                      and not np.any(menu.values[:, 0])
-                      and not np.any(menu.costs[..., 0]))
+    zero_first = bool(
+        np.isfinite(menu.values[:, 0]).all()
+        and not np.any(menu.values[:, 0])
+        and not np.any(menu.costs[..., 0])
+    )
     for start in range(0, menu.n, CHUNK):
         sl = slice(start, min(start + CHUNK, menu.n))
         c = menu.row_costs(sl)
@@ -75,8 +77,7 @@ def price_ceiling(menu: Menu) -> float:
         if zero_first:
             with np.errstate(divide="ignore", invalid="ignore"):
                 r = v[:, 1:] / c[:, 1:]
-            best = max(best, float(np.nanmax(np.where(np.isfinite(v[:, 1:]), r, 0.0),
-                                             initial=0.0)))
+            best = max(best, float(np.nanmax(np.where(np.isfinite(v[:, 1:]), r, 0.0), initial=0.0)))
             continue
         rows = np.arange(v.shape[0])
         first = np.argmax(np.isfinite(v), axis=1)
@@ -94,10 +95,12 @@ def _estimate_price(menu: Menu, budget: int, rng_seed: int = 0) -> float | None:
     rng = np.random.default_rng(rng_seed)
     size = min(SUBSAMPLE, max(menu.n // 4, 1024))
     rows = np.sort(rng.choice(menu.n, size, replace=False))
-    sub = Menu(costs=menu.costs if menu.costs.ndim == 1 else menu.costs[rows],
-               values=menu.values[rows],
-               budgets=menu.budgets if menu.budgets.ndim == 1 else menu.budgets[rows],
-               samples=menu.samples if menu.samples.ndim == 1 else menu.samples[rows])
+    sub = Menu(
+        costs=menu.costs if menu.costs.ndim == 1 else menu.costs[rows],
+        values=menu.values[rows],
+        budgets=menu.budgets if menu.budgets.ndim == 1 else menu.budgets[rows],
+        samples=menu.samples if menu.samples.ndim == 1 else menu.samples[rows],
+    )
     sub_budget = budget * size / menu.n
     p_lo, p_hi = 0.0, price_ceiling(sub)
     if _demand(sub, 0.0)[1] <= sub_budget:
@@ -115,16 +118,19 @@ def clear_menu(menu: Menu, cons: Constraints, *, policy: str = "market") -> Allo
     """Allocate by one clearing price over per-query menus (see module docstring)."""
     n, B = menu.n, cons.budget
     if n == 0:
-        return _result(menu, np.zeros(0, np.intp), 0.0, cons, policy, STATUS_NOT_SCARCE, 0, {},
-                       "no queries")
+        return _result(
+            menu, np.zeros(0, np.intp), 0.0, cons, policy, STATUS_NOT_SCARCE, 0, {}, "no queries"
+        )
     # Unprotected queries can always abandon (option 0), so only protected rows need a check.
     check = np.flatnonzero(cons.protected)
     no_option = np.zeros(n, dtype=bool)
     no_option[check] = ~np.isfinite(menu.values[check]).any(axis=1)
     if no_option.any():
         i = int(np.flatnonzero(no_option)[0])
-        raise ValueError(f"query {i} has no feasible option within its limits; "
-                         f"check its floor, min_tokens and max_tokens against the grid")
+        raise ValueError(
+            f"query {i} has no feasible option within its limits; "
+            f"check its floor, min_tokens and max_tokens against the grid"
+        )
     p_lo, p_hi = 0.0, None
     guess = _estimate_price(menu, B) if n >= SUBSAMPLE_FROM else None
     if guess is not None:
@@ -148,8 +154,17 @@ def clear_menu(menu: Menu, cons: Constraints, *, policy: str = "market") -> Allo
     if p_lo == 0.0:
         c_lo, d_lo = _demand(menu, 0.0)
         if d_lo <= B:
-            return _result(menu, c_lo, 0.0, cons, policy, STATUS_NOT_SCARCE, 0, {},
-                           "budget not scarce: every query got its best option at price 0")
+            return _result(
+                menu,
+                c_lo,
+                0.0,
+                cons,
+                policy,
+                STATUS_NOT_SCARCE,
+                0,
+                {},
+                "budget not scarce: every query got its best option at price 0",
+            )
     if p_hi is None:
         p_hi = price_ceiling(menu)
         c_hi, d_hi = _demand(menu, p_hi)
@@ -172,15 +187,26 @@ def clear_menu(menu: Menu, cons: Constraints, *, policy: str = "market") -> Allo
         active = active[~settled]
         it += 1
     choice, fill = _fill(menu, c_hi, c_lo, active, cons)
-    return _result(menu, choice, p_hi, cons, policy, STATUS_OK, it,
-                   {"undecided_at_price": int(active.size), "subsample_price": guess or 0.0,
-                    **fill},
-                   f"market cleared at price {p_hi:.6g} after {it} bisection steps over "
-                   f"{menu.k}-option menus")
+    return _result(
+        menu,
+        choice,
+        p_hi,
+        cons,
+        policy,
+        STATUS_OK,
+        it,
+        {"undecided_at_price": int(active.size), "subsample_price": guess or 0.0, **fill},
+        f"market cleared at price {p_hi:.6g} after {it} bisection steps over {menu.k}-option menus",
+    )
 
 
-def _fill(menu: Menu, choice: NDArray[np.intp], upper: NDArray[np.intp],
-          active: NDArray[np.intp], cons: Constraints) -> tuple[NDArray[np.intp], dict[str, int]]:
+def _fill(
+    menu: Menu,
+    choice: NDArray[np.intp],
+    upper: NDArray[np.intp],
+    active: NDArray[np.intp],
+    cons: Constraints,
+) -> tuple[NDArray[np.intp], dict[str, int]]:
     """Spend the leftover at the clearing price: first upgrade the undecided queries (their
     next option is worth the price per token), then the best single upgrades that still fit."""
     choice = choice.copy()
@@ -199,8 +225,11 @@ def _fill(menu: Menu, choice: NDArray[np.intp], upper: NDArray[np.intp],
     while left > 0 and rounds < FILL_ROUNDS:
         # Only rows with some upgrade that fits are worth a look.
         cur_cost = _cost(menu, choice)
-        fits = (menu.row_costs() > cur_cost[:, None]) & (menu.row_costs() <= cur_cost[:, None] + left) \
-            if menu.costs.ndim == 2 else None
+        fits = (
+            (menu.row_costs() > cur_cost[:, None]) & (menu.row_costs() <= cur_cost[:, None] + left)
+            if menu.costs.ndim == 2
+            else None
+        )
         if fits is None:
             nxt = np.minimum(choice + 1, menu.k - 1)
             step = menu.costs[nxt] - cur_cost
@@ -215,8 +244,11 @@ def _fill(menu: Menu, choice: NDArray[np.intp], upper: NDArray[np.intp],
             nxt = np.minimum(choice[cand] + 1, menu.k - 1)
             step = np.maximum(_cost(menu, nxt, cand) - cur_cost[cand], 1)
             r = (menu.values[cand, nxt] - menu.values[cand, choice[cand]]) / step
-            cand = cand[np.argpartition(-np.nan_to_num(r, nan=-np.inf),
-                                        FILL_CANDIDATES - 1)[:FILL_CANDIDATES]]
+            cand = cand[
+                np.argpartition(-np.nan_to_num(r, nan=-np.inf), FILL_CANDIDATES - 1)[
+                    :FILL_CANDIDATES
+                ]
+            ]
         extra = menu.row_costs(cand) - cur_cost[cand, None]
         gain = menu.values[cand] - menu.values[cand, choice[cand]][:, None]
         ok = (extra > 0) & (extra <= left) & (gain > 0)
@@ -241,16 +273,30 @@ def _fill(menu: Menu, choice: NDArray[np.intp], upper: NDArray[np.intp],
     return choice, {"upgraded_at_price": upgraded, "fill_rounds": rounds}
 
 
-def _result(menu: Menu, choice: NDArray[np.intp], price: float, cons: Constraints, policy: str,
-            status: int, iterations: int, info: dict[str, float], message: str) -> Allocation:
+def _result(
+    menu: Menu,
+    choice: NDArray[np.intp],
+    price: float,
+    cons: Constraints,
+    policy: str,
+    status: int,
+    iterations: int,
+    info: dict[str, float],
+    message: str,
+) -> Allocation:
     budgets = menu.pick(menu.budgets, choice).astype(np.int64)
     samples = menu.pick(menu.samples, choice).astype(np.int64)
     funded = budgets > 0
     utility = float(menu.values[np.arange(menu.n), choice].astype(np.float64).sum())
     multi = bool(np.any(menu.samples != 1))
     return Allocation(
-        budgets=budgets, price=price, funded=funded, utility=utility, budget=cons.budget,
-        policy=policy, status=status,
+        budgets=budgets,
+        price=price,
+        funded=funded,
+        utility=utility,
+        budget=cons.budget,
+        policy=policy,
+        status=status,
         message=message + f"; {int((~funded).sum())} of {menu.n} queries abandoned",
         samples=samples if multi else None,
         info={"iterations": iterations, "options": menu.k, "choice": choice, **info},

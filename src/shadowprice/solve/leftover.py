@@ -47,7 +47,9 @@ def spread_leftover(curves: UtilityCurve, alloc: Allocation, cons: Constraints) 
     if given == 0:
         return alloc
     return replace(
-        alloc, budgets=b, utility=float(curves.value(b.astype(float)).sum()),
+        alloc,
+        budgets=b,
+        utility=float(curves.value(b.astype(float)).sum()),
         message=alloc.message + f"; {given} leftover tokens spread over funded queries as headroom",
         info={**alloc.info, "spread_leftover": given},
     )

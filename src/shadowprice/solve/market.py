@@ -54,7 +54,9 @@ class Clearing:
     below: tuple[FloatArray, NDArray[np.bool_]] | None = None
 
 
-def constrained_demand(curves: UtilityCurve, price: float, cons: Constraints) -> tuple[FloatArray, NDArray[np.bool_]]:
+def constrained_demand(
+    curves: UtilityCurve, price: float, cons: Constraints
+) -> tuple[FloatArray, NDArray[np.bool_]]:
     """Each query's surplus-maximising budget at ``price`` within its limits.
 
     Candidates are the unconstrained optimum clipped to [lo, hi], the cheapest funded budget
@@ -194,9 +196,13 @@ def clear_sorted(curves: ShiftedSurge, cons: Constraints) -> Clearing:
     return Clearing(hi_p, b, f, it, scarce=True, below=s.budgets(lo_p))
 
 
-def admit_marginal(curves: UtilityCurve, budgets: IntArray, funded: NDArray[np.bool_],
-                   below: tuple[FloatArray, NDArray[np.bool_]], cons: Constraints,
-                   ) -> tuple[IntArray, NDArray[np.bool_], int]:
+def admit_marginal(
+    curves: UtilityCurve,
+    budgets: IntArray,
+    funded: NDArray[np.bool_],
+    below: tuple[FloatArray, NDArray[np.bool_]],
+    cons: Constraints,
+) -> tuple[IntArray, NDArray[np.bool_], int]:
     """Fund the marginal queries (funded just below the price, not at it) while they fit.
 
     They are indifferent at the clearing price, so funding some of them is as good as any use
@@ -219,9 +225,17 @@ def admit_marginal(curves: UtilityCurve, budgets: IntArray, funded: NDArray[np.b
     return b, f, int(take.size)
 
 
-def hand_out(curves: UtilityCurve, budgets: IntArray, funded: NDArray[np.bool_], price: float,
-             cons: Constraints, want: FloatArray | None = None,
-             remainder: FloatArray | None = None, max_entrants: int = 64, max_rounds: int = 10_000) -> tuple[IntArray, NDArray[np.bool_], dict[str, int]]:
+def hand_out(
+    curves: UtilityCurve,
+    budgets: IntArray,
+    funded: NDArray[np.bool_],
+    price: float,
+    cons: Constraints,
+    want: FloatArray | None = None,
+    remainder: FloatArray | None = None,
+    max_entrants: int = 64,
+    max_rounds: int = 10_000,
+) -> tuple[IntArray, NDArray[np.bool_], dict[str, int]]:
     """Give tokens left over after rounding and after the demand jump to where they pay most.
 
     First, abandoned queries closest to funding (lowest thresholds) enter, each with what it
@@ -315,8 +329,9 @@ class _SurgeStates:
         u = np.maximum(b - tau, 0.0)
         return self.alpha * u * np.exp(-self.beta * u)
 
-    def state(self, lam: float, rows: NDArray[np.intp] | slice = slice(None)
-              ) -> tuple[NDArray[np.int8], FloatArray]:
+    def state(
+        self, lam: float, rows: NDArray[np.intp] | slice = slice(None)
+    ) -> tuple[NDArray[np.int8], FloatArray]:
         """State code (-1 abandoned, else region) and budgets of ``rows`` at ``lam``.
 
         A protected query is never abandoned: when its surge optimum has less surplus than
@@ -388,8 +403,10 @@ def clear(curves: UtilityCurve, cons: Constraints, *, policy: str = "clear") -> 
     cons : Constraints
     """
     if not curves.has_closed_form_demand:
-        raise TypeError(f"{type(curves).__name__} has no closed-form demand; "
-                        f"use policy='market' (concave envelope on a grid)")
+        raise TypeError(
+            f"{type(curves).__name__} has no closed-form demand; "
+            f"use policy='market' (concave envelope on a grid)"
+        )
     if cons.committed > cons.budget:
         return _infeasible(curves.n, cons, policy)
     surge = isinstance(curves, ShiftedSurge) and curves.shared_shape
@@ -404,20 +421,32 @@ def clear(curves: UtilityCurve, cons: Constraints, *, policy: str = "clear") -> 
     admitted = 0
     if clearing.below is not None:
         budgets, funded, admitted = admit_marginal(curves, budgets, funded, clearing.below, cons)
-    budgets, funded, handout = hand_out(curves, budgets, funded, clearing.price, cons,
-                                        want=_unconstrained_want(curves, clearing.price),
-                                        remainder=clearing.budgets - budgets)
+    budgets, funded, handout = hand_out(
+        curves,
+        budgets,
+        funded,
+        clearing.price,
+        cons,
+        want=_unconstrained_want(curves, clearing.price),
+        remainder=clearing.budgets - budgets,
+    )
     status = STATUS_OK if clearing.scarce else STATUS_NOT_SCARCE
-    msg = (f"market cleared at price {clearing.price:.6g} after {clearing.iterations} bisection "
-           f"steps ({path}); {int((~funded).sum())} of {curves.n} queries abandoned"
-           if clearing.scarce else
-           "budget not scarce: every query got its utility-maximising budget at price 0")
+    msg = (
+        f"market cleared at price {clearing.price:.6g} after {clearing.iterations} bisection "
+        f"steps ({path}); {int((~funded).sum())} of {curves.n} queries abandoned"
+        if clearing.scarce
+        else "budget not scarce: every query got its utility-maximising budget at price 0"
+    )
     return Allocation(
-        budgets=budgets, price=clearing.price, funded=funded,
-        utility=float(curves.value(budgets.astype(float)).sum()), budget=cons.budget,
-        policy=policy, status=status, message=msg,
-        info={"iterations": clearing.iterations, "solver": path, "admitted": admitted,
-              **handout},
+        budgets=budgets,
+        price=clearing.price,
+        funded=funded,
+        utility=float(curves.value(budgets.astype(float)).sum()),
+        budget=cons.budget,
+        policy=policy,
+        status=status,
+        message=msg,
+        info={"iterations": clearing.iterations, "solver": path, "admitted": admitted, **handout},
     )
 
 

@@ -61,8 +61,12 @@ class Menu:
             return np.broadcast_to(self.costs, (np.size(r), self.k))
         return self.costs[rows]
 
-    def pick(self, field: IntArray, choice: NDArray[np.intp],
-             rows: NDArray[np.intp] | slice = slice(None)) -> IntArray:
+    def pick(
+        self,
+        field: IntArray,
+        choice: NDArray[np.intp],
+        rows: NDArray[np.intp] | slice = slice(None),
+    ) -> IntArray:
         """Gather one option per row from a (K,) or (N, K) field."""
         if field.ndim == 1:
             return field[choice]
@@ -105,8 +109,13 @@ def _feasible(budgets: IntArray, cons: Constraints) -> NDArray[np.bool_]:
     return ok | ((b == 0) & ~cons.protected[:, None])
 
 
-def menu_from_curve(curves: UtilityCurve, cons: Constraints, grid: IntArray | None = None,
-                    levels: int = DEFAULT_LEVELS, dtype: type = np.float64) -> Menu:
+def menu_from_curve(
+    curves: UtilityCurve,
+    cons: Constraints,
+    grid: IntArray | None = None,
+    levels: int = DEFAULT_LEVELS,
+    dtype: type = np.float64,
+) -> Menu:
     """Evaluate ``curves`` on a budget grid (shared), or on its jump points if empirical.
 
     Rows are tabulated in chunks so that temporaries stay small; ``dtype=np.float32`` halves
@@ -154,8 +163,13 @@ def menu_from_breakpoints(curves: EmpiricalCurve, cons: Constraints) -> Menu:
     return Menu(costs=budgets, values=values, budgets=budgets, samples=np.ones_like(budgets))
 
 
-def best_of_k_menu(curves: UtilityCurve, cons: Constraints, ks: Sequence[int] = (1, 2, 4, 8),
-                   grid: IntArray | None = None, levels: int = 16) -> Menu:
+def best_of_k_menu(
+    curves: UtilityCurve,
+    cons: Constraints,
+    ks: Sequence[int] = (1, 2, 4, 8),
+    grid: IntArray | None = None,
+    levels: int = 16,
+) -> Menu:
     """Options of k parallel samples of b tokens each, valued as pass@k with a verifier.
 
     ``curves`` must give probabilities (P(correct within b) in [0, 1]). Each option costs k b
@@ -180,5 +194,6 @@ def best_of_k_menu(curves: UtilityCurve, cons: Constraints, ks: Sequence[int] = 
     zero = costs == 0
     zero[np.argmax(zero)] = False
     feas &= ~zero[None, :]
-    return Menu(costs=costs, values=np.where(feas, values, -np.inf), budgets=budgets,
-                samples=samples)
+    return Menu(
+        costs=costs, values=np.where(feas, values, -np.inf), budgets=budgets, samples=samples
+    )

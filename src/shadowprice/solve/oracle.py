@@ -31,7 +31,8 @@ def solve_oracle(menu: Menu, cons: Constraints, *, policy: str = "oracle") -> Al
         raise ValueError(
             f"oracle DP too large: {n} queries x {G + 1} budget granules; use a coarser "
             f"granularity (e.g. granularity={g * max(2, int(np.ceil(n * (G + 1) / MAX_CELLS)))})"
-            f" or fewer queries")
+            f" or fewer queries"
+        )
     neg = -np.inf
     dp = np.full(G + 1, neg)
     dp[0] = 0.0
@@ -64,10 +65,17 @@ def solve_oracle(menu: Menu, cons: Constraints, *, policy: str = "oracle") -> Al
     samples = menu.pick(menu.samples, picked).astype(np.int64)
     funded = budgets > 0
     return Allocation(
-        budgets=budgets, price=float("nan"), funded=funded, utility=best, budget=cons.budget,
-        policy=policy, status=STATUS_OK,
-        message=(f"exact optimum over {k}-option menus by dynamic programming on {G + 1} "
-                 f"granules of {g} tokens; {int((~funded).sum())} of {n} queries abandoned"),
+        budgets=budgets,
+        price=float("nan"),
+        funded=funded,
+        utility=best,
+        budget=cons.budget,
+        policy=policy,
+        status=STATUS_OK,
+        message=(
+            f"exact optimum over {k}-option menus by dynamic programming on {G + 1} "
+            f"granules of {g} tokens; {int((~funded).sum())} of {n} queries abandoned"
+        ),
         samples=samples if np.any(menu.samples != 1) else None,
         info={"granules": G, "options": k, "choice": picked},
     )

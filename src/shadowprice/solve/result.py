@@ -107,19 +107,33 @@ class Allocation:
     def __repr__(self) -> str:
         s = self.summary()
         price = "none" if s["price"] is None else f"{s['price']:.6g}"
-        return (f"Allocation(policy={self.policy!r}, n={self.n}, budget={self.budget}, "
-                f"price={price}, funded={s['funded']}, utility={self.utility:.6g}, "
-                f"leftover={self.leftover}, status={self.status})")
+        return (
+            f"Allocation(policy={self.policy!r}, n={self.n}, budget={self.budget}, "
+            f"price={price}, funded={s['funded']}, utility={self.utility:.6g}, "
+            f"leftover={self.leftover}, status={self.status})"
+        )
 
 
 def infeasible(n: int, budget: int, policy: str, message: str) -> Allocation:
     """The result when no allocation satisfies the limits: nothing allocated, no price."""
-    return Allocation(budgets=np.zeros(n, dtype=np.int64), price=float("nan"),
-                      funded=np.zeros(n, dtype=bool), utility=0.0, budget=budget, policy=policy,
-                      status=STATUS_INFEASIBLE, message=f"infeasible: {message}")
+    return Allocation(
+        budgets=np.zeros(n, dtype=np.int64),
+        price=float("nan"),
+        funded=np.zeros(n, dtype=bool),
+        utility=0.0,
+        budget=budget,
+        policy=policy,
+        status=STATUS_INFEASIBLE,
+        message=f"infeasible: {message}",
+    )
 
 
 def floors_exceed_budget(n: int, committed: int, budget: int, policy: str) -> Allocation:
     """Protected queries' floors alone do not fit in the budget."""
-    return infeasible(n, budget, policy, f"protected queries need {committed} tokens at their "
-                      f"floors but the budget is {budget}; raise the budget or lower the floors")
+    return infeasible(
+        n,
+        budget,
+        policy,
+        f"protected queries need {committed} tokens at their "
+        f"floors but the budget is {budget}; raise the budget or lower the floors",
+    )

@@ -29,7 +29,7 @@ def _data_dir() -> Traversable:
 @lru_cache(maxsize=1)
 def _manifest() -> dict[str, Any]:
     with (_data_dir() / "manifest.json").open("r", encoding="utf-8") as fh:
-        return json.load(fh)  # type: ignore[no-any-return]
+        return json.load(fh)
 
 
 def _canon(name: str) -> str:
@@ -44,7 +44,7 @@ def _lookup(kind: str, name: str) -> dict[str, Any]:
         key = "minerva"
     if key not in table:
         raise KeyError(f"no bundled {kind[:-1]} set {name!r}; available: {sorted(table)}")
-    return table[key]  # type: ignore[no-any-return]
+    return table[key]
 
 
 def _read_lines(rel: str) -> list[tuple[int, Any]]:

@@ -49,8 +49,13 @@ def _infer_format(path: str, format: str | None) -> str:
             raise ValueError(f"unknown trace format {format!r}; expected one of {FORMATS}")
         return fmt
     low = path.lower()
-    for suffix, fmt in ((".jsonl.gz", "jsonl.gz"), (".jsonl", "jsonl"), (".csv", "csv"),
-                        (".parquet", "parquet"), (".pq", "parquet")):
+    for suffix, fmt in (
+        (".jsonl.gz", "jsonl.gz"),
+        (".jsonl", "jsonl"),
+        (".csv", "csv"),
+        (".parquet", "parquet"),
+        (".pq", "parquet"),
+    ):
         if low.endswith(suffix):
             return fmt
     raise ValueError(
@@ -78,8 +83,9 @@ def _read_jsonl(path: str, gz: bool) -> TraceSet:
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as e:
-                raise TraceValidationError(f"invalid JSON: {e.msg} (column {e.colno})",
-                                           path=path, line=ln) from None
+                raise TraceValidationError(
+                    f"invalid JSON: {e.msg} (column {e.colno})", path=path, line=ln
+                ) from None
             records.append(validate_record(obj, line=ln, path=path))
             lines.append(ln)
     if not records:
@@ -130,8 +136,7 @@ def _records_to_rows(records: Iterable[dict[str, Any]]) -> tuple[list[str], list
                 qpart["query." + k] = v
         query_cols.update(dict.fromkeys(qpart))
         for s in rec["samples"]:
-            row: dict[str, Any] = {"id": rec["id"], "tokens": s["tokens"],
-                                   "correct": s["correct"]}
+            row: dict[str, Any] = {"id": rec["id"], "tokens": s["tokens"], "correct": s["correct"]}
             row.update(qpart)
             for k, v in s.items():
                 if k not in ("tokens", "correct"):
@@ -147,9 +152,7 @@ def _records_to_rows(records: Iterable[dict[str, Any]]) -> tuple[list[str], list
     return list(cols), rows
 
 
-def _rows_to_records(
-    rows: Iterator[tuple[int, dict[str, Any]]], path: str, unit: str
-) -> TraceSet:
+def _rows_to_records(rows: Iterator[tuple[int, dict[str, Any]]], path: str, unit: str) -> TraceSet:
     """Group long-form rows (already type-decoded; absent cells omitted) into records.
 
     ``rows`` yields ``(line_or_row_number, {column: value})``.
@@ -182,18 +185,21 @@ def _rows_to_records(
             if col in ("tokens", "correct"):
                 sample[col] = val
             elif col.startswith("sample."):
-                sample[col[len("sample."):]] = val
+                sample[col[len("sample.") :]] = val
             elif col in _QUERY_COLS or col.startswith(("meta.", "query.")):
                 if col.startswith("meta."):
-                    target, key = rec.setdefault("meta", {}), col[len("meta."):]
+                    target, key = rec.setdefault("meta", {}), col[len("meta.") :]
                 elif col.startswith("query."):
-                    target, key = rec, col[len("query."):]
+                    target, key = rec, col[len("query.") :]
                 else:
                     target, key = rec, col
                 if key in target:
                     if target[key] != val:
-                        raise fail(col, f"differs between rows of id {rid!r}: {val!r} here, "
-                                        f"{target[key]!r} at {unit} {set_at[(rid, col)]}")
+                        raise fail(
+                            col,
+                            f"differs between rows of id {rid!r}: {val!r} here, "
+                            f"{target[key]!r} at {unit} {set_at[(rid, col)]}",
+                        )
                 else:
                     target[key] = val
                     set_at[(rid, col)] = ln
@@ -211,8 +217,9 @@ def _rows_to_records(
         rec["samples"].append(sample)
     if n_rows == 0:
         raise TraceValidationError("file holds no trace rows (it is empty)", path=path)
-    records = [validate_record(r, line=first_line[r["id"]], path=path, unit=unit)
-               for r in by_id.values()]
+    records = [
+        validate_record(r, line=first_line[r["id"]], path=path, unit=unit) for r in by_id.values()
+    ]
     return TraceSet._trusted(records)
 
 
@@ -256,16 +263,19 @@ def _read_csv(path: str) -> TraceSet:
         try:
             header = next(reader)
         except StopIteration:
-            raise TraceValidationError("file holds no trace rows (it is empty)",
-                                       path=path) from None
+            raise TraceValidationError(
+                "file holds no trace rows (it is empty)", path=path
+            ) from None
         if len(set(header)) != len(header):
             dup = next(c for c in header if header.count(c) > 1)
-            raise TraceValidationError("column appears twice in the header", path=path,
-                                       line=1, field=dup)
+            raise TraceValidationError(
+                "column appears twice in the header", path=path, line=1, field=dup
+            )
         for req in _REQUIRED:
             if req not in header:
-                raise TraceValidationError("column is required in the header", path=path,
-                                           line=1, field=req)
+                raise TraceValidationError(
+                    "column is required in the header", path=path, line=1, field=req
+                )
 
         def rows() -> Iterator[tuple[int, dict[str, Any]]]:
             start = reader.line_num + 1
@@ -277,9 +287,11 @@ def _read_csv(path: str) -> TraceSet:
                 if len(cells) != len(header):
                     raise TraceValidationError(
                         f"row has {len(cells)} cells but the header has {len(header)}",
-                        path=path, line=ln)
+                        path=path,
+                        line=ln,
+                    )
                 row: dict[str, Any] = {}
-                for col, cell in zip(header, cells):
+                for col, cell in zip(header, cells, strict=False):
                     if col == "id":
                         if cell != "":
                             row["id"] = cell  # ids stay text even when they look numeric
@@ -305,8 +317,9 @@ def _write_csv(traces: TraceSet, path: str) -> None:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(cols)
         for row in rows:
-            w.writerow([row["id"] if c == "id" else
-                        _encode_cell(row[c]) if c in row else "" for c in cols])
+            w.writerow(
+                [row["id"] if c == "id" else _encode_cell(row[c]) if c in row else "" for c in cols]
+            )
 
 
 # ---------------------------------------------------------------------------------------
@@ -349,8 +362,9 @@ def _write_parquet(traces: TraceSet, path: str) -> None:
             kind = "str"
         else:
             vals = [None if v is _MISSING else v for v in vals]
-        typ = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(),
-               "str": pa.string()}[kind]
+        typ = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(), "str": pa.string()}[
+            kind
+        ]
         arrays.append(pa.array(vals, type=typ))
     table = pa.Table.from_arrays(arrays, names=cols)
     table = table.replace_schema_metadata({_JSON_COLS_KEY: json.dumps(json_cols).encode()})

@@ -142,9 +142,7 @@ def validate_record(
             raise fail(f"samples[{j}].correct", "is required")
         cor = s["correct"]
         if not isinstance(cor, (bool, np.bool_)):
-            raise fail(
-                f"samples[{j}].correct", f"must be a boolean (true/false), got {cor!r}"
-            )
+            raise fail(f"samples[{j}].correct", f"must be a boolean (true/false), got {cor!r}")
         ns = dict(s)
         ns["tokens"] = tok
         ns["correct"] = bool(cor)
@@ -155,8 +153,12 @@ def validate_record(
     return out
 
 
-def _check_unique(records: Sequence[dict[str, Any]], lines: Sequence[int | None] | None,
-                  path: str | None, unit: str = "line") -> None:
+def _check_unique(
+    records: Sequence[dict[str, Any]],
+    lines: Sequence[int | None] | None,
+    path: str | None,
+    unit: str = "line",
+) -> None:
     seen: dict[str, int] = {}
     for i, r in enumerate(records):
         rid = r["id"]
@@ -168,7 +170,10 @@ def _check_unique(records: Sequence[dict[str, Any]], lines: Sequence[int | None]
                 f"duplicate id {rid!r} (first seen at {unit} {first_ln})"
                 if lines is not None
                 else f"duplicate id {rid!r} (records {first} and {i})",
-                path=path, line=ln, field="id", unit=unit,
+                path=path,
+                line=ln,
+                field="id",
+                unit=unit,
             )
         seen[rid] = i
 
@@ -232,12 +237,8 @@ class TraceSet:
         counts = np.fromiter((len(r["samples"]) for r in self.records), np.int64, self.n)
         s_max = int(counts.max()) if self.n else 0
         # Flatten once, then scatter into the padded matrices with one fancy-index write.
-        flat_t = np.fromiter(
-            (s["tokens"] for r in self.records for s in r["samples"]), np.float64
-        )
-        flat_c = np.fromiter(
-            (s["correct"] for r in self.records for s in r["samples"]), np.bool_
-        )
+        flat_t = np.fromiter((s["tokens"] for r in self.records for s in r["samples"]), np.float64)
+        flat_c = np.fromiter((s["correct"] for r in self.records for s in r["samples"]), np.bool_)
         rows = np.repeat(np.arange(self.n), counts)
         starts = np.repeat(np.cumsum(counts) - counts, counts)
         cols = np.arange(flat_t.size) - starts
