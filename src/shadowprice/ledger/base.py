@@ -1,0 +1,167 @@
+"""The ledger protocol: reserve before sending, settle after, expire what was abandoned.
+
+Guarantee every implementation keeps: within one period, ``spent + reserved <= total`` after
+every successful :meth:`Ledger.reserve`. A request is sent with ``max_tokens`` no larger than
+its reservation, so as long as servers honour ``max_tokens`` and reservations are settled
+before they expire, the tokens settled in a period never exceed its budget. What breaks that
+promise (a server generating more than it was allowed, a settlement arriving after its
+reservation expired and its tokens were handed to someone else) is charged in full and counted
+in :attr:`LedgerState.overrun`: the ledger never under-reports spending.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+
+class LedgerError(RuntimeError):
+    """A ledger operation was misused (negative tokens) or the store is unreachable."""
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Tokens set aside for one request.
+
+    Attributes
+    ----------
+    id : str
+        Unique id (settling is idempotent per id).
+    tokens : int
+        Tokens reserved: the request's ``max_tokens``.
+    period : int
+        Index of the budget period the tokens are charged to (0 without periods).
+    tag : str
+        Free text for logs and journals (e.g. the query id).
+    expires_at : float or None
+        Wall-clock time (seconds since the epoch) after which the reservation lapses and its
+        tokens return to the pool; None = never.
+    """
+
+    id: str
+    tokens: int
+    period: int = 0
+    tag: str = ""
+    expires_at: float | None = None
+
+
+SettleStatus = Literal["settled", "late", "duplicate"]
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What settling a reservation did.
+
+    Attributes
+    ----------
+    charged : int
+        Tokens charged by this call (0 for a duplicate).
+    status : {'settled', 'late', 'duplicate'}
+        ``settled``: the reservation was open and is now closed; ``late``: it had expired (its
+        tokens had already returned to the pool), the usage is charged anyway; ``duplicate``:
+        it was settled before, nothing charged.
+    overrun : int
+        Tokens charged beyond what the reservation held (a server that ignored
+        ``max_tokens``, or a late settlement).
+    """
+
+    charged: int
+    status: SettleStatus
+    overrun: int = 0
+
+
+@dataclass(frozen=True)
+class LedgerState:
+    """Totals of one period.
+
+    Attributes
+    ----------
+    total : int
+        Budget of the period, tokens.
+    spent : int
+        Tokens settled (charged) in the period.
+    reserved : int
+        Tokens held by open reservations.
+    overrun : int
+        Tokens charged beyond reservations (see the module docstring).
+    period : int
+        Index of the period these totals belong to.
+    """
+
+    total: int
+    spent: int
+    reserved: int
+    overrun: int = 0
+    period: int = 0
+
+    @property
+    def available(self) -> int:
+        """Tokens neither spent nor reserved (never negative)."""
+        return max(0, self.total - self.spent - self.reserved)
+
+    def as_dict(self) -> dict[str, int]:
+        """JSON-ready totals, ``available`` included."""
+        return {
+            "total": self.total,
+            "spent": self.spent,
+            "reserved": self.reserved,
+            "available": self.available,
+            "overrun": self.overrun,
+            "period": self.period,
+        }
+
+
+@runtime_checkable
+class Ledger(Protocol):
+    """A token budget shared by everything that spends it (see the module docstring)."""
+
+    @property
+    def total(self) -> int:
+        """Budget per period, tokens."""
+        ...
+
+    async def reserve(
+        self, tokens: int, *, min_tokens: int | None = None, tag: str = "", ttl: float | None = None
+    ) -> Reservation | None:
+        """Set aside ``tokens``, or as many as are left if that is at least ``min_tokens``.
+
+        Parameters
+        ----------
+        tokens : int
+            Tokens wanted (> 0).
+        min_tokens : int, optional
+            Accept a smaller grant down to this many tokens; default: all or nothing.
+        tag : str
+            Recorded with the reservation.
+        ttl : float, optional
+            Seconds after which an unsettled reservation lapses and its tokens return.
+
+        Returns
+        -------
+        Reservation or None
+            None when not even ``min_tokens`` (or ``tokens``) fit in the current period.
+        """
+        ...
+
+    async def settle(self, reservation: Reservation, used: int) -> Settlement:
+        """Charge ``used`` tokens (what the request generated) and free the rest."""
+        ...
+
+    async def release(self, reservation: Reservation) -> Settlement:
+        """Give a reservation back unused (the request was never sent)."""
+        ...
+
+    async def state(self) -> LedgerState:
+        """Totals of the current period."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections and files."""
+        ...
+
+
+def check_tokens(name: str, value: int, *, minimum: int = 0) -> int:
+    """Validate a token count at the ledger's boundary."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise LedgerError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)

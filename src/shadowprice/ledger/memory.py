@@ -1,0 +1,177 @@
+"""An in-process ledger: one budget per period, reservations that can expire."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .base import LedgerError, LedgerState, Reservation, Settlement, check_tokens
+
+#: Settled reservation ids remembered (for idempotent settling) per period kept.
+_PERIODS_KEPT = 4
+
+
+@dataclass
+class _Period:
+    spent: int = 0
+    reserved: int = 0
+    overrun: int = 0
+
+
+class MemoryLedger:
+    """Token budget of one process (see :class:`~shadowprice.ledger.Ledger`).
+
+    Parameters
+    ----------
+    total : int
+        Budget per period, tokens (>= 0).
+    period : float, optional
+        Length of a budget period in seconds: the budget renews at every multiple of
+        ``period`` since the epoch (so replicas and restarts agree on boundaries). None: one
+        period for the ledger's whole life (a batch run).
+    spent : int
+        Tokens already spent in the current period (a resumed run).
+    clock : callable, optional
+        Wall clock in seconds (default :func:`time.time`); tests pass a fake one.
+
+    Notes
+    -----
+    Methods are ``async`` to share the protocol with ledgers that do I/O; the bookkeeping
+    itself is synchronous under a lock, so the ledger is also safe across threads.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        *,
+        period: float | None = None,
+        spent: int = 0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._total = check_tokens("total", total)
+        if period is not None and not (isinstance(period, (int, float)) and period > 0):
+            raise LedgerError(f"period must be a positive number of seconds, got {period!r}")
+        self.period = None if period is None else float(period)
+        self._clock = clock or time.time
+        self._lock = threading.Lock()
+        self._periods: dict[int, _Period] = {}
+        self._open: dict[str, Reservation] = {}
+        self._settled: dict[str, int] = {}  # id -> period, for idempotent settling
+        self._periods[self._index()] = _Period(spent=check_tokens("spent", spent))
+
+    @property
+    def total(self) -> int:
+        """Budget per period, tokens."""
+        return self._total
+
+    def _index(self) -> int:
+        return 0 if self.period is None else int(self._clock() // self.period)
+
+    def _book(self, index: int) -> _Period:
+        book = self._periods.get(index)
+        if book is None:
+            book = self._periods[index] = _Period()
+            for old in sorted(self._periods)[:-_PERIODS_KEPT]:
+                del self._periods[old]
+            self._settled = {k: p for k, p in self._settled.items() if p in self._periods}
+        return book
+
+    def _expire(self, now: float) -> None:
+        lapsed = [
+            r for r in self._open.values() if r.expires_at is not None and r.expires_at <= now
+        ]
+        for r in lapsed:
+            del self._open[r.id]
+            book = self._periods.get(r.period)
+            if book is not None:
+                book.reserved -= r.tokens
+
+    async def reserve(
+        self, tokens: int, *, min_tokens: int | None = None, tag: str = "", ttl: float | None = None
+    ) -> Reservation | None:
+        """See :meth:`shadowprice.ledger.Ledger.reserve`."""
+        return self.reserve_now(tokens, min_tokens=min_tokens, tag=tag, ttl=ttl)
+
+    def reserve_now(
+        self, tokens: int, *, min_tokens: int | None = None, tag: str = "", ttl: float | None = None
+    ) -> Reservation | None:
+        """:meth:`reserve` for synchronous callers (no I/O here)."""
+        want = check_tokens("tokens", tokens, minimum=1)
+        least = want if min_tokens is None else check_tokens("min_tokens", min_tokens, minimum=1)
+        if least > want:
+            raise LedgerError(f"min_tokens {least} exceeds tokens {want}")
+        if ttl is not None and not ttl > 0:
+            raise LedgerError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            index = self._index()
+            book = self._book(index)
+            free = self._total - book.spent - book.reserved
+            grant = min(want, free)
+            if grant < least:
+                return None
+            book.reserved += grant
+            res = Reservation(
+                id=uuid.uuid4().hex,
+                tokens=grant,
+                period=index,
+                tag=tag,
+                expires_at=None if ttl is None else now + ttl,
+            )
+            self._open[res.id] = res
+            return res
+
+    async def settle(self, reservation: Reservation, used: int) -> Settlement:
+        """See :meth:`shadowprice.ledger.Ledger.settle`."""
+        return self.settle_now(reservation, used)
+
+    def settle_now(self, reservation: Reservation, used: int) -> Settlement:
+        """:meth:`settle` for synchronous callers."""
+        used = check_tokens("used", used)
+        with self._lock:
+            if reservation.id in self._settled:
+                return Settlement(0, "duplicate")
+            book = self._book(reservation.period) if reservation.period in self._periods else None
+            open_ = self._open.pop(reservation.id, None)
+            self._settled[reservation.id] = reservation.period
+            if book is None:  # a period we no longer keep: nothing left to charge against
+                return Settlement(used, "late", used)
+            if open_ is None:  # expired: its tokens went back to the pool already
+                book.spent += used
+                book.overrun += used
+                return Settlement(used, "late", used)
+            book.reserved -= open_.tokens
+            book.spent += used
+            over = max(0, used - open_.tokens)
+            book.overrun += over
+            return Settlement(used, "settled", over)
+
+    async def release(self, reservation: Reservation) -> Settlement:
+        """See :meth:`shadowprice.ledger.Ledger.release`."""
+        return self.settle_now(reservation, 0)
+
+    async def state(self) -> LedgerState:
+        """See :meth:`shadowprice.ledger.Ledger.state`."""
+        return self.state_now()
+
+    def state_now(self) -> LedgerState:
+        """:meth:`state` for synchronous callers."""
+        with self._lock:
+            self._expire(self._clock())
+            index = self._index()
+            book = self._book(index)
+            return LedgerState(self._total, book.spent, book.reserved, book.overrun, index)
+
+    async def aclose(self) -> None:
+        """Nothing to close."""
+
+    def __repr__(self) -> str:
+        s = self.state_now()
+        return (
+            f"MemoryLedger(total={s.total}, spent={s.spent}, reserved={s.reserved}, "
+            f"period={self.period})"
+        )
