@@ -136,13 +136,13 @@ def evaluate_command(
             ts,
             bq,
             pols,
-            split=split,
+            split=split,  # type: ignore[arg-type]
             seed=seed,
             cost=cost,  # type: ignore[arg-type]
             repeats=repeats,
-            vote=vote,
+            vote=vote,  # type: ignore[arg-type]
             n_boot=n_boot,
-            folds=folds,  # type: ignore[arg-type]
+            folds=folds,
             predictor=curve_predictor,
         )
     except ValueError as exc:
