@@ -1,10 +1,11 @@
 """Trace sets: per-query samples of (tokens, correct), their file formats, bundled data."""
 
-from .bundled import list_bundled, load_problems, load_traces
+from .bundled import REAL_TRACE_SET, list_bundled, load_problems, load_traces
 from .io import FORMATS, read_traces, write_traces
 from .schema import TraceSet, TraceValidationError, validate_record
 
 __all__ = [
+    "REAL_TRACE_SET",
     "FORMATS",
     "TraceSet",
     "TraceValidationError",

@@ -22,6 +22,11 @@ __all__ = ["PROBLEM_COLUMNS", "list_bundled", "load_problems", "load_traces"]
 PROBLEM_COLUMNS = ("id", "question", "answer", "solution_tokens", "level", "subject", "source")
 
 
+#: The bundled real trace set (100 MATH problems x 8 Qwen2.5-Math-Instruct samples): the
+#: default data of the demo, the bench and the threshold predictor's calibration.
+REAL_TRACE_SET = "qwen25-math-math100"
+
+
 def _data_dir() -> Traversable:
     return files("shadowprice") / "data"
 
