@@ -5,8 +5,8 @@ from .io import FORMATS, read_traces, write_traces
 from .schema import TraceSet, TraceValidationError, validate_record
 
 __all__ = [
-    "REAL_TRACE_SET",
     "FORMATS",
+    "REAL_TRACE_SET",
     "TraceSet",
     "TraceValidationError",
     "list_bundled",
