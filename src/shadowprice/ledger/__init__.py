@@ -12,13 +12,17 @@ it returns; the unused part flows back. Implementations share :class:`Ledger`:
 """
 
 from .base import Ledger, LedgerError, LedgerState, Reservation, Settlement
+from .journal import JournalLedger, JournalMismatch, Recovery
 from .memory import MemoryLedger
 
 __all__ = [
+    "JournalLedger",
+    "JournalMismatch",
     "Ledger",
     "LedgerError",
     "LedgerState",
     "MemoryLedger",
+    "Recovery",
     "Reservation",
     "Settlement",
 ]

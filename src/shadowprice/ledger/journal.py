@@ -1,0 +1,265 @@
+"""An in-process ledger with a write-ahead journal on disk: the budget survives a crash.
+
+Before :meth:`JournalLedger.reserve` returns (so before a request can be sent) the reservation
+is appended to the journal and fsynced; after the request returns, its settlement (the tokens
+it generated) is appended. A run killed with requests in flight leaves reservations without
+settlements. A server that bills what it generated (most do, even after the client left) may
+have charged for them, so on resume each of them counts as spent in full, unless the caller
+knows better (``release_unsettled=True``, e.g. the server was never reached).
+
+The journal is JSON lines. The first line describes the run (``{"event": "run", "config":
+{...}}``); a journal is only resumed with the same configuration, so one budget is never
+spent by two different plans without the user saying so. Then one line per event::
+
+    {"event": "reserve", "id": "<reservation id>", "tokens": 512, "tag": "q17"}
+    {"event": "settle", "id": "<reservation id>", "used": 311}
+    {"event": "recover", "id": "<reservation id>", "used": 512}   # unsettled, counted on resume
+
+A torn last line (the process died mid-write) is cut off when the journal is reopened: its
+``reserve`` never returned, so its request was never sent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .base import LedgerError, LedgerState, Reservation, Settlement
+from .memory import MemoryLedger
+
+#: Version of the journal's layout, written in its first line.
+JOURNAL_VERSION = 1
+
+
+class JournalMismatch(LedgerError):
+    """The journal belongs to a run with another configuration.
+
+    Attributes
+    ----------
+    path : Path
+        The journal.
+    differences : dict
+        ``field -> (journal's value, this run's value)`` for every field that differs.
+    """
+
+    def __init__(self, path: Path, differences: Mapping[str, tuple[Any, Any]]) -> None:
+        self.path = path
+        self.differences = dict(differences)
+        shown = "; ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in self.differences.items())
+        super().__init__(f"{path} belongs to a run with another configuration ({shown})")
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What reopening a journal found.
+
+    Attributes
+    ----------
+    settled : int
+        Tokens settled by earlier runs (what their requests generated).
+    unsettled : int
+        Reservations left open by a crash (requests that may or may not have been billed).
+    unsettled_tokens : int
+        Tokens those reservations held.
+    counted : int
+        Of those, tokens counted as spent (all of them unless ``release_unsettled``).
+    """
+
+    settled: int = 0
+    unsettled: int = 0
+    unsettled_tokens: int = 0
+    counted: int = 0
+
+    @property
+    def spent(self) -> int:
+        """Tokens the resumed run starts with as spent."""
+        return self.settled + self.counted
+
+
+def _read_events(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+    """(header, events, length of the whole lines) of an existing journal."""
+    data = path.read_bytes()
+    whole = data[: data.rfind(b"\n") + 1]
+    lines = whole.decode("utf-8").splitlines()
+    events = []
+    for i, line in enumerate(lines, start=1):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LedgerError(
+                f"{path} line {i}: not a journal line ({exc.msg}); the file is "
+                f"damaged or not a shadowprice journal"
+            ) from None
+        if not isinstance(obj, dict) or "event" not in obj:
+            raise LedgerError(f"{path} line {i}: not a journal event")
+        events.append(obj)
+    if not events or events[0].get("event") != "run":
+        raise LedgerError(f"{path}: not a shadowprice journal (no run header on line 1)")
+    return events[0], events[1:], len(whole)
+
+
+def replay_events(events: list[dict[str, Any]]) -> tuple[int, dict[str, dict[str, Any]]]:
+    """Tokens charged (settled, or counted on an earlier recovery) and the reservations still
+    open after ``events``."""
+    charged = 0
+    open_: dict[str, dict[str, Any]] = {}
+    for ev in events:
+        if ev["event"] == "reserve":
+            open_[str(ev["id"])] = ev
+        elif ev["event"] in ("settle", "recover"):
+            open_.pop(str(ev["id"]), None)
+            charged += int(ev["used"])
+    return charged, open_
+
+
+class JournalLedger:
+    """A :class:`~shadowprice.ledger.MemoryLedger` whose every reservation is journalled.
+
+    Parameters
+    ----------
+    path : path
+        The journal file (created with its parent folder if missing).
+    total : int
+        The run's budget, tokens.
+    config : mapping
+        What the run is (policy, model, budget, question set, ...); JSON-serialisable. An
+        existing journal is resumed only if its config is equal, else
+        :class:`JournalMismatch` is raised.
+    release_unsettled : bool
+        On resume, treat reservations a crash left open as never billed (release them) instead
+        of counting them as spent in full.
+    clock : callable, optional
+        Wall clock for reservation expiry (default :func:`time.time`).
+
+    Attributes
+    ----------
+    recovery : Recovery
+        What resuming found (all zeros for a new journal).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        total: int,
+        *,
+        config: Mapping[str, Any],
+        release_unsettled: bool = False,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.config = json.loads(json.dumps(dict(config)))  # normalised as it is stored
+        self.recovery = Recovery()
+        if self.path.exists():
+            self._resume(release_unsettled)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = self.path.open("a", encoding="utf-8")
+            self._write(
+                {
+                    "event": "run",
+                    "version": JOURNAL_VERSION,
+                    "config": self.config,
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                },
+                sync=True,
+            )
+            _sync_dir(self.path.parent)
+        self._memory = MemoryLedger(total, spent=self.recovery.spent, clock=clock)
+
+    def _resume(self, release_unsettled: bool) -> None:
+        header, events, length = _read_events(self.path)
+        old = header.get("config") or {}
+        diff = {
+            k: (old.get(k), self.config.get(k))
+            for k in sorted(set(old) | set(self.config))
+            if old.get(k) != self.config.get(k)
+        }
+        if diff:
+            raise JournalMismatch(self.path, diff)
+        with self.path.open("rb+") as fh:  # cut a torn last line: its reserve never returned
+            fh.truncate(length)
+        settled, open_ = replay_events(events)
+        self._fh = self.path.open("a", encoding="utf-8")
+        held = sum(int(ev["tokens"]) for ev in open_.values())
+        counted = 0 if release_unsettled else held
+        for rid, ev in open_.items():
+            self._write(
+                {
+                    "event": "recover",
+                    "id": rid,
+                    "tag": ev.get("tag", ""),
+                    "used": 0 if release_unsettled else int(ev["tokens"]),
+                },
+                sync=False,
+            )
+        self._sync()
+        self.recovery = Recovery(settled, len(open_), held, counted)
+
+    def _write(self, event: dict[str, Any], *, sync: bool) -> None:
+        self._fh.write(json.dumps(event, separators=(",", ":")) + "\n")
+        self._fh.flush()
+        if sync:
+            self._sync()
+
+    def _sync(self) -> None:
+        os.fsync(self._fh.fileno())
+
+    @property
+    def total(self) -> int:
+        """The run's budget, tokens."""
+        return self._memory.total
+
+    async def reserve(
+        self, tokens: int, *, min_tokens: int | None = None, tag: str = "", ttl: float | None = None
+    ) -> Reservation | None:
+        """Reserve as :meth:`MemoryLedger.reserve` does, durably journalled before returning."""
+        res = self._memory.reserve_now(tokens, min_tokens=min_tokens, tag=tag, ttl=ttl)
+        if res is not None:
+            self._write(
+                {"event": "reserve", "id": res.id, "tokens": res.tokens, "tag": tag}, sync=True
+            )
+        return res
+
+    async def settle(self, reservation: Reservation, used: int) -> Settlement:
+        """Settle as :meth:`MemoryLedger.settle` does and journal the tokens charged."""
+        out = self._memory.settle_now(reservation, used)
+        if out.status != "duplicate":
+            self._write({"event": "settle", "id": reservation.id, "used": out.charged}, sync=False)
+        return out
+
+    async def release(self, reservation: Reservation) -> Settlement:
+        """Give a reservation back unused (its request was never sent)."""
+        return await self.settle(reservation, 0)
+
+    async def state(self) -> LedgerState:
+        """Totals of the run so far (resumed spending included)."""
+        return self._memory.state_now()
+
+    def state_now(self) -> LedgerState:
+        """:meth:`state` for synchronous callers."""
+        return self._memory.state_now()
+
+    async def aclose(self) -> None:
+        """Flush, fsync and close the journal."""
+        if not self._fh.closed:
+            self._sync()
+            self._fh.close()
+
+
+def _sync_dir(folder: Path) -> None:
+    """fsync a folder so a newly created file in it survives a power loss (POSIX only)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
