@@ -7,6 +7,7 @@ so retries, the ledger, resume, forcing and accounting are tested without a mode
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -18,9 +19,9 @@ import pytest
 
 from shadowprice.engine.client import ChatClient, EngineError, normalize_base_url, parse_usage
 from shadowprice.engine.collect import CollectConfig, CollectQuery, collect
-from shadowprice.engine.ledger import BudgetExhausted, TokenLedger
-from shadowprice.engine.results import read_records, summary_path
-from shadowprice.engine.run import PlanItem, RunConfig, execute, prompt_messages
+from shadowprice.engine.results import RunFiles, read_records, summary_path
+from shadowprice.engine.run import PlanItem, RunConfig, RunStateError, execute, prompt_messages
+from shadowprice.ledger import JournalMismatch
 
 Respond = Callable[[dict[str, Any], int], tuple[int, dict[str, Any] | None]]
 
@@ -52,6 +53,12 @@ def _field(text: str, key: str) -> str:
     return text.split(f"{key}=")[1].split()[0]
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that timed out or was killed leaves a broken pipe behind: expected here.
+        pass
+
+
 class FakeServer:
     """ThreadingHTTPServer in a thread; ``respond`` decides each answer."""
 
@@ -74,7 +81,7 @@ class FakeServer:
                 if payload is None:  # simulate a dropped connection
                     self.connection.close()
                     return
-                data = json.dumps(payload).encode()
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -83,9 +90,12 @@ class FakeServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # serve_forever notices shutdown() only once per poll: keep it short.
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        )
         self.thread.start()
 
     def close(self) -> None:
@@ -109,45 +119,21 @@ def items(spec: list[tuple[int, int, str]]) -> list[PlanItem]:
 
 
 def run(
-    server: FakeServer, plan: list[PlanItem], total: int, out: Path | None = None, **config: Any
+    server: FakeServer,
+    plan: list[PlanItem],
+    total: int,
+    out: Path | None = None,
+    identity: dict[str, Any] | None = None,
+    **config: Any,
 ) -> Any:
     async def main() -> Any:
         async with ChatClient(server.url, "fake", backoff=0.001, max_retries=3) as client:
             cfg = RunConfig(progress=False, **config)
-            return await execute(plan, client, total_budget=total, out=out, config=cfg)
+            return await execute(
+                plan, client, total_budget=total, out=out, config=cfg, identity=identity
+            )
 
     return asyncio.run(main())
-
-
-# --- ledger -----------------------------------------------------------------------------
-
-
-def test_ledger_reserve_settle_release() -> None:
-    ledger = TokenLedger(100)
-    a = ledger.reserve(60, "a")
-    assert ledger.try_reserve(50) is None
-    with pytest.raises(BudgetExhausted):
-        ledger.reserve(41)
-    assert ledger.settle(a, 25) == 25
-    assert ledger.available == 75
-    b = ledger.reserve(75)
-    ledger.release(b)
-    assert ledger.snapshot() == {
-        "total": 100,
-        "spent": 25,
-        "reserved": 0,
-        "available": 75,
-        "overrun": 0,
-    }
-    with pytest.raises(RuntimeError, match="twice"):
-        ledger.release(b)
-
-
-def test_ledger_records_server_overrun_honestly() -> None:
-    ledger = TokenLedger(10)
-    r = ledger.reserve(5)
-    ledger.settle(r, 7)
-    assert ledger.spent == 7 and ledger.overrun == 2
 
 
 # --- client -----------------------------------------------------------------------------
@@ -262,8 +248,13 @@ def test_server_misreporting_usage_is_not_trusted(server: FakeServer) -> None:
 
 
 def test_total_never_exceeds_budget_under_faults(server: FakeServer) -> None:
+    seen: dict[str, int] = {}
+
     def chaos(body: dict[str, Any], i: int) -> tuple[int, dict[str, Any] | None]:
-        if i % 3 == 0:
+        # Every request fails twice before it is answered (fewer than the retries allowed).
+        key = json.dumps(body["messages"])
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] <= 2:
             return 500, {"error": "flaky"}
         return solver(body, i)
 
@@ -291,23 +282,55 @@ def test_reject_bad_plans(server: FakeServer) -> None:
 # --- resume -----------------------------------------------------------------------------
 
 
-def test_resume_never_repeats_a_finished_query(server: FakeServer, tmp_path: Path) -> None:
+def test_kill_with_a_request_in_flight_counts_it_and_resume_repeats_nothing(
+    server: FakeServer, tmp_path: Path
+) -> None:
     out = tmp_path / "results.jsonl"
     plan = items([(30, 10, "1"), (30, 10, "2"), (0, 10, "3"), (30, 10, "4")])
-    first = run(server, plan[:2], 90, out)  # "killed" after two queries
-    assert first.summary["executed"] == 2
+    release = threading.Event()
+
+    def hang_on_q3(body: dict[str, Any], i: int) -> tuple[int, dict[str, Any] | None]:
+        if "ans=4" in body["messages"][-1]["content"]:
+            release.wait(10)  # in flight when the run is killed
+        return solver(body, i)
+
+    server.respond = hang_on_q3
+
+    async def killed() -> None:
+        async with ChatClient(server.url, "fake", backoff=0.001) as client:
+            task = asyncio.ensure_future(
+                execute(
+                    plan,
+                    client,
+                    total_budget=90,
+                    out=out,
+                    config=RunConfig(concurrency=1, progress=False),
+                )
+            )
+            while len(server.requests) < 3 or len(read_records(out)) < 3:
+                await asyncio.sleep(0.01)
+            task.cancel()  # like SIGKILL: q3's reservation is left unsettled in the journal
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    asyncio.run(killed())
+    release.set()
+    server.respond = solver
     with out.open("a") as f:
         f.write('{"id": "torn')  # a write cut off by the kill
     sent = len(server.requests)
     again = run(server, plan, 90, out)
-    assert len(server.requests) - sent == 1  # only q3 was sent; q2 abandoned, not sent
-    assert again.summary["resumed"] == 2 and again.summary["queries"] == 4
-    assert again.summary["tokens_used"] == 30  # 10 + 10 resumed, 10 new
-    ids = [r["id"] for r in read_records(out)]
-    assert sorted(ids) == ["q0", "q1", "q2", "q3"]  # one line each, no repeats
-    assert json.loads(summary_path(out).read_text())["tokens_used"] == 30
+    assert len(server.requests) - sent == 1  # only q3 again; q0/q1 done, q2 abandoned
+    s = again.summary
+    assert s["resumed"] == 3 and s["queries"] == 4
+    # q3's first request may have been billed (30): counted, so 10 + 10 + 30 + 10.
+    assert (s["unsettled_requests"], s["unsettled_counted"]) == (1, 30)
+    assert s["tokens_used"] == 60 and s["settled_tokens"] == 30 and s["within_budget"]
+    assert sorted(r["id"] for r in read_records(out)) == ["q0", "q1", "q2", "q3"]
+    assert json.loads(summary_path(out).read_text())["tokens_used"] == 60
     third = run(server, plan, 90, out)
     assert third.summary["executed"] == 0 and len(server.requests) - sent == 1
+    assert third.summary["tokens_used"] == 60 and third.summary["unsettled_counted"] == 0
 
 
 def test_resume_retries_errors_and_keeps_budget(server: FakeServer, tmp_path: Path) -> None:
@@ -323,11 +346,138 @@ def test_resume_with_less_budget_left_abandons_instead_of_overspending(
     server: FakeServer, tmp_path: Path
 ) -> None:
     out = tmp_path / "r.jsonl"
-    run(server, items([(50, 50, "1")]), 50, out)
-    report = run(server, items([(50, 50, "1"), (40, 10, "2")]), 60, out)
-    rec = {r["id"]: r for r in report.records}["q1"]
+    plan = items([(50, 60, "1"), (40, 10, "2")])
+
+    # The first request is billed in full but its answer is unreadable: 50 charged, retried.
+    def unreadable_q0(body: dict[str, Any], i: int) -> tuple[int, dict[str, Any] | None]:
+        return (200, {"choices": "nope"}) if "ans=1" in str(body) else solver(body, i)
+
+    server.respond = unreadable_q0
+    first = run(server, plan[:1] + [PlanItem("q1", plan[1].messages, 40, "2")], 90, out)
+    assert first.summary["tokens_used"] == 50 + 10
+    report = run(server, plan[:1] + [PlanItem("q1", plan[1].messages, 40, "2")], 90, out)
+    rec = {r["id"]: r for r in report.records}["q0"]
+    # 30 left, q0 needs 50: abandoned instead of overspending.
     assert rec["status"] == "abandoned" and "budget exhausted" in rec["reason"]
-    assert report.summary["tokens_used"] == 50  # nothing new fitted
+    assert report.summary["tokens_used"] == 60 <= 90
+
+
+def test_resume_with_another_policy_or_plan_is_refused(server: FakeServer, tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    plan = items([(30, 10, "1"), (30, 10, "2")])
+    run(server, plan, 60, out, identity={"policy": "clear"})
+    with pytest.raises(JournalMismatch, match="policy"):
+        run(server, plan, 60, out, identity={"policy": "uniform"})
+    with pytest.raises(JournalMismatch, match="budget"):
+        run(server, plan, 70, out, identity={"policy": "clear"})
+    with pytest.raises(JournalMismatch, match="plan"):
+        run(server, items([(20, 10, "1"), (40, 10, "2")]), 60, out, identity={"policy": "clear"})
+    # Starting over moves the old files aside; nothing is lost.
+    moved = RunFiles.of(out).archive()
+    assert len(moved) == 3 and all(p.exists() for p in moved)
+    assert run(server, plan, 60, out, identity={"policy": "uniform"}).summary["executed"] == 2
+
+
+def test_results_file_that_is_not_ours_is_never_touched(server: FakeServer, tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    out.write_text('{"id": "q0", "status": "done"}\n{"half')
+    before = out.read_bytes()
+    with pytest.raises(RunStateError, match="no journal"):
+        run(server, items([(30, 10, "1")]), 30, out)
+    assert out.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"choices": "nope"},
+        {"choices": []},
+        {"choices": [{"message": "text"}]},
+        {"choices": [{"message": {"content": 5}}]},
+        {**completion("x", 5), "usage": {"completion_tokens": -3}},
+        {**completion("x", 5), "usage": {"completion_tokens": "12"}},
+        {**completion("x", 5), "usage": {"completion_tokens": 10**12}},
+        completion("x", 5, completion_tokens_details={"reasoning_tokens": "many"}),
+        [1, 2, 3],
+    ],
+)
+def test_malformed_bodies_become_error_records_and_the_batch_goes_on(
+    server: FakeServer, body: Any
+) -> None:
+    def respond(b: dict[str, Any], i: int) -> tuple[int, dict[str, Any] | None]:
+        if "ans=1" in b["messages"][-1]["content"]:
+            return 200, body
+        return solver(b, i)
+
+    server.respond = respond
+    report = run(server, items([(30, 10, "1"), (30, 10, "2")]), 60)
+    by_id = {r["id"]: r for r in report.records}
+    assert by_id["q0"]["status"] == "error" and "malformed response" in by_id["q0"]["reason"]
+    # It may have generated up to its allowance: charged and recorded, never lost.
+    assert by_id["q0"]["tokens"] == 30
+    assert by_id["q1"]["status"] == "done" and by_id["q1"]["correct"] is True
+    assert report.summary["tokens_used"] == 40 and report.summary["errors"] == 1
+
+
+def test_not_json_body_is_an_error_record(server: FakeServer) -> None:
+    server.respond = lambda b, i: (200, b"<html>oops</html>")  # type: ignore[assignment,return-value]
+    report = run(server, items([(30, 10, "1")]), 30)
+    assert report.records[0]["status"] == "error" and report.summary["tokens_used"] == 30
+
+
+def test_deadline_bounds_a_query_over_all_its_attempts(server: FakeServer) -> None:
+    release = threading.Event()
+
+    def hang(body: dict[str, Any], i: int) -> tuple[int, dict[str, Any] | None]:
+        release.wait(5)
+        return solver(body, i)
+
+    server.respond = hang
+
+    async def main() -> None:
+        async with ChatClient(
+            server.url, "fake", timeout=0.2, deadline=0.5, max_retries=50, backoff=0.001
+        ) as client:
+            with pytest.raises(EngineError, match=r"deadline|gave up") as info:
+                await client.chat([{"role": "user", "content": "need=1 ans=1"}], 5)
+            assert info.value.attempts < 50
+            assert info.value.charge == 5  # a timed-out attempt may have been billed
+
+    try:
+        asyncio.run(main())
+    finally:
+        release.set()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"base_url": "not a url"}, "not an http"),
+        ({"base_url": "ftp://h/v1"}, "not an http"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": float("nan")}, "timeout"),
+        ({"timeout": -1}, "timeout"),
+        ({"deadline": float("inf")}, "deadline"),
+        ({"max_retries": -1}, "max_retries"),
+    ],
+)
+def test_client_settings_are_validated(kwargs: dict[str, Any], message: str) -> None:
+    args: dict[str, Any] = {"base_url": "http://127.0.0.1:9", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        ChatClient(args.pop("base_url"), "m", **args)
+
+
+def test_run_config_is_validated(server: FakeServer) -> None:
+    for bad in (
+        {"concurrency": 0},
+        {"force_tokens": -1},
+        {"params": {"temperature": float("nan")}},
+        {"params": {"temperature": -0.5}},
+    ):
+        with pytest.raises(ValueError):
+            run(server, items([(5, 1, "1")]), 10, **bad)
+    with pytest.raises(ValueError, match="budget"):
+        run(server, items([(5, 1, "1")]), 10**16)
 
 
 # --- collect ----------------------------------------------------------------------------

@@ -156,7 +156,10 @@ def _jsonl(path, rows) -> None:
 
 def test_cli_fit_and_predict(tmp_path) -> None:
     x, tau = synthetic(60, seed=8)
-    _jsonl(tmp_path / "train.jsonl", [{"text": t, "target": float(y)} for t, y in zip(x, tau, strict=False)])
+    _jsonl(
+        tmp_path / "train.jsonl",
+        [{"text": t, "target": float(y)} for t, y in zip(x, tau, strict=False)],
+    )
     _jsonl(tmp_path / "q.jsonl", [{"id": f"q{i}", "question": t} for i, t in enumerate(x[:4])])
     r = CliRunner().invoke(
         app, ["predictor", "fit", str(tmp_path / "train.jsonl"), "-o", str(tmp_path / "m")]

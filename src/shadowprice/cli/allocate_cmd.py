@@ -6,7 +6,6 @@ stdout as JSON lines; the summary goes to stderr, or to stdout when ``-o`` is gi
 ``shadowprice allocate q.jsonl --budget 9000 > budgets.jsonl`` keeps the data stream clean.
 """
 
-
 from __future__ import annotations
 
 import json

@@ -4,7 +4,6 @@ A thin wrapper over :func:`shadowprice.evaluate.bench.run_bench`: parse options,
 progress bar on stderr, print the targets summary and the files written.
 """
 
-
 from __future__ import annotations
 
 import shlex

@@ -6,7 +6,6 @@ synthetic Balanced stream instead (scored on its known true curves). ``--live`` 
 real engine through :func:`shadowprice.engine.live_demo`.
 """
 
-
 from __future__ import annotations
 
 import json

@@ -1,6 +1,5 @@
 """``shadowprice predictor fit|predict``: train and apply the text -> threshold model."""
 
-
 from __future__ import annotations
 
 import json

@@ -1,6 +1,5 @@
 """``shadowprice run``, ``collect`` and ``live-demo``: execute budgets on a real endpoint."""
 
-
 from __future__ import annotations
 
 import os

@@ -4,7 +4,6 @@ The engine knows HTTP and token usage, nothing of prices: it takes a plan (query
 budget in tokens, gold answer) and returns graded, accounted results.
 
 - :mod:`.client`  async chat-completions client with retries that never double-charge
-- :mod:`.ledger`  reserve-before-send / settle-after accounting of the global budget
 - :mod:`.run`     bounded-concurrency execution, resumable JSONL results, summary
 - :mod:`.forcing` s1-style answer forcing after a length stop
 - :mod:`.grading` answer extraction and math-verify grading
@@ -18,8 +17,16 @@ from typing import Any
 
 from .client import ChatClient, Completion, EngineError, Usage
 from .grading import Grade, Grader, MathGrader, extract_answer, get_grader
-from .ledger import BudgetExhausted, TokenLedger
-from .run import PlanItem, RunConfig, RunReport, execute, prompt_messages, run_plan
+from .run import (
+    Executor,
+    PlanItem,
+    RunConfig,
+    RunReport,
+    RunStateError,
+    execute,
+    prompt_messages,
+    run_plan,
+)
 
 
 def live_demo(*args: Any, **kwargs: Any) -> dict[str, dict[str, Any]]:
@@ -30,17 +37,17 @@ def live_demo(*args: Any, **kwargs: Any) -> dict[str, dict[str, Any]]:
 
 
 __all__ = [
-    "BudgetExhausted",
     "ChatClient",
     "Completion",
     "EngineError",
+    "Executor",
     "Grade",
     "Grader",
     "MathGrader",
     "PlanItem",
     "RunConfig",
     "RunReport",
-    "TokenLedger",
+    "RunStateError",
     "Usage",
     "execute",
     "extract_answer",

@@ -9,6 +9,7 @@ charged, so the budget is never charged twice for one request.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -60,34 +61,129 @@ class Completion:
 
 
 def normalize_base_url(url: str) -> str:
-    """Accept ``http://host:port``, ``.../v1`` or ``.../v1/``; return the ``/v1`` root."""
-    url = url.strip().rstrip("/")
-    url = url.removesuffix("/chat/completions")
-    if not url.endswith("/v1"):
-        url += "/v1"
-    return url
+    """Accept ``http://host:port``, ``.../v1`` or ``.../v1/``; return the ``/v1`` root.
+
+    Raises
+    ------
+    ValueError
+        If ``url`` is not an absolute http(s) URL with a host.
+    """
+    text = str(url).strip().rstrip("/")
+    try:
+        parsed = httpx.URL(text)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise ValueError(f"endpoint {url!r} is not a URL ({exc})") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(
+            f"endpoint {url!r} is not an http(s) URL with a host; e.g. http://127.0.0.1:8000/v1"
+        )
+    text = text.removesuffix("/chat/completions").removesuffix("/completions")
+    if not text.endswith("/v1"):
+        text += "/v1"
+    return text
+
+
+class MalformedResponse(EngineError):
+    """A 200 response whose body cannot be read as a chat completion."""
+
+
+#: Usage counts above this many times the allowance are not believed (a broken counter).
+ABSURD_FACTOR = 1000
+
+
+def _int_field(container: dict[str, Any], key: str, where: str) -> int | None:
+    """An optional non-negative integer field; raises ValueError naming it otherwise."""
+    v = container.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float) or v != int(v) or v < 0:
+        raise ValueError(f"{where}.{key} = {v!r} is not a non-negative integer")
+    return int(v)
 
 
 def parse_usage(body: dict[str, Any], max_tokens: int) -> Usage:
-    """Read the server's usage; charge ``max_tokens`` where it is missing or implausible.
+    """Read the server's usage; charge ``max_tokens`` where it is missing.
 
     Never under-counts: a response with text but zero (or absent) completion tokens is
-    charged the full allowance, flagged ``trusted=False``.
+    charged the full allowance (llama.cpp's own ``timings.predicted_n`` where present),
+    flagged ``trusted=False``. A count above the allowance is charged as reported (the
+    server generated past ``max_tokens``: an overrun the ledger records).
+
+    Raises
+    ------
+    ValueError
+        When usage fields have the wrong type, are negative or absurd (more than
+        :data:`ABSURD_FACTOR` times the allowance).
     """
-    usage = body.get("usage") or {}
-    choices = body.get("choices") or [{}]
-    text = ((choices[0].get("message") or {}).get("content")) or ""
+    usage = body.get("usage")
+    if usage is None:
+        usage = {}
+    if not isinstance(usage, dict):
+        raise ValueError(f"usage is a {type(usage).__name__}, not an object")
     details = usage.get("completion_tokens_details") or {}
-    reasoning = int(details.get("reasoning_tokens") or 0)
-    prompt = int(usage.get("prompt_tokens") or 0)
-    completion = usage.get("completion_tokens")
-    if not isinstance(completion, int) or completion < 0 or (completion == 0 and text):
-        timings = body.get("timings") or {}  # llama.cpp reports its own count here
-        predicted = timings.get("predicted_n")
-        if isinstance(predicted, int) and predicted > 0:
+    if not isinstance(details, dict):
+        raise ValueError("usage.completion_tokens_details is not an object")
+    reasoning = _int_field(details, "reasoning_tokens", "usage.completion_tokens_details") or 0
+    prompt = _int_field(usage, "prompt_tokens", "usage") or 0
+    completion = _int_field(usage, "completion_tokens", "usage")
+    if completion is not None and completion > ABSURD_FACTOR * max(max_tokens, 1):
+        raise ValueError(
+            f"usage.completion_tokens = {completion} for an allowance of {max_tokens} is absurd"
+        )
+    if completion is None or (completion == 0 and _text(body)):
+        timings = body.get("timings")
+        # llama.cpp reports its own count here
+        predicted = timings.get("predicted_n") if isinstance(timings, dict) else None
+        if isinstance(predicted, int) and not isinstance(predicted, bool) and 0 < predicted:
             return Usage(prompt, predicted, reasoning, trusted=False)
         return Usage(prompt, max_tokens, reasoning, trusted=False)
-    return Usage(prompt, int(completion), reasoning, trusted=True)
+    return Usage(prompt, completion, reasoning, trusted=True)
+
+
+def _text(body: dict[str, Any]) -> str:
+    choices = body.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        message = choices[0].get("message")
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            return str(message["content"])
+    return ""
+
+
+def _optional_str(container: dict[str, Any], key: str, where: str) -> str:
+    v = container.get(key)
+    if v is None:
+        return ""
+    if not isinstance(v, str):
+        raise ValueError(f"{where}.{key} is a {type(v).__name__}, not a string")
+    return v
+
+
+def parse_completion(body: Any, max_tokens: int) -> tuple[str, str, str, Usage]:
+    """(text, reasoning text, finish reason, usage) of a chat-completions body.
+
+    Raises
+    ------
+    ValueError
+        Naming the field when the body is not a chat completion (wrong types, missing
+        ``choices``, unbelievable usage).
+    """
+    if not isinstance(body, dict):
+        raise ValueError(f"the body is a JSON {type(body).__name__}, not an object")
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise ValueError(f"choices is {choices!r:.60}, not a non-empty list")
+    choice = choices[0]
+    if not isinstance(choice, dict):
+        raise ValueError(f"choices[0] is a {type(choice).__name__}, not an object")
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        raise ValueError(f"choices[0].message is {message!r:.60}, not an object")
+    text = _optional_str(message, "content", "choices[0].message")
+    reasoning = _optional_str(message, "reasoning_content", "choices[0].message") or (
+        _optional_str(message, "reasoning", "choices[0].message")
+    )
+    finish = _optional_str(choice, "finish_reason", "choices[0]") or "unknown"
+    return text, reasoning, finish, parse_usage(body, max_tokens)
 
 
 class ChatClient:
@@ -95,14 +191,35 @@ class ChatClient:
 
     Parameters
     ----------
-    base_url : endpoint root, e.g. ``http://127.0.0.1:8080`` (``/v1`` is added if missing).
-    model : model name sent in every request.
-    api_key : sent as a bearer token when given.
-    timeout : seconds for a whole request (reads included); long generations need a lot.
-    max_retries : extra attempts after the first on retryable failures.
-    backoff : first backoff in seconds; doubles each retry (with jitter), capped at 30 s.
-    token_param : how the allowance is sent. ``auto`` sends both ``max_tokens`` and
-        ``max_completion_tokens`` and falls back to one of them if the server rejects the other.
+    base_url : str
+        Endpoint root, e.g. ``http://127.0.0.1:8080`` (``/v1`` is added if missing).
+    model : str
+        Model name sent in every request.
+    api_key : str, optional
+        Sent as a bearer token when given.
+    timeout : float
+        Seconds one attempt may take (reads included); long generations need a lot.
+    max_retries : int
+        Extra attempts after the first on retryable failures.
+    backoff : float
+        First backoff in seconds; doubles each retry (with jitter), capped at 30 s.
+    deadline : float, optional
+        Seconds one :meth:`chat` call may take over all its attempts and backoffs; default
+        ``timeout * (max_retries + 1)`` plus the backoffs. Each attempt's timeout is cut to
+        what is left of it.
+    token_param : {'auto', 'max_tokens', 'max_completion_tokens', 'both'}
+        How the allowance is sent. ``auto`` sends both and falls back to one of them if the
+        server rejects the other.
+    extra_body : dict, optional
+        Fields added to every request body.
+    http : httpx.AsyncClient, optional
+        A client to share (not closed by :meth:`aclose`).
+
+    Raises
+    ------
+    ValueError
+        For a URL that is not http(s), a timeout or deadline that is not a positive finite
+        number of seconds, or a negative ``max_retries``.
     """
 
     def __init__(
@@ -114,20 +231,32 @@ class ChatClient:
         timeout: float = 600.0,
         max_retries: int = 4,
         backoff: float = 0.5,
+        deadline: float | None = None,
         token_param: TokenParam = "auto",
         extra_body: dict[str, Any] | None = None,
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self.base_url = normalize_base_url(base_url)
+        _check_seconds("timeout", timeout)
+        if deadline is not None:
+            _check_seconds("deadline", deadline)
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be a non-negative integer, got {max_retries!r}")
+        if not (math.isfinite(backoff) and backoff >= 0):
+            raise ValueError(f"backoff must be a non-negative number of seconds, got {backoff!r}")
+        if not model or not isinstance(model, str):
+            raise ValueError("model must be a non-empty name")
         self.model = model
+        self.timeout = float(timeout)
         self.max_retries = max_retries
         self.backoff = backoff
+        self.deadline = deadline
         self.token_param: TokenParam = token_param
         self.extra_body = dict(extra_body or {})
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._own_http = http is None
         self._http = http or httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=10.0),
+            timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
             headers=headers,
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
         )
@@ -139,10 +268,13 @@ class ChatClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the HTTP client if this object created it."""
         if self._own_http:
             await self._http.aclose()
 
-    def _payload(self, messages: list[dict[str, str]], max_tokens: int, **params: Any) -> dict:
+    def _payload(
+        self, messages: list[dict[str, str]], max_tokens: int, **params: Any
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "messages": messages, "n": 1}
         body.update(self.extra_body)
         body.update(params)
@@ -173,7 +305,7 @@ class ChatClient:
             after = response.headers.get("retry-after")
             if after:
                 try:
-                    return min(float(after), 60.0)
+                    return min(max(float(after), 0.0), 60.0)
                 except ValueError:
                     pass
         base = min(self.backoff * (2**attempt), 30.0)
@@ -186,6 +318,14 @@ class ChatClient:
 
         The caller holds a ledger reservation of ``max_tokens`` for the whole call; every
         attempt re-sends the same allowance, so retries never need a second reservation.
+
+        Raises
+        ------
+        EngineError
+            When the request fails for good. Its ``charge`` is what the failed call may have
+            been billed: the allowance for a 200 whose body could not be read
+            (:class:`MalformedResponse`) or an attempt cut by a timeout after the server
+            accepted it, else 0.
         """
         if max_tokens <= 0:
             raise ValueError(f"max_tokens must be positive, got {max_tokens}")
@@ -193,14 +333,22 @@ class ChatClient:
         attempt = 0
         last = "no attempt made"
         start = time.perf_counter()
+        deadline = start + (self.deadline if self.deadline is not None else math.inf)
+        charge = 0
         while True:
             response: httpx.Response | None = None
+            left = deadline - time.perf_counter()
             try:
                 response = await self._http.post(
-                    url, json=self._payload(messages, max_tokens, **params)
+                    url,
+                    json=self._payload(messages, max_tokens, **params),
+                    timeout=httpx.Timeout(min(self.timeout, left), connect=min(10.0, left)),
                 )
             except (httpx.TransportError, httpx.TimeoutException) as exc:
-                last = f"{type(exc).__name__}: {exc}"
+                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                if isinstance(exc, httpx.ReadTimeout | httpx.RemoteProtocolError):
+                    # The server had the request and may have generated (and billed) tokens.
+                    charge = max_tokens
             else:
                 if response.status_code == 200:
                     return self._completion(response, max_tokens, start, attempt + 1)
@@ -208,15 +356,26 @@ class ChatClient:
                     continue  # not a retry: the request was rejected before generating
                 last = f"HTTP {response.status_code}: {response.text[:300]}"
                 if response.status_code not in RETRY_STATUSES:
-                    raise EngineError(last, status=response.status_code, attempts=attempt + 1)
+                    raise EngineError(
+                        last, status=response.status_code, attempts=attempt + 1, charge=charge
+                    )
+            status = response.status_code if response is not None else None
+            wait = self._delay(attempt, response)
             if attempt >= self.max_retries:
-                status = response.status_code if response is not None else None
                 raise EngineError(
                     f"gave up after {attempt + 1} attempts: {last}",
                     status=status,
                     attempts=attempt + 1,
+                    charge=charge,
                 )
-            await asyncio.sleep(self._delay(attempt, response))
+            if time.perf_counter() + wait >= deadline:
+                raise EngineError(
+                    f"deadline of {self.deadline:g} s reached after {attempt + 1} attempts: {last}",
+                    status=status,
+                    attempts=attempt + 1,
+                    charge=charge,
+                )
+            await asyncio.sleep(wait)
             attempt += 1
 
     def _completion(
@@ -224,21 +383,29 @@ class ChatClient:
     ) -> Completion:
         try:
             body = response.json()
-            choice = body["choices"][0]
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise EngineError(
-                f"malformed response: {response.text[:300]}",
+            text, reasoning, finish, usage = parse_completion(body, max_tokens)
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            raise MalformedResponse(
+                f"malformed response ({exc}): {response.text[:200]}",
                 status=response.status_code,
                 attempts=attempts,
-                charge=max_tokens,
-            ) from exc
-        message = choice.get("message") or {}
+                charge=max_tokens,  # it may have generated up to the allowance
+            ) from None
         return Completion(
-            text=message.get("content") or "",
-            reasoning_text=message.get("reasoning_content") or message.get("reasoning") or "",
-            finish_reason=str(choice.get("finish_reason") or "unknown"),
-            usage=parse_usage(body, max_tokens),
+            text=text,
+            reasoning_text=reasoning,
+            finish_reason=finish,
+            usage=usage,
             latency_s=time.perf_counter() - start,
             attempts=attempts,
             raw=body,
         )
+
+
+def _check_seconds(name: str, value: float) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (math.isfinite(value) and value > 0)
+    ):
+        raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")

@@ -1,12 +1,19 @@
 """Resumable JSONL results: one line per finished query, appended and flushed as it lands.
 
-A killed run leaves only whole lines (a torn last line is cut off on resume), so re-running
-the same command skips every query that already has a final record and repeats none.
+A run writes three files side by side: the results (``results.jsonl``, one line per query),
+the write-ahead journal of its spending (``results.journal.jsonl``, see
+:mod:`shadowprice.ledger.journal`) and the summary (``results.summary.json``). A killed run
+leaves only whole result lines (a torn last line is cut off on resume), so re-running the same
+command skips every query that already has a final record and repeats none. Only a results
+file that has its journal is ever repaired or appended to: it is the command's own output.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -14,19 +21,75 @@ from typing import Any, TextIO
 FINAL_STATUSES = frozenset({"done", "abandoned", "fallback"})
 
 
+@dataclass(frozen=True)
+class RunFiles:
+    """Where a run keeps its results, journal and summary.
+
+    Attributes
+    ----------
+    results, journal, summary : Path
+        ``NAME.jsonl``, ``NAME.journal.jsonl`` and ``NAME.summary.json`` for ``-o NAME.jsonl``.
+    """
+
+    results: Path
+    journal: Path
+    summary: Path
+
+    @classmethod
+    def of(cls, results: str | os.PathLike[str]) -> RunFiles:
+        """The files of a run whose results go to ``results``."""
+        p = Path(results)
+        stem = p.name.removesuffix(".jsonl")
+        return cls(p, p.with_name(stem + ".journal.jsonl"), p.with_name(stem + ".summary.json"))
+
+    def existing(self) -> list[Path]:
+        """The files of this run that exist."""
+        return [f for f in (self.results, self.journal, self.summary) if f.exists()]
+
+    def archive(self) -> list[Path]:
+        """Move the existing files aside (``NAME.<UTC time>.bak``); returns the new paths.
+
+        Used to start a run over without losing what an earlier run recorded (and paid for).
+        """
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        moved = []
+        for f in self.existing():
+            target = f.with_name(f"{f.name}.{stamp}.bak")
+            n = 1
+            while target.exists():
+                target = f.with_name(f"{f.name}.{stamp}-{n}.bak")
+                n += 1
+            f.rename(target)
+            moved.append(target)
+        return moved
+
+
 def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Every complete record in ``path`` (empty if it does not exist), in file order."""
+    """Every complete record in ``path`` (empty if it does not exist), in file order.
+
+    Raises
+    ------
+    ValueError
+        Naming the line when a complete line is not a JSON object.
+    """
     p = Path(path)
     if not p.exists():
         return []
     records = []
     with p.open(encoding="utf-8") as f:
-        for line in f:
+        for i, line in enumerate(f, start=1):
             if not line.endswith("\n"):
                 break  # torn write from a killed run: ignored, cut off by open_for_append
             line = line.strip()
-            if line:
-                records.append(json.loads(line))
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{p} line {i}: not a results line ({exc.msg})") from None
+            if not isinstance(obj, dict) or "id" not in obj:
+                raise ValueError(f"{p} line {i}: not a results record (no id)")
+            records.append(obj)
     return records
 
 
@@ -36,7 +99,10 @@ def latest_by_id(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def open_for_append(path: str | Path) -> TextIO:
-    """Open ``path`` for appending, first cutting off a torn last line if there is one."""
+    """Open ``path`` for appending, first cutting off a torn last line if there is one.
+
+    Only call this on the command's own output (see the module docstring).
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     if p.exists() and p.stat().st_size:
@@ -53,7 +119,13 @@ def append_record(f: TextIO, record: dict[str, Any]) -> None:
     f.flush()
 
 
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write ``payload`` as JSON to a temporary file beside ``path``, then rename it over."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def summary_path(path: str | Path) -> Path:
     """Where the run summary of ``results.jsonl`` goes: ``results.summary.json``."""
-    p = Path(path)
-    return p.with_name(p.name.removesuffix(".jsonl") + ".summary.json")
+    return RunFiles.of(path).summary

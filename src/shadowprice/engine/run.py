@@ -3,41 +3,58 @@
 The engine knows nothing of prices. It takes :class:`PlanItem` s (query, messages, budget,
 gold), a total budget and an endpoint, and returns graded records. Guarantees:
 
-* every funded query's budget is reserved in the :class:`~.ledger.TokenLedger` before anything
-  is sent, so forcing and fallbacks only ever use tokens nobody else was promised;
-* the completion tokens of all requests never sum past ``total_budget``;
+* a request is sent only under a ledger reservation of its ``max_tokens``; with an output
+  file the reservation is in the write-ahead journal (fsynced) before the request leaves, so
+  a run killed with requests in flight counts them as spent when it resumes;
+* the completion tokens of all requests (retries, forcing and fallbacks included, tokens a
+  failed attempt may have been billed included) never sum past ``total_budget``; a server
+  that generates past ``max_tokens`` is charged in full and reported as an overrun;
+* tokens a planned query was promised are not used by forcing or fallbacks of others;
 * abandoned queries (budget 0) are not sent; they are recorded with the reason, or get a cheap
   direct-answer fallback when ``fallback_tokens > 0``;
-* results are appended as they land; re-running resumes and never repeats a finished query.
+* results are appended as they land; re-running resumes and never repeats a finished query,
+  and refuses to resume a run whose configuration (policy, model, budget, queries, plan)
+  changed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..ledger import JournalLedger, Ledger, LedgerState, MemoryLedger, Reservation
 from .client import ChatClient, Completion, EngineError
 from .forcing import fallback_messages, forcing_messages
 from .grading import Grader, get_grader
-from .ledger import Reservation, TokenLedger
 from .results import (
     FINAL_STATUSES,
+    RunFiles,
     append_record,
     latest_by_id,
     open_for_append,
     read_records,
-    summary_path,
+    write_json_atomic,
 )
 
 #: Default prompt: the usual step-by-step-and-box instruction for math models.
 DEFAULT_TEMPLATE = (
     "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 )
+
+#: Largest budget a run accepts (tokens): far above any real spend, small enough that every
+#: count stays exact in a float64.
+MAX_BUDGET = 10**15
+
+
+class RunStateError(ValueError):
+    """The output files cannot be resumed as asked (another run's, or not ours)."""
 
 
 @dataclass
@@ -56,11 +73,18 @@ class PlanItem:
 class RunConfig:
     """How to execute a plan.
 
-    concurrency : requests in flight at once.
-    force_tokens : allowance of the answer-forcing follow-up after a length stop (0 = off).
-    fallback_tokens : allowance of the direct-answer fallback for abandoned queries (0 = off).
-    params : extra sampling parameters sent with every request (e.g. ``temperature``).
-    progress : show a rich progress bar.
+    Attributes
+    ----------
+    concurrency : int
+        Requests in flight at once (>= 1).
+    force_tokens : int
+        Allowance of the answer-forcing follow-up after a length stop (0 = off).
+    fallback_tokens : int
+        Allowance of the direct-answer fallback for abandoned queries (0 = off).
+    params : dict
+        Extra sampling parameters sent with every request (e.g. ``temperature``).
+    progress : bool
+        Show a rich progress bar (on stderr).
     """
 
     concurrency: int = 8
@@ -68,6 +92,17 @@ class RunConfig:
     fallback_tokens: int = 0
     params: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.0})
     progress: bool = True
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first setting out of range."""
+        for name in ("concurrency", "force_tokens", "fallback_tokens"):
+            v = getattr(self, name)
+            low = 1 if name == "concurrency" else 0
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+        t = self.params.get("temperature")
+        if t is not None and not (isinstance(t, int | float) and math.isfinite(t) and t >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0, got {t!r}")
 
 
 @dataclass
@@ -87,13 +122,25 @@ def prompt_messages(
     return messages
 
 
+def plan_identity(items: Sequence[PlanItem]) -> dict[str, str]:
+    """Digests of what is asked (``queries``: ids, prompts, gold answers) and of the plan
+    (``plan``: each query's budget), to tell a resumed run from a different one."""
+    q = hashlib.sha256()
+    p = hashlib.sha256()
+    for item in items:
+        q.update(json.dumps([item.id, item.messages, item.gold]).encode())
+        p.update(json.dumps([item.id, int(item.budget)]).encode())
+    return {"queries": q.hexdigest()[:16], "plan": p.hexdigest()[:16]}
+
+
 def summarize(
     records: Sequence[dict[str, Any]], total_budget: int, *, spent: int | None = None
 ) -> dict[str, Any]:
     """Accuracy, tokens used vs budget, abandoned/forced/error counts.
 
     ``records`` are the final records (one per query); ``spent`` is the ledger's total,
-    which also counts tokens of superseded attempts (defaults to the records' sum).
+    which also counts tokens of superseded attempts and of requests a crash left unsettled
+    (defaults to the records' sum).
     """
     graded = [r for r in records if r.get("gold") is not None]
     correct = sum(1 for r in graded if r.get("correct"))
@@ -110,6 +157,7 @@ def summarize(
         # Abandoned and failed queries count as wrong: accuracy is over the whole batch.
         "accuracy": correct / len(graded) if graded else None,
         "budget": int(total_budget),
+        "accounting": "spent",
         "tokens_used": int(used),
         "within_budget": int(used) <= int(total_budget),
         "allocated": sum(int(r.get("budget", 0)) for r in records),
@@ -120,13 +168,27 @@ def summarize(
     }
 
 
-class _Executor:
-    """State of one run: ledger, client, grader, output file, progress display."""
+class Executor:
+    """Sends queries under reservations of one ledger and records what they did.
+
+    This is the engine's building block for any policy: :meth:`send` reserves a query's cap,
+    sends it, settles the reservation with what was generated, grades and records the result.
+
+    Parameters
+    ----------
+    client : ChatClient
+    ledger : Ledger
+        Every request's allowance is reserved here before it is sent.
+    grader : Grader
+    config : RunConfig
+    out : text file, optional
+        Results are appended here as they land.
+    """
 
     def __init__(
         self,
         client: ChatClient,
-        ledger: TokenLedger,
+        ledger: Ledger,
         grader: Grader,
         config: RunConfig,
         out: TextIO | None,
@@ -138,8 +200,11 @@ class _Executor:
         self.out = out
         self.records: list[dict[str, Any]] = []
         self.on_record: list[Any] = []
+        #: Tokens planned for queries not sent yet: forcing and fallbacks may not use them.
+        self.promised = 0
 
     def emit(self, record: dict[str, Any]) -> None:
+        """Record one final result (appended to the output file as it lands)."""
         self.records.append(record)
         if self.out is not None:
             append_record(self.out, record)
@@ -149,33 +214,51 @@ class _Executor:
     def _base(self, item: PlanItem) -> dict[str, Any]:
         return {"id": item.id, "budget": int(item.budget), "gold": item.gold, **item.meta}
 
+    async def _spare(self, tokens: int, tag: str) -> Reservation | None:
+        """Reserve ``tokens`` only out of what no planned query was promised."""
+        state = await self.ledger.state()
+        if state.available - self.promised < tokens:
+            return None
+        return await self.ledger.reserve(tokens, tag=tag)
+
     async def _chat(
         self, res: Reservation, messages: list[dict[str, str]]
-    ) -> tuple[Completion | None, str]:
-        """One request under reservation ``res``; settles it with the usage (or failure)."""
+    ) -> tuple[Completion | None, str, int]:
+        """One request under ``res``; settles it. Returns (completion, error, tokens charged)."""
         try:
             comp = await self.client.chat(messages, res.tokens, **self.config.params)
         except EngineError as exc:
-            self.ledger.settle(res, min(exc.charge, res.tokens))
-            return None, str(exc)
-        self.ledger.settle(res, comp.usage.completion_tokens)
-        return comp, ""
+            charged = min(exc.charge, res.tokens)
+            await self.ledger.settle(res, charged)
+            return None, str(exc), charged
+        await self.ledger.settle(res, comp.usage.completion_tokens)
+        return comp, "", comp.usage.completion_tokens
 
-    async def funded(self, item: PlanItem, res: Reservation) -> None:
-        comp, error = await self._chat(res, item.messages)
+    async def send(self, item: PlanItem) -> None:
+        """Reserve ``item.budget``, send the query, settle, grade and record it."""
+        self.promised -= item.budget
+        res = await self.ledger.reserve(item.budget, tag=item.id)
+        if res is None:  # a resumed run has less left than the plan assumed
+            reason = "budget exhausted before it could be sent"
+            await self.abandoned(PlanItem(item.id, item.messages, 0, item.gold, reason, item.meta))
+            return
+        comp, error, charged = await self._chat(res, item.messages)
         if comp is None:
             self.emit(
                 {
                     **self._base(item),
                     "status": "error",
                     "reason": error,
-                    "tokens": 0,
+                    "tokens": charged,
                     "answer": None,
                     "correct": False if item.gold is not None else None,
                 }
             )
             return
-        record = {
+        self.emit(await self._graded(item, comp))
+
+    async def _graded(self, item: PlanItem, comp: Completion) -> dict[str, Any]:
+        record: dict[str, Any] = {
             **self._base(item),
             "status": "done",
             "finish_reason": comp.finish_reason,
@@ -188,17 +271,18 @@ class _Executor:
             "forcing_tokens": 0,
         }
         latency = comp.latency_s
-        text = comp.text
-        grade = self.grader(text, item.gold)
+        grade = self.grader(comp.text, item.gold)
         if comp.finish_reason == "length" and self.config.force_tokens > 0:
-            fres = self.ledger.try_reserve(self.config.force_tokens, tag=f"force:{item.id}")
+            fres = await self._spare(self.config.force_tokens, f"force:{item.id}")
             if fres is not None:
-                forced, _ = await self._chat(fres, forcing_messages(item.messages, comp.text))
+                forced, _, charged = await self._chat(
+                    fres, forcing_messages(item.messages, comp.text)
+                )
+                record["forcing_tokens"] = charged
                 if forced is not None:
                     latency += forced.latency_s
                     record.update(
                         forced=True,
-                        forcing_tokens=forced.usage.completion_tokens,
                         forced_text=forced.text,
                         prompt_tokens=record["prompt_tokens"] + forced.usage.prompt_tokens,
                     )
@@ -210,37 +294,25 @@ class _Executor:
             answer=grade.answer,
             correct=grade.correct,
             latency_s=round(latency, 4),
-            text=text,
+            text=comp.text,
         )
-        self.emit(record)
+        return record
 
     async def abandoned(self, item: PlanItem) -> None:
+        """Record an unfunded query, or give it the direct-answer fallback if configured."""
         base = {**self._base(item), "budget": 0, "reason": item.reason or "not funded"}
         fres = None
         if self.config.fallback_tokens > 0:
-            fres = self.ledger.try_reserve(self.config.fallback_tokens, tag=f"fallback:{item.id}")
+            fres = await self._spare(self.config.fallback_tokens, f"fallback:{item.id}")
+        unanswered = {"answer": None, "correct": False if item.gold is not None else None}
         if fres is None:
-            self.emit(
-                {
-                    **base,
-                    "status": "abandoned",
-                    "tokens": 0,
-                    "answer": None,
-                    "correct": False if item.gold is not None else None,
-                }
-            )
+            self.emit({**base, "status": "abandoned", "tokens": 0, **unanswered})
             return
-        comp, error = await self._chat(fres, fallback_messages(item.messages))
+        comp, error, charged = await self._chat(fres, fallback_messages(item.messages))
         if comp is None:
+            reason = f"{base['reason']}; fallback failed: {error}"
             self.emit(
-                {
-                    **base,
-                    "status": "abandoned",
-                    "reason": f"{base['reason']}; fallback failed: {error}",
-                    "tokens": 0,
-                    "answer": None,
-                    "correct": False if item.gold is not None else None,
-                }
+                {**base, "status": "abandoned", "reason": reason, "tokens": charged, **unanswered}
             )
             return
         grade = self.grader(comp.text, item.gold)
@@ -262,6 +334,51 @@ class _Executor:
         )
 
 
+def _check_plan(items: Sequence[PlanItem], total_budget: int) -> None:
+    if isinstance(total_budget, bool) or not isinstance(total_budget, int):
+        raise ValueError(f"budget must be a whole number of tokens, got {total_budget!r}")
+    if not 0 <= total_budget <= MAX_BUDGET:
+        raise ValueError(
+            f"budget must be between 0 and {MAX_BUDGET:.0e} tokens, got {total_budget}"
+        )
+    ids = [item.id for item in items]
+    if len(set(ids)) != len(ids):
+        raise ValueError("plan has duplicate query ids")
+    if any(item.budget < 0 for item in items):
+        raise ValueError("plan has a negative budget")
+
+
+def open_ledger(
+    out: str | Path | None,
+    total_budget: int,
+    identity: Mapping[str, Any],
+    *,
+    release_unsettled: bool = False,
+) -> tuple[Ledger, list[dict[str, Any]]]:
+    """The ledger of a run and the records an earlier run with the same identity left.
+
+    Without ``out`` a fresh in-memory ledger. With ``out``, a journal beside it: a new run
+    starts one; an existing run is resumed if its journal's identity matches (else
+    :class:`~shadowprice.ledger.JournalMismatch`). A results file without a journal is not
+    ours to append to: :class:`RunStateError`.
+    """
+    if out is None:
+        return MemoryLedger(total_budget), []
+    files = RunFiles.of(out)
+    if files.results.is_dir():
+        raise RunStateError(f"{files.results} is a directory; give a file name for the results")
+    if files.results.exists() and files.results.stat().st_size and not files.journal.exists():
+        raise RunStateError(
+            f"{files.results} exists but has no journal ({files.journal.name}): it was not "
+            f"written by this version of shadowprice run, so it cannot be resumed; pass "
+            f"--restart to move it aside and start over, or choose another output"
+        )
+    ledger = JournalLedger(
+        files.journal, total_budget, config=identity, release_unsettled=release_unsettled
+    )
+    return ledger, read_records(files.results)
+
+
 async def execute(
     items: Sequence[PlanItem],
     client: ChatClient,
@@ -270,54 +387,60 @@ async def execute(
     out: str | Path | None = None,
     config: RunConfig | None = None,
     grader: Grader | str | None = "math",
+    identity: Mapping[str, Any] | None = None,
+    release_unsettled: bool = False,
 ) -> RunReport:
-    """Run ``items`` against ``client`` under ``total_budget``; see the module docstring."""
+    """Run ``items`` against ``client`` under ``total_budget``; see the module docstring.
+
+    Parameters
+    ----------
+    items : sequence of PlanItem
+        The plan: one item per query, ``budget`` 0 for abandoned ones.
+    client : ChatClient
+    total_budget : int
+        Completion tokens the whole run may spend (0 … :data:`MAX_BUDGET`).
+    out : path, optional
+        Results JSONL (with its journal and summary beside it); resumed when it exists.
+    config : RunConfig, optional
+    grader : Grader or str, optional
+        ``"math"`` (math-verify), ``"exact"``, ``"module:attribute"`` or a callable.
+    identity : mapping, optional
+        What else defines this run (e.g. ``{"policy": "clear"}``); with the model, budget,
+        queries and plan it must match for a resume.
+    release_unsettled : bool
+        On resume, count requests a crash left in flight as never billed (default: spent).
+
+    Raises
+    ------
+    ValueError
+        For a bad plan or config; :class:`RunStateError` /
+        :class:`~shadowprice.ledger.JournalMismatch` when ``out`` cannot be resumed.
+    """
     config = config or RunConfig()
+    config.validate()
+    _check_plan(items, total_budget)
     grade = get_grader(grader)
-    ids = [item.id for item in items]
-    if len(set(ids)) != len(ids):
-        raise ValueError("plan has duplicate query ids")
-    if any(item.budget < 0 for item in items):
-        raise ValueError("plan has a negative budget")
-
-    history = read_records(out) if out is not None else []
+    ident = {
+        **dict(identity or {}),
+        "model": client.model,
+        "budget": int(total_budget),
+        **plan_identity(items),
+    }
+    ledger, history = open_ledger(out, total_budget, ident, release_unsettled=release_unsettled)
+    recovery = getattr(ledger, "recovery", None)
     done = {k: r for k, r in latest_by_id(history).items() if r.get("status") in FINAL_STATUSES}
-    # Every line spent tokens when it was written (superseded error attempts included).
-    already = sum(int(r.get("tokens", 0)) for r in history)
-    ledger = TokenLedger(total_budget, already_spent=min(already, total_budget))
-    ledger.overrun = max(0, already - total_budget)
-
     pending = [item for item in items if item.id not in done]
-    reservations: dict[str, Reservation] = {}
-    late: list[PlanItem] = []
-    for item in pending:  # reserve every funded budget before anything is sent
-        if item.budget > 0:
-            res = ledger.try_reserve(item.budget, tag=item.id)
-            if res is None:
-                late.append(item)
-            else:
-                reservations[item.id] = res
-
-    fh = open_for_append(out) if out is not None else None
-    ex = _Executor(client, ledger, grade, config, fh)
-    sem = asyncio.Semaphore(max(1, config.concurrency))
+    files = RunFiles.of(out) if out is not None else None
+    fh = open_for_append(files.results) if files is not None else None
+    ex = Executor(client, ledger, grade, config, fh)
+    ex.promised = sum(item.budget for item in pending)
+    sem = asyncio.Semaphore(config.concurrency)
     start = time.perf_counter()
 
     async def one(item: PlanItem) -> None:
         async with sem:
-            if item.id in reservations:
-                await ex.funded(item, reservations[item.id])
-            elif item.budget > 0:  # resume under a changed plan: what is left does not cover it
-                await ex.abandoned(
-                    PlanItem(
-                        item.id,
-                        item.messages,
-                        0,
-                        item.gold,
-                        "budget exhausted before it could be sent",
-                        item.meta,
-                    )
-                )
+            if item.budget > 0:
+                await ex.send(item)
             else:
                 await ex.abandoned(item)
 
@@ -325,36 +448,65 @@ async def execute(
         with _progress(config.progress, len(pending), ledger) as advance:
             ex.on_record.append(advance)
             await asyncio.gather(*(one(item) for item in pending))
+        state = await ledger.state()
     finally:
         if fh is not None:
             fh.close()
+        await ledger.aclose()
 
     final = latest_by_id([*history, *ex.records])
-    records = [final[i] for i in ids if i in final]
-    summary = summarize(records, total_budget, spent=ledger.spent)
+    records = [final[i] for i in ids_of(items) if i in final]
+    summary = run_summary(records, state, recovery)
     summary.update(
         resumed=len(done),
         executed=len(pending),
         wall_s=round(time.perf_counter() - start, 3),
-        overrun=ledger.overrun,
-        late_abandoned=len(late),
+        late_abandoned=sum(
+            1 for r in ex.records if r.get("reason") == "budget exhausted before it could be sent"
+        ),
     )
-    if out is not None:
-        summary_path(out).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if files is not None:
+        write_json_atomic(files.summary, summary)
     return RunReport(records, summary)
+
+
+def ids_of(items: Sequence[PlanItem]) -> list[str]:
+    """The plan's query ids, in order."""
+    return [item.id for item in items]
+
+
+def run_summary(
+    records: Sequence[dict[str, Any]], state: LedgerState, recovery: Any = None
+) -> dict[str, Any]:
+    """:func:`summarize` with the ledger's accounting: settled, counted-unsettled, overrun."""
+    summary = summarize(records, state.total, spent=state.spent)
+    counted = int(getattr(recovery, "counted", 0) or 0)
+    summary.update(
+        settled_tokens=state.spent - counted,
+        unsettled_requests=int(getattr(recovery, "unsettled", 0) or 0),
+        unsettled_counted=counted,
+        overrun=state.overrun,
+        within_budget=state.spent <= state.total and state.overrun == 0,
+    )
+    return summary
 
 
 class _progress:
     """A rich progress bar showing queries done and tokens spent (no-op when disabled)."""
 
-    def __init__(self, enabled: bool, total: int, ledger: TokenLedger) -> None:
+    def __init__(self, enabled: bool, total: int, ledger: Ledger) -> None:
         self.enabled = enabled and total > 0
         self.total = total
         self.ledger = ledger
 
+    def _spent(self) -> int:
+        state_now = getattr(self.ledger, "state_now", None)
+        return int(state_now().spent) if state_now is not None else 0
+
     def __enter__(self) -> Any:
         if not self.enabled:
             return lambda record: None
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -370,14 +522,15 @@ class _progress:
             TextColumn("tokens {task.fields[spent]}/{task.fields[budget]}"),
             TimeElapsedColumn(),
             transient=False,
+            console=Console(stderr=True),
         )
         self._bar.__enter__()
         task = self._bar.add_task(
-            "queries", total=self.total, spent=self.ledger.spent, budget=self.ledger.total
+            "queries", total=self.total, spent=self._spent(), budget=self.ledger.total
         )
 
         def advance(record: dict[str, Any]) -> None:
-            self._bar.update(task, advance=1, spent=self.ledger.spent)
+            self._bar.update(task, advance=1, spent=self._spent())
 
         return advance
 
@@ -397,16 +550,34 @@ def run_plan(
     grader: Grader | str | None = "math",
     api_key: str | None = None,
     timeout: float = 600.0,
+    deadline: float | None = None,
     max_retries: int = 4,
+    identity: Mapping[str, Any] | None = None,
+    release_unsettled: bool = False,
 ) -> RunReport:
-    """Synchronous wrapper around :func:`execute` that owns its client."""
+    """Synchronous wrapper around :func:`execute` that owns its client.
+
+    ``timeout`` bounds one attempt, ``deadline`` one query over all its attempts (seconds).
+    """
 
     async def main() -> RunReport:
         async with ChatClient(
-            endpoint, model, api_key=api_key, timeout=timeout, max_retries=max_retries
+            endpoint,
+            model,
+            api_key=api_key,
+            timeout=timeout,
+            deadline=deadline,
+            max_retries=max_retries,
         ) as client:
             return await execute(
-                items, client, total_budget=total_budget, out=out, config=config, grader=grader
+                items,
+                client,
+                total_budget=total_budget,
+                out=out,
+                config=config,
+                grader=grader,
+                identity=identity,
+                release_unsettled=release_unsettled,
             )
 
     return asyncio.run(main())
