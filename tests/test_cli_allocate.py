@@ -13,7 +13,13 @@ from typer.testing import CliRunner
 
 from shadowprice import GammaSCurve, LogisticCurve, ShiftedSurge, allocate
 from shadowprice.cli import app
-from shadowprice.queries import QueryFileError, read_queries
+from shadowprice.cli.queries import QueryFileError, read_query_file
+
+
+def read_queries(path: Path, family: str = "surge", **kw: float):  # type: ignore[no-untyped-def]
+    qf = read_query_file(path)
+    return qf.ids(), qf.curves(family, **kw), qf.limits()
+
 
 runner = CliRunner()
 EXE = Path(sys.executable).parent / "shadowprice"
@@ -310,20 +316,27 @@ def test_family_fields_are_checked(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["--budget", "0"], "--budget must be a positive"),
-        (["--budget", "-10"], "--budget must be a positive"),
+        (["--budget", "0"], "--budget = 0 is out of range"),
+        (["--budget", "-10"], "--budget = -10 is out of range"),
+        (["--budget", "99999999999999999999"], "out of range: give 1 to 1e+15 tokens"),
+        (["--per-query", "1e308"], "out of range: give 1 to 1e+15 tokens"),
         (["--per-query", "0"], "--per-query must be a positive"),
         (["--per-query", "-3"], "--per-query must be a positive"),
         (["--per-query", "0.1"], "less than one token"),
         ([], "exactly one of --budget"),
         (["--budget", "100", "--per-query", "20"], "exactly one of --budget"),
-        (["--budget", "100", "--policy", "magic"], "unknown --policy"),
+        (["--budget", "100", "--policy", "magic"], "unknown policy 'magic'; choose one of"),
         (["--budget", "100", "--family", "weibull"], "unknown --family"),
         (["--budget", "100", "--format", "xml"], "unknown --format"),
-        (["--budget", "100", "--alpha", "0"], "--alpha must be"),
-        (["--budget", "100", "--beta", "nan"], "--beta must be"),
-        (["--budget", "100", "--granularity", "0"], "--granularity"),
-        (["--budget", "100", "--max-tokens", "-1"], "--max-tokens"),
+        (["--budget", "100", "--alpha", "0"], "alpha[0] = 0.0: must be positive"),
+        (["--budget", "100", "--alpha", "-1"], "alpha[0] = -1.0: must be positive"),
+        (["--budget", "100", "--beta", "nan"], "beta[0] = nan: must be positive"),
+        (["--budget", "100", "--granularity", "0"], "granularity = 0"),
+        (["--budget", "100", "--max-tokens", "-1"], "max_tokens = -1.0: must be a number"),
+        (
+            ["--budget", "100", "--min-tokens", "500", "--max-tokens", "100"],
+            "min_tokens 500 exceeds max_tokens 100",
+        ),
     ],
 )
 def test_bad_options_exit_2(qfile: Path, args: list[str], fragment: str) -> None:

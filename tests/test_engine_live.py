@@ -177,7 +177,7 @@ def test_collect_produces_a_trace_set_evaluate_reads(
         out=out,
         config=CollectConfig(samples=2, max_tokens=40, concurrency=4, progress=False),
     )
-    assert stats["collected"] == 2 and stats["failed_samples"] == 0
+    assert stats["completed"] == 2 and stats["failed_samples"] == 0
     for rec in read_records(out):
         assert len(rec["samples"]) == 2
         for s in rec["samples"]:

@@ -496,7 +496,7 @@ def test_collect_writes_trace_schema_and_resumes(server: FakeServer, tmp_path: P
             return await collect(qs, client, out=out, config=cfg)
 
     stats = asyncio.run(main())
-    assert stats["collected"] == 2 and len(server.requests) == 6
+    assert stats["completed"] == 2 and len(server.requests) == 6
     assert all(r["n"] == 1 and r["max_tokens"] == 40 for r in server.requests)
     recs = {r["id"]: r for r in read_records(out)}
     assert [s["tokens"] for s in recs["c0"]["samples"]] == [10, 10, 10]
@@ -509,7 +509,7 @@ def test_collect_writes_trace_schema_and_resumes(server: FakeServer, tmp_path: P
         pytest.skip("shadowprice.traces not available")
     ts = read_traces(out)
     assert len(ts) == 2
-    assert asyncio.run(main())["collected"] == 0  # resume: nothing sampled again
+    assert asyncio.run(main())["completed"] == 0  # resume: nothing sampled again
 
 
 # --- CLI input errors -------------------------------------------------------------------
@@ -518,13 +518,13 @@ def test_collect_writes_trace_schema_and_resumes(server: FakeServer, tmp_path: P
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ('{"id": "a", "question": "q"}\n', 'q.jsonl line 1: field "tau" is missing'),
+        ('{"id": "a", "question": "q", "tau": -4}\n', 'q.jsonl line 1: field "tau" must be'),
         (
             '{"id": "a", "question": "q", "tau": 5}\n{"question": "r"}\n',
             'q.jsonl line 2: field "id" is missing',
         ),
         ("not json\n", "q.jsonl line 1: not valid JSON"),
-        ('{"id": "a", "tau": 5}\n', 'q.jsonl line 1: field "text" is missing'),
+        ('{"id": "a", "tau": 5}\n', 'q.jsonl line 1: field "question" is missing'),
     ],
 )
 def test_run_cli_rejects_bad_queries(tmp_path: Path, content: str, message: str) -> None:
@@ -534,8 +534,9 @@ def test_run_cli_rejects_bad_queries(tmp_path: Path, content: str, message: str)
 
     path = tmp_path / "q.jsonl"
     path.write_text(content)
+    out = tmp_path / "r.jsonl"
     args = ["run", str(path), "--endpoint", "http://127.0.0.1:9", "--model", "m", "--budget", "9"]
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, [*args, "-o", str(out)])
     assert result.exit_code == 2
     assert message in result.output
 
@@ -613,4 +614,4 @@ def test_run_cli_template_and_system_reach_the_server(server: FakeServer, tmp_pa
     assert msgs[1]["content"] == "Q: need=5 ans=7 "
     for bad in ("no placeholder", "{question} and {other}"):
         result = CliRunner().invoke(app, args[:-1] + [bad])
-        assert result.exit_code == 2 and "--template" in result.output
+        assert result.exit_code == 2 and "template must contain {question}" in result.output

@@ -1,22 +1,31 @@
 """The ``shadowprice`` command line: thin wrappers that parse, call the library, print.
 
 Each command group lives in its own module and registers itself on :data:`app`.
+
+Exit status of every command: 0 success; 1 the command ran but some queries ended in error
+(the count is printed); 2 bad input or usage; 130 interrupted.
 """
 
 from __future__ import annotations
+
+import os
+import sys
 
 import typer
 
 app = typer.Typer(
     name="shadowprice",
-    help="Price reasoning tokens: allocate one token budget across many LLM queries.",
+    help="Price reasoning tokens: allocate one token budget across many LLM queries.\n\n"
+    "Exit status: 0 success; 1 ran but some queries ended in error; 2 bad input or usage; "
+    "130 interrupted.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 # Registration imports: each module adds its commands to ``app``.
-from . import (
+from . import (  # noqa: E402
     allocate_cmd,  # noqa: F401
     bench_cmd,  # noqa: F401
     demo_cmd,  # noqa: F401
@@ -27,4 +36,11 @@ from . import (
 
 
 def main() -> None:
-    app()
+    """Entry point of the ``shadowprice`` script."""
+    try:
+        app()
+    except BrokenPipeError:
+        # The reader of stdout went away (e.g. `| head`): nothing more to say to it.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)

@@ -1,15 +1,13 @@
 """``shadowprice allocate``: split one token budget over the queries of a file.
 
-Parsing lives in :mod:`shadowprice.queries` and solving in :func:`shadowprice.allocate`; this
-module only maps options to those calls and prints. Per-query budgets go to ``-o FILE`` or
-stdout as JSON lines; the summary goes to stderr, or to stdout when ``-o`` is given, so that
-``shadowprice allocate q.jsonl --budget 9000 > budgets.jsonl`` keeps the data stream clean.
+Per-query budgets go to ``-o FILE`` (written atomically) or stdout as JSON lines; the summary
+goes to stderr, or to stdout when ``-o`` is given, so that ``shadowprice allocate q.jsonl
+--budget 9000 > budgets.jsonl`` keeps the data stream clean.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -18,142 +16,111 @@ import numpy as np
 import typer
 
 from . import app
-from ._errors import fail
+from ._errors import fail, guarded, note
+from .files import check_outputs, write_atomic
+from .options import (
+    budget_option,
+    check_format,
+    choices_help,
+    output,
+    output_format,
+    per_query_option,
+    total_budget,
+)
+from .queries import FAMILIES, query_curves, read_query_file
+
+_POLICIES = ("clear", "market", "oracle", "uniform", "proportional", "greedy", "length")
 
 
 @app.command("allocate")
+@guarded
 def allocate_command(
     queries: str = typer.Argument(
         ...,
-        help="JSONL or CSV (by suffix; '-' = JSONL on stdin) with id and the family's "
-        "parameters (surge: tau; gamma: tau, beta?, p?; logistic: mu, scale, p?), optional "
-        "floor, min_tokens, max_tokens, alpha, beta",
+        help="JSONL or CSV (by suffix; '-' = JSONL on stdin): id plus the family's parameters "
+        "(surge: tau; gamma: tau, beta?, p?; logistic: mu, scale, p?) or a question to predict "
+        "them from; optional floor, min_tokens, max_tokens, alpha, beta",
+        show_default=False,
     ),
-    budget: int | None = typer.Option(None, "--budget", help="total tokens for all queries"),
-    per_query: float | None = typer.Option(
-        None, "--per-query", help="average tokens per query (total = AVG x N, rounded down)"
-    ),
-    policy: str = typer.Option("clear", "--policy", help="allocation policy"),
-    family: str = typer.Option("surge", "--family", help="curve family: surge, gamma, logistic"),
+    budget: int | None = budget_option(),
+    per_query: float | None = per_query_option(),
+    policy: str = typer.Option("clear", "--policy", help=choices_help("policy", _POLICIES)),
+    family: str = typer.Option("surge", "--family", help=choices_help("curve family", FAMILIES)),
     alpha: float = typer.Option(1.5, "--alpha", help="surge gain (unless the file has alpha)"),
     beta: float = typer.Option(
         0.005, "--beta", help="surge decay / gamma rate in 1/tokens (unless in the file)"
     ),
     granularity: int = typer.Option(1, "--granularity", help="budgets are multiples of this"),
     min_tokens: int | None = typer.Option(
-        None, "--min-tokens", help="smallest budget of a funded query"
+        None, "--min-tokens", help="smallest budget of a funded query", show_default=False
     ),
-    max_tokens: int | None = typer.Option(None, "--max-tokens", help="cap per query"),
-    output: Path | None = typer.Option(
-        None, "-o", "--output", help="write budgets here (default stdout)"
+    max_tokens: int | None = typer.Option(
+        None, "--max-tokens", help="cap per query", show_default=False
     ),
-    fmt: str = typer.Option("text", "--format", help="summary format: text or json"),
+    out: Path | None = output("write budgets here (default stdout)"),
+    fmt: str = output_format(),
     predictor: str | None = typer.Option(
         None,
         "--predictor",
-        help="threshold predictor directory (from `shadowprice predictor fit`) or 'default' "
-        "(the bundled one); QUERIES then needs only id and question/text",
+        help="threshold predictor folder (from `predictor fit`) or 'default' (bundled); "
+        "QUERIES then needs only id and question",
+        show_default=False,
     ),
     point: bool = typer.Option(
-        False,
-        "--point",
-        help="with --predictor: allocate on the point estimate of tau "
-        "instead of the expected curve under the predictor's uncertainty",
+        False, "--point", help="with a predictor: price the point estimate, not the expected curve"
     ),
 ) -> None:
-    """Allocate a token budget over QUERIES; one JSON line per query: id, budget, funded."""
-    from shadowprice import POLICIES, allocate
-    from shadowprice.queries import FAMILIES, QueryFileError, read_queries, read_query_texts
+    """Allocate a token budget over QUERIES; one JSON line per query: id, budget, funded.
 
-    if (budget is None) == (per_query is None):
-        fail("give exactly one of --budget TOTAL and --per-query AVG")
-    if policy not in POLICIES:
-        fail(f"unknown --policy {policy!r}; choose one of {', '.join(POLICIES)}")
-    if family not in FAMILIES:
-        fail(f"unknown --family {family!r}; choose one of {', '.join(FAMILIES)}")
-    if fmt not in ("text", "json"):
-        fail(f"unknown --format {fmt!r}; choose text or json")
-    for name, val in (("--alpha", alpha), ("--beta", beta)):
-        if not (math.isfinite(val) and val > 0):
-            fail(f"{name} must be a finite positive number, got {val}")
-    if granularity < 1:
-        fail(f"--granularity must be a positive integer, got {granularity}")
-    for name, lim in (("--min-tokens", min_tokens), ("--max-tokens", max_tokens)):
-        if lim is not None and lim < 0:
-            fail(f"{name} must be >= 0, got {lim}")
-    if budget is not None and budget <= 0:
-        fail(f"--budget must be a positive number of tokens, got {budget}")
-    if per_query is not None and not (math.isfinite(per_query) and per_query > 0):
-        fail(f"--per-query must be a positive number of tokens, got {per_query}")
+    Exit status: 0 success, 2 bad input (including limits no allocation can meet).
+    """
+    from shadowprice import allocate
 
-    grid = None
-    try:
-        if predictor is None:
-            ids, curves, limits = read_queries(queries, family, alpha=alpha, beta=beta)
-        else:
-            if family == "logistic":
-                fail("--predictor predicts thresholds for the surge or gamma family only")
-            ids, texts, limits = read_query_texts(queries)
-            model = _load_predictor(predictor)
-            curves = model.predict_curves(
-                texts, family=family, uncertainty=not point, alpha=alpha, beta=beta
-            )
-            grid = getattr(curves, "grid", None)
-    except QueryFileError as exc:
-        fail(str(exc))
-    total = budget if budget is not None else math.floor(per_query * len(ids))  # type: ignore[operator]
-    if total <= 0:
-        fail(f"--per-query {per_query} x {len(ids)} queries is less than one token")
-
-    # Per-query columns win; rows without one fall back to the command-line limit.
-    def merged(key: str, cli: int | None) -> Any:
-        col = limits.get(key)
-        if col is None:
-            return cli
-        fill = math.inf if key == "max_tokens" and cli is None else (cli or 0)
-        return np.where(np.isnan(col), fill, col)
-
-    try:
-        if grid is not None and granularity > 1:
-            grid = grid[grid % granularity == 0]
-        result = allocate(
-            curves,
-            total,
-            policy,
-            granularity=granularity,
-            grid=grid,
-            min_tokens=merged("min_tokens", min_tokens),
-            max_tokens=merged("max_tokens", max_tokens),
-            floor=merged("floor", None),
+    fmt = check_format(fmt)
+    check_outputs([("--output", out)], [queries])
+    qf = read_query_file(queries)
+    ids = qf.ids()
+    total = total_budget(budget, per_query, qf.n)
+    limits = qf.limits()
+    qc = query_curves(
+        qf, family=family, policy=policy, predictor=predictor, point=point, alpha=alpha, beta=beta
+    )
+    if qc.source == "default predictor":
+        note(
+            f"{qf.name} has questions but no thresholds: pricing them with the bundled default "
+            f"predictor (trained on Qwen2.5-Math solution lengths); train one for your model "
+            f"with `shadowprice predictor fit`"
         )
-    except ValueError as exc:
-        fail(str(exc))
-
-    budgets = result.budgets.tolist()
-    funded = result.funded.tolist()
-    samples = None if result.samples is None else result.samples.tolist()
-    lines = []
-    for i, qid in enumerate(ids):
-        rec: dict[str, Any] = {"id": qid, "budget": budgets[i], "funded": funded[i]}
-        if samples is not None:
-            rec["samples"] = samples[i]
-        lines.append(json.dumps(rec))
-    data = "\n".join(lines) + "\n"
-    if output is None:
+    grid = getattr(qc.curves, "grid", None)
+    if grid is not None and granularity > 1:
+        grid = grid[grid % granularity == 0]
+    result = allocate(
+        qc.curves,
+        total,
+        policy,
+        granularity=granularity,
+        grid=grid,
+        min_tokens=_merged(limits.get("min_tokens"), min_tokens, 0),
+        max_tokens=_merged(limits.get("max_tokens"), max_tokens, np.inf),
+        floor=_merged(limits.get("floor"), None, 0),
+    )
+    if not result.success:
+        fail(result.message)
+    data = "".join(json.dumps(rec) + "\n" for rec in _records(ids, result))
+    if out is None:
         sys.stdout.write(data)
         summary_stream: TextIO = sys.stderr
     else:
-        try:
-            output.write_text(data, encoding="utf-8")
-        except OSError as exc:
-            fail(f"cannot write {output}: {exc.strerror or exc}")
+        write_atomic(out, data)
         summary_stream = sys.stdout
-
-    summary = result.summary()
-    summary["per_query"] = total / len(ids)
-    summary["family"] = family
-    if output is not None:
-        summary["output"] = str(output)
+    summary = {
+        **result.summary(),
+        "per_query": total / qf.n,
+        "family": qc.family,
+        "curves": qc.source,
+    }
+    if out is not None:
+        summary["output"] = str(out)
     if fmt == "json":
         summary_stream.write(json.dumps(summary) + "\n")
     else:
@@ -161,14 +128,24 @@ def allocate_command(
     summary_stream.flush()
 
 
-def _load_predictor(path: str) -> Any:
-    """The bundled default predictor or one saved by ``shadowprice predictor fit``."""
-    from shadowprice.predict import load_predictor
+def _merged(column: Any, cli: float | None, fill: float) -> Any:
+    """Per-query column where a row gives it, else the command-line limit (else ``fill``)."""
+    if column is None:
+        return cli
+    return np.where(np.isnan(column), fill if cli is None else cli, column)
 
-    try:
-        return load_predictor(path)
-    except (OSError, ValueError) as exc:
-        fail(f"--predictor {path}: cannot load ({exc})")
+
+def _records(ids: list[str], result: Any) -> list[dict[str, Any]]:
+    budgets = result.budgets.tolist()
+    funded = result.funded.tolist()
+    samples = None if result.samples is None else result.samples.tolist()
+    out = []
+    for i, qid in enumerate(ids):
+        rec: dict[str, Any] = {"id": qid, "budget": budgets[i], "funded": funded[i]}
+        if samples is not None:
+            rec["samples"] = samples[i]
+        out.append(rec)
+    return out
 
 
 def _print_summary(s: dict[str, Any], stream: TextIO) -> None:
@@ -183,7 +160,7 @@ def _print_summary(s: dict[str, Any], stream: TextIO) -> None:
     )
     n = s["queries"]
     rows = [
-        ("policy", f"{s['policy']} ({s['family']} curves)"),
+        ("policy", f"{s['policy']} ({s['family']} curves from {s['curves']})"),
         ("queries", str(n)),
         ("budget", f"{s['budget']} tokens ({s['per_query']:.6g} per query)"),
         ("price", price),

@@ -4,84 +4,77 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import typer
 
 from . import app
-from ._errors import fail
+from ._errors import fail, guarded
+from .options import check_format, output_format
 
-#: Samples per query drawn for ``stream:NAME:N`` trace specs.
-STREAM_SAMPLES = 8
-
-
-def load_trace_spec(spec: str, seed: int) -> Any:
-    """TRACES: a file path, ``bundled:NAME`` or ``stream:NAME:N`` (synthetic, 8 samples)."""
-    from shadowprice.traces import TraceValidationError, load_traces, read_traces
-
-    if spec.startswith("bundled:"):
-        try:
-            return load_traces(spec.split(":", 1)[1])
-        except KeyError as exc:
-            fail(str(exc.args[0]) if exc.args else str(exc))
-    if spec.startswith("stream:"):
-        parts = spec.split(":")
-        if len(parts) != 3 or not parts[2].isdigit() or int(parts[2]) < 1:
-            fail(f"stream spec must be stream:NAME:N (e.g. stream:balanced:2000), got {spec!r}")
-        try:
-            from shadowprice.evaluate.streams import make_stream
-        except ImportError:
-            fail("synthetic streams are not available in this build (evaluate.streams)")
-        try:
-            stream = make_stream(parts[1], int(parts[2]), seed)
-        except (KeyError, ValueError) as exc:
-            fail(str(exc))
-        # Samples from a seed of their own: the stream's draws, the samples and the split must
-        # not share random numbers.
-        import numpy as np
-
-        sample_seed = int(np.random.SeedSequence([seed, 0x5A]).generate_state(1)[0])
-        return stream.sample_traces(STREAM_SAMPLES, sample_seed)
-    path = Path(spec)
-    if not path.exists():
-        fail(f"{spec}: no such file (or use bundled:NAME / stream:NAME:N)")
-    try:
-        return read_traces(path)
-    except (TraceValidationError, ValueError) as exc:
-        fail(str(exc))
+_SPLITS = ("half", "queries", "none")
+_ACCOUNTING = ("allotted", "spent")
+_VOTES = ("pass", "majority")
+_PREDICTORS = ("auto", "text", "text-point", "none")
 
 
 def _parse_list(text: str, what: str) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
-        fail(f"--{what} is empty")
+        fail(f"{what} is empty")
     return items
 
 
-def _clean(x: float) -> float | None:
+def _parse_budgets(text: str) -> list[float]:
+    try:
+        values = [float(b) for b in _parse_list(text, "--per-query")]
+    except ValueError:
+        fail(f"--per-query must be comma-separated numbers of tokens, got {text!r}")
+    return values
+
+
+def _clean(x: Any) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        fail(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
 @app.command("evaluate")
+@guarded
 def evaluate_command(
-    traces: str = typer.Argument(..., help="trace file, bundled:NAME or stream:NAME:N"),
-    budgets: str = typer.Option(
+    traces: str = typer.Argument(
+        ...,
+        help="trace file (JSONL/CSV/Parquet), bundled:NAME or stream:NAME:N[:long]",
+        show_default=False,
+    ),
+    per_query: str = typer.Option(
         "100,150,200,300,500,1000,1500",
+        "--per-query",
         "--budgets",
-        help="average tokens per query, comma-separated",
+        help="average tokens per query, comma-separated (total = AVG x queries)",
     ),
     policies: str = typer.Option(
-        "uniform,clear,oracle", "--policies", help="comma-separated evaluation policies"
+        "uniform,clear,oracle",
+        "--policies",
+        help="comma-separated evaluation policies (see `shadowprice evaluate --list`)",
     ),
-    split: str = typer.Option("half", "--split", help="half | queries | none"),
-    seed: int = typer.Option(0, "--seed"),
-    cost: str = typer.Option("allotted", "--cost", help="allotted (caps) | spent (generated)"),
+    split: str = typer.Option("half", "--split", help="held-out split: half, queries or none"),
+    seed: int = typer.Option(0, "--seed", help="seeds splits, streams and bootstrap"),
+    accounting: str = typer.Option(
+        "allotted",
+        "--accounting",
+        "--cost",
+        help="what the budget bounds: allotted (caps, the paper's) or spent (tokens generated)",
+    ),
     repeats: int = typer.Option(1, "--repeats", min=1, help="random splits averaged"),
-    vote: str = typer.Option("pass", "--vote", help="pass (verifier) | majority"),
+    vote: str = typer.Option("pass", "--vote", help="k samples: pass (verifier) or majority"),
     n_boot: int = typer.Option(1000, "--n-boot", min=0, help="bootstrap resamples"),
     folds: int = typer.Option(5, "--folds", min=2, help="folds for --split queries"),
-    fmt: str = typer.Option("table", "--format", help="table | json"),
+    fmt: str = output_format("output format: text (a table) or json"),
     predictor: str = typer.Option(
         "auto",
         "--predictor",
@@ -89,35 +82,31 @@ def evaluate_command(
         "text-point (its point estimate), none (the pool's curve for every unseen query), "
         "auto (text when the traces carry questions)",
     ),
+    list_policies: bool = typer.Option(
+        False, "--list", help="list the evaluation policies and exit"
+    ),
 ) -> None:
     """Fit each policy on one part of TRACES, replay its caps on the other, print a table.
 
     Budgets are averages per query (total = budget x queries). 'oracle' is the hindsight
-    ceiling (exact knapsack on the scoring data), not a runnable policy.
+    ceiling (the best any allocation could do on the scoring data), not a runnable policy.
+    Exit status: 0 success, 2 bad input.
     """
     from shadowprice.evaluate import EVAL_POLICIES, evaluate
+    from shadowprice.evaluate.sources import load_trace_source
 
-    try:
-        bq = [float(b) for b in _parse_list(budgets, "budgets")]
-    except ValueError:
-        fail(f"--budgets must be comma-separated numbers, got {budgets!r}")
-    if any(not (b > 0 and math.isfinite(b)) for b in bq):
-        fail(f"--budgets must be positive, got {budgets!r}")
-    pols = _parse_list(policies, "policies")
-    bad = [p for p in pols if p not in EVAL_POLICIES]
-    if bad:
-        fail(f"unknown policies {', '.join(bad)}; choose from {', '.join(EVAL_POLICIES)}")
-    for name, val, allowed in [
-        ("split", split, ("half", "queries", "none")),
-        ("cost", cost, ("allotted", "spent")),
-        ("vote", vote, ("pass", "majority")),
-        ("format", fmt, ("table", "json")),
-    ]:
-        if val not in allowed:
-            fail(f"--{name} must be one of {', '.join(allowed)}, got {val!r}")
-    if predictor not in ("auto", "text", "text-point", "none"):
-        fail(f"--predictor must be one of auto, text, text-point, none, got {predictor!r}")
-    ts = load_trace_spec(traces, seed)
+    if list_policies:
+        for name, pol in EVAL_POLICIES.items():
+            typer.echo(f"{name:<15} {pol.description}")
+        return
+    fmt = check_format(fmt)
+    budgets = _parse_budgets(per_query)
+    pols = _parse_list(policies, "--policies")
+    _choice("split", split, _SPLITS)
+    _choice("accounting", accounting, _ACCOUNTING)
+    _choice("vote", vote, _VOTES)
+    _choice("predictor", predictor, _PREDICTORS)
+    ts = load_trace_source(traces, seed)
     has_text = all(q for q in ts.questions())
     if predictor == "auto":
         predictor = "text" if has_text else "none"
@@ -128,60 +117,87 @@ def evaluate_command(
         )
     curve_predictor = None
     if split == "queries" and predictor != "none":
-        from shadowprice.predict.training import text_curve_predictor
+        try:
+            from shadowprice.evaluate.prediction import (  # type: ignore[import-not-found]
+                text_curve_predictor,
+            )
+        except ImportError:  # the predictor study's old home
+            from shadowprice.predict.training import text_curve_predictor
 
         curve_predictor = text_curve_predictor(uncertainty=predictor == "text")
-    try:
-        df = evaluate(
-            ts,
-            bq,
-            pols,
-            split=split,  # type: ignore[arg-type]
-            seed=seed,
-            cost=cost,  # type: ignore[arg-type]
-            repeats=repeats,
-            vote=vote,  # type: ignore[arg-type]
-            n_boot=n_boot,
-            folds=folds,
-            predictor=curve_predictor,
-        )
-    except ValueError as exc:
-        fail(str(exc))
+    df = evaluate(
+        ts,
+        budgets,
+        pols,
+        split=split,  # type: ignore[arg-type]
+        seed=seed,
+        cost=accounting,  # type: ignore[arg-type]
+        repeats=repeats,
+        vote=vote,  # type: ignore[arg-type]
+        n_boot=n_boot,
+        folds=folds,
+        predictor=curve_predictor,
+    )
     if fmt == "json":
-        results = [
-            {
-                "policy": r.policy,
-                "label": r.label,
-                "budget": float(r.budget),
-                "accuracy": float(r.accuracy),
-                "accuracy_ci": [float(r.accuracy_ci_low), float(r.accuracy_ci_high)],
-                "tokens_allotted": float(r.tokens_allotted),
-                "tokens_spent": float(r.tokens_spent),
-                "abandoned": float(r.abandoned),
-                "vs_uniform": _clean(r.vs_uniform),
-                "vs_uniform_ci": [_clean(r.vs_uniform_ci_low), _clean(r.vs_uniform_ci_high)],
-            }
-            for r in df.itertuples()
-        ]
-        print(
-            json.dumps(
-                {
-                    "traces": traces,
-                    "queries": ts.n,
-                    "split": split,
-                    "seed": seed,
-                    "predictor": predictor if split == "queries" else None,
-                    "cost": cost,
-                    "vote": vote,
-                    "repeats": repeats,
-                    "results": results,
-                },
-                indent=2,
-            )
-        )
-        return
+        _print_json(df, traces, ts.n, split, seed, predictor, accounting, vote, repeats)
+    else:
+        _print_table(df, traces, ts.n, split, seed, accounting, vote, repeats, pols)
+
+
+def _print_json(
+    df: Any,
+    traces: str,
+    n: int,
+    split: str,
+    seed: int,
+    predictor: str,
+    accounting: str,
+    vote: str,
+    repeats: int,
+) -> None:
+    results = [
+        {
+            "policy": r.policy,
+            "label": r.label,
+            "budget": float(r.budget),
+            "accuracy": float(r.accuracy),
+            "accuracy_ci": [float(r.accuracy_ci_low), float(r.accuracy_ci_high)],
+            "tokens_allotted": float(r.tokens_allotted),
+            "tokens_spent": float(r.tokens_spent),
+            "abandoned": float(r.abandoned),
+            "vs_uniform": _clean(r.vs_uniform),
+            "vs_uniform_ci": [_clean(r.vs_uniform_ci_low), _clean(r.vs_uniform_ci_high)],
+        }
+        for r in df.itertuples()
+    ]
+    payload = {
+        "traces": traces,
+        "queries": n,
+        "split": split,
+        "seed": seed,
+        "predictor": predictor if split == "queries" else None,
+        "accounting": accounting,
+        "cost": accounting,
+        "vote": vote,
+        "repeats": repeats,
+        "results": results,
+    }
+    print(json.dumps(payload, indent=2))
+
+
+def _print_table(
+    df: Any,
+    traces: str,
+    n: int,
+    split: str,
+    seed: int,
+    accounting: str,
+    vote: str,
+    repeats: int,
+    pols: list[str],
+) -> None:
     print(
-        f"{traces}: {ts.n} queries, split={split}, cost={cost}, vote={vote}, "
+        f"{traces}: {n} queries, split={split}, accounting={accounting}, vote={vote}, "
         f"repeats={repeats}, seed={seed}"
     )
     head = (
@@ -198,4 +214,4 @@ def evaluate_command(
             f"{r.tokens_allotted:>9.1f} {r.tokens_spent:>8.1f} {r.abandoned:>7.1%}"
         )
     if "oracle" in pols:
-        print("oracle = hindsight oracle (ceiling): exact DP on the scoring data itself.")
+        print("oracle = hindsight oracle (ceiling): the best allocation of the scoring data.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -9,200 +10,297 @@ from typing import Any
 import typer
 
 from . import app
-from ._errors import fail
-
-
-def load_queries(path: Path, *, need_tau: bool) -> list[dict[str, Any]]:
-    """Read QUERIES (JSONL or CSV: ``id``, ``question``, optional ``answer`` and ``tau``)."""
-    from shadowprice.queries import QueryFileError, read_run_queries
-
-    try:
-        ids, texts, answers, tau = read_run_queries(path, need_tau=need_tau)
-    except QueryFileError as exc:
-        fail(str(exc))
-    return [
-        {"id": i, "question": q, "answer": a, **({"tau": float(tau[k])} if tau is not None else {})}
-        for k, (i, q, a) in enumerate(zip(ids, texts, answers, strict=True))
-    ]
-
-
-def _check_template(template: str) -> str:
-    """A prompt template must contain ``{question}`` and nothing else in braces."""
-    try:
-        template.format(question="")
-    except (KeyError, IndexError, ValueError) as exc:
-        fail(
-            f"--template must contain {{question}} and no other {{...}} fields ({exc!r}); "
-            f"write literal braces as {{{{ and }}}}"
-        )
-    if "{question}" not in template:
-        fail("--template must contain {question}")
-    return template
-
+from ._errors import EXIT_FAILED, fail, guarded, note
+from .files import check_outputs
+from .options import (
+    budget_option,
+    check_format,
+    choices_help,
+    output,
+    output_format,
+    per_query_option,
+    total_budget,
+)
+from .queries import query_curves, read_query_file
 
 TEMPLATE_HELP = (
-    "user message with {question} where the query goes (default: reason step by "
-    "step, final answer in \\boxed{})"
+    "user message with {question} where the query goes (default: reason step by step, final "
+    "answer in \\boxed{})"
 )
+TIMEOUT_HELP = "seconds one attempt may take (a generation included)"
+DEADLINE_HELP = (
+    "seconds one query may take over all its attempts and backoffs (default: every attempt's "
+    "timeout plus backoffs; with the defaults up to ~50 min)"
+)
+_POLICIES = ("clear", "market", "uniform", "proportional", "greedy", "length")
+
+
+def _resume_error(exc: Exception, out: Path) -> None:
+    fail(
+        f"{exc}; pass --restart to move the earlier files aside and start over, or choose "
+        f"another --output than {out}"
+    )
 
 
 @app.command("run")
+@guarded
 def run_command(
-    queries: Path = typer.Argument(..., help="JSONL/CSV with id, question, answer?, tau?"),
-    endpoint: str = typer.Option(..., "--endpoint", help="OpenAI-compatible base URL"),
+    queries: Path = typer.Argument(
+        ...,
+        help="JSONL/CSV with id, question, answer? and tau? (without tau the threshold is "
+        "predicted from the question)",
+        show_default=False,
+    ),
+    endpoint: str = typer.Option(
+        ..., "--endpoint", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1"
+    ),
     model: str = typer.Option(..., "--model", help="model name sent to the endpoint"),
-    budget: int = typer.Option(..., "--budget", help="total completion-token budget"),
-    policy: str = typer.Option("clear", "--policy", help="allocation policy (clear, uniform...)"),
+    budget: int | None = budget_option(),
+    per_query: float | None = per_query_option(),
+    policy: str = typer.Option("clear", "--policy", help=choices_help("policy", _POLICIES)),
     predictor: str | None = typer.Option(
-        None, "--predictor", help="threshold predictor directory or 'default' (bundled)"
+        None,
+        "--predictor",
+        help="threshold predictor folder or 'default' (bundled); used when the file has no tau",
+        show_default=False,
     ),
-    concurrency: int = typer.Option(8, "--concurrency", min=1),
-    force_answer: bool = typer.Option(False, "--force-answer", help="force an answer on length"),
-    force_tokens: int = typer.Option(24, "--force-tokens", min=1),
+    concurrency: int = typer.Option(8, "--concurrency", help="requests in flight at once"),
+    force_answer: bool = typer.Option(
+        False, "--force-answer", help="ask for the answer after a length stop"
+    ),
+    force_tokens: int = typer.Option(24, "--force-tokens", help="allowance of that follow-up"),
     fallback_tokens: int = typer.Option(
-        0, "--fallback-tokens", min=0, help="direct-answer allowance for abandoned queries"
+        0, "--fallback-tokens", help="direct-answer allowance for abandoned queries (0 = none)"
     ),
-    alpha: float = typer.Option(1.5, "--alpha"),
-    beta: float = typer.Option(0.005, "--beta"),
-    temperature: float = typer.Option(0.0, "--temperature"),
+    alpha: float = typer.Option(1.5, "--alpha", help="surge gain of the thresholds' curves"),
+    beta: float = typer.Option(0.005, "--beta", help="surge decay in 1/tokens"),
+    temperature: float = typer.Option(0.0, "--temperature", help="sampling temperature (>= 0)"),
     grader: str = typer.Option("math", "--grader", help="math, exact or module:attribute"),
-    template: str | None = typer.Option(None, "--template", help=TEMPLATE_HELP),
-    system: str | None = typer.Option(None, "--system", help="system message, if any"),
-    api_key: str | None = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY"),
-    timeout: float = typer.Option(600.0, "--timeout", help="seconds per request"),
-    output: Path = typer.Option(Path("results.jsonl"), "-o", "--output"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    template: str | None = typer.Option(None, "--template", help=TEMPLATE_HELP, show_default=False),
+    system: str | None = typer.Option(
+        None, "--system", help="system message, if any", show_default=False
+    ),
+    api_key: str | None = typer.Option(
+        None,
+        "--api-key",
+        envvar="OPENAI_API_KEY",
+        help="bearer token (default $OPENAI_API_KEY)",
+        show_default=False,
+    ),
+    timeout: float = typer.Option(600.0, "--timeout", help=TIMEOUT_HELP),
+    deadline: float | None = typer.Option(
+        None, "--deadline", help=DEADLINE_HELP, show_default=False
+    ),
+    retries: int = typer.Option(4, "--retries", help="extra attempts on transient failures"),
+    out: Path = output(
+        "results JSONL (journal and summary beside it)", default=Path("results.jsonl")
+    ),
+    restart: bool = typer.Option(
+        False, "--restart", help="move an earlier run's files aside and start over"
+    ),
+    release_unsettled: bool = typer.Option(
+        False,
+        "--release-unsettled",
+        help="on resume, count requests a crash left in flight as never billed (default: "
+        "counted as spent in full)",
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar"),
+    fmt: str = output_format(),
 ) -> None:
-    """Allocate BUDGET over QUERIES and execute them; re-running resumes."""
-    import numpy as np
+    """Allocate the budget over QUERIES and execute them; re-running resumes.
 
-    from shadowprice.engine.planning import build_items, plan_budgets
-    from shadowprice.engine.run import RunConfig, run_plan
+    Every request's allowance is reserved in a journal before it is sent, so a killed run
+    resumes without overspending. Exit status: 0 success, 1 some queries ended in error,
+    2 bad input, 130 interrupted (re-run to resume).
+    """
+    from shadowprice.engine.planning import Batch, run_batch
+    from shadowprice.engine.results import RunFiles
+    from shadowprice.engine.run import DEFAULT_TEMPLATE, RunConfig, RunStateError
+    from shadowprice.ledger import JournalMismatch
 
-    if budget < 0:
-        fail("--budget must be >= 0")
-    rows = load_queries(queries, need_tau=predictor is None)
-    questions = [str(r["question"]) for r in rows]
-    if predictor is not None:
-        from shadowprice.predict import load_predictor
-
-        try:
-            threshold_model = load_predictor(str(predictor))
-        except (OSError, ValueError) as exc:
-            fail(f"--predictor {predictor}: cannot load ({exc})")
-        curves = threshold_model.predict_curves(questions, alpha=alpha, beta=beta)
-    else:
-        from shadowprice import ShiftedSurge
-
-        curves = ShiftedSurge(np.array([r["tau"] for r in rows]), alpha=alpha, beta=beta)
-    force = force_tokens if force_answer else 0
-    try:
-        planned = plan_budgets(
-            curves, budget, policy, force_tokens=force, fallback_tokens=fallback_tokens
+    fmt = check_format(fmt)
+    files = RunFiles.of(out)
+    check_outputs(
+        [("--output", files.results), ("--output", files.journal), ("--output", files.summary)],
+        [queries],
+    )
+    qf = read_query_file(queries)
+    batch = Batch(qf.ids(), qf.texts("each query is sent as its question"), qf.answers())
+    total = total_budget(budget, per_query, qf.n)
+    qc = query_curves(qf, policy=policy, predictor=predictor, alpha=alpha, beta=beta)
+    if qc.source == "default predictor":
+        note(
+            f"{qf.name} has no thresholds: predicting them from the questions with the bundled "
+            f"default predictor; train one for your model with `shadowprice predictor fit`"
         )
-    except ValueError as exc:
-        fail(str(exc))
-    from shadowprice.engine.run import DEFAULT_TEMPLATE
+    if restart:
+        for moved in files.archive():
+            note(f"moved {moved.name.rsplit('.', 2)[0]} aside to {moved}")
+    config = RunConfig(
+        concurrency=concurrency,
+        force_tokens=force_tokens if force_answer else 0,
+        fallback_tokens=fallback_tokens,
+        params={"temperature": temperature},
+        progress=progress,
+    )
+    try:
+        report = run_batch(
+            batch,
+            qc.curves,
+            budget=total,
+            endpoint=endpoint,
+            model=model,
+            policy=policy,
+            out=out,
+            config=config,
+            grader=grader,
+            template=template if template is not None else DEFAULT_TEMPLATE,
+            system=system,
+            api_key=api_key,
+            timeout=timeout,
+            deadline=deadline,
+            max_retries=retries,
+            release_unsettled=release_unsettled,
+            grid=getattr(qc.curves, "grid", None),
+        )
+    except (JournalMismatch, RunStateError) as exc:
+        _resume_error(exc, out)
+    _report(report.summary, policy, out, fmt)
+    if report.summary["errors"]:
+        raise typer.Exit(code=EXIT_FAILED)
 
-    items = build_items(
-        [str(r["id"]) for r in rows],
-        questions,
-        planned.budgets.tolist(),
-        [r["answer"] for r in rows],
-        template=_check_template(template) if template is not None else DEFAULT_TEMPLATE,
-        system=system,
-    )
-    report = run_plan(
-        items,
-        endpoint=endpoint,
-        model=model,
-        total_budget=budget,
-        out=output,
-        config=RunConfig(
-            concurrency=concurrency,
-            force_tokens=force,
-            fallback_tokens=fallback_tokens,
-            params={"temperature": temperature},
-            progress=progress,
-        ),
-        grader=grader,
-        api_key=api_key,
-        timeout=timeout,
-    )
-    s = report.summary
-    acc = "n/a" if s["accuracy"] is None else f"{s['accuracy']:.1%}"
-    typer.echo(
-        f"{policy}: accuracy {acc} ({s['correct']}/{s['graded']}), tokens {s['tokens_used']}"
-        f"/{s['budget']}, abandoned {s['abandoned']}, forced {s['forced']}, errors "
-        f"{s['errors']}, resumed {s['resumed']} -> {output}"
-    )
+
+def _report(s: dict[str, Any], policy: str, out: Path, fmt: str) -> None:
+    if fmt == "json":
+        typer.echo(json.dumps(s))
+    else:
+        acc = "n/a" if s["accuracy"] is None else f"{s['accuracy']:.1%}"
+        unsettled = (
+            f" ({s['unsettled_counted']} counted for {s['unsettled_requests']} requests a "
+            f"crash left in flight)"
+            if s.get("unsettled_requests")
+            else ""
+        )
+        typer.echo(
+            f"{policy}: accuracy {acc} ({s['correct']}/{s['graded']}), tokens "
+            f"{s['tokens_used']}/{s['budget']}{unsettled}, abandoned {s['abandoned']}, forced "
+            f"{s['forced']}, errors {s['errors']}, resumed {s['resumed']} -> {out}"
+        )
+    if s["errors"]:
+        note(f"{s['errors']} queries ended in error (see 'reason' in {out}); re-run to retry")
+    if not s["within_budget"]:
+        note(
+            f"over budget: {s['tokens_used']} tokens used of {s['budget']} (overrun "
+            f"{s['overrun']}: a server generated past max_tokens or a resumed run counted "
+            f"more than was left)"
+        )
 
 
 @app.command("collect")
+@guarded
 def collect_command(
-    queries: Path = typer.Argument(..., help="JSONL/CSV with id, question, answer?"),
-    endpoint: str = typer.Option(..., "--endpoint"),
-    model: str = typer.Option(..., "--model"),
-    samples: int = typer.Option(4, "--samples", min=1, help="samples per query (K)"),
-    max_tokens: int = typer.Option(512, "--max-tokens", min=1, help="allowance per sample (M)"),
-    temperature: float = typer.Option(0.7, "--temperature"),
-    concurrency: int = typer.Option(8, "--concurrency", min=1),
-    grader: str = typer.Option("math", "--grader"),
-    template: str | None = typer.Option(None, "--template", help=TEMPLATE_HELP),
-    system: str | None = typer.Option(None, "--system", help="system message, if any"),
-    api_key: str | None = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY"),
-    timeout: float = typer.Option(600.0, "--timeout"),
-    output: Path = typer.Option(Path("traces.jsonl"), "-o", "--output"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    queries: Path = typer.Argument(
+        ..., help="JSONL/CSV with id, question, answer?", show_default=False
+    ),
+    endpoint: str = typer.Option(..., "--endpoint", help="OpenAI-compatible base URL"),
+    model: str = typer.Option(..., "--model", help="model name sent to the endpoint"),
+    samples: int = typer.Option(4, "--samples", help="samples per query (K)"),
+    max_tokens: int = typer.Option(512, "--max-tokens", help="allowance per sample (M)"),
+    temperature: float = typer.Option(0.7, "--temperature", help="sampling temperature (>= 0)"),
+    concurrency: int = typer.Option(8, "--concurrency", help="requests in flight at once"),
+    grader: str = typer.Option("math", "--grader", help="math, exact or module:attribute"),
+    template: str | None = typer.Option(None, "--template", help=TEMPLATE_HELP, show_default=False),
+    system: str | None = typer.Option(
+        None, "--system", help="system message, if any", show_default=False
+    ),
+    api_key: str | None = typer.Option(
+        None,
+        "--api-key",
+        envvar="OPENAI_API_KEY",
+        help="bearer token (default $OPENAI_API_KEY)",
+        show_default=False,
+    ),
+    timeout: float = typer.Option(600.0, "--timeout", help=TIMEOUT_HELP),
+    deadline: float | None = typer.Option(
+        None, "--deadline", help=DEADLINE_HELP, show_default=False
+    ),
+    retries: int = typer.Option(4, "--retries", help="extra attempts on transient failures"),
+    out: Path = output("trace set JSONL (resumed when it exists)", default=Path("traces.jsonl")),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar"),
+    fmt: str = output_format(),
 ) -> None:
-    """Sample each query K times at M tokens into a trace set (fit/evaluate read it)."""
-    from shadowprice.engine.collect import CollectConfig, CollectQuery, collect_traces
-    from shadowprice.engine.run import DEFAULT_TEMPLATE, prompt_messages
+    """Sample each query K times at M tokens into a trace set (fit/evaluate read it).
 
-    tmpl = _check_template(template) if template is not None else DEFAULT_TEMPLATE
-    rows = load_queries(queries, need_tau=False)
+    Re-running resumes and completes queries a failure left short of K samples. Exit
+    status: 0 every query has its K samples, 1 some do not (re-run to complete them),
+    2 bad input, 130 interrupted.
+    """
+    from shadowprice.engine.collect import CollectConfig, CollectQuery, collect_traces
+    from shadowprice.engine.run import DEFAULT_TEMPLATE, check_template, prompt_messages
+
+    fmt = check_format(fmt)
+    tmpl = check_template(template) if template is not None else DEFAULT_TEMPLATE
+    check_outputs([("--output", out)], [queries])
+    qf = read_query_file(queries)
+    ids, texts, answers = qf.ids(), qf.texts("each query is sent as its question"), qf.answers()
     qs = [
-        CollectQuery(
-            str(r["id"]),
-            prompt_messages(str(r["question"]), tmpl, system),
-            str(r["question"]),
-            r["answer"],
-        )
-        for r in rows
+        CollectQuery(i, prompt_messages(q, tmpl, system), q, a)
+        for i, q, a in zip(ids, texts, answers, strict=True)
     ]
     stats = collect_traces(
         qs,
         endpoint=endpoint,
         model=model,
-        out=output,
+        out=out,
         config=CollectConfig(
             samples, max_tokens, concurrency, {"temperature": temperature}, progress
         ),
         grader=grader,
         api_key=api_key,
         timeout=timeout,
+        deadline=deadline,
+        max_retries=retries,
     )
-    typer.echo(
-        f"collected {stats['collected']} queries ({stats['skipped']} already there), "
-        f"{stats['completion_tokens']} tokens, {stats['failed_samples']} failed samples "
-        f"-> {output}"
-    )
+    if fmt == "json":
+        typer.echo(json.dumps(stats))
+    else:
+        typer.echo(
+            f"collected {stats['completed']} queries ({stats['skipped']} already there, "
+            f"{stats['incomplete']} incomplete), {stats['completion_tokens']} tokens, "
+            f"{stats['failed_samples']} failed samples -> {out}"
+        )
+    if stats["incomplete"]:
+        note(
+            f"{stats['incomplete']} queries have fewer than {samples} samples: re-run the "
+            f"same command to complete them"
+        )
+        raise typer.Exit(code=EXIT_FAILED)
 
 
 @app.command("live-demo")
+@guarded
 def live_demo_command(
-    url: str | None = typer.Option(
-        None, "--url", help="endpoint (default: $SHADOWPRICE_LLAMA_URL, else start the bundled one)"
+    endpoint: str | None = typer.Option(
+        None,
+        "--endpoint",
+        "--url",
+        help="OpenAI-compatible URL (default: $SHADOWPRICE_LLAMA_URL, else start the bundled "
+        "llama.cpp server)",
+        show_default=False,
     ),
-    model: str | None = typer.Option(None, "--model"),
+    model: str | None = typer.Option(
+        None, "--model", help="model name (default: the endpoint's first)", show_default=False
+    ),
     n: int = typer.Option(6, "-n", min=1, max=8, help="GSM8K problems"),
-    budget_per_query: int = typer.Option(100, "--budget-per-query", min=1),
+    per_query: int = typer.Option(
+        100, "--per-query", "--budget-per-query", min=1, help="average tokens per query"
+    ),
 ) -> None:
     """Run a few GSM8K problems on a real engine: uniform vs CLEAR under one small budget."""
     from shadowprice.engine import live_demo
 
-    url = url or os.environ.get("SHADOWPRICE_LLAMA_URL") or None
+    url = endpoint or os.environ.get("SHADOWPRICE_LLAMA_URL") or None
     try:
-        live_demo(url, model=model, n=n, budget_per_query=budget_per_query)
+        live_demo(url, model=model, n=n, budget_per_query=per_query)
     except RuntimeError as exc:
         fail(str(exc))

@@ -151,7 +151,7 @@ def as_param(
             if unit
             else "finite"
         )
-        raise ValueError(f"{name}[{i}] = {arr[i]!r}: must be {need}")
+        raise ValueError(f"{name}[{i}] = {float(arr[i])!r}: must be {need}")
     return arr
 
 

@@ -1,27 +1,36 @@
 """Collect a trace set: K samples per query at a fixed ``max_tokens``, graded.
 
-Writes the evaluation schema directly (one JSON line per query)::
+Writes the evaluation schema directly (one JSON line per query, only once it has all its K
+samples)::
 
     {"id", "question", "answer", "samples": [{"tokens", "correct", "finish_reason", ...}],
      "meta": {...}}
 
 so ``fit`` and ``evaluate`` read it with :func:`shadowprice.traces.read_traces`. Samples are
 separate n=1 requests: llama.cpp counts only the first choice's tokens when n > 1.
-Re-running resumes: queries already in the file are not collected again.
+
+Every sample is also appended, as it lands, to a sidecar (``traces.samples.jsonl`` beside
+``traces.jsonl``) whose first line records the sampling set-up. Re-running the same command
+resumes: complete queries are skipped, and a query a flaky server left with fewer than K
+samples keeps the ones it has and is sampled only for the rest. A trace file without its
+sidecar was not written by this command and is never appended to; a sidecar with another
+set-up (model, allowance, samples, sampling parameters) is refused rather than mixed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from .client import ChatClient, EngineError
 from .grading import Grader, get_grader
-from .results import append_record, open_for_append, read_records
+from .results import append_record, latest_by_id, open_for_append, read_records
 
 
 @dataclass
@@ -44,6 +53,73 @@ class CollectConfig:
     params: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.7})
     progress: bool = True
 
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first setting out of range."""
+        for name in ("samples", "max_tokens", "concurrency"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
+        t = self.params.get("temperature")
+        if t is not None and not (isinstance(t, int | float) and math.isfinite(t) and t >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0, got {t!r}")
+
+
+def sidecar_path(out: str | Path) -> Path:
+    """Where the samples of ``traces.jsonl`` are journalled: ``traces.samples.jsonl``."""
+    p = Path(out)
+    return p.with_name(p.name.removesuffix(".jsonl") + ".samples.jsonl")
+
+
+class CollectStateError(ValueError):
+    """The output cannot be resumed by this command (not ours, or another set-up)."""
+
+
+def _open_state(
+    out: Path, setup: dict[str, Any]
+) -> tuple[set[str], dict[str, list[dict[str, Any]]], TextIO]:
+    """(complete ids, partial samples per id, the sidecar opened for appending)."""
+    side = sidecar_path(out)
+    if out.exists() and out.stat().st_size and not side.exists():
+        raise CollectStateError(
+            f"{out} exists but has no {side.name}: it was not written by this version of "
+            f"shadowprice collect and is left untouched; choose another --output"
+        )
+    complete: set[str] = set()
+    partial: dict[str, list[dict[str, Any]]] = {}
+    if side.exists():
+        events = read_records_any(side)
+        header = events[0] if events else {}
+        if header.get("event") != "collect":
+            raise CollectStateError(f"{side} is not a shadowprice collect sidecar")
+        old = header.get("setup", {})
+        diff = {k for k in set(old) | set(setup) if old.get(k) != setup.get(k)}
+        if diff:
+            shown = "; ".join(
+                f"{k}: {old.get(k)!r} then, {setup.get(k)!r} now" for k in sorted(diff)
+            )
+            raise CollectStateError(
+                f"{out} was collected with another set-up ({shown}); mixing them would make "
+                f"one trace set of two experiments: choose another --output"
+            )
+        for ev in events[1:]:
+            partial.setdefault(str(ev["id"]), []).append(ev["sample"])
+        complete = set(latest_by_id(read_records(out)))
+        fh = open_for_append(side)
+    else:
+        fh = open_for_append(side)
+        append_record(fh, {"event": "collect", "setup": setup})
+    return complete, partial, fh
+
+
+def read_records_any(path: Path) -> list[dict[str, Any]]:
+    """Complete JSON lines of a sidecar (a torn last line is ignored)."""
+    out = []
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if line.endswith("\n") and line.strip():
+                out.append(json.loads(line))
+    return out
+
 
 async def collect(
     queries: Sequence[CollectQuery],
@@ -53,32 +129,39 @@ async def collect(
     config: CollectConfig | None = None,
     grader: Grader | str | None = "math",
 ) -> dict[str, Any]:
-    """Sample every query ``config.samples`` times and append trace records to ``out``."""
+    """Sample every query ``config.samples`` times and append trace records to ``out``.
+
+    Returns
+    -------
+    dict
+        ``queries``, ``completed`` (written now), ``skipped`` (complete before),
+        ``incomplete`` (still short of K samples), ``failed_samples``,
+        ``completion_tokens``, ``wall_s``.
+    """
     config = config or CollectConfig()
-    if config.samples < 1 or config.max_tokens < 1:
-        raise ValueError("samples and max_tokens must be >= 1")
+    config.validate()
     grade = get_grader(grader)
-    have = {str(r["id"]) for r in read_records(out)}
-    pending = [q for q in queries if q.id not in have]
-    sem = asyncio.Semaphore(max(1, config.concurrency))
-    meta = {
+    path = Path(out)
+    setup = {
         "model": client.model,
         "max_tokens": config.max_tokens,
         "samples": config.samples,
         **{k: v for k, v in config.params.items() if isinstance(v, int | float | str)},
     }
-    tokens = 0
-    failed = 0
+    complete, partial, side = _open_state(path, setup)
+    pending = [q for q in queries if q.id not in complete]
+    sem = asyncio.Semaphore(config.concurrency)
+    stats = {"tokens": 0, "failed": 0, "completed": 0, "incomplete": 0}
     start = time.perf_counter()
 
     async def sample(q: CollectQuery) -> dict[str, Any] | None:
         async with sem:
             try:
                 comp = await client.chat(q.messages, config.max_tokens, **config.params)
-            except EngineError as exc:  # one lost sample must not sink the set
-                return {"error": str(exc)}
+            except EngineError:  # one lost sample must not sink the set; re-run completes it
+                return None
         g = grade(comp.text, q.answer)
-        return {
+        s = {
             "tokens": comp.usage.completion_tokens,
             "correct": bool(g.correct),
             "finish_reason": comp.finish_reason,
@@ -86,39 +169,48 @@ async def collect(
             "reasoning_tokens": comp.usage.reasoning_tokens,
             "prompt_tokens": comp.usage.prompt_tokens,
         }
+        append_record(side, {"id": q.id, "sample": s})
+        return s
 
-    fh = open_for_append(out)
+    fh = open_for_append(path)
     try:
         with _bar(config.progress, len(pending) * config.samples) as tick:
 
             async def one(q: CollectQuery) -> None:
-                nonlocal tokens, failed
-                results = await asyncio.gather(
-                    *(_ticked(sample(q), tick) for _ in range(config.samples))
+                have = partial.get(q.id, [])[: config.samples]
+                for _ in have:
+                    tick()
+                new = await asyncio.gather(
+                    *(_ticked(sample(q), tick) for _ in range(config.samples - len(have)))
                 )
-                ok = [s for s in results if s is not None and "error" not in s]
-                failed += len(results) - len(ok)
-                if not ok:
-                    return  # nothing to record; a re-run will try again
-                tokens += sum(s["tokens"] for s in ok)
+                ok = [s for s in new if s is not None]
+                stats["failed"] += len(new) - len(ok)
+                stats["tokens"] += sum(int(s["tokens"]) for s in ok)
+                got = have + ok
+                if len(got) < config.samples:
+                    stats["incomplete"] += 1
+                    return
                 record: dict[str, Any] = {"id": q.id}
                 if q.question is not None:
                     record["question"] = q.question
                 if q.answer is not None:
                     record["answer"] = str(q.answer)
-                record["samples"] = ok
-                record["meta"] = meta
+                record["samples"] = got
+                record["meta"] = setup
                 append_record(fh, record)
+                stats["completed"] += 1
 
             await asyncio.gather(*(one(q) for q in pending))
     finally:
         fh.close()
+        side.close()
     return {
         "queries": len(queries),
-        "collected": len(pending),
+        "completed": stats["completed"],
         "skipped": len(queries) - len(pending),
-        "failed_samples": failed,
-        "completion_tokens": tokens,
+        "incomplete": stats["incomplete"],
+        "failed_samples": stats["failed"],
+        "completion_tokens": stats["tokens"],
         "wall_s": round(time.perf_counter() - start, 3),
     }
 
@@ -130,7 +222,7 @@ async def _ticked(coro: Any, tick: Any) -> Any:
 
 
 class _bar:
-    """Rich progress over samples (no-op when disabled)."""
+    """Rich progress over samples on stderr (no-op when disabled)."""
 
     def __init__(self, enabled: bool, total: int) -> None:
         self.enabled = enabled and total > 0
@@ -139,9 +231,10 @@ class _bar:
     def __enter__(self) -> Any:
         if not self.enabled:
             return lambda: None
+        from rich.console import Console
         from rich.progress import Progress
 
-        self._p = Progress()
+        self._p = Progress(console=Console(stderr=True))
         self._p.__enter__()
         task = self._p.add_task("samples", total=self.total)
         return lambda: self._p.update(task, advance=1)
@@ -161,11 +254,25 @@ def collect_traces(
     grader: Grader | str | None = "math",
     api_key: str | None = None,
     timeout: float = 600.0,
+    deadline: float | None = None,
+    max_retries: int = 4,
 ) -> dict[str, Any]:
-    """Synchronous wrapper around :func:`collect` that owns its client."""
+    """Synchronous wrapper around :func:`collect` that owns its client.
+
+    ``timeout`` bounds one attempt, ``deadline`` one sample over all its attempts (seconds).
+    """
+    (config or CollectConfig()).validate()
+    get_grader(grader)
 
     async def main() -> dict[str, Any]:
-        async with ChatClient(endpoint, model, api_key=api_key, timeout=timeout) as client:
+        async with ChatClient(
+            endpoint,
+            model,
+            api_key=api_key,
+            timeout=timeout,
+            deadline=deadline,
+            max_retries=max_retries,
+        ) as client:
             return await collect(queries, client, out=out, config=config, grader=grader)
 
     return asyncio.run(main())

@@ -158,6 +158,12 @@ def get_grader(spec: str | Grader | None = "math") -> Grader:
         return GRADERS[spec]()
     if ":" in spec:
         module, _, attr = spec.partition(":")
-        obj = getattr(importlib.import_module(module), attr)
-        return obj() if isinstance(obj, type) else obj
+        try:
+            obj = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise ValueError(f"grader {spec!r} cannot be loaded ({exc})") from None
+        grader = obj() if isinstance(obj, type) else obj
+        if not callable(grader):
+            raise ValueError(f"grader {spec!r} is not callable")
+        return grader
     raise ValueError(f"unknown grader {spec!r}: use one of {sorted(GRADERS)} or module:attribute")

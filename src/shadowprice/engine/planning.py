@@ -9,11 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .run import DEFAULT_TEMPLATE, PlanItem, prompt_messages
+from .grading import Grader, get_grader
+from .run import (
+    DEFAULT_TEMPLATE,
+    PlanItem,
+    RunConfig,
+    RunReport,
+    check_template,
+    prompt_messages,
+    run_plan,
+)
 
 
 @dataclass
@@ -86,3 +96,94 @@ def heuristic_tau(
     Real runs should pass measured or predicted thresholds (``tau`` column or a predictor).
     """
     return np.array([base + per_word * len(q.split()) for q in questions], dtype=float)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The queries of a run, as parallel columns.
+
+    Attributes
+    ----------
+    ids : list of str
+        Unique query ids.
+    questions : list of str
+        Prompt texts (formatted with the run's template).
+    answers : list of str or None
+        Gold answers for grading (None where unknown).
+    """
+
+    ids: list[str]
+    questions: list[str]
+    answers: list[str | None]
+
+
+def run_batch(
+    batch: Batch,
+    curves: Any,
+    *,
+    budget: int,
+    endpoint: str,
+    model: str,
+    policy: str = "clear",
+    out: str | Path | None = None,
+    config: RunConfig | None = None,
+    grader: Grader | str | None = "math",
+    template: str = DEFAULT_TEMPLATE,
+    system: str | None = None,
+    api_key: str | None = None,
+    timeout: float = 600.0,
+    deadline: float | None = None,
+    max_retries: int = 4,
+    release_unsettled: bool = False,
+    grid: Any = None,
+) -> RunReport:
+    """Allocate ``budget`` over a batch with ``policy`` and execute it on ``endpoint``.
+
+    Everything is validated before the first request: the template, the grader, the
+    endpoint URL, timeouts and the allocation itself. The run is resumable through ``out``
+    (see :func:`shadowprice.engine.run.execute`).
+
+    Returns
+    -------
+    RunReport
+        Final records (one per query) and the summary (accuracy, tokens used vs budget,
+        settled and counted-unsettled tokens, errors).
+    """
+    config = config or RunConfig()
+    config.validate()
+    check_template(template)
+    get_grader(grader)  # fail before spending anything on a grader that cannot load
+    extra = {"grid": grid} if grid is not None else {}
+    planned = plan_budgets(
+        curves,
+        budget,
+        policy,
+        force_tokens=config.force_tokens,
+        fallback_tokens=config.fallback_tokens,
+        **extra,
+    )
+    if not planned.allocation.success:
+        raise ValueError(planned.allocation.message)
+    items = build_items(
+        batch.ids,
+        batch.questions,
+        planned.budgets.tolist(),
+        batch.answers,
+        template=template,
+        system=system,
+    )
+    return run_plan(
+        items,
+        endpoint=endpoint,
+        model=model,
+        total_budget=budget,
+        out=out,
+        config=config,
+        grader=grader,
+        api_key=api_key,
+        timeout=timeout,
+        deadline=deadline,
+        max_retries=max_retries,
+        identity={"policy": policy},
+        release_unsettled=release_unsettled,
+    )

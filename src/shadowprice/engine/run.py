@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..ledger import JournalLedger, Ledger, LedgerState, MemoryLedger, Reservation
+from ..limits import MAX_BUDGET
 from .client import ChatClient, Completion, EngineError
 from .forcing import fallback_messages, forcing_messages
 from .grading import Grader, get_grader
@@ -47,10 +48,6 @@ from .results import (
 DEFAULT_TEMPLATE = (
     "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 )
-
-#: Largest budget a run accepts (tokens): far above any real spend, small enough that every
-#: count stays exact in a float64.
-MAX_BUDGET = 10**15
 
 
 class RunStateError(ValueError):
@@ -111,6 +108,26 @@ class RunReport:
 
     records: list[dict[str, Any]]
     summary: dict[str, Any]
+
+
+def check_template(template: str) -> str:
+    """Return ``template`` if it has one ``{question}`` field and no other ``{...}`` field.
+
+    Raises
+    ------
+    ValueError
+        Saying how to write the template (literal braces are doubled: ``{{`` and ``}}``).
+    """
+    try:
+        template.format(question="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(
+            f"the prompt template must contain {{question}} and no other {{...}} fields "
+            f"({type(exc).__name__}: {exc}); write literal braces as {{{{ and }}}}"
+        ) from None
+    if "{question}" not in template:
+        raise ValueError("the prompt template must contain {question}")
+    return template
 
 
 def prompt_messages(

@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from ..limits import check_budget
 from ..traces import TraceSet
 from .policies import EVAL_POLICIES, FitContext, Predictor, run_policy
 from .replay import bootstrap_ci, replay
@@ -125,6 +126,8 @@ def evaluate(
     budgets = [float(b) for b in budgets_per_query]
     if not budgets or any(not np.isfinite(b) or b <= 0 for b in budgets):
         raise ValueError(f"budgets must be positive numbers of tokens, got {budgets_per_query}")
+    for b in budgets:
+        check_budget(round(b * traces.n), f"budget {b:g} per query x {traces.n} queries")
     unknown = [p for p in policies if p not in EVAL_POLICIES]
     if unknown or not policies:
         raise ValueError(f"unknown policies {unknown}; choose from {', '.join(EVAL_POLICIES)}")

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ..limits import MAX_BUDGET, check_budget
+
 IntArray = NDArray[np.int64]
 
 
@@ -84,13 +86,25 @@ def _per_query(name: str, value: ArrayLike | None, n: int, default: float) -> ND
         raise ValueError(
             f"{name} must be a scalar or have one entry per query ({n}), got shape {arr.shape}"
         )
-    bad = np.isnan(arr) | (arr < 0)
+    # A cap may be infinite (no cap); a floor or minimum must be a real token count.
+    top = np.inf if name == "max_tokens" else MAX_BUDGET
+    bad = np.isnan(arr) | (arr < 0) | (arr > top)
     if bad.any():
         i = int(np.flatnonzero(np.atleast_1d(bad))[0])
         v = np.atleast_1d(arr)[i]
         where = f"{name}[{i}]" if arr.ndim else name
-        raise ValueError(f"{where} = {v!r}: must be a non-negative number of tokens")
+        raise ValueError(
+            f"{where} = {float(v)!r}: must be a number of tokens from 0 to {MAX_BUDGET:.0e}"
+        )
     return np.full(n, float(arr)) if arr.ndim == 0 else arr
+
+
+def _limit_error(what: str, lo: int, hi: int, capped: bool, budget: int, g: int) -> ValueError:
+    """Why a query's smallest budget cannot fit under its largest, in the user's terms."""
+    top = f"max_tokens {hi}" if capped else f"the budget {budget}"
+    fix = "raise max_tokens or lower the floor" if capped else "raise the budget or lower it"
+    rounding = f" (after rounding to granularity {g})" if g > 1 else ""
+    return ValueError(f"{what} {lo} exceeds {top}{rounding}; {fix}")
 
 
 def make_constraints(
@@ -119,16 +133,16 @@ def make_constraints(
         Tokens guaranteed to each query whatever the price; a positive floor means the query
         must not be abandoned (priority traffic).
     """
+    B = check_budget(budget)
     if (
-        isinstance(budget, bool)
-        or not np.isfinite(budget)
-        or float(budget) != int(budget)
-        or budget <= 0
+        isinstance(granularity, bool)
+        or not isinstance(granularity, int | np.integer)
+        or not 1 <= granularity <= MAX_BUDGET
     ):
-        raise ValueError(f"budget = {budget!r}: must be a positive whole number of tokens")
-    if isinstance(granularity, bool) or int(granularity) != granularity or granularity < 1:
-        raise ValueError(f"granularity = {granularity!r}: must be a positive integer")
-    B, g = int(budget), int(granularity)
+        raise ValueError(
+            f"granularity = {granularity!r}: must be a positive whole number of tokens"
+        )
+    g = int(granularity)
     if all(v is None or np.ndim(v) == 0 for v in (min_tokens, max_tokens, floor)):
         # Scalar limits (the common case): validate once, allocate three arrays.
         lo_s, hi_s, fl = (
@@ -141,11 +155,10 @@ def make_constraints(
         )
         lo1 = int(np.ceil(max(lo_s, fl, g) / g)) * g
         hi1 = int(np.floor(min(hi_s, B) / g)) * g
-        if fl > 0 and lo1 > hi1:
-            raise ValueError(
-                f"floor/min_tokens {lo1} exceeds max_tokens {hi1} (after rounding "
-                f"to granularity {g}); raise max_tokens or lower the floor"
-            )
+        if lo1 > hi1 and (fl > 0 or lo_s > 0):
+            # Nobody could be funded: an error, not an allocation that abandons everyone.
+            what = "floor" if fl >= lo_s else "min_tokens"
+            raise _limit_error(what, lo1, hi1, max_tokens is not None and hi_s <= B, B, g)
         return Constraints(
             B, g, np.full(n, lo1, np.int64), np.full(n, hi1, np.int64), np.full(n, fl > 0)
         )
@@ -158,8 +171,6 @@ def make_constraints(
     bad = protected & (lo > hi)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            f"query {i}: floor/min_tokens {lo[i]} exceeds max_tokens {hi[i]} "
-            f"(after rounding to granularity {g}); raise max_tokens or lower the floor"
-        )
+        err = _limit_error("floor", int(lo[i]), int(hi[i]), bool(maxs[i] <= B), B, g)
+        raise ValueError(f"query {i}: {err}")
     return Constraints(B, g, lo, hi, protected)
