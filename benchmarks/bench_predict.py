@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from shadowprice.predict import ThresholdPredictor
-from shadowprice.predict.training import proxy_problems
+from shadowprice.predict.data import proxy_problems
 
 
 def main() -> None:

@@ -203,7 +203,7 @@ def test_cli_needs_data_or_bundled(tmp_path) -> None:
 def test_evaluate_split_queries_with_the_text_predictor_beats_uniform_when_scarce():
     """Cross-fitted end to end through evaluate(split='queries') (small proxy sets for speed)."""
     from shadowprice.evaluate import evaluate
-    from shadowprice.predict.training import text_curve_predictor
+    from shadowprice.evaluate.prediction import text_curve_predictor
     from shadowprice.traces import load_traces
 
     ts = load_traces("qwen25-math-math100")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shadowprice.predict.training import fit_default
+from shadowprice.predict import fit_default
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "shadowprice" / "data" / "predictor"
 

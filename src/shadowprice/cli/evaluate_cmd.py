@@ -128,7 +128,7 @@ def evaluate_command(
         )
     curve_predictor = None
     if split == "queries" and predictor != "none":
-        from shadowprice.predict.training import text_curve_predictor
+        from shadowprice.evaluate.prediction import text_curve_predictor
 
         curve_predictor = text_curve_predictor(uncertainty=predictor == "text")
     try:

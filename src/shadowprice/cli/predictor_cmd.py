@@ -75,7 +75,7 @@ def fit_cmd(
 ) -> None:
     """Train a threshold predictor and save it (model.joblib + metadata.json)."""
     from shadowprice.predict import ThresholdPredictor
-    from shadowprice.predict.training import fit_default
+    from shadowprice.predict import fit_default
 
     if not 0 < coverage < 1:
         fail(f"--coverage must be in (0, 1), got {coverage}")
@@ -127,7 +127,7 @@ def predict_cmd(
 ) -> None:
     """Write id, tau, tau_low, tau_high (tokens) and sigma (log scale) per query."""
     from shadowprice.predict import load_predictor
-    from shadowprice.predict.training import default_predictor
+    from shadowprice.predict import default_predictor
 
     try:
         pred = default_predictor() if str(model) == "default" else load_predictor(model)

@@ -44,8 +44,8 @@ __all__ = [
     "FORMAT_VERSION",
     "Prediction",
     "ThresholdPredictor",
+    "default_curve_grid",
     "expected_curves",
-    "load_predictor",
 ]
 
 #: Bumped when the saved layout changes; :meth:`ThresholdPredictor.load` refuses others.
@@ -397,21 +397,6 @@ class ThresholdPredictor:
     def _check_fitted(self) -> None:
         if not hasattr(self, "regressor_"):
             raise RuntimeError("ThresholdPredictor is not fitted: call fit(texts, targets)")
-
-
-def load_predictor(path: str | Path) -> ThresholdPredictor:
-    """Load a saved :class:`ThresholdPredictor` (directory written by ``save``); ``"default"``
-    gives the bundled model (retrained in ~10 s if it cannot be unpickled here)."""
-    if str(path) == "default":
-        from .training import default_predictor
-
-        return default_predictor()
-    if not Path(path).is_dir():
-        raise FileNotFoundError(
-            f"{path}: no such predictor directory (train one with "
-            f"`shadowprice predictor fit`, or use 'default')"
-        )
-    return ThresholdPredictor.load(path)
 
 
 # -- expected curves ----------------------------------------------------------------------------
