@@ -138,7 +138,7 @@ def predict_cmd(
     rows = _read_rows(queries)
     ids = [str(r.get("id", i)) for i, r in enumerate(rows)]
     texts = [_text(r, f"{queries}:{i}") for i, r in enumerate(rows, 1)]
-    p = pred.predict(texts, coverage=coverage)
+    p = pred.predict_distribution(texts, coverage=coverage)
     lines = [
         json.dumps(
             {

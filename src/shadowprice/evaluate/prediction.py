@@ -117,7 +117,7 @@ def crossfit_predictions(
         fit = np.setdiff1d(np.arange(len(tr)), score)
         fit = fit[tr["solved"].to_numpy()[fit]]
         m = _calibrated_copy(model, tr["question"].iloc[fit].tolist(), tr["tau"].to_numpy()[fit])
-        p = m.predict(tr["question"].iloc[score].tolist(), coverage=coverage)
+        p = m.predict_distribution(tr["question"].iloc[score].tolist(), coverage=coverage)
         out.loc[score, ["median", "lower", "upper", "sigma"]] = np.c_[
             p.median, p.lower, p.upper, p.sigma
         ]
@@ -399,7 +399,7 @@ def text_curve_predictor(
         model.calibrate(tr.loc[ok, "question"].tolist(), tr.loc[ok, "tau"].to_numpy())
         sf = SurgeFitter().fit(fit)
         p = float(np.clip(np.mean(sf.p_), 0.0, 1.0))
-        pr = model.predict(sq)
+        pr = model.predict_distribution(sq)
         if not uncertainty:
             return GammaSCurve(pr.median, sf.beta_, p)
         return expected_curves(pr.median, pr.sigma, "gamma", beta=sf.beta_, p=p, nodes=nodes)
