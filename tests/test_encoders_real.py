@@ -103,3 +103,5 @@ def test_threshold_predictor_on_real_embeddings(encoder: SentenceEncoder, tmp_pa
     # Saved with the encoder's path only; the reloaded predictor re-reads the local weights.
     q = ThresholdPredictor.load(m.save(tmp_path / "m")).predict(x[50:])
     np.testing.assert_allclose(q, p.median, rtol=1e-6)
+    with pytest.raises(ValueError, match="encoder"):
+        m.compile()
