@@ -101,6 +101,10 @@ class _TfidfColumns:
             out += map(" ".join, zip(*(tokens[i:] for i in range(n)), strict=False))
         return out
 
+    def clear(self) -> None:
+        """Forget the remembered columns of every word."""
+        self._words.clear()
+
     def _word(self, word: str) -> tuple[int, ...]:
         grams = _padded_word_grams(word, *self.ngrams)
         cols = tuple(j for j in map(self.vocab.get, grams, repeat(-1)) if j >= 0)
@@ -319,10 +323,12 @@ class CompiledPredictor:
         return None if info is None else info()
 
     def cache_clear(self) -> None:
-        """Forget every cached prediction."""
+        """Forget every cached prediction and the per-word n-gram columns (a cold start)."""
         clear = getattr(self._one, "cache_clear", None)
         if clear is not None:
             clear()
+        for block in self._features.tfidf:
+            block.clear()
 
     def _median(self, text: str) -> float:
         z = self._features.linear(text) + self._intercept
