@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -126,7 +126,11 @@ def crossfit_predictions(
 
 
 def compare_signals(
-    traces: TraceSet | str = REAL_TRACE_SET, folds: int = 5, seed: int = 0
+    traces: TraceSet | str = REAL_TRACE_SET,
+    folds: int = 5,
+    seed: int = 0,
+    proxy_sets: Sequence[str] = PROXY_SETS,
+    **params: Any,
 ) -> pd.DataFrame:
     """Spearman rank correlation of each candidate signal with the traced thresholds.
 
@@ -138,6 +142,10 @@ def compare_signals(
         Folds over queries wherever a signal is learnt from the traces themselves.
     seed : int
         Seeds the fold assignment.
+    proxy_sets : sequence of str
+        Bundled problem sets of the "all problem sets" proxy signal.
+    **params
+        Hyper-parameters of every :class:`ThresholdPredictor` trained here.
 
     Returns
     -------
@@ -174,14 +182,15 @@ def compare_signals(
     for score in _folds(len(tr), folds, seed):
         fit = np.setdiff1d(np.arange(len(tr)), score)
         fit = fit[ok[fit]]
-        m = ThresholdPredictor(cv=min(5, fit.size)).fit([qs[i] for i in fit], tau[fit])
+        m = ThresholdPredictor(**{"cv": min(5, fit.size), **params})
+        m.fit([qs[i] for i in fit], tau[fit])
         direct[score] = m.predict_log([qs[i] for i in score])
     add("text -> traced tau (k-fold over traced queries)", direct, True)
-    p_all = fit_proxy(qs).predict_log(qs)
+    p_all = fit_proxy(qs, sets=proxy_sets, **params).predict_log(qs)
     add("text -> solution tokens, all problem sets (traced texts excluded)", p_all, True)
-    p_math = fit_proxy(qs, sets=("math500",)).predict_log(qs)
+    p_math = fit_proxy(qs, sets=("math500",), **params).predict_log(qs)
     add("text -> solution tokens, MATH500 only (traced texts excluded)", p_math, True)
-    p_lvl = fit_proxy(qs, sets=("math500",), target="level").predict_log(qs)
+    p_lvl = fit_proxy(qs, sets=("math500",), target="level", **params).predict_log(qs)
     add("text -> MATH level, MATH500 (traced texts excluded)", p_lvl, True)
     # Stack the two proxy predictions with a line fitted on the other folds.
     stack = np.full(len(tr), np.nan)

@@ -11,7 +11,6 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import sparse
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.pipeline import FeatureUnion, make_pipeline
@@ -61,8 +60,23 @@ STRUCTURE_NAMES: tuple[str, ...] = (
 def check_texts(texts: Iterable[object], what: str = "texts") -> list[str]:
     """Validate query texts at the boundary: a sequence of non-empty strings.
 
-    Raises ``TypeError`` for a bare string (a common slip: one text, not a list) and
-    ``ValueError`` naming the first bad entry.
+    Parameters
+    ----------
+    texts : iterable of str, length N
+        Query texts.
+    what : str
+        The argument's name in error messages.
+
+    Returns
+    -------
+    list of str, length N
+
+    Raises
+    ------
+    TypeError
+        For a bare string (a common slip: one text, not a list) or a non-string entry.
+    ValueError
+        Naming the first empty (or all-whitespace) entry.
     """
     if isinstance(texts, (str, bytes)):
         raise TypeError(f"{what} must be a sequence of strings, not a single string")
@@ -83,13 +97,26 @@ class StructuralFeatures(BaseEstimator, TransformerMixin):
     """
 
     def fit(self, texts: Sequence[str], y: object = None) -> StructuralFeatures:
+        """Nothing to learn (stateless); returns self."""
         return self
 
     def transform(self, texts: Sequence[str]) -> NDArray[np.float64]:
+        """Structural features of N texts.
+
+        Parameters
+        ----------
+        texts : sequence of str, length N
+
+        Returns
+        -------
+        ndarray (N, len(STRUCTURE_NAMES))
+            One :func:`structure_row` per text.
+        """
         rows = [structure_row(t) for t in texts]
         return np.asarray(rows, dtype=float).reshape(len(rows), len(STRUCTURE_NAMES))
 
     def get_feature_names_out(self, input_features: object = None) -> NDArray[np.str_]:
+        """Column names, :data:`STRUCTURE_NAMES`."""
         return np.asarray(STRUCTURE_NAMES)
 
 
@@ -182,8 +209,3 @@ def make_text_features(
         )
     blocks.append(("structure", make_pipeline(StructuralFeatures(), StandardScaler())))
     return FeatureUnion(blocks)
-
-
-def to_csr(x: object) -> sparse.csr_matrix:
-    """Sparse CSR view of a feature matrix (dense blocks from the union become sparse)."""
-    return sparse.csr_matrix(x)

@@ -671,8 +671,23 @@ def default_curve_grid(
 ) -> NDArray[np.int64]:
     """Integer budget grid covering every query's likely thresholds plus its surge.
 
-    0, then ``levels - 1`` geometric steps from a quarter of the smallest 1 % quantile to the
-    largest 99.9 % quantile plus 4 / beta (past the surge peak and most of a Gamma(2) tail).
+    Parameters
+    ----------
+    median : array (N,)
+        Median thresholds in tokens.
+    sigma : float or array (N,)
+        Log-scale standard deviations.
+    beta : float
+        Curve rate in 1 / tokens (the grid reaches 4 / beta past the largest threshold).
+    levels : int
+        Number of grid points before rounding and de-duplication.
+
+    Returns
+    -------
+    int64 ndarray (K,), K <= levels
+        0, then geometric steps in tokens from a quarter of the smallest 1 % quantile to the
+        largest 99.9 % quantile plus 4 / beta (past the surge peak and most of a Gamma(2)
+        tail), strictly ascending.
     """
     m = np.asarray(median, dtype=float)
     s = np.broadcast_to(np.asarray(sigma, dtype=float), m.shape)
@@ -701,13 +716,23 @@ def expected_curves(
         Median thresholds in tokens (> 0).
     sigma : float or array (N,)
         Log-scale standard deviation (>= 0). All zero: the point curve (closed form).
-    family, alpha, beta, p, grid, nodes : see :meth:`ThresholdPredictor.predict_curves`.
+    family : 'surge' or 'gamma'
+        :class:`ShiftedSurge` (``alpha``, ``beta``) or :class:`GammaSCurve` (``beta``, ``p``).
+    alpha, beta : float
+        Surge height and rate; ``beta`` in 1 / tokens (both families).
+    p : float or array (N,)
+        Solvable probability of the Gamma family.
+    grid : int array (K,), optional
+        Budget grid in tokens, from 0, strictly ascending; default :func:`default_curve_grid`.
+    nodes : int
+        Equal-probability quadrature nodes over tau (>= 1).
 
     Returns
     -------
-    ShiftedSurge or GammaSCurve when sigma is 0 everywhere; else a TabulatedCurve (N, K) with
-    values E_tau[U(b; tau)], averaged over ``nodes`` equal-probability quantiles of tau (so
-    monotone where U is, between 0 and U's ceiling).
+    UtilityCurve
+        ShiftedSurge or GammaSCurve when sigma is 0 everywhere; else a TabulatedCurve (N, K)
+        with values E_tau[U(b; tau)], averaged over ``nodes`` equal-probability quantiles of
+        tau (so monotone where U is, between 0 and U's ceiling).
     """
     m = np.atleast_1d(np.asarray(median, dtype=float))
     s = np.broadcast_to(np.asarray(sigma, dtype=float), m.shape)
