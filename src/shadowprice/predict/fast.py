@@ -19,9 +19,9 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
-from itertools import chain, repeat
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -54,11 +54,16 @@ def _padded_word_grams(word: str, min_n: int, max_n: int) -> list[str]:
     return out
 
 
+_DEFAULT_TOKENS = r"(?u)\b\w\w+\b"  # scikit-learn's default token_pattern
+_NO_COLUMNS = np.empty(0, dtype=np.intp)
+
+
 class _TfidfColumns:
     """Columns (with multiplicity) of one fitted TfidfVectorizer's n-grams in one text.
 
     Column numbers are global (offset into the feature union). ``char_wb`` n-grams never
-    cross a word, so their columns are looked up once per distinct word and remembered.
+    cross a word, so their columns are looked up once per distinct word and remembered;
+    default word 1-2 grams look bigrams up by token pair, without building their strings.
     """
 
     def __init__(self, vec: TfidfVectorizer, offset: int) -> None:
@@ -69,27 +74,33 @@ class _TfidfColumns:
         self.lowercase = bool(vec.lowercase)
         plain = vec.preprocessor is None and vec.strip_accents is None
         self.by_word = plain and vec.analyzer == "char_wb" and lo <= 3
-        self.tokens = (
-            re.compile(vec.token_pattern).findall
-            if plain
-            and vec.analyzer == "word"
-            and vec.tokenizer is None
-            and vec.stop_words is None
-            and re.compile(vec.token_pattern).groups == 0
-            else None
-        )
+        words = plain and vec.analyzer == "word" and vec.tokenizer is None
+        self.pairs: dict[tuple[str, ...], int] | None = None
+        if words and vec.stop_words is None and vec.token_pattern == _DEFAULT_TOKENS:
+            self.tokens: Callable[[str], list[str]] | None = re.compile(_DEFAULT_TOKENS).findall
+            if self.ngrams == (1, 2):
+                # Tokens hold no spaces, so a bigram's string splits back into its pair.
+                self.pairs = {tuple(g.split(" ")): j for g, j in self.vocab.items() if " " in g}
+        else:
+            self.tokens = None
         self.analyze: Callable[[str], list[str]] = vec.build_analyzer()
-        self._words: dict[str, tuple[int, ...]] = {}
+        self._words: dict[str, NDArray[np.intp]] = {}
 
-    def __call__(self, text: str) -> Iterable[int]:
+    def __call__(self, text: str) -> list[NDArray[np.intp]]:
+        """Column arrays whose concatenation lists every in-vocabulary n-gram of ``text``."""
         if self.by_word:
             get = self._words.get
             words = (text.lower() if self.lowercase else text).split()
-            return chain.from_iterable(
-                [c if (c := get(w)) is not None else self._word(w) for w in words]
-            )
-        grams = self.analyze(text) if self.tokens is None else self._word_ngrams(text)
-        return [j for j in map(self.vocab.get, grams, repeat(-1)) if j >= 0]
+            return [c if (c := get(w)) is not None else self._word(w) for w in words]
+        if self.pairs is not None and self.tokens is not None:
+            tokens = self.tokens(text.lower() if self.lowercase else text)
+            cols = [j for j in map(self.vocab.get, tokens, repeat(-1)) if j >= 0]
+            pairs = itertools.pairwise(tokens)
+            cols += [j for j in map(self.pairs.get, pairs, repeat(-1)) if j >= 0]
+        else:
+            grams = self.analyze(text) if self.tokens is None else self._word_ngrams(text)
+            cols = [j for j in map(self.vocab.get, grams, repeat(-1)) if j >= 0]
+        return [np.array(cols, dtype=np.intp)]
 
     def _word_ngrams(self, text: str) -> list[str]:
         """scikit-learn's word n-grams: tokens, then space-joined runs of n of them."""
@@ -105,13 +116,25 @@ class _TfidfColumns:
         """Forget the remembered columns of every word."""
         self._words.clear()
 
-    def _word(self, word: str) -> tuple[int, ...]:
+    def _word(self, word: str) -> NDArray[np.intp]:
         grams = _padded_word_grams(word, *self.ngrams)
-        cols = tuple(j for j in map(self.vocab.get, grams, repeat(-1)) if j >= 0)
+        cols = [j for j in map(self.vocab.get, grams, repeat(-1)) if j >= 0]
+        arr = np.array(cols, dtype=np.intp) if cols else _NO_COLUMNS
         if len(self._words) >= _WORD_CACHE:
             self._words.clear()
-        self._words[word] = cols
-        return cols
+        self._words[word] = arr
+        return arr
+
+
+def _count_sorted(idx: NDArray[np.intp]) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """Distinct values of a non-empty array, ascending, with their counts (``np.unique``'s
+    result, without its per-call overhead)."""
+    idx = np.sort(idx)
+    edge = np.empty(idx.size + 1, dtype=bool)
+    edge[0] = edge[-1] = True
+    np.not_equal(idx[1:], idx[:-1], out=edge[1:-1])
+    pos = np.flatnonzero(edge)
+    return idx[pos[:-1]], np.diff(pos)
 
 
 class _Features:
@@ -184,11 +207,13 @@ class _Features:
     def _tfidf(self, text: str) -> float:
         if not self.tfidf:
             return 0.0
-        idx = np.fromiter(chain.from_iterable(b(text) for b in self.tfidf), np.intp)
+        idx = np.concatenate(
+            [part for block in self.tfidf for part in block(text)] or [_NO_COLUMNS]
+        )
         if idx.size == 0:
             return 0.0
         # Sorted distinct columns with their counts: the CSR row scikit-learn builds.
-        cols, counts = np.unique(idx, return_counts=True)
+        cols, counts = _count_sorted(idx)
         v = counts.astype(self.dtype)
         if self.sublinear:
             np.log(v, out=v)
