@@ -117,3 +117,13 @@ def test_bad_input(bundled) -> None:
         bundled.compile(cache_size=-1)
     with pytest.raises(NotFittedError):
         ThresholdPredictor().compile()
+
+
+def test_compile_refuses_an_encoder_model(questions) -> None:
+    class Lengths:
+        def encode(self, texts):
+            return np.array([[len(t), t.count(" ")] for t in texts], float)
+
+    m = ThresholdPredictor(encoder=Lengths(), cv=3).fit(questions[:30], np.linspace(50, 500, 30))
+    with pytest.raises(ValueError, match="encoder"):
+        m.compile()
