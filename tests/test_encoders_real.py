@@ -95,10 +95,13 @@ def test_threshold_predictor_on_real_embeddings(encoder: SentenceEncoder, tmp_pa
     d = d[d["solution_tokens"].notna()].head(60)
     x, y = d["question"].astype(str).tolist(), d["solution_tokens"].astype(float).to_numpy()
     m = ThresholdPredictor(encoder=encoder).fit(x[:50], y[:50])
-    p = m.predict(x[50:])
+    p = m.predict_distribution(x[50:])
     assert p.median.shape == (10,) and np.all(np.isfinite(p.median))
     assert np.all(p.lower < p.median) and np.all(p.median < p.upper)
+    np.testing.assert_array_equal(m.predict(x[50:]), p.median)
     assert "SentenceEncoder" in m.metadata_["params"]["encoder"]
     # Saved with the encoder's path only; the reloaded predictor re-reads the local weights.
     q = ThresholdPredictor.load(m.save(tmp_path / "m")).predict(x[50:])
-    np.testing.assert_allclose(q.median, p.median, rtol=1e-6)
+    np.testing.assert_allclose(q, p.median, rtol=1e-6)
+    with pytest.raises(ValueError, match="encoder"):
+        m.compile()

@@ -1,6 +1,6 @@
 """Does a real sentence encoder predict thresholds better than the TF-IDF default?
 
-Cross-fitted exactly like ``docs/results_predict.md`` (``python -m shadowprice.predict.training``):
+Cross-fitted exactly like ``docs/results.md`` (``tools/prediction_study.py``):
 5 folds over the 100 traced queries (seed 0), no traced question in any training set (the
 proxy model never sees one; calibration lines and intervals come from the other folds only).
 Three text representations, each feeding the same Ridge head of
@@ -41,7 +41,6 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -50,20 +49,18 @@ from sklearn.model_selection import KFold
 
 from shadowprice import allocate
 from shadowprice.curves import GammaSCurve
-from shadowprice.evaluate.replay import bootstrap_ci, replay
-from shadowprice.fit import SurgeFitter
-from shadowprice.predict import SentenceEncoder, ThresholdPredictor, training
-from shadowprice.predict.training import (
-    DEFAULT_TRACES,
+from shadowprice.evaluate.prediction import (
     _folds,
     crossfit_allocation,
     crossfit_predictions,
-    fit_proxy,
     interval_quality,
-    proxy_problems,
-    traced_thresholds,
 )
-from shadowprice.traces import load_traces
+from shadowprice.evaluate.replay import bootstrap_ci, replay
+from shadowprice.fit import SurgeFitter
+from shadowprice.predict import SentenceEncoder, ThresholdPredictor
+from shadowprice.predict.data import proxy_problems, traced_thresholds
+from shadowprice.predict.default import fit_proxy
+from shadowprice.traces import REAL_TRACE_SET, load_traces
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -211,8 +208,9 @@ def allocation_with(
     pred: pd.DataFrame, budgets: Sequence[float], folds: int, seed: int, n_boot: int
 ) -> pd.DataFrame:
     """crossfit_allocation, unchanged, scoring the given cross-fitted predictions."""
-    with mock.patch.object(training, "crossfit_predictions", lambda *a, **k: pred):
-        return crossfit_allocation(budgets, DEFAULT_TRACES, folds, seed, n_boot, "gamma")
+    return crossfit_allocation(
+        budgets, REAL_TRACE_SET, folds, seed, n_boot, "gamma", predictions=pred
+    )
 
 
 # -- bootstrap helpers -------------------------------------------------------------------------
@@ -401,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
 
     # -- allocation ----------------------------------------------------------------------------
-    ts = load_traces(DEFAULT_TRACES)
+    ts = load_traces(REAL_TRACE_SET)
     alloc = {
         name: allocation_with(p, args.budgets, args.folds, args.seed, args.n_boot)
         for name, p in preds.items()

@@ -117,12 +117,7 @@ def evaluate_command(
         )
     curve_predictor = None
     if split == "queries" and predictor != "none":
-        try:
-            from shadowprice.evaluate.prediction import (  # type: ignore[import-not-found]
-                text_curve_predictor,
-            )
-        except ImportError:  # the predictor study's old home
-            from shadowprice.predict.training import text_curve_predictor
+        from shadowprice.evaluate.prediction import text_curve_predictor
 
         curve_predictor = text_curve_predictor(uncertainty=predictor == "text")
     df = evaluate(

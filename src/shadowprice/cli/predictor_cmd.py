@@ -74,8 +74,7 @@ def fit_cmd(
     coverage: float = typer.Option(0.8, help="Nominal coverage of the reported interval."),
 ) -> None:
     """Train a threshold predictor and save it (model.joblib + metadata.json)."""
-    from shadowprice.predict import ThresholdPredictor
-    from shadowprice.predict.training import fit_default
+    from shadowprice.predict import ThresholdPredictor, fit_default
 
     if not 0 < coverage < 1:
         fail(f"--coverage must be in (0, 1), got {coverage}")
@@ -126,8 +125,7 @@ def predict_cmd(
     coverage: float | None = typer.Option(None, help="Interval coverage (default: the model's)."),
 ) -> None:
     """Write id, tau, tau_low, tau_high (tokens) and sigma (log scale) per query."""
-    from shadowprice.predict import load_predictor
-    from shadowprice.predict.training import default_predictor
+    from shadowprice.predict import default_predictor, load_predictor
 
     try:
         pred = default_predictor() if str(model) == "default" else load_predictor(model)
@@ -138,7 +136,7 @@ def predict_cmd(
     rows = _read_rows(queries)
     ids = [str(r.get("id", i)) for i, r in enumerate(rows)]
     texts = [_text(r, f"{queries}:{i}") for i, r in enumerate(rows, 1)]
-    p = pred.predict(texts, coverage=coverage)
+    p = pred.predict_distribution(texts, coverage=coverage)
     lines = [
         json.dumps(
             {

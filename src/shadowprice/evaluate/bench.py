@@ -664,7 +664,7 @@ def _run_prediction(
     budgets: Sequence[int], folds: int, seed: int, n_boot: int, progress: bool
 ) -> pd.DataFrame:
     """CLEAR with text-predicted thresholds on the real set, cross-fitted over queries."""
-    from ..predict.training import crossfit_allocation
+    from .prediction import crossfit_allocation
 
     if progress:
         print(

@@ -41,7 +41,16 @@ class Encoder(Protocol):
     """Anything that maps N texts to an (N, D) float array of features."""
 
     def encode(self, texts: Sequence[str]) -> NDArray[np.float64]:
-        """Embeddings (or scores) of ``texts``, shape (N, D)."""
+        """Embeddings (or scores) of N texts.
+
+        Parameters
+        ----------
+        texts : sequence of str, length N
+
+        Returns
+        -------
+        ndarray (N, D)
+        """
         ...
 
 
@@ -125,6 +134,17 @@ class SentenceEncoder(_Lazy):
         return int(get())
 
     def encode(self, texts: Sequence[str]) -> NDArray[np.float64]:
+        """Sentence embeddings of N texts (loads the model on first use).
+
+        Parameters
+        ----------
+        texts : sequence of str, length N
+
+        Returns
+        -------
+        ndarray (N, D), float64
+            L2-normalised rows when ``normalize``; (0, D) for no texts.
+        """
         if self._model is None:
             self._load()
         x = list(texts)
@@ -185,6 +205,18 @@ class HFEncoder(_Lazy):
         self._dev = dev
 
     def encode(self, texts: Sequence[str]) -> NDArray[np.float64]:
+        """Pooled hidden states (or regression outputs) of N texts, in batches.
+
+        Parameters
+        ----------
+        texts : sequence of str, length N
+
+        Returns
+        -------
+        ndarray (N, D), float64
+            D is the hidden size, or the number of labels for ``output="regression"``;
+            (0, D) for no texts.
+        """
         if self._model is None:
             self._load()
         torch = _need("torch")
@@ -231,6 +263,7 @@ class EncoderFeatures(BaseEstimator, TransformerMixin):
         self.encoder = encoder
 
     def fit(self, texts: Sequence[str], y: object = None) -> EncoderFeatures:
+        """Check the encoder (nothing to learn); returns self."""
         if not isinstance(self.encoder, Encoder):
             raise TypeError(
                 f"encoder must have an encode(texts) method, got {type(self.encoder).__name__}"
@@ -238,6 +271,21 @@ class EncoderFeatures(BaseEstimator, TransformerMixin):
         return self
 
     def transform(self, texts: Sequence[str]) -> NDArray[np.float64]:
+        """The encoder's output for N texts.
+
+        Parameters
+        ----------
+        texts : sequence of str, length N
+
+        Returns
+        -------
+        ndarray (N, D), float64
+
+        Raises
+        ------
+        ValueError
+            If the encoder returns anything but one row per text.
+        """
         e = np.asarray(self.encoder.encode(list(texts)), dtype=float)
         if e.ndim != 2 or e.shape[0] != len(texts):
             raise ValueError(

@@ -4,23 +4,29 @@ The model works on log tokens: thresholds vary multiplicatively (a 100-token and
 problem are "one decade" apart), so errors are relative and the predictive distribution is
 log-normal.
 
-- :class:`ThresholdPredictor` is an estimator: ``fit(texts, targets)`` learns a Ridge
-  regression of log targets on sparse text features (:func:`make_text_features`);
-  ``calibrate(texts, thresholds)`` optionally maps its output to real thresholds with a
-  two-parameter line in log space (train on a plentiful proxy target such as the reference
-  solution's length, calibrate on the few queries whose thresholds were traced).
+- :class:`ThresholdPredictor` is a scikit-learn regressor: ``fit(texts, targets)`` learns a
+  Ridge regression of log targets on sparse text features (:func:`make_text_features`) and
+  ``predict(texts)`` returns median thresholds in tokens, so ``clone``, ``Pipeline`` and
+  ``GridSearchCV`` work. ``calibrate(texts, thresholds)`` optionally maps its output to real
+  thresholds with a two-parameter line in log space (train on a plentiful proxy target such
+  as the reference solution's length, calibrate on the few queries whose thresholds were
+  traced).
 - Uncertainty is split-conformal in spirit: out-of-fold residuals (k-fold over the training or
   calibration texts) give the interval quantiles directly, so an 80 % interval covers about
   80 % of held-out queries from the same distribution; ``sigma`` is the log-normal width that
-  reproduces that interval.
+  reproduces that interval. :meth:`ThresholdPredictor.predict_interval` and
+  :meth:`ThresholdPredictor.predict_distribution` report them.
 - :meth:`ThresholdPredictor.predict_curves` turns a prediction into utility curves: the point
   estimate's curve, or the *expected* curve E_tau[U(b; tau)] under the predictive distribution
   (:func:`expected_curves`), which is what the allocator should price when tau is uncertain.
+- :meth:`ThresholdPredictor.compile` gives a :class:`~shadowprice.predict.fast.CompiledPredictor`
+  for one text at a time (a gateway pricing live requests), with the same numbers.
 """
 
 from __future__ import annotations
 
 import json
+import numbers
 import platform
 import time
 from collections.abc import Sequence
@@ -31,11 +37,15 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import sparse, stats
+from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import KFold
+from sklearn.pipeline import FeatureUnion
+from sklearn.utils.validation import check_is_fitted
 
 from ..curves import GammaSCurve, ShiftedSurge, TabulatedCurve, UtilityCurve
 from .encoders import Encoder, EncoderFeatures
+from .fast import CompiledPredictor
 from .features import check_texts, make_text_features
 
 FloatArray = NDArray[np.float64]
@@ -44,12 +54,13 @@ __all__ = [
     "FORMAT_VERSION",
     "Prediction",
     "ThresholdPredictor",
+    "default_curve_grid",
     "expected_curves",
-    "load_predictor",
 ]
 
 #: Bumped when the saved layout changes; :meth:`ThresholdPredictor.load` refuses others.
-FORMAT_VERSION = 1
+#: 2: a scikit-learn estimator (``predict`` returns median tokens; hyper-parameters untouched).
+FORMAT_VERSION = 2
 _MODEL_FILE = "model.joblib"
 _META_FILE = "metadata.json"
 
@@ -80,46 +91,78 @@ class Prediction:
 
     @property
     def n(self) -> int:
+        """Number of predicted thresholds N."""
         return int(self.median.size)
 
     def quantile(self, q: float | ArrayLike) -> FloatArray:
-        """Log-normal quantiles in tokens: shape (N,) for a scalar q, (N, Q) for an array."""
+        """Log-normal quantiles of the thresholds.
+
+        Parameters
+        ----------
+        q : float or array (Q,)
+            Probabilities in (0, 1).
+
+        Returns
+        -------
+        ndarray (N,) for a scalar ``q``, (N, Q) for an array; tokens.
+        """
         z = stats.norm.ppf(np.asarray(q, dtype=float))
         if np.ndim(z) == 0:
             return self.median * np.exp(self.sigma * float(z))
         return self.median[:, None] * np.exp(self.sigma[:, None] * np.asarray(z)[None, :])
 
 
-class ThresholdPredictor:
+class ThresholdPredictor(RegressorMixin, BaseEstimator):
     """Text -> emergence threshold (tokens), with a calibrated predictive interval.
+
+    A scikit-learn regressor: hyper-parameters are stored as given and checked by :meth:`fit`,
+    so :func:`sklearn.base.clone`, ``get_params``/``set_params``, pipelines and grid search
+    work. ``X`` is a sequence of N query texts throughout; ``y`` are positive token counts.
 
     Parameters
     ----------
     alpha : float
-        Ridge penalty on the sparse text features.
+        Ridge penalty on the text features (> 0).
     coverage : float
         Default nominal coverage of the reported interval, in (0, 1).
     cv : int
         Folds for the out-of-fold residuals that calibrate the intervals (>= 2).
     word_features, char_features : int
-        Vocabulary caps of the word and character TF-IDF blocks (0 drops a block).
-    random_state : int
+        Vocabulary caps of the word and character TF-IDF blocks (>= 0; 0 drops a block).
+    random_state : int or None
         Seeds the folds.
     encoder : Encoder, optional
         Replace the TF-IDF features by a local embedding model's output
         (:mod:`shadowprice.predict.encoders`, optional extra); the Ridge head stays.
 
-    Attributes (after :meth:`fit`)
-    ------------------------------
+    Attributes
+    ----------
+    features_ : FeatureUnion or EncoderFeatures
+        The fitted featuriser, texts -> (N, F) matrix.
+    regressor_ : sklearn.linear_model.Ridge
+        log target ~ features.
     residuals_ : ndarray (M,)
         Out-of-fold residuals log(target) - log(prediction) of the data the intervals come
         from (the fit set, or the calibration set after :meth:`calibrate`).
     oof_ : ndarray (M,)
         Out-of-fold log predictions for those texts (for honest scoring).
+    shift_ : float
+        Median of ``residuals_``: added to the log output so it is the predictive median.
+    sigma_ : float
+        Log-normal width matching the ``coverage`` interval of the residuals.
     calibration_ : (float, float)
         (a, b) of log tau = a + b * z, z the regression's log output; (0, 1) if uncalibrated.
     metadata_ : dict
         What the model was trained on, sizes, scores and versions; saved beside the model.
+
+    Examples
+    --------
+    >>> from shadowprice.predict import ThresholdPredictor
+    >>> texts = [f"{'step ' * (i % 7)}problem {i}" for i in range(40)]
+    >>> tau = [100.0 * 1.3 ** (i % 7) for i in range(40)]
+    >>> model = ThresholdPredictor(char_features=0, cv=4).fit(texts, tau)
+    >>> model.predict(texts[:2]).shape
+    (2,)
     """
 
     def __init__(
@@ -129,69 +172,82 @@ class ThresholdPredictor:
         cv: int = 5,
         word_features: int = 50_000,
         char_features: int = 50_000,
-        random_state: int = 0,
+        random_state: int | None = 0,
         encoder: Encoder | None = None,
     ) -> None:
-        if not (np.isfinite(alpha) and alpha > 0):
-            raise ValueError(f"alpha must be positive, got {alpha!r}")
-        if not 0 < coverage < 1:
-            raise ValueError(f"coverage must be in (0, 1), got {coverage!r}")
-        if cv < 2:
-            raise ValueError(f"cv must be at least 2, got {cv!r}")
-        self.alpha, self.coverage, self.cv = float(alpha), float(coverage), int(cv)
-        self.word_features, self.char_features = int(word_features), int(char_features)
-        self.random_state = int(random_state)
+        self.alpha = alpha
+        self.coverage = coverage
+        self.cv = cv
+        self.word_features = word_features
+        self.char_features = char_features
+        self.random_state = random_state
         self.encoder = encoder
 
     # -- fitting ------------------------------------------------------------------------------
     def fit(
         self,
-        texts: Sequence[str],
-        targets: ArrayLike,
+        X: Sequence[str],
+        y: ArrayLike,
         *,
         description: str | dict[str, Any] | None = None,
     ) -> ThresholdPredictor:
-        """Learn log(targets) from texts.
+        """Learn log(y) from texts.
 
         Parameters
         ----------
-        texts : sequence of str, length M
+        X : sequence of str, length M (M >= cv)
             Query texts.
-        targets : array (M,)
+        y : array (M,)
             Positive token counts: traced thresholds, or a proxy such as reference solution
             lengths (then :meth:`calibrate` on traced thresholds before trusting the scale).
         description : str or dict, optional
             What the targets are; stored in the metadata.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        ValueError
+            For a hyper-parameter out of range, bad targets, fewer texts than ``cv``, or
+            texts that leave a TF-IDF block with no vocabulary.
+        TypeError
+            For a text that is not a string, or an encoder without ``encode``.
         """
-        x = check_texts(texts)
-        y = _log_targets(targets, len(x))
+        self._check_hyperparameters()
+        x = check_texts(X)
+        y_log = _log_targets(y, len(x))
         if len(x) < self.cv:
-            raise ValueError(f"need at least cv={self.cv} training texts, got {len(x)}")
+            raise ValueError(
+                f"need at least cv={self.cv} training texts, got {len(x)}; pass more texts "
+                f"or a smaller cv (>= 2)"
+            )
         t0 = time.perf_counter()
         # The vectoriser's vocabulary and idf are unsupervised (no targets), so fitting them on
         # every training text and cross-validating only the regression leaks nothing about y.
-        self.features_: Any = (
+        self.features_: FeatureUnion | EncoderFeatures = (
             make_text_features(
                 self.word_features, self.char_features, min_df=2 if len(x) >= 50 else 1
             )
             if self.encoder is None
             else EncoderFeatures(self.encoder)
         )
-        raw = self.features_.fit_transform(x)
+        raw = _fit_features(self.features_, x)
         z = sparse.csr_matrix(raw) if sparse.issparse(raw) else np.asarray(raw)
         oof = np.empty(len(x))
         for tr, te in KFold(self.cv, shuffle=True, random_state=self.random_state).split(x):
-            oof[te] = self._ridge().fit(z[tr], y[tr]).predict(z[te])
-        self.regressor_ = self._ridge().fit(z, y)
+            oof[te] = self._ridge().fit(z[tr], y_log[tr]).predict(z[te])
+        self.regressor_ = self._ridge().fit(z, y_log)
         self.calibration_ = (0.0, 1.0)
-        self._set_residuals(y, oof)
+        self._set_residuals(y_log, oof)
         self.metadata_: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "trained_on": description or "unspecified targets",
             "n_train": len(x),
             "target": "log tokens",
-            "cv_spearman": _spearman(oof, y),
-            "params": self.get_params(),
+            "cv_spearman": _spearman(oof, y_log),
+            "params": self._params_for_metadata(),
             "fit_seconds": round(time.perf_counter() - t0, 3),
             "calibrated_on": None,
             "versions": _versions(),
@@ -200,7 +256,7 @@ class ThresholdPredictor:
 
     def calibrate(
         self,
-        texts: Sequence[str],
+        X: Sequence[str],
         thresholds: ArrayLike,
         *,
         description: str | dict[str, Any] | None = None,
@@ -208,21 +264,31 @@ class ThresholdPredictor:
         """Map the regression's output to real thresholds: log tau = a + b z (least squares).
 
         Use after :meth:`fit` on a proxy target. The intervals are then recomputed from
-        out-of-fold residuals of this two-parameter map over ``texts`` (k-fold, ``cv`` folds),
+        out-of-fold residuals of this two-parameter map over ``X`` (k-fold, ``cv`` folds),
         so they describe the error on real thresholds, not on the proxy.
 
         Parameters
         ----------
-        texts : sequence of str, length M (M >= cv and >= 3)
+        X : sequence of str, length M (M >= cv and >= 3)
             Queries with traced thresholds, none of them in the fit set.
         thresholds : array (M,)
             Their thresholds in tokens (> 0).
+        description : str or dict, optional
+            Where the thresholds come from; stored in the metadata.
+
+        Returns
+        -------
+        self
         """
         self._check_fitted()
-        x = check_texts(texts)
+        self._check_hyperparameters()
+        x = check_texts(X)
         y = _log_targets(thresholds, len(x))
         if len(x) < max(self.cv, 3):
-            raise ValueError(f"need at least {max(self.cv, 3)} calibration texts, got {len(x)}")
+            raise ValueError(
+                f"need at least {max(self.cv, 3)} calibration texts, got {len(x)}; pass more "
+                f"texts or a smaller cv (>= 2)"
+            )
         z = self._raw(x)
         oof = np.empty(len(x))
         for tr, te in KFold(self.cv, shuffle=True, random_state=self.random_state).split(x):
@@ -240,37 +306,88 @@ class ThresholdPredictor:
         return self
 
     # -- prediction ---------------------------------------------------------------------------
-    def predict_log(self, texts: Sequence[str]) -> FloatArray:
-        """Point prediction of log tau (natural log of tokens), shape (N,)."""
-        a, b = self.calibration_
-        return a + b * self._raw(check_texts(texts)) + self.shift_
+    def predict(self, X: Sequence[str]) -> FloatArray:
+        """Median threshold of each text.
 
-    def predict(self, texts: Sequence[str], coverage: float | None = None) -> Prediction:
-        """Predictive distribution of each text's threshold (see :class:`Prediction`).
+        Parameters
+        ----------
+        X : sequence of str, length N
 
-        ``coverage`` (default: the estimator's) picks the interval; its bounds are empirical
-        quantiles of the out-of-fold residuals, so they are calibrated without assuming
-        normality. ``sigma`` is the log-normal width with the same interval.
+        Returns
+        -------
+        ndarray (N,)
+            Predictive medians in tokens (float64).
         """
-        c = self.coverage if coverage is None else float(coverage)
-        if not 0 < c < 1:
-            raise ValueError(f"coverage must be in (0, 1), got {c!r}")
+        return np.exp(self.predict_log(X))
+
+    def predict_log(self, X: Sequence[str]) -> FloatArray:
+        """Point prediction of log tau.
+
+        Parameters
+        ----------
+        X : sequence of str, length N
+
+        Returns
+        -------
+        ndarray (N,)
+            Natural log of the median threshold in tokens.
+        """
         self._check_fitted()
-        mid = self.predict_log(texts)
-        r = self.residuals_ - self.shift_
-        lo, hi = np.quantile(r, [(1 - c) / 2, (1 + c) / 2])
-        n = mid.size
+        a, b = self.calibration_
+        return a + b * self._raw(check_texts(X)) + self.shift_
+
+    def predict_interval(
+        self, X: Sequence[str], coverage: float | None = None
+    ) -> tuple[FloatArray, FloatArray]:
+        """Central predictive interval of each text's threshold.
+
+        Parameters
+        ----------
+        X : sequence of str, length N
+        coverage : float, optional
+            Nominal coverage in (0, 1); default the estimator's ``coverage``.
+
+        Returns
+        -------
+        lower, upper : ndarray (N,)
+            Bounds in tokens: the median times the empirical quantiles of the out-of-fold
+            residuals, so they are calibrated without assuming normality.
+        """
+        p = self.predict_distribution(X, coverage)
+        return p.lower, p.upper
+
+    def predict_distribution(self, X: Sequence[str], coverage: float | None = None) -> Prediction:
+        """Predictive distribution of each text's threshold.
+
+        Parameters
+        ----------
+        X : sequence of str, length N
+        coverage : float, optional
+            Nominal coverage of the interval in (0, 1); default the estimator's ``coverage``.
+
+        Returns
+        -------
+        Prediction
+            Median, interval bounds (empirical quantiles of the out-of-fold residuals) and
+            ``sigma``, the log-normal width with the same interval; each (N,).
+        """
+        self._check_fitted()
+        c = self.coverage if coverage is None else coverage
+        if not _in_unit_interval(c):
+            raise ValueError(f"coverage must be a number in (0, 1), got {c!r}; e.g. 0.8")
+        mid = self.predict_log(X)
+        lo, hi = self._residual_quantiles(float(c))
         return Prediction(
             median=np.exp(mid),
             lower=np.exp(mid + lo),
             upper=np.exp(mid + hi),
-            sigma=np.full(n, max(self.sigma_, 1e-6)),
-            coverage=c,
+            sigma=np.full(mid.size, self._sigma()),
+            coverage=float(c),
         )
 
     def predict_curves(
         self,
-        texts: Sequence[str] | Prediction,
+        X: Sequence[str] | Prediction,
         family: Family = "surge",
         uncertainty: bool = True,
         *,
@@ -284,7 +401,8 @@ class ThresholdPredictor:
 
         Parameters
         ----------
-        texts : sequence of str (N,) or a Prediction
+        X : sequence of str (N,) or a Prediction
+            Query texts, or their :meth:`predict_distribution`.
         family : 'surge' or 'gamma'
             :class:`ShiftedSurge` (the paper's latent utility; ``alpha``, ``beta`` shared) or
             :class:`GammaSCurve` (success probability; ``beta`` shared, ``p`` solvable
@@ -294,14 +412,20 @@ class ThresholdPredictor:
             expected curve under the log-normal predictive distribution, as a
             :class:`TabulatedCurve` on an integer grid; allocate it with
             ``allocate(curves, B, "clear", grid=curves.grid)``.
-        alpha, beta, p : curve parameters (see the families).
+        alpha, beta, p : float, float, float or array (N,)
+            Curve parameters (see the families); ``beta`` in 1 / tokens.
         grid : int array (K,), optional
-            Budget grid for the expected curve (from 0, ascending); default
+            Budget grid in tokens for the expected curve (from 0, ascending); default
             :func:`default_curve_grid`.
         nodes : int
             Equal-probability quadrature nodes over tau.
+
+        Returns
+        -------
+        UtilityCurve
+            N curves: ShiftedSurge / GammaSCurve, or a TabulatedCurve (N, K) with uncertainty.
         """
-        pred = texts if isinstance(texts, Prediction) else self.predict(texts)
+        pred = X if isinstance(X, Prediction) else self.predict_distribution(X)
         return expected_curves(
             pred.median,
             pred.sigma if uncertainty else 0.0,
@@ -313,9 +437,87 @@ class ThresholdPredictor:
             nodes=nodes,
         )
 
+    def score(
+        self, X: Sequence[str], y: ArrayLike, sample_weight: ArrayLike | None = None
+    ) -> float:
+        """Coefficient of determination R² of the log median against log ``y``.
+
+        Thresholds vary multiplicatively, so the fit and its score are on log tokens (on raw
+        tokens a handful of the longest problems would decide R²). ``GridSearchCV`` and
+        ``cross_val_score`` use this by default.
+
+        Parameters
+        ----------
+        X : sequence of str, length N
+        y : array (N,)
+            Positive token counts.
+        sample_weight : array (N,), optional
+
+        Returns
+        -------
+        float
+            R² on the log scale (1 is perfect; can be negative).
+        """
+        from sklearn.metrics import r2_score
+
+        x = check_texts(X)
+        return float(
+            r2_score(_log_targets(y, len(x)), self.predict_log(x), sample_weight=sample_weight)
+        )
+
+    def compile(self, cache_size: int = 4096) -> CompiledPredictor:
+        """A fast single-text predictor with this model's numbers.
+
+        Parameters
+        ----------
+        cache_size : int
+            Distinct texts whose predictions are kept (least recently used first out); 0
+            turns the cache off.
+
+        Returns
+        -------
+        CompiledPredictor
+            Applies the fitted vocabularies, idf weights, structural features and linear
+            coefficients directly (no scikit-learn call per text); agrees with
+            :meth:`predict` and the ``sigma`` of :meth:`predict_distribution` to about 1e-12
+            relative.
+
+        Raises
+        ------
+        ValueError
+            If the model uses an encoder (its cost is the encoder, not the featuriser).
+        """
+        self._check_fitted()
+        if not isinstance(self.features_, FeatureUnion):
+            raise ValueError(
+                "compile() needs the TF-IDF text features; this model uses an encoder, "
+                "whose own forward pass dominates the cost: call predict() instead"
+            )
+        return CompiledPredictor(
+            self.features_,
+            coef=np.asarray(self.regressor_.coef_, dtype=float).ravel(),
+            intercept=float(np.ravel(self.regressor_.intercept_)[0]),
+            calibration=self.calibration_,
+            shift=self.shift_,
+            sigma=self._sigma(),
+            cache_size=cache_size,
+        )
+
     # -- persistence --------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write ``model.joblib`` and ``metadata.json`` into directory ``path`` (created)."""
+        """Write the fitted model into a directory.
+
+        Parameters
+        ----------
+        path : str or Path
+            Directory (created): ``model.joblib`` (the pickled estimator) and
+            ``metadata.json`` (format version, training data, scores, library versions).
+
+        Returns
+        -------
+        Path
+            The directory.
+        """
         import joblib
 
         self._check_fitted()
@@ -324,6 +526,7 @@ class ThresholdPredictor:
         joblib.dump(self, d / _MODEL_FILE, compress=3)
         meta = dict(
             self.metadata_,
+            format_version=FORMAT_VERSION,
             sigma=self.sigma_,
             coverage=self.coverage,
             saved_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -333,9 +536,28 @@ class ThresholdPredictor:
 
     @classmethod
     def load(cls, path: str | Path) -> ThresholdPredictor:
-        """Load a model saved by :meth:`save` (a directory, or its ``model.joblib``).
+        """Load a model written by :meth:`save`.
 
         Only load files you trust: joblib files can run code when unpickled.
+
+        Parameters
+        ----------
+        path : str or Path
+            The directory, or its ``model.joblib`` (``metadata.json`` must sit beside it).
+
+        Returns
+        -------
+        ThresholdPredictor
+
+        Raises
+        ------
+        FileNotFoundError
+            If the model file or its metadata is missing.
+        ValueError
+            If the metadata's ``format_version`` is not :data:`FORMAT_VERSION` (retrain or
+            re-save with this version).
+        TypeError
+            If the file holds something other than a ThresholdPredictor.
         """
         import joblib
 
@@ -344,74 +566,103 @@ class ThresholdPredictor:
         if not f.is_file():
             raise FileNotFoundError(f"no saved predictor at {p} (expected {_MODEL_FILE})")
         meta_file = f.parent / _META_FILE
-        if meta_file.is_file():
-            meta = json.loads(meta_file.read_text())
-            if meta.get("format_version") != FORMAT_VERSION:
-                raise ValueError(
-                    f"{meta_file}: format_version {meta.get('format_version')!r}"
-                    f" is not {FORMAT_VERSION}; retrain the predictor"
-                )
+        if not meta_file.is_file():
+            raise FileNotFoundError(
+                f"no {_META_FILE} beside {f}: it records the format version the model was "
+                f"saved with; save models with ThresholdPredictor.save"
+            )
+        version = json.loads(meta_file.read_text()).get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"{meta_file}: format_version {version!r} is not {FORMAT_VERSION}; retrain "
+                f"the predictor with this version (shadowprice predictor fit)"
+            )
         obj = joblib.load(f)
         if not isinstance(obj, cls):
             raise TypeError(f"{f} holds a {type(obj).__name__}, not a {cls.__name__}")
         return obj
 
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "alpha": self.alpha,
-            "coverage": self.coverage,
-            "cv": self.cv,
-            "word_features": self.word_features,
-            "char_features": self.char_features,
-            "random_state": self.random_state,
-            "encoder": None if self.encoder is None else repr(self.encoder),
-        }
+    # -- scikit-learn protocol ----------------------------------------------------------------
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "regressor_")
 
-    def __repr__(self) -> str:
-        state = (
-            "unfitted"
-            if not hasattr(self, "regressor_")
-            else f"n_train={self.metadata_['n_train']}, sigma={self.sigma_:.3f}"
-        )
-        return f"ThresholdPredictor({state})"
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.string = True
+        tags.input_tags.two_d_array = False
+        return tags
 
     # -- internals ----------------------------------------------------------------------------
+    def _check_hyperparameters(self) -> None:
+        """Validate the hyper-parameters as given to ``__init__`` or ``set_params``."""
+        a = self.alpha
+        if not (_is_real(a) and np.isfinite(a) and a > 0):
+            raise ValueError(
+                f"alpha must be a positive finite number (the Ridge penalty), got {a!r}; "
+                f"e.g. alpha=3.0"
+            )
+        if not _in_unit_interval(self.coverage):
+            raise ValueError(
+                f"coverage must be a number in (0, 1) (the interval's nominal coverage), "
+                f"got {self.coverage!r}; e.g. coverage=0.8"
+            )
+        if not (_is_int(self.cv) and self.cv >= 2):
+            raise ValueError(
+                f"cv must be an integer >= 2 (folds for the out-of-fold residuals), "
+                f"got {self.cv!r}; e.g. cv=5"
+            )
+        for name in ("word_features", "char_features"):
+            v = getattr(self, name)
+            if not (_is_int(v) and v >= 0):
+                raise ValueError(
+                    f"{name} must be an integer >= 0 (vocabulary cap; 0 drops the block), got {v!r}"
+                )
+        if not (self.random_state is None or _is_int(self.random_state)):
+            raise ValueError(
+                f"random_state must be an integer or None (seeds the folds), "
+                f"got {self.random_state!r}"
+            )
+        if self.encoder is not None and not isinstance(self.encoder, Encoder):
+            raise TypeError(
+                f"encoder must have an encode(texts) method, got {type(self.encoder).__name__}"
+            )
+
+    def _params_for_metadata(self) -> dict[str, Any]:
+        params = self.get_params(deep=False)
+        params["encoder"] = None if self.encoder is None else repr(self.encoder)
+        return params
+
     def _ridge(self) -> Ridge:
         # lsqr with a loose tolerance: 10x faster than the default on 10^5 sparse columns and
         # the log-target fit does not need more digits.
         return Ridge(alpha=self.alpha, solver="lsqr", tol=1e-3)
 
     def _raw(self, x: list[str]) -> FloatArray:
-        self._check_fitted()
         z = self.features_.transform(x)
         return np.asarray(self.regressor_.predict(z), dtype=float)
+
+    def _residual_quantiles(self, coverage: float) -> tuple[float, float]:
+        r = self.residuals_ - self.shift_
+        lo, hi = np.quantile(r, [(1 - coverage) / 2, (1 + coverage) / 2])
+        return float(lo), float(hi)
+
+    def _sigma(self) -> float:
+        return max(self.sigma_, 1e-6)
 
     def _set_residuals(self, y: FloatArray, oof: FloatArray) -> None:
         r = y - oof
         self.oof_, self.residuals_ = oof, r
         # Centre on the residual median so the point estimate is the predictive median.
         self.shift_ = float(np.median(r))
-        lo, hi = np.quantile(r - self.shift_, [(1 - self.coverage) / 2, (1 + self.coverage) / 2])
+        lo, hi = self._residual_quantiles(float(self.coverage))
         self.sigma_ = float((hi - lo) / (2 * stats.norm.ppf((1 + self.coverage) / 2)))
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "regressor_"):
-            raise RuntimeError("ThresholdPredictor is not fitted: call fit(texts, targets)")
-
-
-def load_predictor(path: str | Path) -> ThresholdPredictor:
-    """Load a saved :class:`ThresholdPredictor` (directory written by ``save``); ``"default"``
-    gives the bundled model (retrained in ~10 s if it cannot be unpickled here)."""
-    if str(path) == "default":
-        from .training import default_predictor
-
-        return default_predictor()
-    if not Path(path).is_dir():
-        raise FileNotFoundError(
-            f"{path}: no such predictor directory (train one with "
-            f"`shadowprice predictor fit`, or use 'default')"
+        check_is_fitted(
+            self,
+            msg="This %(name)s is not fitted yet: call fit(texts, targets) first, "
+            "or load a saved model (load_predictor).",
         )
-    return ThresholdPredictor.load(path)
 
 
 # -- expected curves ----------------------------------------------------------------------------
@@ -420,8 +671,23 @@ def default_curve_grid(
 ) -> NDArray[np.int64]:
     """Integer budget grid covering every query's likely thresholds plus its surge.
 
-    0, then ``levels - 1`` geometric steps from a quarter of the smallest 1 % quantile to the
-    largest 99.9 % quantile plus 4 / beta (past the surge peak and most of a Gamma(2) tail).
+    Parameters
+    ----------
+    median : array (N,)
+        Median thresholds in tokens.
+    sigma : float or array (N,)
+        Log-scale standard deviations.
+    beta : float
+        Curve rate in 1 / tokens (the grid reaches 4 / beta past the largest threshold).
+    levels : int
+        Number of grid points before rounding and de-duplication.
+
+    Returns
+    -------
+    int64 ndarray (K,), K <= levels
+        0, then geometric steps in tokens from a quarter of the smallest 1 % quantile to the
+        largest 99.9 % quantile plus 4 / beta (past the surge peak and most of a Gamma(2)
+        tail), strictly ascending.
     """
     m = np.asarray(median, dtype=float)
     s = np.broadcast_to(np.asarray(sigma, dtype=float), m.shape)
@@ -450,13 +716,23 @@ def expected_curves(
         Median thresholds in tokens (> 0).
     sigma : float or array (N,)
         Log-scale standard deviation (>= 0). All zero: the point curve (closed form).
-    family, alpha, beta, p, grid, nodes : see :meth:`ThresholdPredictor.predict_curves`.
+    family : 'surge' or 'gamma'
+        :class:`ShiftedSurge` (``alpha``, ``beta``) or :class:`GammaSCurve` (``beta``, ``p``).
+    alpha, beta : float
+        Surge height and rate; ``beta`` in 1 / tokens (both families).
+    p : float or array (N,)
+        Solvable probability of the Gamma family.
+    grid : int array (K,), optional
+        Budget grid in tokens, from 0, strictly ascending; default :func:`default_curve_grid`.
+    nodes : int
+        Equal-probability quadrature nodes over tau (>= 1).
 
     Returns
     -------
-    ShiftedSurge or GammaSCurve when sigma is 0 everywhere; else a TabulatedCurve (N, K) with
-    values E_tau[U(b; tau)], averaged over ``nodes`` equal-probability quantiles of tau (so
-    monotone where U is, between 0 and U's ceiling).
+    UtilityCurve
+        ShiftedSurge or GammaSCurve when sigma is 0 everywhere; else a TabulatedCurve (N, K)
+        with values E_tau[U(b; tau)], averaged over ``nodes`` equal-probability quantiles of
+        tau (so monotone where U is, between 0 and U's ceiling).
     """
     m = np.atleast_1d(np.asarray(median, dtype=float))
     s = np.broadcast_to(np.asarray(sigma, dtype=float), m.shape)
@@ -492,6 +768,40 @@ def expected_curves(
 
 
 # -- helpers ------------------------------------------------------------------------------------
+def _is_real(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _in_unit_interval(v: object) -> bool:
+    return _is_real(v) and 0 < float(v) < 1  # type: ignore[arg-type]
+
+
+def _fit_features(features: FeatureUnion | EncoderFeatures, x: list[str]) -> Any:
+    """``features.fit_transform(x)``, with a TF-IDF block that learns no vocabulary named."""
+    try:
+        return features.fit_transform(x)
+    except ValueError as exc:
+        if not isinstance(features, FeatureUnion):
+            raise
+        for name, block in features.transformer_list:
+            if not hasattr(block, "vocabulary"):
+                continue
+            try:
+                block.fit(x)
+            except ValueError:
+                raise ValueError(
+                    f"the {name} TF-IDF block learns no vocabulary from these {len(x)} "
+                    f"training texts (no {name} n-gram occurs in enough of them: with 50 "
+                    f"texts or more an n-gram must occur in two); pass more or longer "
+                    f"texts, or {name}_features=0 to drop the block"
+                ) from exc
+        raise
+
+
 def _log_targets(targets: ArrayLike, n: int) -> FloatArray:
     y = np.asarray(targets, dtype=float)
     if y.ndim != 1 or y.size != n:
