@@ -23,6 +23,7 @@ from . import (
     evaluate_cmd,  # noqa: F401
     predictor_cmd,  # noqa: F401
     run_cmd,  # noqa: F401
+    serve_cmd,  # noqa: F401
 )
 
 
