@@ -152,6 +152,10 @@ class Decider:
         status: GrantStatus = "floor" if q.status == "floor" else "granted"
         allowance, least = q.allowance, q.least
         if q.status == "priced_out":
+            if q.price >= self.pricer.shape.price_ceiling:  # the update saw nothing left
+                return self.refuse(
+                    "budget_exhausted", "the token budget of this period is spent; retry after it"
+                )
             if self.fallback_tokens <= 0:
                 return self.refuse(
                     "priced_out",
