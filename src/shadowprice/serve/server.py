@@ -7,6 +7,7 @@ picked: the first line on stdout is exactly ``listening on http://HOST:PORT`` (s
 from __future__ import annotations
 
 import socket
+from types import FrameType
 
 import uvicorn
 
@@ -50,4 +51,14 @@ def serve(gateway: Gateway, sock: socket.socket, *, log_level: str = "warning") 
         lifespan="on",
         timeout_graceful_shutdown=5,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    server = _Server(config)
+    server.run(sockets=[sock])
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, but SIGINT/SIGTERM end it with exit status 0 (a clean, asked-for
+    shutdown) instead of re-raising the signal once the server has stopped."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()

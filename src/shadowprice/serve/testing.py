@@ -281,30 +281,33 @@ async def run_load(
     return out
 
 
-async def _one(
-    http: httpx.AsyncClient, url: str, data: bytes, stream: bool, out: LoadResult
-) -> None:
+async def _one(http: httpx.AsyncClient, url: str, data: bytes, stream: bool, out: LoadResult) -> None:
+    # Appended together at the end: concurrent clients must not interleave their entries.
     headers = {"content-type": "application/json"}
     target = f"{url}/v1/chat/completions"
     if not stream:
         r = await http.post(target, content=data, headers=headers)
-        out.status.append(r.status_code)
-        out.allowance.append(int(r.headers.get("x-shadowprice-allowance", 0)))
         ok = r.status_code == 200
         usage = r.json().get("usage", {}) if ok else {}
-        out.tokens.append(int(usage.get("completion_tokens", 0)))
-        out.complete.append(ok and "choices" in r.json())
+        _record(out, r, int(usage.get("completion_tokens", 0)), ok and "choices" in r.json())
         return
     async with http.stream("POST", target, content=data, headers=headers) as r:
-        out.status.append(r.status_code)
-        out.allowance.append(int(r.headers.get("x-shadowprice-allowance", 0)))
         chunks, done = 0, False
-        async for line in r.aiter_lines():
-            if line == "data: [DONE]":
-                done = True
-            elif line.startswith("data: ") and '"delta"' in line:
-                chunks += 1
         if r.status_code != 200:
             await r.aread()
-        out.tokens.append(chunks)
-        out.complete.append(r.status_code == 200 and done)
+        else:
+            async for line in r.aiter_lines():
+                if line == "data: [DONE]":
+                    done = True
+                elif line.startswith("data: ") and '"delta"' in line:
+                    chunks += 1
+        if r.status_code == 200 and not done:
+            out.errors.append(f"stream without [DONE] after {chunks} chunks")
+        _record(out, r, chunks, r.status_code == 200 and done)
+
+
+def _record(out: LoadResult, r: httpx.Response, tokens: int, complete: bool) -> None:
+    out.status.append(r.status_code)
+    out.allowance.append(int(r.headers.get("x-shadowprice-allowance", 0)))
+    out.tokens.append(tokens)
+    out.complete.append(complete)
