@@ -241,10 +241,12 @@ async def run_load(
     prompt: str = "What is 2 + 2? LEN:64",
     max_tokens: int | None = None,
     timeout: float = 60.0,
+    prompts: list[str] | None = None,
 ) -> LoadResult:
     """Send ``requests`` chat completions with ``concurrency`` clients (round robin over
     ``url`` when several are given); record status, allowance, tokens seen and completeness
-    (a 200 stream that ended with ``[DONE]``, or a whole JSON answer)."""
+    (a 200 stream that ended with ``[DONE]``, or a whole JSON answer). With ``prompts``,
+    request i asks ``prompts[i % len(prompts)]``."""
     urls = [url] if isinstance(url, str) else list(url)
     out = LoadResult()
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -256,7 +258,11 @@ async def run_load(
         body["stream_options"] = {"include_usage": True}
     if max_tokens is not None:
         body["max_tokens"] = max_tokens
-    data = json.dumps(body).encode()
+    texts = prompts or [prompt]
+    datas = []
+    for text in texts:
+        body["messages"] = [{"role": "user", "content": text}]
+        datas.append(json.dumps(body).encode())
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
     async def client(http: httpx.AsyncClient) -> None:
@@ -265,7 +271,7 @@ async def run_load(
             target = urls[i % len(urls)]
             t0 = time.perf_counter()
             try:
-                await _one(http, target, data, stream, out)
+                await _one(http, target, datas[i % len(datas)], stream, out)
             except httpx.HTTPError as exc:
                 out.status.append(-1)
                 out.allowance.append(0)
