@@ -38,7 +38,12 @@ def main() -> None:
                 t0 = time.perf_counter()
                 r = simulate(traffic, budget, period, policy=policy)  # type: ignore[arg-type]
                 row = dict(r.summary, source=source, seconds=round(time.perf_counter() - t0, 1))
-                print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+                print(
+                    json.dumps(
+                        {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
+                    ),
+                    flush=True,
+                )
                 if source == "synthetic" and policy == "reclear":
                     shown.append(r)
     if shown and args.out:

@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -35,7 +34,10 @@ PY = sys.executable
 
 
 def emit(**row: object) -> None:
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    print(
+        json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
+        flush=True,
+    )
 
 
 def questions(n: int) -> list[str]:
@@ -93,7 +95,9 @@ def bench_predictor(n: int) -> None:
 
 class Proc:
     def __init__(self, args: list[str]) -> None:
-        self.p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.p = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
         assert self.p.stdout is not None
         line = self.p.stdout.readline().strip()
         assert line.startswith("listening on "), line
@@ -117,8 +121,23 @@ def fake(speed: float) -> Proc:
 
 
 def gateway(upstream: str, *extra: str, budget: int = 10**12) -> Proc:
-    return Proc([PY, "-c", "from shadowprice.cli import main; main()", "serve", "--upstream", upstream,
-                 "--budget", str(budget), "--period", "3600", "--port", "0", *extra])  # fmt: skip
+    return Proc(
+        [
+            PY,
+            "-c",
+            "from shadowprice.cli import main; main()",
+            "serve",
+            "--upstream",
+            upstream,
+            "--budget",
+            str(budget),
+            "--period",
+            "3600",
+            "--port",
+            "0",
+            *extra,
+        ]
+    )
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -156,7 +175,11 @@ def bench_throughput(n: int, concurrency: int) -> None:
         two = [gateway(up.url, "--state", r.url, "--namespace", ns) for _ in range(2)]
         try:
             rates = {}
-            for name, urls in (("direct", [up.url]), ("1 replica", [one.url]), ("2 replicas + Redis", [g.url for g in two])):
+            for name, urls in (
+                ("direct", [up.url]),
+                ("1 replica", [one.url]),
+                ("2 replicas + Redis", [g.url for g in two]),
+            ):
                 asyncio.run(run_load(urls, 300, concurrency, stream=False))
                 out = asyncio.run(run_load(urls, n, concurrency, stream=False))
                 ok = out.status.count(200)
@@ -199,12 +222,22 @@ def bench_load(clients: int) -> None:
                 g.stop()
             up.stop()
     ok = [i for i, st in enumerate(out.status) if st == 200]
-    emit(what=f"{clients} concurrent streaming clients, 2 replicas on one Redis", budget=budget,
-         granted=len(ok), refused_429=out.status.count(429), other=len(out.status) - len(ok) - out.status.count(429),
-         lost=clients - len(out.status), incomplete_granted=sum(not out.complete[i] for i in ok),
-         over_allowance=sum(out.tokens[i] > out.allowance[i] for i in ok),
-         tokens_received=sum(out.tokens), ledger_spent=s.spent, ledger_reserved=s.reserved,
-         within_budget=s.spent <= budget, charged_once=s.spent == sum(out.tokens), seconds=out.elapsed)  # fmt: skip
+    emit(
+        what=f"{clients} concurrent streaming clients, 2 replicas on one Redis",
+        budget=budget,
+        granted=len(ok),
+        refused_429=out.status.count(429),
+        other=len(out.status) - len(ok) - out.status.count(429),
+        lost=clients - len(out.status),
+        incomplete_granted=sum(not out.complete[i] for i in ok),
+        over_allowance=sum(out.tokens[i] > out.allowance[i] for i in ok),
+        tokens_received=sum(out.tokens),
+        ledger_spent=s.spent,
+        ledger_reserved=s.reserved,
+        within_budget=s.spent <= budget,
+        charged_once=s.spent == sum(out.tokens),
+        seconds=out.elapsed,
+    )
 
 
 def main() -> None:

@@ -34,29 +34,19 @@ def server() -> LocalRedis:
 def redis_ledger(
     total: int, period: float | None = None, clock: Callable[[], float] | None = None
 ) -> Ledger:
-    """Contract factory: a fresh namespace per ledger, so cases never see each other."""
+    """A fresh namespace per ledger, so cases never see each other."""
     return RedisLedger.from_url(
         server().url, total, period=period, clock=clock, namespace=uuid.uuid4().hex
     )
 
 
-contract.LEDGERS["redis"] = redis_ledger
+class TestRedis(contract.LedgerContract):
+    """The shared ledger contract, against a real redis-server."""
 
-
-@pytest.fixture(params=["redis"])
-def make(request: pytest.FixtureRequest) -> Callable[..., Ledger]:
-    return contract.LEDGERS[request.param]
-
-
-# The shared contract, collected again here with the Redis factory.
-from test_ledger import (  # noqa: E402
-    test_bad_amounts_are_refused,  # noqa: F401
-    test_expired_reservation_returns_its_tokens_and_a_late_settle_is_charged,  # noqa: F401
-    test_periods_renew_the_budget_and_settle_to_their_own_period,  # noqa: F401
-    test_reserve_settle_release,  # noqa: F401
-    test_server_overrun_is_charged_in_full,  # noqa: F401
-    test_spent_plus_reserved_never_exceeds_the_budget,  # noqa: F401
-)
+    def make(
+        self, total: int, period: float | None = None, clock: contract.FakeClock | None = None
+    ) -> Ledger:
+        return redis_ledger(total, period, clock)
 
 
 def run(coro: Any) -> Any:

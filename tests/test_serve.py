@@ -64,7 +64,9 @@ class Running:
         return httpx.post(self.url + path, json=body, timeout=30, **kw)
 
     def stream(self, body: dict[str, Any], **kw: Any) -> tuple[httpx.Response, list[str]]:
-        with httpx.stream("POST", self.url + "/v1/chat/completions", json=body, timeout=30, **kw) as r:
+        with httpx.stream(
+            "POST", self.url + "/v1/chat/completions", json=body, timeout=30, **kw
+        ) as r:
             lines = [line for line in r.iter_lines() if line]
         return r, lines
 
@@ -104,7 +106,7 @@ def test_stream_is_counted_and_usage_forwarded_only_when_asked(upstream) -> None
 
 def test_budget_runs_out_with_a_clean_429_and_never_overspends(upstream) -> None:  # type: ignore[no-untyped-def]
     url, _ = upstream
-    with Running([url], budget=1000, min_tokens=16) as g:
+    with Running([url], budget=1000, min_tokens=16, tick=3600) as g:  # price stays 0
         codes = []
         for _ in range(12):
             r = g.post(chat("LEN:300", max_tokens=300))
@@ -114,7 +116,9 @@ def test_budget_runs_out_with_a_clean_429_and_never_overspends(upstream) -> None
                 assert err["type"] == err["code"] == "budget_exhausted"
                 assert int(r.headers["retry-after"]) >= 1
             else:
-                assert r.json()["usage"]["completion_tokens"] <= int(r.headers["x-shadowprice-allowance"])
+                assert r.json()["usage"]["completion_tokens"] <= int(
+                    r.headers["x-shadowprice-allowance"]
+                )
         assert 429 in codes and 200 in codes
         s = g.ledger.state_now()
         assert s.spent <= 1000 and s.reserved == 0 and s.overrun == 0
@@ -144,7 +148,13 @@ def test_bad_input_gets_openai_errors_and_max_tokens_is_clamped(upstream) -> Non
         assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
         r = httpx.post(g.url + "/v1/chat/completions", content=b"{not json", timeout=10)
         assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
-        for bad in ([1, 2], {"messages": "hi"}, chat("a", max_tokens=0), chat("a", n=3), chat("a", stream="yes")):
+        for bad in (
+            [1, 2],
+            {"messages": "hi"},
+            chat("a", max_tokens=0),
+            chat("a", n=3),
+            chat("a", stream="yes"),
+        ):
             assert g.post(bad).status_code == 400
         r = g.post(chat("LEN:500", max_tokens=100_000))
         assert r.status_code == 200 and int(r.headers["x-shadowprice-allowance"]) <= 64
@@ -176,7 +186,7 @@ def test_keys_tenants_and_the_upstream_key(upstream, tmp_path: Path) -> None:  #
         assert r.status_code == 200 and int(r.headers["x-shadowprice-allowance"]) >= 48
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"sha256": "abc", "tenant": "x"}\n')
-    with pytest.raises(ConfigError, match="bad.jsonl:1.*sha256"):
+    with pytest.raises(ConfigError, match=r"bad.jsonl:1.*sha256"):
         load_keys(bad)
 
 
@@ -202,7 +212,9 @@ def test_upstream_faults_are_clean_errors_and_charged_honestly(upstream) -> None
 def test_client_disconnect_closes_the_upstream_stream_and_charges_what_was_generated() -> None:
     app, log = fake_upstream(speed=200)
     with ServerThread(app) as up, Running([up.url], tau=1000) as g:
-        with httpx.stream("POST", g.url + "/v1/chat/completions", json=chat("LEN:1000", stream=True), timeout=30) as r:
+        with httpx.stream(
+            "POST", g.url + "/v1/chat/completions", json=chat("LEN:1000", stream=True), timeout=30
+        ) as r:
             got = 0
             for line in r.iter_lines():
                 got += line.startswith("data:")

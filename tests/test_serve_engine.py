@@ -106,6 +106,9 @@ def test_openai_client_through_the_gateway_never_exceeds_allowance_or_budget(gat
     assert refused is not None, "the 160-token budget should run out within 8 requests"
     assert refused.status_code == 429
     body = refused.response.json()["error"]
-    assert body["type"] in ("budget_exhausted", "priced_out") and refused.response.headers["retry-after"]
+    assert (
+        body["type"] in ("budget_exhausted", "priced_out")
+        and refused.response.headers["retry-after"]
+    )
     spent, reserved = _spent(redis, ns)
     assert reserved == 0 and spent == charged <= BUDGET

@@ -102,7 +102,9 @@ def test_two_replicas_share_one_budget_under_load(redis: LocalRedis, upstream) -
         assert a.stop() == 0 and b.stop() == 0
     assert len(out.status) == CLIENTS and not out.errors  # no request lost
     assert set(out.status) <= {200, 429} and 429 in out.status and 200 in out.status
-    for status, complete, tokens, allowance in zip(out.status, out.complete, out.tokens, out.allowance, strict=True):
+    for status, complete, tokens, allowance in zip(
+        out.status, out.complete, out.tokens, out.allowance, strict=True
+    ):
         if status == 200:
             assert complete and 0 < tokens <= allowance  # granted requests stay within it
     # Every token a client received is charged exactly once, and no more than the budget.
@@ -110,7 +112,7 @@ def test_two_replicas_share_one_budget_under_load(redis: LocalRedis, upstream) -
 
 
 def test_killed_replica_reservations_expire_and_return(redis: LocalRedis) -> None:
-    app, log = fake_upstream(speed=20, keep_bodies=False)  # slow streams: still open at the kill
+    app, _ = fake_upstream(speed=20, keep_bodies=False)  # slow streams: still open at the kill
     ns, budget = uuid.uuid4().hex, 10_000
     with ServerThread(app) as up:
         a = Replica(*replica_args(up.url, redis, ns, budget, "--ttl", "1"))
@@ -138,7 +140,10 @@ def test_redis_outage_fails_closed_then_recovers_consistently(redis: LocalRedis,
     opened = Replica(*replica_args(url, redis, ns, budget, "--fail-open"))
     body = {"model": "m", "messages": [{"role": "user", "content": "LEN:10"}]}
     try:
-        assert httpx.post(closed.url + "/v1/chat/completions", json=body, timeout=10).status_code == 200
+        assert (
+            httpx.post(closed.url + "/v1/chat/completions", json=body, timeout=10).status_code
+            == 200
+        )
         redis.stop()
         r = httpx.post(closed.url + "/v1/chat/completions", json=body, timeout=10)
         assert r.status_code == 503 and r.json()["error"]["type"] == "ledger_unavailable"

@@ -287,7 +287,9 @@ async def run_load(
     return out
 
 
-async def _one(http: httpx.AsyncClient, url: str, data: bytes, stream: bool, out: LoadResult) -> None:
+async def _one(
+    http: httpx.AsyncClient, url: str, data: bytes, stream: bool, out: LoadResult
+) -> None:
     # Appended together at the end: concurrent clients must not interleave their entries.
     headers = {"content-type": "application/json"}
     target = f"{url}/v1/chat/completions"
