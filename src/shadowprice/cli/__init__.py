@@ -32,6 +32,7 @@ from . import (  # noqa: E402
     evaluate_cmd,  # noqa: F401
     predictor_cmd,  # noqa: F401
     run_cmd,  # noqa: F401
+    serve_cmd,  # noqa: F401
 )
 
 

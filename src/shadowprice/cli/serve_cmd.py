@@ -1,0 +1,136 @@
+"""``shadowprice serve``: the OpenAI-compatible gateway that prices live traffic.
+
+Exit statuses: 0 after a clean shutdown (SIGINT/SIGTERM), 2 for bad options or files (one
+line on stderr naming the option), 3 when the address cannot be bound.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from . import app
+from ._errors import fail
+
+#: Environment variables read for the upstream key, first found wins (never a flag: flags
+#: show up in process listings).
+UPSTREAM_KEY_ENV = ("SHADOWPRICE_UPSTREAM_KEY", "OPENAI_API_KEY")
+
+
+def _classes(values: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        name, _, floor = v.partition("=")
+        if not name or not floor.isdigit():
+            fail(f"--class {v!r}: expected NAME=FLOOR_TOKENS, e.g. interactive=256")
+        out[name] = int(floor)
+    return out
+
+
+def _levels(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    parts = value.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        fail(f"--effort-levels {value!r}: expected LOW,MEDIUM token counts, e.g. 1024,8192")
+    return int(parts[0]), int(parts[1])
+
+
+@app.command("serve")
+def serve_command(
+    upstream: list[str] = typer.Option(..., "--upstream", help="model server URL (repeatable)"),
+    budget: int = typer.Option(..., "--budget", help="completion tokens per period"),
+    period: float = typer.Option(..., "--period", help="budget period in seconds"),
+    state: str | None = typer.Option(
+        None, "--state", help="redis://HOST:PORT/DB: share ledger and price between replicas"
+    ),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port", help="0 picks a free port"),
+    predictor: str = typer.Option(
+        "default", "--predictor", help="threshold predictor directory, or 'default' (bundled)"
+    ),
+    route_tau: float | None = typer.Option(
+        None,
+        "--route-tau",
+        help="fixed threshold (tokens) for every request instead of a predictor",
+    ),
+    keys: Path | None = typer.Option(
+        None, "--keys", help="JSONL of key hashes -> tenant, budget, floor"
+    ),
+    classes: list[str] = typer.Option([], "--class", help="NAME=FLOOR priority class (repeatable)"),
+    max_tokens_ceiling: int = typer.Option(32768, "--max-tokens-ceiling"),
+    fallback_tokens: int = typer.Option(
+        0, "--fallback-tokens", help="allowance instead of 429 when priced out"
+    ),
+    balance: str = typer.Option("least-busy", "--balance", help="least-busy or round-robin"),
+    token_param: str = typer.Option(
+        "both", "--token-param", help="both, max_tokens or max_completion_tokens"
+    ),
+    thinking_field: str | None = typer.Option(
+        None,
+        "--thinking-field",
+        help="also send the allowance in this field (vLLM: thinking_token_budget)",
+    ),
+    effort_levels: str | None = typer.Option(
+        None, "--effort-levels", help="LOW,MEDIUM: map the allowance to reasoning_effort"
+    ),
+    ttl: float = typer.Option(
+        120.0, "--ttl", help="reservation lifetime without renewal (shared state)"
+    ),
+    fail_open: bool = typer.Option(
+        False, "--fail-open", help="Redis down: per-replica local budget"
+    ),
+    fail_open_budget: int | None = typer.Option(None, "--fail-open-budget"),
+    max_body: int = typer.Option(1 << 20, "--max-body", help="largest request body, bytes"),
+    upstream_timeout: float = typer.Option(600.0, "--upstream-timeout"),
+    namespace: str = typer.Option("default", "--namespace", help="budget name inside Redis"),
+    log_level: str = typer.Option("warning", "--log-level"),
+) -> None:
+    """Serve an OpenAI-compatible gateway that prices every request's max_tokens."""
+    from shadowprice.serve.app import Gateway
+    from shadowprice.serve.config import ConfigError, GatewayConfig, load_keys
+    from shadowprice.serve.server import bind, serve
+
+    if not 0 <= port <= 65535:
+        fail(f"--port must be in 0..65535, got {port}")
+    key = next((os.environ[k] for k in UPSTREAM_KEY_ENV if os.environ.get(k)), None)
+    try:
+        config = GatewayConfig(
+            upstreams=list(upstream),
+            budget=budget,
+            period=period,
+            state=state,
+            namespace=namespace,
+            predictor=None if route_tau is not None else predictor,
+            route_tau=route_tau,
+            max_tokens_ceiling=max_tokens_ceiling,
+            fallback_tokens=fallback_tokens,
+            classes=_classes(classes),
+            keys=load_keys(keys) if keys is not None else None,
+            upstream_key=key,
+            token_param=token_param,  # type: ignore[arg-type]
+            thinking_field=thinking_field,
+            effort_levels=_levels(effort_levels),
+            balance=balance,  # type: ignore[arg-type]
+            ttl=ttl,
+            fail_open=fail_open,
+            fail_open_budget=fail_open_budget,
+            max_body=max_body,
+            upstream_timeout=upstream_timeout,
+        )
+        if token_param not in ("both", "max_tokens", "max_completion_tokens"):
+            raise ConfigError("--token-param must be both, max_tokens or max_completion_tokens")
+        gateway = Gateway(config)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        print(
+            f"shadowprice: error: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr
+        )
+        raise typer.Exit(code=3) from exc
+    serve(gateway, sock, log_level=log_level)

@@ -1,0 +1,29 @@
+"""Online pricing: one shadow price for a stream of requests under a per-period budget.
+
+Pure (no I/O): the gateway (``shadowprice serve``), the traffic simulator and tests call the
+same functions.
+
+- :class:`OnlinePricer`: re-clears over a sliding window of recent requests' predicted curves
+  against the budget left in the period; O(1) decisions (:meth:`OnlinePricer.quote`).
+- :class:`DualAscentPricer`: the alternative, dual ascent on the spend rate.
+- :class:`PopulationPrior`: usage ratio and predictor scale learned from finished requests.
+- :mod:`.shape`: the population's curve shape (:class:`SurgeShape`, :class:`GammaShape`).
+- :mod:`.simulate`: trace-driven traffic (Poisson, bursty, drifting) against hindsight batch
+  CLEAR.
+"""
+
+from .pricer import DualAscentPricer, OnlinePricer, Quote
+from .prior import PopulationPrior
+from .shape import GammaShape, Shape, SurgeShape, TermsTable, shape_terms
+
+__all__ = [
+    "DualAscentPricer",
+    "GammaShape",
+    "OnlinePricer",
+    "PopulationPrior",
+    "Quote",
+    "Shape",
+    "SurgeShape",
+    "TermsTable",
+    "shape_terms",
+]

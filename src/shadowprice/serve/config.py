@@ -1,0 +1,264 @@
+"""The gateway's configuration, validated once where it is built, and its API-key table."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+__all__ = ["GatewayConfig", "KeyTable", "Tenant", "load_keys"]
+
+Balance = Literal["round-robin", "least-busy"]
+TokenParam = Literal["both", "max_tokens", "max_completion_tokens"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the option and the fix."""
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """Who a client key belongs to.
+
+    Attributes
+    ----------
+    name : str
+        Tenant name (metrics label; never the key).
+    budget : int or None
+        The tenant's own tokens per period (on top of the gateway's budget); None: no own cap.
+    floor : int
+        Guaranteed tokens of each request (0: none); a tenant with a floor is never priced out.
+    classes : frozenset of str
+        Priority classes the tenant may select with the ``x-shadowprice-class`` header.
+    """
+
+    name: str
+    budget: int | None = None
+    floor: int = 0
+    classes: frozenset[str] = frozenset()
+
+
+class KeyTable:
+    """Client API keys, stored as SHA-256 hashes, looked up in constant time.
+
+    Parameters
+    ----------
+    entries : list of (bytes, Tenant)
+        (SHA-256 digest of the key, tenant) pairs.
+    """
+
+    def __init__(self, entries: list[tuple[bytes, Tenant]]) -> None:
+        if not entries:
+            raise ConfigError("--keys: the key file lists no keys")
+        self._entries = entries
+
+    @property
+    def tenants(self) -> list[Tenant]:
+        return [t for _, t in self._entries]
+
+    def lookup(self, key: str) -> Tenant | None:
+        """The tenant of ``key`` or None. Every entry is compared (no early exit), each with
+        :func:`hmac.compare_digest`, so the time taken says nothing about which key matched."""
+        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+        found: Tenant | None = None
+        for stored, tenant in self._entries:
+            if hmac.compare_digest(stored, digest):
+                found = tenant
+        return found
+
+
+def load_keys(path: str | Path) -> KeyTable:
+    """Read a key file: JSON Lines, one object per key.
+
+    Each line: ``{"sha256": "<hex digest of the key>", "tenant": "acme", "budget": 50000,
+    "floor": 256, "classes": ["interactive"]}``; only ``sha256`` and ``tenant`` are required.
+    Plain keys are never stored (``printf %s "$KEY" | sha256sum`` makes the digest).
+
+    Raises
+    ------
+    ConfigError
+        Naming the file, line and field of the first bad entry.
+    """
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"--keys {p}: cannot read ({exc.strerror})") from exc
+    entries: list[tuple[bytes, Tenant]] = []
+    for no, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            entries.append(_key_entry(json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--keys {p}:{no}: not JSON ({exc.msg})") from exc
+        except ConfigError as exc:
+            raise ConfigError(f"--keys {p}:{no}: {exc}") from exc
+    return KeyTable(entries)
+
+
+def _key_entry(obj: Any) -> tuple[bytes, Tenant]:
+    if not isinstance(obj, dict):
+        raise ConfigError("each line must be a JSON object")
+    digest = obj.get("sha256")
+    if not isinstance(digest, str) or len(digest) != 64:
+        raise ConfigError("field 'sha256' must be the 64-hex-digit SHA-256 of the key")
+    try:
+        raw = bytes.fromhex(digest)
+    except ValueError as exc:
+        raise ConfigError("field 'sha256' is not hexadecimal") from exc
+    name = obj.get("tenant")
+    if not isinstance(name, str) or not name:
+        raise ConfigError("field 'tenant' must be a non-empty string")
+    budget = obj.get("budget")
+    if budget is not None and (not isinstance(budget, int) or budget <= 0):
+        raise ConfigError("field 'budget' must be a positive integer of tokens per period")
+    floor = obj.get("floor", 0)
+    if not isinstance(floor, int) or floor < 0:
+        raise ConfigError("field 'floor' must be a non-negative integer of tokens")
+    classes = obj.get("classes", [])
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise ConfigError("field 'classes' must be a list of class names")
+    return raw, Tenant(name, budget, floor, frozenset(classes))
+
+
+@dataclass
+class GatewayConfig:
+    """Everything ``shadowprice serve`` is told (see the README's serving section).
+
+    Attributes
+    ----------
+    upstreams : list of str
+        Base URLs of OpenAI-compatible servers (``http://host:port`` or ``.../v1``); fixed
+        here, no request can choose where the gateway connects.
+    budget : int
+        Completion tokens per period (all replicas together with a shared state).
+    period : float
+        Budget period, seconds (aligned to the epoch).
+    state : str, optional
+        ``redis://HOST:PORT/DB`` to share the ledger and the price between replicas; None:
+        in-process.
+    namespace : str
+        Name of the budget inside Redis.
+    predictor : str, optional
+        Threshold predictor directory or ``default`` (bundled); None with ``route_tau`` set
+        uses that fixed threshold for every request.
+    route_tau : float, optional
+        Threshold (tokens) of every request when no predictor is used; the population prior
+        then learns its scale from observed lengths.
+    alpha, beta : float
+        Shape of the predicted curves (the paper's shifted surge).
+    window : int
+        Requests the price forecast looks back on.
+    tick : float
+        Seconds between price updates.
+    min_tokens : int
+        Smallest allowance sent.
+    max_tokens_ceiling : int
+        Client ``max_tokens`` above this are clamped to it; requests without one get it.
+    fallback_tokens : int
+        Priced-out requests get this small allowance instead of a 429 (0: off).
+    classes : dict of str to int
+        Priority classes selectable with the ``x-shadowprice-class`` header -> floor tokens.
+    keys : KeyTable, optional
+        Client keys; None: no authentication.
+    upstream_key : str, optional
+        Bearer token sent upstream (from the environment, never from clients).
+    token_param : {'both', 'max_tokens', 'max_completion_tokens'}
+        Which allowance fields are sent upstream.
+    thinking_field : str, optional
+        Also send the allowance in this field (vLLM: ``thinking_token_budget``).
+    effort_levels : tuple of int, optional
+        (low, medium) allowance limits mapping to ``reasoning_effort`` low / medium / high.
+    balance : {'round-robin', 'least-busy'}
+    health_interval : float
+        Seconds between upstream health checks.
+    eject_after : int
+        Consecutive failures that take an upstream out of rotation until a check succeeds.
+    upstream_timeout : float
+        Seconds an upstream may take to answer (and between streamed chunks).
+    max_body : int
+        Largest request body accepted, bytes (413 beyond).
+    ttl : float
+        Seconds a reservation lives without renewal (shared state); streams renew it.
+    fail_open : bool
+        Redis unreachable: serve from a per-replica in-process ledger of ``fail_open_budget``
+        instead of answering 503.
+    fail_open_budget : int, optional
+        Tokens per period of that local ledger (default: ``budget``).
+    """
+
+    upstreams: list[str]
+    budget: int
+    period: float
+    state: str | None = None
+    namespace: str = "default"
+    predictor: str | None = "default"
+    route_tau: float | None = None
+    alpha: float = 1.5
+    beta: float = 0.005
+    window: int = 1024
+    tick: float = 0.25
+    min_tokens: int = 16
+    max_tokens_ceiling: int = 32768
+    fallback_tokens: int = 0
+    classes: dict[str, int] = field(default_factory=dict)
+    keys: KeyTable | None = None
+    upstream_key: str | None = None
+    token_param: TokenParam = "both"
+    thinking_field: str | None = None
+    effort_levels: tuple[int, int] | None = None
+    balance: Balance = "least-busy"
+    health_interval: float = 5.0
+    eject_after: int = 3
+    upstream_timeout: float = 600.0
+    max_body: int = 1 << 20
+    ttl: float = 120.0
+    fail_open: bool = False
+    fail_open_budget: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.upstreams:
+            raise ConfigError("--upstream: give at least one upstream URL")
+        for url in self.upstreams:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"--upstream {url!r}: must be an http(s)://HOST[:PORT] URL")
+        _positive_int("--budget", self.budget)
+        _positive("--period", self.period)
+        _positive("--tick", self.tick)
+        _positive("--ttl", self.ttl)
+        _positive("--upstream-timeout", self.upstream_timeout)
+        _positive_int("--max-tokens-ceiling", self.max_tokens_ceiling)
+        _positive_int("--max-body", self.max_body)
+        _positive_int("--min-tokens", self.min_tokens)
+        if self.fallback_tokens < 0:
+            raise ConfigError("--fallback-tokens must be >= 0")
+        if self.state is not None and not self.state.startswith(("redis://", "rediss://")):
+            raise ConfigError(f"--state must be a redis://HOST:PORT/DB URL, got {self.state!r}")
+        if self.predictor is None and self.route_tau is None:
+            raise ConfigError("give --predictor PATH|default or a fixed --route-tau TOKENS")
+        if self.route_tau is not None:
+            _positive("--route-tau", self.route_tau)
+        if self.balance not in ("round-robin", "least-busy"):
+            raise ConfigError("--balance must be round-robin or least-busy")
+        if self.effort_levels is not None and not 0 < self.effort_levels[0] < self.effort_levels[1]:
+            raise ConfigError("--effort-levels must be two increasing token counts LOW,MEDIUM")
+        for name, floor in self.classes.items():
+            if not name or floor < 0:
+                raise ConfigError(f"--class {name}={floor}: need NAME=FLOOR with FLOOR >= 0")
+
+
+def _positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+
+
+def _positive_int(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")

@@ -1,0 +1,64 @@
+"""Run a gateway on uvicorn: bind first, announce the address, then serve.
+
+The socket is bound before uvicorn starts so that ``--port 0`` can report the port the OS
+picked: the first line on stdout is exactly ``listening on http://HOST:PORT`` (scripts read it).
+"""
+
+from __future__ import annotations
+
+import socket
+from types import FrameType
+
+import uvicorn
+
+from .app import Gateway
+
+__all__ = ["bind", "serve"]
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: the OS picks a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(gateway: Gateway, sock: socket.socket, *, log_level: str = "warning") -> None:
+    """Serve ``gateway.app`` on ``sock`` until SIGINT/SIGTERM; announce the address first."""
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"listening on http://{shown}:{port}", flush=True)
+    try:
+        import uvloop  # noqa: F401
+
+        loop = "uvloop"
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        loop = "asyncio"
+    config = uvicorn.Config(
+        gateway.app,
+        loop=loop,
+        http="httptools",
+        log_level=log_level,
+        access_log=False,  # access logs would record client headers; keys stay out of logs
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    server = _Server(config)
+    server.run(sockets=[sock])
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, but SIGINT/SIGTERM end it with exit status 0 (a clean, asked-for
+    shutdown) instead of re-raising the signal once the server has stopped."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()

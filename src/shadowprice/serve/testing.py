@@ -1,0 +1,321 @@
+"""A fake model server and a load generator, for tests and benchmarks of the gateway.
+
+:func:`fake_upstream` is an OpenAI-compatible server in the spirit of vLLM production-stack's
+fake server: it streams tokens at a set speed, honours ``max_tokens``, puts usage in the last
+chunk, and misbehaves on request (a marker in the prompt) so the gateway's fault handling can
+be shown on real HTTP:
+
+- ``LEN:n``: the answer runs n tokens when not cut off (default 64);
+- ``FAULT:500`` (HTTP 500), ``FAULT:garbage`` (a 200 whose body is not JSON),
+  ``FAULT:slow`` (answers after 30 s), ``FAULT:drop`` (drops the connection after n/2 tokens),
+  ``FAULT:nousage`` (no usage anywhere), ``FAULT:overrun`` (ignores ``max_tokens`` and
+  generates n tokens).
+
+:class:`ServerThread` runs any ASGI app on a loopback port in a background thread.
+:func:`run_load` is an asyncio load generator (streaming or not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+__all__ = ["FakeLog", "LoadResult", "ServerThread", "fake_upstream", "run_load"]
+
+_LEN = re.compile(r"LEN:(\d+)")
+_FAULT = re.compile(r"FAULT:(\w+)")
+
+
+@dataclass
+class FakeLog:
+    """What the fake server saw (tests assert on it)."""
+
+    max_tokens: list[int] = field(default_factory=list)
+    auth: list[str | None] = field(default_factory=list)
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    generated: int = 0
+    cancelled: int = 0
+
+
+def _prompt(body: dict[str, Any]) -> str:
+    msgs = body.get("messages")
+    if isinstance(msgs, list):
+        return " ".join(str(m.get("content", "")) for m in msgs if isinstance(m, dict))
+    return str(body.get("prompt", ""))
+
+
+def fake_upstream(
+    speed: float = 1000.0,
+    default_len: int = 64,
+    log: FakeLog | None = None,
+    keep_bodies: bool = True,
+) -> tuple[Starlette, FakeLog]:
+    """An OpenAI-compatible fake model server (see the module docstring).
+
+    Parameters
+    ----------
+    speed : float
+        Tokens per second of a stream (0: as fast as possible).
+    default_len : int
+        Answer length when the prompt has no ``LEN:n``.
+    log : FakeLog, optional
+        Where to record requests.
+    keep_bodies : bool
+        Record every body (off for load runs).
+    """
+    rec = log or FakeLog()
+
+    async def completions(request: Request) -> Response:
+        body = await request.json()
+        rec.auth.append(request.headers.get("authorization"))
+        if keep_bodies:
+            rec.bodies.append(body)
+        text = _prompt(body)
+        m, f = _LEN.search(text), _FAULT.search(text)
+        natural = int(m.group(1)) if m else default_len
+        fault = f.group(1) if f else ""
+        cap = body.get("max_tokens") or body.get("max_completion_tokens") or 1 << 30
+        rec.max_tokens.append(int(cap))
+        n = natural if fault == "overrun" else min(natural, int(cap))
+        finish = "length" if natural > n or (fault != "overrun" and natural > cap) else "stop"
+        chat = request.url.path.endswith("/chat/completions")
+        if fault == "500":
+            return JSONResponse({"error": {"message": "boom"}}, status_code=500)
+        if fault == "slow":
+            await asyncio.sleep(30)
+        if fault == "garbage":
+            return Response(b"<html>not json", media_type="application/json")
+        if body.get("stream"):
+            usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            gen = _stream(rec, n, finish, chat, usage and fault != "nousage", fault, speed)
+            return StreamingResponse(gen, media_type="text/event-stream")
+        rec.generated += n
+        return JSONResponse(_whole(n, finish, chat, fault != "nousage"))
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", completions, methods=["POST"]),
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/models", models),
+            Route("/health", health),
+        ]
+    )
+    return app, rec
+
+
+def _whole(n: int, finish: str, chat: bool, usage: bool) -> dict[str, Any]:
+    text = "tok " * n
+    choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
+    if chat:
+        choice["message"] = {"role": "assistant", "content": text}
+    else:
+        choice["text"] = text
+    out: dict[str, Any] = {
+        "id": "fake-1",
+        "object": "chat.completion",
+        "model": "fake",
+        "choices": [choice],
+    }
+    if usage:
+        out["usage"] = {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": n + 5}
+    return out
+
+
+async def _stream(
+    rec: FakeLog, n: int, finish: str, chat: bool, usage: bool, fault: str, speed: float
+) -> AsyncIterator[bytes]:
+    sent = 0
+    try:
+        for i in range(n):
+            if fault == "drop" and i >= n // 2:
+                raise ConnectionResetError("fake upstream dropped the connection")
+            if speed > 0:
+                await asyncio.sleep(1.0 / speed)
+            delta = {"content": "tok "}
+            choice: dict[str, Any] = {"index": 0, "finish_reason": finish if i == n - 1 else None}
+            if chat:
+                choice["delta"] = delta
+            else:
+                choice["text"] = "tok "
+            yield b"data: " + json.dumps({"id": "fake-1", "choices": [choice]}).encode() + b"\n\n"
+            sent += 1
+            rec.generated += 1
+        if usage:
+            u = {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": n + 5}
+            yield (
+                b"data: "
+                + json.dumps({"id": "fake-1", "choices": [], "usage": u}).encode()
+                + b"\n\n"
+            )
+        yield b"data: [DONE]\n\n"
+    except asyncio.CancelledError:
+        rec.cancelled += 1
+        raise
+
+
+class ServerThread:
+    """Serve an ASGI app on 127.0.0.1 in a background thread (uvicorn, its own event loop).
+
+    Examples
+    --------
+    >>> with ServerThread(app) as s:  # doctest: +SKIP
+    ...     httpx.get(s.url + "/health")
+    """
+
+    def __init__(self, app: Any, port: int = 0) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.port = int(self.sock.getsockname()[1])
+        config = uvicorn.Config(app, log_level="error", access_log=False, lifespan="auto")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        self.server.run(sockets=[self.sock])
+
+    def start(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server thread did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class LoadResult:
+    """Outcome of :func:`run_load`: one entry per request."""
+
+    status: list[int] = field(default_factory=list)
+    allowance: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    complete: list[bool] = field(default_factory=list)
+    latency: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    elapsed: float = 0.0
+
+
+async def run_load(
+    url: str | list[str],
+    requests: int,
+    concurrency: int,
+    *,
+    stream: bool = True,
+    prompt: str = "What is 2 + 2? LEN:64",
+    max_tokens: int | None = None,
+    timeout: float = 60.0,
+    prompts: list[str] | None = None,
+) -> LoadResult:
+    """Send ``requests`` chat completions with ``concurrency`` clients (round robin over
+    ``url`` when several are given); record status, allowance, tokens seen and completeness
+    (a 200 stream that ended with ``[DONE]``, or a whole JSON answer). With ``prompts``,
+    request i asks ``prompts[i % len(prompts)]``."""
+    urls = [url] if isinstance(url, str) else list(url)
+    out = LoadResult()
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(requests):
+        queue.put_nowait(i)
+    body: dict[str, Any] = {"model": "fake", "messages": [{"role": "user", "content": prompt}]}
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    texts = prompts or [prompt]
+    datas = []
+    for text in texts:
+        body["messages"] = [{"role": "user", "content": text}]
+        datas.append(json.dumps(body).encode())
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def client(http: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            target = urls[i % len(urls)]
+            t0 = time.perf_counter()
+            try:
+                await _one(http, target, datas[i % len(datas)], stream, out)
+            except httpx.HTTPError as exc:
+                out.status.append(-1)
+                out.allowance.append(0)
+                out.tokens.append(0)
+                out.complete.append(False)
+                out.errors.append(f"{type(exc).__name__}: {exc}")
+            out.latency.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+    out.elapsed = time.perf_counter() - t0
+    return out
+
+
+async def _one(
+    http: httpx.AsyncClient, url: str, data: bytes, stream: bool, out: LoadResult
+) -> None:
+    # Appended together at the end: concurrent clients must not interleave their entries.
+    headers = {"content-type": "application/json"}
+    target = f"{url}/v1/chat/completions"
+    if not stream:
+        r = await http.post(target, content=data, headers=headers)
+        ok = r.status_code == 200
+        usage = r.json().get("usage", {}) if ok else {}
+        _record(out, r, int(usage.get("completion_tokens", 0)), ok and "choices" in r.json())
+        return
+    async with http.stream("POST", target, content=data, headers=headers) as r:
+        chunks, done = 0, False
+        if r.status_code != 200:
+            await r.aread()
+        else:
+            async for line in r.aiter_lines():
+                if line == "data: [DONE]":
+                    done = True
+                elif line.startswith("data: ") and '"delta"' in line:
+                    chunks += 1
+        if r.status_code == 200 and not done:
+            out.errors.append(f"stream without [DONE] after {chunks} chunks")
+        _record(out, r, chunks, r.status_code == 200 and done)
+
+
+def _record(out: LoadResult, r: httpx.Response, tokens: int, complete: bool) -> None:
+    out.status.append(r.status_code)
+    out.allowance.append(int(r.headers.get("x-shadowprice-allowance", 0)))
+    out.tokens.append(tokens)
+    out.complete.append(complete)

@@ -1,0 +1,103 @@
+"""Online pricing: decisions, the price's response to load, the prior, and the simulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shadowprice.online import GammaShape, OnlinePricer, PopulationPrior, SurgeShape, TermsTable
+from shadowprice.online.shape import shape_terms
+from shadowprice.online.simulate import make_traffic, plot_simulation, simulate
+
+
+def test_terms_match_the_surge_closed_form() -> None:
+    from shadowprice.curves import abandonment_threshold, surge_excess
+
+    s = SurgeShape(1.5, 0.005)
+    table = TermsTable(s)
+    for lam in (1e-3, 0.05, 0.4, 1.2):
+        x, cut = table(lam)
+        assert x == pytest.approx(float(surge_excess(lam, 1.5, 0.005)), rel=1e-3)
+        assert cut == pytest.approx(float(abandonment_threshold(lam, 1.5, 0.005)), rel=1e-2)
+    assert shape_terms(s, 0.0) == (200.0, np.inf)
+    assert shape_terms(s, 1.5) == (0.0, 0.0)
+    x0, _ = shape_terms(GammaShape(0.005), 0.0)
+    assert x0 > shape_terms(GammaShape(0.005), 1e-4)[0]  # demand falls as the price rises
+
+
+def test_quote_caps_prices_out_and_honours_floors() -> None:
+    p = OnlinePricer(10_000, 60.0)
+    q = p.quote(300.0, 4096)
+    assert (q.allowance, q.status, q.price) == (500, "granted", 0.0)  # tau + peak at price 0
+    assert p.quote(300.0, 128).allowance == 128  # the client's max_tokens caps it
+    p.set_price(0.5)
+    x, cut = p.terms(0.5)
+    high = p.quote(cut * 1.1, 4096)
+    assert high.allowance == 0 and high.status == "priced_out"
+    low = p.quote(cut * 0.5, 4096)
+    assert low.status == "granted" and low.allowance == int(cut * 0.5 + x)
+    assert low.least <= low.allowance
+    assert p.quote(30.0, 20).status == "priced_out"  # capped below its useful budget
+    f = p.quote(cut * 2, 4096, floor=64)
+    assert (f.allowance, f.status) == (64, "floor")
+
+
+def test_price_rises_as_the_budget_left_shrinks_and_is_zero_when_not_scarce() -> None:
+    rng = np.random.default_rng(0)
+    p = OnlinePricer(200_000, 60.0)
+    for i in range(1000):  # 20 requests/s
+        p.observe(6000.0 + i * 0.05, float(np.exp(rng.normal(5.5, 0.5))), 4096)
+    now = 6000.0 + 50.0  # 10 s left in the period: ~200 more requests of ~450 tokens
+    assert p.update(now, spent=0, reserved=0) == 0.0  # 200k left: not scarce
+    prices = [p.update(now, spent=s, reserved=0) for s in (150_000, 180_000, 195_000)]
+    assert 0 < prices[0] < prices[1] < prices[2]
+    assert p.update(now, spent=200_000, reserved=0) == p.shape.price_ceiling
+    # Half the traffic seen here (another replica has the rest): a higher price.
+    p_all = p.update(now, spent=150_000, reserved=0, share=1.0)
+    assert p.update(now, spent=150_000, reserved=0, share=0.5) > p_all
+
+
+def test_prior_learns_usage_and_a_predictor_scale() -> None:
+    rng = np.random.default_rng(1)
+    prior = PopulationPrior(short_excess=SurgeShape().short_excess)
+    true_scale = 3.0  # the predictor says tau, the model needs 3 tau
+    for _ in range(4000):
+        tau_hat = float(np.exp(rng.normal(5.5, 0.3)))
+        length = true_scale * tau_hat + rng.gamma(2.0) / 0.005
+        allowance = int(prior.threshold(tau_hat) + 600)
+        used = int(min(length, allowance))
+        prior.observe(tau_hat, allowance, used, "stop" if length <= allowance else "length")
+    assert 2.0 < prior.scale < 4.5
+    assert 0.5 < prior.usage < 1.0
+    frozen = PopulationPrior(learn_scale=False)
+    frozen.observe(100.0, 500, 500, "length")
+    assert frozen.scale == 1.0
+
+
+def test_simulator_never_overspends_and_reports_against_hindsight(tmp_path: Path) -> None:
+    traffic = make_traffic("drifting", 6000, rate=25.0, seed=3)
+    budget = 25 * 60 * 300
+    r = simulate(traffic, budget, 60.0)
+    assert (r.spent <= budget).all() and r.summary["over_budget_periods"] == 0
+    assert r.requests.sum() == 6000
+    assert r.summary["scarce_periods"] >= 1
+    assert 0 < r.summary["accuracy_online"] <= 1 and r.summary["accuracy_hindsight"] > 0
+    assert (r.hindsight_recycled >= r.hindsight).all()  # the recycling-aware ceiling is higher
+    fcfs = simulate(traffic, budget, 60.0, policy="fcfs")
+    assert (fcfs.prices.size, fcfs.summary["priced_out_share"]) == (0, 0.0)
+    png = plot_simulation([r, fcfs], tmp_path / "online.png", 60.0)
+    assert png.stat().st_size > 10_000
+
+
+def test_traffic_mixes_and_sources() -> None:
+    steady = make_traffic("steady", 2000, rate=10.0, seed=0)
+    assert np.all(np.diff(steady.arrival) >= 0)
+    assert 150 < steady.arrival[-1] - steady.arrival[0] < 250  # ~2000 / 10 per s
+    drift = make_traffic("drifting", 4000, seed=0)
+    assert drift.hard[:1000].mean() < drift.hard[-1000:].mean()
+    real = make_traffic("bursty", 500, source="real", seed=0)
+    assert real.length.min() > 0 and real.tau_hat.min() > 0
+    with pytest.raises(ValueError, match="mix"):
+        make_traffic("weekly", 10)  # type: ignore[arg-type]

