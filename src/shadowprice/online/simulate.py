@@ -212,7 +212,7 @@ def _real(pool: IntArray, rng: np.random.Generator) -> tuple[Any, Any, Any]:
 
     ts = load_traces(REAL_TRACE_SET)
     level = np.array([int(v or 3) for v in ts.meta("level")])
-    predicted = load_predictor("default").predict([q or "" for q in ts.questions()]).median
+    predicted = load_predictor("default").predict([q or "" for q in ts.questions()])
     tokens, correct = ts.tokens(), ts.correct()
     easy, hard = np.flatnonzero(level <= 3), np.flatnonzero(level >= 4)
     # Two real pools: the medium share is split between them.

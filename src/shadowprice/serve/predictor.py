@@ -2,16 +2,14 @@
 
 The gateway only needs a threshold tau (tokens) per request; the curve is the population shape
 shifted by it (:mod:`shadowprice.online.shape`). :class:`TextPredictor` wraps the text
-predictor: its compiled single-text path where the predictor has one (``compile()`` ->
-``predict_one(text)``), else :meth:`ThresholdPredictor.predict` on a one-text batch; repeated
-prompts hit an LRU cache. :class:`FixedThreshold` is a route's default curve when no text
+predictor on its compiled single-text path (:meth:`ThresholdPredictor.compile`), whose LRU
+cache answers repeated prompts. :class:`FixedThreshold` is a route's default curve when no text
 predictor is wanted.
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from typing import Any, Protocol
 
 __all__ = ["FixedThreshold", "TextPredictor", "ThresholdSource", "load_threshold_source"]
@@ -44,45 +42,33 @@ class FixedThreshold:
 
 
 class TextPredictor:
-    """A fitted threshold predictor behind an LRU cache of recent texts.
+    """A fitted threshold predictor on its compiled single-text path.
 
     Parameters
     ----------
-    model : ThresholdPredictor or any object with ``predict(texts).median``
-        The predictor (``compile()`` is used where it exists: a single-text fast path
-        returning ``(median, log_sigma)`` from ``predict_one``).
+    model : ThresholdPredictor
+        The predictor; :meth:`ThresholdPredictor.compile` gives the fast path (which keeps
+        an LRU cache of ``cache`` recent texts). A model that cannot be compiled (features
+        from an encoder) is called on one-text batches instead.
     cache : int
         Texts remembered (0: no cache).
     """
 
     def __init__(self, model: Any, cache: int = 4096) -> None:
-        compiled = getattr(model, "compile", None)
-        self._one = None
-        if callable(compiled):
-            fast = compiled()
-            self._one = getattr(fast, "predict_one", None)
+        try:
+            self._fast: Any = model.compile(cache_size=cache)
+        except ValueError:
+            self._fast = None
         self._model = model
-        self._cache: OrderedDict[str, float] = OrderedDict()
-        self._size = int(cache)
-
-    def _predict(self, text: str) -> float:
-        if self._one is not None:
-            out = self._one(text)
-            median = out[0] if isinstance(out, tuple) else getattr(out, "median", out)
-            return float(median)
-        return float(self._model.predict([text]).median[0])
 
     def tau(self, text: str) -> float:
-        hit = self._cache.get(text)
-        if hit is not None:
-            self._cache.move_to_end(text)
-            return hit
-        value = max(1.0, self._predict(text or " "))
-        if self._size:
-            self._cache[text] = value
-            if len(self._cache) > self._size:
-                self._cache.popitem(last=False)
-        return value
+        """Predicted median threshold of ``text`` in tokens (at least 1)."""
+        text = text or " "
+        if self._fast is not None:
+            median = float(self._fast.predict_one(text)[0])
+        else:
+            median = float(self._model.predict([text])[0])
+        return max(1.0, median)
 
 
 def load_threshold_source(predictor: str | None, route_tau: float | None) -> ThresholdSource:
