@@ -133,7 +133,9 @@ def test_uniform_vs_clear_with_kill_and_resume(
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
+    # Killed once a first query is done: the one still in flight is counted in full on
+    # resume (it may have been billed). A slow machine gets time to finish one.
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         if any(r["status"] == "done" for r in read_records(out)):
             break
@@ -156,7 +158,8 @@ def test_uniform_vs_clear_with_kill_and_resume(
     assert summary["tokens_used"] <= budget and summary["within_budget"]
     # CLEAR concentrates the budget: fewer, larger grants than uniform's thin spread.
     funded = [r["budget"] for r in records if r["budget"] > 0]
-    assert funded and max(funded) > max(r["budget"] for r in uniform.records)
+    assert funded, "no query finished before the kill: the machine is too slow for this test"
+    assert max(funded) > max(r["budget"] for r in uniform.records)
     print(
         f"\nuniform: {uniform.summary['correct']}/{N} correct, "
         f"{uniform.summary['tokens_used']}/{budget} tokens; "
