@@ -170,7 +170,7 @@ def test_cli_demo_text_and_json(tmp_path: Path) -> None:
     d = json.loads(r.stdout)
     assert d["table"][0]["budget_per_query"] == 200 and d["png_path"] is None
     r = runner.invoke(app, ["demo", "--budgets", "abc"])
-    assert r.exit_code == 2 and "--budgets" in r.stderr
+    assert r.exit_code == 2 and "--per-query" in r.stderr
     r = runner.invoke(app, ["demo", "--setting", "both"])
     assert r.exit_code == 2 and "--setting" in r.stderr
 

@@ -178,7 +178,7 @@ def test_cli_fit_and_predict(tmp_path) -> None:
     [
         ([{"text": "a b", "target": "many"}], "number of tokens"),
         ([{"text": "a b", "target": -3}], "positive"),
-        ([{"target": 30}], "'text'"),
+        ([{"target": 30}], 'field "question" is missing'),
     ],
 )
 def test_cli_bad_input_exits_2(tmp_path, rows, msg) -> None:

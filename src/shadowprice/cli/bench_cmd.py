@@ -13,7 +13,9 @@ from pathlib import Path
 import typer
 
 from . import app
-from ._errors import fail
+from ._errors import fail, guarded
+from .files import check_outputs
+from .options import check_format, output, output_format
 
 #: ``--quick``: small streams, one split, coarse budgets (a smoke run of ~20 s).
 QUICK = {
@@ -29,9 +31,10 @@ QUICK = {
 
 
 @app.command("bench")
+@guarded
 def bench_command(
-    out: Path = typer.Option(
-        Path("shadowprice-bench"), "--out", help="report folder (report.md, results.csv, PNGs)"
+    out: Path = output(
+        "report folder (report.md, results.csv, PNGs)", "--out", default=Path("shadowprice-bench")
     ),
     n: int | None = typer.Option(
         None, "--n", min=10, help="queries per synthetic stream (default 1000)"
@@ -48,8 +51,11 @@ def bench_command(
         False, "--no-predict", help="skip the cross-fitted text-prediction study"
     ),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
+    fmt: str = output_format("summary format: text or json"),
 ) -> None:
     """Accuracy vs budget for every policy on every stream, ratios, oracle gap, targets."""
+    fmt = check_format(fmt)
+    check_outputs([("--output", out)], [], directory=True)
     from shadowprice.evaluate.bench import run_bench
 
     opts: dict = dict(QUICK) if quick else {}

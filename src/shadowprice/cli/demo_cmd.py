@@ -2,8 +2,9 @@
 
 A thin wrapper over :func:`shadowprice.demo.run_demo`: parse options, run, print the table
 (or JSON) and the paths of the files written. ``--setting synthetic`` runs the bundled
-synthetic Balanced stream instead (scored on its known true curves). ``--live`` additionally runs a small batch on a
-real engine through :func:`shadowprice.engine.live_demo`.
+synthetic Balanced stream instead (scored on its known true curves). ``--live`` also runs a
+small batch on a real engine (``--endpoint URL``, default ``$SHADOWPRICE_LLAMA_URL`` or the
+bundled llama.cpp server) through :func:`shadowprice.engine.live_demo`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from typing import Any
 import typer
 
 from . import app
-from ._errors import fail
+from ._errors import fail, guarded
+from .files import check_outputs
+from .options import check_format, output, output_format
 
 
 def _parse_budgets(text: str | None) -> tuple[int, ...] | None:
@@ -26,26 +29,36 @@ def _parse_budgets(text: str | None) -> tuple[int, ...] | None:
     try:
         vals = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        fail(f"--budgets must be comma-separated whole numbers of tokens, got {text!r}")
+        fail(f"--per-query must be comma-separated whole numbers of tokens, got {text!r}")
     if not vals or any(v <= 0 for v in vals):
-        fail(f"--budgets must be positive whole numbers of tokens, got {text!r}")
+        fail(f"--per-query must be positive whole numbers of tokens, got {text!r}")
     return vals
 
 
 @app.command("demo")
+@guarded
 def demo_command(
-    out: Path = typer.Option(
-        Path("shadowprice-demo"), "--out", help="folder for demo.json and demo.png"
+    out: Path = output(
+        "folder for demo.json and demo.png", "--out", default=Path("shadowprice-demo")
     ),
     budgets: str | None = typer.Option(
         None,
+        "--per-query",
         "--budgets",
         help="average tokens per query, comma-separated (default 100,200,300,500,1000,1500)",
+        show_default=False,
     ),
     live: bool = typer.Option(
         False, "--live", help="also run a small batch on a real engine (slow)"
     ),
-    fmt: str = typer.Option("text", "--format", help="text or json"),
+    endpoint: str | None = typer.Option(
+        None,
+        "--endpoint",
+        help="with --live: OpenAI-compatible URL (default $SHADOWPRICE_LLAMA_URL, else the "
+        "bundled llama.cpp server is started)",
+        show_default=False,
+    ),
+    fmt: str = output_format("output format: text or json"),
     no_plot: bool = typer.Option(False, "--no-plot", help="skip the PNG"),
     setting: str = typer.Option(
         "real",
@@ -57,8 +70,8 @@ def demo_command(
     """CLEAR vs uniform vs the hindsight oracle on the bundled REAL traces (held out)."""
     from shadowprice.demo import DEFAULT_BUDGETS, default_setting, run_demo
 
-    if fmt not in ("text", "json"):
-        fail(f"unknown --format {fmt!r}; choose text or json")
+    fmt = check_format(fmt)
+    check_outputs([("--output", out)], [], directory=True)
     if setting not in ("real", "synthetic"):
         fail(f"unknown --setting {setting!r}; choose real or synthetic")
     chosen = _parse_budgets(budgets) or DEFAULT_BUDGETS
@@ -80,7 +93,7 @@ def demo_command(
                 f"--live needs the execution engine (shadowprice.engine), which failed to "
                 f"import: {exc}"
             )
-        url = os.environ.get("SHADOWPRICE_LLAMA_URL") or None
+        url = endpoint or os.environ.get("SHADOWPRICE_LLAMA_URL") or None
         try:
             # In JSON mode the engine's progress goes to stderr so stdout stays one object.
             console = None

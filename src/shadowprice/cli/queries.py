@@ -262,6 +262,29 @@ class QueryFile:
             dtype=float,
         )
 
+    def positive(self, field: str, why: str) -> NDArray[np.float64]:
+        """A required field holding a positive, finite number of tokens in every row."""
+        out = []
+        for line, row in self.rows:
+            raw = row.get(field)
+            if not self.given(raw):
+                raise QueryFileError(self.name, line, field, f"is missing ({why})")
+            v = math.nan
+            if isinstance(raw, str) and self.csv_mode:
+                v = _to_float(raw.strip())
+            elif isinstance(raw, int | float) and not isinstance(raw, bool):
+                v = _to_float(raw)
+            ok = math.isfinite(v) and 0 < v <= MAX_BUDGET
+            if not ok:
+                raise QueryFileError(
+                    self.name,
+                    line,
+                    field,
+                    f"must be a positive number of tokens, got {_display(raw)}",
+                )
+            out.append(v)
+        return np.asarray(out, dtype=float)
+
     def require(self, fields: tuple[str, ...], why: str) -> None:
         """Raise naming the first row that lacks one of ``fields``."""
         for line, row in self.rows:
@@ -355,6 +378,13 @@ def read_query_file(path: str | Path) -> QueryFile:
     if not rows:
         raise QueryFileError(name, None, None, "no queries (the file is empty)")
     return QueryFile(name, rows, csv_mode)
+
+
+def _to_float(raw: str | float) -> float:
+    try:
+        return float(raw)
+    except (ValueError, OverflowError):
+        return math.nan
 
 
 def _shared(values: NDArray[np.float64]) -> NDArray[np.float64] | float:
