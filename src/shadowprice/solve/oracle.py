@@ -16,6 +16,20 @@ from .result import STATUS_OK, Allocation, infeasible
 
 #: Refuse instances whose DP table would exceed this many cells (N x (G + 1)).
 MAX_CELLS = 400_000_000
+#: Refuse instances whose DP would take more than this many cell updates (sum over queries of
+#: useful options x (G + 1)); about ten seconds on one core.
+MAX_WORK = 10_000_000_000
+
+
+def useful_options(menu: Menu) -> np.ndarray:
+    """(N, K) mask of the options an optimum may need: feasible, and worth strictly more than
+    every cheaper option of the same query (a dearer option worth no more is never needed:
+    swapping it for the cheaper one keeps the total cost within budget and the value)."""
+    values = np.where(menu.feasible, menu.values.astype(np.float64), -np.inf)
+    best_before = np.maximum.accumulate(values, axis=1)
+    keep = menu.feasible.copy()
+    keep[:, 1:] &= values[:, 1:] > best_before[:, :-1]
+    return keep
 
 
 def solve_oracle(menu: Menu, cons: Constraints, *, policy: str = "oracle") -> Allocation:
@@ -27,11 +41,16 @@ def solve_oracle(menu: Menu, cons: Constraints, *, policy: str = "oracle") -> Al
         raise ValueError(f"menu costs must be multiples of the granularity {g}")
     units = (costs // g).astype(np.int64)
     G = cons.budget // g
-    if n * (G + 1) > MAX_CELLS:
+    keep = useful_options(menu)
+    work = int(keep.sum()) * (G + 1)
+    if n * (G + 1) > MAX_CELLS or work > MAX_WORK:
+        # Options and granules both shrink with the granularity: work falls as its square.
+        factor = max(n * (G + 1) / MAX_CELLS, np.sqrt(work / MAX_WORK))
+        coarser = g * max(2, int(np.ceil(factor)))
         raise ValueError(
-            f"oracle DP too large: {n} queries x {G + 1} budget granules; use a coarser "
-            f"granularity (e.g. granularity={g * max(2, int(np.ceil(n * (G + 1) / MAX_CELLS)))})"
-            f" or fewer queries"
+            f"the exact oracle is too large here: {n} queries x {G + 1} budget granules of "
+            f"{g} tokens, about {work:.1e} table updates (over {MAX_WORK:.0e}); use a coarser "
+            f"granularity (e.g. granularity={coarser}) or fewer queries"
         )
     neg = -np.inf
     dp = np.full(G + 1, neg)
@@ -42,7 +61,7 @@ def solve_oracle(menu: Menu, cons: Constraints, *, policy: str = "oracle") -> Al
     for i in range(n):
         new = np.full(G + 1, neg)
         arg = choice[i]
-        for opt in np.flatnonzero(menu.feasible[i]):
+        for opt in np.flatnonzero(keep[i]):
             cj = int(units[i, opt])
             if cj > G:
                 continue
