@@ -27,10 +27,10 @@ def check_budget(value: Any, name: str = "budget", *, minimum: int = 1) -> int:
         f = float(value)
     except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{name} must be a whole number of tokens, got {value!r}") from None
-    if not math.isfinite(f) or f != int(f):
+    if math.isnan(f) or (math.isfinite(f) and f != int(f)):
         raise ValueError(f"{name} must be a whole number of tokens, got {value!r}")
     if not minimum <= f <= MAX_BUDGET:
         raise ValueError(
             f"{name} = {value!r} is out of range: give {minimum} to {MAX_BUDGET:.0e} tokens"
         )
-    return int(value) if isinstance(value, int) else int(f)
+    return int(value) if isinstance(value, int) else int(f)  # finite: in range

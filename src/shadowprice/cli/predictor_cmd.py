@@ -83,7 +83,7 @@ def fit_cmd(
         qf = read_query_file(data)
         texts = qf.texts("the predictor learns from each row's question")
         ys = qf.positive(target, "the threshold to learn, in tokens")
-        model = ThresholdPredictor(alpha=alpha, coverage=coverage, cv=min(5, qf.n)).fit(
+        model = ThresholdPredictor(alpha=alpha, coverage=coverage, cv=max(2, min(5, qf.n))).fit(
             texts, ys, description={"file": str(data), "target": target}
         )
     _save(model, out)

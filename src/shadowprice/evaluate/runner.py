@@ -10,13 +10,14 @@ own budget (budget x fold size) and scored on its own queries; results pool the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from ..limits import check_budget
+from ..limits import MAX_BUDGET, check_budget
 from ..traces import TraceSet
 from .policies import EVAL_POLICIES, FitContext, Predictor, run_policy
 from .replay import bootstrap_ci, replay
@@ -127,7 +128,11 @@ def evaluate(
     if not budgets or any(not np.isfinite(b) or b <= 0 for b in budgets):
         raise ValueError(f"budgets must be positive numbers of tokens, got {budgets_per_query}")
     for b in budgets:
-        check_budget(round(b * traces.n), f"budget {b:g} per query x {traces.n} queries")
+        total = b * traces.n
+        check_budget(
+            math.floor(total) if total <= MAX_BUDGET else total,
+            f"budget {b:g} per query x {traces.n} queries",
+        )
     unknown = [p for p in policies if p not in EVAL_POLICIES]
     if unknown or not policies:
         raise ValueError(f"unknown policies {unknown}; choose from {', '.join(EVAL_POLICIES)}")

@@ -171,6 +171,7 @@ def make_constraints(
     bad = protected & (lo > hi)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        err = _limit_error("floor", int(lo[i]), int(hi[i]), bool(maxs[i] <= B), B, g)
+        capped = max_tokens is not None and bool(maxs[i] <= B)
+        err = _limit_error("floor", int(lo[i]), int(hi[i]), capped, B, g)
         raise ValueError(f"query {i}: {err}")
     return Constraints(B, g, lo, hi, protected)
