@@ -1,4 +1,4 @@
-"""Any bytes in a query or trace file end in exit 0 or 2: never a traceback, never a changed input."""
+"""Any bytes in a query or trace file end in exit 0 or 2: no traceback, no changed input."""
 
 from __future__ import annotations
 
