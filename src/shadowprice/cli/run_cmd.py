@@ -104,6 +104,16 @@ def run_command(
         help="on resume, count requests a crash left in flight as never billed (default: "
         "counted as spent in full)",
     ),
+    state: str | None = typer.Option(
+        None,
+        "--state",
+        help="redis://HOST:PORT/DB: keep the budget in Redis, shared by every worker that "
+        "names the same --state and --state-name (default: this process)",
+        show_default=False,
+    ),
+    state_name: str = typer.Option(
+        "run", "--state-name", help="name of the shared budget in --state"
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar"),
     fmt: str = output_format(),
 ) -> None:
@@ -116,7 +126,7 @@ def run_command(
     from shadowprice.engine.planning import Batch, run_batch
     from shadowprice.engine.results import RunFiles
     from shadowprice.engine.run import DEFAULT_TEMPLATE, RunConfig, RunStateError
-    from shadowprice.ledger import JournalMismatch
+    from shadowprice.ledger import JournalMismatch, LedgerError
 
     fmt = check_format(fmt)
     files = RunFiles.of(out)
@@ -162,8 +172,14 @@ def run_command(
             max_retries=retries,
             release_unsettled=release_unsettled,
             grid=getattr(qc.curves, "grid", None),
+            state=state,
+            state_name=state_name,
         )
-    except (JournalMismatch, RunStateError) as exc:
+    except LedgerError as exc:
+        if isinstance(exc, JournalMismatch):
+            _resume_error(exc, out)
+        fail(f"--state {state}: {exc}" if state else str(exc))
+    except RunStateError as exc:
         _resume_error(exc, out)
     _report(report.summary, policy, out, fmt)
     if report.summary["errors"]:

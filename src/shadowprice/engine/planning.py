@@ -136,12 +136,15 @@ def run_batch(
     max_retries: int = 4,
     release_unsettled: bool = False,
     grid: Any = None,
+    state: str | None = None,
+    state_name: str = "run",
 ) -> RunReport:
     """Allocate ``budget`` over a batch with ``policy`` and execute it on ``endpoint``.
 
     Everything is validated before the first request: the template, the grader, the
     endpoint URL, timeouts and the allocation itself. The run is resumable through ``out``
-    (see :func:`shadowprice.engine.run.execute`).
+    (see :func:`shadowprice.engine.run.execute`); ``state`` (``redis://HOST:PORT/DB``) keeps
+    the budget in Redis under ``state_name``, shared by every worker that names it.
 
     Returns
     -------
@@ -186,4 +189,6 @@ def run_batch(
         max_retries=max_retries,
         identity={"policy": policy},
         release_unsettled=release_unsettled,
+        state=state,
+        state_name=state_name,
     )

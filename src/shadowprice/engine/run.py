@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 from ..ledger import JournalLedger, Ledger, LedgerState, MemoryLedger, Reservation
 from ..limits import MAX_BUDGET
@@ -371,16 +372,17 @@ def open_ledger(
     identity: Mapping[str, Any],
     *,
     release_unsettled: bool = False,
+    shared: Ledger | None = None,
 ) -> tuple[Ledger, list[dict[str, Any]]]:
     """The ledger of a run and the records an earlier run with the same identity left.
 
-    Without ``out`` a fresh in-memory ledger. With ``out``, a journal beside it: a new run
-    starts one; an existing run is resumed if its journal's identity matches (else
-    :class:`~shadowprice.ledger.JournalMismatch`). A results file without a journal is not
-    ours to append to: :class:`RunStateError`.
+    Without ``out`` a fresh in-memory ledger (or ``shared`` itself). With ``out``, a journal
+    beside it, over ``shared`` when given: a new run starts one; an existing run is resumed
+    if its journal's identity matches (else :class:`~shadowprice.ledger.JournalMismatch`). A
+    results file without a journal is not ours to append to: :class:`RunStateError`.
     """
     if out is None:
-        return MemoryLedger(total_budget), []
+        return (shared if shared is not None else MemoryLedger(total_budget)), []
     files = RunFiles.of(out)
     if files.results.is_dir():
         raise RunStateError(f"{files.results} is a directory; give a file name for the results")
@@ -391,7 +393,11 @@ def open_ledger(
             f"--restart to move it aside and start over, or choose another output"
         )
     ledger = JournalLedger(
-        files.journal, total_budget, config=identity, release_unsettled=release_unsettled
+        files.journal,
+        total_budget,
+        config=identity,
+        release_unsettled=release_unsettled,
+        shared=shared,
     )
     return ledger, read_records(files.results)
 
@@ -406,6 +412,7 @@ async def execute(
     grader: Grader | str | None = "math",
     identity: Mapping[str, Any] | None = None,
     release_unsettled: bool = False,
+    shared: Ledger | None = None,
 ) -> RunReport:
     """Run ``items`` against ``client`` under ``total_budget``; see the module docstring.
 
@@ -426,6 +433,9 @@ async def execute(
         queries and plan it must match for a resume.
     release_unsettled : bool
         On resume, count requests a crash left in flight as never billed (default: spent).
+    shared : Ledger, optional
+        A budget shared with other workers (e.g. a Redis ledger): this run's reservations
+        are made there (and journalled here).
 
     Raises
     ------
@@ -443,8 +453,10 @@ async def execute(
         "budget": int(total_budget),
         **plan_identity(items),
     }
-    ledger, history = open_ledger(out, total_budget, ident, release_unsettled=release_unsettled)
-    recovery = getattr(ledger, "recovery", None)
+    ledger, history = open_ledger(
+        out, total_budget, ident, release_unsettled=release_unsettled, shared=shared
+    )
+    recovery = await ledger.recover() if isinstance(ledger, JournalLedger) else None
     done = {k: r for k, r in latest_by_id(history).items() if r.get("status") in FINAL_STATUSES}
     pending = [item for item in items if item.id not in done]
     files = RunFiles.of(out) if out is not None else None
@@ -469,11 +481,14 @@ async def execute(
     finally:
         if fh is not None:
             fh.close()
-        await ledger.aclose()
+        if ledger is not shared:
+            await ledger.aclose()
 
     final = latest_by_id([*history, *ex.records])
     records = [final[i] for i in ids_of(items) if i in final]
-    summary = run_summary(records, state, recovery)
+    summary = run_summary(records, state, recovery, getattr(ledger, "charged", None))
+    if shared is not None:
+        summary.update(shared_budget=state.total, shared_spent=state.spent)
     summary.update(
         resumed=len(done),
         executed=len(pending),
@@ -493,13 +508,21 @@ def ids_of(items: Sequence[PlanItem]) -> list[str]:
 
 
 def run_summary(
-    records: Sequence[dict[str, Any]], state: LedgerState, recovery: Any = None
+    records: Sequence[dict[str, Any]],
+    state: LedgerState,
+    recovery: Any = None,
+    charged: int | None = None,
 ) -> dict[str, Any]:
-    """:func:`summarize` with the ledger's accounting: settled, counted-unsettled, overrun."""
-    summary = summarize(records, state.total, spent=state.spent)
+    """:func:`summarize` with the ledger's accounting: settled, counted-unsettled, overrun.
+
+    ``charged`` is this run's own spending when the budget is shared with other workers
+    (``state`` then holds everyone's).
+    """
+    own = state.spent if charged is None else charged
+    summary = summarize(records, state.total, spent=own)
     counted = int(getattr(recovery, "counted", 0) or 0)
     summary.update(
-        settled_tokens=state.spent - counted,
+        settled_tokens=own - counted,
         unsettled_requests=int(getattr(recovery, "unsettled", 0) or 0),
         unsettled_counted=counted,
         overrun=state.overrun,
@@ -517,6 +540,9 @@ class _progress:
         self.ledger = ledger
 
     def _spent(self) -> int:
+        charged = getattr(self.ledger, "charged", None)
+        if charged is not None:
+            return int(charged)
         state_now = getattr(self.ledger, "state_now", None)
         return int(state_now().spent) if state_now is not None else 0
 
@@ -571,30 +597,48 @@ def run_plan(
     max_retries: int = 4,
     identity: Mapping[str, Any] | None = None,
     release_unsettled: bool = False,
+    state: str | None = None,
+    state_name: str = "run",
 ) -> RunReport:
-    """Synchronous wrapper around :func:`execute` that owns its client.
+    """Synchronous wrapper around :func:`execute` that owns its client (and shared ledger).
 
     ``timeout`` bounds one attempt, ``deadline`` one query over all its attempts (seconds).
+    ``state`` (``redis://HOST:PORT/DB``) keeps the budget in Redis under ``state_name``, so
+    several workers on several machines share one budget (see
+    :class:`~shadowprice.ledger.redis.RedisLedger`).
     """
+    ident = dict(identity or {})
+    shared: Ledger | None = None
+    if state is not None:
+        from ..ledger.redis import RedisLedger
+
+        shared = RedisLedger.from_url(state, total_budget, namespace=state_name, timeout=5.0)
+        where = urlsplit(state)  # no password in the journal
+        ident["state"] = f"{where.hostname}:{where.port}{where.path}#{state_name}"
 
     async def main() -> RunReport:
-        async with ChatClient(
-            endpoint,
-            model,
-            api_key=api_key,
-            timeout=timeout,
-            deadline=deadline,
-            max_retries=max_retries,
-        ) as client:
-            return await execute(
-                items,
-                client,
-                total_budget=total_budget,
-                out=out,
-                config=config,
-                grader=grader,
-                identity=identity,
-                release_unsettled=release_unsettled,
-            )
+        try:
+            async with ChatClient(
+                endpoint,
+                model,
+                api_key=api_key,
+                timeout=timeout,
+                deadline=deadline,
+                max_retries=max_retries,
+            ) as client:
+                return await execute(
+                    items,
+                    client,
+                    total_budget=total_budget,
+                    out=out,
+                    config=config,
+                    grader=grader,
+                    identity=ident,
+                    release_unsettled=release_unsettled,
+                    shared=shared,
+                )
+        finally:
+            if shared is not None:
+                await shared.aclose()
 
     return asyncio.run(main())

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .base import LedgerError, LedgerState, Reservation, Settlement
+from .base import Ledger, LedgerError, LedgerState, Reservation, Settlement
 from .memory import MemoryLedger
 
 #: Version of the journal's layout, written in its first line.
@@ -135,11 +135,18 @@ class JournalLedger:
         of counting them as spent in full.
     clock : callable, optional
         Wall clock for reservation expiry (default :func:`time.time`).
+    shared : Ledger, optional
+        Keep the budget in this ledger instead of in process (e.g. a
+        :class:`~shadowprice.ledger.redis.RedisLedger` several ``run`` workers share); the
+        journal then records this run's own reservations, and :meth:`recover` settles there
+        what a crash of this run left open.
 
     Attributes
     ----------
     recovery : Recovery
         What resuming found (all zeros for a new journal).
+    charged : int
+        Tokens this run has charged, earlier runs of the same journal included.
     """
 
     def __init__(
@@ -150,12 +157,15 @@ class JournalLedger:
         config: Mapping[str, Any],
         release_unsettled: bool = False,
         clock: Callable[[], float] | None = None,
+        shared: Ledger | None = None,
     ) -> None:
         self.path = Path(path)
         self.config = json.loads(json.dumps(dict(config)))  # normalised as it is stored
         self.recovery = Recovery()
+        self._unsettled: dict[str, dict[str, Any]] = {}
+        self._release = release_unsettled
         if self.path.exists():
-            self._resume(release_unsettled)
+            self._resume()
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = self.path.open("a", encoding="utf-8")
@@ -169,9 +179,17 @@ class JournalLedger:
                 sync=True,
             )
             _sync_dir(self.path.parent)
-        self._memory = MemoryLedger(total, spent=self.recovery.spent, clock=clock)
+        self.charged = self.recovery.spent
+        self._inner: Ledger
+        self._sync_state: Callable[[], LedgerState] | None
+        if shared is None:
+            memory = MemoryLedger(total, spent=self.recovery.spent, clock=clock)
+            self._inner, self._sync_state = memory, memory.state_now
+            self._write_recovered()
+        else:
+            self._inner, self._sync_state = shared, None
 
-    def _resume(self, release_unsettled: bool) -> None:
+    def _resume(self) -> None:
         header, events, length = _read_events(self.path)
         old = header.get("config") or {}
         diff = {
@@ -186,19 +204,31 @@ class JournalLedger:
         settled, open_ = replay_events(events)
         self._fh = self.path.open("a", encoding="utf-8")
         held = sum(int(ev["tokens"]) for ev in open_.values())
-        counted = 0 if release_unsettled else held
-        for rid, ev in open_.items():
-            self._write(
-                {
-                    "event": "recover",
-                    "id": rid,
-                    "tag": ev.get("tag", ""),
-                    "used": 0 if release_unsettled else int(ev["tokens"]),
-                },
-                sync=False,
-            )
-        self._sync()
+        counted = 0 if self._release else held
+        self._unsettled = open_
         self.recovery = Recovery(settled, len(open_), held, counted)
+
+    def _write_recovered(self) -> None:
+        """Journal that the reservations a crash left open are now accounted for."""
+        for rid, ev in self._unsettled.items():
+            used = 0 if self._release else int(ev["tokens"])
+            self._write(
+                {"event": "recover", "id": rid, "tag": ev.get("tag", ""), "used": used}, sync=False
+            )
+        if self._unsettled:
+            self._sync()
+        self._unsettled = {}
+
+    async def recover(self) -> Recovery:
+        """Settle in the shared ledger what a crash of this run left open (counted in full, or
+        released with ``release_unsettled``); a no-op for the in-process budget, which starts
+        from the recovered spending. Call once, before spending."""
+        if self._unsettled and self._sync_state is None:
+            for rid, ev in self._unsettled.items():
+                res = Reservation(rid, int(ev["tokens"]), int(ev.get("period", 0)))
+                await self._inner.settle(res, 0 if self._release else res.tokens)
+            self._write_recovered()
+        return self.recovery
 
     def _write(self, event: dict[str, Any], *, sync: bool) -> None:
         self._fh.write(json.dumps(event, separators=(",", ":")) + "\n")
@@ -212,23 +242,25 @@ class JournalLedger:
     @property
     def total(self) -> int:
         """The run's budget, tokens."""
-        return self._memory.total
+        return self._inner.total
 
     async def reserve(
         self, tokens: int, *, min_tokens: int | None = None, tag: str = "", ttl: float | None = None
     ) -> Reservation | None:
-        """Reserve as :meth:`MemoryLedger.reserve` does, durably journalled before returning."""
-        res = self._memory.reserve_now(tokens, min_tokens=min_tokens, tag=tag, ttl=ttl)
+        """Reserve in the budget, durably journalled before returning."""
+        res = await self._inner.reserve(tokens, min_tokens=min_tokens, tag=tag, ttl=ttl)
         if res is not None:
-            self._write(
-                {"event": "reserve", "id": res.id, "tokens": res.tokens, "tag": tag}, sync=True
-            )
+            event = {"event": "reserve", "id": res.id, "tokens": res.tokens, "tag": tag}
+            if res.period:
+                event["period"] = res.period
+            self._write(event, sync=True)
         return res
 
     async def settle(self, reservation: Reservation, used: int) -> Settlement:
-        """Settle as :meth:`MemoryLedger.settle` does and journal the tokens charged."""
-        out = self._memory.settle_now(reservation, used)
+        """Settle in the budget and journal the tokens charged."""
+        out = await self._inner.settle(reservation, used)
         if out.status != "duplicate":
+            self.charged += out.charged
             self._write({"event": "settle", "id": reservation.id, "used": out.charged}, sync=False)
         return out
 
@@ -237,15 +269,17 @@ class JournalLedger:
         return await self.settle(reservation, 0)
 
     async def state(self) -> LedgerState:
-        """Totals of the run so far (resumed spending included)."""
-        return self._memory.state_now()
+        """Totals of the budget (resumed spending included; everyone's, if shared)."""
+        return await self._inner.state()
 
     def state_now(self) -> LedgerState:
-        """:meth:`state` for synchronous callers."""
-        return self._memory.state_now()
+        """:meth:`state` for synchronous callers (the in-process budget only)."""
+        if self._sync_state is None:
+            raise LedgerError("the budget is shared: use `await state()`")
+        return self._sync_state()
 
     async def aclose(self) -> None:
-        """Flush, fsync and close the journal."""
+        """Flush, fsync and close the journal (a shared ledger is closed by its owner)."""
         if not self._fh.closed:
             self._sync()
             self._fh.close()
