@@ -19,6 +19,7 @@ from shadowprice.demo import (
     run_demo,
     surge_beta,
 )
+from shadowprice.evaluate.policies import EVAL_POLICIES
 from shadowprice.evaluate.streams import load_stream, make_stream
 
 runner = CliRunner()
@@ -45,6 +46,9 @@ def test_default_demo_is_real_traces(real) -> None:
     assert real.png_path is not None and real.png_path.read_bytes()[:4] == b"\x89PNG"
     data = json.loads(real.json_path.read_text())
     assert len(data["table"]) == 4 and "clear-paper" in data["table"][0]
+    # Labels come from the policy registry, not from the demo.
+    labels = {r["policy"]: r["label"] for r in real.rows}
+    assert labels == {k: EVAL_POLICIES[k].legend for k in labels}
 
 
 def test_real_clear_beats_uniform_and_oracle_bounds(real) -> None:
@@ -78,13 +82,19 @@ def test_trace_setting_is_held_out() -> None:
 def test_demo_writes_files(scarce) -> None:
     assert scarce.png_path is not None and scarce.png_path.read_bytes()[:4] == b"\x89PNG"
     data = json.loads(scarce.json_path.read_text())
-    assert {r["policy"] for r in data["rows"]} == {"clear", "uniform", "market", "oracle"}
+    assert {r["policy"] for r in data["rows"]} == {
+        "clear-paper",
+        "uniform",
+        "true-market",
+        "true-oracle",
+    }
+    assert data["headline"] == "clear-paper"
     assert len(data["table"]) == len(SCARCE)
     assert "SYNTHETIC" in data["description"]
 
 
 def test_clear_beats_uniform_when_scarce(scarce) -> None:
-    clear, uniform = scarce.accuracy("clear"), scarce.accuracy("uniform")
+    clear, uniform = scarce.accuracy("clear-paper"), scarce.accuracy("uniform")
     for b in SCARCE:
         assert clear[b] > uniform[b] + 5.0, (b, clear[b], uniform[b])
     # The paper's headline: several-fold gains in the scarce regime.
@@ -94,13 +104,13 @@ def test_clear_beats_uniform_when_scarce(scarce) -> None:
 def test_oracle_bounds_and_abandonment(scarce) -> None:
     rows = {(r["budget_per_query"], r["policy"]): r for r in scarce.rows}
     for b in SCARCE:
-        assert rows[b, "oracle"]["accuracy"] >= rows[b, "clear"]["accuracy"] - 1e-9
-        assert rows[b, "oracle"]["accuracy"] >= rows[b, "uniform"]["accuracy"] - 1e-9
+        assert rows[b, "true-oracle"]["accuracy"] >= rows[b, "clear-paper"]["accuracy"] - 1e-9
+        assert rows[b, "true-oracle"]["accuracy"] >= rows[b, "uniform"]["accuracy"] - 1e-9
         assert rows[b, "uniform"]["abandoned"] == 0.0
-        for pol in ("clear", "uniform", "market", "oracle"):
+        for pol in ("clear-paper", "uniform", "true-market", "true-oracle"):
             assert rows[b, pol]["spent_per_query"] <= b + 1e-9
     # Abandonment falls as the budget grows, as in the paper.
-    ab = [rows[b, "clear"]["abandoned"] for b in SCARCE]
+    ab = [rows[b, "clear-paper"]["abandoned"] for b in SCARCE]
     assert ab == sorted(ab, reverse=True) and ab[0] > 50
 
 
@@ -109,6 +119,9 @@ def test_table_has_paper_reference(scarce) -> None:
     assert [r["budget_per_query"] for r in t] == list(SCARCE)
     assert t[0]["paper_clear"] == PAPER_BALANCED[100][0]
     assert t[0]["ratio"] is None or t[0]["ratio"] > 1  # uniform ~0 at 100 tokens/query
+    # The ratio and abandonment columns describe the headline policy, clear-paper here.
+    rows = {(r["budget_per_query"], r["policy"]): r for r in scarce.rows}
+    assert t[0]["clear_abandoned"] == rows[100, "clear-paper"]["abandoned"]
 
 
 def test_surge_beta_is_the_90pct_point() -> None:
@@ -131,13 +144,13 @@ def test_custom_setting_plugs_in(tmp_path: Path) -> None:
         n = inner.n
 
         def policies(self) -> list[DemoPolicy]:
-            return [p for p in inner.policies() if p.key in ("clear", "uniform")]
+            return [p for p in inner.policies() if p.key in ("clear-paper", "uniform")]
 
         def score(self, allocation) -> float:
             return inner.score(allocation)
 
     r = run_demo(tmp_path, budgets=(150,), setting=Mini(), plot=False)
-    assert r.png_path is None and {x["policy"] for x in r.rows} == {"clear", "uniform"}
+    assert r.png_path is None and {x["policy"] for x in r.rows} == {"clear-paper", "uniform"}
     with pytest.raises(ValueError, match="budgets"):
         run_demo(tmp_path, budgets=(0,))
 

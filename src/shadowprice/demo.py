@@ -14,15 +14,18 @@ a JSON table and a PNG. Two settings:
 * :class:`SyntheticSetting`: the bundled, clearly synthetic 500-query Balanced stream
   (``shadowprice/data/streams``), scored exactly by its known true curves.
 
-Policies of the synthetic setting (all on the same stream, scored on the TRUE curves):
+Series of the synthetic setting (all on the same stream, scored on the TRUE curves), named
+as in the policy registry (:mod:`shadowprice.evaluate.policies`):
 
-* ``clear``: the paper's recipe, CLEAR on ``ShiftedSurge(tau, alpha=1.5, beta_s)`` with the
-  true thresholds tau and one shared beta_s (see :func:`surge_beta`);
+* ``clear-paper``: the paper's recipe, closed-form CLEAR on ``ShiftedSurge(tau, alpha=1.5,
+  beta_s)`` with the stream's true thresholds tau and one shared beta_s (see
+  :func:`surge_beta`), as in the paper's synthetic experiment;
 * ``uniform``: B/N tokens each;
-* ``market``: one price over the concave envelopes of the true curves (our extension);
-* ``oracle``: the exact optimum on the true curves over budgets that are multiples of 64
-  tokens (multiple-choice knapsack); exact on that grid only, so a continuous policy on the
-  true curves can edge past it at the tightest budgets.
+* ``true-market``: one price over the concave envelopes of the true curves (a reference: no
+  policy knows the true curves);
+* ``true-oracle``: the exact optimum on the true curves over budgets that are multiples of
+  64 tokens (multiple-choice knapsack); exact on that grid only, so a continuous policy on
+  the true curves can edge past it at the tightest budgets.
 """
 
 from __future__ import annotations
@@ -38,12 +41,12 @@ import numpy as np
 
 from .allocate import allocate
 from .curves import ShiftedSurge
-from .evaluate.policies import FitContext, run_policy
+from .evaluate.policies import EVAL_POLICIES, REFERENCES, FitContext, run_policy
 from .evaluate.replay import replay
 from .evaluate.splits import split_half
 from .evaluate.streams import SyntheticStream, load_stream
 from .solve.result import Allocation
-from .traces import TraceSet, load_traces
+from .traces import REAL_TRACE_SET, TraceSet, load_traces
 
 __all__ = [
     "DEFAULT_BUDGETS",
@@ -191,33 +194,37 @@ class SyntheticSetting:
             top = min(ORACLE_TOP, total) // ORACLE_GRANULARITY * ORACLE_GRANULARITY
             return np.arange(0, top + 1, ORACLE_GRANULARITY)
 
+        paper = EVAL_POLICIES["clear-paper"]
+        market, oracle = REFERENCES["true-market"], REFERENCES["true-oracle"]
         return [
             DemoPolicy(
-                "clear", "CLEAR (surge, known tau)", lambda total: allocate(surge, total, "clear")
+                paper.name,
+                "CLEAR, paper recipe (surge, true tau)",
+                lambda total: allocate(surge, total, paper.solver),
             ),
-            DemoPolicy("uniform", "uniform", lambda total: allocate(truth, total, "uniform")),
             DemoPolicy(
-                "market",
-                "market (true curves)",
+                "uniform",
+                EVAL_POLICIES["uniform"].legend,
+                lambda total: allocate(truth, total, "uniform"),
+            ),
+            DemoPolicy(
+                market.name,
+                market.legend,
                 lambda total: allocate(
-                    truth, total, "market", granularity=ORACLE_GRANULARITY, grid=grid(total)
+                    truth, total, market.solver, granularity=ORACLE_GRANULARITY, grid=grid(total)
                 ),
             ),
             DemoPolicy(
-                "oracle",
-                "oracle (true curves, 64-token grid)",
+                oracle.name,
+                oracle.legend,
                 lambda total: allocate(
-                    truth, total, "oracle", granularity=ORACLE_GRANULARITY, grid=grid(total)
+                    truth, total, oracle.solver, granularity=ORACLE_GRANULARITY, grid=grid(total)
                 ),
             ),
         ]
 
     def score(self, allocation: Allocation) -> float:
         return self.stream.accuracy(allocation.budgets)
-
-
-#: Bundled real trace set of the default demo.
-DEMO_TRACES = "qwen25-math-math100"
 
 
 @dataclass
@@ -236,7 +243,7 @@ class TraceSetting:
 
     traces: TraceSet
     seed: int = 0
-    label: str = DEMO_TRACES
+    label: str = REAL_TRACE_SET
     name: str = field(init=False)
     description: str = field(init=False)
 
@@ -263,10 +270,8 @@ class TraceSetting:
             return lambda total: run_policy(name, ctx, total)
 
         return [
-            DemoPolicy("clear", "CLEAR (market, shrunk curves)", run("clear")),
-            DemoPolicy("uniform", "uniform", run("uniform")),
-            DemoPolicy("clear-paper", "CLEAR, paper recipe (surge)", run("clear-paper")),
-            DemoPolicy("oracle", "hindsight oracle (ceiling)", run("oracle")),
+            DemoPolicy(name, EVAL_POLICIES[name].legend, run(name))
+            for name in ("clear", "uniform", "clear-paper", "oracle")
         ]
 
     def score(self, allocation: Allocation) -> float:
@@ -276,7 +281,7 @@ class TraceSetting:
 def default_setting(kind: str = "real") -> DemoSetting:
     """The demo's setting: ``"real"`` (bundled traces) or ``"synthetic"`` (bundled stream)."""
     if kind == "real":
-        return TraceSetting(load_traces(DEMO_TRACES))
+        return TraceSetting(load_traces(REAL_TRACE_SET))
     if kind == "synthetic":
         return SyntheticSetting(load_stream())
     raise ValueError(f"unknown demo setting {kind!r}; choose real or synthetic")
@@ -300,6 +305,10 @@ class DemoResult:
         Files written (None when not written).
     seconds : float
         Wall time of the whole demo.
+    headline : str
+        Key of the setting's headline CLEAR policy (``clear`` on real traces,
+        ``clear-paper`` on the synthetic stream): the one the ratio and abandonment
+        columns of :meth:`table` describe.
     """
 
     setting: str
@@ -308,21 +317,22 @@ class DemoResult:
     json_path: Path | None
     png_path: Path | None
     seconds: float
+    headline: str = "clear"
 
     def accuracy(self, policy: str) -> dict[int, float]:
         """budget per query -> accuracy (%) of ``policy``."""
         return {r["budget_per_query"]: r["accuracy"] for r in self.rows if r["policy"] == policy}
 
     def table(self) -> list[dict[str, Any]]:
-        """One row per budget: each policy's accuracy (%) under its key, CLEAR / uniform
-        ratio, CLEAR abandonment (%), and the paper's Balanced CLEAR/uniform where it has the
-        budget."""
+        """One row per budget: each policy's accuracy (%) under its key, the headline CLEAR
+        policy's ratio to uniform (``ratio``) and abandonment (``clear_abandoned``, %), and
+        the paper's Balanced CLEAR/uniform where it has the budget."""
         by: dict[int, dict[str, dict[str, Any]]] = {}
         for r in self.rows:
             by.setdefault(r["budget_per_query"], {})[r["policy"]] = r
         out = []
         for b, pol in by.items():
-            c, u = pol.get("clear"), pol.get("uniform")
+            c, u = pol.get(self.headline), pol.get("uniform")
             row: dict[str, Any] = {"budget_per_query": b}
             for key, r in pol.items():
                 row[key] = r["accuracy"]
@@ -400,7 +410,15 @@ def run_demo(
     if png is not None:
         _plot(rows, policies, st, png)
     json_path = out / "demo.json"
-    result = DemoResult(st.name, st.description, rows, json_path, png, time.perf_counter() - start)
+    result = DemoResult(
+        st.name,
+        st.description,
+        rows,
+        json_path,
+        png,
+        time.perf_counter() - start,
+        headline=policies[0].key,
+    )
     json_path.write_text(json.dumps(result.to_json(), indent=1) + "\n", encoding="utf-8")
     return result
 
@@ -417,14 +435,15 @@ def _plot(
     styles = {
         "clear": ("C0", "o", "-"),
         "uniform": ("C1", "s", "-"),
-        "market": ("C2", "^", "-"),
+        "true-market": ("C2", "^", "-"),
         "clear-paper": ("C9", "v", "-"),
         "oracle": ("k", "D", ":"),
+        "true-oracle": ("k", "D", ":"),
     }
     for pol in policies:
         pts = sorted((r["budget_per_query"], r["accuracy"]) for r in rows if r["policy"] == pol.key)
         color, marker, ls = styles.get(pol.key, (None, ".", "-"))
-        # Hollow oracle markers: the market often coincides with it and must stay visible.
+        # Hollow ceiling markers: the market often coincides with it and must stay visible.
         ax.plot(
             [p[0] for p in pts],
             [p[1] for p in pts],
@@ -432,7 +451,7 @@ def _plot(
             ls=ls,
             color=color,
             label=pol.label,
-            mfc="none" if pol.key == "oracle" else None,
+            mfc="none" if pol.key in ("oracle", "true-oracle") else None,
             ms=7,
         )
     xs = sorted(PAPER_BALANCED)

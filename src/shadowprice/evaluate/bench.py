@@ -54,7 +54,7 @@ import pandas as pd
 from ..allocate import allocate
 from ..curves import GammaSCurve
 from ..traces import TraceSet, load_traces
-from .policies import EVAL_POLICIES
+from .policies import EVAL_POLICIES, REFERENCES, policy_info
 from .replay import replay
 from .runner import evaluate
 from .splits import split_half
@@ -99,7 +99,7 @@ DEFAULT_POLICIES: tuple[str, ...] = (
 )
 #: Name of the true-curve reference rows (synthetic streams only).
 TRUE_CLEAR = "true-clear"
-TRUE_CLEAR_LABEL = "CLEAR on the true curves (reference, not runnable)"
+TRUE_CLEAR_LABEL = REFERENCES[TRUE_CLEAR].label
 #: Ratios to uniform are only shown where uniform reaches at least this accuracy.
 RATIO_FLOOR = 0.01
 #: Samples simulated per synthetic query.
@@ -807,9 +807,7 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]
 
 
 def _label(policy: str) -> str:
-    if policy == TRUE_CLEAR:
-        return TRUE_CLEAR_LABEL
-    return EVAL_POLICIES[policy].label if policy in EVAL_POLICIES else policy
+    return policy_info(policy).label
 
 
 def _pivot_table(
@@ -998,17 +996,7 @@ def render_report(
     )
     lines += ["", "## Policies", ""]
     pols = list(dict.fromkeys(results.policy))
-    lines += [
-        f"- `{p}`: "
-        + (
-            EVAL_POLICIES[p].description
-            if p in EVAL_POLICIES
-            else "allocate(true curves, 'clear') on the synthetic streams' known "
-            "true curves, replayed on the same held-out halves; the "
-            "attainable reference (needs knowledge no policy has)"
-        )
-        for p in pols
-    ]
+    lines += [f"- `{p}`: {policy_info(p).description}" for p in pols]
     lines += [
         "",
         f"## Targets (CLEAR = `clear`): {met} of {len(targets)} checks met",
