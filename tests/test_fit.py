@@ -8,6 +8,7 @@ import pytest
 from shadowprice.curves import EmpiricalCurve, GammaSCurve, ShiftedSurge, TabulatedCurve
 from shadowprice.fit import (
     UNREACHABLE_TAU,
+    GammaFitter,
     ShrunkCurveFitter,
     SurgeFitter,
     empirical_curves,
@@ -112,5 +113,11 @@ def test_validation_at_boundary() -> None:
         ShrunkCurveFitter(strength=-1)
     with pytest.raises(ValueError, match="grid"):
         fit_shrunk(_synthetic(), grid=[5, 10])
-    with pytest.raises(RuntimeError, match="fit"):
-        ShrunkCurveFitter().predict_curves()
+    # Fitted curves are the curves_ attribute; using a fitter before fit says so.
+    with pytest.raises(RuntimeError, match=r"call fit\(traces\) first.*curves_"):
+        ShrunkCurveFitter().pool_curve(3)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        SurgeFitter().as_probability()
+    for fitter in (ShrunkCurveFitter(), SurgeFitter(), GammaFitter()):
+        assert not hasattr(fitter, "predict_curves")  # the name belongs to real predictions
+        assert fitter.fit(_synthetic()).curves_.n == _synthetic().n

@@ -95,6 +95,14 @@ def _check_grid(grid: ArrayLike) -> NDArray[np.int64]:
     return g.astype(np.int64)
 
 
+def _check_fitted(fitter: object) -> None:
+    if not hasattr(fitter, "curves_"):
+        raise RuntimeError(
+            f"this {type(fitter).__name__} is not fitted yet; call fit(traces) first, then "
+            f"read the fitted curves from its curves_ attribute"
+        )
+
+
 # -- raw curves -----------------------------------------------------------------------------
 def empirical_curves(traces: TraceSet) -> EmpiricalCurve:
     """Each query's raw empirical curve: share of its samples correct within b tokens.
@@ -281,14 +289,10 @@ class ShrunkCurveFitter:
         self.curves_ = TabulatedCurve(g, np.maximum.accumulate(vals, axis=1))
         return self
 
-    def predict_curves(self) -> TabulatedCurve:
-        if not hasattr(self, "curves_"):
-            raise RuntimeError("call fit(traces) first")
-        return self.curves_
-
     def pool_curve(self, n: int) -> TabulatedCurve:
         """The pool's average curve repeated for ``n`` new queries (no per-query data)."""
-        v = self.predict_curves().values.mean(axis=0)
+        _check_fitted(self)
+        v = self.curves_.values.mean(axis=0)
         return TabulatedCurve(self.grid_, np.repeat(v[None, :], n, axis=0))
 
 
@@ -369,14 +373,10 @@ class SurgeFitter:
         self.curves_ = ShiftedSurge(tau, self.alpha_, beta)
         return self
 
-    def predict_curves(self) -> ShiftedSurge:
-        if not hasattr(self, "curves_"):
-            raise RuntimeError("call fit(traces) first")
-        return self.curves_
-
     def as_probability(self) -> GammaSCurve:
         """The accuracy curve the surge implies: excess lengths ~ Gamma(2, beta) (the surge's
         own shape as a density) scaled by each query's observed solve rate. For scoring fits."""
+        _check_fitted(self)
         return GammaSCurve(self.tau_, self.beta_, np.clip(self.p_, 0.0, 1.0))
 
 
@@ -445,11 +445,6 @@ class GammaFitter:
         self.tau_ = np.maximum(loc.mu - 2.0 / self.beta_, 0.0)
         self.curves_ = GammaSCurve(self.tau_, self.beta_, np.clip(self.p_, 0.0, 1.0))
         return self
-
-    def predict_curves(self) -> GammaSCurve:
-        if not hasattr(self, "curves_"):
-            raise RuntimeError("call fit(traces) first")
-        return self.curves_
 
 
 def fit_gamma(traces: TraceSet, strength: float = 1.0) -> GammaSCurve:
