@@ -37,6 +37,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy import optimize, special, stats
 
 from .curves import EmpiricalCurve, GammaSCurve, ShiftedSurge, TabulatedCurve, UtilityCurve
+from .curves.grid import check_grid
 from .traces import TraceSet
 
 FloatArray = NDArray[np.float64]
@@ -84,15 +85,6 @@ def default_grid(traces: TraceSet, levels: int = 64, top: float | None = None) -
     hi = float(top) if top is not None else max(2.0 * float(np.nanmax(t)), lo * 4.0)
     g = np.unique(np.round(np.geomspace(lo, hi, levels - 1)).astype(np.int64))
     return np.concatenate([[0], g[g > 0]])
-
-
-def _check_grid(grid: ArrayLike) -> NDArray[np.int64]:
-    g = np.asarray(grid)
-    if g.ndim != 1 or g.size < 2 or g[0] != 0 or np.any(np.diff(g) <= 0):
-        raise ValueError("grid must be 1-D, strictly ascending, start at 0 and have >= 2 points")
-    if not np.all(np.isfinite(g)) or np.any(g != np.round(g)):
-        raise ValueError("grid budgets must be whole numbers of tokens")
-    return g.astype(np.int64)
 
 
 def _check_fitted(fitter: object) -> None:
@@ -264,7 +256,7 @@ class ShrunkCurveFitter:
 
     def fit(self, traces: TraceSet) -> ShrunkCurveFitter:
         t, c, n = _arrays(traces)
-        g = default_grid(traces) if self.grid is None else _check_grid(self.grid)
+        g = default_grid(traces) if self.grid is None else check_grid(self.grid)
         k = c.sum(axis=1)
         self.prior_ = fit_beta_binomial(k, n)
         s = self.strength
@@ -476,7 +468,7 @@ def goodness_of_fit(
     t, c, n = _arrays(traces)
     if curves.n != traces.n:
         raise ValueError(f"curves cover {curves.n} queries but traces hold {traces.n}")
-    g = default_grid(traces, levels=24) if grid is None else _check_grid(grid)
+    g = default_grid(traces, levels=24) if grid is None else check_grid(grid)
     gb = g[1:].astype(float)
     P = np.clip(curves.value(np.broadcast_to(gb, (traces.n, gb.size))), 0.0, 1.0)  # (N, K)
     present = ~np.isnan(t)
