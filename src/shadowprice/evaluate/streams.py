@@ -236,11 +236,6 @@ class SyntheticStream:
         """True emergence thresholds in tokens, shape (N,)."""
         return self.truth.tau
 
-    def pool_beta(self) -> NDArray[np.float64]:
-        """Median beta of each query's pool, shape (N,) (1/tokens)."""
-        med = {k: v.median_beta for k, v in POOLS.items()}
-        return np.array([med.get(str(p), np.nan) for p in self.pool])
-
     def accuracy(self, budgets: Any) -> float:
         """Expected accuracy (mean true success probability) of per-query ``budgets`` (N,)."""
         return float(np.mean(self.truth.value(np.asarray(budgets, dtype=float))))
