@@ -137,4 +137,3 @@ def allocate(
         "proportional": baselines.proportional,
         "length": baselines.length,
     }[policy](curves, cons)
-

@@ -1,5 +1,6 @@
 """Honest evaluation: replay allocations on traces, held-out splits, named policies, runner."""
 
+from .bench import run_bench
 from .policies import (
     CURVES,
     EVAL_POLICIES,
@@ -33,5 +34,6 @@ __all__ = [
     "pass_at_k",
     "policy_info",
     "replay",
+    "run_bench",
     "split_half",
 ]

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -74,6 +74,7 @@ __all__ = [
     "STREAMS",
     "PoolSpec",
     "SyntheticStream",
+    "largest_remainder",
     "load_stream",
     "make_stream",
     "pool_recall",
@@ -331,9 +332,45 @@ class SyntheticStream:
             gz.write(data.encode("utf-8"))
 
 
-def _counts(n: int, weights: tuple[float, ...]) -> NDArray[np.int64]:
-    """Largest-remainder split of n over weights (exact proportions, sums to n)."""
+def largest_remainder(n: int, weights: Sequence[float]) -> NDArray[np.int64]:
+    """Split ``n`` items over groups in proportion to ``weights``, as exactly as integers allow.
+
+    Each group gets the floor of its exact share ``n * w / sum(w)``; the items left over go,
+    one each, to the groups with the largest remainders (ties to the earlier group). This is
+    how a stream of n queries gets its pool counts, so that every stream of a mixture has the
+    mixture's proportions up to one query per pool.
+
+    Parameters
+    ----------
+    n : int
+        Items to split (>= 0).
+    weights : sequence of float, length G
+        Non-negative proportions, not all zero (need not sum to 1).
+
+    Returns
+    -------
+    ndarray of int64, shape (G,)
+        Counts that sum to ``n``.
+
+    Raises
+    ------
+    ValueError
+        When ``n`` is negative or the weights are empty, negative, non-finite or all zero.
+
+    Examples
+    --------
+    >>> largest_remainder(10, (1 / 3, 1 / 3, 1 / 3)).tolist()
+    [4, 3, 3]
+    """
     w = np.asarray(weights, dtype=float)
+    if int(n) != n or n < 0:
+        raise ValueError(f"n must be a non-negative whole number, got {n!r}")
+    if w.ndim != 1 or w.size == 0 or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(
+            f"weights must be a non-empty 1-D sequence of non-negative proportions, not all "
+            f"zero; got {list(np.atleast_1d(w))}"
+        )
+    n = int(n)
     exact = n * w / w.sum()
     c = np.floor(exact).astype(np.int64)
     short = n - int(c.sum())
@@ -361,7 +398,7 @@ def make_stream(name: str, n: int, seed: int = 0, *, family: str = "short") -> S
     order_of_pools = POOL_FAMILIES[family]
     label = name if family == "short" else f"{name}-{family}"
     rng = np.random.default_rng(seed)
-    counts = _counts(n, STREAMS[name])
+    counts = largest_remainder(n, STREAMS[name])
     parts = [
         POOLS[pool].sample(int(k), rng) for pool, k in zip(order_of_pools, counts, strict=True)
     ]

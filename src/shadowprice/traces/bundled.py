@@ -6,6 +6,7 @@ with :mod:`importlib.resources`, so this works from a wheel or a source checkout
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 from functools import lru_cache
@@ -17,7 +18,14 @@ import pandas as pd
 
 from .schema import TraceSet, TraceValidationError, _check_unique, validate_record
 
-__all__ = ["PROBLEM_COLUMNS", "list_bundled", "load_problems", "load_traces"]
+__all__ = [
+    "PROBLEM_COLUMNS",
+    "REAL_TRACE_SET",
+    "list_bundled",
+    "load_paper_results",
+    "load_problems",
+    "load_traces",
+]
 
 PROBLEM_COLUMNS = ("id", "question", "answer", "solution_tokens", "level", "subject", "source")
 
@@ -106,3 +114,30 @@ def load_problems(name: str) -> pd.DataFrame:
     for col in ("id", "question", "answer", "subject", "source"):
         df[col] = df[col].astype("string")
     return df
+
+
+def load_paper_results() -> pd.DataFrame:
+    """The CLEAR paper's published results figure, digitised (``data/paper/README.md``).
+
+    Figures read off the paper's 4-panel results figure by eye (about +-0.5 point;
+    Qwen2.5-Math-7B on the paper's own 500-query streams): facts about a published figure,
+    not measurements of this project.
+
+    Returns
+    -------
+    DataFrame
+        60 rows, one per (stream, budget). Columns: ``stream`` (Balanced, MostlyEasy,
+        MostlyHard, UShaped), ``budget`` (tokens per query, float), ``clear`` and ``uniform``
+        (accuracy, %), ``abandoned`` (CLEAR's abandonment rate, %).
+    """
+    with (_data_dir() / "paper" / "clear_results_digitized.csv").open("r", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return pd.DataFrame(
+        {
+            "stream": [r["stream"] for r in rows],
+            "budget": [float(r["budget_per_sample"]) for r in rows],
+            "clear": [float(r["daba_lambert_acc_pct"]) for r in rows],
+            "uniform": [float(r["uniform_acc_pct"]) for r in rows],
+            "abandoned": [float(r["abandonment_rate_pct"]) for r in rows],
+        }
+    )
