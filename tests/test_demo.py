@@ -10,12 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from shadowprice.cli import app
-from shadowprice.demo import (
-    PAPER_BALANCED,
+from shadowprice.evaluate.demo import (
     DemoPolicy,
     SyntheticSetting,
     TraceSetting,
     default_setting,
+    paper_balanced,
     run_demo,
     surge_beta,
 )
@@ -69,9 +69,9 @@ def test_real_clear_beats_uniform_and_oracle_bounds(real) -> None:
 
 def test_trace_setting_is_held_out() -> None:
     """Fit and score halves are disjoint samples of the same queries."""
-    from shadowprice.traces import load_traces
+    from shadowprice.traces import REAL_TRACE_SET, load_traces
 
-    st = TraceSetting(load_traces("qwen25-math-math100"), seed=3)
+    st = TraceSetting(load_traces(REAL_TRACE_SET), seed=3)
     fit, score = st._ctx.fit, st._ctx.score
     assert fit.ids == score.ids and st.n == 100
     assert (fit.n_samples() + score.n_samples() == 8).all()
@@ -117,7 +117,7 @@ def test_oracle_bounds_and_abandonment(scarce) -> None:
 def test_table_has_paper_reference(scarce) -> None:
     t = scarce.table()
     assert [r["budget_per_query"] for r in t] == list(SCARCE)
-    assert t[0]["paper_clear"] == PAPER_BALANCED[100][0]
+    assert t[0]["paper_clear"] == paper_balanced()[100][0] == 10.2  # the bundled CSV's row
     assert t[0]["ratio"] is None or t[0]["ratio"] > 1  # uniform ~0 at 100 tokens/query
     # The ratio and abandonment columns describe the headline policy, clear-paper here.
     rows = {(r["budget_per_query"], r["policy"]): r for r in scarce.rows}
@@ -213,3 +213,40 @@ def test_live_fails_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         app, ["demo", "--out", str(tmp_path), "--budgets", "100", "--no-plot", "--live"]
     )
     assert r.exit_code == 2 and "no server" in r.stderr
+
+
+def test_sample_problems_validates_and_never_swallows(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shadowprice.engine.live_demo import sample_problems
+    from shadowprice.traces import load_problems
+
+    rows = sample_problems(3)
+    gsm = load_problems("gsm8k")
+    assert rows == [(gsm.id[i], gsm.question[i], gsm.answer[i]) for i in range(3)]
+    for bad in (0, -1, len(gsm) + 1, 5000, 2.0, True):
+        with pytest.raises(ValueError, match=f"from 1 to {len(gsm)}"):
+            sample_problems(bad)  # type: ignore[arg-type]
+
+    def broken(name: str):
+        raise OSError("bundled data unreadable")
+
+    monkeypatch.setattr("shadowprice.traces.load_problems", broken)
+    with pytest.raises(OSError, match="unreadable"):
+        sample_problems(3)
+
+
+def test_live_demo_keeps_its_import_paths() -> None:
+    import importlib
+
+    from shadowprice.engine import live_demo
+
+    module = importlib.import_module("shadowprice.engine.live_demo")
+    assert callable(live_demo) and live_demo is module.live_demo
+    assert callable(module.sample_problems)
+
+
+def test_version_is_the_installed_distributions() -> None:
+    from importlib.metadata import version
+
+    import shadowprice
+
+    assert shadowprice.__version__ == version("shadowprice")

@@ -39,24 +39,24 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .allocate import allocate
-from .curves import ShiftedSurge
-from .evaluate.policies import EVAL_POLICIES, REFERENCES, FitContext, run_policy
-from .evaluate.replay import replay
-from .evaluate.splits import split_half
-from .evaluate.streams import SyntheticStream, load_stream
-from .solve.result import Allocation
-from .traces import REAL_TRACE_SET, TraceSet, load_traces
+from ..allocate import allocate
+from ..curves import ShiftedSurge
+from ..solve.result import Allocation
+from ..traces import REAL_TRACE_SET, TraceSet, load_paper_results, load_traces
+from .policies import EVAL_POLICIES, REFERENCES, FitContext, run_policy
+from .replay import replay
+from .splits import split_half
+from .streams import SyntheticStream, load_stream
 
 __all__ = [
     "DEFAULT_BUDGETS",
-    "PAPER_BALANCED",
     "DemoPolicy",
     "DemoResult",
     "DemoSetting",
     "SyntheticSetting",
     "TraceSetting",
     "default_setting",
+    "paper_balanced",
     "run_demo",
     "surge_beta",
 ]
@@ -64,27 +64,26 @@ __all__ = [
 #: Average tokens per query evaluated by default (the paper's range).
 DEFAULT_BUDGETS: tuple[int, ...] = (100, 200, 300, 500, 1000, 1500)
 
-#: The paper's Balanced stream (digitised from its results figure, +-0.5 point; see
-#: /work/shared/clear_paper_figs/DABA_res_digitized.csv): budget/query -> (CLEAR %, uniform %,
-#: abandoned %). A different model and accuracy level than our synthetic stream: compare
-#: shapes and ratios, not absolute values.
-PAPER_BALANCED: dict[int, tuple[float, float, float]] = {
-    100: (10.2, 0.9, 77.5),
-    200: (16.8, 3.2, 62.8),
-    300: (19.8, 8.1, 51.5),
-    400: (21.6, 14.5, 41.2),
-    500: (22.2, 17.6, 32.1),
-    600: (23.2, 20.3, 23.8),
-    700: (23.8, 22.7, 15.6),
-    800: (25.0, 23.9, 7.6),
-    900: (26.4, 25.0, 0.0),
-    1000: (29.0, 25.8, 0.0),
-    1100: (30.8, 27.9, 0.0),
-    1200: (31.4, 29.4, 0.0),
-    1300: (31.6, 30.2, 0.0),
-    1400: (31.9, 31.3, 0.0),
-    1500: (32.4, 31.9, 0.0),
-}
+
+def paper_balanced() -> dict[int, tuple[float, float, float]]:
+    """The paper's Balanced stream, from its bundled digitised results figure (+-0.5 point).
+
+    A different model and accuracy level than our streams: compare shapes and ratios, not
+    absolute values.
+
+    Returns
+    -------
+    dict
+        Budget per query (tokens) -> (CLEAR accuracy %, uniform accuracy %, CLEAR
+        abandoned %).
+    """
+    df = load_paper_results()
+    df = df[df.stream == "Balanced"]
+    return {
+        int(r.budget): (float(r.clear), float(r.uniform), float(r.abandoned))
+        for r in df.itertuples()
+    }
+
 
 #: Upper quantile of Gamma(2, 1): a correct solution is this many 1/beta above its threshold
 #: at the 90th percentile.
@@ -92,7 +91,7 @@ GAMMA2_Q90 = 3.8897201698674295
 
 #: Budgets of the oracle's (and the true-curve market's) grid are multiples of this.
 ORACLE_GRANULARITY = 64
-#: ... up to this many tokens (recall is ~100 % for every pool by 8k, CLEAR.md Fig. 1).
+#: ... up to this many tokens (recall is ~100 % for every pool by 8k, the paper's Fig. 1).
 ORACLE_TOP = 8192
 
 
@@ -327,6 +326,7 @@ class DemoResult:
         """One row per budget: each policy's accuracy (%) under its key, the headline CLEAR
         policy's ratio to uniform (``ratio``) and abandonment (``clear_abandoned``, %), and
         the paper's Balanced CLEAR/uniform where it has the budget."""
+        balanced = paper_balanced()
         by: dict[int, dict[str, dict[str, Any]]] = {}
         for r in self.rows:
             by.setdefault(r["budget_per_query"], {})[r["policy"]] = r
@@ -341,7 +341,7 @@ class DemoResult:
                 row["ratio"] = c["accuracy"] / u["accuracy"] if u["accuracy"] >= 0.1 else None
             if c is not None:
                 row["clear_abandoned"] = c["abandoned"]
-            paper = PAPER_BALANCED.get(b)
+            paper = balanced.get(b)
             row["paper_clear"], row["paper_uniform"] = (
                 (paper[0], paper[1]) if paper else (None, None)
             )
@@ -454,10 +454,11 @@ def _plot(
             mfc="none" if pol.key in ("oracle", "true-oracle") else None,
             ms=7,
         )
-    xs = sorted(PAPER_BALANCED)
+    balanced = paper_balanced()
+    xs = sorted(balanced)
     ax.plot(
         xs,
-        [PAPER_BALANCED[x][0] for x in xs],
+        [balanced[x][0] for x in xs],
         color="C0",
         ls="--",
         alpha=0.5,
@@ -466,7 +467,7 @@ def _plot(
     )
     ax.plot(
         xs,
-        [PAPER_BALANCED[x][1] for x in xs],
+        [balanced[x][1] for x in xs],
         color="C1",
         ls="--",
         alpha=0.5,
