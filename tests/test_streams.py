@@ -18,7 +18,7 @@ from shadowprice.evaluate.streams import (
 )
 from shadowprice.traces import TraceSet
 
-# CLEAR.md, Fig. 1 of the paper: solution recall (%) at 256, 512, 1k, 2k, 4k tokens.
+# Fig. 1 of the CLEAR paper: solution recall (%) at 256, 512, 1k, 2k, 4k tokens.
 CHECK_BUDGETS = [256, 512, 1024, 2048, 4096]
 PAPER_RECALL = {
     "gsm8k-like": [28, 87, 97, 97, 97.5],

@@ -8,8 +8,8 @@ i.e. the query is solvable with probability p_i, and a correct solution has leng
 tau_i + Gamma(2, beta_i): nothing below the emergence threshold tau_i, the mode of the correct
 lengths 1/beta_i above it, the mean 2/beta_i above it.
 
-**Pools.** Three pools stand in for the paper's GSM8K, MATH500 and AIME/AMC (Fig. 1 of the
-CLEAR paper, table in ``/work/shared/CLEAR.md``): log tau ~ Normal(mu_tau, sigma_tau) and
+**Pools.** Three pools stand in for the paper's GSM8K, MATH500 and AIME/AMC (the solution
+recall table of Fig. 1 of the CLEAR paper): log tau ~ Normal(mu_tau, sigma_tau) and
 log beta ~ Normal(mu_beta, sigma_beta), independent, with the four constants per pool fitted
 by ``tools/calibrate_pools.py`` (scipy Nelder-Mead) so that the pool's *solution recall*,
 mean_i p_i F_i(b) / mean_i p_i, matches the paper's table. Fit (percentage points, model
