@@ -94,19 +94,42 @@ def validate_record(
     ``int``, numpy bools in ``correct`` to ``bool``); every field, known or not, is kept in
     its original order.
 
-    Args:
-        obj: the decoded record (normally a dict from one JSONL line).
-        line: 1-based line number for error messages.
-        path: file name for error messages.
-        unit: ``"line"`` or ``"row"``, the word used before ``line`` in messages.
+    Parameters
+    ----------
+    obj : Any
+        The decoded record (normally a dict from one JSONL line).
+    line : int, optional
+        1-based line number for error messages.
+    path : str, optional
+        File name for error messages.
+    unit : str
+        ``"line"`` or ``"row"``, the word used before ``line`` in messages.
 
-    Raises:
-        TraceValidationError: naming ``path``, ``line`` and the offending field.
+    Returns
+    -------
+    dict
+        A copy of ``obj`` with normalised samples.
+
+    Raises
+    ------
+    TraceValidationError
+        Naming ``path``, ``line`` and the offending field.
     """
 
     def fail(fld: str | None, msg: str) -> TraceValidationError:
         return TraceValidationError(msg, path=path, line=line, field=fld, unit=unit)
 
+    samples = _check_query_fields(obj, fail)
+    out = dict(obj)
+    out["samples"] = [_check_sample(s, j, fail) for j, s in enumerate(samples)]
+    return out
+
+
+_Fail = Callable[[str | None, str], TraceValidationError]
+
+
+def _check_query_fields(obj: Any, fail: _Fail) -> list[Any] | tuple[Any, ...]:
+    """Check everything but the samples' contents; return the samples."""
     if not isinstance(obj, dict):
         raise fail(None, f"record must be a JSON object, got {type(obj).__name__}")
     if "id" not in obj:
@@ -115,9 +138,9 @@ def validate_record(
     if not isinstance(rid, str) or not rid:
         raise fail("id", f"must be a non-empty string, got {rid!r}")
     for key in ("question", "answer"):
-        if key in obj and obj[key] is not None and not isinstance(obj[key], str):
+        if obj.get(key) is not None and not isinstance(obj[key], str):
             raise fail(key, f"must be a string, got {type(obj[key]).__name__}")
-    if "meta" in obj and obj["meta"] is not None and not isinstance(obj["meta"], dict):
+    if obj.get("meta") is not None and not isinstance(obj["meta"], dict):
         raise fail("meta", f"must be an object, got {type(obj['meta']).__name__}")
     if "samples" not in obj:
         raise fail("samples", "is required")
@@ -126,31 +149,27 @@ def validate_record(
         raise fail("samples", f"must be a list, got {type(samples).__name__}")
     if len(samples) == 0:
         raise fail("samples", f"must hold at least one sample (query {rid!r} has none)")
+    return samples
 
-    out_samples: list[dict[str, Any]] = []
-    for j, s in enumerate(samples):
-        if not isinstance(s, dict):
-            raise fail(f"samples[{j}]", f"must be an object, got {type(s).__name__}")
-        if "tokens" not in s:
-            raise fail(f"samples[{j}].tokens", "is required")
-        tok = _check_tokens(s["tokens"])
-        if tok is None:
-            raise fail(
-                f"samples[{j}].tokens", f"must be a non-negative integer, got {s['tokens']!r}"
-            )
-        if "correct" not in s:
-            raise fail(f"samples[{j}].correct", "is required")
-        cor = s["correct"]
-        if not isinstance(cor, (bool, np.bool_)):
-            raise fail(f"samples[{j}].correct", f"must be a boolean (true/false), got {cor!r}")
-        ns = dict(s)
-        ns["tokens"] = tok
-        ns["correct"] = bool(cor)
-        out_samples.append(ns)
 
-    out = dict(obj)
-    out["samples"] = out_samples
-    return out
+def _check_sample(s: Any, j: int, fail: _Fail) -> dict[str, Any]:
+    """Sample ``j`` checked and normalised (``tokens`` an int, ``correct`` a bool)."""
+    if not isinstance(s, dict):
+        raise fail(f"samples[{j}]", f"must be an object, got {type(s).__name__}")
+    if "tokens" not in s:
+        raise fail(f"samples[{j}].tokens", "is required")
+    tok = _check_tokens(s["tokens"])
+    if tok is None:
+        raise fail(f"samples[{j}].tokens", f"must be a non-negative integer, got {s['tokens']!r}")
+    if "correct" not in s:
+        raise fail(f"samples[{j}].correct", "is required")
+    cor = s["correct"]
+    if not isinstance(cor, (bool, np.bool_)):
+        raise fail(f"samples[{j}].correct", f"must be a boolean (true/false), got {cor!r}")
+    ns = dict(s)
+    ns["tokens"] = tok
+    ns["correct"] = bool(cor)
+    return ns
 
 
 def _check_unique(
