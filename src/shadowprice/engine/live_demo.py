@@ -54,8 +54,33 @@ def live_demo(
 ) -> dict[str, dict[str, Any]]:
     """Run ``n`` GSM8K problems under ``n * budget_per_query`` tokens for each policy.
 
-    Returns each policy's run summary. Without ``url`` the bundled llama.cpp server is
-    started in this process (needs ``tools/engine.sh`` packages installed).
+    Parameters
+    ----------
+    url : str, optional
+        OpenAI-compatible endpoint. Without it the bundled llama.cpp server is started in
+        this process (needs the ``local`` extra, see ``tools/engine.sh``).
+    model : str, optional
+        Model name sent to the endpoint (default: the bundled server's, else ``"local"``).
+    n : int
+        Problems, the first ``n`` of the bundled GSM8K test set.
+    budget_per_query : int
+        Average tokens per problem; the batch shares ``n * budget_per_query``.
+    policies : tuple of str
+        :func:`shadowprice.allocate` policies to compare, each on the same batch.
+    force_answer : bool
+        Force a final answer after a length stop (its tokens come out of the budget).
+    concurrency : int
+        Requests in flight at once.
+    out_dir : path, optional
+        Folder for one results JSONL per policy (default: a new temporary folder).
+    console : rich.console.Console, optional
+        Where tables and progress go (default: stdout).
+
+    Returns
+    -------
+    dict of str -> dict
+        Each policy's run summary (correct, graded, tokens used, budget, abandoned, forced,
+        wall seconds, ...).
     """
     from rich.console import Console
     from rich.table import Table

@@ -115,7 +115,15 @@ class DemoPolicy:
 
 
 class DemoSetting(Protocol):
-    """What :func:`run_demo` needs from a data source (synthetic stream, real traces, ...)."""
+    """What :func:`run_demo` needs from a data source (synthetic stream, real traces, ...).
+
+    Attributes
+    ----------
+    name : str
+        Short name for titles, e.g. ``"real traces qwen25-math-math100"``.
+    description : str
+        One line on the data and how allocations are scored.
+    """
 
     name: str
     description: str
@@ -128,7 +136,18 @@ class DemoSetting(Protocol):
         """The series to run, first the headline policy, then ``uniform``, then references."""
 
     def score(self, allocation: Allocation) -> float:
-        """Accuracy in [0, 1] that ``allocation`` achieves (mean over the N queries)."""
+        """Accuracy in [0, 1] that ``allocation`` achieves (mean over the N queries).
+
+        Parameters
+        ----------
+        allocation : Allocation
+            Budgets for the setting's N queries.
+
+        Returns
+        -------
+        float
+            Mean success probability (true curves) or share of replayed samples correct.
+        """
 
 
 def surge_beta(stream: SyntheticStream, quantile_factor: float = GAMMA2_Q90) -> float:
@@ -143,6 +162,19 @@ def surge_beta(stream: SyntheticStream, quantile_factor: float = GAMMA2_Q90) -> 
     left unspent). Placing the peak at the 90 % point keeps the surge's entry-cost logic and
     lets funded queries finish. This uses only length statistics, never the accuracy of any
     allocation, so it is not tuned to the scores.
+
+    Parameters
+    ----------
+    stream : SyntheticStream
+        Queries with known true curves (their beta_i, 1/tokens).
+    quantile_factor : float
+        Tokens above threshold, in units of 1/beta_i, where the surge should peak: the 90 %
+        quantile of Gamma(2, 1) by default, 1 for the mode.
+
+    Returns
+    -------
+    float
+        The shared decay beta_s, in 1/tokens.
     """
     return float(1.0 / np.mean(quantile_factor / stream.truth.beta))
 
@@ -182,9 +214,16 @@ class SyntheticSetting:
 
     @property
     def n(self) -> int:
+        """Number of queries N."""
         return self.stream.n
 
     def policies(self) -> list[DemoPolicy]:
+        """``clear-paper`` (the headline), ``uniform``, ``true-market``, ``true-oracle``.
+
+        Returns
+        -------
+        list of DemoPolicy
+        """
         truth = self.stream.truth
         assert self.beta_s is not None  # set in __post_init__
         surge = ShiftedSurge(truth.tau, self.alpha, self.beta_s)
@@ -223,6 +262,18 @@ class SyntheticSetting:
         ]
 
     def score(self, allocation: Allocation) -> float:
+        """Mean true success probability of ``allocation``'s budgets.
+
+        Parameters
+        ----------
+        allocation : Allocation
+            Budgets for the stream's N queries.
+
+        Returns
+        -------
+        float
+            Accuracy in [0, 1].
+        """
         return self.stream.accuracy(allocation.budgets)
 
 
@@ -260,9 +311,18 @@ class TraceSetting:
 
     @property
     def n(self) -> int:
+        """Number of queries N."""
         return self.traces.n
 
     def policies(self) -> list[DemoPolicy]:
+        """``clear`` (the headline), ``uniform``, ``clear-paper`` and the hindsight ``oracle``.
+
+        Returns
+        -------
+        list of DemoPolicy
+            Registry entries (:data:`~shadowprice.evaluate.policies.EVAL_POLICIES`), run on
+            the fit half.
+        """
         ctx = self._ctx
 
         def run(name: str) -> Callable[[int], Allocation]:
@@ -274,11 +334,38 @@ class TraceSetting:
         ]
 
     def score(self, allocation: Allocation) -> float:
+        """Replay ``allocation``'s caps on the scoring half.
+
+        Parameters
+        ----------
+        allocation : Allocation
+            Budgets for the N queries.
+
+        Returns
+        -------
+        float
+            Share of scored samples correct and finished within their cap, in [0, 1].
+        """
         return replay(allocation, self._ctx.score, n_boot=0).accuracy
 
 
 def default_setting(kind: str = "real") -> DemoSetting:
-    """The demo's setting: ``"real"`` (bundled traces) or ``"synthetic"`` (bundled stream)."""
+    """The demo's setting: ``"real"`` (bundled traces) or ``"synthetic"`` (bundled stream).
+
+    Parameters
+    ----------
+    kind : {'real', 'synthetic'}
+        The bundled real traces, split half, or the bundled 500-query Balanced stream.
+
+    Returns
+    -------
+    DemoSetting
+
+    Raises
+    ------
+    ValueError
+        For another ``kind``.
+    """
     if kind == "real":
         return TraceSetting(load_traces(REAL_TRACE_SET))
     if kind == "synthetic":
@@ -319,13 +406,31 @@ class DemoResult:
     headline: str = "clear"
 
     def accuracy(self, policy: str) -> dict[int, float]:
-        """budget per query -> accuracy (%) of ``policy``."""
+        """Accuracy of one series at each budget.
+
+        Parameters
+        ----------
+        policy : str
+            A series key, e.g. ``"clear"``.
+
+        Returns
+        -------
+        dict of int -> float
+            Budget per query (tokens) -> accuracy (%).
+        """
         return {r["budget_per_query"]: r["accuracy"] for r in self.rows if r["policy"] == policy}
 
     def table(self) -> list[dict[str, Any]]:
-        """One row per budget: each policy's accuracy (%) under its key, the headline CLEAR
-        policy's ratio to uniform (``ratio``) and abandonment (``clear_abandoned``, %), and
-        the paper's Balanced CLEAR/uniform where it has the budget."""
+        """One row per budget, for the printed table and the JSON.
+
+        Returns
+        -------
+        list of dict
+            ``budget_per_query``; each policy's accuracy (%) under its key; the headline
+            CLEAR policy's ratio to uniform (``ratio``, None where uniform is below 0.1 %)
+            and abandonment (``clear_abandoned``, %); the paper's Balanced CLEAR and uniform
+            accuracy (``paper_clear``, ``paper_uniform``, None where it has no such budget).
+        """
         balanced = paper_balanced()
         by: dict[int, dict[str, dict[str, Any]]] = {}
         for r in self.rows:
@@ -349,6 +454,12 @@ class DemoResult:
         return out
 
     def to_json(self) -> dict[str, Any]:
+        """Everything above plus :meth:`table`, with paths as strings (what ``demo.json`` holds).
+
+        Returns
+        -------
+        dict
+        """
         d = asdict(self)
         d["json_path"] = None if self.json_path is None else str(self.json_path)
         d["png_path"] = None if self.png_path is None else str(self.png_path)

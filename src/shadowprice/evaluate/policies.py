@@ -90,7 +90,6 @@ class FitContext:
     same_queries: bool = True
     strength: float = 1.0
     predictor: Predictor | None = None
-    _extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def n(self) -> int:
@@ -99,6 +98,7 @@ class FitContext:
 
     @cached_property
     def grid(self) -> NDArray[np.int64]:
+        """Budget grid of the fitted curves and grid solvers: 96 geometric levels (tokens)."""
         return default_grid(self.fit, levels=96)
 
     @cached_property
@@ -149,6 +149,16 @@ class FitContext:
     def curves(self, kind: str) -> UtilityCurve:
         """The curves named ``kind`` (a key of :data:`CURVES`), fitted on first use.
 
+        Parameters
+        ----------
+        kind : str
+            ``"shrunk"``, ``"raw"``, ``"surge"``, ``"gamma"`` or ``"hindsight"``.
+
+        Returns
+        -------
+        UtilityCurve
+            N curves, one per scored query.
+
         Raises
         ------
         ValueError
@@ -162,8 +172,19 @@ class FitContext:
         return curves
 
     def spend_model(self, hindsight: bool = False) -> Callable[[NDArray[np.int64]], float]:
-        """Predicted total spend sum_i E[min(L_i, b_i)] of caps b (N,), from the fit split
-        (per query when the queries are the same, the pool's lengths otherwise)."""
+        """A model of the tokens caps will spend: b (N,) -> sum_i E[min(L_i, b_i)].
+
+        Parameters
+        ----------
+        hindsight : bool
+            Use the score split's lengths (for the ceilings) instead of the fit split's.
+
+        Returns
+        -------
+        callable
+            Caps (N,) in tokens -> predicted total tokens generated. Per query when the fit
+            split holds the scored queries, from the pool's lengths otherwise.
+        """
         src = self.score if hindsight else self.fit
         t = src.tokens()
         if not (self.same_queries or hindsight):
@@ -268,7 +289,23 @@ class EvalPolicy:
         return not self.hindsight and self.curves != "true"
 
     def allocation(self, ctx: FitContext, budget: int) -> Allocation:
-        """Allocate ``budget`` total tokens over the queries of ``ctx`` (see :func:`run_policy`)."""
+        """Allocate ``budget`` total tokens over the queries of ``ctx``.
+
+        Parameters
+        ----------
+        ctx : FitContext
+            The fitted curves (and, for a ceiling, the score split).
+        budget : int
+            Total tokens for the scored queries.
+
+        Returns
+        -------
+        Allocation
+
+        See Also
+        --------
+        run_policy : The same by name, with validation and spend-bounded budgets.
+        """
         if self.run is not None:
             return self.run(ctx, budget)
         options: dict[str, Any] = {}
@@ -460,6 +497,15 @@ REFERENCES: dict[str, EvalPolicy] = {
 def policy_info(name: str) -> EvalPolicy:
     """The registry entry of ``name``: an evaluation policy or a true-curve reference.
 
+    Parameters
+    ----------
+    name : str
+        A key of :data:`EVAL_POLICIES` or :data:`REFERENCES`.
+
+    Returns
+    -------
+    EvalPolicy
+
     Raises
     ------
     KeyError
@@ -476,13 +522,31 @@ def policy_info(name: str) -> EvalPolicy:
 
 
 def run_policy(name: str, ctx: FitContext, budget: int, cost: str = "allotted") -> Allocation:
-    """Allocate ``budget`` total tokens with policy ``name``.
+    """Allocate ``budget`` total tokens with evaluation policy ``name``.
 
-    ``cost="spent"``: the budget bounds *expected generated* tokens (sum of E[min(L, b)]),
-    not caps. The planner inflates the cap budget B' by bisection until the policy's caps are
-    predicted (from the fit split; the oracle from the score split) to spend B. Works for
-    every policy; the prediction is unbiased per query but noisy, so realised spend can
-    differ by a few percent.
+    Parameters
+    ----------
+    name : str
+        A key of :data:`EVAL_POLICIES`.
+    ctx : FitContext
+        Curves fitted on the fit split (and the score split, for the ceilings).
+    budget : int
+        Total tokens for the scored queries (>= 1).
+    cost : {'allotted', 'spent'}
+        What the budget bounds. ``"allotted"``: the caps (the paper's accounting).
+        ``"spent"``: *expected generated* tokens (sum of E[min(L, b)]); the cap budget B' is
+        inflated by bisection until the policy's caps are predicted (from the fit split; the
+        ceilings from the score split) to spend B. The prediction is unbiased per query but
+        noisy, so realised spend can differ by a few percent.
+
+    Returns
+    -------
+    Allocation
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, a true-curve reference, a budget below 1 or an unknown ``cost``.
     """
     if name in REFERENCES:
         raise ValueError(

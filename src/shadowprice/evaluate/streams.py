@@ -118,7 +118,20 @@ class PoolSpec:
         return float(np.exp(self.mu_log_beta))
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[NDArray[np.float64], ...]:
-        """Draw (tau, beta, p), each of shape (n,)."""
+        """Draw the true-curve parameters of ``n`` queries.
+
+        Parameters
+        ----------
+        n : int
+            Queries to draw.
+        rng : numpy.random.Generator
+            Source of randomness (tau, then beta, then p are drawn from it).
+
+        Returns
+        -------
+        tau, beta, p : ndarray of float64, shape (n,)
+            Thresholds (tokens), decays (1/tokens) and solvable probabilities.
+        """
         tau = np.exp(rng.normal(self.mu_log_tau, self.sigma_log_tau, n))
         beta = np.exp(rng.normal(self.mu_log_beta, self.sigma_log_beta, n))
         a = self.p_mean * self.p_concentration
@@ -227,6 +240,7 @@ class SyntheticStream:
 
     @property
     def n(self) -> int:
+        """Number of queries N."""
         return len(self.ids)
 
     def __len__(self) -> int:
@@ -238,11 +252,32 @@ class SyntheticStream:
         return self.truth.tau
 
     def accuracy(self, budgets: Any) -> float:
-        """Expected accuracy (mean true success probability) of per-query ``budgets`` (N,)."""
+        """Expected accuracy of per-query budgets, exactly, from the true curves.
+
+        Parameters
+        ----------
+        budgets : array_like, shape (N,)
+            Tokens per query.
+
+        Returns
+        -------
+        float
+            Mean true success probability, in [0, 1].
+        """
         return float(np.mean(self.truth.value(np.asarray(budgets, dtype=float))))
 
     def subset(self, index: Any) -> SyntheticStream:
-        """Queries selected by a mask, indices or slice."""
+        """Queries selected by a mask, indices or slice.
+
+        Parameters
+        ----------
+        index : bool mask (N,), int indices or slice
+            Which queries to keep, in that order.
+
+        Returns
+        -------
+        SyntheticStream
+        """
         idx = np.arange(self.n)[index]
         t = self.truth
         return SyntheticStream(
@@ -263,7 +298,25 @@ class SyntheticStream:
         start at the threshold and are not a free signal. Lengths are rounded to integers and
         capped at ``max_tokens``; a correct sample past the cap becomes incorrect (truncated).
 
-        Returns a :class:`TraceSet` with meta ``{"pool", "tau", "beta", "p"}`` per query.
+        Parameters
+        ----------
+        samples : int
+            Rollouts per query (>= 1).
+        seed : int
+            Seeds the rollouts.
+        max_tokens : int
+            Length cap of a rollout (the sampling run's ``max_tokens``).
+
+        Returns
+        -------
+        TraceSet
+            N records with ``samples`` rollouts each and meta ``{"pool", "tau", "beta", "p",
+            "synthetic"}``.
+
+        Raises
+        ------
+        ValueError
+            When ``samples`` is below 1.
         """
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
@@ -300,7 +353,13 @@ class SyntheticStream:
         return TraceSet._trusted(records)
 
     def to_records(self) -> list[dict[str, Any]]:
-        """One dict per query: id, pool, tau, beta, p (JSON-ready)."""
+        """The stream as plain records (the bundled streams' format).
+
+        Returns
+        -------
+        list of dict
+            One per query: ``id``, ``pool``, ``tau``, ``beta``, ``p`` (JSON-ready).
+        """
         t = self.truth
         return [
             {"id": i, "pool": str(pl), "tau": float(a), "beta": float(b), "p": float(c)}
@@ -309,7 +368,19 @@ class SyntheticStream:
 
     @classmethod
     def from_records(cls, records: Iterable[Mapping[str, Any]], name: str) -> SyntheticStream:
-        """Inverse of :meth:`to_records`."""
+        """Inverse of :meth:`to_records`.
+
+        Parameters
+        ----------
+        records : iterable of mapping
+            With ``id``, ``pool``, ``tau``, ``beta``, ``p`` each.
+        name : str
+            The stream's name.
+
+        Returns
+        -------
+        SyntheticStream
+        """
         rows = list(records)
         return cls(
             [str(r["id"]) for r in rows],
@@ -323,7 +394,13 @@ class SyntheticStream:
         )
 
     def write_jsonl_gz(self, path: str | Path) -> None:
-        """Write :meth:`to_records` as reproducible gzip JSONL (no name/mtime in the header)."""
+        """Write :meth:`to_records` as reproducible gzip JSONL (no name/mtime in the header).
+
+        Parameters
+        ----------
+        path : path
+            File to write (``.jsonl.gz``).
+        """
         data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in self.to_records())
         with (
             open(path, "wb") as raw,
@@ -380,12 +457,32 @@ def largest_remainder(n: int, weights: Sequence[float]) -> NDArray[np.int64]:
 
 
 def make_stream(name: str, n: int, seed: int = 0, *, family: str = "short") -> SyntheticStream:
-    """Draw an n-query stream ``name`` (one of :data:`STREAMS`) with a fixed seed.
+    """Draw an n-query stream ``name`` with a fixed seed.
 
-    Pool counts are the largest-remainder rounding of n x proportions; parameters are drawn
-    per pool and the queries shuffled. Same (name, n, seed, family) -> identical stream.
-    ``family="long"`` mixes the long-reasoning pools (:data:`LONG_POOL_ORDER`) instead; the
-    stream is then named ``"<name>-long"``.
+    Pool counts are the largest-remainder rounding of n x proportions
+    (:func:`largest_remainder`); parameters are drawn per pool and the queries shuffled. The
+    same (name, n, seed, family) gives the identical stream.
+
+    Parameters
+    ----------
+    name : str
+        A mixture of :data:`STREAMS`.
+    n : int
+        Queries (>= 1).
+    seed : int
+        Seeds the draws and the order.
+    family : {'short', 'long'}
+        ``"long"`` mixes the long-reasoning pools (:data:`LONG_POOL_ORDER`) instead; the
+        stream is then named ``"<name>-long"``.
+
+    Returns
+    -------
+    SyntheticStream
+
+    Raises
+    ------
+    ValueError
+        For an unknown name or family, or ``n`` below 1.
     """
     if name not in STREAMS:
         raise ValueError(f"unknown stream {name!r}; choose one of {', '.join(STREAMS)}")
@@ -413,7 +510,22 @@ def make_stream(name: str, n: int, seed: int = 0, *, family: str = "short") -> S
 
 
 def load_stream(stem: str = "balanced-500") -> SyntheticStream:
-    """Load a bundled synthetic stream (see :data:`BUNDLED_STREAMS`)."""
+    """Load a bundled synthetic stream.
+
+    Parameters
+    ----------
+    stem : str
+        A key of :data:`BUNDLED_STREAMS` (file stem under ``shadowprice/data/streams``).
+
+    Returns
+    -------
+    SyntheticStream
+
+    Raises
+    ------
+    KeyError
+        For a stream that is not bundled, naming those that are.
+    """
     if stem not in BUNDLED_STREAMS:
         raise KeyError(f"no bundled stream {stem!r}; available: {sorted(BUNDLED_STREAMS)}")
     res = files("shadowprice") / "data" / "streams" / f"{stem}.jsonl.gz"
@@ -423,9 +535,20 @@ def load_stream(stem: str = "balanced-500") -> SyntheticStream:
 
 
 def pool_recall(truth: GammaSCurve, budgets: Any) -> NDArray[np.float64]:
-    """Solution recall of a set of queries at ``budgets`` (K,): mean p F(b) / mean p, in [0, 1].
+    """Solution recall of a set of queries: the share of solvable work done within b tokens.
 
-    F is the (unscaled) length CDF, so p F(b) = truth.value(b); shape (K,).
+    Parameters
+    ----------
+    truth : GammaSCurve
+        True curves of the queries; p F(b) = ``truth.value(b)`` with F the length CDF of
+        correct solutions.
+    budgets : array_like, shape (K,)
+        Tokens.
+
+    Returns
+    -------
+    ndarray of float64, shape (K,)
+        The recall mean_i p_i F_i(b) / mean_i p_i at each budget, in [0, 1].
     """
     b = np.asarray(budgets, dtype=float)
     vals = truth.value(np.broadcast_to(b, (truth.n, b.size)))

@@ -35,7 +35,22 @@ def _pyplot() -> Any:
 
 
 def plot_frontier(results: pd.DataFrame, sts: Sequence[BenchStream], path: Path) -> Path:
-    """Accuracy vs average allotted tokens per query, one panel per stream."""
+    """Accuracy vs average allotted tokens per query, one panel per stream.
+
+    Parameters
+    ----------
+    results : DataFrame
+        The bench's results, one row per (stream, policy, budget).
+    sts : sequence of BenchStream
+        The streams, one panel each.
+    path : Path
+        PNG to write.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     plt = _pyplot()
     cols = 4
     rows = math.ceil(len(sts) / cols)
@@ -81,7 +96,22 @@ def plot_frontier(results: pd.DataFrame, sts: Sequence[BenchStream], path: Path)
 
 
 def plot_paper_style(results: pd.DataFrame, paper: pd.DataFrame, path: Path) -> Path:
-    """The paper's 4-panel results figure with our synthetic streams, paper overlaid."""
+    """The paper's 4-panel results figure with our synthetic streams, paper overlaid.
+
+    Parameters
+    ----------
+    results : DataFrame
+        The bench's results; the four paper-calibrated synthetic streams are drawn.
+    paper : DataFrame
+        The paper's digitised results (:func:`~shadowprice.traces.load_paper_results`).
+    path : Path
+        PNG to write.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     plt = _pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.4), dpi=100)
     for ax, (ours, theirs) in zip(axes, PAPER_STREAMS.items(), strict=True):
@@ -170,7 +200,24 @@ def plot_paper_style(results: pd.DataFrame, paper: pd.DataFrame, path: Path) -> 
 def plot_ratio(
     results: pd.DataFrame, paper: pd.DataFrame, sts: Sequence[BenchStream], path: Path
 ) -> Path:
-    """CLEAR / uniform accuracy vs budget per stream (where uniform >= 1 %), paper dashed."""
+    """CLEAR / uniform accuracy vs budget per stream (where uniform >= 1 %), paper dashed.
+
+    Parameters
+    ----------
+    results : DataFrame
+        The bench's results (``ratio_uniform`` of the ``clear`` rows).
+    paper : DataFrame
+        The paper's digitised results, drawn dashed beside the stream of the same name.
+    sts : sequence of BenchStream
+        The streams, one panel per kind.
+    path : Path
+        PNG to write.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     plt = _pyplot()
     from matplotlib.ticker import FuncFormatter, NullFormatter
 

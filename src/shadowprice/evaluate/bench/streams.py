@@ -111,7 +111,18 @@ class BenchStream:
 
 
 def format_budget(b: float) -> str:
-    """A budget in tokens as the report writes it: ``"300"``, ``"2k"`` (above 1500 only)."""
+    """A budget as the report writes it: ``"300"``, ``"1500"``, ``"2k"``.
+
+    Parameters
+    ----------
+    b : float
+        Tokens per query.
+
+    Returns
+    -------
+    str
+        Thousands as ``"<n>k"`` above 1500 tokens, the plain number otherwise.
+    """
     return f"{b / 1000:g}k" if b >= 1000 and b % 1000 == 0 and b > 1500 else f"{b:g}"
 
 
@@ -186,7 +197,20 @@ def build_streams(
 ) -> list[BenchStream]:
     """The bench's streams, in report order (see the module docstring).
 
-    Parameters are those of :func:`~shadowprice.evaluate.bench.run_bench` of the same names.
+    Parameters
+    ----------
+    streams : sequence of str
+        Mixture names from :data:`~shadowprice.evaluate.streams.STREAMS`.
+    n, n_real_mix, n_long : int
+        Queries per synthetic, real-mix and long-reasoning stream.
+    budgets, long_budgets : sequence of int
+        Average tokens per query (short streams and the real set / long-reasoning pools).
+    real, long : bool
+        Include the bundled real set and its level mixtures / the long-reasoning pools.
+    repeats, real_repeats : int
+        Random half-splits to average per stream / on the real set.
+    seed : int
+        Seeds the streams and their simulated samples.
 
     Returns
     -------
