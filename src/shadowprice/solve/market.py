@@ -36,6 +36,7 @@ from .result import STATUS_NOT_SCARCE, STATUS_OK, Allocation, floors_exceed_budg
 PRICE_RTOL = 1e-12
 #: The O(N)-per-step path stops earlier: leftovers are handed out afterwards anyway.
 VECTOR_RTOL = 1e-9
+#: Most bisection steps on the price.
 MAX_ITER = 200
 
 
@@ -43,13 +44,26 @@ MAX_ITER = 200
 class Clearing:
     """Continuous market outcome at the clearing price, before rounding.
 
-    ``below`` is the demand just below the clearing price (budgets, funded), where demand still
-    exceeds the budget: the queries funded there but not at the price are the marginal ones,
-    indifferent at the price, that the demand jump left out.
+    Attributes
+    ----------
+    price : float
+        The clearing price (utility per token); 0 when the budget is not scarce.
+    budgets : ndarray of float64, shape (N,)
+        Continuous demand at ``price`` (tokens; 0 for abandoned queries).
+    funded : ndarray of bool, shape (N,)
+        Queries funded at ``price``.
+    iterations : int
+        Bisection steps taken.
+    scarce : bool
+        False when every query got its utility-maximising budget at price 0.
+    below : (budgets, funded), optional
+        The demand just below the clearing price, where it still exceeds the budget: the
+        queries funded there but not at the price are the marginal ones, indifferent at the
+        price, that the demand jump left out.
     """
 
     price: float
-    budgets: FloatArray  # (N,) continuous demand at ``price`` (0 for abandoned)
+    budgets: FloatArray
     funded: NDArray[np.bool_]
     iterations: int
     scarce: bool
@@ -64,6 +78,21 @@ def constrained_demand(
     Candidates are the unconstrained optimum clipped to [lo, hi], the cheapest funded budget
     lo, the cap hi, and 0 (unless protected); for the closed-form families the surplus on
     [lo, hi] is maximised at one of the first three.
+
+    Parameters
+    ----------
+    curves : UtilityCurve
+        N curves with closed-form demand.
+    price : float
+        Utility per token.
+    cons : Constraints
+        Per-query limits; protected queries always buy.
+
+    Returns
+    -------
+    budgets : ndarray of float64, shape (N,)
+        Continuous demand in tokens (0 where abandoned).
+    funded : ndarray of bool, shape (N,)
     """
     d = curves.demand(price)
     # The stationary point even for queries the curve would abandon: a protected query
@@ -97,7 +126,21 @@ def _price_ceiling(curves: UtilityCurve, cons: Constraints) -> float:
 
 
 def clear_vectorised(curves: UtilityCurve, cons: Constraints) -> Clearing:
-    """Bisection on lambda with O(N) demand evaluations (any closed-form curve)."""
+    """Bisection on lambda with O(N) demand evaluations (any closed-form curve).
+
+    Parameters
+    ----------
+    curves : UtilityCurve
+        The N queries' curves.
+    cons : Constraints
+        Limits, granularity and the total budget.
+
+    Returns
+    -------
+    Clearing
+        Continuous demand at the clearing price (and just below it when the budget is
+        scarce).
+    """
     B = cons.budget
     b0, f0 = constrained_demand(curves, 0.0, cons)
     if b0.sum() <= B:
@@ -179,7 +222,21 @@ class _SortedSurge:
 
 
 def clear_sorted(curves: ShiftedSurge, cons: Constraints) -> Clearing:
-    """Bisection on lambda where each step costs O(log N) (see module docstring)."""
+    """Bisection on lambda where each step costs O(log N) (see module docstring).
+
+    Parameters
+    ----------
+    curves : ShiftedSurge
+        N surges sharing alpha and beta, under the same limits.
+    cons : Constraints
+        Limits, granularity and the total budget.
+
+    Returns
+    -------
+    Clearing
+        Continuous demand at the clearing price (and just below it when the budget is
+        scarce).
+    """
     B = cons.budget
     s = _SortedSurge(curves, float(cons.lo[0]), float(cons.hi[0]))
     if s.demand(0.0) <= B:
@@ -210,6 +267,26 @@ def admit_marginal(
     They are indifferent at the clearing price, so funding some of them is as good as any use
     of the leftover; lowest thresholds first. With many identical queries the price alone would
     fund none of them (they all drop out at once); this funds as many as the budget allows.
+
+    Parameters
+    ----------
+    curves : UtilityCurve
+        The N queries' curves.
+    budgets : ndarray of int64, shape (N,)
+        Rounded budgets at the clearing price.
+    funded : ndarray of bool, shape (N,)
+        Queries funded at the clearing price.
+    below : (budgets, funded)
+        Continuous demand just below the clearing price (:attr:`Clearing.below`).
+    cons : Constraints
+        Limits, granularity and the total budget.
+
+    Returns
+    -------
+    budgets : ndarray of int64, shape (N,)
+    funded : ndarray of bool, shape (N,)
+    admitted : int
+        Marginal queries funded.
     """
     b_below, f_below = below
     cand = np.flatnonzero(f_below & ~funded)
@@ -430,8 +507,24 @@ class _SurgeStates:
 
 
 def clear_surge_limits(curves: ShiftedSurge, cons: Constraints) -> Clearing:
-    """Bisection on lambda for shared-shape surges with per-query limits, touching only the
-    queries whose state can still change inside the price bracket (see :class:`_SurgeStates`)."""
+    """Bisection on lambda for shared-shape surges with per-query limits.
+
+    Each step touches only the queries whose state can still change inside the price
+    bracket (see :class:`_SurgeStates`).
+
+    Parameters
+    ----------
+    curves : ShiftedSurge
+        N surges sharing alpha and beta.
+    cons : Constraints
+        Limits, granularity and the total budget.
+
+    Returns
+    -------
+    Clearing
+        Continuous demand at the clearing price (and just below it when the budget is
+        scarce).
+    """
     B = cons.budget
     st = _SurgeStates(curves, cons)
     code_lo, b_lo = st.state(0.0)
@@ -474,10 +567,29 @@ def clear_surge_limits(curves: ShiftedSurge, cons: Constraints) -> Clearing:
 def clear(curves: UtilityCurve, cons: Constraints, *, policy: str = "clear") -> Allocation:
     """Allocate by market clearing with closed-form demand.
 
+    The price is found by bisection on one of three evaluators of demand (see the module
+    docstring); budgets are rounded onto the granularity, the marginal queries admitted while
+    they fit, and the leftover handed out (:func:`hand_out`).
+
     Parameters
     ----------
-    curves : UtilityCurve with ``has_closed_form_demand``
+    curves : UtilityCurve
+        N curves with ``has_closed_form_demand`` (e.g. ShiftedSurge, GammaSCurve).
     cons : Constraints
+        Limits, granularity and the total budget.
+    policy : str
+        Name recorded in the result.
+
+    Returns
+    -------
+    Allocation
+        Integer budgets, the clearing price, funded mask, expected utility and a message
+        naming the evaluator used; ``info`` holds iterations, admitted, entered, spread.
+
+    Raises
+    ------
+    TypeError
+        For curves without closed-form demand (use the envelope solver, policy 'market').
     """
     if not curves.has_closed_form_demand:
         raise TypeError(
