@@ -66,7 +66,13 @@ def _read_lines(rel: str) -> list[tuple[int, Any]]:
 
 
 def list_bundled() -> dict[str, str]:
-    """Bundled set name -> one-line description (trace sets first, then problem sets)."""
+    """What data ship with the package.
+
+    Returns
+    -------
+    dict of str -> str
+        Bundled set name -> one-line description (trace sets first, then problem sets).
+    """
     m = _manifest()
     out = {name: "trace set: " + info["description"] for name, info in m["traces"].items()}
     out.update(
@@ -81,6 +87,20 @@ def load_traces(name: str) -> TraceSet:
     ``tokens`` are response lengths in DeepSeek-BPE tokens (a proxy for the generating
     model's tokenizer); per-sample extras ``pred`` and ``pred_score`` and per-query
     ``meta`` (``level``, ``source``, ``solution_tokens``) are kept.
+
+    Parameters
+    ----------
+    name : str
+        A bundled trace set (see :func:`list_bundled`), e.g. :data:`REAL_TRACE_SET`.
+
+    Returns
+    -------
+    TraceSet
+
+    Raises
+    ------
+    KeyError
+        For a set that is not bundled, naming those that are.
     """
     info = _lookup("traces", name)
     rel = info["file"]
@@ -96,14 +116,25 @@ def load_traces(name: str) -> TraceSet:
 def load_problems(name: str) -> pd.DataFrame:
     """Load a bundled problem set as a DataFrame with one row per problem.
 
-    Names: ``math500``, ``gsm8k``, ``gsm8k-train``, ``aime24``, ``amc23``, ``minerva``,
-    ``olympiadbench``.
+    Parameters
+    ----------
+    name : str
+        ``math500``, ``gsm8k``, ``gsm8k-train``, ``aime24``, ``amc23``, ``minerva`` or
+        ``olympiadbench`` (case and ``_``/``-`` do not matter).
 
-    Columns (:data:`PROBLEM_COLUMNS`): ``id`` (string, unique), ``question`` (string),
-    ``answer`` (string, gold), ``solution_tokens`` (Int64, DeepSeek-BPE tokens of the
-    reference solution; <NA> where none), ``level`` (Int64, MATH difficulty 1-5; <NA>
-    elsewhere), ``subject`` (string; <NA> where none), ``source`` (string, benchmark).
-    Text columns use pandas' nullable ``string`` dtype.
+    Returns
+    -------
+    DataFrame
+        Columns (:data:`PROBLEM_COLUMNS`): ``id`` (string, unique), ``question`` (string),
+        ``answer`` (string, gold), ``solution_tokens`` (Int64, DeepSeek-BPE tokens of the
+        reference solution; <NA> where none), ``level`` (Int64, MATH difficulty 1-5; <NA>
+        elsewhere), ``subject`` (string; <NA> where none), ``source`` (string, benchmark).
+        Text columns use pandas' nullable ``string`` dtype.
+
+    Raises
+    ------
+    KeyError
+        For a set that is not bundled, naming those that are.
     """
     info = _lookup("problems", name)
     rows = [obj for _, obj in _read_lines(info["file"])]

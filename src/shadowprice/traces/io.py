@@ -441,14 +441,26 @@ def _read_parquet(path: str) -> TraceSet:
 def read_traces(path: str | os.PathLike[str], *, format: str | None = None) -> TraceSet:
     """Read and validate a trace set.
 
-    Args:
-        path: ``.jsonl``, ``.jsonl.gz`` (one record per query), ``.csv`` or ``.parquet``
-            (long form, one row per sample).
-        format: override the suffix-based choice: one of ``FORMATS``.
+    Parameters
+    ----------
+    path : path
+        ``.jsonl``, ``.jsonl.gz`` (one record per query), ``.csv`` or ``.parquet`` (long
+        form, one row per sample).
+    format : str, optional
+        Override the suffix-based choice: one of :data:`FORMATS`.
 
-    Raises:
-        TraceValidationError: with the file, 1-based line (row for Parquet) and field.
-        ValueError: unknown format.
+    Returns
+    -------
+    TraceSet
+
+    Raises
+    ------
+    TraceValidationError
+        With the file, 1-based line (row for Parquet) and field.
+    FileNotFoundError
+        When there is no such file.
+    ValueError
+        For an unknown format.
     """
     p = os.fspath(path)
     fmt = _infer_format(p, format)
@@ -469,6 +481,20 @@ def write_traces(
     Every field of every record is written, so ``read_traces(write_traces(t))`` gives
     back equal records (long form: a query-level ``None`` and an empty ``meta`` read back
     as absent).
+
+    Parameters
+    ----------
+    traces : TraceSet
+        The set to write.
+    path : path
+        File to write (overwritten).
+    format : str, optional
+        Override the suffix-based choice: one of :data:`FORMATS`.
+
+    Raises
+    ------
+    ValueError
+        For an unknown format.
     """
     p = os.fspath(path)
     fmt = _infer_format(p, format)
