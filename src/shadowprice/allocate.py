@@ -88,6 +88,15 @@ def allocate(
     Allocation
         Integer budgets with sum <= B, the clearing price, funded mask, expected utility,
         status and message.
+
+    Raises
+    ------
+    TypeError
+        When ``curves`` is not a :class:`UtilityCurve`.
+    ValueError
+        Naming the argument: an unknown policy or leftover mode, ``samples`` with a policy
+        other than 'market' or 'oracle', a bad grid (:func:`~shadowprice.curves.grid.check_grid`)
+        or bad limits (:func:`~shadowprice.solve.constraints.make_constraints`).
     """
     if not isinstance(curves, UtilityCurve):
         raise TypeError(

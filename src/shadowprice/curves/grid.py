@@ -49,7 +49,7 @@ def check_grid(
     Returns
     -------
     ndarray, shape (K,)
-        int64 when ``whole``, else float64.
+        The grid as int64 when ``whole``, else as float64.
 
     Raises
     ------
