@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo lint test bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -15,9 +15,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/shadowprice demo
 
+# Style, lint (line length, complexity) and types, as configured in pyproject.toml. `make test`
+# runs it first, so CI (.ci/run -> make test) refuses code that does not pass. Python files
+# only: the docs' examples keep their hand-aligned comments.
+PY_PATHS := src tests tools benchmarks
+lint: $(STAMP)
+	$(BIN)/ruff format --check $(PY_PATHS)
+	$(BIN)/ruff check $(PY_PATHS)
+	$(BIN)/mypy
+
 # Starts the bundled llama.cpp server for the live engine tests (they skip, saying so, if it
 # is not there; with SHADOWPRICE_REQUIRE_ENGINE=1, as in CI, a failed start fails the run).
-test: $(STAMP)
+test: lint
 	@if bash tools/engine.sh start >/dev/null; then :; \
 	elif [ "$${SHADOWPRICE_REQUIRE_ENGINE:-0}" = 1 ]; then echo "make test: engine failed to start" >&2; exit 1; \
 	else echo "make test: local engine did not start; live engine tests will skip" >&2; fi

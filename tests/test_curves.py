@@ -1,4 +1,4 @@
-"""Curve families: known answers from CLEAR.md and consistency of value, marginal, demand."""
+"""Curve families: known answers from the CLEAR paper and consistency of value, marginal, demand."""
 
 import numpy as np
 import pytest

@@ -10,15 +10,16 @@ import pytest
 from typer.testing import CliRunner
 
 from shadowprice.cli import app
-from shadowprice.demo import (
-    PAPER_BALANCED,
+from shadowprice.evaluate.demo import (
     DemoPolicy,
     SyntheticSetting,
     TraceSetting,
     default_setting,
+    paper_balanced,
     run_demo,
     surge_beta,
 )
+from shadowprice.evaluate.policies import EVAL_POLICIES
 from shadowprice.evaluate.streams import load_stream, make_stream
 
 runner = CliRunner()
@@ -45,6 +46,9 @@ def test_default_demo_is_real_traces(real) -> None:
     assert real.png_path is not None and real.png_path.read_bytes()[:4] == b"\x89PNG"
     data = json.loads(real.json_path.read_text())
     assert len(data["table"]) == 4 and "clear-paper" in data["table"][0]
+    # Labels come from the policy registry, not from the demo.
+    labels = {r["policy"]: r["label"] for r in real.rows}
+    assert labels == {k: EVAL_POLICIES[k].legend for k in labels}
 
 
 def test_real_clear_beats_uniform_and_oracle_bounds(real) -> None:
@@ -65,9 +69,9 @@ def test_real_clear_beats_uniform_and_oracle_bounds(real) -> None:
 
 def test_trace_setting_is_held_out() -> None:
     """Fit and score halves are disjoint samples of the same queries."""
-    from shadowprice.traces import load_traces
+    from shadowprice.traces import REAL_TRACE_SET, load_traces
 
-    st = TraceSetting(load_traces("qwen25-math-math100"), seed=3)
+    st = TraceSetting(load_traces(REAL_TRACE_SET), seed=3)
     fit, score = st._ctx.fit, st._ctx.score
     assert fit.ids == score.ids and st.n == 100
     assert (fit.n_samples() + score.n_samples() == 8).all()
@@ -78,13 +82,19 @@ def test_trace_setting_is_held_out() -> None:
 def test_demo_writes_files(scarce) -> None:
     assert scarce.png_path is not None and scarce.png_path.read_bytes()[:4] == b"\x89PNG"
     data = json.loads(scarce.json_path.read_text())
-    assert {r["policy"] for r in data["rows"]} == {"clear", "uniform", "market", "oracle"}
+    assert {r["policy"] for r in data["rows"]} == {
+        "clear-paper",
+        "uniform",
+        "true-market",
+        "true-oracle",
+    }
+    assert data["headline"] == "clear-paper"
     assert len(data["table"]) == len(SCARCE)
     assert "SYNTHETIC" in data["description"]
 
 
 def test_clear_beats_uniform_when_scarce(scarce) -> None:
-    clear, uniform = scarce.accuracy("clear"), scarce.accuracy("uniform")
+    clear, uniform = scarce.accuracy("clear-paper"), scarce.accuracy("uniform")
     for b in SCARCE:
         assert clear[b] > uniform[b] + 5.0, (b, clear[b], uniform[b])
     # The paper's headline: several-fold gains in the scarce regime.
@@ -94,21 +104,24 @@ def test_clear_beats_uniform_when_scarce(scarce) -> None:
 def test_oracle_bounds_and_abandonment(scarce) -> None:
     rows = {(r["budget_per_query"], r["policy"]): r for r in scarce.rows}
     for b in SCARCE:
-        assert rows[b, "oracle"]["accuracy"] >= rows[b, "clear"]["accuracy"] - 1e-9
-        assert rows[b, "oracle"]["accuracy"] >= rows[b, "uniform"]["accuracy"] - 1e-9
+        assert rows[b, "true-oracle"]["accuracy"] >= rows[b, "clear-paper"]["accuracy"] - 1e-9
+        assert rows[b, "true-oracle"]["accuracy"] >= rows[b, "uniform"]["accuracy"] - 1e-9
         assert rows[b, "uniform"]["abandoned"] == 0.0
-        for pol in ("clear", "uniform", "market", "oracle"):
+        for pol in ("clear-paper", "uniform", "true-market", "true-oracle"):
             assert rows[b, pol]["spent_per_query"] <= b + 1e-9
     # Abandonment falls as the budget grows, as in the paper.
-    ab = [rows[b, "clear"]["abandoned"] for b in SCARCE]
+    ab = [rows[b, "clear-paper"]["abandoned"] for b in SCARCE]
     assert ab == sorted(ab, reverse=True) and ab[0] > 50
 
 
 def test_table_has_paper_reference(scarce) -> None:
     t = scarce.table()
     assert [r["budget_per_query"] for r in t] == list(SCARCE)
-    assert t[0]["paper_clear"] == PAPER_BALANCED[100][0]
+    assert t[0]["paper_clear"] == paper_balanced()[100][0] == 10.2  # the bundled CSV's row
     assert t[0]["ratio"] is None or t[0]["ratio"] > 1  # uniform ~0 at 100 tokens/query
+    # The ratio and abandonment columns describe the headline policy, clear-paper here.
+    rows = {(r["budget_per_query"], r["policy"]): r for r in scarce.rows}
+    assert t[0]["clear_abandoned"] == rows[100, "clear-paper"]["abandoned"]
 
 
 def test_surge_beta_is_the_90pct_point() -> None:
@@ -131,13 +144,13 @@ def test_custom_setting_plugs_in(tmp_path: Path) -> None:
         n = inner.n
 
         def policies(self) -> list[DemoPolicy]:
-            return [p for p in inner.policies() if p.key in ("clear", "uniform")]
+            return [p for p in inner.policies() if p.key in ("clear-paper", "uniform")]
 
         def score(self, allocation) -> float:
             return inner.score(allocation)
 
     r = run_demo(tmp_path, budgets=(150,), setting=Mini(), plot=False)
-    assert r.png_path is None and {x["policy"] for x in r.rows} == {"clear", "uniform"}
+    assert r.png_path is None and {x["policy"] for x in r.rows} == {"clear-paper", "uniform"}
     with pytest.raises(ValueError, match="budgets"):
         run_demo(tmp_path, budgets=(0,))
 
@@ -200,3 +213,40 @@ def test_live_fails_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         app, ["demo", "--out", str(tmp_path), "--budgets", "100", "--no-plot", "--live"]
     )
     assert r.exit_code == 2 and "no server" in r.stderr
+
+
+def test_sample_problems_validates_and_never_swallows(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shadowprice.engine.live_demo import sample_problems
+    from shadowprice.traces import load_problems
+
+    rows = sample_problems(3)
+    gsm = load_problems("gsm8k")
+    assert rows == [(gsm.id[i], gsm.question[i], gsm.answer[i]) for i in range(3)]
+    for bad in (0, -1, len(gsm) + 1, 5000, 2.0, True):
+        with pytest.raises(ValueError, match=f"from 1 to {len(gsm)}"):
+            sample_problems(bad)  # type: ignore[arg-type]
+
+    def broken(name: str):
+        raise OSError("bundled data unreadable")
+
+    monkeypatch.setattr("shadowprice.traces.load_problems", broken)
+    with pytest.raises(OSError, match="unreadable"):
+        sample_problems(3)
+
+
+def test_live_demo_keeps_its_import_paths() -> None:
+    import importlib
+
+    from shadowprice.engine import live_demo
+
+    module = importlib.import_module("shadowprice.engine.live_demo")
+    assert callable(live_demo) and live_demo is module.live_demo
+    assert callable(module.sample_problems)
+
+
+def test_version_is_the_installed_distributions() -> None:
+    from importlib.metadata import version
+
+    import shadowprice
+
+    assert shadowprice.__version__ == version("shadowprice")

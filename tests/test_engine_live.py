@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from shadowprice.engine.collect import CollectConfig, CollectQuery, collect_traces
-from shadowprice.engine.demo import sample_problems
+from shadowprice.engine.live_demo import sample_problems
 from shadowprice.engine.planning import build_items, heuristic_tau, plan_budgets
 from shadowprice.engine.results import read_records
 from shadowprice.engine.run import RunConfig, prompt_messages, run_plan

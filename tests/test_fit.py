@@ -8,6 +8,7 @@ import pytest
 from shadowprice.curves import EmpiricalCurve, GammaSCurve, ShiftedSurge, TabulatedCurve
 from shadowprice.fit import (
     UNREACHABLE_TAU,
+    GammaFitter,
     ShrunkCurveFitter,
     SurgeFitter,
     empirical_curves,
@@ -112,5 +113,33 @@ def test_validation_at_boundary() -> None:
         ShrunkCurveFitter(strength=-1)
     with pytest.raises(ValueError, match="grid"):
         fit_shrunk(_synthetic(), grid=[5, 10])
-    with pytest.raises(RuntimeError, match="fit"):
-        ShrunkCurveFitter().predict_curves()
+    # Fitted curves are the curves_ attribute; using a fitter before fit says so.
+    with pytest.raises(RuntimeError, match=r"call fit\(traces\) first.*curves_"):
+        ShrunkCurveFitter().pool_curve(3)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        SurgeFitter().as_probability()
+    for fitter in (ShrunkCurveFitter(), SurgeFitter(), GammaFitter()):
+        assert not hasattr(fitter, "predict_curves")  # the name belongs to real predictions
+        assert fitter.fit(_synthetic()).curves_.n == _synthetic().n
+
+
+@pytest.mark.parametrize("error", [RuntimeError("no convergence"), ValueError("bad bounds")])
+def test_surge_fit_falls_back_when_curve_fit_fails(monkeypatch: pytest.MonkeyPatch, error) -> None:
+    """When least squares fails, beta is the moment estimate 2 / mean excess length."""
+    import shadowprice.fit as fit_module
+
+    ts = _synthetic()
+    t, c = ts.tokens(), ts.correct() & ~np.isnan(ts.tokens())
+    tau = np.array([row[ok].min() if ok.any() else np.nan for row, ok in zip(t, c, strict=True)])
+    excess = (t - tau[:, None])[c]
+    excess = excess[excess > 0]
+
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(fit_module.optimize, "curve_fit", failing)
+    f = SurgeFitter().fit(ts)
+    assert f.beta_ == pytest.approx(2.0 / excess.mean())
+    # The histogram is still reported, against the fallback shape, with its (poor) fit.
+    assert len(f.histogram_) == 30 and np.isfinite(f.r2_)
+    assert f.curves_.n == ts.n

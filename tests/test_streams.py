@@ -18,7 +18,7 @@ from shadowprice.evaluate.streams import (
 )
 from shadowprice.traces import TraceSet
 
-# CLEAR.md, Fig. 1 of the paper: solution recall (%) at 256, 512, 1k, 2k, 4k tokens.
+# Fig. 1 of the CLEAR paper: solution recall (%) at 256, 512, 1k, 2k, 4k tokens.
 CHECK_BUDGETS = [256, 512, 1024, 2048, 4096]
 PAPER_RECALL = {
     "gsm8k-like": [28, 87, 97, 97, 97.5],
@@ -153,3 +153,15 @@ def test_scales_to_1e5_queries() -> None:
     assert s.n == 200_000
     ts = s.subset(slice(0, 100_000)).sample_traces(4, seed=0)
     assert ts.n == 100_000
+
+
+def test_largest_remainder_splits_exactly() -> None:
+    from shadowprice.evaluate.streams import largest_remainder
+
+    assert largest_remainder(10, (1 / 3, 1 / 3, 1 / 3)).tolist() == [4, 3, 3]
+    assert largest_remainder(7, (0.7, 0.2, 0.1)).tolist() == [5, 1, 1]
+    assert largest_remainder(0, (1, 2)).tolist() == [0, 0]
+    assert largest_remainder(1000, (2, 1, 1)).sum() == 1000
+    for bad_n, weights in [(-1, (1, 1)), (2.5, (1, 1)), (3, ()), (3, (0, 0)), (3, (1, -1))]:
+        with pytest.raises(ValueError, match="must be"):
+            largest_remainder(bad_n, weights)

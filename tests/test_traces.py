@@ -171,8 +171,8 @@ BAD_LINES: list[tuple[str, str, str]] = [
     # (JSON text of the bad record, expected field, expected message fragment)
     (
         (
-            '{"id": "b", "samples": [{"tokens": 1, "correct": true}, {"tokens": 2, "correct": true},'
-            ' {"tokens": -3, "correct": true}]}'
+            '{"id": "b", "samples": [{"tokens": 1, "correct": true}, '
+            '{"tokens": 2, "correct": true}, {"tokens": -3, "correct": true}]}'
         ),
         "samples[2].tokens",
         "must be a non-negative integer, got -3",

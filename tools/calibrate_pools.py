@@ -9,7 +9,7 @@ length tau_i + Gamma(2, beta_i). We draw
 and choose (m_tau, s_tau, m_beta, s_beta) so that the pool's *solution recall*
 (share of eventually-correct solutions finished within b tokens,
 mean_i p_i F_i(b) / mean_i p_i; with p independent of (tau, beta) this is mean_i F_i(b))
-matches the table in /work/shared/CLEAR.md (read off the paper's Fig. 1, +-1 point).
+matches the recall table read off the CLEAR paper's Fig. 1 (+-1 point).
 
 The expectation over (tau, beta) is computed on a fixed 2-D quantile grid (deterministic and
 smooth, so Nelder-Mead converges), and the fit minimises squared error in percentage points.
@@ -24,7 +24,7 @@ from scipy.optimize import minimize
 from scipy.special import ndtri
 
 BUDGETS = np.array([64, 128, 256, 512, 1024, 2048, 4096, 8192], dtype=float)
-# Solution recall in % (CLEAR.md, Fig. 1 of the paper).
+# Solution recall in % (Fig. 1 of the CLEAR paper).
 TABLE: dict[str, list[float]] = {
     "gsm8k-like": [0, 3, 28, 87, 97, 97, 97.5, 100],
     "math500-like": [0, 1, 9, 52, 89.5, 96.5, 97.5, 100],

@@ -8,6 +8,8 @@
 True
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from .allocate import POLICIES, allocate
 from .curves import (
     EmpiricalCurve,
@@ -19,7 +21,11 @@ from .curves import (
 )
 from .solve.result import Allocation
 
-__version__ = "0.1.0"
+try:
+    # One source of truth: the version pyproject.toml gave the installed distribution.
+    __version__ = version("shadowprice")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "POLICIES",

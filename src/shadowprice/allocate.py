@@ -8,6 +8,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .curves.base import UtilityCurve
+from .curves.grid import check_grid
 from .solve import baselines
 from .solve.constraints import make_constraints
 from .solve.envelope import clear_menu
@@ -87,6 +88,15 @@ def allocate(
     Allocation
         Integer budgets with sum <= B, the clearing price, funded mask, expected utility,
         status and message.
+
+    Raises
+    ------
+    TypeError
+        When ``curves`` is not a :class:`UtilityCurve`.
+    ValueError
+        Naming the argument: an unknown policy or leftover mode, ``samples`` with a policy
+        other than 'market' or 'oracle', a bad grid (:func:`~shadowprice.curves.grid.check_grid`)
+        or bad limits (:func:`~shadowprice.solve.constraints.make_constraints`).
     """
     if not isinstance(curves, UtilityCurve):
         raise TypeError(
@@ -102,7 +112,7 @@ def allocate(
         granularity=granularity,
         floor=floor,
     )
-    g = None if grid is None else _check_grid(grid, cons.granularity)
+    g = None if grid is None else check_grid(grid, granularity=cons.granularity)
     if samples is not None and policy not in ("market", "oracle"):
         raise ValueError("samples= applies to the 'market' and 'oracle' policies only")
     if leftover not in LEFTOVER_MODES:
@@ -136,12 +146,3 @@ def allocate(
         "proportional": baselines.proportional,
         "length": baselines.length,
     }[policy](curves, cons)
-
-
-def _check_grid(grid: ArrayLike, g: int) -> np.ndarray:
-    arr = np.asarray(grid)
-    if arr.ndim != 1 or arr.size < 2 or arr[0] != 0 or np.any(np.diff(arr) <= 0):
-        raise ValueError("grid must be 1-D, strictly ascending, start at 0 and have >= 2 levels")
-    if np.any(arr % g):
-        raise ValueError(f"grid budgets must be multiples of granularity {g}")
-    return arr.astype(np.int64)

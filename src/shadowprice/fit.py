@@ -37,6 +37,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy import optimize, special, stats
 
 from .curves import EmpiricalCurve, GammaSCurve, ShiftedSurge, TabulatedCurve, UtilityCurve
+from .curves.grid import check_grid
 from .traces import TraceSet
 
 FloatArray = NDArray[np.float64]
@@ -76,6 +77,20 @@ def default_grid(traces: TraceSet, levels: int = 64, top: float | None = None) -
 
     Runs from a quarter of the shortest sample to twice the longest (or ``top``), so that every
     useful cap has a nearby grid point; geometric because lengths vary multiplicatively.
+
+    Parameters
+    ----------
+    traces : TraceSet
+        Samples whose lengths set the range.
+    levels : int
+        Grid points including 0 (>= 3); rounding may merge a few at the short end.
+    top : float, optional
+        Last budget in tokens (default: twice the longest sample).
+
+    Returns
+    -------
+    ndarray of int64, shape (K,)
+        Budgets in tokens, ascending from 0, K <= ``levels``.
     """
     if levels < 3:
         raise ValueError(f"levels must be at least 3, got {levels}")
@@ -86,13 +101,12 @@ def default_grid(traces: TraceSet, levels: int = 64, top: float | None = None) -
     return np.concatenate([[0], g[g > 0]])
 
 
-def _check_grid(grid: ArrayLike) -> NDArray[np.int64]:
-    g = np.asarray(grid)
-    if g.ndim != 1 or g.size < 2 or g[0] != 0 or np.any(np.diff(g) <= 0):
-        raise ValueError("grid must be 1-D, strictly ascending, start at 0 and have >= 2 points")
-    if not np.all(np.isfinite(g)) or np.any(g != np.round(g)):
-        raise ValueError("grid budgets must be whole numbers of tokens")
-    return g.astype(np.int64)
+def _check_fitted(fitter: object) -> None:
+    if not hasattr(fitter, "curves_"):
+        raise RuntimeError(
+            f"this {type(fitter).__name__} is not fitted yet; call fit(traces) first, then "
+            f"read the fitted curves from its curves_ attribute"
+        )
 
 
 # -- raw curves -----------------------------------------------------------------------------
@@ -100,7 +114,17 @@ def empirical_curves(traces: TraceSet) -> EmpiricalCurve:
     """Each query's raw empirical curve: share of its samples correct within b tokens.
 
     This is what a hard cap scores on these samples; as a *plan* it overfits (4 samples make a
-    4-step curve). Shape (N,) curves.
+    4-step curve).
+
+    Parameters
+    ----------
+    traces : TraceSet
+        N queries with their samples.
+
+    Returns
+    -------
+    EmpiricalCurve
+        N curves.
     """
     t, c, _ = _arrays(traces)
     return EmpiricalCurve(t, c)
@@ -113,13 +137,33 @@ class BetaBinomialPrior:
 
     ``strength`` is in pseudo-samples: a query with n samples keeps weight n / (n + strength)
     on its own rate.
+
+    Attributes
+    ----------
+    mean : float
+        Prior mean success rate, in (0, 1).
+    strength : float
+        Prior weight in pseudo-samples (> 0).
     """
 
     mean: float
     strength: float
 
     def posterior_mean(self, k: ArrayLike, n: ArrayLike, scale: float = 1.0) -> FloatArray:
-        """(k + s m) / (n + s) with s = ``scale`` * strength; shape of ``k``."""
+        """Posterior mean success rate (k + s m) / (n + s), with s = ``scale`` * strength.
+
+        Parameters
+        ----------
+        k, n : array_like
+            Successes and trials per query.
+        scale : float
+            Multiplies the prior strength (1 = the fitted prior).
+
+        Returns
+        -------
+        ndarray of float64
+            Shape of ``k``.
+        """
         s = self.strength * scale
         return (np.asarray(k, float) + s * self.mean) / (np.asarray(n, float) + s)
 
@@ -131,6 +175,17 @@ def fit_beta_binomial(k: ArrayLike, n: ArrayLike) -> BetaBinomialPrior:
     ----------
     k, n : int arrays (N,)
         Successes and trials per query (0 <= k <= n, n >= 1).
+
+    Returns
+    -------
+    BetaBinomialPrior
+        A weak prior at the pooled rate when every query has the same outcome (no spread to
+        learn from); the strength is kept within [0.05, 1e4] pseudo-samples.
+
+    Raises
+    ------
+    ValueError
+        When the arrays differ in shape, are empty, or break 0 <= k <= n, n >= 1.
     """
     k = np.asarray(k, dtype=np.int64)
     n = np.asarray(n, dtype=np.int64)
@@ -235,14 +290,20 @@ class ShrunkCurveFitter:
     smooth : bool
         Average the curve over the posterior of mu_i (True) or plug in its mean (False).
 
-    Attributes (after :meth:`fit`)
-    ------------------------------
+    Attributes
+    ----------
     curves_ : TabulatedCurve
-        (N,) curves on ``grid_``.
-    p_ : (N,) shrunk success probabilities.
-    mu_, mu_var_ : (N,) posterior mean and variance of each query's log-length location.
-    prior_ : BetaBinomialPrior of the success rates.
-    sigma_, tau_ : within- and between-query standard deviation of log-lengths.
+        The fitted curves, (N,) on ``grid_`` (set by :meth:`fit`, as are the others).
+    grid_ : ndarray of int64, shape (K,)
+        Budgets the curves are tabulated on (tokens).
+    p_ : ndarray, shape (N,)
+        Shrunk success probabilities.
+    mu_, mu_var_ : ndarray, shape (N,)
+        Posterior mean and variance of each query's log-length location.
+    prior_ : BetaBinomialPrior
+        Prior of the success rates.
+    sigma_, tau_ : float
+        Within- and between-query standard deviation of log-lengths.
     """
 
     def __init__(
@@ -255,8 +316,20 @@ class ShrunkCurveFitter:
         self.smooth = smooth
 
     def fit(self, traces: TraceSet) -> ShrunkCurveFitter:
+        """Fit the priors and tabulate every query's shrunk curve.
+
+        Parameters
+        ----------
+        traces : TraceSet
+            N queries with their samples.
+
+        Returns
+        -------
+        ShrunkCurveFitter
+            ``self``, with the fitted attributes set.
+        """
         t, c, n = _arrays(traces)
-        g = default_grid(traces) if self.grid is None else _check_grid(self.grid)
+        g = default_grid(traces) if self.grid is None else check_grid(self.grid)
         k = c.sum(axis=1)
         self.prior_ = fit_beta_binomial(k, n)
         s = self.strength
@@ -281,21 +354,45 @@ class ShrunkCurveFitter:
         self.curves_ = TabulatedCurve(g, np.maximum.accumulate(vals, axis=1))
         return self
 
-    def predict_curves(self) -> TabulatedCurve:
-        if not hasattr(self, "curves_"):
-            raise RuntimeError("call fit(traces) first")
-        return self.curves_
-
     def pool_curve(self, n: int) -> TabulatedCurve:
-        """The pool's average curve repeated for ``n`` new queries (no per-query data)."""
-        v = self.predict_curves().values.mean(axis=0)
+        """The pool's average curve repeated for ``n`` new queries (no per-query data).
+
+        Parameters
+        ----------
+        n : int
+            Queries to give the pool's curve.
+
+        Returns
+        -------
+        TabulatedCurve
+            ``n`` identical curves on ``grid_``.
+        """
+        _check_fitted(self)
+        v = self.curves_.values.mean(axis=0)
         return TabulatedCurve(self.grid_, np.repeat(v[None, :], n, axis=0))
 
 
 def fit_shrunk(
     traces: TraceSet, grid: ArrayLike | None = None, strength: float = 1.0, smooth: bool = True
 ) -> TabulatedCurve:
-    """Shrunk per-query curves of ``traces`` (see :class:`ShrunkCurveFitter`), shape (N,)."""
+    """Shrunk per-query curves of ``traces``.
+
+    Parameters
+    ----------
+    traces : TraceSet
+        N queries with their samples.
+    grid : array_like, optional
+        Budgets to tabulate on (see :class:`ShrunkCurveFitter`).
+    strength : float
+        Shrinkage strength (see :class:`ShrunkCurveFitter`).
+    smooth : bool
+        Average over the posterior of each location (see :class:`ShrunkCurveFitter`).
+
+    Returns
+    -------
+    TabulatedCurve
+        N curves (``ShrunkCurveFitter(grid, strength, smooth).fit(traces).curves_``).
+    """
     return ShrunkCurveFitter(grid, strength, smooth).fit(traces).curves_
 
 
@@ -322,8 +419,31 @@ class SurgeFitter:
       one and fund it whenever the budget can cover its threshold. Pass ``unsolved_factor``
       to place them at that multiple of the longest sample instead.
 
-    Attributes (after fit): ``curves_`` (ShiftedSurge), ``tau_``, ``alpha_``, ``beta_``,
-    ``histogram_`` (DataFrame of bin centre, observed and fitted density), ``r2_``.
+    Parameters
+    ----------
+    tau : 'min' or float
+        ``"min"``: each query's shortest correct length; a float in [0, 1]: that quantile of
+        its correct lengths.
+    bins : int
+        Histogram bins of the excess lengths (>= 3).
+    unsolved_factor : float, optional
+        Place never-solved queries at this multiple of the longest sample instead of out of
+        reach.
+
+    Attributes
+    ----------
+    curves_ : ShiftedSurge
+        The fitted curves (set by :meth:`fit`, as are the others).
+    tau_ : ndarray, shape (N,)
+        Thresholds in tokens.
+    alpha_, beta_ : float
+        Shared gain and decay (1/tokens).
+    p_ : ndarray, shape (N,)
+        Each query's observed solve rate.
+    histogram_ : DataFrame
+        Bin centre, observed and fitted density of the excess lengths.
+    r2_ : float
+        R^2 of the histogram fit (NaN when there was too little to fit).
     """
 
     def __init__(
@@ -341,6 +461,18 @@ class SurgeFitter:
         self.tau, self.bins, self.unsolved_factor = tau, int(bins), unsolved_factor
 
     def fit(self, traces: TraceSet) -> SurgeFitter:
+        """Fit thresholds per query and the shared shape.
+
+        Parameters
+        ----------
+        traces : TraceSet
+            N queries with their samples.
+
+        Returns
+        -------
+        SurgeFitter
+            ``self``, with the fitted attributes set.
+        """
         t, c, n = _arrays(traces)
         L = np.where(c, t, np.nan)
         solved: NDArray[np.bool_] = np.asarray(c.any(axis=1), dtype=bool)
@@ -369,14 +501,16 @@ class SurgeFitter:
         self.curves_ = ShiftedSurge(tau, self.alpha_, beta)
         return self
 
-    def predict_curves(self) -> ShiftedSurge:
-        if not hasattr(self, "curves_"):
-            raise RuntimeError("call fit(traces) first")
-        return self.curves_
-
     def as_probability(self) -> GammaSCurve:
-        """The accuracy curve the surge implies: excess lengths ~ Gamma(2, beta) (the surge's
-        own shape as a density) scaled by each query's observed solve rate. For scoring fits."""
+        """The accuracy curve the surge implies, for scoring the fit.
+
+        Returns
+        -------
+        GammaSCurve
+            Excess lengths ~ Gamma(2, beta) (the surge's own shape as a density), scaled by
+            each query's observed solve rate.
+        """
+        _check_fitted(self)
         return GammaSCurve(self.tau_, self.beta_, np.clip(self.p_, 0.0, 1.0))
 
 
@@ -412,7 +546,20 @@ def _fit_surge_shape(x: FloatArray, bins: int) -> tuple[float, pd.DataFrame, flo
 
 
 def fit_surge(traces: TraceSet, tau: Literal["min"] | float = "min") -> ShiftedSurge:
-    """The paper's shifted-surge fit (see :class:`SurgeFitter`); (N,) curves."""
+    """The paper's shifted-surge fit.
+
+    Parameters
+    ----------
+    traces : TraceSet
+        N queries with their samples.
+    tau : 'min' or float
+        See :class:`SurgeFitter`.
+
+    Returns
+    -------
+    ShiftedSurge
+        N curves.
+    """
     return SurgeFitter(tau=tau).fit(traces).curves_
 
 
@@ -425,6 +572,22 @@ class GammaFitter:
     query's shrunk mean correct length minus 2/beta (normal-normal empirical Bayes, clipped at
     0); ``p_i`` the Beta-binomial posterior mean. Queries with no correct sample take the mean
     length of all their samples as their location datum.
+
+    Parameters
+    ----------
+    strength : float
+        Multiplies the fitted prior strengths (see :class:`ShrunkCurveFitter`).
+
+    Attributes
+    ----------
+    curves_ : GammaSCurve
+        The fitted curves (set by :meth:`fit`, as are the others).
+    tau_, p_ : ndarray, shape (N,)
+        Thresholds (tokens) and success probabilities.
+    beta_ : float
+        Shared decay (1/tokens).
+    prior_ : BetaBinomialPrior
+        Prior of the success rates.
     """
 
     def __init__(self, strength: float = 1.0) -> None:
@@ -433,6 +596,18 @@ class GammaFitter:
         self.strength = float(strength)
 
     def fit(self, traces: TraceSet) -> GammaFitter:
+        """Fit the shared decay and the shrunk thresholds and success probabilities.
+
+        Parameters
+        ----------
+        traces : TraceSet
+            N queries with their samples.
+
+        Returns
+        -------
+        GammaFitter
+            ``self``, with the fitted attributes set.
+        """
         t, c, n = _arrays(traces)
         k = c.sum(axis=1)
         self.prior_ = fit_beta_binomial(k, n)
@@ -446,14 +621,22 @@ class GammaFitter:
         self.curves_ = GammaSCurve(self.tau_, self.beta_, np.clip(self.p_, 0.0, 1.0))
         return self
 
-    def predict_curves(self) -> GammaSCurve:
-        if not hasattr(self, "curves_"):
-            raise RuntimeError("call fit(traces) first")
-        return self.curves_
-
 
 def fit_gamma(traces: TraceSet, strength: float = 1.0) -> GammaSCurve:
-    """Shrunk shifted-Gamma S-curves (see :class:`GammaFitter`); (N,) curves."""
+    """Shrunk shifted-Gamma S-curves.
+
+    Parameters
+    ----------
+    traces : TraceSet
+        N queries with their samples.
+    strength : float
+        See :class:`GammaFitter`.
+
+    Returns
+    -------
+    GammaSCurve
+        N curves.
+    """
     return GammaFitter(strength).fit(traces).curves_
 
 
@@ -464,14 +647,32 @@ def goodness_of_fit(
     """Score probability curves against (held-out) traces of the same N queries.
 
     At each grid budget b every sample is an outcome y = [correct and length <= b]; the curve
-    predicts P_i(b). Returns
+    predicts P_i(b).
 
-    - ``mae``: mean |P_i(b) - empirical_i(b)| over queries and budgets (accuracy points),
-    - ``brier``: mean (P_i(b) - y)^2 over samples and budgets,
-    - ``log_loss``: mean Bernoulli log-loss (P clipped to [1e-4, 1 - 1e-4]),
-    - ``per_budget``: DataFrame (budget, predicted, observed, mae, brier) per grid budget.
+    Parameters
+    ----------
+    curves : UtilityCurve
+        N probability curves. :class:`ShiftedSurge` is not a probability; score
+        ``SurgeFitter.as_probability()`` instead.
+    traces : TraceSet
+        The same N queries' (held-out) samples.
+    grid : array_like, optional
+        Budgets to score at (tokens, from 0); default: 24 geometric levels.
 
-    :class:`ShiftedSurge` is not a probability; score ``SurgeFitter.as_probability()``.
+    Returns
+    -------
+    dict
+        ``mae``: mean |P_i(b) - empirical_i(b)| over queries and budgets (accuracy points);
+        ``brier``: mean (P_i(b) - y)^2 over samples and budgets; ``log_loss``: mean
+        Bernoulli log-loss (P clipped to [1e-4, 1 - 1e-4]); ``per_budget``: DataFrame
+        (budget, predicted, observed, mae, brier) per grid budget.
+
+    Raises
+    ------
+    TypeError
+        For a :class:`ShiftedSurge`.
+    ValueError
+        When curves and traces cover different numbers of queries.
     """
     if isinstance(curves, ShiftedSurge):
         raise TypeError(
@@ -481,7 +682,7 @@ def goodness_of_fit(
     t, c, n = _arrays(traces)
     if curves.n != traces.n:
         raise ValueError(f"curves cover {curves.n} queries but traces hold {traces.n}")
-    g = default_grid(traces, levels=24) if grid is None else _check_grid(grid)
+    g = default_grid(traces, levels=24) if grid is None else check_grid(grid)
     gb = g[1:].astype(float)
     P = np.clip(curves.value(np.broadcast_to(gb, (traces.n, gb.size))), 0.0, 1.0)  # (N, K)
     present = ~np.isnan(t)

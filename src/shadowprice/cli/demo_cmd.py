@@ -1,10 +1,10 @@
 """``shadowprice demo``: the paper's setting on the bundled real traces, in seconds.
 
-A thin wrapper over :func:`shadowprice.demo.run_demo`: parse options, run, print the table
-(or JSON) and the paths of the files written. ``--setting synthetic`` runs the bundled
-synthetic Balanced stream instead (scored on its known true curves). ``--live`` also runs a
-small batch on a real engine (``--endpoint URL``, default ``$SHADOWPRICE_LLAMA_URL`` or the
-bundled llama.cpp server) through :func:`shadowprice.engine.live_demo`.
+A thin wrapper over :func:`shadowprice.evaluate.demo.run_demo`: parse options, run, print
+the table (or JSON) and the paths of the files written. ``--setting synthetic`` runs the
+bundled synthetic Balanced stream instead (scored on its known true curves). ``--live`` also
+runs a small batch on a real engine (``--endpoint URL``, default ``$SHADOWPRICE_LLAMA_URL``
+or the bundled llama.cpp server) through :func:`shadowprice.engine.live_demo`.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def demo_command(
     ),
 ) -> None:
     """CLEAR vs uniform vs the hindsight oracle on the bundled REAL traces (held out)."""
-    from shadowprice.demo import DEFAULT_BUDGETS, default_setting, run_demo
+    from shadowprice.evaluate.demo import DEFAULT_BUDGETS, default_setting, run_demo
 
     fmt = check_format(fmt)
     check_outputs([("--output", out)], [], directory=True)

@@ -6,6 +6,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .base import FloatArray, QueryIndex, UtilityCurve
+from .grid import check_grid
 
 
 class TabulatedCurve(UtilityCurve):
@@ -20,10 +21,8 @@ class TabulatedCurve(UtilityCurve):
     """
 
     def __init__(self, grid: ArrayLike, values: ArrayLike) -> None:
-        g = np.asarray(grid, dtype=float)
+        g = check_grid(grid, whole=False)
         v = np.atleast_2d(np.asarray(values, dtype=float))
-        if g.ndim != 1 or g.size < 2 or np.any(np.diff(g) <= 0) or g[0] != 0:
-            raise ValueError("grid must be 1-D, strictly ascending and start at 0")
         if v.shape[1] != g.size:
             raise ValueError(f"values must have shape (N, {g.size}), got {v.shape}")
         if not np.isfinite(v).all():

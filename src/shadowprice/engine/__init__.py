@@ -9,14 +9,14 @@ budget in tokens, gold answer) and returns graded, accounted results.
 - :mod:`.grading` answer extraction and math-verify grading
 - :mod:`.collect` sampling K traces per query into the evaluation schema
 - :mod:`.local`   the bundled llama.cpp server (xllamacpp + packaged GGUF model)
+- :mod:`.live_demo` a small GSM8K batch on a real engine, CLEAR vs uniform
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from .client import ChatClient, Completion, EngineError, Usage
 from .grading import Grade, Grader, MathGrader, extract_answer, get_grader
+from .live_demo import live_demo  # the function: it shadows its module's name here
 from .run import (
     Executor,
     PlanItem,
@@ -27,14 +27,6 @@ from .run import (
     prompt_messages,
     run_plan,
 )
-
-
-def live_demo(*args: Any, **kwargs: Any) -> dict[str, dict[str, Any]]:
-    """Small real-engine batch, CLEAR vs uniform (see :func:`.demo.live_demo`)."""
-    from .demo import live_demo as _live_demo
-
-    return _live_demo(*args, **kwargs)
-
 
 __all__ = [
     "ChatClient",

@@ -1,9 +1,29 @@
-"""Named evaluation policies: from the fit split (and a total budget) to an allocation.
+"""The one registry of evaluation policies: what each name means, and how to run it.
 
-Every policy sees only a :class:`FitContext`: curves fitted on the *fit* split. The one
-exception is ``oracle``, the hindsight ceiling, which solves the exact knapsack on the *score*
-split's own empirical curves; it is labelled as such everywhere and is not a policy anyone can
-run.
+An *evaluation policy* turns curves fitted on the fit split, and a total budget, into an
+:class:`~shadowprice.Allocation`; replay then scores it on the score split. Each entry of
+:data:`EVAL_POLICIES` says exactly what it does: which curves (:data:`CURVES`: what they are
+and how they are fitted), which solver of :func:`shadowprice.allocate` prices them, and
+whether it is a runnable policy or a hindsight ceiling. The bench, the demo and the command
+line read names, labels, descriptions and the hindsight flag from here.
+
+**"clear" names three things; here is which is which.**
+
+* ``allocate(curves, B, policy="clear")`` is a *solver*: CLEAR's bisection on the price with
+  closed-form demand (Lambert W), for curves that have it (``ShiftedSurge``, ``GammaSCurve``).
+* The evaluation policy ``clear`` is shadowprice's recommendation: the ``market`` solver (one
+  price over concave envelopes on a grid) on empirical-Bayes *shrunk* curves.
+* The evaluation policy ``clear-paper`` is the paper's recipe: the ``clear`` solver on a
+  fitted shifted surge. The synthetic demo's surge series is this recipe on the stream's true
+  thresholds, and carries this name.
+
+Every policy sees only a :class:`FitContext`: curves fitted on the *fit* split. The
+exceptions are the ceilings (``hindsight=True``: ``oracle``, ``oracle-samples``), which solve
+the exact knapsack on the *score* split's own curves; they are labelled as such everywhere
+and are not policies anyone can run. :data:`REFERENCES` lists the rows that need a
+synthetic stream's true curves (``true-clear`` in the bench, ``true-market`` and
+``true-oracle`` in the synthetic demo): references no policy can attain, run by their owners
+since a :class:`FitContext` has no true curves.
 
 With ``split="queries"`` the scored queries were never seen; without a text-based predictor
 (``predictor=``) every scored query gets the pool's curve, so the fitted policies can only
@@ -27,11 +47,14 @@ from ..solve.result import Allocation
 from ..traces import TraceSet
 
 __all__ = [
+    "CURVES",
     "EVAL_POLICIES",
     "ORACLE_LABEL",
+    "REFERENCES",
     "EvalPolicy",
     "FitContext",
     "Predictor",
+    "policy_info",
     "run_policy",
 ]
 
@@ -67,7 +90,6 @@ class FitContext:
     same_queries: bool = True
     strength: float = 1.0
     predictor: Predictor | None = None
-    _extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def n(self) -> int:
@@ -76,6 +98,7 @@ class FitContext:
 
     @cached_property
     def grid(self) -> NDArray[np.int64]:
+        """Budget grid of the fitted curves and grid solvers: 96 geometric levels (tokens)."""
         return default_grid(self.fit, levels=96)
 
     @cached_property
@@ -123,9 +146,45 @@ class FitContext:
         """The SCORE split's empirical curves: only the hindsight oracle may use these."""
         return empirical_curves(self.score)
 
+    def curves(self, kind: str) -> UtilityCurve:
+        """The curves named ``kind`` (a key of :data:`CURVES`), fitted on first use.
+
+        Parameters
+        ----------
+        kind : str
+            ``"shrunk"``, ``"raw"``, ``"surge"``, ``"gamma"`` or ``"hindsight"``.
+
+        Returns
+        -------
+        UtilityCurve
+            N curves, one per scored query.
+
+        Raises
+        ------
+        ValueError
+            For ``"true"`` (a context holds no true curves) or an unknown kind.
+        """
+        if kind not in _CONTEXT_CURVES:
+            raise ValueError(
+                f"a FitContext has no {kind!r} curves; choose one of {', '.join(_CONTEXT_CURVES)}"
+            )
+        curves: UtilityCurve = getattr(self, kind)
+        return curves
+
     def spend_model(self, hindsight: bool = False) -> Callable[[NDArray[np.int64]], float]:
-        """Predicted total spend sum_i E[min(L_i, b_i)] of caps b (N,), from the fit split
-        (per query when the queries are the same, the pool's lengths otherwise)."""
+        """A model of the tokens caps will spend: b (N,) -> sum_i E[min(L_i, b_i)].
+
+        Parameters
+        ----------
+        hindsight : bool
+            Use the score split's lengths (for the ceilings) instead of the fit split's.
+
+        Returns
+        -------
+        callable
+            Caps (N,) in tokens -> predicted total tokens generated. Per query when the fit
+            split holds the scored queries, from the pool's lengths otherwise.
+        """
         src = self.score if hindsight else self.fit
         t = src.tokens()
         if not (self.same_queries or hindsight):
@@ -147,19 +206,114 @@ class FitContext:
         return per_query
 
 
+#: Curves a policy can be given: name -> what they are and how they are fitted.
+CURVES: dict[str, str] = {
+    "shrunk": (
+        "empirical-Bayes shrunk curves (ShrunkCurveFitter on the fit split, tabulated on a "
+        "96-level geometric grid); unseen queries: the text predictor's curves, else the "
+        "pool's average curve"
+    ),
+    "raw": (
+        "each query's raw empirical curve from the fit split (share of its samples correct "
+        "within b tokens); unseen queries: the pool's average"
+    ),
+    "surge": (
+        "the paper's shifted surge (SurgeFitter: tau = shortest correct length per query, "
+        "alpha and beta shared, never-solved queries out of reach); unseen queries: the "
+        "median tau"
+    ),
+    "gamma": (
+        "shifted Gamma(2) S-curves with tau and p shrunk toward the pool (GammaFitter); "
+        "unseen queries: the median tau and mean p"
+    ),
+    "hindsight": "the score split's own empirical curves: the very samples being scored",
+    "true": "a synthetic stream's known true curves (knowledge no policy has)",
+}
+
+#: Curves a FitContext provides (all but the true curves).
+_CONTEXT_CURVES = ("shrunk", "raw", "surge", "gamma", "hindsight")
+
+
 @dataclass(frozen=True)
 class EvalPolicy:
-    """A named evaluation policy: ``fn(ctx, total_budget) -> Allocation``."""
+    """One named evaluation policy, described as data.
+
+    Attributes
+    ----------
+    name : str
+        What scripts pass (``--policies``, ``run_bench(policies=...)``), e.g. ``"clear"``.
+    description : str
+        One line: what the policy does.
+    curves : str
+        Which curves it is given: a key of :data:`CURVES`.
+    solver : str
+        The :func:`shadowprice.allocate` policy that prices those curves (``"market"``,
+        ``"clear"``, ``"oracle"``, ...).
+    hindsight : bool
+        True for a ceiling that looks at the score split: not a runnable policy.
+    label : str
+        Row label in tables and ``results.csv``: the name for a policy; a ceiling says so.
+    legend : str
+        Longer label for figure legends and the demo's table.
+    grid : bool
+        Pass the context's fit grid to the solver (the grid solvers: market, greedy).
+    samples : tuple of int, optional
+        Let the price choose k parallel samples per query (pass@k menus).
+    run : callable, optional
+        ``run(ctx, total_budget) -> Allocation`` where the solver call is not the generic
+        ``allocate(ctx.curves(curves), budget, solver, ...)``.
+    """
 
     name: str
     description: str
-    fn: Callable[[FitContext, int], Allocation]
-    hindsight: bool = False  # True: looks at the score split (the ceiling, not a policy)
-    ceiling_label: str = ORACLE_LABEL
+    curves: str
+    solver: str
+    hindsight: bool = False
+    label: str = ""
+    legend: str = ""
+    grid: bool = False
+    samples: tuple[int, ...] | None = None
+    run: Callable[[FitContext, int], Allocation] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.curves not in CURVES:
+            raise ValueError(f"curves must be one of {', '.join(CURVES)}, got {self.curves!r}")
+        if not self.label:
+            object.__setattr__(self, "label", ORACLE_LABEL if self.hindsight else self.name)
+        if not self.legend:
+            object.__setattr__(self, "legend", self.label)
 
     @property
-    def label(self) -> str:
-        return self.ceiling_label if self.hindsight else self.name
+    def runnable(self) -> bool:
+        """True for a policy anyone can run: it sees only the fit split."""
+        return not self.hindsight and self.curves != "true"
+
+    def allocation(self, ctx: FitContext, budget: int) -> Allocation:
+        """Allocate ``budget`` total tokens over the queries of ``ctx``.
+
+        Parameters
+        ----------
+        ctx : FitContext
+            The fitted curves (and, for a ceiling, the score split).
+        budget : int
+            Total tokens for the scored queries.
+
+        Returns
+        -------
+        Allocation
+
+        See Also
+        --------
+        run_policy : The same by name, with validation and spend-bounded budgets.
+        """
+        if self.run is not None:
+            return self.run(ctx, budget)
+        options: dict[str, Any] = {}
+        if self.grid:
+            options["grid"] = ctx.grid
+        if self.samples is not None:
+            options["samples"] = self.samples
+        return allocate(ctx.curves(self.curves), budget, self.solver, **options)
 
 
 def _oracle(ctx: FitContext, budget: int) -> Allocation:
@@ -214,95 +368,191 @@ def _oracle_samples(ctx: FitContext, budget: int, ks: tuple[int, ...] = (1, 2, 4
     return solve_oracle(menu, cons, policy="oracle-samples")
 
 
-def _with_grid(policy: str) -> Callable[[FitContext, int], Allocation]:
-    def run(ctx: FitContext, budget: int) -> Allocation:
-        return allocate(ctx.shrunk, budget, policy, grid=ctx.grid)
-
-    return run
-
-
 EVAL_POLICIES: dict[str, EvalPolicy] = {
     p.name: p
     for p in [
         EvalPolicy(
             "uniform",
             "the same cap B/N for every query",
-            lambda c, b: allocate(c.raw, b, "uniform"),
+            curves="raw",
+            solver="uniform",
         ),
         EvalPolicy(
             "clear",
             "shadowprice's recommendation: one market price over empirical-Bayes "
             "shrunk curves fitted on the fit split",
-            _with_grid("market"),
+            curves="shrunk",
+            solver="market",
+            grid=True,
+            legend="CLEAR (market, shrunk curves)",
         ),
         EvalPolicy(
             "clear-paper",
             "the paper's recipe: shifted surge (alpha, beta shared, tau = "
             "shortest correct length per query), closed-form CLEAR",
-            lambda c, b: allocate(c.surge, b, "clear"),
+            curves="surge",
+            solver="clear",
+            legend="CLEAR, paper recipe (surge)",
         ),
         EvalPolicy(
             "clear-gamma",
             "CLEAR closed form on shrunk shifted-Gamma S-curves",
-            lambda c, b: allocate(c.gamma, b, "clear"),
+            curves="gamma",
+            solver="clear",
         ),
         EvalPolicy(
             "market-raw",
             "market price on each query's raw empirical curve from the fit "
             "split (overfits few samples)",
-            lambda c, b: allocate(c.raw, b, "market"),
+            curves="raw",
+            solver="market",
         ),
         EvalPolicy(
             "proportional",
             "caps proportional to the shrunk curves' thresholds",
-            lambda c, b: allocate(c.shrunk, b, "proportional"),
+            curves="shrunk",
+            solver="proportional",
         ),
         EvalPolicy(
             "length",
             "each query the length where its shrunk curve reaches 90% of its "
             "ceiling, scaled to fit (TALE-EP idea)",
-            lambda c, b: allocate(c.shrunk, b, "length"),
+            curves="shrunk",
+            solver="length",
         ),
         EvalPolicy(
             "greedy",
             "myopic greedy on marginal accuracy per token (shrunk curves)",
-            _with_grid("greedy"),
+            curves="shrunk",
+            solver="greedy",
+            grid=True,
         ),
         EvalPolicy(
             "clear-samples",
             "one market price over (k samples x b tokens) menus, k in "
             "{1, 2, 4}, on shrunk curves valued as pass@k",
-            lambda c, b: allocate(c.shrunk, b, "market", grid=c.grid, samples=(1, 2, 4)),
+            curves="shrunk",
+            solver="market",
+            grid=True,
+            samples=(1, 2, 4),
         ),
         EvalPolicy(
             "oracle",
             "exact knapsack on the score split's own curves: the hindsight "
             "ceiling, not a runnable policy",
-            _oracle,
+            curves="hindsight",
+            solver="oracle",
             hindsight=True,
+            run=_oracle,
         ),
         EvalPolicy(
             "oracle-samples",
             "exact knapsack over (k samples x b tokens), k in {1, 2, 4}, "
             "on the score split, valued as replay scores it: the hindsight ceiling of "
             "clear-samples",
-            _oracle_samples,
+            curves="hindsight",
+            solver="oracle",
             hindsight=True,
-            ceiling_label="hindsight oracle over k x b (ceiling)",
+            label="hindsight oracle over k x b (ceiling)",
+            samples=(1, 2, 4),
+            run=_oracle_samples,
+        ),
+    ]
+}
+
+#: Rows that need a synthetic stream's true curves: references, not policies (a FitContext
+#: has no true curves, so the bench and the demo run these themselves).
+REFERENCES: dict[str, EvalPolicy] = {
+    p.name: p
+    for p in [
+        EvalPolicy(
+            "true-clear",
+            "allocate(true curves, 'clear') on the synthetic streams' known true curves, "
+            "replayed on the same held-out halves; the attainable reference (needs knowledge "
+            "no policy has)",
+            curves="true",
+            solver="clear",
+            label="CLEAR on the true curves (reference, not runnable)",
+        ),
+        EvalPolicy(
+            "true-market",
+            "one market price over the concave envelopes of a synthetic stream's true "
+            "curves (budgets multiples of 64 tokens, up to 8192)",
+            curves="true",
+            solver="market",
+            label="market (true curves)",
+        ),
+        EvalPolicy(
+            "true-oracle",
+            "exact knapsack on a synthetic stream's true curves over budgets that are "
+            "multiples of 64 tokens (up to 8192): exact on that grid only",
+            curves="true",
+            solver="oracle",
+            label="oracle (true curves, 64-token grid)",
         ),
     ]
 }
 
 
-def run_policy(name: str, ctx: FitContext, budget: int, cost: str = "allotted") -> Allocation:
-    """Allocate ``budget`` total tokens with policy ``name``.
+def policy_info(name: str) -> EvalPolicy:
+    """The registry entry of ``name``: an evaluation policy or a true-curve reference.
 
-    ``cost="spent"``: the budget bounds *expected generated* tokens (sum of E[min(L, b)]),
-    not caps. The planner inflates the cap budget B' by bisection until the policy's caps are
-    predicted (from the fit split; the oracle from the score split) to spend B. Works for
-    every policy; the prediction is unbiased per query but noisy, so realised spend can
-    differ by a few percent.
+    Parameters
+    ----------
+    name : str
+        A key of :data:`EVAL_POLICIES` or :data:`REFERENCES`.
+
+    Returns
+    -------
+    EvalPolicy
+
+    Raises
+    ------
+    KeyError
+        Naming the known entries.
     """
+    if name in EVAL_POLICIES:
+        return EVAL_POLICIES[name]
+    if name in REFERENCES:
+        return REFERENCES[name]
+    raise KeyError(
+        f"no policy {name!r}; evaluation policies: {', '.join(EVAL_POLICIES)}; "
+        f"true-curve references: {', '.join(REFERENCES)}"
+    )
+
+
+def run_policy(name: str, ctx: FitContext, budget: int, cost: str = "allotted") -> Allocation:
+    """Allocate ``budget`` total tokens with evaluation policy ``name``.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`EVAL_POLICIES`.
+    ctx : FitContext
+        Curves fitted on the fit split (and the score split, for the ceilings).
+    budget : int
+        Total tokens for the scored queries (>= 1).
+    cost : {'allotted', 'spent'}
+        What the budget bounds. ``"allotted"``: the caps (the paper's accounting).
+        ``"spent"``: *expected generated* tokens (sum of E[min(L, b)]); the cap budget B' is
+        inflated by bisection until the policy's caps are predicted (from the fit split; the
+        ceilings from the score split) to spend B. The prediction is unbiased per query but
+        noisy, so realised spend can differ by a few percent.
+
+    Returns
+    -------
+    Allocation
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, a true-curve reference, a budget below 1 or an unknown ``cost``.
+    """
+    if name in REFERENCES:
+        raise ValueError(
+            f"{name!r} needs a synthetic stream's true curves, which a FitContext does not hold; "
+            f"choose an evaluation policy: {', '.join(EVAL_POLICIES)}"
+        )
     if name not in EVAL_POLICIES:
         raise ValueError(
             f"unknown evaluation policy {name!r}; choose from {', '.join(EVAL_POLICIES)}"
@@ -311,7 +561,7 @@ def run_policy(name: str, ctx: FitContext, budget: int, cost: str = "allotted") 
         raise ValueError(f"budget must be a positive number of tokens, got {budget}")
     pol = EVAL_POLICIES[name]
     if cost == "allotted":
-        return pol.fn(ctx, int(budget))
+        return pol.allocation(ctx, int(budget))
     if cost != "spent":
         raise ValueError(f"cost must be 'allotted' or 'spent', got {cost!r}")
     spend = ctx.spend_model(hindsight=pol.hindsight)
@@ -324,17 +574,17 @@ def run_policy(name: str, ctx: FitContext, budget: int, cost: str = "allotted") 
             else float(sum(spend(np.where(k == j, a.budgets, 0)) * j for j in np.unique(k)))
         )
 
-    best = pol.fn(ctx, int(budget))
+    best = pol.allocation(ctx, int(budget))
     lo, hi = float(budget), float(budget) * 2.0
     # Grow the cap budget until predicted spend exceeds B (or caps stop mattering).
     for _ in range(8):
-        a = pol.fn(ctx, int(hi))
+        a = pol.allocation(ctx, int(hi))
         if predicted(a) > budget:
             break
         best, lo, hi = a, hi, hi * 2.0
     for _ in range(14):
         mid = 0.5 * (lo + hi)
-        a = pol.fn(ctx, int(mid))
+        a = pol.allocation(ctx, int(mid))
         if predicted(a) <= budget:
             best, lo = a, mid
         else:

@@ -8,8 +8,8 @@ i.e. the query is solvable with probability p_i, and a correct solution has leng
 tau_i + Gamma(2, beta_i): nothing below the emergence threshold tau_i, the mode of the correct
 lengths 1/beta_i above it, the mean 2/beta_i above it.
 
-**Pools.** Three pools stand in for the paper's GSM8K, MATH500 and AIME/AMC (Fig. 1 of the
-CLEAR paper, table in ``/work/shared/CLEAR.md``): log tau ~ Normal(mu_tau, sigma_tau) and
+**Pools.** Three pools stand in for the paper's GSM8K, MATH500 and AIME/AMC (the solution
+recall table of Fig. 1 of the CLEAR paper): log tau ~ Normal(mu_tau, sigma_tau) and
 log beta ~ Normal(mu_beta, sigma_beta), independent, with the four constants per pool fitted
 by ``tools/calibrate_pools.py`` (scipy Nelder-Mead) so that the pool's *solution recall*,
 mean_i p_i F_i(b) / mean_i p_i, matches the paper's table. Fit (percentage points, model
@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -74,6 +74,7 @@ __all__ = [
     "STREAMS",
     "PoolSpec",
     "SyntheticStream",
+    "largest_remainder",
     "load_stream",
     "make_stream",
     "pool_recall",
@@ -117,7 +118,20 @@ class PoolSpec:
         return float(np.exp(self.mu_log_beta))
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[NDArray[np.float64], ...]:
-        """Draw (tau, beta, p), each of shape (n,)."""
+        """Draw the true-curve parameters of ``n`` queries.
+
+        Parameters
+        ----------
+        n : int
+            Queries to draw.
+        rng : numpy.random.Generator
+            Source of randomness (tau, then beta, then p are drawn from it).
+
+        Returns
+        -------
+        tau, beta, p : ndarray of float64, shape (n,)
+            Thresholds (tokens), decays (1/tokens) and solvable probabilities.
+        """
         tau = np.exp(rng.normal(self.mu_log_tau, self.sigma_log_tau, n))
         beta = np.exp(rng.normal(self.mu_log_beta, self.sigma_log_beta, n))
         a = self.p_mean * self.p_concentration
@@ -226,6 +240,7 @@ class SyntheticStream:
 
     @property
     def n(self) -> int:
+        """Number of queries N."""
         return len(self.ids)
 
     def __len__(self) -> int:
@@ -236,17 +251,33 @@ class SyntheticStream:
         """True emergence thresholds in tokens, shape (N,)."""
         return self.truth.tau
 
-    def pool_beta(self) -> NDArray[np.float64]:
-        """Median beta of each query's pool, shape (N,) (1/tokens)."""
-        med = {k: v.median_beta for k, v in POOLS.items()}
-        return np.array([med.get(str(p), np.nan) for p in self.pool])
-
     def accuracy(self, budgets: Any) -> float:
-        """Expected accuracy (mean true success probability) of per-query ``budgets`` (N,)."""
+        """Expected accuracy of per-query budgets, exactly, from the true curves.
+
+        Parameters
+        ----------
+        budgets : array_like, shape (N,)
+            Tokens per query.
+
+        Returns
+        -------
+        float
+            Mean true success probability, in [0, 1].
+        """
         return float(np.mean(self.truth.value(np.asarray(budgets, dtype=float))))
 
     def subset(self, index: Any) -> SyntheticStream:
-        """Queries selected by a mask, indices or slice."""
+        """Queries selected by a mask, indices or slice.
+
+        Parameters
+        ----------
+        index : bool mask (N,), int indices or slice
+            Which queries to keep, in that order.
+
+        Returns
+        -------
+        SyntheticStream
+        """
         idx = np.arange(self.n)[index]
         t = self.truth
         return SyntheticStream(
@@ -267,7 +298,25 @@ class SyntheticStream:
         start at the threshold and are not a free signal. Lengths are rounded to integers and
         capped at ``max_tokens``; a correct sample past the cap becomes incorrect (truncated).
 
-        Returns a :class:`TraceSet` with meta ``{"pool", "tau", "beta", "p"}`` per query.
+        Parameters
+        ----------
+        samples : int
+            Rollouts per query (>= 1).
+        seed : int
+            Seeds the rollouts.
+        max_tokens : int
+            Length cap of a rollout (the sampling run's ``max_tokens``).
+
+        Returns
+        -------
+        TraceSet
+            N records with ``samples`` rollouts each and meta ``{"pool", "tau", "beta", "p",
+            "synthetic"}``.
+
+        Raises
+        ------
+        ValueError
+            When ``samples`` is below 1.
         """
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
@@ -304,7 +353,13 @@ class SyntheticStream:
         return TraceSet._trusted(records)
 
     def to_records(self) -> list[dict[str, Any]]:
-        """One dict per query: id, pool, tau, beta, p (JSON-ready)."""
+        """The stream as plain records (the bundled streams' format).
+
+        Returns
+        -------
+        list of dict
+            One per query: ``id``, ``pool``, ``tau``, ``beta``, ``p`` (JSON-ready).
+        """
         t = self.truth
         return [
             {"id": i, "pool": str(pl), "tau": float(a), "beta": float(b), "p": float(c)}
@@ -313,7 +368,19 @@ class SyntheticStream:
 
     @classmethod
     def from_records(cls, records: Iterable[Mapping[str, Any]], name: str) -> SyntheticStream:
-        """Inverse of :meth:`to_records`."""
+        """Inverse of :meth:`to_records`.
+
+        Parameters
+        ----------
+        records : iterable of mapping
+            With ``id``, ``pool``, ``tau``, ``beta``, ``p`` each.
+        name : str
+            The stream's name.
+
+        Returns
+        -------
+        SyntheticStream
+        """
         rows = list(records)
         return cls(
             [str(r["id"]) for r in rows],
@@ -327,7 +394,13 @@ class SyntheticStream:
         )
 
     def write_jsonl_gz(self, path: str | Path) -> None:
-        """Write :meth:`to_records` as reproducible gzip JSONL (no name/mtime in the header)."""
+        """Write :meth:`to_records` as reproducible gzip JSONL (no name/mtime in the header).
+
+        Parameters
+        ----------
+        path : path
+            File to write (``.jsonl.gz``).
+        """
         data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in self.to_records())
         with (
             open(path, "wb") as raw,
@@ -336,9 +409,45 @@ class SyntheticStream:
             gz.write(data.encode("utf-8"))
 
 
-def _counts(n: int, weights: tuple[float, ...]) -> NDArray[np.int64]:
-    """Largest-remainder split of n over weights (exact proportions, sums to n)."""
+def largest_remainder(n: int, weights: Sequence[float]) -> NDArray[np.int64]:
+    """Split ``n`` items over groups in proportion to ``weights``, as exactly as integers allow.
+
+    Each group gets the floor of its exact share ``n * w / sum(w)``; the items left over go,
+    one each, to the groups with the largest remainders (ties to the earlier group). This is
+    how a stream of n queries gets its pool counts, so that every stream of a mixture has the
+    mixture's proportions up to one query per pool.
+
+    Parameters
+    ----------
+    n : int
+        Items to split (>= 0).
+    weights : sequence of float, length G
+        Non-negative proportions, not all zero (need not sum to 1).
+
+    Returns
+    -------
+    ndarray of int64, shape (G,)
+        Counts that sum to ``n``.
+
+    Raises
+    ------
+    ValueError
+        When ``n`` is negative or the weights are empty, negative, non-finite or all zero.
+
+    Examples
+    --------
+    >>> largest_remainder(10, (1 / 3, 1 / 3, 1 / 3)).tolist()
+    [4, 3, 3]
+    """
     w = np.asarray(weights, dtype=float)
+    if int(n) != n or n < 0:
+        raise ValueError(f"n must be a non-negative whole number, got {n!r}")
+    if w.ndim != 1 or w.size == 0 or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(
+            f"weights must be a non-empty 1-D sequence of non-negative proportions, not all "
+            f"zero; got {list(np.atleast_1d(w))}"
+        )
+    n = int(n)
     exact = n * w / w.sum()
     c = np.floor(exact).astype(np.int64)
     short = n - int(c.sum())
@@ -348,12 +457,32 @@ def _counts(n: int, weights: tuple[float, ...]) -> NDArray[np.int64]:
 
 
 def make_stream(name: str, n: int, seed: int = 0, *, family: str = "short") -> SyntheticStream:
-    """Draw an n-query stream ``name`` (one of :data:`STREAMS`) with a fixed seed.
+    """Draw an n-query stream ``name`` with a fixed seed.
 
-    Pool counts are the largest-remainder rounding of n x proportions; parameters are drawn
-    per pool and the queries shuffled. Same (name, n, seed, family) -> identical stream.
-    ``family="long"`` mixes the long-reasoning pools (:data:`LONG_POOL_ORDER`) instead; the
-    stream is then named ``"<name>-long"``.
+    Pool counts are the largest-remainder rounding of n x proportions
+    (:func:`largest_remainder`); parameters are drawn per pool and the queries shuffled. The
+    same (name, n, seed, family) gives the identical stream.
+
+    Parameters
+    ----------
+    name : str
+        A mixture of :data:`STREAMS`.
+    n : int
+        Queries (>= 1).
+    seed : int
+        Seeds the draws and the order.
+    family : {'short', 'long'}
+        ``"long"`` mixes the long-reasoning pools (:data:`LONG_POOL_ORDER`) instead; the
+        stream is then named ``"<name>-long"``.
+
+    Returns
+    -------
+    SyntheticStream
+
+    Raises
+    ------
+    ValueError
+        For an unknown name or family, or ``n`` below 1.
     """
     if name not in STREAMS:
         raise ValueError(f"unknown stream {name!r}; choose one of {', '.join(STREAMS)}")
@@ -366,7 +495,7 @@ def make_stream(name: str, n: int, seed: int = 0, *, family: str = "short") -> S
     order_of_pools = POOL_FAMILIES[family]
     label = name if family == "short" else f"{name}-{family}"
     rng = np.random.default_rng(seed)
-    counts = _counts(n, STREAMS[name])
+    counts = largest_remainder(n, STREAMS[name])
     parts = [
         POOLS[pool].sample(int(k), rng) for pool, k in zip(order_of_pools, counts, strict=True)
     ]
@@ -381,7 +510,22 @@ def make_stream(name: str, n: int, seed: int = 0, *, family: str = "short") -> S
 
 
 def load_stream(stem: str = "balanced-500") -> SyntheticStream:
-    """Load a bundled synthetic stream (see :data:`BUNDLED_STREAMS`)."""
+    """Load a bundled synthetic stream.
+
+    Parameters
+    ----------
+    stem : str
+        A key of :data:`BUNDLED_STREAMS` (file stem under ``shadowprice/data/streams``).
+
+    Returns
+    -------
+    SyntheticStream
+
+    Raises
+    ------
+    KeyError
+        For a stream that is not bundled, naming those that are.
+    """
     if stem not in BUNDLED_STREAMS:
         raise KeyError(f"no bundled stream {stem!r}; available: {sorted(BUNDLED_STREAMS)}")
     res = files("shadowprice") / "data" / "streams" / f"{stem}.jsonl.gz"
@@ -391,9 +535,20 @@ def load_stream(stem: str = "balanced-500") -> SyntheticStream:
 
 
 def pool_recall(truth: GammaSCurve, budgets: Any) -> NDArray[np.float64]:
-    """Solution recall of a set of queries at ``budgets`` (K,): mean p F(b) / mean p, in [0, 1].
+    """Solution recall of a set of queries: the share of solvable work done within b tokens.
 
-    F is the (unscaled) length CDF, so p F(b) = truth.value(b); shape (K,).
+    Parameters
+    ----------
+    truth : GammaSCurve
+        True curves of the queries; p F(b) = ``truth.value(b)`` with F the length CDF of
+        correct solutions.
+    budgets : array_like, shape (K,)
+        Tokens.
+
+    Returns
+    -------
+    ndarray of float64, shape (K,)
+        The recall mean_i p_i F_i(b) / mean_i p_i at each budget, in [0, 1].
     """
     b = np.asarray(budgets, dtype=float)
     vals = truth.value(np.broadcast_to(b, (truth.n, b.size)))

@@ -44,6 +44,7 @@ from sklearn.pipeline import FeatureUnion
 from sklearn.utils.validation import check_is_fitted
 
 from ..curves import GammaSCurve, ShiftedSurge, TabulatedCurve, UtilityCurve
+from ..curves.grid import check_grid
 from .encoders import Encoder, EncoderFeatures
 from .fast import CompiledPredictor
 from .features import check_texts, make_text_features
@@ -752,9 +753,7 @@ def expected_curves(
 
     if not np.any(s > 0):
         return curve(m)
-    g = default_curve_grid(m, s, beta) if grid is None else np.asarray(grid)
-    if g.ndim != 1 or g.size < 2 or g[0] != 0 or np.any(np.diff(g) <= 0):
-        raise ValueError("grid must be 1-D, strictly ascending and start at 0")
+    g = default_curve_grid(m, s, beta) if grid is None else check_grid(grid, whole=False)
     gf = np.broadcast_to(g.astype(float), (m.size, g.size))
     # Mid-quantile nodes: each carries probability 1/nodes, no weights needed, and the tails
     # are represented without the extreme abscissae of Gauss-Hermite.

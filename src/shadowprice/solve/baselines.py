@@ -15,6 +15,20 @@ def fit_to_budget(want: FloatArray, cons: Constraints, *, max_scale: float = np.
     allowed set (multiples of g in [lo, hi], or 0), they use as much of B as possible.
 
     Snapped budgets are non-decreasing in s, so the largest feasible s is found by bisection.
+
+    Parameters
+    ----------
+    want : array_like, shape (N,)
+        Desired budgets in tokens (negative and NaN count as 0, infinite as B).
+    cons : Constraints
+        Limits, granularity and the total budget B.
+    max_scale : float
+        Largest factor allowed (1: never give more than asked).
+
+    Returns
+    -------
+    ndarray of int64, shape (N,)
+        Budgets on the allowed set with sum <= B.
     """
     want = np.nan_to_num(np.maximum(np.asarray(want, float), 0.0), posinf=float(cons.budget))
     B = cons.budget
@@ -60,7 +74,20 @@ def _infeasible(n: int, cons: Constraints, policy: str) -> Allocation:
 
 
 def uniform(curves: UtilityCurve, cons: Constraints) -> Allocation:
-    """Every query the same ``max_tokens`` = B / N (rounded to the granularity, within limits)."""
+    """Every query the same ``max_tokens`` = B / N (rounded to the granularity, within limits).
+
+    Parameters
+    ----------
+    curves : UtilityCurve
+        The N queries' curves.
+    cons : Constraints
+        Limits, granularity and the total budget.
+
+    Returns
+    -------
+    Allocation
+        No price (``price`` is NaN); infeasible when protected floors exceed the budget.
+    """
     if cons.committed > cons.budget:
         return _infeasible(curves.n, cons, "uniform")
     b = fit_to_budget(np.ones(curves.n), cons)
@@ -69,7 +96,22 @@ def uniform(curves: UtilityCurve, cons: Constraints) -> Allocation:
 
 
 def proportional(curves: UtilityCurve, cons: Constraints) -> Allocation:
-    """Budgets proportional to each query's (predicted) threshold, scaled to use B."""
+    """Budgets proportional to each query's (predicted) threshold, scaled to use B.
+
+    Thresholds beyond a query's cap get nothing (they cannot be reached).
+
+    Parameters
+    ----------
+    curves : UtilityCurve
+        The N queries' curves.
+    cons : Constraints
+        Limits, granularity and the total budget.
+
+    Returns
+    -------
+    Allocation
+        No price (``price`` is NaN); infeasible when protected floors exceed the budget.
+    """
     if cons.committed > cons.budget:
         return _infeasible(curves.n, cons, "proportional")
     tau = curves.threshold()
@@ -86,8 +128,25 @@ def proportional(curves: UtilityCurve, cons: Constraints) -> Allocation:
 
 
 def length(curves: UtilityCurve, cons: Constraints, level: float = 0.9) -> Allocation:
-    """Each query its predicted needed length (where its curve reaches ``level`` of its
-    ceiling: the TALE-EP idea of asking for what the query needs), scaled down to fit."""
+    """Each query its predicted needed length, scaled down to fit.
+
+    The needed length is where the curve reaches ``level`` of its ceiling (the TALE-EP idea
+    of asking for what the query needs).
+
+    Parameters
+    ----------
+    curves : UtilityCurve
+        The N queries' curves.
+    cons : Constraints
+        Limits, granularity and the total budget.
+    level : float
+        Share of each curve's ceiling that counts as needed, in (0, 1].
+
+    Returns
+    -------
+    Allocation
+        No price (``price`` is NaN); infeasible when protected floors exceed the budget.
+    """
     if cons.committed > cons.budget:
         return _infeasible(curves.n, cons, "length")
     need = curves.saturation(level, cap=float(cons.budget))
@@ -108,6 +167,20 @@ def greedy(curves: UtilityCurve, menu: Menu, cons: Constraints) -> Allocation:
     Vectorised: a query advances while its next step beats the cut-off, so its level at a
     cut-off t is the length of the prefix of steps whose running-minimum ratio is >= t.
     Sorting all steps by that running minimum (then by level) reproduces the greedy order.
+
+    Parameters
+    ----------
+    curves : UtilityCurve
+        The N queries' curves (for the expected utility).
+    menu : Menu
+        Each query's options (budgets and their values) on a grid.
+    cons : Constraints
+        Limits, granularity and the total budget.
+
+    Returns
+    -------
+    Allocation
+        No price (``price`` is NaN); infeasible when protected floors exceed the budget.
     """
     if cons.committed > cons.budget:
         return _infeasible(curves.n, cons, "greedy")

@@ -42,6 +42,7 @@ class Constraints:
 
     @property
     def n(self) -> int:
+        """Number of queries N."""
         return int(self.lo.size)
 
     @property
@@ -58,8 +59,19 @@ class Constraints:
         return int(self.lo[self.protected].sum())
 
     def round_down(self, budgets: ArrayLike) -> IntArray:
-        """Snap continuous budgets onto the allowed set: 0 or a multiple of g in [lo, hi];
-        below lo becomes 0 (or lo for protected queries)."""
+        """Snap continuous budgets onto the allowed set: 0 or a multiple of g in [lo, hi].
+
+        Parameters
+        ----------
+        budgets : array_like, shape (N,)
+            Non-negative continuous budgets in tokens.
+
+        Returns
+        -------
+        ndarray of int64, shape (N,)
+            Rounded down to the granularity and capped at hi; below lo becomes 0 (or lo for
+            protected queries).
+        """
         g = self.granularity
         # The small epsilon keeps 127.9999999 (float noise) from dropping a whole granule;
         # truncation is floor for the non-negative budgets here.
@@ -72,7 +84,18 @@ class Constraints:
         return out
 
     def subset(self, index: Any) -> Constraints:
-        """The limits of a subset of queries (mask, indices or slice)."""
+        """The limits of a subset of queries.
+
+        Parameters
+        ----------
+        index : bool mask, int indices or slice
+            Which queries.
+
+        Returns
+        -------
+        Constraints
+            The same total budget and granularity; the subset's limits.
+        """
         return Constraints(
             self.budget, self.granularity, self.lo[index], self.hi[index], self.protected[index]
         )
@@ -120,6 +143,8 @@ def make_constraints(
 
     Parameters
     ----------
+    n : int
+        Number of queries.
     budget : int
         Total tokens B > 0 (a float is accepted if it is a whole number).
     min_tokens : int or array (N,), optional
@@ -132,6 +157,18 @@ def make_constraints(
     floor : int or array (N,), optional
         Tokens guaranteed to each query whatever the price; a positive floor means the query
         must not be abandoned (priority traffic).
+
+    Returns
+    -------
+    Constraints
+        Limits rounded onto the granularity: lo up, hi down.
+
+    Raises
+    ------
+    ValueError
+        Naming the field: a budget that is not a positive whole number, a granularity below
+        1, a negative or NaN limit, a limit with the wrong length, or a protected query whose
+        floor exceeds its cap.
     """
     B = check_budget(budget)
     if (

@@ -24,7 +24,21 @@ LEFTOVER_MODES = ("spread", "keep")
 def spread_leftover(curves: UtilityCurve, alloc: Allocation, cons: Constraints) -> Allocation:
     """Water-fill the leftover over funded queries in whole granules, up to each cap.
 
-    Only for length-only allocations (``samples`` is None); others are returned unchanged.
+    Parameters
+    ----------
+    curves : UtilityCurve
+        The N queries' curves (to recompute the expected utility).
+    alloc : Allocation
+        A price policy's result. Only length-only allocations (``samples`` is None) that
+        succeeded and left at least one granule are changed.
+    cons : Constraints
+        Limits and granularity.
+
+    Returns
+    -------
+    Allocation
+        ``alloc`` with the leftover spread (``info["spread_leftover"]`` tokens, said in the
+        message), or ``alloc`` itself when nothing was spread.
     """
     g = cons.granularity
     if alloc.samples is not None or not alloc.success or alloc.leftover < g:

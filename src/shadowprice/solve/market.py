@@ -7,13 +7,15 @@ so the clearing price is found by bisection. Two evaluators of D:
 * the sorted fast path (shifted surge with shared alpha, beta and the same limits for every
   query): the funded set is a prefix of the queries sorted by tau and D is a handful of prefix
   sums, so each bisection step costs O(log N) after one O(N log N) sort;
-* the active-set path (shifted surge with shared alpha, beta and per-query limits or floors): queries
-  whose state (abandoned, clipped low, interior, clipped high) is the same at both ends of the
-  price bracket are summed once; each step evaluates only the undecided ones;
+* the active-set path (shifted surge with shared alpha, beta and per-query limits or
+  floors): queries whose state (abandoned, clipped low, interior, clipped high) is the same
+  at both ends of the price bracket are summed once; each step evaluates only the undecided
+  ones;
 * the vectorised path (any other closed-form curve, e.g. per-query alpha, beta): O(N) per step.
 
-Demand jumps where a query drops out, so a leftover remains at the clearing price; it is
-handed out (:func:`hand_out`) to the next query that can cross its threshold or to funded
+Demand jumps where a query drops out, so a leftover remains at the clearing price: the
+marginal queries (funded just below the price) are admitted while they fit
+(:func:`admit_marginal`), and what is still left is handed out (:func:`hand_out`) to funded
 queries with the highest marginal gain.
 """
 
@@ -34,6 +36,7 @@ from .result import STATUS_NOT_SCARCE, STATUS_OK, Allocation, floors_exceed_budg
 PRICE_RTOL = 1e-12
 #: The O(N)-per-step path stops earlier: leftovers are handed out afterwards anyway.
 VECTOR_RTOL = 1e-9
+#: Most bisection steps on the price.
 MAX_ITER = 200
 
 
@@ -41,13 +44,26 @@ MAX_ITER = 200
 class Clearing:
     """Continuous market outcome at the clearing price, before rounding.
 
-    ``below`` is the demand just below the clearing price (budgets, funded), where demand still
-    exceeds the budget: the queries funded there but not at the price are the marginal ones,
-    indifferent at the price, that the demand jump left out.
+    Attributes
+    ----------
+    price : float
+        The clearing price (utility per token); 0 when the budget is not scarce.
+    budgets : ndarray of float64, shape (N,)
+        Continuous demand at ``price`` (tokens; 0 for abandoned queries).
+    funded : ndarray of bool, shape (N,)
+        Queries funded at ``price``.
+    iterations : int
+        Bisection steps taken.
+    scarce : bool
+        False when every query got its utility-maximising budget at price 0.
+    below : (budgets, funded), optional
+        The demand just below the clearing price, where it still exceeds the budget: the
+        queries funded there but not at the price are the marginal ones, indifferent at the
+        price, that the demand jump left out.
     """
 
     price: float
-    budgets: FloatArray  # (N,) continuous demand at ``price`` (0 for abandoned)
+    budgets: FloatArray
     funded: NDArray[np.bool_]
     iterations: int
     scarce: bool
@@ -62,6 +78,21 @@ def constrained_demand(
     Candidates are the unconstrained optimum clipped to [lo, hi], the cheapest funded budget
     lo, the cap hi, and 0 (unless protected); for the closed-form families the surplus on
     [lo, hi] is maximised at one of the first three.
+
+    Parameters
+    ----------
+    curves : UtilityCurve
+        N curves with closed-form demand.
+    price : float
+        Utility per token.
+    cons : Constraints
+        Per-query limits; protected queries always buy.
+
+    Returns
+    -------
+    budgets : ndarray of float64, shape (N,)
+        Continuous demand in tokens (0 where abandoned).
+    funded : ndarray of bool, shape (N,)
     """
     d = curves.demand(price)
     # The stationary point even for queries the curve would abandon: a protected query
@@ -95,7 +126,21 @@ def _price_ceiling(curves: UtilityCurve, cons: Constraints) -> float:
 
 
 def clear_vectorised(curves: UtilityCurve, cons: Constraints) -> Clearing:
-    """Bisection on lambda with O(N) demand evaluations (any closed-form curve)."""
+    """Bisection on lambda with O(N) demand evaluations (any closed-form curve).
+
+    Parameters
+    ----------
+    curves : UtilityCurve
+        The N queries' curves.
+    cons : Constraints
+        Limits, granularity and the total budget.
+
+    Returns
+    -------
+    Clearing
+        Continuous demand at the clearing price (and just below it when the budget is
+        scarce).
+    """
     B = cons.budget
     b0, f0 = constrained_demand(curves, 0.0, cons)
     if b0.sum() <= B:
@@ -177,7 +222,21 @@ class _SortedSurge:
 
 
 def clear_sorted(curves: ShiftedSurge, cons: Constraints) -> Clearing:
-    """Bisection on lambda where each step costs O(log N) (see module docstring)."""
+    """Bisection on lambda where each step costs O(log N) (see module docstring).
+
+    Parameters
+    ----------
+    curves : ShiftedSurge
+        N surges sharing alpha and beta, under the same limits.
+    cons : Constraints
+        Limits, granularity and the total budget.
+
+    Returns
+    -------
+    Clearing
+        Continuous demand at the clearing price (and just below it when the budget is
+        scarce).
+    """
     B = cons.budget
     s = _SortedSurge(curves, float(cons.lo[0]), float(cons.hi[0]))
     if s.demand(0.0) <= B:
@@ -208,6 +267,26 @@ def admit_marginal(
     They are indifferent at the clearing price, so funding some of them is as good as any use
     of the leftover; lowest thresholds first. With many identical queries the price alone would
     fund none of them (they all drop out at once); this funds as many as the budget allows.
+
+    Parameters
+    ----------
+    curves : UtilityCurve
+        The N queries' curves.
+    budgets : ndarray of int64, shape (N,)
+        Rounded budgets at the clearing price.
+    funded : ndarray of bool, shape (N,)
+        Queries funded at the clearing price.
+    below : (budgets, funded)
+        Continuous demand just below the clearing price (:attr:`Clearing.below`).
+    cons : Constraints
+        Limits, granularity and the total budget.
+
+    Returns
+    -------
+    budgets : ndarray of int64, shape (N,)
+    funded : ndarray of bool, shape (N,)
+    admitted : int
+        Marginal queries funded.
     """
     b_below, f_below = below
     cand = np.flatnonzero(f_below & ~funded)
@@ -225,69 +304,144 @@ def admit_marginal(
     return b, f, int(take.size)
 
 
+#: At most this many abandoned queries, lowest thresholds first, are offered entry.
+MAX_ENTRANTS = 64
+#: Rounds of handing out by marginal gain (each gives one granule to up to ``left // g``
+#: queries) before the rest is left unallotted.
+MAX_HANDOUT_ROUNDS = 10_000
+
+
 def hand_out(
     curves: UtilityCurve,
     budgets: IntArray,
     funded: NDArray[np.bool_],
     price: float,
     cons: Constraints,
-    want: FloatArray | None = None,
-    remainder: FloatArray | None = None,
-    max_entrants: int = 64,
-    max_rounds: int = 10_000,
+    want: FloatArray,
+    remainder: FloatArray,
 ) -> tuple[IntArray, NDArray[np.bool_], dict[str, int]]:
     """Give tokens left over after rounding and after the demand jump to where they pay most.
 
-    First, abandoned queries closest to funding (lowest thresholds) enter, each with what it
-    would buy at the price (``want``) or what is left, if that is worth more than the same
-    tokens at the margin of funded queries (about ``price`` per token there). Then single
-    granules go to funded queries in order of marginal gain, never past a cap or a peak.
+    Three passes, each only while at least one granule is left:
+
+    1. *Entrants*: abandoned queries closest to funding (lowest thresholds, at most
+       :data:`MAX_ENTRANTS`) enter with what they would buy at ``price`` (``want``, within
+       their limits) or what is left, when that is worth more than the same tokens at the
+       margin of funded queries (about ``price`` per token). At the clearing price itself no
+       abandoned query has a budget worth its cost, so this pass admits queries only when
+       ``price`` is below the one that abandoned them.
+    2. *Remainders*: one granule each to the funded queries that rounding cut most
+       (largest ``remainder`` first).
+    3. *Marginal gain*: single granules to funded queries in order of marginal gain, never
+       past a cap or a peak, for at most :data:`MAX_HANDOUT_ROUNDS` rounds.
+
+    Parameters
+    ----------
+    curves : UtilityCurve
+        The N queries' curves.
+    budgets : ndarray of int64, shape (N,)
+        Budgets so far (tokens; multiples of the granularity, 0 = abandoned).
+    funded : ndarray of bool, shape (N,)
+        Funded queries.
+    price : float
+        The price (utility per token) an entrant must beat.
+    cons : Constraints
+        Limits, granularity and the total budget.
+    want : ndarray of float, shape (N,)
+        What each query would buy at ``price`` if entry were free (tokens); non-finite or
+        non-positive entries fall back to the query's cap.
+    remainder : ndarray of float, shape (N,)
+        Tokens each query lost to rounding (continuous budget minus ``budgets``).
+
+    Returns
+    -------
+    budgets : ndarray of int64, shape (N,)
+        New budgets; the sum never exceeds ``cons.budget``.
+    funded : ndarray of bool, shape (N,)
+    info : dict
+        ``entered`` (queries admitted), ``spread`` (tokens handed to funded queries) and
+        ``handout_rounds`` (rounds of the marginal-gain pass).
     """
-    g = cons.granularity
     b = budgets.copy()
     f = funded.copy()
     left = cons.budget - int(b.sum())
+    left, entered = _admit_entrants(curves, b, f, price, cons, want, left)
+    left, by_remainder = _spread_by_remainder(b, f, cons, remainder, left)
+    left, by_gain, rounds = _spread_by_gain(curves, b, f, cons, left)
+    return b, f, {"entered": entered, "spread": by_remainder + by_gain, "handout_rounds": rounds}
+
+
+def _admit_entrants(
+    curves: UtilityCurve,
+    b: IntArray,
+    f: NDArray[np.bool_],
+    price: float,
+    cons: Constraints,
+    want: FloatArray,
+    left: int,
+) -> tuple[int, int]:
+    """Pass 1 of :func:`hand_out`, in place on ``b`` and ``f``; returns (left, entered)."""
+    g = cons.granularity
+    if left < g:
+        return left, 0
+    cand = np.flatnonzero(~f & (cons.lo <= np.minimum(cons.hi, left)))
+    if cand.size == 0:
+        return left, 0
+    thr = curves.threshold()[cand]
+    if cand.size > MAX_ENTRANTS:
+        keep = np.argpartition(thr, MAX_ENTRANTS - 1)[:MAX_ENTRANTS]
+        cand, thr = cand[keep], thr[keep]
+    cand = cand[np.argsort(thr, kind="stable")]
+    sub = curves[cand]
+    w = want[cand]
+    w = np.where(np.isfinite(w) & (w > 0), w, cons.hi[cand])
+    probe = np.zeros(cand.size)
     entered = 0
-    if left >= g:
-        cand = np.flatnonzero(~f & (cons.lo <= np.minimum(cons.hi, left)))
-        if cand.size:
-            thr = curves.threshold()[cand]
-            if cand.size > max_entrants:
-                keep = np.argpartition(thr, max_entrants - 1)[:max_entrants]
-                cand, thr = cand[keep], thr[keep]
-            cand = cand[np.argsort(thr, kind="stable")]
-            sub = curves[cand]
-            w = want[cand] if want is not None else cons.hi[cand].astype(float)
-            w = np.where(np.isfinite(w) & (w > 0), w, cons.hi[cand])
-            probe = np.zeros(cand.size)
-            for j, i in enumerate(cand):
-                lo_i, hi_i = int(cons.lo[i]), int(cons.hi[i])
-                give = min(left, hi_i, max(int(w[j] // g) * g, lo_i))
-                if give < lo_i:
-                    continue
-                probe[j] = give
-                entry_gain = float(sub.value(probe)[j])
-                probe[j] = 0.0
-                if entry_gain > 0 and entry_gain > price * give:
-                    b[i], f[i] = give, True
-                    left -= give
-                    entered += 1
-                if left < g:
-                    break
-    spread = 0
-    rounds = 0
-    if left >= g and remainder is not None:
-        # Largest remainder first: the queries rounding cut most are furthest below their
-        # optimum, where a granule is worth most (one cheap pass instead of curve evaluations).
-        up = np.flatnonzero(f & (b + g <= cons.hi) & (remainder > 0))
-        m = min(left // g, up.size)
-        if m:
-            if m < up.size:
-                up = up[np.argpartition(-remainder[up], m - 1)[:m]]
-            b[up] += g
-            left -= g * up.size
-            spread += g * up.size
-    while left >= g and rounds < max_rounds:
+    for j, i in enumerate(cand):
+        lo_i, hi_i = int(cons.lo[i]), int(cons.hi[i])
+        give = min(left, hi_i, max(int(w[j] // g) * g, lo_i))
+        if give < lo_i:
+            continue
+        probe[j] = give
+        entry_gain = float(sub.value(probe)[j])
+        probe[j] = 0.0
+        if entry_gain > 0 and entry_gain > price * give:
+            b[i], f[i] = give, True
+            left -= give
+            entered += 1
+        if left < g:
+            break
+    return left, entered
+
+
+def _spread_by_remainder(
+    b: IntArray, f: NDArray[np.bool_], cons: Constraints, remainder: FloatArray, left: int
+) -> tuple[int, int]:
+    """Pass 2 of :func:`hand_out`, in place on ``b``; returns (left, tokens spread).
+
+    Largest remainder first: the queries rounding cut most are furthest below their optimum,
+    where a granule is worth most (one cheap pass instead of curve evaluations).
+    """
+    g = cons.granularity
+    if left < g:
+        return left, 0
+    up = np.flatnonzero(f & (b + g <= cons.hi) & (remainder > 0))
+    m = min(left // g, up.size)
+    if not m:
+        return left, 0
+    if m < up.size:
+        up = up[np.argpartition(-remainder[up], m - 1)[:m]]
+    b[up] += g
+    return left - g * up.size, g * up.size
+
+
+def _spread_by_gain(
+    curves: UtilityCurve, b: IntArray, f: NDArray[np.bool_], cons: Constraints, left: int
+) -> tuple[int, int, int]:
+    """Pass 3 of :func:`hand_out`, in place on ``b``; returns (left, tokens spread, rounds)."""
+    g = cons.granularity
+    spread = rounds = 0
+    while left >= g and rounds < MAX_HANDOUT_ROUNDS:
         room = f & (b + g <= cons.hi)
         bf = b.astype(float)
         gain = np.where(room, curves.value(bf + g) - curves.value(bf), 0.0)
@@ -301,7 +455,7 @@ def hand_out(
         left -= g * idx.size
         spread += g * idx.size
         rounds += 1
-    return b, f, {"entered": entered, "spread": spread, "handout_rounds": rounds}
+    return left, spread, rounds
 
 
 class _SurgeStates:
@@ -353,8 +507,24 @@ class _SurgeStates:
 
 
 def clear_surge_limits(curves: ShiftedSurge, cons: Constraints) -> Clearing:
-    """Bisection on lambda for shared-shape surges with per-query limits, touching only the
-    queries whose state can still change inside the price bracket (see :class:`_SurgeStates`)."""
+    """Bisection on lambda for shared-shape surges with per-query limits.
+
+    Each step touches only the queries whose state can still change inside the price
+    bracket (see :class:`_SurgeStates`).
+
+    Parameters
+    ----------
+    curves : ShiftedSurge
+        N surges sharing alpha and beta.
+    cons : Constraints
+        Limits, granularity and the total budget.
+
+    Returns
+    -------
+    Clearing
+        Continuous demand at the clearing price (and just below it when the budget is
+        scarce).
+    """
     B = cons.budget
     st = _SurgeStates(curves, cons)
     code_lo, b_lo = st.state(0.0)
@@ -397,10 +567,29 @@ def clear_surge_limits(curves: ShiftedSurge, cons: Constraints) -> Clearing:
 def clear(curves: UtilityCurve, cons: Constraints, *, policy: str = "clear") -> Allocation:
     """Allocate by market clearing with closed-form demand.
 
+    The price is found by bisection on one of three evaluators of demand (see the module
+    docstring); budgets are rounded onto the granularity, the marginal queries admitted while
+    they fit, and the leftover handed out (:func:`hand_out`).
+
     Parameters
     ----------
-    curves : UtilityCurve with ``has_closed_form_demand``
+    curves : UtilityCurve
+        N curves with ``has_closed_form_demand`` (e.g. ShiftedSurge, GammaSCurve).
     cons : Constraints
+        Limits, granularity and the total budget.
+    policy : str
+        Name recorded in the result.
+
+    Returns
+    -------
+    Allocation
+        Integer budgets, the clearing price, funded mask, expected utility and a message
+        naming the evaluator used; ``info`` holds iterations, admitted, entered, spread.
+
+    Raises
+    ------
+    TypeError
+        For curves without closed-form demand (use the envelope solver, policy 'market').
     """
     if not curves.has_closed_form_demand:
         raise TypeError(

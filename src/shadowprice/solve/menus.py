@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 
 from ..curves.base import UtilityCurve
 from ..curves.empirical import EmpiricalCurve
+from ..curves.grid import check_grid
 from .constraints import Constraints, IntArray
 
 #: Default number of budget levels for curves without natural breakpoints.
@@ -123,9 +124,7 @@ def menu_from_curve(
     """
     if isinstance(curves, EmpiricalCurve) and grid is None:
         return menu_from_breakpoints(curves, cons)
-    g = budget_grid(curves, cons, levels) if grid is None else np.asarray(grid, dtype=np.int64)
-    if g.ndim != 1 or g[0] != 0 or np.any(np.diff(g) <= 0):
-        raise ValueError("grid must be 1-D, ascending and start at 0")
+    g = budget_grid(curves, cons, levels) if grid is None else check_grid(grid)
     gf: NDArray[np.floating] = g.astype(dtype)
     values: NDArray[np.floating] = np.empty((curves.n, g.size), dtype=dtype)
     # With the same limits for everyone, feasibility is a property of the grid column.

@@ -57,10 +57,12 @@ class Allocation:
 
     @property
     def n(self) -> int:
+        """Number of queries N."""
         return int(self.budgets.size)
 
     @property
     def abandoned(self) -> NDArray[np.bool_]:
+        """Queries given no tokens, shape (N,): the complement of ``funded``."""
         return ~self.funded
 
     @property
@@ -82,14 +84,24 @@ class Allocation:
 
     @property
     def abandonment_rate(self) -> float:
+        """Share of queries abandoned, in [0, 1] (0 for no queries)."""
         return float(np.mean(~self.funded)) if self.n else 0.0
 
     @property
     def success(self) -> bool:
+        """True unless the limits could not be met (status ``ok`` or ``not_scarce``)."""
         return self.status in (STATUS_OK, STATUS_NOT_SCARCE)
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready summary (no per-query arrays)."""
+        """JSON-ready summary (no per-query arrays).
+
+        Returns
+        -------
+        dict
+            ``policy``, ``queries``, ``budget``, ``price`` (None where there is none),
+            ``funded``, ``abandoned``, ``expected_utility``, ``spent``, ``leftover``,
+            ``status``, ``message``.
+        """
         return {
             "policy": self.policy,
             "queries": self.n,
@@ -115,7 +127,24 @@ class Allocation:
 
 
 def infeasible(n: int, budget: int, policy: str, message: str) -> Allocation:
-    """The result when no allocation satisfies the limits: nothing allocated, no price."""
+    """The result when no allocation satisfies the limits: nothing allocated, no price.
+
+    Parameters
+    ----------
+    n : int
+        Number of queries.
+    budget : int
+        Total tokens B.
+    policy : str
+        The policy that was asked.
+    message : str
+        Why, and how to fix it (prefixed with ``"infeasible: "``).
+
+    Returns
+    -------
+    Allocation
+        All budgets 0, price NaN, status ``infeasible``.
+    """
     return Allocation(
         budgets=np.zeros(n, dtype=np.int64),
         price=float("nan"),
@@ -129,7 +158,24 @@ def infeasible(n: int, budget: int, policy: str, message: str) -> Allocation:
 
 
 def floors_exceed_budget(n: int, committed: int, budget: int, policy: str) -> Allocation:
-    """Protected queries' floors alone do not fit in the budget."""
+    """The infeasible result when the protected queries' floors alone exceed the budget.
+
+    Parameters
+    ----------
+    n : int
+        Number of queries.
+    committed : int
+        Tokens the protected queries need at their floors.
+    budget : int
+        Total tokens B.
+    policy : str
+        The policy that was asked.
+
+    Returns
+    -------
+    Allocation
+        See :func:`infeasible`; the message says to raise the budget or lower the floors.
+    """
     return infeasible(
         n,
         budget,

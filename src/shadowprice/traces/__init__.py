@@ -1,6 +1,12 @@
 """Trace sets: per-query samples of (tokens, correct), their file formats, bundled data."""
 
-from .bundled import REAL_TRACE_SET, list_bundled, load_problems, load_traces
+from .bundled import (
+    REAL_TRACE_SET,
+    list_bundled,
+    load_paper_results,
+    load_problems,
+    load_traces,
+)
 from .io import FORMATS, read_traces, write_traces
 from .schema import TraceSet, TraceValidationError, validate_record
 
@@ -10,6 +16,7 @@ __all__ = [
     "TraceSet",
     "TraceValidationError",
     "list_bundled",
+    "load_paper_results",
     "load_problems",
     "load_traces",
     "read_traces",

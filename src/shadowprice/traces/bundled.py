@@ -6,6 +6,7 @@ with :mod:`importlib.resources`, so this works from a wheel or a source checkout
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 from functools import lru_cache
@@ -17,7 +18,14 @@ import pandas as pd
 
 from .schema import TraceSet, TraceValidationError, _check_unique, validate_record
 
-__all__ = ["PROBLEM_COLUMNS", "list_bundled", "load_problems", "load_traces"]
+__all__ = [
+    "PROBLEM_COLUMNS",
+    "REAL_TRACE_SET",
+    "list_bundled",
+    "load_paper_results",
+    "load_problems",
+    "load_traces",
+]
 
 PROBLEM_COLUMNS = ("id", "question", "answer", "solution_tokens", "level", "subject", "source")
 
@@ -58,7 +66,13 @@ def _read_lines(rel: str) -> list[tuple[int, Any]]:
 
 
 def list_bundled() -> dict[str, str]:
-    """Bundled set name -> one-line description (trace sets first, then problem sets)."""
+    """What data ship with the package.
+
+    Returns
+    -------
+    dict of str -> str
+        Bundled set name -> one-line description (trace sets first, then problem sets).
+    """
     m = _manifest()
     out = {name: "trace set: " + info["description"] for name, info in m["traces"].items()}
     out.update(
@@ -73,6 +87,20 @@ def load_traces(name: str) -> TraceSet:
     ``tokens`` are response lengths in DeepSeek-BPE tokens (a proxy for the generating
     model's tokenizer); per-sample extras ``pred`` and ``pred_score`` and per-query
     ``meta`` (``level``, ``source``, ``solution_tokens``) are kept.
+
+    Parameters
+    ----------
+    name : str
+        A bundled trace set (see :func:`list_bundled`), e.g. :data:`REAL_TRACE_SET`.
+
+    Returns
+    -------
+    TraceSet
+
+    Raises
+    ------
+    KeyError
+        For a set that is not bundled, naming those that are.
     """
     info = _lookup("traces", name)
     rel = info["file"]
@@ -88,14 +116,25 @@ def load_traces(name: str) -> TraceSet:
 def load_problems(name: str) -> pd.DataFrame:
     """Load a bundled problem set as a DataFrame with one row per problem.
 
-    Names: ``math500``, ``gsm8k``, ``gsm8k-train``, ``aime24``, ``amc23``, ``minerva``,
-    ``olympiadbench``.
+    Parameters
+    ----------
+    name : str
+        ``math500``, ``gsm8k``, ``gsm8k-train``, ``aime24``, ``amc23``, ``minerva`` or
+        ``olympiadbench`` (case and ``_``/``-`` do not matter).
 
-    Columns (:data:`PROBLEM_COLUMNS`): ``id`` (string, unique), ``question`` (string),
-    ``answer`` (string, gold), ``solution_tokens`` (Int64, DeepSeek-BPE tokens of the
-    reference solution; <NA> where none), ``level`` (Int64, MATH difficulty 1-5; <NA>
-    elsewhere), ``subject`` (string; <NA> where none), ``source`` (string, benchmark).
-    Text columns use pandas' nullable ``string`` dtype.
+    Returns
+    -------
+    DataFrame
+        Columns (:data:`PROBLEM_COLUMNS`): ``id`` (string, unique), ``question`` (string),
+        ``answer`` (string, gold), ``solution_tokens`` (Int64, DeepSeek-BPE tokens of the
+        reference solution; <NA> where none), ``level`` (Int64, MATH difficulty 1-5; <NA>
+        elsewhere), ``subject`` (string; <NA> where none), ``source`` (string, benchmark).
+        Text columns use pandas' nullable ``string`` dtype.
+
+    Raises
+    ------
+    KeyError
+        For a set that is not bundled, naming those that are.
     """
     info = _lookup("problems", name)
     rows = [obj for _, obj in _read_lines(info["file"])]
@@ -106,3 +145,30 @@ def load_problems(name: str) -> pd.DataFrame:
     for col in ("id", "question", "answer", "subject", "source"):
         df[col] = df[col].astype("string")
     return df
+
+
+def load_paper_results() -> pd.DataFrame:
+    """The CLEAR paper's published results figure, digitised (``data/paper/README.md``).
+
+    Figures read off the paper's 4-panel results figure by eye (about +-0.5 point;
+    Qwen2.5-Math-7B on the paper's own 500-query streams): facts about a published figure,
+    not measurements of this project.
+
+    Returns
+    -------
+    DataFrame
+        60 rows, one per (stream, budget). Columns: ``stream`` (Balanced, MostlyEasy,
+        MostlyHard, UShaped), ``budget`` (tokens per query, float), ``clear`` and ``uniform``
+        (accuracy, %), ``abandoned`` (CLEAR's abandonment rate, %).
+    """
+    with (_data_dir() / "paper" / "clear_results_digitized.csv").open("r", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return pd.DataFrame(
+        {
+            "stream": [r["stream"] for r in rows],
+            "budget": [float(r["budget_per_sample"]) for r in rows],
+            "clear": [float(r["daba_lambert_acc_pct"]) for r in rows],
+            "uniform": [float(r["uniform_acc_pct"]) for r in rows],
+            "abandoned": [float(r["abandonment_rate_pct"]) for r in rows],
+        }
+    )

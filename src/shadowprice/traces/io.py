@@ -157,70 +157,91 @@ def _rows_to_records(rows: Iterator[tuple[int, dict[str, Any]]], path: str, unit
 
     ``rows`` yields ``(line_or_row_number, {column: value})``.
     """
-    by_id: dict[str, dict[str, Any]] = {}
-    first_line: dict[str, int] = {}
-    # Where each query-level value was first set, to report conflicts between rows.
-    set_at: dict[tuple[str, str], int] = {}
-    n_rows = 0
+    grouped = _LongFormRecords(path, unit)
     for ln, row in rows:
-        n_rows += 1
+        grouped.add(ln, row)
+    return grouped.trace_set()
 
-        def fail(fld: str | None, msg: str, _ln: int = ln) -> TraceValidationError:
-            return TraceValidationError(msg, path=path, line=_ln, field=fld, unit=unit)
 
+class _LongFormRecords:
+    """Records built up from long-form rows, one query per id in first-appearance order."""
+
+    def __init__(self, path: str, unit: str) -> None:
+        self.path, self.unit = path, unit
+        self.by_id: dict[str, dict[str, Any]] = {}
+        self.first_line: dict[str, int] = {}
+        # Where each query-level value was first set, to report conflicts between rows.
+        self.set_at: dict[tuple[str, str], int] = {}
+        self.n_rows = 0
+
+    def _fail(self, ln: int, fld: str | None, msg: str) -> TraceValidationError:
+        return TraceValidationError(msg, path=self.path, line=ln, field=fld, unit=self.unit)
+
+    def add(self, ln: int, row: dict[str, Any]) -> None:
+        """Add one row: its query-level cells to its record, its sample to the samples."""
+        self.n_rows += 1
         rid = row.get("id", _MISSING)
         if rid is _MISSING or rid is None or rid == "":
-            raise fail("id", "is required (empty cell)")
+            raise self._fail(ln, "id", "is required (empty cell)")
         if not isinstance(rid, str):
             rid = str(rid)  # numeric ids from foreign Parquet files
-        rec = by_id.get(rid)
+        rec = self.by_id.get(rid)
         if rec is None:
             rec = {"id": rid, "samples": []}
-            by_id[rid] = rec
-            first_line[rid] = ln
+            self.by_id[rid] = rec
+            self.first_line[rid] = ln
         sample: dict[str, Any] = {}
         for col, val in row.items():
             if col == "id":
                 continue
-            if col in ("tokens", "correct"):
-                sample[col] = val
-            elif col.startswith("sample."):
-                sample[col[len("sample.") :]] = val
-            elif col in _QUERY_COLS or col.startswith(("meta.", "query.")):
-                if col.startswith("meta."):
-                    target, key = rec.setdefault("meta", {}), col[len("meta.") :]
-                elif col.startswith("query."):
-                    target, key = rec, col[len("query.") :]
-                else:
-                    target, key = rec, col
-                if key in target:
-                    if target[key] != val:
-                        raise fail(
-                            col,
-                            f"differs between rows of id {rid!r}: {val!r} here, "
-                            f"{target[key]!r} at {unit} {set_at[(rid, col)]}",
-                        )
-                else:
-                    target[key] = val
-                    set_at[(rid, col)] = ln
+            if col in _QUERY_COLS or col.startswith(("meta.", "query.")):
+                self._set_query_field(ln, rec, col, val)
             else:
-                sample[col] = val
+                key = col[len("sample.") :] if col.startswith("sample.") else col
+                sample[key] = val
+        self._check_sample(ln, rid, sample)
+        rec["samples"].append(sample)
+
+    def _set_query_field(self, ln: int, rec: dict[str, Any], col: str, val: Any) -> None:
+        if col.startswith("meta."):
+            target, key = rec.setdefault("meta", {}), col[len("meta.") :]
+        elif col.startswith("query."):
+            target, key = rec, col[len("query.") :]
+        else:
+            target, key = rec, col
+        if key not in target:
+            target[key] = val
+            self.set_at[(rec["id"], col)] = ln
+        elif target[key] != val:
+            raise self._fail(
+                ln,
+                col,
+                f"differs between rows of id {rec['id']!r}: {val!r} here, "
+                f"{target[key]!r} at {self.unit} {self.set_at[(rec['id'], col)]}",
+            )
+
+    def _check_sample(self, ln: int, rid: str, sample: dict[str, Any]) -> None:
         for req in ("tokens", "correct"):
             if req not in sample:
-                raise fail(req, "is required (empty cell)")
+                raise self._fail(ln, req, "is required (empty cell)")
         # Validate the sample now so that errors name this row, not the query's first row.
         try:
-            validate_record({"id": rid, "samples": [sample]}, line=ln, path=path, unit=unit)
+            validate_record(
+                {"id": rid, "samples": [sample]}, line=ln, path=self.path, unit=self.unit
+            )
         except TraceValidationError as e:
             fld = e.field.replace("samples[0].", "") if e.field else None
-            raise fail(fld, e.reason) from None
-        rec["samples"].append(sample)
-    if n_rows == 0:
-        raise TraceValidationError("file holds no trace rows (it is empty)", path=path)
-    records = [
-        validate_record(r, line=first_line[r["id"]], path=path, unit=unit) for r in by_id.values()
-    ]
-    return TraceSet._trusted(records)
+            raise self._fail(ln, fld, e.reason) from None
+
+    def trace_set(self) -> TraceSet:
+        """The validated trace set of every row added."""
+        if self.n_rows == 0:
+            raise TraceValidationError("file holds no trace rows (it is empty)", path=self.path)
+        records = [
+            validate_record(r, line=self.first_line[r["id"]], path=self.path, unit=self.unit)
+            for r in self.by_id.values()
+        ]
+        return TraceSet._trusted(records)
 
 
 # ---------------------------------------------------------------------------------------
@@ -266,16 +287,7 @@ def _read_csv(path: str) -> TraceSet:
             raise TraceValidationError(
                 "file holds no trace rows (it is empty)", path=path
             ) from None
-        if len(set(header)) != len(header):
-            dup = next(c for c in header if header.count(c) > 1)
-            raise TraceValidationError(
-                "column appears twice in the header", path=path, line=1, field=dup
-            )
-        for req in _REQUIRED:
-            if req not in header:
-                raise TraceValidationError(
-                    "column is required in the header", path=path, line=1, field=req
-                )
+        _check_csv_header(header, path)
 
         def rows() -> Iterator[tuple[int, dict[str, Any]]]:
             start = reader.line_num + 1
@@ -290,25 +302,43 @@ def _read_csv(path: str) -> TraceSet:
                         path=path,
                         line=ln,
                     )
-                row: dict[str, Any] = {}
-                for col, cell in zip(header, cells, strict=False):
-                    if col == "id":
-                        if cell != "":
-                            row["id"] = cell  # ids stay text even when they look numeric
-                    elif col == "correct":
-                        if cell != "":
-                            b = _BOOL_TEXT.get(cell.strip().lower())
-                            # Pass unknown text through so validation reports it verbatim.
-                            row["correct"] = cell if b is None else b
-                    else:
-                        v = _decode_cell(cell)
-                        if col in _QUERY_COLS and not isinstance(v, str) and v is not _MISSING:
-                            v = cell  # question/answer are text: keep "42" as written
-                        if v is not _MISSING:
-                            row[col] = v
-                yield ln, row
+                yield ln, _decode_csv_row(header, cells)
 
         return _rows_to_records(rows(), path, "line")
+
+
+def _check_csv_header(header: list[str], path: str) -> None:
+    if len(set(header)) != len(header):
+        dup = next(c for c in header if header.count(c) > 1)
+        raise TraceValidationError(
+            "column appears twice in the header", path=path, line=1, field=dup
+        )
+    for req in _REQUIRED:
+        if req not in header:
+            raise TraceValidationError(
+                "column is required in the header", path=path, line=1, field=req
+            )
+
+
+def _decode_csv_row(header: list[str], cells: list[str]) -> dict[str, Any]:
+    """One CSV row as {column: value}; empty cells are left out (field absent)."""
+    row: dict[str, Any] = {}
+    for col, cell in zip(header, cells, strict=False):
+        if cell == "" and col in ("id", "correct"):
+            continue
+        if col == "id":
+            row["id"] = cell  # ids stay text even when they look numeric
+        elif col == "correct":
+            b = _BOOL_TEXT.get(cell.strip().lower())
+            # Pass unknown text through so validation reports it verbatim.
+            row["correct"] = cell if b is None else b
+        else:
+            v = _decode_cell(cell)
+            if col in _QUERY_COLS and not isinstance(v, str) and v is not _MISSING:
+                v = cell  # question/answer are text: keep "42" as written
+            if v is not _MISSING:
+                row[col] = v
+    return row
 
 
 def _write_csv(traces: TraceSet, path: str) -> None:
@@ -411,14 +441,26 @@ def _read_parquet(path: str) -> TraceSet:
 def read_traces(path: str | os.PathLike[str], *, format: str | None = None) -> TraceSet:
     """Read and validate a trace set.
 
-    Args:
-        path: ``.jsonl``, ``.jsonl.gz`` (one record per query), ``.csv`` or ``.parquet``
-            (long form, one row per sample).
-        format: override the suffix-based choice: one of ``FORMATS``.
+    Parameters
+    ----------
+    path : path
+        ``.jsonl``, ``.jsonl.gz`` (one record per query), ``.csv`` or ``.parquet`` (long
+        form, one row per sample).
+    format : str, optional
+        Override the suffix-based choice: one of :data:`FORMATS`.
 
-    Raises:
-        TraceValidationError: with the file, 1-based line (row for Parquet) and field.
-        ValueError: unknown format.
+    Returns
+    -------
+    TraceSet
+
+    Raises
+    ------
+    TraceValidationError
+        With the file, 1-based line (row for Parquet) and field.
+    FileNotFoundError
+        When there is no such file.
+    ValueError
+        For an unknown format.
     """
     p = os.fspath(path)
     fmt = _infer_format(p, format)
@@ -439,6 +481,20 @@ def write_traces(
     Every field of every record is written, so ``read_traces(write_traces(t))`` gives
     back equal records (long form: a query-level ``None`` and an empty ``meta`` read back
     as absent).
+
+    Parameters
+    ----------
+    traces : TraceSet
+        The set to write.
+    path : path
+        File to write (overwritten).
+    format : str, optional
+        Override the suffix-based choice: one of :data:`FORMATS`.
+
+    Raises
+    ------
+    ValueError
+        For an unknown format.
     """
     p = os.fspath(path)
     fmt = _infer_format(p, format)

@@ -30,11 +30,29 @@ __all__ = ["TraceSet", "TraceValidationError", "validate_record"]
 class TraceValidationError(ValueError):
     """A trace record (or file) breaks the schema.
 
-    Attributes:
-        path: the file it came from, or ``None`` for in-memory data.
-        line: 1-based line (JSONL/CSV) or row (Parquet) number, or ``None`` when the
-            problem is not tied to one line (e.g. an empty file).
-        field: the offending field, e.g. ``"samples[2].tokens"``, or ``None``.
+    The message reads ``"<path> <unit> <line>: <field> <message>"``, leaving out what is
+    unknown.
+
+    Parameters
+    ----------
+    message : str
+        What is wrong and how to fix it (stored as :attr:`reason`).
+    path : str, optional
+        The file it came from, or ``None`` for in-memory data.
+    line : int, optional
+        1-based line (JSONL/CSV) or row (Parquet) number, or ``None`` when the problem is
+        not tied to one line (e.g. an empty file).
+    field : str, optional
+        The offending field, e.g. ``"samples[2].tokens"``.
+    unit : str
+        ``"line"`` or ``"row"``: the word before the line number.
+
+    Attributes
+    ----------
+    path, line, field : str, int, str or None
+        As given.
+    reason : str
+        The message without the location.
     """
 
     def __init__(
@@ -94,19 +112,42 @@ def validate_record(
     ``int``, numpy bools in ``correct`` to ``bool``); every field, known or not, is kept in
     its original order.
 
-    Args:
-        obj: the decoded record (normally a dict from one JSONL line).
-        line: 1-based line number for error messages.
-        path: file name for error messages.
-        unit: ``"line"`` or ``"row"``, the word used before ``line`` in messages.
+    Parameters
+    ----------
+    obj : Any
+        The decoded record (normally a dict from one JSONL line).
+    line : int, optional
+        1-based line number for error messages.
+    path : str, optional
+        File name for error messages.
+    unit : str
+        ``"line"`` or ``"row"``, the word used before ``line`` in messages.
 
-    Raises:
-        TraceValidationError: naming ``path``, ``line`` and the offending field.
+    Returns
+    -------
+    dict
+        A copy of ``obj`` with normalised samples.
+
+    Raises
+    ------
+    TraceValidationError
+        Naming ``path``, ``line`` and the offending field.
     """
 
     def fail(fld: str | None, msg: str) -> TraceValidationError:
         return TraceValidationError(msg, path=path, line=line, field=fld, unit=unit)
 
+    samples = _check_query_fields(obj, fail)
+    out = dict(obj)
+    out["samples"] = [_check_sample(s, j, fail) for j, s in enumerate(samples)]
+    return out
+
+
+_Fail = Callable[[str | None, str], TraceValidationError]
+
+
+def _check_query_fields(obj: Any, fail: _Fail) -> list[Any] | tuple[Any, ...]:
+    """Check everything but the samples' contents; return the samples."""
     if not isinstance(obj, dict):
         raise fail(None, f"record must be a JSON object, got {type(obj).__name__}")
     if "id" not in obj:
@@ -115,9 +156,9 @@ def validate_record(
     if not isinstance(rid, str) or not rid:
         raise fail("id", f"must be a non-empty string, got {rid!r}")
     for key in ("question", "answer"):
-        if key in obj and obj[key] is not None and not isinstance(obj[key], str):
+        if obj.get(key) is not None and not isinstance(obj[key], str):
             raise fail(key, f"must be a string, got {type(obj[key]).__name__}")
-    if "meta" in obj and obj["meta"] is not None and not isinstance(obj["meta"], dict):
+    if obj.get("meta") is not None and not isinstance(obj["meta"], dict):
         raise fail("meta", f"must be an object, got {type(obj['meta']).__name__}")
     if "samples" not in obj:
         raise fail("samples", "is required")
@@ -126,31 +167,27 @@ def validate_record(
         raise fail("samples", f"must be a list, got {type(samples).__name__}")
     if len(samples) == 0:
         raise fail("samples", f"must hold at least one sample (query {rid!r} has none)")
+    return samples
 
-    out_samples: list[dict[str, Any]] = []
-    for j, s in enumerate(samples):
-        if not isinstance(s, dict):
-            raise fail(f"samples[{j}]", f"must be an object, got {type(s).__name__}")
-        if "tokens" not in s:
-            raise fail(f"samples[{j}].tokens", "is required")
-        tok = _check_tokens(s["tokens"])
-        if tok is None:
-            raise fail(
-                f"samples[{j}].tokens", f"must be a non-negative integer, got {s['tokens']!r}"
-            )
-        if "correct" not in s:
-            raise fail(f"samples[{j}].correct", "is required")
-        cor = s["correct"]
-        if not isinstance(cor, (bool, np.bool_)):
-            raise fail(f"samples[{j}].correct", f"must be a boolean (true/false), got {cor!r}")
-        ns = dict(s)
-        ns["tokens"] = tok
-        ns["correct"] = bool(cor)
-        out_samples.append(ns)
 
-    out = dict(obj)
-    out["samples"] = out_samples
-    return out
+def _check_sample(s: Any, j: int, fail: _Fail) -> dict[str, Any]:
+    """Sample ``j`` checked and normalised (``tokens`` an int, ``correct`` a bool)."""
+    if not isinstance(s, dict):
+        raise fail(f"samples[{j}]", f"must be an object, got {type(s).__name__}")
+    if "tokens" not in s:
+        raise fail(f"samples[{j}].tokens", "is required")
+    tok = _check_tokens(s["tokens"])
+    if tok is None:
+        raise fail(f"samples[{j}].tokens", f"must be a non-negative integer, got {s['tokens']!r}")
+    if "correct" not in s:
+        raise fail(f"samples[{j}].correct", "is required")
+    cor = s["correct"]
+    if not isinstance(cor, (bool, np.bool_)):
+        raise fail(f"samples[{j}].correct", f"must be a boolean (true/false), got {cor!r}")
+    ns = dict(s)
+    ns["tokens"] = tok
+    ns["correct"] = bool(cor)
+    return ns
 
 
 def _check_unique(
@@ -189,9 +226,23 @@ class TraceSet:
     ``records``; mutating ``records`` afterwards is not detected. Derive new sets with
     :meth:`subset` and :meth:`map_samples` instead.
 
-    Attributes:
-        records: one dict per query, in file order, every field preserved.
-        ids: ``records[i]["id"]``, unique.
+    Parameters
+    ----------
+    records : list of dict
+        One record per query; each is validated (:func:`validate_record`) and ids must be
+        unique.
+
+    Attributes
+    ----------
+    records : list of dict
+        One dict per query, in file order, every field preserved (normalised types).
+    ids : list of str
+        ``records[i]["id"]``, unique.
+
+    Raises
+    ------
+    TraceValidationError
+        Naming the record (``records[i]``) and the field.
     """
 
     records: list[dict[str, Any]]
@@ -249,45 +300,98 @@ class TraceSet:
         self._cache.update(tokens=tok, correct=cor, n_samples=counts)
 
     def tokens(self) -> npt.NDArray[np.float64]:
-        """Response lengths in tokens, shape ``(N, S_max)``, float64, NaN-padded.
+        """Response lengths in tokens.
 
-        Row ``i`` holds query ``i``'s samples in order; entries past ``n_samples()[i]``
-        are NaN. Returns a copy.
+        Returns
+        -------
+        ndarray of float64, shape (N, S_max)
+            Row ``i`` holds query ``i``'s samples in order; entries past ``n_samples()[i]``
+            are NaN. A copy.
         """
         if "tokens" not in self._cache:
             self._dense()
         return self._cache["tokens"].copy()
 
     def correct(self) -> npt.NDArray[np.bool_]:
-        """Correctness per sample, shape ``(N, S_max)``, bool, False-padded. A copy."""
+        """Correctness per sample.
+
+        Returns
+        -------
+        ndarray of bool, shape (N, S_max)
+            False-padded past each query's samples. A copy.
+        """
         if "correct" not in self._cache:
             self._dense()
         return self._cache["correct"].copy()
 
     def n_samples(self) -> npt.NDArray[np.int64]:
-        """Number of samples per query, shape ``(N,)``, int64. A copy."""
+        """Number of samples per query.
+
+        Returns
+        -------
+        ndarray of int64, shape (N,)
+            A copy.
+        """
         if "n_samples" not in self._cache:
             self._dense()
         return self._cache["n_samples"].copy()
 
     # -- per-query fields --------------------------------------------------------------
     def questions(self) -> list[str | None]:
-        """Question text per query (``None`` where absent), length N."""
+        """Question text per query.
+
+        Returns
+        -------
+        list of str or None
+            Length N; ``None`` where absent.
+        """
         return [r.get("question") for r in self.records]
 
     def answers(self) -> list[str | None]:
-        """Gold answer per query (``None`` where absent), length N."""
+        """Gold answer per query.
+
+        Returns
+        -------
+        list of str or None
+            Length N; ``None`` where absent.
+        """
         return [r.get("answer") for r in self.records]
 
     def meta(self, key: str, default: Any = None) -> list[Any]:
-        """``records[i]["meta"][key]`` per query, ``default`` where missing; length N."""
+        """One ``meta`` field per query.
+
+        Parameters
+        ----------
+        key : str
+            The field, e.g. ``"level"``.
+        default : Any
+            Value where a query has no such field.
+
+        Returns
+        -------
+        list
+            ``records[i]["meta"][key]`` per query, length N.
+        """
         return [(r.get("meta") or {}).get(key, default) for r in self.records]
 
     # -- derived sets ------------------------------------------------------------------
     def subset(self, index: IndexLike) -> TraceSet:
         """Queries selected by a bool mask (length N), integer indices or a slice.
 
-        Records are shared with this set, not copied.
+        Parameters
+        ----------
+        index : bool mask, int indices or slice
+            Which queries, in that order; indices may not repeat a query.
+
+        Returns
+        -------
+        TraceSet
+            Sharing its records with this set (not copied).
+
+        Raises
+        ------
+        ValueError, TypeError
+            For a mask of the wrong length, repeated indices or another index type.
         """
         if isinstance(index, slice):
             return TraceSet._trusted(self.records[index])
@@ -312,8 +416,22 @@ class TraceSet:
         """New set whose records have ``samples`` replaced by ``fn(record["samples"])``.
 
         Used for sample splits (e.g. fit on the first half of each query's samples,
-        evaluate on the rest). The result is validated: ``fn`` must leave every query at
-        least one well-formed sample.
+        evaluate on the rest).
+
+        Parameters
+        ----------
+        fn : callable
+            A query's list of samples -> the samples to keep (or new ones).
+
+        Returns
+        -------
+        TraceSet
+            Validated: ``fn`` must leave every query at least one well-formed sample.
+
+        Raises
+        ------
+        TraceValidationError
+            Naming the query whose samples ``fn`` broke.
         """
         out = []
         for i, r in enumerate(self.records):
@@ -340,13 +458,30 @@ class TraceSet:
     ) -> TraceSet:
         """Build a set from dense arrays (e.g. simulated traces).
 
-        Args:
-            ids: N unique query ids.
-            tokens: ``(N, S)`` token counts; NaN marks a missing sample. Values must be
-                non-negative integers (round simulated lengths first).
-            correct: ``(N, S)`` bool; ignored where ``tokens`` is NaN.
-            questions: optional N question texts.
-            meta: optional N meta dicts.
+        Parameters
+        ----------
+        ids : sequence of str
+            N unique query ids.
+        tokens : array_like, shape (N, S)
+            Token counts; NaN marks a missing sample. Values must be non-negative integers
+            (round simulated lengths first).
+        correct : array_like of bool, shape (N, S)
+            Ignored where ``tokens`` is NaN.
+        questions : sequence of str or None, optional
+            N question texts.
+        meta : sequence of dict or None, optional
+            N meta dicts.
+
+        Returns
+        -------
+        TraceSet
+
+        Raises
+        ------
+        ValueError, TypeError
+            For shapes that do not match or a non-bool ``correct``.
+        TraceValidationError
+            For a bad value (e.g. a fractional token count), naming the record and field.
         """
         tok = np.asarray(tokens, dtype=np.float64)
         cor = np.asarray(correct)

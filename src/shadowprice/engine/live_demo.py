@@ -10,84 +10,34 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-#: A few GSM8K test problems (question, gold answer), used when the bundled set is absent.
-GSM8K_SAMPLE: list[tuple[str, str]] = [
-    (
-        (
-            "Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes "
-            "muffins for her friends every day with four. She sells the remainder at the farmers' "
-            "market daily for $2 per fresh duck egg. How much in dollars does she make every day at "
-            "the farmers' market?"
-        ),
-        "18",
-    ),
-    (
-        (
-            "A robe takes 2 bolts of blue fiber and half that much white fiber. How many bolts in "
-            "total does it take?"
-        ),
-        "3",
-    ),
-    (
-        (
-            "James decides to run 3 sprints 3 times a week. He runs 60 meters each sprint. How many "
-            "total meters does he run a week?"
-        ),
-        "540",
-    ),
-    (
-        (
-            "Toulouse has twice as many sheep as Charleston. Charleston has 4 times as many sheep as "
-            "Seattle. How many sheep do Toulouse, Charleston, and Seattle have together if Seattle "
-            "has 20 sheep?"
-        ),
-        "260",
-    ),
-    (
-        (
-            "Josh decides to try flipping a house. He buys a house for $80,000 and then puts in "
-            "$50,000 in repairs. This increased the value of the house by 150%. How much profit did "
-            "he make?"
-        ),
-        "70000",
-    ),
-    (
-        (
-            "Kylar went to the store to buy glasses for his new apartment. One glass costs $5, but "
-            "every second glass costs only 60% of the price. Kylar wants to buy 16 glasses. How much "
-            "does he need to pay for them?"
-        ),
-        "64",
-    ),
-    (
-        (
-            "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips "
-            "in May. How many clips did Natalia sell altogether in April and May?"
-        ),
-        "72",
-    ),
-    (
-        (
-            "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of "
-            "babysitting. How much did she earn?"
-        ),
-        "10",
-    ),
-]
-
 
 def sample_problems(n: int) -> list[tuple[str, str, str]]:
-    """``n`` GSM8K problems as (id, question, gold): the bundled set if present, else ours."""
-    try:
-        from shadowprice.traces import load_problems
+    """The first ``n`` problems of the bundled GSM8K test set.
 
-        df = load_problems("gsm8k")
-        if len(df) >= n:
-            rows = df.head(n)
-            return [(str(r.id), str(r.question), str(r.answer)) for r in rows.itertuples()]
-    except Exception:
-        pass
-    return [(f"gsm8k-{i}", q, a) for i, (q, a) in enumerate(GSM8K_SAMPLE[:n])]
+    Parameters
+    ----------
+    n : int
+        How many, from 1 to the size of the bundled set (1319).
+
+    Returns
+    -------
+    list of (id, question, gold answer)
+
+    Raises
+    ------
+    ValueError
+        When ``n`` is not a whole number in that range.
+    """
+    from shadowprice.traces import load_problems
+
+    df = load_problems("gsm8k")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(df):
+        raise ValueError(
+            f"n must be a whole number of problems from 1 to {len(df)} (the bundled GSM8K "
+            f"test set), got {n!r}"
+        )
+    rows = df.head(n)
+    return [(str(r.id), str(r.question), str(r.answer)) for r in rows.itertuples()]
 
 
 def live_demo(
@@ -104,8 +54,33 @@ def live_demo(
 ) -> dict[str, dict[str, Any]]:
     """Run ``n`` GSM8K problems under ``n * budget_per_query`` tokens for each policy.
 
-    Returns each policy's run summary. Without ``url`` the bundled llama.cpp server is
-    started in this process (needs ``tools/engine.sh`` packages installed).
+    Parameters
+    ----------
+    url : str, optional
+        OpenAI-compatible endpoint. Without it the bundled llama.cpp server is started in
+        this process (needs the ``local`` extra, see ``tools/engine.sh``).
+    model : str, optional
+        Model name sent to the endpoint (default: the bundled server's, else ``"local"``).
+    n : int
+        Problems, the first ``n`` of the bundled GSM8K test set.
+    budget_per_query : int
+        Average tokens per problem; the batch shares ``n * budget_per_query``.
+    policies : tuple of str
+        :func:`shadowprice.allocate` policies to compare, each on the same batch.
+    force_answer : bool
+        Force a final answer after a length stop (its tokens come out of the budget).
+    concurrency : int
+        Requests in flight at once.
+    out_dir : path, optional
+        Folder for one results JSONL per policy (default: a new temporary folder).
+    console : rich.console.Console, optional
+        Where tables and progress go (default: stdout).
+
+    Returns
+    -------
+    dict of str -> dict
+        Each policy's run summary (correct, graded, tokens used, budget, abandoned, forced,
+        wall seconds, ...).
     """
     from rich.console import Console
     from rich.table import Table

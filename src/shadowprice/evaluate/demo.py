@@ -14,15 +14,18 @@ a JSON table and a PNG. Two settings:
 * :class:`SyntheticSetting`: the bundled, clearly synthetic 500-query Balanced stream
   (``shadowprice/data/streams``), scored exactly by its known true curves.
 
-Policies of the synthetic setting (all on the same stream, scored on the TRUE curves):
+Series of the synthetic setting (all on the same stream, scored on the TRUE curves), named
+as in the policy registry (:mod:`shadowprice.evaluate.policies`):
 
-* ``clear``: the paper's recipe, CLEAR on ``ShiftedSurge(tau, alpha=1.5, beta_s)`` with the
-  true thresholds tau and one shared beta_s (see :func:`surge_beta`);
+* ``clear-paper``: the paper's recipe, closed-form CLEAR on ``ShiftedSurge(tau, alpha=1.5,
+  beta_s)`` with the stream's true thresholds tau and one shared beta_s (see
+  :func:`surge_beta`), as in the paper's synthetic experiment;
 * ``uniform``: B/N tokens each;
-* ``market``: one price over the concave envelopes of the true curves (our extension);
-* ``oracle``: the exact optimum on the true curves over budgets that are multiples of 64
-  tokens (multiple-choice knapsack); exact on that grid only, so a continuous policy on the
-  true curves can edge past it at the tightest budgets.
+* ``true-market``: one price over the concave envelopes of the true curves (a reference: no
+  policy knows the true curves);
+* ``true-oracle``: the exact optimum on the true curves over budgets that are multiples of
+  64 tokens (multiple-choice knapsack); exact on that grid only, so a continuous policy on
+  the true curves can edge past it at the tightest budgets.
 """
 
 from __future__ import annotations
@@ -36,24 +39,24 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .allocate import allocate
-from .curves import ShiftedSurge
-from .evaluate.policies import FitContext, run_policy
-from .evaluate.replay import replay
-from .evaluate.splits import split_half
-from .evaluate.streams import SyntheticStream, load_stream
-from .solve.result import Allocation
-from .traces import TraceSet, load_traces
+from ..allocate import allocate
+from ..curves import ShiftedSurge
+from ..solve.result import Allocation
+from ..traces import REAL_TRACE_SET, TraceSet, load_paper_results, load_traces
+from .policies import EVAL_POLICIES, REFERENCES, FitContext, run_policy
+from .replay import replay
+from .splits import split_half
+from .streams import SyntheticStream, load_stream
 
 __all__ = [
     "DEFAULT_BUDGETS",
-    "PAPER_BALANCED",
     "DemoPolicy",
     "DemoResult",
     "DemoSetting",
     "SyntheticSetting",
     "TraceSetting",
     "default_setting",
+    "paper_balanced",
     "run_demo",
     "surge_beta",
 ]
@@ -61,27 +64,26 @@ __all__ = [
 #: Average tokens per query evaluated by default (the paper's range).
 DEFAULT_BUDGETS: tuple[int, ...] = (100, 200, 300, 500, 1000, 1500)
 
-#: The paper's Balanced stream (digitised from its results figure, +-0.5 point; see
-#: /work/shared/clear_paper_figs/DABA_res_digitized.csv): budget/query -> (CLEAR %, uniform %,
-#: abandoned %). A different model and accuracy level than our synthetic stream: compare
-#: shapes and ratios, not absolute values.
-PAPER_BALANCED: dict[int, tuple[float, float, float]] = {
-    100: (10.2, 0.9, 77.5),
-    200: (16.8, 3.2, 62.8),
-    300: (19.8, 8.1, 51.5),
-    400: (21.6, 14.5, 41.2),
-    500: (22.2, 17.6, 32.1),
-    600: (23.2, 20.3, 23.8),
-    700: (23.8, 22.7, 15.6),
-    800: (25.0, 23.9, 7.6),
-    900: (26.4, 25.0, 0.0),
-    1000: (29.0, 25.8, 0.0),
-    1100: (30.8, 27.9, 0.0),
-    1200: (31.4, 29.4, 0.0),
-    1300: (31.6, 30.2, 0.0),
-    1400: (31.9, 31.3, 0.0),
-    1500: (32.4, 31.9, 0.0),
-}
+
+def paper_balanced() -> dict[int, tuple[float, float, float]]:
+    """The paper's Balanced stream, from its bundled digitised results figure (+-0.5 point).
+
+    A different model and accuracy level than our streams: compare shapes and ratios, not
+    absolute values.
+
+    Returns
+    -------
+    dict
+        Budget per query (tokens) -> (CLEAR accuracy %, uniform accuracy %, CLEAR
+        abandoned %).
+    """
+    df = load_paper_results()
+    df = df[df.stream == "Balanced"]
+    return {
+        int(r.budget): (float(r.clear), float(r.uniform), float(r.abandoned))
+        for r in df.itertuples()
+    }
+
 
 #: Upper quantile of Gamma(2, 1): a correct solution is this many 1/beta above its threshold
 #: at the 90th percentile.
@@ -89,7 +91,7 @@ GAMMA2_Q90 = 3.8897201698674295
 
 #: Budgets of the oracle's (and the true-curve market's) grid are multiples of this.
 ORACLE_GRANULARITY = 64
-#: ... up to this many tokens (recall is ~100 % for every pool by 8k, CLEAR.md Fig. 1).
+#: ... up to this many tokens (recall is ~100 % for every pool by 8k, the paper's Fig. 1).
 ORACLE_TOP = 8192
 
 
@@ -113,7 +115,15 @@ class DemoPolicy:
 
 
 class DemoSetting(Protocol):
-    """What :func:`run_demo` needs from a data source (synthetic stream, real traces, ...)."""
+    """What :func:`run_demo` needs from a data source (synthetic stream, real traces, ...).
+
+    Attributes
+    ----------
+    name : str
+        Short name for titles, e.g. ``"real traces qwen25-math-math100"``.
+    description : str
+        One line on the data and how allocations are scored.
+    """
 
     name: str
     description: str
@@ -126,7 +136,18 @@ class DemoSetting(Protocol):
         """The series to run, first the headline policy, then ``uniform``, then references."""
 
     def score(self, allocation: Allocation) -> float:
-        """Accuracy in [0, 1] that ``allocation`` achieves (mean over the N queries)."""
+        """Accuracy in [0, 1] that ``allocation`` achieves (mean over the N queries).
+
+        Parameters
+        ----------
+        allocation : Allocation
+            Budgets for the setting's N queries.
+
+        Returns
+        -------
+        float
+            Mean success probability (true curves) or share of replayed samples correct.
+        """
 
 
 def surge_beta(stream: SyntheticStream, quantile_factor: float = GAMMA2_Q90) -> float:
@@ -141,6 +162,19 @@ def surge_beta(stream: SyntheticStream, quantile_factor: float = GAMMA2_Q90) -> 
     left unspent). Placing the peak at the 90 % point keeps the surge's entry-cost logic and
     lets funded queries finish. This uses only length statistics, never the accuracy of any
     allocation, so it is not tuned to the scores.
+
+    Parameters
+    ----------
+    stream : SyntheticStream
+        Queries with known true curves (their beta_i, 1/tokens).
+    quantile_factor : float
+        Tokens above threshold, in units of 1/beta_i, where the surge should peak: the 90 %
+        quantile of Gamma(2, 1) by default, 1 for the mode.
+
+    Returns
+    -------
+    float
+        The shared decay beta_s, in 1/tokens.
     """
     return float(1.0 / np.mean(quantile_factor / stream.truth.beta))
 
@@ -180,9 +214,16 @@ class SyntheticSetting:
 
     @property
     def n(self) -> int:
+        """Number of queries N."""
         return self.stream.n
 
     def policies(self) -> list[DemoPolicy]:
+        """``clear-paper`` (the headline), ``uniform``, ``true-market``, ``true-oracle``.
+
+        Returns
+        -------
+        list of DemoPolicy
+        """
         truth = self.stream.truth
         assert self.beta_s is not None  # set in __post_init__
         surge = ShiftedSurge(truth.tau, self.alpha, self.beta_s)
@@ -191,33 +232,49 @@ class SyntheticSetting:
             top = min(ORACLE_TOP, total) // ORACLE_GRANULARITY * ORACLE_GRANULARITY
             return np.arange(0, top + 1, ORACLE_GRANULARITY)
 
+        paper = EVAL_POLICIES["clear-paper"]
+        market, oracle = REFERENCES["true-market"], REFERENCES["true-oracle"]
         return [
             DemoPolicy(
-                "clear", "CLEAR (surge, known tau)", lambda total: allocate(surge, total, "clear")
+                paper.name,
+                "CLEAR, paper recipe (surge, true tau)",
+                lambda total: allocate(surge, total, paper.solver),
             ),
-            DemoPolicy("uniform", "uniform", lambda total: allocate(truth, total, "uniform")),
             DemoPolicy(
-                "market",
-                "market (true curves)",
+                "uniform",
+                EVAL_POLICIES["uniform"].legend,
+                lambda total: allocate(truth, total, "uniform"),
+            ),
+            DemoPolicy(
+                market.name,
+                market.legend,
                 lambda total: allocate(
-                    truth, total, "market", granularity=ORACLE_GRANULARITY, grid=grid(total)
+                    truth, total, market.solver, granularity=ORACLE_GRANULARITY, grid=grid(total)
                 ),
             ),
             DemoPolicy(
-                "oracle",
-                "oracle (true curves, 64-token grid)",
+                oracle.name,
+                oracle.legend,
                 lambda total: allocate(
-                    truth, total, "oracle", granularity=ORACLE_GRANULARITY, grid=grid(total)
+                    truth, total, oracle.solver, granularity=ORACLE_GRANULARITY, grid=grid(total)
                 ),
             ),
         ]
 
     def score(self, allocation: Allocation) -> float:
+        """Mean true success probability of ``allocation``'s budgets.
+
+        Parameters
+        ----------
+        allocation : Allocation
+            Budgets for the stream's N queries.
+
+        Returns
+        -------
+        float
+            Accuracy in [0, 1].
+        """
         return self.stream.accuracy(allocation.budgets)
-
-
-#: Bundled real trace set of the default demo.
-DEMO_TRACES = "qwen25-math-math100"
 
 
 @dataclass
@@ -236,7 +293,7 @@ class TraceSetting:
 
     traces: TraceSet
     seed: int = 0
-    label: str = DEMO_TRACES
+    label: str = REAL_TRACE_SET
     name: str = field(init=False)
     description: str = field(init=False)
 
@@ -254,29 +311,63 @@ class TraceSetting:
 
     @property
     def n(self) -> int:
+        """Number of queries N."""
         return self.traces.n
 
     def policies(self) -> list[DemoPolicy]:
+        """``clear`` (the headline), ``uniform``, ``clear-paper`` and the hindsight ``oracle``.
+
+        Returns
+        -------
+        list of DemoPolicy
+            Registry entries (:data:`~shadowprice.evaluate.policies.EVAL_POLICIES`), run on
+            the fit half.
+        """
         ctx = self._ctx
 
         def run(name: str) -> Callable[[int], Allocation]:
             return lambda total: run_policy(name, ctx, total)
 
         return [
-            DemoPolicy("clear", "CLEAR (market, shrunk curves)", run("clear")),
-            DemoPolicy("uniform", "uniform", run("uniform")),
-            DemoPolicy("clear-paper", "CLEAR, paper recipe (surge)", run("clear-paper")),
-            DemoPolicy("oracle", "hindsight oracle (ceiling)", run("oracle")),
+            DemoPolicy(name, EVAL_POLICIES[name].legend, run(name))
+            for name in ("clear", "uniform", "clear-paper", "oracle")
         ]
 
     def score(self, allocation: Allocation) -> float:
+        """Replay ``allocation``'s caps on the scoring half.
+
+        Parameters
+        ----------
+        allocation : Allocation
+            Budgets for the N queries.
+
+        Returns
+        -------
+        float
+            Share of scored samples correct and finished within their cap, in [0, 1].
+        """
         return replay(allocation, self._ctx.score, n_boot=0).accuracy
 
 
 def default_setting(kind: str = "real") -> DemoSetting:
-    """The demo's setting: ``"real"`` (bundled traces) or ``"synthetic"`` (bundled stream)."""
+    """The demo's setting: ``"real"`` (bundled traces) or ``"synthetic"`` (bundled stream).
+
+    Parameters
+    ----------
+    kind : {'real', 'synthetic'}
+        The bundled real traces, split half, or the bundled 500-query Balanced stream.
+
+    Returns
+    -------
+    DemoSetting
+
+    Raises
+    ------
+    ValueError
+        For another ``kind``.
+    """
     if kind == "real":
-        return TraceSetting(load_traces(DEMO_TRACES))
+        return TraceSetting(load_traces(REAL_TRACE_SET))
     if kind == "synthetic":
         return SyntheticSetting(load_stream())
     raise ValueError(f"unknown demo setting {kind!r}; choose real or synthetic")
@@ -300,6 +391,10 @@ class DemoResult:
         Files written (None when not written).
     seconds : float
         Wall time of the whole demo.
+    headline : str
+        Key of the setting's headline CLEAR policy (``clear`` on real traces,
+        ``clear-paper`` on the synthetic stream): the one the ratio and abandonment
+        columns of :meth:`table` describe.
     """
 
     setting: str
@@ -308,21 +403,41 @@ class DemoResult:
     json_path: Path | None
     png_path: Path | None
     seconds: float
+    headline: str = "clear"
 
     def accuracy(self, policy: str) -> dict[int, float]:
-        """budget per query -> accuracy (%) of ``policy``."""
+        """Accuracy of one series at each budget.
+
+        Parameters
+        ----------
+        policy : str
+            A series key, e.g. ``"clear"``.
+
+        Returns
+        -------
+        dict of int -> float
+            Budget per query (tokens) -> accuracy (%).
+        """
         return {r["budget_per_query"]: r["accuracy"] for r in self.rows if r["policy"] == policy}
 
     def table(self) -> list[dict[str, Any]]:
-        """One row per budget: each policy's accuracy (%) under its key, CLEAR / uniform
-        ratio, CLEAR abandonment (%), and the paper's Balanced CLEAR/uniform where it has the
-        budget."""
+        """One row per budget, for the printed table and the JSON.
+
+        Returns
+        -------
+        list of dict
+            ``budget_per_query``; each policy's accuracy (%) under its key; the headline
+            CLEAR policy's ratio to uniform (``ratio``, None where uniform is below 0.1 %)
+            and abandonment (``clear_abandoned``, %); the paper's Balanced CLEAR and uniform
+            accuracy (``paper_clear``, ``paper_uniform``, None where it has no such budget).
+        """
+        balanced = paper_balanced()
         by: dict[int, dict[str, dict[str, Any]]] = {}
         for r in self.rows:
             by.setdefault(r["budget_per_query"], {})[r["policy"]] = r
         out = []
         for b, pol in by.items():
-            c, u = pol.get("clear"), pol.get("uniform")
+            c, u = pol.get(self.headline), pol.get("uniform")
             row: dict[str, Any] = {"budget_per_query": b}
             for key, r in pol.items():
                 row[key] = r["accuracy"]
@@ -331,7 +446,7 @@ class DemoResult:
                 row["ratio"] = c["accuracy"] / u["accuracy"] if u["accuracy"] >= 0.1 else None
             if c is not None:
                 row["clear_abandoned"] = c["abandoned"]
-            paper = PAPER_BALANCED.get(b)
+            paper = balanced.get(b)
             row["paper_clear"], row["paper_uniform"] = (
                 (paper[0], paper[1]) if paper else (None, None)
             )
@@ -339,6 +454,12 @@ class DemoResult:
         return out
 
     def to_json(self) -> dict[str, Any]:
+        """Everything above plus :meth:`table`, with paths as strings (what ``demo.json`` holds).
+
+        Returns
+        -------
+        dict
+        """
         d = asdict(self)
         d["json_path"] = None if self.json_path is None else str(self.json_path)
         d["png_path"] = None if self.png_path is None else str(self.png_path)
@@ -400,7 +521,15 @@ def run_demo(
     if png is not None:
         _plot(rows, policies, st, png)
     json_path = out / "demo.json"
-    result = DemoResult(st.name, st.description, rows, json_path, png, time.perf_counter() - start)
+    result = DemoResult(
+        st.name,
+        st.description,
+        rows,
+        json_path,
+        png,
+        time.perf_counter() - start,
+        headline=policies[0].key,
+    )
     json_path.write_text(json.dumps(result.to_json(), indent=1) + "\n", encoding="utf-8")
     return result
 
@@ -417,14 +546,15 @@ def _plot(
     styles = {
         "clear": ("C0", "o", "-"),
         "uniform": ("C1", "s", "-"),
-        "market": ("C2", "^", "-"),
+        "true-market": ("C2", "^", "-"),
         "clear-paper": ("C9", "v", "-"),
         "oracle": ("k", "D", ":"),
+        "true-oracle": ("k", "D", ":"),
     }
     for pol in policies:
         pts = sorted((r["budget_per_query"], r["accuracy"]) for r in rows if r["policy"] == pol.key)
         color, marker, ls = styles.get(pol.key, (None, ".", "-"))
-        # Hollow oracle markers: the market often coincides with it and must stay visible.
+        # Hollow ceiling markers: the market often coincides with it and must stay visible.
         ax.plot(
             [p[0] for p in pts],
             [p[1] for p in pts],
@@ -432,13 +562,14 @@ def _plot(
             ls=ls,
             color=color,
             label=pol.label,
-            mfc="none" if pol.key == "oracle" else None,
+            mfc="none" if pol.key in ("oracle", "true-oracle") else None,
             ms=7,
         )
-    xs = sorted(PAPER_BALANCED)
+    balanced = paper_balanced()
+    xs = sorted(balanced)
     ax.plot(
         xs,
-        [PAPER_BALANCED[x][0] for x in xs],
+        [balanced[x][0] for x in xs],
         color="C0",
         ls="--",
         alpha=0.5,
@@ -447,7 +578,7 @@ def _plot(
     )
     ax.plot(
         xs,
-        [PAPER_BALANCED[x][1] for x in xs],
+        [balanced[x][1] for x in xs],
         color="C1",
         ls="--",
         alpha=0.5,
