@@ -41,6 +41,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -238,7 +239,7 @@ def _pct(x: float) -> str:
     return "—" if not np.isfinite(x) else f"{100 * x:.0f} %"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
         "--model",
@@ -260,6 +261,66 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-cache", action="store_true")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
+    return args
+
+
+def _print_sensitivity(args: argparse.Namespace, qs: list[str], enc: Any, mini_proxy: Any) -> None:
+    """Table 4: the MiniLM Ridge penalty's effect (proxy CV chooses it; traced rho shown)."""
+    print(
+        "\n## 4. Sensitivity: MiniLM Ridge penalty (alpha; the default is 3). Only the "
+        "proxy CV ρ may be used to choose it; the traced ρ is shown, not used.\n"
+    )
+    print("| alpha | proxy CV ρ | traced ρ (cross-fitted predictor) | coverage |")
+    print("|---|---|---|---|")
+    for a in sorted(set(args.alphas) | {3.0}):
+        m = mini_proxy if a == 3.0 else fit_proxy(qs, encoder=enc, alpha=a)
+        q = interval_quality(crossfit_predictions(proxy=m, folds=args.folds, seed=args.seed))
+        print(
+            f"| {a:g} | {m.metadata_['cv_spearman']:.3f} | {q['spearman']:.3f} | "
+            f"{q['coverage']:.3f} |"
+        )
+
+
+def _cell(d: pd.DataFrame, b: float, pol: str, col: str = "accuracy") -> float:
+    return float(d[(d["budget"] == b) & (d["policy"] == pol)][col].iloc[0])
+
+
+def _print_allocation(args: argparse.Namespace, alloc: dict[str, pd.DataFrame]) -> None:
+    """Tables 5a/5b: accuracy of CLEAR with each predictor's thresholds, and gain kept."""
+    first = next(iter(alloc.values()))
+
+    titles = {
+        "clear-predicted": "CLEAR at the predicted median tau",
+        "clear-expected": "CLEAR on the expected curve (predictive distribution)",
+    }
+    for pol, title in titles.items():
+        print(
+            f"\n## 5{'a' if pol == 'clear-predicted' else 'b'}. Allocation "
+            f"(`crossfit_allocation`, gamma curves): {title}. Accuracy %, gain kept = "
+            f"(policy − uniform) / (oracle − uniform)\n"
+        )
+        head = "| tokens / query | uniform | oracle tau | no text |"
+        head += "".join(f" {n} | gain kept |" for n in alloc)
+        print(head)
+        print("|" + "---|" * (4 + 2 * len(alloc)))
+        for b in args.budgets:
+            row = (
+                f"| {b:g} | {100 * _cell(first, b, 'uniform'):.1f} | "
+                f"{100 * _cell(first, b, 'clear-oracle'):.1f} | "
+                f"{100 * _cell(first, b, 'clear-no-text'):.1f} "
+                f"({_pct(_cell(first, b, 'clear-no-text', 'gain_kept'))}) |"
+            )
+            for d in alloc.values():
+                row += (
+                    f" {100 * _cell(d, b, pol):.1f} [{100 * _cell(d, b, pol, 'ci_low'):.1f},"
+                    f" {100 * _cell(d, b, pol, 'ci_high'):.1f}] |"
+                    f" {_pct(_cell(d, b, pol, 'gain_kept'))} |"
+                )
+            print(row)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
 
     try:
         import sentence_transformers  # noqa: F401
@@ -384,19 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     if args.alphas:
-        print(
-            "\n## 4. Sensitivity: MiniLM Ridge penalty (alpha; the default is 3). Only the "
-            "proxy CV ρ may be used to choose it; the traced ρ is shown, not used.\n"
-        )
-        print("| alpha | proxy CV ρ | traced ρ (cross-fitted predictor) | coverage |")
-        print("|---|---|---|---|")
-        for a in sorted(set(args.alphas) | {3.0}):
-            m = mini_proxy if a == 3.0 else fit_proxy(qs, encoder=enc, alpha=a)
-            q = interval_quality(crossfit_predictions(proxy=m, folds=args.folds, seed=args.seed))
-            print(
-                f"| {a:g} | {m.metadata_['cv_spearman']:.3f} | {q['spearman']:.3f} | "
-                f"{q['coverage']:.3f} |"
-            )
+        _print_sensitivity(args, qs, enc, mini_proxy)
 
     # -- allocation ----------------------------------------------------------------------------
     ts = load_traces(REAL_TRACE_SET)
@@ -404,43 +453,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         name: allocation_with(p, args.budgets, args.folds, args.seed, args.n_boot)
         for name, p in preds.items()
     }
-    first = next(iter(alloc.values()))
-
-    def cell(d: pd.DataFrame, b: float, pol: str, col: str = "accuracy") -> float:
-        return float(d[(d["budget"] == b) & (d["policy"] == pol)][col].iloc[0])
-
-    titles = {
-        "clear-predicted": "CLEAR at the predicted median tau",
-        "clear-expected": "CLEAR on the expected curve (predictive distribution)",
-    }
-    for pol, title in titles.items():
-        print(
-            f"\n## 5{'a' if pol == 'clear-predicted' else 'b'}. Allocation "
-            f"(`crossfit_allocation`, gamma curves): {title}. Accuracy %, gain kept = "
-            f"(policy − uniform) / (oracle − uniform)\n"
-        )
-        head = "| tokens / query | uniform | oracle tau | no text |"
-        head += "".join(f" {n} | gain kept |" for n in alloc)
-        print(head)
-        print("|" + "---|" * (4 + 2 * len(alloc)))
-        for b in args.budgets:
-            row = (
-                f"| {b:g} | {100 * cell(first, b, 'uniform'):.1f} | "
-                f"{100 * cell(first, b, 'clear-oracle'):.1f} | "
-                f"{100 * cell(first, b, 'clear-no-text'):.1f} "
-                f"({_pct(cell(first, b, 'clear-no-text', 'gain_kept'))}) |"
-            )
-            for d in alloc.values():
-                row += (
-                    f" {100 * cell(d, b, pol):.1f} [{100 * cell(d, b, pol, 'ci_low'):.1f},"
-                    f" {100 * cell(d, b, pol, 'ci_high'):.1f}] |"
-                    f" {_pct(cell(d, b, pol, 'gain_kept'))} |"
-                )
-            print(row)
+    _print_allocation(args, alloc)
 
     pq = {name: per_query_clear(p, ts, args.budgets, args.folds) for name, p in preds.items()}
     worst = max(
-        abs(pq[n][b].mean() - cell(alloc[n], b, "clear-predicted"))
+        abs(pq[n][b].mean() - _cell(alloc[n], b, "clear-predicted"))
         for n in pq
         for b in args.budgets
     )

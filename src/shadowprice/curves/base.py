@@ -61,7 +61,7 @@ class UtilityCurve(ABC):
 
     @abstractmethod
     def value(self, budgets: ArrayLike) -> FloatArray:
-        """Utility of each query at ``budgets`` tokens; shape of ``budgets`` broadcast to (N,...)."""
+        """Utility of each query at ``budgets`` tokens; ``budgets`` broadcast to (N, ...)."""
 
     def marginal(self, budgets: ArrayLike) -> FloatArray:
         """dU/db at ``budgets`` (utility per token). Default: central difference of one token."""
