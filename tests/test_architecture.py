@@ -168,37 +168,6 @@ def _describe(graph: Graph) -> str:
     return "\n".join(lines)
 
 
-# The cycle still on main, removed by its owner. Strict: the marker must go as soon as the
-# check passes. Modules: the cli package <-> its command modules (each takes ``app`` from the
-# package that imports it to register it; defining ``app`` in a module of its own, which the
-# package and the commands both import, removes it).
-PENDING = "pending: cli <-> cli.*_cmd (the commands take app from the package that imports them)"
-PENDING_MODULE_TANGLES: tuple[set[str] | str, ...] = (
-    "shadowprice.cli",  # the package and any of its modules
-)
-PENDING_SUBPACKAGE_TANGLES: tuple[set[str] | str, ...] = ()
-
-
-def _pending(tangle: list[str], pending: tuple[set[str] | str, ...]) -> bool:
-    for known in pending:
-        if isinstance(known, str):
-            if all(m == known or m.startswith(known + ".") for m in tangle):
-                return True
-        elif set(tangle) <= known:
-            return True
-    return False
-
-
-def test_no_import_cycle_beyond_the_pending_ones() -> None:
-    """Until the pending cycles are gone, no new one may appear (this test never xfails)."""
-    modules = module_graph(SRC)
-    units = subpackage_graph(modules)
-    new = [t for t in tangles(modules) if not _pending(t, PENDING_MODULE_TANGLES)]
-    new += [t for t in tangles(units) if not _pending(t, PENDING_SUBPACKAGE_TANGLES)]
-    assert not new, f"new import cycles among {new}:\n{_describe(modules)}\n{_describe(units)}"
-
-
-@pytest.mark.xfail(strict=True, reason=PENDING)
 def test_no_import_cycle_among_modules() -> None:
     graph = module_graph(SRC)
     assert not find_cycles(graph), _describe(graph)

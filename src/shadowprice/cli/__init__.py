@@ -11,21 +11,8 @@ from __future__ import annotations
 import os
 import sys
 
-import typer
-
-app = typer.Typer(
-    name="shadowprice",
-    help="Price reasoning tokens: allocate one token budget across many LLM queries.\n\n"
-    "Exit status: 0 success; 1 ran but some queries ended in error; 2 bad input or usage; "
-    "130 interrupted.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
-
 # Registration imports: each module adds its commands to ``app``.
-from . import (  # noqa: E402
+from . import (
     allocate_cmd,  # noqa: F401
     bench_cmd,  # noqa: F401
     demo_cmd,  # noqa: F401
@@ -34,6 +21,7 @@ from . import (  # noqa: E402
     run_cmd,  # noqa: F401
     serve_cmd,  # noqa: F401
 )
+from .app import app
 
 
 def main() -> None:

@@ -15,8 +15,8 @@ from typing import Any, TextIO
 import numpy as np
 import typer
 
-from . import app
 from ._errors import fail, guarded, note
+from .app import app
 from .files import check_outputs, write_atomic
 from .options import (
     budget_option,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import typer
 
-from . import app
 from ._errors import fail, guarded
+from .app import app
 from .files import check_outputs
 from .options import check_format, output, output_format
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import typer
 
-from . import app
 from ._errors import fail, guarded
+from .app import app
 from .files import check_outputs
 from .options import check_format, output, output_format
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import typer
 
-from . import app
 from ._errors import fail, guarded
+from .app import app
 from .options import check_format, output_format
 
 _SPLITS = ("half", "queries", "none")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import typer
 
-from . import app
 from ._errors import fail, guarded
+from .app import app
 from .files import check_outputs, write_atomic
 from .options import check_format, output, output_format
 from .queries import read_query_file

@@ -9,8 +9,8 @@ from typing import Any
 
 import typer
 
-from . import app
 from ._errors import EXIT_FAILED, fail, guarded, note
+from .app import app
 from .files import check_outputs
 from .options import (
     budget_option,

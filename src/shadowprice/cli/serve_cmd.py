@@ -12,8 +12,8 @@ from pathlib import Path
 
 import typer
 
-from . import app
 from ._errors import fail
+from .app import app
 
 #: Environment variables read for the upstream key, first found wins (never a flag: flags
 #: show up in process listings).
