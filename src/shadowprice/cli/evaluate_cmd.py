@@ -208,5 +208,8 @@ def _print_table(
             f"{r.budget:>7g} {r.policy:<14} {r.accuracy:>8.3f} {ci:>15} {vs:>8} "
             f"{r.tokens_allotted:>9.1f} {r.tokens_spent:>8.1f} {r.abandoned:>7.1%}"
         )
-    if "oracle" in pols:
-        print("oracle = hindsight oracle (ceiling): the best allocation of the scoring data.")
+    from shadowprice.evaluate import EVAL_POLICIES
+
+    for name in pols:
+        if EVAL_POLICIES[name].hindsight:
+            print(f"{name} = {EVAL_POLICIES[name].description}")
