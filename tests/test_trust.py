@@ -374,3 +374,23 @@ def test_infeasible_allocation_is_not_success(tmp_path: Path) -> None:
         [{"id": "a", "tau": 1, "floor": 60}, {"id": "b", "tau": 1, "floor": 60}],
     )
     one_line_error(invoke(["allocate", q, "--budget", "100"], [q]), "floors")
+
+
+@pytest.mark.parametrize(
+    ("data", "suffix", "fragment"),
+    [
+        (
+            b'{"id":"a","samples":[{"tokens":1e308,"correct":true}]}\n',
+            ".jsonl",
+            "samples[0].tokens must be a whole number of tokens from 0 to 1e+15",
+        ),
+        (b"\xdc\xe5\x00 not text", ".jsonl", "not UTF-8 text"),
+        (b"\xdc\xe5\x00 not gzip", ".jsonl.gz", "not a valid gzip file"),
+    ],
+)
+def test_trace_files_with_absurd_counts_or_bytes(
+    tmp_path: Path, data: bytes, suffix: str, fragment: str
+) -> None:
+    f = tmp_path / f"t{suffix}"
+    f.write_bytes(data)
+    one_line_error(invoke(["evaluate", f, "--per-query", "100"], [f]), fragment)

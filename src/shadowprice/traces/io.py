@@ -25,6 +25,7 @@ import csv
 import gzip
 import json
 import os
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -466,11 +467,18 @@ def read_traces(path: str | os.PathLike[str], *, format: str | None = None) -> T
     fmt = _infer_format(p, format)
     if not Path(p).is_file():
         raise FileNotFoundError(f"trace file not found: {p}")
-    if fmt in ("jsonl", "jsonl.gz"):
-        return _read_jsonl(p, gz=fmt == "jsonl.gz")
-    if fmt == "csv":
-        return _read_csv(p)
-    return _read_parquet(p)
+    try:
+        if fmt in ("jsonl", "jsonl.gz"):
+            return _read_jsonl(p, gz=fmt == "jsonl.gz")
+        if fmt == "csv":
+            return _read_csv(p)
+        return _read_parquet(p)
+    except UnicodeDecodeError as exc:
+        raise TraceValidationError(
+            f"not UTF-8 text (byte {exc.start}: {exc.reason})", path=p
+        ) from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise TraceValidationError(f"not a valid gzip file ({exc})", path=p) from None
 
 
 def write_traces(

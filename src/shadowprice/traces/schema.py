@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ..limits import MAX_BUDGET
+
 __all__ = ["TraceSet", "TraceValidationError", "validate_record"]
 
 
@@ -83,10 +85,11 @@ def _is_int_like(v: Any) -> bool:
 
 
 def _check_tokens(v: Any) -> int | None:
-    """Return ``v`` as a non-negative int, or ``None`` if it is not one.
+    """Return ``v`` as an int in [0, MAX_BUDGET], or ``None`` if it is not one.
 
     Integral floats (``311.0``) are accepted because CSV/Parquet readers and numpy arrays
-    produce them; NaN, inf, fractions, negatives, bools and strings are rejected.
+    produce them; NaN, inf, fractions, negatives, absurd counts (over
+    :data:`~shadowprice.limits.MAX_BUDGET`), bools and strings are rejected.
     """
     if _is_int_like(v):
         iv = int(v)
@@ -96,7 +99,7 @@ def _check_tokens(v: Any) -> int | None:
         iv = int(v)
     else:
         return None
-    return iv if iv >= 0 else None
+    return iv if 0 <= iv <= MAX_BUDGET else None
 
 
 def validate_record(
@@ -178,7 +181,10 @@ def _check_sample(s: Any, j: int, fail: _Fail) -> dict[str, Any]:
         raise fail(f"samples[{j}].tokens", "is required")
     tok = _check_tokens(s["tokens"])
     if tok is None:
-        raise fail(f"samples[{j}].tokens", f"must be a non-negative integer, got {s['tokens']!r}")
+        raise fail(
+            f"samples[{j}].tokens",
+            f"must be a whole number of tokens from 0 to {MAX_BUDGET:.0e}, got {s['tokens']!r}",
+        )
     if "correct" not in s:
         raise fail(f"samples[{j}].correct", "is required")
     cor = s["correct"]
