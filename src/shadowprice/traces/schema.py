@@ -181,10 +181,11 @@ def _check_sample(s: Any, j: int, fail: _Fail) -> dict[str, Any]:
         raise fail(f"samples[{j}].tokens", "is required")
     tok = _check_tokens(s["tokens"])
     if tok is None:
-        raise fail(
-            f"samples[{j}].tokens",
-            f"must be a whole number of tokens from 0 to {MAX_BUDGET:.0e}, got {s['tokens']!r}",
+        big = isinstance(s["tokens"], int | float) and s["tokens"] > MAX_BUDGET
+        need = (
+            f"must be at most {MAX_BUDGET:.0e} tokens" if big else "must be a non-negative integer"
         )
+        raise fail(f"samples[{j}].tokens", f"{need}, got {s['tokens']!r}")
     if "correct" not in s:
         raise fail(f"samples[{j}].correct", "is required")
     cor = s["correct"]
