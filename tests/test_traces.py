@@ -391,3 +391,22 @@ def test_parquet_errors_name_row(tmp_path: Path) -> None:
     p.write_text("not parquet")
     with pytest.raises(TraceValidationError, match="cannot read Parquet"):
         read_traces(p)
+
+
+def test_select_samples_matches_map_samples_records_and_arrays() -> None:
+    """The fast sample split gives what the general (re-validating) one gives."""
+    from shadowprice.evaluate.streams import make_stream
+
+    ts = make_stream("balanced", 60, 3).sample_traces(5, 4)
+    rng = np.random.default_rng(0)
+    keep = rng.random((ts.n, 5)) < 0.6
+    keep[:, 0] = True  # every query keeps one sample
+    fast = ts.select_samples(keep)
+    rows = iter(keep)
+    slow = ts.map_samples(lambda smp: [x for x, k in zip(smp, next(rows), strict=True) if k])
+    assert fast.records == slow.records
+    np.testing.assert_array_equal(fast.tokens(), slow.tokens())
+    np.testing.assert_array_equal(fast.correct(), slow.correct())
+    np.testing.assert_array_equal(fast.n_samples(), slow.n_samples())
+    with pytest.raises(ValueError, match="keep no sample"):
+        ts.select_samples(np.zeros((ts.n, 5), bool))

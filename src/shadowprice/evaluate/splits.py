@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -54,17 +53,8 @@ def split_half(traces: TraceSet, seed: int = 0) -> tuple[TraceSet, TraceSet]:
     rank = np.argsort(np.argsort(keys, axis=1), axis=1)
     to_fit: NDArray[np.bool_] = rank < (n // 2)[:, None]
 
-    def side(mask: NDArray[np.bool_]) -> TraceSet:
-        rows = iter(mask)
-
-        def pick(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            m = next(rows)
-            return [s for j, s in enumerate(samples) if m[j]]
-
-        return traces.map_samples(pick)
-
     present = np.arange(keys.shape[1])[None, :] < n[:, None]
-    return side(to_fit), side(present & ~to_fit)
+    return traces.select_samples(to_fit), traces.select_samples(present & ~to_fit)
 
 
 def kfold_queries(

@@ -417,6 +417,59 @@ class TraceSet:
             raise ValueError("subset indices repeat a query; ids must stay unique")
         return TraceSet._trusted(picked)
 
+    def select_samples(self, keep: npt.ArrayLike) -> TraceSet:
+        """New set with only the samples where ``keep`` is True (sample order kept).
+
+        Parameters
+        ----------
+        keep : array of bool, shape (N, S_max)
+            Which of each query's samples to keep (entries past a query's samples ignored).
+
+        Returns
+        -------
+        TraceSet
+            The same N queries. The kept samples were valid already, so nothing is checked
+            again: this is the fast path of sample splits on large sets.
+
+        Raises
+        ------
+        ValueError
+            If ``keep`` has the wrong shape or leaves a query without samples.
+        """
+        mask = np.asarray(keep, dtype=bool)
+        n_samples = self.n_samples()
+        width = int(n_samples.max()) if self.n else 0
+        if mask.shape != (self.n, width):
+            raise ValueError(f"keep must have shape ({self.n}, {width}), got {mask.shape}")
+        mask = mask & (np.arange(width)[None, :] < n_samples[:, None])
+        counts = mask.sum(axis=1)
+        empty = np.flatnonzero(counts == 0)
+        if empty.size:
+            raise ValueError(
+                f"{empty.size} queries would keep no sample (first: "
+                f"{self.records[int(empty[0])]['id']!r})"
+            )
+        rows = mask.tolist()
+        out = []
+        for r, row in zip(self.records, rows, strict=True):
+            nr = dict(r)
+            nr["samples"] = [smp for smp, k in zip(r["samples"], row, strict=False) if k]
+            out.append(nr)
+        ts = TraceSet._trusted(out)
+        # The dense views follow from this set's: left-pack each row's kept samples.
+        order = np.argsort(~mask, axis=1, kind="stable")
+        width_out = int(counts.max())
+        take = order[:, :width_out]
+        present = np.arange(width_out)[None, :] < counts[:, None]
+        tok = np.take_along_axis(self.tokens(), take, axis=1)
+        cor = np.take_along_axis(self.correct(), take, axis=1)
+        ts._cache.update(
+            tokens=np.where(present, tok, np.nan),
+            correct=cor & present,
+            n_samples=counts.astype(np.int64),
+        )
+        return ts
+
     def map_samples(
         self, fn: Callable[[list[dict[str, Any]]], Iterable[dict[str, Any]]]
     ) -> TraceSet:
