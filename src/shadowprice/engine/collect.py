@@ -121,6 +121,68 @@ def read_records_any(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+class _Collector:
+    """One collect run: the client, the two output files and the counts."""
+
+    def __init__(
+        self,
+        client: ChatClient,
+        config: CollectConfig,
+        grade: Grader,
+        setup: dict[str, Any],
+        out: TextIO,
+        side: TextIO,
+    ) -> None:
+        self.client, self.config, self.grade, self.setup = client, config, grade, setup
+        self.out, self.side = out, side
+        self.sem = asyncio.Semaphore(config.concurrency)
+        self.stats = {"tokens": 0, "failed": 0, "completed": 0, "incomplete": 0}
+
+    async def sample(self, q: CollectQuery) -> dict[str, Any] | None:
+        """One graded sample, journalled in the sidecar as it lands (None if it failed)."""
+        async with self.sem:
+            try:
+                comp = await self.client.chat(
+                    q.messages, self.config.max_tokens, **self.config.params
+                )
+            except EngineError:  # one lost sample must not sink the set; re-run completes it
+                return None
+        g = self.grade(comp.text, q.answer)
+        s = {
+            "tokens": comp.usage.completion_tokens,
+            "correct": bool(g.correct),
+            "finish_reason": comp.finish_reason,
+            "extracted": g.answer,
+            "reasoning_tokens": comp.usage.reasoning_tokens,
+            "prompt_tokens": comp.usage.prompt_tokens,
+        }
+        append_record(self.side, {"id": q.id, "sample": s})
+        return s
+
+    async def complete(self, q: CollectQuery, have: list[dict[str, Any]], tick: Any) -> None:
+        """Sample ``q`` up to K samples; write its record once it has them all."""
+        for _ in have:
+            tick()
+        missing = self.config.samples - len(have)
+        new = await asyncio.gather(*(_ticked(self.sample(q), tick) for _ in range(missing)))
+        ok = [s for s in new if s is not None]
+        self.stats["failed"] += len(new) - len(ok)
+        self.stats["tokens"] += sum(int(s["tokens"]) for s in ok)
+        got = have + ok
+        if len(got) < self.config.samples:
+            self.stats["incomplete"] += 1
+            return
+        record: dict[str, Any] = {"id": q.id}
+        if q.question is not None:
+            record["question"] = q.question
+        if q.answer is not None:
+            record["answer"] = str(q.answer)
+        record["samples"] = got
+        record["meta"] = self.setup
+        append_record(self.out, record)
+        self.stats["completed"] += 1
+
+
 async def collect(
     queries: Sequence[CollectQuery],
     client: ChatClient,
@@ -150,67 +212,24 @@ async def collect(
     }
     complete, partial, side = _open_state(path, setup)
     pending = [q for q in queries if q.id not in complete]
-    sem = asyncio.Semaphore(config.concurrency)
-    stats = {"tokens": 0, "failed": 0, "completed": 0, "incomplete": 0}
     start = time.perf_counter()
-
-    async def sample(q: CollectQuery) -> dict[str, Any] | None:
-        async with sem:
-            try:
-                comp = await client.chat(q.messages, config.max_tokens, **config.params)
-            except EngineError:  # one lost sample must not sink the set; re-run completes it
-                return None
-        g = grade(comp.text, q.answer)
-        s = {
-            "tokens": comp.usage.completion_tokens,
-            "correct": bool(g.correct),
-            "finish_reason": comp.finish_reason,
-            "extracted": g.answer,
-            "reasoning_tokens": comp.usage.reasoning_tokens,
-            "prompt_tokens": comp.usage.prompt_tokens,
-        }
-        append_record(side, {"id": q.id, "sample": s})
-        return s
-
     fh = open_for_append(path)
+    run = _Collector(client, config, grade, setup, fh, side)
     try:
         with _bar(config.progress, len(pending) * config.samples) as tick:
-
-            async def one(q: CollectQuery) -> None:
-                have = partial.get(q.id, [])[: config.samples]
-                for _ in have:
-                    tick()
-                new = await asyncio.gather(
-                    *(_ticked(sample(q), tick) for _ in range(config.samples - len(have)))
-                )
-                ok = [s for s in new if s is not None]
-                stats["failed"] += len(new) - len(ok)
-                stats["tokens"] += sum(int(s["tokens"]) for s in ok)
-                got = have + ok
-                if len(got) < config.samples:
-                    stats["incomplete"] += 1
-                    return
-                record: dict[str, Any] = {"id": q.id}
-                if q.question is not None:
-                    record["question"] = q.question
-                if q.answer is not None:
-                    record["answer"] = str(q.answer)
-                record["samples"] = got
-                record["meta"] = setup
-                append_record(fh, record)
-                stats["completed"] += 1
-
-            await asyncio.gather(*(one(q) for q in pending))
+            await asyncio.gather(
+                *(run.complete(q, partial.get(q.id, [])[: config.samples], tick) for q in pending)
+            )
     finally:
         fh.close()
         side.close()
     return {
         "queries": len(queries),
-        "completed": stats["completed"],
+        "completed": run.stats["completed"],
         "skipped": len(queries) - len(pending),
-        "incomplete": stats["incomplete"],
-        "failed_samples": stats["failed"],
-        "completion_tokens": stats["tokens"],
+        "incomplete": run.stats["incomplete"],
+        "failed_samples": run.stats["failed"],
+        "completion_tokens": run.stats["tokens"],
         "wall_s": round(time.perf_counter() - start, 3),
     }
 
