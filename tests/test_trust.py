@@ -394,3 +394,37 @@ def test_trace_files_with_absurd_counts_or_bytes(
     f = tmp_path / f"t{suffix}"
     f.write_bytes(data)
     one_line_error(invoke(["evaluate", f, "--per-query", "100"], [f]), fragment)
+
+
+def test_run_reads_queries_from_stdin_once(qfile: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    r = runner.invoke(
+        app,
+        [
+            "run",
+            "-",
+            "--endpoint",
+            "http://127.0.0.1:9",
+            "--model",
+            "m",
+            "--budget",
+            "2000",
+            "--policy",
+            "uniform",
+            "--retries",
+            "0",
+            "--timeout",
+            "0.5",
+            "--no-progress",
+            "-o",
+            str(out),
+        ],
+        input=qfile.read_text(),
+    )
+    assert r.exit_code == 1 and "4 queries ended in error" in r.stderr, r.output
+    assert sorted(x["id"] for x in map(json.loads, out.read_text().splitlines())) == [
+        "q0",
+        "q1",
+        "q2",
+        "q3",
+    ]
