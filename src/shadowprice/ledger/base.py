@@ -151,6 +151,20 @@ class Ledger(Protocol):
         """Give a reservation back unused (the request was never sent)."""
         ...
 
+    async def extend(self, reservation: Reservation, ttl: float) -> Reservation | None:
+        """Keep an open reservation ``ttl`` seconds longer from now (a request still running).
+
+        A holder that stops renewing (its task was cancelled, its process died) lets the
+        reservation lapse and its tokens return. A reservation made without a ``ttl`` gets one.
+
+        Returns
+        -------
+        Reservation or None
+            The reservation with its new ``expires_at``; None when it is no longer open (settled,
+            released or lapsed: settling a lapsed one later is charged as ``late``).
+        """
+        ...
+
     async def state(self) -> LedgerState:
         """Totals of the current period."""
         ...

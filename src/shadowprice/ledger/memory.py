@@ -6,7 +6,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .base import LedgerError, LedgerState, Reservation, Settlement, check_tokens
 
@@ -153,6 +153,23 @@ class MemoryLedger:
     async def release(self, reservation: Reservation) -> Settlement:
         """See :meth:`shadowprice.ledger.Ledger.release`."""
         return self.settle_now(reservation, 0)
+
+    async def extend(self, reservation: Reservation, ttl: float) -> Reservation | None:
+        """See :meth:`shadowprice.ledger.Ledger.extend`."""
+        return self.extend_now(reservation, ttl)
+
+    def extend_now(self, reservation: Reservation, ttl: float) -> Reservation | None:
+        """:meth:`extend` for synchronous callers."""
+        if not ttl > 0:
+            raise LedgerError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            held = self._open.get(reservation.id)
+            if held is None:
+                return None
+            renewed = self._open[reservation.id] = replace(held, expires_at=now + ttl)
+            return renewed
 
     async def state(self) -> LedgerState:
         """See :meth:`shadowprice.ledger.Ledger.state`."""

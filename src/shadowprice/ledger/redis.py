@@ -148,8 +148,8 @@ _EXTEND = (
     _PRELUDE
     + """
 local now = clock(ARGV[2])
-local score = redis.call('ZSCORE', prefix .. 'exp', ARGV[3])
-if not score or tonumber(score) <= now then return '' end
+sweep(now)
+if redis.call('HEXISTS', prefix .. 'open', ARGV[3]) == 0 then return '' end
 local expires = now + tonumber(ARGV[4])
 redis.call('ZADD', prefix .. 'exp', expires, ARGV[3])
 return tostring(expires)
@@ -329,11 +329,7 @@ class RedisLedger:
         return await self.settle(reservation, 0)
 
     async def extend(self, reservation: Reservation, ttl: float) -> Reservation | None:
-        """Push an open reservation's expiry to ``ttl`` seconds from now (a long stream).
-
-        Returns the renewed reservation, or None when it had already lapsed (its tokens went
-        back to the pool; settling it later is charged as ``late``).
-        """
+        """See :meth:`shadowprice.ledger.Ledger.extend` (one atomic round trip)."""
         if not ttl > 0:
             raise LedgerError(f"ttl must be a positive number of seconds, got {ttl!r}")
         out = await self._call(self._extend_script, self._now(), reservation.id, repr(float(ttl)))
