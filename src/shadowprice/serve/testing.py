@@ -7,9 +7,9 @@ be shown on real HTTP:
 
 - ``LEN:n``: the answer runs n tokens when not cut off (default 64);
 - ``FAULT:500`` (HTTP 500), ``FAULT:garbage`` (a 200 whose body is not JSON),
-  ``FAULT:slow`` (answers after 30 s), ``FAULT:drop`` (drops the connection after n/2 tokens),
-  ``FAULT:nousage`` (no usage anywhere), ``FAULT:overrun`` (ignores ``max_tokens`` and
-  generates n tokens).
+  ``FAULT:slow`` (answers after 30 s, or stops when the client leaves), ``FAULT:drop``
+  (drops the connection after n/2 tokens), ``FAULT:nousage`` (no usage anywhere),
+  ``FAULT:overrun`` (ignores ``max_tokens`` and generates n tokens).
 
 :class:`ServerThread` runs any ASGI app on a loopback port in a background thread.
 :func:`run_load` is an asyncio load generator (streaming or not).
@@ -95,8 +95,11 @@ def fake_upstream(
         chat = request.url.path.endswith("/chat/completions")
         if fault == "500":
             return JSONResponse({"error": {"message": "boom"}}, status_code=500)
-        if fault == "slow":
-            await asyncio.sleep(30)
+        if fault == "slow":  # answers after 30 s, unless the client gives up first
+            for _ in range(300):
+                if await request.is_disconnected():
+                    return Response(status_code=499)
+                await asyncio.sleep(0.1)
         if fault == "garbage":
             return Response(b"<html>not json", media_type="application/json")
         if body.get("stream"):
@@ -187,7 +190,9 @@ class ServerThread:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", port))
         self.port = int(self.sock.getsockname()[1])
-        config = uvicorn.Config(app, log_level="error", access_log=False, lifespan="auto")
+        config = uvicorn.Config(
+            app, log_level="error", access_log=False, lifespan="auto", timeout_graceful_shutdown=2
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, daemon=True)
 
