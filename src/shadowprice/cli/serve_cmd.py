@@ -135,4 +135,4 @@ def serve_command(
             f"shadowprice: error: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr
         )
         raise typer.Exit(code=3) from exc
-    serve(gateway, sock, log_level=log_level)
+    serve(gateway.app, sock, log_level=log_level)

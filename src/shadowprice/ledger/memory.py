@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 import uuid
@@ -59,6 +60,8 @@ class MemoryLedger:
         self._lock = threading.Lock()
         self._periods: dict[int, _Period] = {}
         self._open: dict[str, Reservation] = {}
+        # (expires_at, id) of reservations with a TTL; renewed or closed ones stay until popped.
+        self._expiry: list[tuple[float, str]] = []
         self._settled: dict[str, int] = {}  # id -> period, for idempotent settling
         self._periods[self._index()] = _Period(spent=check_tokens("spent", spent))
 
@@ -80,11 +83,13 @@ class MemoryLedger:
         return book
 
     def _expire(self, now: float) -> None:
-        lapsed = [
-            r for r in self._open.values() if r.expires_at is not None and r.expires_at <= now
-        ]
-        for r in lapsed:
-            del self._open[r.id]
+        """Return the tokens of reservations whose TTL has passed (O(lapsed log n))."""
+        while self._expiry and self._expiry[0][0] <= now:
+            _, rid = heapq.heappop(self._expiry)
+            r = self._open.get(rid)
+            if r is None or r.expires_at is None or r.expires_at > now:
+                continue  # settled, or renewed (its new expiry has its own entry)
+            del self._open[rid]
             book = self._periods.get(r.period)
             if book is not None:
                 book.reserved -= r.tokens
@@ -123,6 +128,8 @@ class MemoryLedger:
                 expires_at=None if ttl is None else now + ttl,
             )
             self._open[res.id] = res
+            if res.expires_at is not None:
+                heapq.heappush(self._expiry, (res.expires_at, res.id))
             return res
 
     async def settle(self, reservation: Reservation, used: int) -> Settlement:
@@ -169,6 +176,7 @@ class MemoryLedger:
             if held is None:
                 return None
             renewed = self._open[reservation.id] = replace(held, expires_at=now + ttl)
+            heapq.heappush(self._expiry, (now + ttl, reservation.id))
             return renewed
 
     async def state(self) -> LedgerState:

@@ -120,6 +120,14 @@ class Gateway:
         if c.upstream_key:
             self._headers["authorization"] = f"Bearer {c.upstream_key}"
         self.http: httpx.AsyncClient | None = None
+        self.transport: httpx.AsyncHTTPTransport | None = None
+        # Per-request timeouts of the transport (httpx.Timeout's fields, as httpcore reads them).
+        self._timeout = {
+            "connect": 5.0,
+            "read": c.upstream_timeout,
+            "write": c.upstream_timeout,
+            "pool": c.upstream_timeout,
+        }
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
@@ -143,9 +151,14 @@ class Gateway:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         c = self.config
+        # Requests go to httpx's transport directly: the client layer above it (auth, redirects,
+        # cookies, event hooks: none used here) cost a quarter of the gateway's CPU per request.
+        self.transport = httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_connections=2048, max_keepalive_connections=512)
+        )
         self.http = httpx.AsyncClient(
+            transport=self.transport,
             timeout=httpx.Timeout(c.upstream_timeout, connect=5.0),
-            limits=httpx.Limits(max_connections=2048, max_keepalive_connections=512),
             follow_redirects=False,
         )
         loops = [
@@ -273,17 +286,23 @@ class Gateway:
     async def _send(self, path: str, data: bytes, stream: bool) -> tuple[Upstream, httpx.Response]:
         """Send to an upstream; a connection refused moves on to the next one (nothing was
         generated). Raises the last transport error."""
-        assert self.http is not None
+        assert self.transport is not None
         tries = min(2, len(self.pool.upstreams))
         for attempt in range(1, tries + 1):
             up = self.pool.pick()
             up.inflight += 1
             t0 = time.perf_counter()
             try:
-                req = self.http.build_request(
-                    "POST", f"{up.url}{path}", content=data, headers=self._headers
+                req = httpx.Request(
+                    "POST",
+                    f"{up.url}{path}",
+                    content=data,
+                    headers=self._headers,
+                    extensions={"timeout": self._timeout},
                 )
-                r = await self.http.send(req, stream=stream)
+                r = await self.transport.handle_async_request(req)
+                if not stream:
+                    await r.aread()
             except BaseException as exc:
                 up.inflight -= 1
                 if isinstance(exc, httpx.HTTPError):
