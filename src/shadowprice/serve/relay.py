@@ -14,12 +14,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import httpx
 from starlette.types import Receive, Scope, Send
 
 __all__ = ["MeteredStream", "StreamMeter", "completion_tokens", "prompt_text", "upstream_body"]
@@ -198,15 +197,16 @@ StreamEnd = Callable[[int, str, "str | None"], Awaitable[None]]
 class MeteredStream:
     """ASGI response relaying an upstream event stream through a :class:`StreamMeter`.
 
-    Whatever ends the stream (its end, an upstream fault, the client going away), the upstream
-    response is closed (so the upstream stops generating) and ``on_end`` is called exactly
-    once with the tokens generated, the finish reason (``disconnect`` when the client left)
-    and the fault, if any; a fault is also sent to the client as a last error event.
+    Whatever ends the stream (its end, an upstream fault, the client going away), ``on_end``
+    is called exactly once with the tokens generated, the finish reason (``disconnect`` when
+    the client left) and the fault, if any; it closes the upstream response (on a fault or a
+    disconnect, its connection: the upstream stops generating). A fault is also sent to the
+    client as a last error event.
 
     Parameters
     ----------
-    response : httpx.Response
-        The upstream's streaming response (status 200).
+    chunks : async iterator of bytes
+        The upstream's body as it arrives (status 200); any exception it raises is a fault.
     headers : dict of str to str
         Headers to add to the client's response.
     meter : StreamMeter
@@ -216,12 +216,12 @@ class MeteredStream:
 
     def __init__(
         self,
-        response: httpx.Response,
+        chunks: AsyncIterator[bytes],
         headers: dict[str, str],
         meter: StreamMeter,
         on_end: StreamEnd,
     ) -> None:
-        self.resp, self.meter, self.on_end = response, meter, on_end
+        self.chunks, self.meter, self.on_end = chunks, meter, on_end
         self.headers = [(k.encode(), v.encode()) for k, v in headers.items()] + [
             (b"content-type", b"text/event-stream"),
             (b"cache-control", b"no-cache"),
@@ -248,22 +248,26 @@ class MeteredStream:
             gone = True
         finally:
             with anyio.CancelScope(shield=True):
-                await self.resp.aclose()
                 finish = "disconnect" if gone else self.meter.finish_reason
                 await self.on_end(self.meter.tokens, finish, self.fault)
 
     async def _pump(self, send: Send) -> None:
-        try:
-            async for raw in self.resp.aiter_raw():
-                out = self.meter.feed(raw)
-                if out:
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
-            tail = self.meter.flush()
-            if not self.meter.done:
-                self.fault = "upstream stream ended before [DONE]"
-        except httpx.HTTPError as exc:
-            tail = b""
-            self.fault = f"upstream stream failed: {type(exc).__name__}"
+        tail = b""
+        chunks = aiter(self.chunks)
+        while True:
+            try:
+                raw = await anext(chunks)
+            except StopAsyncIteration:
+                tail = self.meter.flush()
+                if not self.meter.done:
+                    self.fault = "upstream stream ended before [DONE]"
+                break
+            except Exception as exc:  # the upstream's side failed (errors sending go up)
+                self.fault = f"upstream stream failed: {type(exc).__name__}"
+                break
+            out = self.meter.feed(raw)
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
         if self.fault:
             err = {
                 "error": {"message": self.fault, "type": "upstream_error", "code": "upstream_error"}
