@@ -199,7 +199,7 @@ def bench_throughput(n: int, concurrency: int, rounds: int) -> None:
         try:
             targets = {"direct": [up.url], "one": [one.url], "two": [g.url for g in two]}
             for urls in targets.values():
-                load(urls, 300, concurrency)
+                load(urls, 2000, concurrency)
             rates: dict[str, list[float]] = {k: [] for k in targets}
             for _ in range(rounds):
                 for name, urls in targets.items():
@@ -276,7 +276,7 @@ def main() -> None:
         "decision": lambda: bench_decision(20_000 // k, args.rounds),
         "predictor": lambda: bench_predictor(500 // k, args.rounds),
         "latency": lambda: bench_latency(max(1000, 3000 // k), args.rounds),
-        "throughput": lambda: bench_throughput(max(400, 4000 // k), 64, args.rounds),
+        "throughput": lambda: bench_throughput(20_000 // k, 64, args.rounds),
         "load": lambda: bench_load(50 if args.quick else 500),
     }
     chosen = args.only.split(",") if args.only else list(steps)
