@@ -77,6 +77,19 @@ def test_two_clients_share_one_budget_and_never_oversell() -> None:
     run(go())
 
 
+def test_more_concurrent_calls_than_connections_wait_for_one() -> None:
+    """A gateway under load reserves hundreds of times at once: calls queue for a connection."""
+
+    async def go() -> None:
+        led = RedisLedger.from_url(server().url, 10_000, namespace=uuid.uuid4().hex, connections=8)
+        got = await asyncio.gather(*(led.reserve(10, ttl=60) for _ in range(300)))
+        assert all(r is not None for r in got)
+        assert (await led.state()).reserved == 3000
+        await led.aclose()
+
+    run(go())
+
+
 def test_server_clock_expiry_without_a_client_clock() -> None:
     """Default time is Redis's TIME: a reservation of a dead holder returns after its TTL."""
 

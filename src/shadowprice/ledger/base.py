@@ -179,3 +179,14 @@ def check_tokens(name: str, value: int, *, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise LedgerError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_reservation(tokens: int, min_tokens: int | None, ttl: float | None) -> tuple[int, int]:
+    """Validate :meth:`Ledger.reserve`'s arguments; (tokens wanted, least accepted)."""
+    want = check_tokens("tokens", tokens, minimum=1)
+    least = want if min_tokens is None else check_tokens("min_tokens", min_tokens, minimum=1)
+    if least > want:
+        raise LedgerError(f"min_tokens {least} exceeds tokens {want}")
+    if ttl is not None and not ttl > 0:
+        raise LedgerError(f"ttl must be a positive number of seconds, got {ttl!r}")
+    return want, least

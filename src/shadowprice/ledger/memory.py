@@ -9,7 +9,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from .base import LedgerError, LedgerState, Reservation, Settlement, check_tokens
+from .base import (
+    LedgerError,
+    LedgerState,
+    Reservation,
+    Settlement,
+    check_reservation,
+    check_tokens,
+)
 
 #: Settled reservation ids remembered (for idempotent settling) per period kept.
 _PERIODS_KEPT = 4
@@ -104,12 +111,7 @@ class MemoryLedger:
         self, tokens: int, *, min_tokens: int | None = None, tag: str = "", ttl: float | None = None
     ) -> Reservation | None:
         """:meth:`reserve` for synchronous callers (no I/O here)."""
-        want = check_tokens("tokens", tokens, minimum=1)
-        least = want if min_tokens is None else check_tokens("min_tokens", min_tokens, minimum=1)
-        if least > want:
-            raise LedgerError(f"min_tokens {least} exceeds tokens {want}")
-        if ttl is not None and not ttl > 0:
-            raise LedgerError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        want, least = check_reservation(tokens, min_tokens, ttl)
         with self._lock:
             now = self._clock()
             self._expire(now)
