@@ -270,7 +270,7 @@ class Gateway:
             return MeteredStream(chunks, headers, meter, self._stream_end(up, r, d))  # type: ignore[return-value]  # an ASGI response Starlette calls like its own
         up.inflight -= 1
         try:
-            content = await r.read()
+            content = await r.read()  # read already unless it is a refused stream
         except (aiohttp.ClientError, TimeoutError) as exc:
             self.pool.failed(up)
             return await self._failed(d, d.allowance, 502, f"upstream failed: {exc!r}")
@@ -303,7 +303,11 @@ class Gateway:
             try:
                 r = await self.http.post(f"{up.url}{path}", data=data)
                 if not stream:
-                    await r.read()
+                    try:
+                        await r.read()
+                    except BaseException:
+                        r.release()  # after a failed read this closes the connection
+                        raise
             except BaseException as exc:
                 up.inflight -= 1
                 if isinstance(exc, (aiohttp.ClientError, TimeoutError)):
