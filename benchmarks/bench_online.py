@@ -1,6 +1,7 @@
 """Online pricing on simulated traffic vs hindsight batch CLEAR (10^5 requests per mix).
 
-    .venv/bin/python benchmarks/bench_online.py [--n 100000] [--out docs/figures/online.png]
+    .venv/bin/python benchmarks/bench_online.py [--n 100000] [--noise 0.5] [--per-request 300]
+        [--sources synthetic,real] [--mixes steady,bursty,drifting] [--out docs/figures/online.png]
 
 Prints one JSON line per (source, mix, policy) with the summary of
 :func:`shadowprice.online.simulate.simulate` and writes the price / spend / accuracy figure.
@@ -22,7 +23,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--rate", type=float, default=25.0)
     ap.add_argument("--per-request", type=int, default=300)
+    ap.add_argument("--noise", type=float, default=0.5, help="synthetic predictor's error")
     ap.add_argument("--sources", default="synthetic,real")
+    ap.add_argument("--mixes", default=",".join(MIXES))
     ap.add_argument("--policies", default="reclear,dual,fcfs")
     ap.add_argument("--out", default="docs/figures/online.png")
     args = ap.parse_args()
@@ -32,12 +35,25 @@ def main() -> None:
                       "n": args.n, "budget_per_period": budget, "period_s": period}))  # fmt: skip
     shown = []
     for source in args.sources.split(","):
-        for mix in MIXES:
-            traffic = make_traffic(mix, args.n, rate=args.rate, source=source, seed=7)  # type: ignore[arg-type]
+        for mix in args.mixes.split(","):
+            traffic = make_traffic(
+                mix,
+                args.n,
+                rate=args.rate,
+                source=source,
+                noise=args.noise,
+                seed=7,
+            )
             for policy in args.policies.split(","):
                 t0 = time.perf_counter()
-                r = simulate(traffic, budget, period, policy=policy)  # type: ignore[arg-type]
-                row = dict(r.summary, source=source, seconds=round(time.perf_counter() - t0, 1))
+                r = simulate(traffic, budget, period, policy=policy)
+                row = dict(
+                    r.summary,
+                    source=source,
+                    noise=args.noise,
+                    per_request=args.per_request,
+                    seconds=round(time.perf_counter() - t0, 1),
+                )
                 print(
                     json.dumps(
                         {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}

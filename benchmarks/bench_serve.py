@@ -1,11 +1,14 @@
 """The gateway's cost, each figure side by side with calling the upstream directly.
 
-    .venv/bin/python benchmarks/bench_serve.py [--quick]
+    .venv/bin/python benchmarks/bench_serve.py [--quick] [--rounds 3]
 
 Everything runs on this machine: a fake upstream (uvicorn, its own process), gateway replicas
 (``shadowprice serve``, own processes), a real redis-server and an asyncio load generator.
 Absolute rates depend on the machine and on whatever else runs; the ratios and the added
-latency are the figures. Prints one JSON line per measurement.
+latency are the figures, each measured ``--rounds`` times with the direct and the gateway runs
+interleaved, so the spread shows how much the machine's load moved them. The gateway's CPU time
+per request (read from ``/proc``) is what it costs whatever else runs. Prints one JSON line
+per measurement.
 """
 
 from __future__ import annotations
@@ -20,24 +23,36 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 
 import numpy as np
 
-from shadowprice.ledger import MemoryLedger
+from shadowprice.ledger import Ledger, MemoryLedger
 from shadowprice.ledger.redis import RedisLedger
 from shadowprice.online import OnlinePricer
 from shadowprice.serve.decision import Decider, Grant
-from shadowprice.serve.localredis import LocalRedis, free_port
+from shadowprice.serve.localredis import LocalRedis
 from shadowprice.serve.testing import run_load
 
 PY = sys.executable
 
 
 def emit(**row: object) -> None:
-    print(
-        json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
-        flush=True,
-    )
+    def tidy(v: object) -> object:
+        if isinstance(v, float):
+            return round(v, 4)
+        if isinstance(v, list):
+            return [tidy(x) for x in v]
+        if isinstance(v, dict):
+            return {k: tidy(x) for k, x in v.items()}
+        return v
+
+    print(json.dumps({k: tidy(v) for k, v in row.items()}), flush=True)
+
+
+def spread(values: list[float]) -> dict[str, object]:
+    """Median and every round's value."""
+    return {"median": float(np.median(values)), "rounds": values}
 
 
 def questions(n: int) -> list[str]:
@@ -47,7 +62,7 @@ def questions(n: int) -> list[str]:
     return [f"{q} LEN:16" for q in qs]
 
 
-async def decision_cost(ledger, n: int) -> float:  # type: ignore[no-untyped-def]
+async def decision_cost(ledger: Ledger, n: int) -> float:
     pricer = OnlinePricer(10**12, 3600.0)
     d = Decider(pricer, ledger)
     t0 = time.perf_counter()
@@ -58,9 +73,10 @@ async def decision_cost(ledger, n: int) -> float:  # type: ignore[no-untyped-def
     return (time.perf_counter() - t0) / n
 
 
-def bench_decision(n: int) -> None:
-    per = asyncio.run(decision_cost(MemoryLedger(10**12, period=3600), n))
-    emit(what="decision: quote + reserve + settle, in-process ledger", us_per_request=per * 1e6)
+def bench_decision(n: int, rounds: int) -> None:
+    per = [asyncio.run(decision_cost(MemoryLedger(10**12, period=3600), n)) for _ in range(rounds)]
+    emit(what="decision: quote + reserve + settle, in-process ledger",
+         us_per_request=spread([p * 1e6 for p in per]))  # fmt: skip
     with LocalRedis() as r:
 
         async def go() -> float:
@@ -70,30 +86,35 @@ def bench_decision(n: int) -> None:
             finally:
                 await led.aclose()
 
-        per = asyncio.run(go())
+        per = [asyncio.run(go()) for _ in range(rounds)]
     emit(what="decision: quote + reserve + settle, Redis ledger (2 round trips)",
-         ms_per_request=per * 1e3, ms_per_round_trip=per * 1e3 / 2)  # fmt: skip
+         ms_per_round_trip=spread([p * 1e3 / 2 for p in per]))  # fmt: skip
 
 
-def bench_predictor(n: int) -> None:
+def bench_predictor(n: int, rounds: int) -> None:
     from shadowprice.predict import load_predictor
     from shadowprice.serve.predictor import TextPredictor
 
-    tp = TextPredictor(load_predictor("default"))
+    model = load_predictor("default")
     qs = questions(n)
-    t0 = time.perf_counter()
-    for q in qs:
-        tp.tau(q)
-    miss = (time.perf_counter() - t0) / len(qs)
-    t0 = time.perf_counter()
-    for q in qs:
-        tp.tau(q)
-    hit = (time.perf_counter() - t0) / len(qs)
-    emit(what="text predictor inside the gateway's decision", us_per_new_question=miss * 1e6,
-         us_per_repeated_question=hit * 1e6, fast_path=tp._one is not None)  # fmt: skip
+    miss, hit = [], []
+    for _ in range(rounds):
+        tp = TextPredictor(model)  # a fresh cache
+        t0 = time.perf_counter()
+        for q in qs:
+            tp.tau(q)
+        miss.append((time.perf_counter() - t0) / len(qs) * 1e6)
+        t0 = time.perf_counter()
+        for q in qs:
+            tp.tau(q)
+        hit.append((time.perf_counter() - t0) / len(qs) * 1e6)
+    emit(what="text predictor inside the gateway's decision", us_per_new_question=spread(miss),
+         us_per_repeated_question=spread(hit), compiled=tp.compiled)  # fmt: skip
 
 
 class Proc:
+    """A server in its own process that announces ``listening on URL`` once bound."""
+
     def __init__(self, args: list[str]) -> None:
         self.p = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
@@ -103,97 +124,101 @@ class Proc:
         assert line.startswith("listening on "), line
         self.url = line.removeprefix("listening on ")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process so far (Linux ``/proc``)."""
+        fields = open(f"/proc/{self.p.pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.p.send_signal(signal.SIGTERM)
         self.p.wait(timeout=20)
 
 
 def fake(speed: float) -> Proc:
-    port = free_port()
     code = (
-        "import uvicorn; from shadowprice.serve.testing import fake_upstream;"
-        f"app,_=fake_upstream(speed={speed}, keep_bodies=False);"
-        f"print('listening on http://127.0.0.1:{port}', flush=True);"
-        f"uvicorn.run(app, host='127.0.0.1', port={port}, log_level='error', access_log=False,"
-        " loop='uvloop', http='httptools')"
+        "from shadowprice.serve.server import bind, serve;"
+        "from shadowprice.serve.testing import fake_upstream;"
+        f"serve(fake_upstream(speed={speed}, keep_bodies=False)[0], bind('127.0.0.1', 0))"
     )
     return Proc([PY, "-c", code])
 
 
 def gateway(upstream: str, *extra: str, budget: int = 10**12) -> Proc:
     return Proc(
-        [
-            PY,
-            "-c",
-            "from shadowprice.cli import main; main()",
-            "serve",
-            "--upstream",
-            upstream,
-            "--budget",
-            str(budget),
-            "--period",
-            "3600",
-            "--port",
-            "0",
-            *extra,
-        ]
-    )
+        [PY, "-c", "from shadowprice.cli import main; main()", "serve", "--upstream", upstream,
+         "--budget", str(budget), "--period", "3600", "--port", "0", *extra]
+    )  # fmt: skip
 
 
 def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.array(xs) * 1e3, q))
 
 
-def bench_latency(n: int) -> None:
+def load(urls: list[str], n: int, concurrency: int, **kw: object) -> tuple[list[float], float]:
+    """(latencies, requests per second) of ``n`` non-streamed requests, all answered 200."""
+    out = asyncio.run(run_load(urls, n, concurrency, stream=False, **kw))  # type: ignore[arg-type]
+    assert set(out.status) == {200}, set(out.status)
+    return out.latency, len(out.status) / out.elapsed
+
+
+def bench_latency(n: int, rounds: int) -> None:
     up = fake(0)
     gw = gateway(up.url)
     qs = questions(500)
     try:
-        for _ in range(2):  # warm both paths (connections, caches)
-            asyncio.run(run_load(up.url, 200, 4, stream=False, prompts=qs))
-            asyncio.run(run_load(gw.url, 600, 4, stream=False, prompts=qs))
-        rows = {}
-        for name, url in (("direct", up.url), ("gateway", gw.url)):
-            out = asyncio.run(run_load(url, n, 4, stream=False, prompts=qs))
-            assert set(out.status) == {200}, set(out.status)
-            rows[name] = out.latency
-        emit(what="latency at concurrency 4 (non-streaming, prediction included, cached prompts)",
-             direct_p50_ms=pct(rows["direct"], 50), gateway_p50_ms=pct(rows["gateway"], 50),
-             direct_p99_ms=pct(rows["direct"], 99), gateway_p99_ms=pct(rows["gateway"], 99),
-             added_p50_ms=pct(rows["gateway"], 50) - pct(rows["direct"], 50),
-             added_p99_ms=pct(rows["gateway"], 99) - pct(rows["direct"], 99))  # fmt: skip
+        for url in (up.url, gw.url, gw.url):  # warm connections and the predictor's cache
+            load([url], 500, 4, prompts=qs)
+        rows: dict[str, list[float]] = {k: [] for k in ("d50", "g50", "d99", "g99", "cpu")}
+        for _ in range(rounds):
+            direct, _ = load([up.url], n, 4, prompts=qs)
+            cpu0 = gw.cpu_seconds()
+            via, _ = load([gw.url], n, 4, prompts=qs)
+            rows["cpu"].append((gw.cpu_seconds() - cpu0) / n * 1e6)
+            for key, lat in (("d", direct), ("g", via)):
+                rows[f"{key}50"].append(pct(lat, 50))
+                rows[f"{key}99"].append(pct(lat, 99))
+        emit(
+            what="latency at concurrency 4 (non-streaming, prediction included, cached prompts)",
+            direct_p50_ms=spread(rows["d50"]),
+            direct_p99_ms=spread(rows["d99"]),
+            added_p50_ms=spread([g - d for g, d in zip(rows["g50"], rows["d50"], strict=True)]),
+            added_p99_ms=spread([g - d for g, d in zip(rows["g99"], rows["d99"], strict=True)]),
+            gateway_cpu_us_per_request=spread(rows["cpu"]),
+        )
     finally:
         gw.stop()
         up.stop()
 
 
-def bench_throughput(n: int, concurrency: int) -> None:
+def bench_throughput(n: int, concurrency: int, rounds: int) -> None:
     up = fake(0)
     with LocalRedis() as r:
         ns = uuid.uuid4().hex
         one = gateway(up.url)
         two = [gateway(up.url, "--state", r.url, "--namespace", ns) for _ in range(2)]
         try:
-            rates = {}
-            for name, urls in (
-                ("direct", [up.url]),
-                ("1 replica", [one.url]),
-                ("2 replicas + Redis", [g.url for g in two]),
-            ):
-                asyncio.run(run_load(urls, 300, concurrency, stream=False))
-                out = asyncio.run(run_load(urls, n, concurrency, stream=False))
-                ok = out.status.count(200)
-                rates[name] = ok / out.elapsed
-            emit(what=f"throughput at saturation ({concurrency} clients, non-streaming)",
-                 direct_rps=rates["direct"], one_replica_rps=rates["1 replica"],
-                 two_replicas_rps=rates["2 replicas + Redis"],
-                 ratio_one=rates["1 replica"] / rates["direct"],
-                 ratio_two=rates["2 replicas + Redis"] / rates["direct"])  # fmt: skip
+            targets = {"direct": [up.url], "one": [one.url], "two": [g.url for g in two]}
+            for urls in targets.values():
+                load(urls, 2000, concurrency)
+            rates: dict[str, list[float]] = {k: [] for k in targets}
+            for _ in range(rounds):
+                for name, urls in targets.items():
+                    rates[name].append(load(urls, n, concurrency)[1])
+            emit(
+                what=f"throughput at saturation ({concurrency} clients, non-streaming)",
+                direct_rps=spread(rates["direct"]),
+                ratio_one_replica=spread(ratios(rates["one"], rates["direct"])),
+                ratio_two_replicas_redis=spread(ratios(rates["two"], rates["direct"])),
+            )
         finally:
             one.stop()
             for g in two:
                 g.stop()
             up.stop()
+
+
+def ratios(a: list[float], b: list[float]) -> list[float]:
+    return [x / y for x, y in zip(a, b, strict=True)]
 
 
 def bench_load(clients: int) -> None:
@@ -243,14 +268,22 @@ def bench_load(clients: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small counts (a smoke run)")
+    ap.add_argument("--rounds", type=int, default=3, help="repetitions of each measurement")
+    ap.add_argument("--only", default="", help="comma-separated subset: decision,predictor,...")
     args = ap.parse_args()
     k = 10 if args.quick else 1
-    emit(machine=platform.platform(), cpus=os.cpu_count(), python=platform.python_version())
-    bench_decision(20_000 // k)
-    bench_predictor(500 // k)
-    bench_latency(3000 // k)
-    bench_throughput(4000 // k, 64)
-    bench_load(500 // k if args.quick else 500)
+    steps: dict[str, Callable[[], None]] = {
+        "decision": lambda: bench_decision(20_000 // k, args.rounds),
+        "predictor": lambda: bench_predictor(500 // k, args.rounds),
+        "latency": lambda: bench_latency(max(1000, 3000 // k), args.rounds),
+        "throughput": lambda: bench_throughput(20_000 // k, 64, args.rounds),
+        "load": lambda: bench_load(50 if args.quick else 500),
+    }
+    chosen = args.only.split(",") if args.only else list(steps)
+    emit(machine=platform.platform(), cpus=os.cpu_count(), python=platform.python_version(),
+         load_average=os.getloadavg()[0])  # fmt: skip
+    for name in chosen:
+        steps[name]()
 
 
 if __name__ == "__main__":

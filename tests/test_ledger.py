@@ -98,6 +98,34 @@ class LedgerContract:
 
         run(go())
 
+    def test_extend_keeps_a_reservation_open_while_its_holder_renews_it(self) -> None:
+        clock = FakeClock()
+
+        async def go() -> None:
+            led = self.make(100, None, clock)
+            a = await led.reserve(80, ttl=5.0)
+            assert a is not None and a.expires_at == pytest.approx(clock.t + 5.0)
+            clock.t += 4.0
+            renewed = await led.extend(a, 5.0)
+            assert renewed is not None and renewed.id == a.id
+            assert renewed.expires_at == pytest.approx(clock.t + 5.0)
+            clock.t += 4.0  # past the first expiry, within the renewed one
+            assert (await led.state()).reserved == 80
+            clock.t += 2.0  # the holder stopped renewing: the tokens return
+            assert (await led.state()).reserved == 0
+            assert await led.extend(a, 5.0) is None
+            assert (await led.settle(a, 10)).status == "late"
+            b = await led.reserve(30)  # made without a ttl: extending gives it one
+            assert b is not None and b.expires_at is None
+            b2 = await led.extend(b, 1.0)
+            assert b2 is not None and b2.expires_at == pytest.approx(clock.t + 1.0)
+            assert (await led.settle(b, 30)).status == "settled"
+            assert await led.extend(b, 1.0) is None  # settled: nothing left to renew
+            with pytest.raises(LedgerError):
+                await led.extend(b, 0)
+
+        run(go())
+
     def test_periods_renew_the_budget_and_settle_to_their_own_period(
         self,
     ) -> None:

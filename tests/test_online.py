@@ -7,24 +7,74 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shadowprice.online import GammaShape, OnlinePricer, PopulationPrior, SurgeShape, TermsTable
+from shadowprice.online import (
+    ArrivalForecast,
+    GammaShape,
+    OnlinePricer,
+    PopulationPrior,
+    SpendModel,
+    SurgeShape,
+)
 from shadowprice.online.shape import shape_terms
 from shadowprice.online.simulate import make_traffic, plot_simulation, simulate
 
 
-def test_terms_match_the_surge_closed_form() -> None:
+def test_terms_match_the_surge_closed_form_before_anything_is_learned() -> None:
     from shadowprice.curves import abandonment_threshold, surge_excess
 
-    s = SurgeShape(1.5, 0.005)
-    table = TermsTable(s)
+    p = OnlinePricer(10_000, 60.0, SurgeShape(1.5, 0.005))
     for lam in (1e-3, 0.05, 0.4, 1.2):
-        x, cut = table(lam)
-        assert x == pytest.approx(float(surge_excess(lam, 1.5, 0.005)), rel=1e-3)
+        x, cut = p.terms(lam)  # every allowance assumed spent in full: the batch formulas
+        assert x == pytest.approx(float(surge_excess(lam, 1.5, 0.005)), abs=1.0)
         assert cut == pytest.approx(float(abandonment_threshold(lam, 1.5, 0.005)), rel=1e-2)
-    assert shape_terms(s, 0.0) == (200.0, np.inf)
-    assert shape_terms(s, 1.5) == (0.0, 0.0)
+    assert shape_terms(SurgeShape(), 0.0) == (200.0, np.inf)
+    assert shape_terms(SurgeShape(), 1.5) == (0.0, 0.0)
     x0, _ = shape_terms(GammaShape(0.005), 0.0)
     assert x0 > shape_terms(GammaShape(0.005), 1e-4)[0]  # demand falls as the price rises
+
+
+def test_spend_model_prices_what_comes_back_as_free() -> None:
+    spend = SpendModel(size=64, min_samples=8)
+    y = np.array([-50.0, 0.0, 100.0, 400.0])
+    assert np.array_equal(spend.excess(y), y)  # nothing learned: allowances spent in full
+    for used in range(100, 300, 10):  # answers run 0..190 tokens past a threshold of 100
+        spend.observe(100.0, used)
+    spend.refresh()
+    xs = np.arange(0, 200, 10.0)
+    assert spend.excess(y) == pytest.approx([-50.0, 0.0, np.mean(np.minimum(xs, 100)), xs.mean()])
+    assert spend.excess_one(400.0) == pytest.approx(xs.mean())
+    # The pricer charges that expected spend: at one price, a larger allowance than if every
+    # granted token were spent, and more requests funded.
+    cold = OnlinePricer(10_000, 60.0)
+    warm = OnlinePricer(10_000, 60.0)
+    for _ in range(64):
+        warm.learn(300.0, 500, 330, "stop")
+    warm.update(0.0, 0, 0)  # an update takes the finished requests into account
+    assert warm.terms(0.3)[0] > cold.terms(0.3)[0] and warm.terms(0.3)[1] > cold.terms(0.3)[1]
+
+
+def test_arrival_forecast_plans_for_the_quiet_rate() -> None:
+    rng = np.random.default_rng(0)
+    steady = ArrivalForecast(60.0)
+    times = np.cumsum(rng.exponential(1 / 20.0, 20 * 240))  # 4 minutes at 20/s
+    for t in times:
+        steady.observe(float(t))
+    now = float(times[-1])
+    assert steady.rate(now) == pytest.approx(20.0, rel=0.25)
+    assert 0.8 * 20 * 30 < steady.expected(now, 30.0) <= 1.05 * 20 * 30
+    # Bursts (10 s at 60/s) between quiet spells (30 s at 10/s): inside a burst the rate now is
+    # high, but the rest of a period is planned at about the quiet rate.
+    bursty = ArrivalForecast(60.0)
+    t = 0.0
+    for k in range(8):
+        rate, span = (10.0, 30.0) if k % 2 == 0 else (60.0, 10.0)
+        for u in np.sort(rng.uniform(t, t + span, int(rate * span))):
+            bursty.observe(float(u))
+        t += span
+    assert bursty.rate(t) > 40.0
+    assert bursty.quiet_rate(t) == pytest.approx(10.0, rel=0.3)
+    assert bursty.expected(t, 50.0) < 20.0 * 50.0
+    assert bursty.expected(t + 20.0, 10.0) < bursty.expected(t, 10.0)  # the burst fades
 
 
 def test_quote_caps_prices_out_and_honours_floors() -> None:

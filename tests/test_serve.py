@@ -38,10 +38,9 @@ class Running:
     def __init__(self, upstreams: list[str], tau: float = 100.0, **cfg: Any) -> None:
         cfg.setdefault("budget", 100_000)
         cfg.setdefault("period", 3600)
-        self.ledger = MemoryLedger(cfg["budget"], period=cfg["period"])
-        self.gw = Gateway(
-            GatewayConfig(upstreams, **cfg), ledger=self.ledger, thresholds=FixedThreshold(tau)
-        )
+        self.gw = Gateway(GatewayConfig(upstreams, **cfg), thresholds=FixedThreshold(tau))
+        assert isinstance(self.gw.ledger, MemoryLedger)
+        self.ledger: MemoryLedger = self.gw.ledger
         self.server = ServerThread(self.gw.app)
 
     def __enter__(self) -> Running:
@@ -101,7 +100,7 @@ def test_stream_is_counted_and_usage_forwarded_only_when_asked(upstream) -> None
         assert usage and usage[0]["usage"]["completion_tokens"] == 25
         # Without usage from the server the gateway counts the chunks.
         g.stream(chat("LEN:9 FAULT:nousage", stream=True))
-        assert g.ledger.state_now().spent == 25 + 25 + 9
+        assert g.idle().state_now().spent == 25 + 25 + 9  # a stream settles just after its end
 
 
 def test_budget_runs_out_with_a_clean_429_and_never_overspends(upstream) -> None:  # type: ignore[no-untyped-def]
@@ -139,6 +138,26 @@ def test_priced_out_floor_class_and_fallback(upstream) -> None:  # type: ignore[
         r = g.post(chat("LEN:50"))
         assert r.status_code == 200 and r.headers["x-shadowprice-allowance"] == "32"
         assert g.ledger.state_now().spent == 32
+
+
+def test_a_floor_share_serves_floor_classes_after_the_budget_is_spent(upstream) -> None:  # type: ignore[no-untyped-def]
+    url, _ = upstream
+    gold = {"x-shadowprice-class": "gold"}
+    with Running([url], budget=1000, floor_share=0.2, classes={"gold": 100}, tick=3600) as g:
+        assert g.ledger.total == 800  # the rest is kept for floor requests
+        got = [g.post(chat("LEN:300", max_tokens=300)) for _ in range(4)]
+        assert [r.status_code for r in got] == [200, 200, 200, 429]
+        assert got[3].json()["error"]["type"] == "budget_exhausted"
+        assert [r.headers["x-shadowprice-allowance"] for r in got[:3]] == ["300", "300", "200"]
+        r = g.post(chat("LEN:300", max_tokens=300), headers=gold)
+        assert r.status_code == 200 and r.headers["x-shadowprice-allowance"] == "200"
+        r = g.post(chat("LEN:300", max_tokens=300), headers=gold)
+        assert r.status_code == 429  # the floor share is spent too: nothing is overspent
+        floor = g.gw.decider.floor_ledger
+        assert isinstance(floor, MemoryLedger)
+        assert (g.ledger.state_now().spent, floor.state_now().spent) == (800, 200)
+    with pytest.raises(ConfigError, match="--floor-share"):
+        GatewayConfig([url], budget=1000, period=60, floor_share=1.0)
 
 
 def test_bad_input_gets_openai_errors_and_max_tokens_is_clamped(upstream) -> None:  # type: ignore[no-untyped-def]
@@ -223,6 +242,10 @@ def test_client_disconnect_closes_the_upstream_stream_and_charges_what_was_gener
         s = g.idle().state_now()
         assert s.reserved == 0 and 10 <= s.spent < 1000
         assert s.spent <= log.generated + 1
+        for _ in range(500):  # the upstream notices the closed connection on its own thread
+            if log.cancelled:
+                break
+            time.sleep(0.01)
         assert log.cancelled == 1
 
 

@@ -61,6 +61,9 @@ def serve_command(
         None, "--keys", help="JSONL of key hashes -> tenant, budget, floor"
     ),
     classes: list[str] = typer.Option([], "--class", help="NAME=FLOOR priority class (repeatable)"),
+    floor_share: float = typer.Option(
+        0.0, "--floor-share", help="share of each period's budget kept for requests with a floor"
+    ),
     max_tokens_ceiling: int = typer.Option(32768, "--max-tokens-ceiling"),
     fallback_tokens: int = typer.Option(
         0, "--fallback-tokens", help="allowance instead of 429 when priced out"
@@ -78,7 +81,7 @@ def serve_command(
         None, "--effort-levels", help="LOW,MEDIUM: map the allowance to reasoning_effort"
     ),
     ttl: float = typer.Option(
-        120.0, "--ttl", help="reservation lifetime without renewal (shared state)"
+        120.0, "--ttl", help="seconds an unrenewed reservation lives (running requests renew)"
     ),
     fail_open: bool = typer.Option(
         False, "--fail-open", help="Redis down: per-replica local budget"
@@ -109,6 +112,7 @@ def serve_command(
             max_tokens_ceiling=max_tokens_ceiling,
             fallback_tokens=fallback_tokens,
             classes=_classes(classes),
+            floor_share=floor_share,
             keys=load_keys(keys) if keys is not None else None,
             upstream_key=key,
             token_param=token_param,  # type: ignore[arg-type]
@@ -121,8 +125,6 @@ def serve_command(
             max_body=max_body,
             upstream_timeout=upstream_timeout,
         )
-        if token_param not in ("both", "max_tokens", "max_completion_tokens"):
-            raise ConfigError("--token-param must be both, max_tokens or max_completion_tokens")
         gateway = Gateway(config)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
@@ -133,4 +135,4 @@ def serve_command(
             f"shadowprice: error: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr
         )
         raise typer.Exit(code=3) from exc
-    serve(gateway, sock, log_level=log_level)
+    serve(gateway.app, sock, log_level=log_level)

@@ -151,6 +151,20 @@ class Ledger(Protocol):
         """Give a reservation back unused (the request was never sent)."""
         ...
 
+    async def extend(self, reservation: Reservation, ttl: float) -> Reservation | None:
+        """Keep an open reservation ``ttl`` seconds longer from now (a request still running).
+
+        A holder that stops renewing (its task was cancelled, its process died) lets the
+        reservation lapse and its tokens return. A reservation made without a ``ttl`` gets one.
+
+        Returns
+        -------
+        Reservation or None
+            The reservation with its new ``expires_at``; None when it is no longer open (settled,
+            released or lapsed: settling a lapsed one later is charged as ``late``).
+        """
+        ...
+
     async def state(self) -> LedgerState:
         """Totals of the current period."""
         ...
@@ -165,3 +179,14 @@ def check_tokens(name: str, value: int, *, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise LedgerError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_reservation(tokens: int, min_tokens: int | None, ttl: float | None) -> tuple[int, int]:
+    """Validate :meth:`Ledger.reserve`'s arguments; (tokens wanted, least accepted)."""
+    want = check_tokens("tokens", tokens, minimum=1)
+    least = want if min_tokens is None else check_tokens("min_tokens", min_tokens, minimum=1)
+    if least > want:
+        raise LedgerError(f"min_tokens {least} exceeds tokens {want}")
+    if ttl is not None and not ttl > 0:
+        raise LedgerError(f"ttl must be a positive number of seconds, got {ttl!r}")
+    return want, least

@@ -268,6 +268,11 @@ class JournalLedger:
         """Give a reservation back unused (its request was never sent)."""
         return await self.settle(reservation, 0)
 
+    async def extend(self, reservation: Reservation, ttl: float) -> Reservation | None:
+        """Renew in the budget (expiry is not journalled: on resume, reservations left open
+        count as spent whatever their expiry)."""
+        return await self._inner.extend(reservation, ttl)
+
     async def state(self) -> LedgerState:
         """Totals of the budget (resumed spending included; everyone's, if shared)."""
         return await self._inner.state()

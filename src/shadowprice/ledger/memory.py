@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from .base import LedgerError, LedgerState, Reservation, Settlement, check_tokens
+from .base import (
+    LedgerError,
+    LedgerState,
+    Reservation,
+    Settlement,
+    check_reservation,
+    check_tokens,
+)
 
 #: Settled reservation ids remembered (for idempotent settling) per period kept.
 _PERIODS_KEPT = 4
@@ -59,6 +67,8 @@ class MemoryLedger:
         self._lock = threading.Lock()
         self._periods: dict[int, _Period] = {}
         self._open: dict[str, Reservation] = {}
+        # (expires_at, id) of reservations with a TTL; renewed or closed ones stay until popped.
+        self._expiry: list[tuple[float, str]] = []
         self._settled: dict[str, int] = {}  # id -> period, for idempotent settling
         self._periods[self._index()] = _Period(spent=check_tokens("spent", spent))
 
@@ -80,11 +90,13 @@ class MemoryLedger:
         return book
 
     def _expire(self, now: float) -> None:
-        lapsed = [
-            r for r in self._open.values() if r.expires_at is not None and r.expires_at <= now
-        ]
-        for r in lapsed:
-            del self._open[r.id]
+        """Return the tokens of reservations whose TTL has passed (O(lapsed log n))."""
+        while self._expiry and self._expiry[0][0] <= now:
+            _, rid = heapq.heappop(self._expiry)
+            r = self._open.get(rid)
+            if r is None or r.expires_at is None or r.expires_at > now:
+                continue  # settled, or renewed (its new expiry has its own entry)
+            del self._open[rid]
             book = self._periods.get(r.period)
             if book is not None:
                 book.reserved -= r.tokens
@@ -99,12 +111,7 @@ class MemoryLedger:
         self, tokens: int, *, min_tokens: int | None = None, tag: str = "", ttl: float | None = None
     ) -> Reservation | None:
         """:meth:`reserve` for synchronous callers (no I/O here)."""
-        want = check_tokens("tokens", tokens, minimum=1)
-        least = want if min_tokens is None else check_tokens("min_tokens", min_tokens, minimum=1)
-        if least > want:
-            raise LedgerError(f"min_tokens {least} exceeds tokens {want}")
-        if ttl is not None and not ttl > 0:
-            raise LedgerError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        want, least = check_reservation(tokens, min_tokens, ttl)
         with self._lock:
             now = self._clock()
             self._expire(now)
@@ -123,6 +130,8 @@ class MemoryLedger:
                 expires_at=None if ttl is None else now + ttl,
             )
             self._open[res.id] = res
+            if res.expires_at is not None:
+                heapq.heappush(self._expiry, (res.expires_at, res.id))
             return res
 
     async def settle(self, reservation: Reservation, used: int) -> Settlement:
@@ -153,6 +162,24 @@ class MemoryLedger:
     async def release(self, reservation: Reservation) -> Settlement:
         """See :meth:`shadowprice.ledger.Ledger.release`."""
         return self.settle_now(reservation, 0)
+
+    async def extend(self, reservation: Reservation, ttl: float) -> Reservation | None:
+        """See :meth:`shadowprice.ledger.Ledger.extend`."""
+        return self.extend_now(reservation, ttl)
+
+    def extend_now(self, reservation: Reservation, ttl: float) -> Reservation | None:
+        """:meth:`extend` for synchronous callers."""
+        if not ttl > 0:
+            raise LedgerError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            held = self._open.get(reservation.id)
+            if held is None:
+                return None
+            renewed = self._open[reservation.id] = replace(held, expires_at=now + ttl)
+            heapq.heappush(self._expiry, (now + ttl, reservation.id))
+            return renewed
 
     async def state(self) -> LedgerState:
         """See :meth:`shadowprice.ledger.Ledger.state`."""

@@ -32,7 +32,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from .base import LedgerError, LedgerState, Reservation, Settlement, check_tokens
+from .base import (
+    LedgerError,
+    LedgerState,
+    Reservation,
+    Settlement,
+    check_reservation,
+    check_tokens,
+)
 
 __all__ = ["PERIODS_KEPT", "RedisLedger"]
 
@@ -148,8 +155,8 @@ _EXTEND = (
     _PRELUDE
     + """
 local now = clock(ARGV[2])
-local score = redis.call('ZSCORE', prefix .. 'exp', ARGV[3])
-if not score or tonumber(score) <= now then return '' end
+sweep(now)
+if redis.call('HEXISTS', prefix .. 'open', ARGV[3]) == 0 then return '' end
 local expires = now + tonumber(ARGV[4])
 redis.call('ZADD', prefix .. 'exp', expires, ARGV[3])
 return tostring(expires)
@@ -234,6 +241,7 @@ class RedisLedger:
         namespace: str = "default",
         timeout: float = 1.0,
         clock: Callable[[], float] | None = None,
+        connections: int = 64,
     ) -> RedisLedger:
         """Connect to ``redis://[:password@]HOST:PORT/DB`` (or ``rediss://`` for TLS).
 
@@ -243,8 +251,11 @@ class RedisLedger:
             Redis URL; the database number defaults to 0.
         total, period, namespace, clock : see :class:`RedisLedger`.
         timeout : float
-            Seconds to connect and per command; past it an operation raises
-            :class:`~shadowprice.ledger.LedgerError` (callers fail closed or open on it).
+            Seconds to connect, to wait for a free connection and per command; past it an
+            operation raises :class:`~shadowprice.ledger.LedgerError` (callers fail closed or
+            open on it).
+        connections : int
+            Connections kept open at most; more concurrent calls wait for one.
         """
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
@@ -253,15 +264,23 @@ class RedisLedger:
             )
         if not timeout > 0:
             raise LedgerError(f"timeout must be positive, got {timeout!r}")
+        if connections < 1:
+            raise LedgerError(f"connections must be >= 1, got {connections!r}")
         import redis.asyncio as aioredis
 
-        client = aioredis.Redis.from_url(
+        # A blocking pool: past ``connections`` concurrent calls, callers wait (up to
+        # ``timeout``) for a free connection instead of failing at once, as the default pool
+        # does past 100 (a gateway under load has hundreds of requests reserving at once).
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=connections,
+            timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             decode_responses=True,
             health_check_interval=30,
         )
+        client = aioredis.Redis(connection_pool=pool)
         return cls(client, total, period=period, namespace=namespace, clock=clock, owns_client=True)
 
     @property
@@ -286,12 +305,7 @@ class RedisLedger:
         self, tokens: int, *, min_tokens: int | None = None, tag: str = "", ttl: float | None = None
     ) -> Reservation | None:
         """See :meth:`shadowprice.ledger.Ledger.reserve` (one atomic round trip)."""
-        want = check_tokens("tokens", tokens, minimum=1)
-        least = want if min_tokens is None else check_tokens("min_tokens", min_tokens, minimum=1)
-        if least > want:
-            raise LedgerError(f"min_tokens {least} exceeds tokens {want}")
-        if ttl is not None and not ttl > 0:
-            raise LedgerError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        want, least = check_reservation(tokens, min_tokens, ttl)
         rid = uuid.uuid4().hex
         out = await self._call(
             self._reserve_script,
@@ -329,11 +343,7 @@ class RedisLedger:
         return await self.settle(reservation, 0)
 
     async def extend(self, reservation: Reservation, ttl: float) -> Reservation | None:
-        """Push an open reservation's expiry to ``ttl`` seconds from now (a long stream).
-
-        Returns the renewed reservation, or None when it had already lapsed (its tokens went
-        back to the pool; settling it later is charged as ``late``).
-        """
+        """See :meth:`shadowprice.ledger.Ledger.extend` (one atomic round trip)."""
         if not ttl > 0:
             raise LedgerError(f"ttl must be a positive number of seconds, got {ttl!r}")
         out = await self._call(self._extend_script, self._now(), reservation.id, repr(float(ttl)))

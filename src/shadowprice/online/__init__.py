@@ -4,7 +4,10 @@ Pure (no I/O): the gateway (``shadowprice serve``), the traffic simulator and te
 same functions.
 
 - :class:`OnlinePricer`: re-clears over a sliding window of recent requests' predicted curves
-  against the budget left in the period; O(1) decisions (:meth:`OnlinePricer.quote`).
+  against the budget left in the period, pricing what a grant is expected to spend; O(1)
+  decisions (:meth:`OnlinePricer.quote`).
+- :class:`ArrivalForecast`: requests still to come in the period (plans for the quiet rate).
+- :class:`SpendModel`: tokens an allowance is expected to spend (unused tokens come back).
 - :class:`DualAscentPricer`: the alternative, dual ascent on the spend rate.
 - :class:`PopulationPrior`: usage ratio and predictor scale learned from finished requests.
 - :mod:`.shape`: the population's curve shape (:class:`SurgeShape`, :class:`GammaShape`).
@@ -12,18 +15,21 @@ same functions.
   CLEAR.
 """
 
+from .arrivals import ArrivalForecast
 from .pricer import DualAscentPricer, OnlinePricer, Quote
 from .prior import PopulationPrior
-from .shape import GammaShape, Shape, SurgeShape, TermsTable, shape_terms
+from .shape import GammaShape, Shape, SurgeShape, shape_terms
+from .spend import SpendModel
 
 __all__ = [
+    "ArrivalForecast",
     "DualAscentPricer",
     "GammaShape",
     "OnlinePricer",
     "PopulationPrior",
     "Quote",
     "Shape",
+    "SpendModel",
     "SurgeShape",
-    "TermsTable",
     "shape_terms",
 ]

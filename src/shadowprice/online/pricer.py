@@ -1,30 +1,32 @@
 """One price for a stream of requests under a budget of B tokens per period P (no I/O).
 
-**Re-clearing over a sliding window.** Batch CLEAR finds the price at which the queries'
-demand equals the budget. Online, the queries of the rest of the period have not arrived, so
-the pricer clears against a forecast: the last ``window`` requests' predicted curves stand for
-the population, their arrival times give the arrival rate, and the budget to clear against is
-what is left in the period. At each :meth:`OnlinePricer.update` (every ``tick`` seconds), with
-``now`` in period k:
+**Re-clearing.** Batch CLEAR finds the price at which the queries' demand equals the budget.
+Online, the rest of the period's requests have not arrived, so the pricer clears against a
+forecast: the last ``window`` requests' predicted curves stand for the population, and at each
+:meth:`OnlinePricer.update` (every ``tick`` seconds), with ``now`` in period k:
 
-    R       = B - spent - usage * reserved          (tokens left, open reservations forecast)
-    N_rest  = rate * (end of period - now)          (requests still to come)
-    lambda  = the price at which  N_rest * usage * mean_window b_i(lambda) = R
+    R       = B - spent - usage * reserved        (tokens left; open reservations forecast)
+    N       = arrivals expected before the period ends      (:mod:`.arrivals`)
+    lambda  = the price at which  N * mean_window s_i(lambda) = R
 
-where b_i(lambda) = min(cap_i, tau_i + x*(lambda)) if the request is funded at lambda (see
-:mod:`.shape`) and ``usage`` is the share of an allowance requests actually spend (learned by
-:class:`~shadowprice.online.prior.PopulationPrior`): unused tokens return to the pool, so
-allowances may add up to more than what is left. If demand at price 0 fits, the price is 0 and
-everyone gets the peak of its curve. The ledger enforces the budget; the price only decides
-who gets how much, so a forecast error costs accuracy, never an overshoot.
+where s_i(lambda) is what request i is expected to *spend* at that price, not the allowance it
+is granted: an answer stops when it is done and the rest of its allowance returns to the pool
+(:mod:`.spend`). If the demand at price 0 fits, the price is 0 and everyone gets the peak of
+its curve. The ledger enforces the budget; the price only decides who gets how much, so a
+forecast error costs accuracy, never an overshoot.
+
+**Value per expected spend.** At price lambda a request with threshold tau maximises
+g(x) - lambda (tau + m(x)): its curve's gain x tokens above the threshold against the tokens it
+is expected to spend, m(x) = E[min(X, x)] for the excess X its answers run past the threshold.
+m' = P(X > x) <= 1, so tokens that would come back cost less than tokens that are spent, and
+allowances stay closer to the curve's peak than with a price on the allowance itself. For a
+shift family (:mod:`.shape`) the best x is the same for every request, and a request is funded
+iff tau < T(lambda) = max_x (g(x) - lambda m(x)) / lambda: both are computed on a grid of x at
+each update, so each decision stays a comparison and an addition.
 
 Replicas: each sees only its share of the traffic but the whole ledger; ``share`` (this
-replica's part of the period's spending, or 1) scales the locally observed arrival rate to the
-global one, so every replica computes the same price from the same shared totals.
-
-**Decisions.** :meth:`OnlinePricer.quote` is O(1): the price's x* and cut-off T are cached at
-each update; a request is priced out when tau >= T (or when the client's ``max_tokens`` is
-below what its curve needs), unless it has a floor.
+replica's part of the period's spending, or 1) scales the locally observed arrivals to the
+global ones, so every replica computes the same price from the same shared totals.
 
 The alternative, dual ascent on the spend rate (:class:`DualAscentPricer`), raises the price
 when tokens are spent faster than B/P and lowers it otherwise; it needs no forecast but reacts
@@ -39,17 +41,21 @@ from typing import Literal
 
 import numpy as np
 
+from .arrivals import ArrivalForecast
 from .prior import PopulationPrior
-from .shape import FloatArray, Shape, SurgeShape, TermsTable
+from .shape import FloatArray, Shape, SurgeShape, shape_terms
+from .spend import SpendModel
 
 __all__ = ["DualAscentPricer", "OnlinePricer", "Quote"]
 
 QuoteStatus = Literal["granted", "priced_out", "floor"]
 
-#: Bisection steps of a price update (relative precision ~1e-4 on a log-price bracket).
-_STEPS = 30
+#: Bisection steps of a price update: log-price precision ln(1e9) / 2^20, about 2e-5.
+_STEPS = 20
 #: Below this many observed arrivals the rate is unknown: price 0.
 _MIN_ARRIVALS = 8
+#: Points of the grid of tokens above the threshold on which the best excess is found.
+_GRID = 257
 
 
 @dataclass(frozen=True)
@@ -89,11 +95,15 @@ class OnlinePricer:
     shape : Shape
         The population's curve shape (default: the paper's surge, alpha 1.5, beta 0.005).
     window : int
-        Recent requests the forecast uses (>= 16).
+        Recent requests whose curves stand for the population (>= 16).
     min_tokens : int
         Smallest allowance ever sent (>= 1).
     prior : PopulationPrior, optional
         Usage ratio and threshold scale learner (default: a fresh one for ``shape``).
+    arrivals : ArrivalForecast, optional
+        Arrival forecast (default: one for ``period``).
+    spend : SpendModel, optional
+        Expected spend of an allowance (default: a fresh one).
     """
 
     def __init__(
@@ -105,6 +115,8 @@ class OnlinePricer:
         window: int = 1024,
         min_tokens: int = 16,
         prior: PopulationPrior | None = None,
+        arrivals: ArrivalForecast | None = None,
+        spend: SpendModel | None = None,
     ) -> None:
         if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
             raise ValueError(f"budget must be a positive integer of tokens, got {budget!r}")
@@ -117,25 +129,32 @@ class OnlinePricer:
         self.budget, self.period = budget, float(period)
         self.shape: Shape = shape or SurgeShape()
         self.prior = prior or PopulationPrior(short_excess=self.shape.short_excess)
+        self.arrivals = arrivals or ArrivalForecast(self.period)
+        self.spend = spend or SpendModel()
         self.min_tokens = int(min_tokens)
-        self._t = np.zeros(window)
         self._tau = np.zeros(window)
         self._cap = np.zeros(window)
         self._n = 0  # arrivals observed in total (ring position = _n % window)
-        self.terms = TermsTable(self.shape)
+        peak, _ = shape_terms(self.shape, 0.0)
+        self._grid = np.linspace(0.0, peak, _GRID)
+        self._gains = self.shape.gains(self._grid)
+        self._cost = self.spend.excess(self._grid)
         self.price = 0.0
-        self._x, self._cut = self.terms(0.0)
+        self._x, self._cut = peak, math.inf
 
     # -- observations -----------------------------------------------------------------------
     def observe(self, now: float, tau_hat: float, cap: int) -> None:
         """Record an arrival (priced out or not): its time, predicted threshold and cap."""
-        i = self._n % self._t.size
-        self._t[i], self._tau[i], self._cap[i] = now, tau_hat, cap
+        i = self._n % self._tau.size
+        self._tau[i], self._cap[i] = tau_hat, cap
         self._n += 1
+        self.arrivals.observe(now)
 
     def learn(self, tau_hat: float, allowance: int, used: int, finish_reason: str) -> None:
-        """Feed a finished request to the population prior (see :class:`PopulationPrior`)."""
+        """Feed a finished request to the population prior and the spend model."""
         self.prior.observe(tau_hat, allowance, used, finish_reason)
+        if allowance > 0:
+            self.spend.observe(self.prior.threshold(tau_hat), used)
 
     # -- decisions --------------------------------------------------------------------------
     def quote(self, tau_hat: float, cap: int, floor: int = 0) -> Quote:
@@ -152,15 +171,16 @@ class OnlinePricer:
             out.
         """
         tau = self.prior.threshold(tau_hat)
-        lam, x = self.price, self._x
+        lam = self.price
         want = 0.0
         if lam <= 0.0:
-            want = min(cap, tau + x)
+            want = min(cap, tau + self._x)
         elif tau < self._cut:
-            want = tau + x
+            want = tau + self._x
             # Capped below its demand: worth it only if the capped surplus stays positive.
             if want > cap:
-                want = cap if self.shape.gain(cap - tau) - lam * cap > 0 else 0.0
+                spend = tau + self.spend.excess_one(cap - tau)
+                want = cap if self.shape.gain(cap - tau) - lam * spend > 0 else 0.0
         b = int(want)
         if 0 < b < self.min_tokens:
             b = min(self.min_tokens, cap)
@@ -174,25 +194,45 @@ class OnlinePricer:
         return Quote(b, least, lam, "granted", tau)
 
     # -- the price ----------------------------------------------------------------------------
-    def rate(self, now: float) -> float:
-        """Arrivals per second over the window (this replica's), 0 if too few."""
-        n = min(self._n, self._t.size)
-        if n < _MIN_ARRIVALS:
-            return 0.0
-        oldest = float(self._t.min()) if n == self._t.size else float(self._t[:n].min())
-        return n / max(now - oldest, 1e-3)
+    def terms(self, price: float) -> tuple[float, float]:
+        """(x, T) at ``price``: tokens granted above the threshold and the largest threshold
+        still funded (see the module docstring)."""
+        if price <= 0.0:
+            return float(self._grid[-1]), math.inf
+        surplus = self._gains - price * self._cost
+        k = int(np.argmax(surplus))
+        if k == 0 or surplus[k] <= 0.0:
+            return 0.0, 0.0
+        return float(self._grid[k]), float(surplus[k]) / price
 
-    def demand(self, price: float) -> float:
-        """Mean allowance of the window's requests at ``price`` (tokens)."""
-        n = min(self._n, self._t.size)
+    def expected_spend(self, price: float) -> float:
+        """Mean tokens the window's requests are expected to spend at ``price``."""
+        n = min(self._n, self._tau.size)
         if n == 0:
             return 0.0
         tau = self.prior.threshold(1.0) * self._tau[:n]
-        cap = self._cap[:n]
-        return float(np.mean(_allowances(self.shape, self.terms(price), tau, cap, price)))
+        return float(np.mean(self._spends(tau, self._cap[:n], price)))
+
+    def _spends(self, tau: FloatArray, cap: FloatArray, price: float) -> FloatArray:
+        """Vectorised :meth:`quote` without floors or minimum sizes, as expected spends (N,)."""
+        x, cut = self.terms(price)
+        want = tau + x
+        granted = np.minimum(want, cap)
+        spends = tau + self.spend.excess(granted - tau)
+        if price <= 0.0:
+            return spends
+        capped = want > cap
+        worth_capped = self.shape.gains(cap - tau) - price * spends > 0
+        funded = (tau < cut) & (~capped | worth_capped)
+        return np.where(funded, spends, 0.0)
+
+    def _learned(self) -> None:
+        """Bring the spend model's latest requests into the cost grid."""
+        self.spend.refresh()
+        self._cost = self.spend.excess(self._grid)
 
     def update(self, now: float, spent: int, reserved: int, share: float = 1.0) -> float:
-        """Re-clear: the price at which the forecast demand of the period's rest fits.
+        """Re-clear: the price at which the forecast spending of the period's rest fits.
 
         Parameters
         ----------
@@ -208,23 +248,22 @@ class OnlinePricer:
         float
             The new price (also stored in :attr:`price`).
         """
-        rate = self.rate(now) / min(max(share, 1e-3), 1.0)
+        self._learned()
         left = self.period - (now % self.period)
-        rho = self.prior.usage
-        budget_left = self.budget - spent - rho * reserved
-        expected = rate * left * rho  # tokens spent per token of mean allowance
-        if rate <= 0.0:
+        coming = self.arrivals.expected(now, left) / min(max(share, 1e-3), 1.0)
+        if self._n < _MIN_ARRIVALS or coming <= 0.0:
             return self.set_price(0.0)
+        budget_left = self.budget - spent - self.prior.usage * reserved
         if budget_left <= 0.0:
             return self.set_price(self.shape.price_ceiling)
-        target = budget_left / expected
-        if self.demand(0.0) <= target:
+        target = budget_left / coming  # tokens each coming request may spend on average
+        if self.expected_spend(0.0) <= target:
             return self.set_price(0.0)
-        # Bisection in log price between a tiny price and the ceiling (demand falls with price).
+        # Bisection in log price between a tiny price and the ceiling (spending falls with it).
         lo, hi = math.log(self.shape.price_ceiling * 1e-9), math.log(self.shape.price_ceiling)
         for _ in range(_STEPS):
             mid = 0.5 * (lo + hi)
-            if self.demand(math.exp(mid)) > target:
+            if self.expected_spend(math.exp(mid)) > target:
                 lo = mid
             else:
                 hi = mid
@@ -235,20 +274,6 @@ class OnlinePricer:
         self.price = max(0.0, float(price))
         self._x, self._cut = self.terms(self.price)
         return self.price
-
-
-def _allowances(
-    shape: Shape, terms: tuple[float, float], tau: FloatArray, cap: FloatArray, price: float
-) -> FloatArray:
-    """Vectorised :meth:`OnlinePricer.quote` without floors or minimum sizes, shape (N,)."""
-    x, cut = terms
-    want = tau + x
-    if price <= 0.0:
-        return np.minimum(want, cap)
-    capped = want > cap
-    ok_capped = shape.gains(cap - tau) - price * cap > 0
-    funded = (tau < cut) & (~capped | ok_capped)
-    return np.where(funded, np.minimum(want, cap), 0.0)
 
 
 class DualAscentPricer(OnlinePricer):
@@ -280,6 +305,7 @@ class DualAscentPricer(OnlinePricer):
         self.eta, self.floor_price = float(eta), float(floor_price)
 
     def update(self, now: float, spent: int, reserved: int, share: float = 1.0) -> float:
+        self._learned()
         elapsed = (now % self.period) / self.period
         used = (spent + self.prior.usage * reserved) / self.budget
         error = used - elapsed

@@ -4,9 +4,9 @@ Two numbers, learned from every finished request (its allowance, the tokens it g
 its finish reason), with no I/O:
 
 - ``usage``: the share of an allowance a request actually spends (an exponentially weighted
-  ratio of tokens generated to tokens granted). The pricer forecasts spending with it: tokens a
-  request does not use flow back into the period's pool, so pricing on allowances alone would
-  leave budget unspent.
+  ratio of tokens generated to tokens granted). The pricer forecasts what the reservations
+  still open will spend with it (what new grants will spend comes from
+  :class:`~shadowprice.online.spend.SpendModel`, which knows it depends on the allowance).
 - ``scale``: a multiplicative correction of predicted thresholds. Under the shift model an
   answer runs tau + X tokens, X the shape's excess, so with a calibrated predictor a tenth of
   the answers finish below the line ``scale * tau_hat + short_excess`` (X's 10 % quantile). A

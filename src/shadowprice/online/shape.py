@@ -8,10 +8,11 @@ up to the shift:
     x*(lambda) = argmax_x g(x) - lambda x          (tokens bought above the threshold)
     T(lambda)  = (g(x*) - lambda x*) / lambda      (largest threshold still worth funding)
 
-so a request is funded iff tau < T(lambda), with allowance tau + x*. Both numbers are computed
-once per price update and each request's decision is a comparison and an addition. The two
-shapes with closed-form demand are the paper's surge and the Gamma(2) success curve; they
-reuse :mod:`shadowprice.curves` for the formulas.
+so a request is funded iff tau < T(lambda), with allowance tau + x*. The pricer computes both
+once per price update (with the cost of an allowance being its expected spend, see
+:mod:`.pricer`), and each request's decision is a comparison and an addition. The two shapes
+with closed-form demand are the paper's surge and the Gamma(2) success curve; they reuse
+:mod:`shadowprice.curves` for the formulas.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from numpy.typing import NDArray
 
 from ..curves import GammaSCurve, ShiftedSurge, UtilityCurve
 
-__all__ = ["GammaShape", "Shape", "SurgeShape", "TermsTable", "shape_terms"]
+__all__ = ["GammaShape", "Shape", "SurgeShape", "shape_terms"]
 
 FloatArray = NDArray[np.float64]
 
@@ -76,40 +77,6 @@ def shape_terms(shape: Shape, price: float) -> tuple[float, float]:
         return 0.0, 0.0
     surplus = shape.gain(x) - price * x
     return x, max(surplus, 0.0) / price
-
-
-class TermsTable:
-    """:func:`shape_terms` tabulated on a log-price grid, interpolated (re-clearing calls it
-    dozens of times per update; the table costs one Lambert W per grid point, once).
-
-    Parameters
-    ----------
-    shape : Shape
-    points : int
-        Grid points between 1e-9 and 1 times the shape's price ceiling (log-spaced).
-    """
-
-    def __init__(self, shape: Shape, points: int = 2048) -> None:
-        top = shape.price_ceiling
-        self._log_prices = np.linspace(math.log(top * 1e-9), math.log(top), points)
-        terms = [shape_terms(shape, math.exp(p)) for p in self._log_prices]
-        self._x = np.array([t[0] for t in terms])
-        # The cut-off spans decades: interpolate its logarithm (0 at the ceiling -> tiny).
-        self._log_cut = np.log(np.maximum([t[1] for t in terms], 1e-300))
-        self._zero = shape_terms(shape, 0.0)
-        self._top = top
-
-    def __call__(self, price: float) -> tuple[float, float]:
-        """(x*, T) at ``price``: exact at 0 and at or above the ceiling, else interpolated."""
-        if price <= 0.0:
-            return self._zero
-        if price >= self._top:
-            return 0.0, 0.0
-        lp = math.log(price)
-        if lp <= self._log_prices[0]:
-            return float(self._x[0]), math.exp(float(self._log_cut[0]))
-        x = float(np.interp(lp, self._log_prices, self._x))
-        return x, math.exp(float(np.interp(lp, self._log_prices, self._log_cut)))
 
 
 class SurgeShape:

@@ -2,9 +2,11 @@
 
 - :class:`Gateway` (:mod:`.app`): the ASGI app (Starlette), its ledger, pricer and upstreams;
 - :class:`GatewayConfig`, :func:`load_keys` (:mod:`.config`): configuration and client keys;
-- :class:`Decider` (:mod:`.decision`): price, reserve, settle, without HTTP;
-- :mod:`.relay`: what is forwarded and how usage is counted; :mod:`.upstreams`: balancing,
-  health checks, ejection; :mod:`.metrics`: Prometheus; :mod:`.server`: uvicorn;
+- :class:`Decider` (:mod:`.decision`): price, reserve, renew, settle, without HTTP;
+- :mod:`.inbound`: what a client sent (body, key, class) and the errors it gets back;
+- :mod:`.relay`: what is forwarded and how usage is counted (the metered stream);
+  :mod:`.upstreams`: balancing, health checks, ejection; :mod:`.predictor`: text ->
+  threshold; :mod:`.metrics`: Prometheus; :mod:`.server`: uvicorn;
 - :mod:`.testing`: a fake upstream and a load generator; :mod:`.localredis`: a loopback
   redis-server.
 """

@@ -165,6 +165,11 @@ class GatewayConfig:
         Priced-out requests get this small allowance instead of a 429 (0: off).
     classes : dict of str to int
         Priority classes selectable with the ``x-shadowprice-class`` header -> floor tokens.
+    floor_share : float
+        Share of each period's budget kept for requests with a floor (a class or a tenant
+        floor), in [0, 1): they draw on it first and on the rest when it is spent, other
+        requests only on the rest. 0: floors are never priced out but get nothing once the
+        budget is spent.
     keys : KeyTable, optional
         Client keys; None: no authentication.
     upstream_key : str, optional
@@ -185,7 +190,8 @@ class GatewayConfig:
     max_body : int
         Largest request body accepted, bytes (413 beyond).
     ttl : float
-        Seconds a reservation lives without renewal (shared state); streams renew it.
+        Seconds a reservation lives without renewal; running requests renew theirs, so only
+        those of a request that ended without settling (or of a dead replica) lapse.
     fail_open : bool
         Redis unreachable: serve from a per-replica in-process ledger of ``fail_open_budget``
         instead of answering 503.
@@ -208,6 +214,7 @@ class GatewayConfig:
     max_tokens_ceiling: int = 32768
     fallback_tokens: int = 0
     classes: dict[str, int] = field(default_factory=dict)
+    floor_share: float = 0.0
     keys: KeyTable | None = None
     upstream_key: str | None = None
     token_param: TokenParam = "both"
@@ -223,12 +230,19 @@ class GatewayConfig:
     fail_open_budget: int | None = None
 
     def __post_init__(self) -> None:
+        self._check_upstreams()
+        self._check_amounts()
+        self._check_choices()
+
+    def _check_upstreams(self) -> None:
         if not self.upstreams:
             raise ConfigError("--upstream: give at least one upstream URL")
         for url in self.upstreams:
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ConfigError(f"--upstream {url!r}: must be an http(s)://HOST[:PORT] URL")
+
+    def _check_amounts(self) -> None:
         _positive_int("--budget", self.budget)
         _positive("--period", self.period)
         _positive("--tick", self.tick)
@@ -237,21 +251,34 @@ class GatewayConfig:
         _positive_int("--max-tokens-ceiling", self.max_tokens_ceiling)
         _positive_int("--max-body", self.max_body)
         _positive_int("--min-tokens", self.min_tokens)
+        if self.route_tau is not None:
+            _positive("--route-tau", self.route_tau)
         if self.fallback_tokens < 0:
             raise ConfigError("--fallback-tokens must be >= 0")
+        if not (isinstance(self.floor_share, (int, float)) and 0 <= self.floor_share < 1):
+            raise ConfigError(f"--floor-share must be in [0, 1), got {self.floor_share!r}")
+        if self.floor_share > 0 and self.floor_tokens == 0:
+            raise ConfigError("--floor-share is larger than 0 but rounds to 0 tokens of --budget")
+        for name, floor in self.classes.items():
+            if not name or floor < 0:
+                raise ConfigError(f"--class {name}={floor}: need NAME=FLOOR with FLOOR >= 0")
+
+    def _check_choices(self) -> None:
         if self.state is not None and not self.state.startswith(("redis://", "rediss://")):
             raise ConfigError(f"--state must be a redis://HOST:PORT/DB URL, got {self.state!r}")
         if self.predictor is None and self.route_tau is None:
             raise ConfigError("give --predictor PATH|default or a fixed --route-tau TOKENS")
-        if self.route_tau is not None:
-            _positive("--route-tau", self.route_tau)
         if self.balance not in ("round-robin", "least-busy"):
             raise ConfigError("--balance must be round-robin or least-busy")
+        if self.token_param not in ("both", "max_tokens", "max_completion_tokens"):
+            raise ConfigError("--token-param must be both, max_tokens or max_completion_tokens")
         if self.effort_levels is not None and not 0 < self.effort_levels[0] < self.effort_levels[1]:
             raise ConfigError("--effort-levels must be two increasing token counts LOW,MEDIUM")
-        for name, floor in self.classes.items():
-            if not name or floor < 0:
-                raise ConfigError(f"--class {name}={floor}: need NAME=FLOOR with FLOOR >= 0")
+
+    @property
+    def floor_tokens(self) -> int:
+        """Tokens of each period kept for requests with a floor."""
+        return int(self.budget * self.floor_share)
 
 
 def _positive(name: str, value: float) -> None:

@@ -5,6 +5,17 @@ benchmark times on its own ("the decision itself"). The price comes from
 :class:`~shadowprice.online.OnlinePricer`; the ledger (in-process or Redis) enforces the budget.
 A tenant with its own budget reserves in its own ledger too (both or neither).
 
+**Reservations lapse unless renewed.** Every reservation is made with a TTL; the gateway calls
+:meth:`Decider.renew` every third of it, which extends the reservations of requests whose task
+is still running. A request whose task ended without settling (cancelled, crashed) is not
+renewed, so its reservation lapses and its tokens return, in process as in Redis (where a
+replica that died stops renewing the same way).
+
+**Floors.** A class with a floor is never priced out. So that it still gets tokens when the
+period's budget is spent, a share of each period can be kept for floor requests
+(``floor_ledger``): they reserve there first and in the shared budget when it is used up;
+other requests only see the shared budget.
+
 Store outages: a :class:`~shadowprice.ledger.LedgerError` from the shared ledger refuses the
 request (``unavailable``, HTTP 503) unless the decider has a ``fail_open`` ledger, a
 per-replica in-process budget that takes over until the store answers again.
@@ -12,13 +23,14 @@ per-replica in-process budget that takes over until the store answers again.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..ledger import Ledger, LedgerError, Reservation
+from ..ledger import Ledger, LedgerError, LedgerState, Reservation
 from ..online import OnlinePricer
 
 __all__ = ["Decider", "Grant", "Refusal"]
@@ -26,8 +38,11 @@ __all__ = ["Decider", "Grant", "Refusal"]
 GrantStatus = Literal["granted", "floor", "fallback"]
 RefusalKind = Literal["priced_out", "budget_exhausted", "unavailable"]
 
+#: Message of a refusal for an empty budget.
+_SPENT = "the token budget of this period is spent; retry after it"
 
-@dataclass
+
+@dataclass(eq=False)
 class Grant:
     """A request that may be forwarded.
 
@@ -42,6 +57,8 @@ class Grant:
         Predicted threshold (before the prior's correction), tokens.
     holds : list of (Ledger, Reservation)
         The reservations to settle (the gateway's, and the tenant's where it has a budget).
+    settled : bool
+        Settled already (settling again charges nothing).
     """
 
     allowance: int
@@ -78,13 +95,15 @@ class Decider:
     ----------
     pricer : OnlinePricer
     ledger : Ledger
-        The gateway's budget (``total`` per period).
+        The shared budget (``total`` per period).
+    floor_ledger : Ledger, optional
+        Tokens kept each period for requests with a floor (see the module docstring).
     tenant_ledgers : dict of str to Ledger, optional
         Budgets of tenants that have their own.
     fallback_tokens : int
         Allowance given instead of refusing a priced-out request (0: refuse).
-    ttl : float, optional
-        Reservation lifetime in seconds (shared state; None: never lapses).
+    ttl : float
+        Reservation lifetime in seconds without renewal (> 0).
     fail_open : Ledger, optional
         In-process ledger used while ``ledger`` raises :class:`LedgerError`.
     tick : float
@@ -98,38 +117,51 @@ class Decider:
         pricer: OnlinePricer,
         ledger: Ledger,
         *,
+        floor_ledger: Ledger | None = None,
         tenant_ledgers: dict[str, Ledger] | None = None,
         fallback_tokens: int = 0,
-        ttl: float | None = None,
+        ttl: float = 120.0,
         fail_open: Ledger | None = None,
         tick: float = 0.25,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.tick = float(tick)
+        if not ttl > 0:
+            raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
         self.pricer = pricer
         self.ledger = ledger
+        self.floor_ledger = floor_ledger
         self.tenant_ledgers = dict(tenant_ledgers or {})
         self.fallback_tokens = int(fallback_tokens)
-        self.ttl = ttl
+        self.ttl = float(ttl)
         self.fail_open = fail_open
+        self.tick = float(tick)
         self.clock = clock
         self.store_ok = True
+        #: Totals of the shared budget (and of the floor share) at the latest refresh.
+        self.state: LedgerState | None = None
+        self.floor_state: LedgerState | None = None
+        # Open grants and the task of the request that holds each (see renew()).
+        self._open: dict[Grant, asyncio.Task[object] | None] = {}
         # This replica's consumption in the current period, for its traffic share.
         self._local_period = -1
         self._local_open = 0
         self._local_spent = 0
         self.share = 1.0
 
-    def _retry_after(self, kind: RefusalKind) -> int:
-        period = self.pricer.period
-        left = period - (self.clock() % period)
-        if kind == "budget_exhausted":
-            return max(1, math.ceil(left))
-        return max(1, math.ceil(min(left, 4 * self.tick)))
+    @property
+    def ledgers(self) -> list[Ledger]:
+        """Every ledger the decider reserves in (each once)."""
+        found = [self.ledger, self.floor_ledger, *self.tenant_ledgers.values()]
+        return list({id(x): x for x in found if x is not None}.values())
 
     def refuse(self, kind: RefusalKind, message: str) -> Refusal:
-        return Refusal(kind, message, self.pricer.price, self._retry_after(kind))
+        """A refusal at the current price, with the wait a client should observe."""
+        period = self.pricer.period
+        left = period - (self.clock() % period)
+        wait = left if kind == "budget_exhausted" else min(left, 4 * self.tick)
+        return Refusal(kind, message, self.pricer.price, max(1, math.ceil(wait)))
 
+    # -- one request --------------------------------------------------------------------------
     async def decide(
         self, tau_hat: float, cap: int, *, floor: int = 0, tenant: str | None = None
     ) -> Grant | Refusal:
@@ -146,16 +178,13 @@ class Decider:
         tenant : str, optional
             Tenant name (its own budget is reserved too when it has one).
         """
-        now = self.clock()
-        self.pricer.observe(now, tau_hat, cap)
+        self.pricer.observe(self.clock(), tau_hat, cap)
         q = self.pricer.quote(tau_hat, cap, floor)
         status: GrantStatus = "floor" if q.status == "floor" else "granted"
         allowance, least = q.allowance, q.least
         if q.status == "priced_out":
             if q.price >= self.pricer.shape.price_ceiling:  # the update saw nothing left
-                return self.refuse(
-                    "budget_exhausted", "the token budget of this period is spent; retry after it"
-                )
+                return self.refuse("budget_exhausted", _SPENT)
             if self.fallback_tokens <= 0:
                 return self.refuse(
                     "priced_out",
@@ -165,49 +194,59 @@ class Decider:
                 )
             allowance = least = min(self.fallback_tokens, cap)
             status = "fallback"
-        holds = await self._reserve(allowance, least, tenant)
+        holds = await self._reserve(allowance, least, floor > 0, tenant)
         if isinstance(holds, Refusal):
             return holds
-        granted = min(r.tokens for _, r in holds)
-        return Grant(granted, q.price, status, tau_hat, holds)
+        grant = Grant(min(r.tokens for _, r in holds), q.price, status, tau_hat, holds)
+        self._open[grant] = asyncio.current_task()
+        return grant
 
     async def _reserve(
-        self, allowance: int, least: int, tenant: str | None
+        self, allowance: int, least: int, has_floor: bool, tenant: str | None
     ) -> list[tuple[Ledger, Reservation]] | Refusal:
+        """Reserve in the tenant's budget (if it has one), then in the floor share (floor
+        requests) or the shared budget; all or nothing."""
         holds: list[tuple[Ledger, Reservation]] = []
         own = self.tenant_ledgers.get(tenant) if tenant is not None else None
         if own is not None:
-            res = await self._hold(own, allowance, least)
-            if isinstance(res, Refusal) or res is None:
-                return res or self.refuse(
+            got = await self._hold(own, allowance, least)
+            if not isinstance(got, tuple):
+                return got or self.refuse(
                     "budget_exhausted", f"tenant {tenant!r} has spent its budget for this period"
                 )
-            holds.append((own, res))
-            allowance, least = res.tokens, min(least, res.tokens)
-        res = await self._hold(self.ledger, allowance, least)
-        if isinstance(res, Refusal) or res is None:
+            holds.append(got)
+            allowance, least = got[1].tokens, min(least, got[1].tokens)
+        pools = [self.ledger]
+        if has_floor and self.floor_ledger is not None:
+            pools.insert(0, self.floor_ledger)
+        for pool in pools:  # a floor share that is spent (or away) leaves the shared budget
+            got = await self._hold(pool, allowance, least)
+            if isinstance(got, tuple):
+                break
+        if not isinstance(got, tuple):
             for led, r in holds:
                 await self._quiet_release(led, r)
-            return res or self.refuse(
-                "budget_exhausted", "the token budget of this period is spent; retry after it"
-            )
-        self._count_open(res.period, res.tokens)
-        holds.append((self._ledger_of(res), res))
+            return got or self.refuse("budget_exhausted", _SPENT)
+        if got[0] is not self.floor_ledger:
+            self._count(got[1].period, opened=got[1].tokens)
+        holds.append(got)
         return holds
 
-    def _ledger_of(self, res: Reservation) -> Ledger:
-        return self.fail_open if res.tag == "fail-open" and self.fail_open else self.ledger
-
-    async def _hold(self, ledger: Ledger, tokens: int, least: int) -> Reservation | Refusal | None:
+    async def _hold(
+        self, ledger: Ledger, tokens: int, least: int
+    ) -> tuple[Ledger, Reservation] | Refusal | None:
+        """One reservation; the fail-open ledger stands in for an unreachable shared one."""
         try:
             res = await ledger.reserve(tokens, min_tokens=least, ttl=self.ttl)
-            self.store_ok = True
-            return res
         except LedgerError as exc:
             self.store_ok = False
             if self.fail_open is None or ledger is not self.ledger:
                 return self.refuse("unavailable", f"budget ledger unavailable: {exc}")
-            return await self.fail_open.reserve(tokens, min_tokens=least, tag="fail-open")
+            ledger = self.fail_open
+            res = await ledger.reserve(tokens, min_tokens=least, ttl=self.ttl)
+        else:
+            self.store_ok = True
+        return None if res is None else (ledger, res)
 
     async def _quiet_release(self, ledger: Ledger, res: Reservation) -> None:
         try:
@@ -215,10 +254,13 @@ class Decider:
         except LedgerError:
             pass  # the reservation lapses after its TTL
 
-    def _count_open(self, period: int, tokens: int) -> None:
-        if period != self._local_period:
+    def _count(self, period: int, *, opened: int = 0, closed: int = 0, used: int = 0) -> None:
+        """This replica's open and settled tokens in the current period (its share)."""
+        if period > self._local_period:
             self._local_period, self._local_open, self._local_spent = period, 0, 0
-        self._local_open += tokens
+        if period == self._local_period:
+            self._local_open += opened - closed
+            self._local_spent += used
 
     async def settle(self, grant: Grant, used: int, finish_reason: str = "stop") -> int:
         """Charge ``used`` tokens to every reservation of ``grant`` (once) and teach the prior.
@@ -228,29 +270,38 @@ class Decider:
         if grant.settled:
             return 0
         grant.settled = True
+        self._open.pop(grant, None)
         used = max(0, int(used))
         for ledger, res in grant.holds:
             try:
                 await ledger.settle(res, used)
             except LedgerError:
                 self.store_ok = False
-            if res.period == self._local_period and ledger is self.ledger:
-                self._local_open -= res.tokens
-                self._local_spent += used
+            if ledger is self.ledger or ledger is self.fail_open:
+                self._count(res.period, closed=res.tokens, used=used)
         self.pricer.learn(grant.tau_hat, grant.allowance, used, finish_reason)
         return used
 
-    async def extend(self, grant: Grant) -> None:
-        """Renew the grant's reservations (long requests on a shared ledger)."""
-        if self.ttl is None:
-            return
-        for ledger, res in grant.holds:
-            renew = getattr(ledger, "extend", None)
-            if renew is not None:
+    # -- background work ------------------------------------------------------------------------
+    async def renew(self) -> int:
+        """Extend the reservations of grants whose request is still running (see the module
+        docstring); forget the others, whose reservations lapse. Returns the grants renewed."""
+        running = []
+        for grant, task in list(self._open.items()):
+            if task is not None and task.done():
+                del self._open[grant]  # ended without settling: let its reservation lapse
+                for ledger, res in grant.holds:
+                    if ledger is self.ledger or ledger is self.fail_open:
+                        self._count(res.period, closed=res.tokens)
+            else:
+                running.append(grant)
+        for grant in running:
+            for ledger, res in grant.holds:
                 try:
-                    await renew(res, self.ttl)
+                    await ledger.extend(res, self.ttl)
                 except LedgerError:
                     self.store_ok = False
+        return len(running)
 
     async def refresh(self) -> float:
         """One price update from the ledger's totals (all replicas); returns the price.
@@ -260,12 +311,15 @@ class Decider:
         """
         try:
             state = await self.ledger.state()
+            if self.floor_ledger is not None:
+                self.floor_state = await self.floor_ledger.state()
             self.store_ok = True
         except LedgerError:
             self.store_ok = False
             if self.fail_open is None:
                 return self.pricer.price
             state = await self.fail_open.state()
+        self.state = state
         if state.period == self._local_period:
             mine = self._local_open + self._local_spent
             total = state.spent + state.reserved

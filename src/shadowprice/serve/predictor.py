@@ -61,6 +61,11 @@ class TextPredictor:
             self._fast = None
         self._model = model
 
+    @property
+    def compiled(self) -> bool:
+        """Whether predictions take the compiled single-text path."""
+        return self._fast is not None
+
     def tau(self, text: str) -> float:
         """Predicted median threshold of ``text`` in tokens (at least 1)."""
         text = text or " "

@@ -7,15 +7,21 @@
   allowance where it is missing or implausible: never under-count).
 - :class:`StreamMeter`: parses a server-sent-event stream as it passes through, counts content
   chunks where usage is missing, drops the usage chunk the client did not ask for.
+- :class:`MeteredStream`: the ASGI response that relays an upstream stream through a meter and,
+  however the stream ends, closes the upstream response and reports what was generated once.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["StreamMeter", "completion_tokens", "prompt_text", "upstream_body"]
+import anyio
+from starlette.types import Receive, Scope, Send
+
+__all__ = ["MeteredStream", "StreamMeter", "completion_tokens", "prompt_text", "upstream_body"]
 
 
 def prompt_text(body: dict[str, Any]) -> str:
@@ -182,3 +188,89 @@ class StreamMeter:
         if c.get("finish_reason"):
             self.finish_reason = str(c["finish_reason"])
         return True
+
+
+#: Called once when a relayed stream ends: (tokens, finish reason, fault or None).
+StreamEnd = Callable[[int, str, "str | None"], Awaitable[None]]
+
+
+class MeteredStream:
+    """ASGI response relaying an upstream event stream through a :class:`StreamMeter`.
+
+    Whatever ends the stream (its end, an upstream fault, the client going away), ``on_end``
+    is called exactly once with the tokens generated, the finish reason (``disconnect`` when
+    the client left) and the fault, if any; it closes the upstream response (on a fault or a
+    disconnect, its connection: the upstream stops generating). A fault is also sent to the
+    client as a last error event.
+
+    Parameters
+    ----------
+    chunks : async iterator of bytes
+        The upstream's body as it arrives (status 200); any exception it raises is a fault.
+    headers : dict of str to str
+        Headers to add to the client's response.
+    meter : StreamMeter
+    on_end : callable
+        ``await on_end(tokens, finish_reason, fault)``, shielded from cancellation.
+    """
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[bytes],
+        headers: dict[str, str],
+        meter: StreamMeter,
+        on_end: StreamEnd,
+    ) -> None:
+        self.chunks, self.meter, self.on_end = chunks, meter, on_end
+        self.headers = [(k.encode(), v.encode()) for k, v in headers.items()] + [
+            (b"content-type", b"text/event-stream"),
+            (b"cache-control", b"no-cache"),
+        ]
+        self.fault: str | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gone = False
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+            async with anyio.create_task_group() as tg:
+
+                async def watch() -> None:
+                    nonlocal gone
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    gone = True
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(watch)
+                await self._pump(send)
+                tg.cancel_scope.cancel()
+        except OSError:  # the client went away while we were sending
+            gone = True
+        finally:
+            with anyio.CancelScope(shield=True):
+                finish = "disconnect" if gone else self.meter.finish_reason
+                await self.on_end(self.meter.tokens, finish, self.fault)
+
+    async def _pump(self, send: Send) -> None:
+        tail = b""
+        chunks = aiter(self.chunks)
+        while True:
+            try:
+                raw = await anext(chunks)
+            except StopAsyncIteration:
+                tail = self.meter.flush()
+                if not self.meter.done:
+                    self.fault = "upstream stream ended before [DONE]"
+                break
+            except Exception as exc:  # the upstream's side failed (errors sending go up)
+                self.fault = f"upstream stream failed: {type(exc).__name__}"
+                break
+            out = self.meter.feed(raw)
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+        if self.fault:
+            err = {
+                "error": {"message": self.fault, "type": "upstream_error", "code": "upstream_error"}
+            }
+            tail += b"data: " + json.dumps(err).encode() + b"\n\n"
+        await send({"type": "http.response.body", "body": tail, "more_body": False})

@@ -10,8 +10,7 @@ import socket
 from types import FrameType
 
 import uvicorn
-
-from .app import Gateway
+from starlette.types import ASGIApp
 
 __all__ = ["bind", "serve"]
 
@@ -31,8 +30,9 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(gateway: Gateway, sock: socket.socket, *, log_level: str = "warning") -> None:
-    """Serve ``gateway.app`` on ``sock`` until SIGINT/SIGTERM; announce the address first."""
+def serve(app: ASGIApp, sock: socket.socket, *, log_level: str = "warning") -> None:
+    """Serve ``app`` (a gateway's, or a test server's) on ``sock`` until SIGINT/SIGTERM;
+    announce the address first."""
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"listening on http://{shown}:{port}", flush=True)
@@ -43,7 +43,7 @@ def serve(gateway: Gateway, sock: socket.socket, *, log_level: str = "warning") 
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
         loop = "asyncio"
     config = uvicorn.Config(
-        gateway.app,
+        app,
         loop=loop,
         http="httptools",
         log_level=log_level,

@@ -14,7 +14,7 @@ import itertools
 import time
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 
 from ..engine.client import normalize_base_url
 
@@ -91,18 +91,19 @@ class UpstreamPool:
     def healthy(self) -> int:
         return sum(u.healthy for u in self.upstreams)
 
-    async def check(self, client: httpx.AsyncClient, timeout: float = 2.0) -> None:
+    async def check(self, client: aiohttp.ClientSession, timeout: float = 2.0) -> None:
         """Probe every upstream once, concurrently; update health."""
         await asyncio.gather(*(self._probe(client, u, timeout) for u in self.upstreams))
 
-    async def _probe(self, client: httpx.AsyncClient, up: Upstream, timeout: float) -> None:
+    async def _probe(self, client: aiohttp.ClientSession, up: Upstream, timeout: float) -> None:
         root = up.url.removesuffix("/v1")
+        limit = aiohttp.ClientTimeout(total=timeout)
         for path in (f"{root}/health", f"{up.url}/models"):
             try:
-                r = await client.get(path, timeout=timeout)
-            except httpx.HTTPError:
+                async with client.get(path, timeout=limit) as r:
+                    if r.status == 200:
+                        self.ok(up)
+                        return
+            except (aiohttp.ClientError, TimeoutError):
                 continue
-            if r.status_code == 200:
-                self.ok(up)
-                return
         self.failed(up)
