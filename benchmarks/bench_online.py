@@ -4,7 +4,7 @@
         [--sources synthetic,real] [--mixes steady,bursty,drifting] [--out docs/figures/online.png]
 
 Prints one JSON line per (source, mix, policy) with the summary of
-:func:`shadowprice.online.simulate.simulate` and writes the price / spend / accuracy figure.
+:func:`shadowprice.evaluate.traffic.simulate` and writes the price / spend / accuracy figure.
 Budget: 300 tokens per request on average (25 requests/s, 60 s periods), a scarce regime.
 """
 
@@ -15,7 +15,7 @@ import json
 import platform
 import time
 
-from shadowprice.online.simulate import MIXES, make_traffic, plot_simulation, simulate
+from shadowprice.evaluate.traffic import MIXES, make_traffic, plot_simulation, simulate
 
 
 def main() -> None:

@@ -20,8 +20,6 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "shadowprice"
 
@@ -239,9 +237,6 @@ LAYERS: dict[str, float] = {
     "evaluate": 7,
     "cli": 8,
 }
-# Edges still on main that break the layers (strict below): online's traffic simulator draws
-# its synthetic pools from evaluate.streams.
-PENDING_LAYER_EDGES = {("online", "evaluate")}
 
 
 def layer_violations(graph: Graph) -> set[tuple[str, str]]:
@@ -253,11 +248,5 @@ def layer_violations(graph: Graph) -> set[tuple[str, str]]:
 
 
 def test_imports_follow_the_layers() -> None:
-    bad = layer_violations(subpackage_graph(module_graph(SRC))) - PENDING_LAYER_EDGES
+    bad = layer_violations(subpackage_graph(module_graph(SRC)))
     assert not bad, f"imports against the layers of docs/architecture.md: {sorted(bad)}"
-
-
-@pytest.mark.xfail(strict=True, reason="pending: online.simulate imports evaluate.streams")
-def test_no_layer_exception_is_left() -> None:
-    left = layer_violations(subpackage_graph(module_graph(SRC))) & PENDING_LAYER_EDGES
-    assert not left, f"still against the layers: {sorted(left)}"

@@ -16,7 +16,7 @@ from shadowprice.online import (
     SurgeShape,
 )
 from shadowprice.online.shape import shape_terms
-from shadowprice.online.simulate import make_traffic, plot_simulation, simulate
+from shadowprice.evaluate.traffic import make_traffic, plot_simulation, simulate
 
 
 def test_terms_match_the_surge_closed_form_before_anything_is_learned() -> None:

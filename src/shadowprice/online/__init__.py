@@ -11,8 +11,9 @@ same functions.
 - :class:`DualAscentPricer`: the alternative, dual ascent on the spend rate.
 - :class:`PopulationPrior`: usage ratio and predictor scale learned from finished requests.
 - :mod:`.shape`: the population's curve shape (:class:`SurgeShape`, :class:`GammaShape`).
-- :mod:`.simulate`: trace-driven traffic (Poisson, bursty, drifting) against hindsight batch
-  CLEAR.
+
+The trace-driven traffic simulator (Poisson, bursty, drifting mixes against hindsight batch
+CLEAR) is an evaluation tool: :mod:`shadowprice.evaluate.traffic`.
 """
 
 from .arrivals import ArrivalForecast

@@ -43,9 +43,9 @@ from numpy.typing import NDArray
 
 from ..allocate import allocate
 from ..ledger import MemoryLedger
-from .pricer import DualAscentPricer, OnlinePricer
-from .prior import PopulationPrior
-from .shape import Shape, SurgeShape, shape_terms
+from ..online.pricer import DualAscentPricer, OnlinePricer
+from ..online.prior import PopulationPrior
+from ..online.shape import Shape, SurgeShape, shape_terms
 
 __all__ = [
     "MIXES",
@@ -191,7 +191,7 @@ def make_traffic(
 
 
 def _synthetic(pool: IntArray, noise: float, rng: np.random.Generator) -> tuple[Any, Any, Any]:
-    from ..evaluate.streams import MAX_SAMPLE_TOKENS, POOL_ORDER, POOLS
+    from .streams import MAX_SAMPLE_TOKENS, POOL_ORDER, POOLS
 
     n = pool.size
     tau, beta, p = np.empty(n), np.empty(n), np.empty(n)
