@@ -17,10 +17,18 @@ The fit is a censored maximum likelihood on a grid of (theta, log kappa) with we
 priors centred on "no correction", and a correction is only adopted when it is significantly
 better than the one in use (likelihood-ratio test): curves fitted to the same model are left
 alone, while lengths several times off are caught after a handful of observations.
+
+Requests that end early are short ones, so the requests that have ended by some time are a
+sample biased toward short lengths (and so is any set cut off by what is still running). The
+fit therefore uses fixed cohorts: the first k queries started, each by the outcome of its
+*first* request, once every one of those k first requests has ended, for k = 8, 16, 32, ...
+Which queries are in a cohort does not depend on their lengths, and waiting for all of them
+conditions on nothing, so each cohort is an unbiased (censored) sample.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,17 +40,20 @@ __all__ = ["LengthCalibrator", "LengthShift", "median_lengths", "shift_tables"]
 
 FloatArray = NDArray[np.float64]
 
-#: Grid of the fit: log scale theta and log spread log(kappa).
-THETAS = np.round(np.arange(-3.0, 3.0 + 1e-9, 0.1), 10)
-LOG_KAPPAS = np.round(np.arange(-0.7, 0.7 + 1e-9, 0.1), 10)
-#: Likelihood-ratio statistic a correction must exceed (chi-square, 2 df, 1 %).
-LR_THRESHOLD = 9.21
+#: Coarse grid of the fit (log scale theta, log spread log kappa), refined around its best
+#: point to steps of 0.1.
+THETAS = np.round(np.arange(-3.0, 3.0 + 1e-9, 0.3), 10)
+LOG_KAPPAS = np.round(np.arange(-0.6, 0.6 + 1e-9, 0.2), 10)
+_FINE = 0.1
+#: Likelihood-ratio statistic a correction must exceed (chi-square, 2 df, 0.1 %: it is
+#: tested at every cohort, so each test must rarely fire by chance).
+LR_THRESHOLD = 13.8
 #: Half-width (in log tokens) of the bin a finished length is scored in.
 _BIN = 0.05
 #: Floor of every probability in the likelihood (robust to a few wild observations).
 _FLOOR = 1e-4
 #: Observations used in one fit (a deterministic subsample beyond this).
-_MAX_OBS = 1024
+_MAX_OBS = 512
 
 
 @dataclass(frozen=True)
@@ -113,33 +124,49 @@ def _base_budget(
 _SUBSTEPS = 4
 
 
-def shift_tables(base: CurveTables, medians: FloatArray, shift: LengthShift) -> CurveTables:
-    """The tables under a length correction: value and survival read at the equivalent
-    budget, spend re-integrated from survival (trapezoid on a refined grid)."""
+def shift_tables(
+    base: CurveTables, medians: FloatArray, shift: LengthShift, max_tokens: int | None = None
+) -> CurveTables:
+    """The tables under a length correction, on the base grid scaled by e^theta (so the
+    grid keeps covering the lengths wherever they moved).
+
+    A pure scale change is exact: value and survival at b e^theta are the base's at b, spend
+    is e^theta times the base's. With a spread change, value and survival are read at the
+    equivalent budget and spend is re-integrated from survival (trapezoid, refined grid).
+    """
     if shift.identity:
         return base
-    g = base.grid.astype(float)
+    scale = shift.scale
+    g = np.unique(np.round(base.grid * scale)).astype(np.int64)
+    if max_tokens is not None:
+        g = np.unique(np.minimum(g, int(max_tokens)))
+    if shift.log_spread == 0.0 and g.size == base.grid.size:
+        return CurveTables(g, base.value, base.spend * scale, base.survival)
+    gb = base.grid.astype(float)
+    gf = g.astype(float)
     n = base.n
     rows = np.arange(n)
     log_m = np.log(np.maximum(medians, 1.0))[:, None]
     theta, kappa = shift.log_scale, shift.spread
-    phi = _base_budget(np.broadcast_to(g, (n, g.size)), log_m, theta, kappa)
-    phi[:, 0] = 0.0
-    value = _interp_rows(base.value, g, rows, phi)
-    surv = _interp_rows(base.survival, g, rows, phi)
+
+    def read(table: FloatArray, budgets: FloatArray) -> FloatArray:
+        phi = _base_budget(np.broadcast_to(budgets, (n, budgets.size)), log_m, theta, kappa)
+        phi[:, 0] = 0.0
+        return _interp_rows(table, gb, rows, phi)
+
+    value = read(base.value, gf)
+    surv = read(base.survival, gf)
     surv[:, 0] = 1.0
     # Integrate survival over a finer grid so that spend stays accurate between grid points.
     t = np.linspace(0.0, 1.0, _SUBSTEPS + 1)[:-1]
-    fine = np.concatenate([(g[:-1, None] + t[None, :] * np.diff(g)[:, None]).ravel(), g[-1:]])
-    phi_f = _base_budget(np.broadcast_to(fine, (n, fine.size)), log_m, theta, kappa)
-    phi_f[:, 0] = 0.0
-    surv_f = _interp_rows(base.survival, g, rows, phi_f)
+    fine = np.concatenate([(gf[:-1, None] + t[None, :] * np.diff(gf)[:, None]).ravel(), gf[-1:]])
+    surv_f = read(base.survival, fine)
     surv_f[:, 0] = 1.0
     area = 0.5 * (surv_f[:, 1:] + surv_f[:, :-1]) * np.diff(fine)
     spend_f = np.concatenate([np.zeros((n, 1)), np.cumsum(area, axis=1)], axis=1)
     spend = spend_f[:, ::_SUBSTEPS]
     return CurveTables(
-        base.grid,
+        g,
         np.maximum.accumulate(value, axis=1),
         np.maximum.accumulate(spend, axis=1),
         np.minimum.accumulate(np.clip(surv, 0.0, 1.0), axis=1),
@@ -153,6 +180,10 @@ class LengthCalibrator:
     ----------
     base : CurveTables
         The curves as predicted (their survival is the length law L0).
+    survival : callable, optional
+        ``survival(rows, budgets)``: the exact P(L0 > b) of queries ``rows`` (R,) at budgets
+        (R, C), e.g. from the curves themselves; default: interpolated in ``base``, which on
+        a coarse grid widens narrow length laws and so biases the spread.
     prior_scale_sd : float
         Standard deviation of theta's normal prior (log units; 1.5 ~ a factor 4.5).
     prior_spread_sd : float
@@ -166,6 +197,7 @@ class LengthCalibrator:
     def __init__(
         self,
         base: CurveTables,
+        survival: Callable[[NDArray[np.intp], FloatArray], FloatArray] | None = None,
         *,
         prior_scale_sd: float = 1.5,
         prior_spread_sd: float = 0.5,
@@ -173,34 +205,57 @@ class LengthCalibrator:
         last: int = 4096,
     ) -> None:
         self.base = base
+        self.survival = survival
         self.log_m = np.log(np.maximum(median_lengths(base), 1.0))
         self.prior_scale_sd = float(prior_scale_sd)
         self.prior_spread_sd = float(prior_spread_sd)
         self.tokens = np.zeros(base.n)
         self.finished = np.zeros(base.n, dtype=bool)
         self.seen = np.zeros(base.n, dtype=bool)
-        self.count = 0
+        self.closed = np.zeros(base.n, dtype=bool)
+        self.cohort: list[int] = []  # queries in the order they started
+        self.ready = 0  # the first `ready` started queries have all ended
+        self.first = int(first)
         self.next_fit = int(first)
         self.last = int(last)
         self.current = LengthShift()
 
-    def observe(self, query: int, tokens: int, finished: bool) -> None:
-        """A request of ``query`` ended with ``tokens`` generated in all (finished, or stopped
-        on its cap: then the length exceeds ``tokens``). Later observations of the same
-        query replace earlier ones."""
-        if not self.seen[query]:
-            self.seen[query] = True
-            self.count += 1
+    def started(self, query: int) -> None:
+        """``query``'s first request was sent."""
+        self.cohort.append(int(query))
+
+    def ended(self, query: int, tokens: int, finished: bool) -> None:
+        """``query``'s first request ended after ``tokens`` tokens: it finished (the length is
+        ``tokens``) or stopped on its cap (the length exceeds ``tokens``)."""
         self.tokens[query] = tokens
         self.finished[query] = finished
+        self.seen[query] = True
+        self._end(query)
+
+    def drop(self, query: int) -> None:
+        """``query`` was given up without an outcome (its requests failed)."""
+        self._end(query)
+
+    def _end(self, query: int) -> None:
+        self.closed[query] = True
+        while self.ready < len(self.cohort) and self.closed[self.cohort[self.ready]]:
+            self.ready += 1
+
+    @property
+    def count(self) -> int:
+        """Size of the largest complete cohort."""
+        return self.ready
 
     def due(self) -> bool:
-        """True when enough new observations arrived for another fit."""
-        return self.count >= self.next_fit and self.count <= self.last
+        """True when a cohort twice the last one fitted is complete."""
+        return self.next_fit <= self.ready <= self.last
 
-    def loglik(self, thetas: FloatArray, kappas: FloatArray) -> FloatArray:
-        """Log-likelihood of the observations under each (theta, kappa) pair, shape (C,)."""
-        q = np.flatnonzero(self.seen)
+    def loglik(
+        self, thetas: FloatArray, kappas: FloatArray, rows: NDArray[np.intp] | None = None
+    ) -> FloatArray:
+        """Log-likelihood of the observations of ``rows`` (default: all observed queries)
+        under each (theta, kappa) pair, shape (C,)."""
+        q = np.flatnonzero(self.seen) if rows is None else np.asarray(rows)
         if q.size > _MAX_OBS:
             q = q[np.linspace(0, q.size - 1, _MAX_OBS).astype(np.int64)]
         g = self.base.grid.astype(float)
@@ -209,7 +264,10 @@ class LengthCalibrator:
         th, ka = thetas[None, :], kappas[None, :]
 
         def surv_at(x: FloatArray) -> FloatArray:
-            return _interp_rows(self.base.survival, g, q, _base_budget(x, lm, th, ka))
+            b = _base_budget(x, lm, th, ka)
+            if self.survival is not None:
+                return self.survival(q, b)
+            return _interp_rows(self.base.survival, g, q, b)
 
         fin = self.finished[q][:, None]
         hi = surv_at(t * np.exp(_BIN))
@@ -217,20 +275,37 @@ class LengthCalibrator:
         p = np.where(fin, lo - hi, surv_at(t))
         return np.log(np.maximum(p, 0.0) + _FLOOR).sum(axis=0)
 
-    def fit(self) -> LengthShift | None:
-        """Fit a shift to the observations; return it if it beats the current one by the
-        likelihood-ratio test (else None). Schedules the next fit."""
-        self.next_fit = max(2 * self.count, self.next_fit + 1)
-        grid_th, grid_lk = np.meshgrid(THETAS, LOG_KAPPAS, indexing="ij")
-        th, lk = grid_th.ravel(), grid_lk.ravel()
-        ll = self.loglik(th, np.exp(lk))
+    def _search(
+        self, thetas: FloatArray, log_kappas: FloatArray, rows: NDArray[np.intp]
+    ) -> tuple[float, float, float]:
+        """Best (theta, log kappa, log-likelihood) by posterior over a product grid."""
+        g_th, g_lk = np.meshgrid(thetas, log_kappas, indexing="ij")
+        th, lk = g_th.ravel(), g_lk.ravel()
+        ll = self.loglik(th, np.exp(lk), rows)
         prior = -0.5 * (th / self.prior_scale_sd) ** 2 - 0.5 * (lk / self.prior_spread_sd) ** 2
         best = int(np.argmax(ll + prior))
+        return float(th[best]), float(lk[best]), float(ll[best])
+
+    def fit(self) -> LengthShift | None:
+        """Fit a shift to the complete cohort; return it if it beats the current one by the
+        likelihood-ratio test (else None). Schedules the next fit."""
+        members = np.asarray(self.cohort[: self.ready], dtype=np.int64)
+        q = members[self.seen[members]]
+        self.next_fit = max(2 * self.ready, self.next_fit + 1)
+        if q.size < self.first:
+            return None
+        th, lk, _ = self._search(THETAS, LOG_KAPPAS, q)
+        step = np.arange(-3, 4) * _FINE
+        th, lk, ll = self._search(
+            np.clip(th + step, THETAS[0], THETAS[-1]),
+            np.clip(lk + step[1:-1], LOG_KAPPAS[0], LOG_KAPPAS[-1]),
+            q,
+        )
         cur = self.current
         ll_cur = float(
-            self.loglik(np.array([cur.log_scale]), np.array([np.exp(cur.log_spread)]))[0]
+            self.loglik(np.array([cur.log_scale]), np.array([np.exp(cur.log_spread)]), q)[0]
         )
-        if 2.0 * (float(ll[best]) - ll_cur) <= LR_THRESHOLD:
+        if 2.0 * (ll - ll_cur) <= LR_THRESHOLD:
             return None
-        self.current = LengthShift(float(th[best]), float(lk[best]))
+        self.current = LengthShift(round(th, 10), round(lk, 10))
         return self.current

@@ -9,8 +9,8 @@ the slope of the first segment left out. Removing a query (it has started, or gi
 its segments' costs.
 
 Costs live in blocks of about sqrt(M) segments with a running sum per block, so a clear is
-one cumulative sum over the block sums plus one over a single block, and a removal touches
-only that query's segments: both are a few vectorised calls, independent of N.
+one cumulative sum over the block sums plus one within a single block, and a removal touches
+only that query's segments: both are a few vectorised calls on O(sqrt M) numbers.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ class SegmentMarket:
         padded[:m] = self.cost_sorted
         self.block_sum = padded.reshape(nb, self.block).sum(axis=1)
         self.in_market = np.ones(envelope.n, dtype=bool)
+        self._cache: tuple[float, int] | None = None  # (budget, cutoff) since the last removal
 
     @property
     def size(self) -> int:
@@ -58,6 +59,7 @@ class SegmentMarket:
         if not self.in_market[query]:
             return
         self.in_market[query] = False
+        self._cache = None
         pos = self.rank[self.envelope.row(query)]
         if pos.size == 0:
             return
@@ -74,6 +76,14 @@ class SegmentMarket:
             return 0
         # Removed segments cost nothing, so a budget of 0 still passes them.
         budget = max(float(budget), 0.0)
+        if self._cache is not None and self._cache[0] == budget:
+            return self._cache[1]
+        p = self._search(budget)
+        self._cache = (budget, p)
+        return p
+
+    def _search(self, budget: float) -> int:
+        m = self.size
         csum = np.cumsum(self.block_sum)
         j = int(np.searchsorted(csum, budget, side="right"))
         if j >= csum.size:

@@ -38,7 +38,7 @@ from numpy.typing import NDArray
 
 from ..curves.base import UtilityCurve
 from ..solve.envelope import concave_envelope
-from .base import Action
+from .base import Action, ActionKind
 from .calibrate import LengthCalibrator, LengthShift, _interp_rows, shift_tables
 from .market import SegmentMarket
 from .tables import live_grid, tabulate
@@ -120,9 +120,14 @@ class ClearLive:
         self.outstanding = 0.0
         self._running = 0
         self.retry: deque[int] = deque()
-        self.calibrator = (
-            LengthCalibrator(self.base) if self.config.calibrate and curves.has_spend else None
-        )
+        self.resume: deque[int] = deque()  # stopped queries to continue (after recalibrating)
+        self.calibrator = None
+        if self.config.calibrate and curves.has_spend:
+
+            def survival(rows: NDArray[np.intp], b: NDArray[np.float64]) -> NDArray[np.float64]:
+                return curves[rows].survival(b)
+
+            self.calibrator = LengthCalibrator(self.base, survival)
         self.shift = LengthShift()
         self.rebuilds = 0
         self._build_market()
@@ -167,6 +172,12 @@ class ClearLive:
             return None
         if self.retry:
             return self._next_retry(available)
+        while self.resume:
+            i = self.resume.popleft()
+            if self.state[i] == STOPPED:
+                b = self._best_within(i, int(self.used[i]), available, self.price)
+                if b:
+                    return self._launch(i, b, "extend")
         while self.head < self.order.size and self.state[self.order[self.head]] != PENDING:
             self.head += 1
         if self.head >= self.order.size:
@@ -199,21 +210,25 @@ class ClearLive:
         self.retry.popleft()
         return self._launch(i, int(self.cap[i]), "retry", need)
 
-    def _launch(self, i: int, cap: int, kind: str, tokens: int | None = None) -> Action:
+    def _launch(self, i: int, cap: int, kind: ActionKind, tokens: int | None = None) -> Action:
         if self.state[i] == PENDING:
             self.market.remove(int(self.row_of[i]))
         a = int(self.used[i])
-        _, s_cap, _ = self.tables.at(i, cap)
-        _, s_a, u_a = self.tables.at(i, a)
-        exp = s_cap if a == 0 else (s_cap - s_a) / max(u_a, _MIN_SURVIVAL)
+        if a == 0:
+            exp = self.tables.at(i, cap)[1]
+        else:
+            _, s_cap, _ = self.tables.at(i, cap)
+            _, s_a, u_a = self.tables.at(i, a)
+            exp = (s_cap - s_a) / max(u_a, _MIN_SURVIVAL)
         self.expected[i] = min(exp, cap - a)
         self.outstanding += self.expected[i]
+        if self.requests[i] == 0 and self.calibrator is not None:
+            self.calibrator.started(i)
         self.state[i] = RUNNING
         self.cap[i] = cap
         self.requests[i] += 1
         self._running += 1
-        kinds = {"start": "start", "extend": "extend", "retry": "retry"}
-        return Action(i, cap, cap - a if tokens is None else tokens, kinds[kind])  # type: ignore[arg-type]
+        return Action(i, cap, cap - a if tokens is None else tokens, kind)
 
     def _abandon(self, i: int) -> None:
         if self.state[i] == PENDING:
@@ -241,7 +256,8 @@ class ClearLive:
         g = self.tables.grid
         cols = np.flatnonzero((g > 0) & (g <= available))
         fresh = np.flatnonzero(self.state == PENDING)
-        best, choice = 1e-12, None
+        best = 1e-12
+        choice: tuple[int, int, ActionKind] | None = None
         if cols.size and fresh.size:
             v = self.tables.value[np.ix_(fresh, cols)]
             r, c = np.unravel_index(int(np.argmax(v)), v.shape)
@@ -255,13 +271,14 @@ class ClearLive:
                 best, choice = float(gain[j]), (int(stopped[j]), int(cap[j]), "extend")
         if choice is None:
             return None
-        return self._launch(*choice)
+        return self._launch(choice[0], choice[1], choice[2])
 
     def _continuations(
-        self, rows: NDArray[np.int64], room: int
+        self, rows: NDArray[np.int64], room: int, price: float = 0.0
     ) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
-        """For queries stopped on their caps: the most probable gain from continuing within
-        ``room`` tokens, P(correct by b | L > a), and the total cap b that gets it."""
+        """For queries stopped on their caps: the best surplus from continuing within
+        ``room`` tokens at ``price``, as P(correct by b | L > a) - price E[spend | L > a],
+        and the total cap b that gets it."""
         t = self.tables
         g = t.grid
         a = self.used[rows].astype(float)
@@ -269,7 +286,9 @@ class ClearLive:
         ok = (g[None, :] > a[:, None]) & (g[None, :] <= np.minimum(a + room, top)[:, None])
         v_a = _interp_rows(t.value, g.astype(float), rows, a)
         u_a = _interp_rows(t.survival, g.astype(float), rows, a)
-        gain = np.where(ok, t.value[rows] - v_a[:, None], -np.inf)
+        s_a = _interp_rows(t.spend, g.astype(float), rows, a)
+        surplus = (t.value[rows] - v_a[:, None]) - price * (t.spend[rows] - s_a[:, None])
+        gain = np.where(ok, surplus, -np.inf)
         j = np.argmax(gain, axis=1)
         best = gain[np.arange(rows.size), j] / np.maximum(u_a, _MIN_SURVIVAL)
         return np.minimum(best, 1.0), g[j]
@@ -278,9 +297,10 @@ class ClearLive:
         """See :meth:`shadowprice.live.LivePolicy.on_finish`."""
         i = int(query)
         self._settle(i, generated)
+        first = self.used[i] == 0 and self.calibrator is not None
         self.used[i] += generated
-        if self.calibrator is not None:
-            self.calibrator.observe(i, int(self.used[i]), not capped)
+        if first and self.calibrator is not None:
+            self.calibrator.ended(i, int(self.used[i]), not capped)
             if self.calibrator.due():
                 self._recalibrate()
         if not capped:
@@ -302,6 +322,8 @@ class ClearLive:
             self.retry.append(i)
         else:
             self.state[i] = STOPPED if self.used[i] else ABANDONED
+            if self.calibrator is not None and not self.used[i]:
+                self.calibrator.drop(i)
 
     def _settle(self, i: int, tokens: int) -> None:
         if self.state[i] != RUNNING:
@@ -317,8 +339,15 @@ class ClearLive:
         if shift is None:
             return
         self.shift = shift
-        self.tables = shift_tables(self.base, np.exp(self.calibrator.log_m), shift)
+        self.tables = shift_tables(
+            self.base, np.exp(self.calibrator.log_m), shift, self.config.max_tokens
+        )
         self._build_market()
+        # Queries that stopped on caps the old curves thought ample may be worth continuing.
+        stopped = np.flatnonzero(self.state == STOPPED)
+        if stopped.size and self.config.extend:
+            gain, _ = self._continuations(stopped, self.budget, self.price)
+            self.resume.extend(int(i) for i in stopped[gain > 0])
 
     # -- reporting ------------------------------------------------------------------------
     def summary(self) -> dict[str, object]:

@@ -7,6 +7,7 @@ which curve family produced them.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,9 +21,9 @@ __all__ = ["CurveTables", "live_grid", "tabulate"]
 _CHUNK = 1 << 14
 #: Budgets probed to find where the curves live (tokens).
 _PROBE = np.geomspace(1.0, float(1 << 22), 89)
-#: How far past the longest likely length the grid reaches: room for a recalibration that
-#: finds the lengths several times longer than the curves said.
-HEADROOM = 8.0
+#: How far past the longest likely length the grid reaches (a recalibration that finds the
+#: lengths longer moves the whole grid with them).
+HEADROOM = 2.0
 
 
 @dataclass
@@ -50,18 +51,25 @@ class CurveTables:
     def n(self) -> int:
         return int(self.value.shape[0])
 
+    def __post_init__(self) -> None:
+        self._grid_list: list[float] = self.grid.astype(float).tolist()
+
     def at(self, query: int, budget: float) -> tuple[float, float, float]:
         """(value, spend, survival) of one query at any budget (linear between grid points;
-        beyond the grid: value flat, spend rising with the last survival)."""
-        g = self.grid
-        top = float(g[-1])
-        b = min(float(budget), top)
-        v = float(np.interp(b, g, self.value[query]))
-        s = float(np.interp(b, g, self.spend[query]))
-        u = float(np.interp(b, g, self.survival[query]))
-        if budget > top:
-            s += (budget - top) * u
-        return v, s, u
+        beyond the grid: value and survival flat, spend rising with the last survival)."""
+        g = self._grid_list
+        b = float(budget)
+        if b >= g[-1]:
+            k = len(g) - 1
+            u = float(self.survival[query, k])
+            return float(self.value[query, k]), float(self.spend[query, k]) + (b - g[k]) * u, u
+        j = max(bisect_right(g, b), 1)  # g[j - 1] <= b < g[j]
+        w = (b - g[j - 1]) / (g[j] - g[j - 1])
+        out = []
+        for table in (self.value, self.spend, self.survival):
+            lo = float(table[query, j - 1])
+            out.append(lo + w * (float(table[query, j]) - lo))
+        return out[0], out[1], out[2]
 
 
 def tabulate(curves: UtilityCurve, grid: NDArray[np.int64]) -> CurveTables:

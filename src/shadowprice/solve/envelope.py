@@ -367,6 +367,15 @@ class Envelope:
 _MIN_DCOST = 1e-9
 
 
+def _transpose(a: NDArray[Any]) -> NDArray[np.float64]:
+    """(N, K) -> contiguous (K, N) float64, copied in row blocks (cache-friendly)."""
+    n, k = a.shape
+    out = np.empty((k, n))
+    for start in range(0, n, 2048):
+        out[:, start : start + 2048] = a[start : start + 2048].T
+    return out
+
+
 def concave_envelope(costs: NDArray[Any], values: NDArray[np.floating]) -> Envelope:
     """Upper concave envelope of each row's options, from its first option (the origin).
 
@@ -386,7 +395,7 @@ def concave_envelope(costs: NDArray[Any], values: NDArray[np.floating]) -> Envel
     c = np.broadcast_to(np.asarray(costs, dtype=np.float64), v.shape)
     n, k = v.shape
     # Column-major copies: the sweep reads one option of every row at a time.
-    cT, vT = np.ascontiguousarray(c.T), np.ascontiguousarray(v.T)
+    cT, vT = _transpose(c), _transpose(v)
     cflat, vflat = cT.ravel(), vT.ravel()
     stack = np.zeros(k * n, dtype=np.int64)  # stack[d * n + i]: row i's d-th vertex
     top = np.ones(n, dtype=np.int64)
@@ -425,6 +434,11 @@ def concave_envelope(costs: NDArray[Any], values: NDArray[np.floating]) -> Envel
                 pop[:] = False
                 idx = q[cr >= 0]
                 pop[idx] = True
+            if fin.all():
+                stack[top * n + rows] = j
+                top += 1
+                sx, sy, tx, ty = tx, ty, xj.copy(), yj.copy()
+                continue
             stack[top * n + rows] = np.where(fin, j, stack[top * n + rows])
             top += fin
             sx, sy = np.where(fin, tx, sx), np.where(fin, ty, sy)
