@@ -197,3 +197,16 @@ def test_concave_envelope_matches_brute_force():
         assert list(env.vertex[env.row(i)]) == _brute_envelope(c[i], v[i]), i
         sl = env.slope[env.row(i)]
         assert np.all(np.diff(sl) < 0) and np.all(sl > 0)
+
+
+def test_text_predictor_expected_curves_carry_the_mixture_spend():
+    from shadowprice.predict.threshold import expected_curves
+
+    c = expected_curves(np.array([300.0, 800.0]), np.array([0.3, 0.5]), "gamma", beta=0.01)
+    assert c.has_spend
+    rng = np.random.default_rng(0)
+    for i, (m, s) in enumerate([(300.0, 0.3), (800.0, 0.5)]):
+        length = m * np.exp(s * rng.standard_normal(200_000)) + rng.gamma(2.0, 100.0, 200_000)
+        b = np.full(2, 900.0)
+        assert c.spend(b)[i] == pytest.approx(np.minimum(length, 900.0).mean(), rel=0.01)
+        assert c.survival(b)[i] == pytest.approx((length > 900.0).mean(), abs=0.02)
