@@ -25,9 +25,10 @@ def _random_envelope(rng, n=40, k=8):
     return concave_envelope(c, v)
 
 
-def test_market_cutoff_matches_sorting_after_removals():
+@pytest.mark.parametrize("n", [40, 1500])
+def test_market_cutoff_matches_sorting_after_removals(n):
     rng = np.random.default_rng(3)
-    env = _random_envelope(rng)
+    env = _random_envelope(rng, n)
     market = SegmentMarket(env)
     alive = np.ones(env.n, dtype=bool)
     owner = np.repeat(np.arange(env.n), np.diff(env.starts))
@@ -94,13 +95,16 @@ def test_clear_live_with_one_slot_follows_the_hand_computed_schedule():
     rec = _Recorder(planner)
     res = simulate(rec, [12, 35, 8], np.array([True, True, True]), 50, concurrency=1)
     assert rec.log == [
-        # A first (best entry slope), at the cap its envelope buys.
-        (0, Action(0, 20, 20, "start")),
-        # A spent 12: 38 left and B's envelope buys b=40, whose reservation does not fit;
-        # nothing else runs, so B takes its best budget within 38 at the price: b=20.
+        # A first (best entry slope), heading for the cap its envelope buys (20) in steps:
+        # its first request is capped at its median length, 10.
+        (0, Action(0, 10, 10, "start")),
+        # A stops on that cap; at the price (0.01) going on to 20 is worth it: continued.
+        (10, Action(0, 20, 10, "extend")),
+        # A ends at 12: 38 left. B's envelope buys b=40 (reservation 40 would not fit, but
+        # its first step is its median, 20, which does).
         (12, Action(1, 20, 20, "start")),
         # B stops on its cap at 20 (18 left, no grid budget within reach: not extended); C is
-        # not funded at the price, nothing runs: the leftover buys C's best option, b=10.
+        # not funded at the price and nothing runs: the leftover buys C's best option, b=10.
         (32, Action(2, 10, 10, "start")),
     ]
     np.testing.assert_array_equal(res.answered, [True, False, True])

@@ -8,9 +8,10 @@ prefix-sum search: the market buys the longest prefix whose costs fit in B, and 
 the slope of the first segment left out. Removing a query (it has started, or given up) zeroes
 its segments' costs.
 
-Costs live in blocks of about sqrt(M) segments with a running sum per block, so a clear is
-one cumulative sum over the block sums plus one within a single block, and a removal touches
-only that query's segments: both are a few vectorised calls on O(sqrt M) numbers.
+Costs live in blocks, and blocks in super-blocks, each about the cube root of M wide, with a
+running sum per block and per super-block: a clear is three short cumulative sums (over the
+super-blocks, over the blocks of one, over the segments of one block) and a removal touches
+only that query's segments: both are a few vectorised calls on O(M^(1/3)) numbers.
 """
 
 from __future__ import annotations
@@ -41,11 +42,16 @@ class SegmentMarket:
         self.rank[order] = np.arange(m)
         self.slope_sorted = envelope.slope[order]
         self.cost_sorted = envelope.dcost[order].astype(np.float64)
-        self.block = max(64, int(np.sqrt(max(m, 1))))
+        # Two levels of blocks, each about the cube root of M wide: a search is three short
+        # cumulative sums (over super-blocks, the blocks of one, the segments of one block).
+        self.block = max(32, int(np.ceil(max(m, 1) ** (1 / 3))))
         nb = -(-m // self.block) if m else 0
-        padded = np.zeros(nb * self.block)
+        ns = -(-nb // self.block) if nb else 0
+        padded = np.zeros(ns * self.block * self.block)
         padded[:m] = self.cost_sorted
-        self.block_sum = padded.reshape(nb, self.block).sum(axis=1)
+        self.block_sum = padded.reshape(ns * self.block, self.block).sum(axis=1)
+        self.super_sum = self.block_sum.reshape(ns, self.block).sum(axis=1)
+        self.block_sum = self.block_sum[: max(nb, 0)]
         self.in_market = np.ones(envelope.n, dtype=bool)
         self._cache: tuple[float, int] | None = None  # (budget, cutoff) since the last removal
 
@@ -63,7 +69,10 @@ class SegmentMarket:
         pos = self.rank[self.envelope.row(query)]
         if pos.size == 0:
             return
-        np.subtract.at(self.block_sum, pos // self.block, self.cost_sorted[pos])
+        cost = self.cost_sorted[pos]
+        blocks = pos // self.block
+        np.subtract.at(self.block_sum, blocks, cost)
+        np.subtract.at(self.super_sum, blocks // self.block, cost)
         self.cost_sorted[pos] = 0.0
 
     def cutoff(self, budget: float) -> int:
@@ -83,15 +92,19 @@ class SegmentMarket:
         return p
 
     def _search(self, budget: float) -> int:
-        m = self.size
-        csum = np.cumsum(self.block_sum)
-        j = int(np.searchsorted(csum, budget, side="right"))
-        if j >= csum.size:
+        m, w = self.size, self.block
+        left = budget
+        sup = np.cumsum(self.super_sum)
+        s = int(np.searchsorted(sup, left, side="right"))
+        if s >= sup.size:
             return m
-        base = float(csum[j - 1]) if j else 0.0
-        lo = j * self.block
-        inner = np.cumsum(self.cost_sorted[lo : lo + self.block])
-        return lo + int(np.searchsorted(inner, budget - base, side="right"))
+        left -= float(sup[s - 1]) if s else 0.0
+        blk = np.cumsum(self.block_sum[s * w : (s + 1) * w])
+        b = int(np.searchsorted(blk, left, side="right"))
+        left -= float(blk[b - 1]) if b else 0.0
+        lo = (s * w + b) * w
+        inner = np.cumsum(self.cost_sorted[lo : lo + w])
+        return min(lo + int(np.searchsorted(inner, left, side="right")), m)
 
     def price(self, cutoff: int) -> float:
         """The clearing price for a cutoff: the marginal segment's slope (0 if all fit)."""

@@ -30,6 +30,7 @@ All state is in arrays; nothing here does I/O or reads a clock.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass
 
@@ -39,7 +40,7 @@ from numpy.typing import NDArray
 from ..curves.base import UtilityCurve
 from ..solve.envelope import concave_envelope
 from .base import Action, ActionKind
-from .calibrate import LengthCalibrator, LengthShift, _interp_rows, shift_tables
+from .calibrate import LengthCalibrator, LengthShift, _interp_rows, median_lengths, shift_tables
 from .market import SegmentMarket
 from .tables import live_grid, tabulate
 
@@ -69,6 +70,13 @@ class LiveConfig:
         Fit the length scale and spread online (only for curves with a length model).
     max_retries : int
         Times a failed request is sent again.
+    step : float, optional
+        With extension on, go toward a query's cap in steps: its first request is capped at
+        its median length (rounded up to the grid), each continuation at ``step`` times
+        what it has generated. Spend and value are the same as one request to the full cap
+        (a continuation loses nothing), but reservations stay small, so more requests run
+        at once, and each step is decided at the price of its time. None: the full cap at
+        once.
     """
 
     levels: int = 96
@@ -76,6 +84,7 @@ class LiveConfig:
     extend: bool = True
     calibrate: bool = True
     max_retries: int = 2
+    step: float | None = 2.0
 
 
 class ClearLive:
@@ -137,6 +146,7 @@ class ClearLive:
         """Envelopes and market of the queries not yet started; start order."""
         pending = np.flatnonzero(self.state == PENDING)
         t = self.tables
+        self.median = median_lengths(t)
         self.env = concave_envelope(t.spend[pending], t.value[pending])
         self.market = SegmentMarket(self.env)
         self.row_of = np.full(self.n, -1, dtype=np.int64)
@@ -175,9 +185,10 @@ class ClearLive:
         while self.resume:
             i = self.resume.popleft()
             if self.state[i] == STOPPED:
-                b = self._best_within(i, int(self.used[i]), available, self.price)
+                a = int(self.used[i])
+                b = self._best_within(i, a, available, self.price)
                 if b:
-                    return self._launch(i, b, "extend")
+                    return self._launch(i, self._stepped(i, a, b), "extend", target=b)
         while self.head < self.order.size and self.state[self.order[self.head]] != PENDING:
             self.head += 1
         if self.head >= self.order.size:
@@ -189,15 +200,14 @@ class ClearLive:
         if k == 0:
             # Starts go best-first, so if the head is not funded, no one is.
             return None if self._running else self._mop_up(available)
-        cap = int(self.tables.grid[self.env.vertex[self.env.starts[r] + k - 1]])
+        target = int(self.tables.grid[self.env.vertex[self.env.starts[r] + k - 1]])
+        cap = self._stepped(i, 0, target)
         if cap > available:
             if self._running:
                 return None  # its reservation will fit once running requests end
-            cap = self._best_within(i, 0, available, self.market.price(cutoff))
-            if cap == 0:
-                self._abandon(i)
-                return self.next_start(available)
-        return self._launch(i, cap, "start")
+            # Nothing runs, so this is all there will be: spend it where it is worth most.
+            return self._mop_up(available)
+        return self._launch(i, cap, "start", target=target)
 
     def _next_retry(self, available: int) -> Action | None:
         i = self.retry[0]
@@ -210,17 +220,38 @@ class ClearLive:
         self.retry.popleft()
         return self._launch(i, int(self.cap[i]), "retry", need)
 
-    def _launch(self, i: int, cap: int, kind: ActionKind, tokens: int | None = None) -> Action:
+    def _stepped(self, i: int, a: int, b: int) -> int:
+        """The cap of the next request of query ``i`` (generated ``a``) heading for ``b``:
+        at most its median length (first request) or ``step`` times ``a``, on the grid."""
+        step = self.config.step
+        if step is None or not self.config.extend or b <= a:
+            return b
+        limit = (step * a if a else float(self.median[i])) * (1 - 1e-9)
+        g = self.tables.grid_list
+        j = min(bisect_left(g, limit), len(g) - 1)
+        return min(b, max(int(g[j]), a + 1))
+
+    def _launch(
+        self,
+        i: int,
+        cap: int,
+        kind: ActionKind,
+        tokens: int | None = None,
+        target: int | None = None,
+    ) -> Action:
+        """Send query ``i`` to ``cap`` in all; its expected spend is counted up to ``target``
+        (where it is heading, if it goes in steps) so the price sees what it will take."""
         if self.state[i] == PENDING:
             self.market.remove(int(self.row_of[i]))
         a = int(self.used[i])
+        goal = max(cap, target or cap)
         if a == 0:
-            exp = self.tables.at(i, cap)[1]
+            exp = self.tables.at(i, goal)[1]
         else:
-            _, s_cap, _ = self.tables.at(i, cap)
+            _, s_goal, _ = self.tables.at(i, goal)
             _, s_a, u_a = self.tables.at(i, a)
-            exp = (s_cap - s_a) / max(u_a, _MIN_SURVIVAL)
-        self.expected[i] = min(exp, cap - a)
+            exp = (s_goal - s_a) / max(u_a, _MIN_SURVIVAL)
+        self.expected[i] = min(exp, goal - a)
         self.outstanding += self.expected[i]
         if self.requests[i] == 0 and self.calibrator is not None:
             self.calibrator.started(i)
@@ -309,8 +340,9 @@ class ClearLive:
         self.state[i] = STOPPED
         if not self.config.extend or available < 1:
             return None
-        b = self._best_within(i, int(self.used[i]), available, self.price)
-        return self._launch(i, b, "extend") if b else None
+        a = int(self.used[i])
+        b = self._best_within(i, a, available, self.price)
+        return self._launch(i, self._stepped(i, a, b), "extend", target=b) if b else None
 
     def on_error(self, query: int, charged: int) -> None:
         """See :meth:`shadowprice.live.LivePolicy.on_error`."""

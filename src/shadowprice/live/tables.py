@@ -52,12 +52,13 @@ class CurveTables:
         return int(self.value.shape[0])
 
     def __post_init__(self) -> None:
-        self._grid_list: list[float] = self.grid.astype(float).tolist()
+        #: The grid as a Python list (scalar lookups without numpy's call overhead).
+        self.grid_list: list[float] = self.grid.astype(float).tolist()
 
     def at(self, query: int, budget: float) -> tuple[float, float, float]:
         """(value, spend, survival) of one query at any budget (linear between grid points;
         beyond the grid: value and survival flat, spend rising with the last survival)."""
-        g = self._grid_list
+        g = self.grid_list
         b = float(budget)
         if b >= g[-1]:
             k = len(g) - 1
@@ -107,6 +108,8 @@ def live_grid(
     """
     if levels < 4:
         raise ValueError(f"levels must be at least 4, got {levels}")
+    if curves.n == 0:
+        return np.array([0, 1], dtype=np.int64)
     rows = np.arange(curves.n)
     if curves.n > 4096:  # the extremes of a large pool are well estimated from a sample
         rows = np.unique(np.linspace(0, curves.n - 1, 4096).astype(np.int64))
