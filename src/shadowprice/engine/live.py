@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from urllib.parse import urlsplit
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
