@@ -11,13 +11,10 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self, TypeAlias
+from typing import Any, Self, TypeAlias
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-
-if TYPE_CHECKING:
-    from .lengths import LengthModel
 
 FloatArray = NDArray[np.float64]
 #: Selects queries: a boolean mask of shape (N,), integer indices, or a slice.
@@ -42,6 +39,34 @@ class Demand:
     budgets: FloatArray
     funded: NDArray[np.bool_]
     interior: FloatArray | None = None
+
+
+class LengthModel(ABC):
+    """Distribution of the generated length L of N queries (tokens): what a cap spends.
+
+    Implementations are in :mod:`shadowprice.curves.lengths`; budgets are shaped as for
+    :meth:`UtilityCurve.value`.
+    """
+
+    @property
+    @abstractmethod
+    def n(self) -> int:
+        """Number of queries."""
+
+    def __len__(self) -> int:
+        return self.n
+
+    @abstractmethod
+    def spend(self, budgets: ArrayLike) -> FloatArray:
+        """Expected tokens generated under a cap, E[min(L, b)]; shape of budgets as (N,...)."""
+
+    @abstractmethod
+    def survival(self, budgets: ArrayLike) -> FloatArray:
+        """P(L > b): the chance a request capped at b stops on its cap; same shapes."""
+
+    @abstractmethod
+    def __getitem__(self, index: QueryIndex) -> LengthModel:
+        """The lengths of a subset of queries."""
 
 
 class UtilityCurve(ABC):

@@ -15,12 +15,10 @@ Every model holds N queries and answers for budgets of shape (N,) (one per query
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .base import FloatArray, QueryIndex, as_param, broadcast_params, column
+from .base import FloatArray, LengthModel, QueryIndex, as_param, broadcast_params, column
 from .grid import check_grid
 
 __all__ = ["EmpiricalLengths", "GammaLengths", "LengthModel", "TabulatedLengths", "budget_array"]
@@ -34,30 +32,6 @@ def budget_array(budgets: ArrayLike, n: int) -> FloatArray:
     if b.shape[0] != n:
         raise ValueError(f"budgets of shape {b.shape} do not match {n} queries")
     return b
-
-
-class LengthModel(ABC):
-    """Distribution of the generated length L of N queries (tokens)."""
-
-    @property
-    @abstractmethod
-    def n(self) -> int:
-        """Number of queries."""
-
-    def __len__(self) -> int:
-        return self.n
-
-    @abstractmethod
-    def spend(self, budgets: ArrayLike) -> FloatArray:
-        """Expected tokens generated under a cap, E[min(L, b)]; shape of budgets as (N,...)."""
-
-    @abstractmethod
-    def survival(self, budgets: ArrayLike) -> FloatArray:
-        """P(L > b): the chance a request capped at b stops on its cap; same shapes."""
-
-    @abstractmethod
-    def __getitem__(self, index: QueryIndex) -> LengthModel:
-        """The lengths of a subset of queries."""
 
 
 def _gamma2_spend(x: FloatArray, beta: FloatArray) -> FloatArray:
