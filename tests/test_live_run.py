@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from shadowprice import GammaSCurve
-from shadowprice.engine.live_demo import sample_problems
 from shadowprice.engine.live import LiveRunOptions, run_live
+from shadowprice.engine.live_demo import sample_problems
 from shadowprice.engine.planning import build_items
 from shadowprice.engine.results import read_records
 from shadowprice.engine.run import RunConfig
