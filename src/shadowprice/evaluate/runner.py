@@ -103,6 +103,7 @@ def evaluate(
     strength: float = 1.0,
     predictor: Predictor | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
+    paired: Sequence[str] = ("uniform",),
 ) -> pd.DataFrame:
     """Score each policy at each average budget per query.
 
@@ -135,6 +136,10 @@ def evaluate(
         Per-query curves for unseen queries (split 'queries').
     concurrency : int
         Slots of the simulated serving engine (spent accounting).
+    paired : sequence of str
+        Policies every row is compared with, query by query: columns ``vs_<name>`` (``-``
+        read as ``_``) and their paired bootstrap interval, NaN where ``name`` was not
+        scored.
 
     Returns
     -------
@@ -142,7 +147,7 @@ def evaluate(
     (averaged over queries): ``tokens_allotted`` the caps (all requests' reservations under
     spent accounting), ``tokens_spent`` what was (expected to be) generated; ``abandoned`` the
     share of queries never sent; ``vs_uniform`` is accuracy minus uniform's (paired bootstrap
-    CI) when uniform is among the policies.
+    CI) when uniform is among the policies; one more such triple per other ``paired`` name.
     """
     budgets = _check_args(traces, budgets_per_query, policies, split, accounting)
     if concurrency < 1:
@@ -197,8 +202,11 @@ def evaluate(
                     "vote": vote,
                 }
             )
-    _vs_uniform(rows, per_q, n_boot, seed)
-    return pd.DataFrame(rows, columns=COLUMNS)
+    extra: list[str] = []
+    for ref in dict.fromkeys(["uniform", *paired]):
+        cols = _versus(rows, per_q, ref, n_boot, seed)
+        extra += [] if ref == "uniform" else cols
+    return pd.DataFrame(rows, columns=COLUMNS + extra)
 
 
 def _check_args(
@@ -240,22 +248,27 @@ def _check_args(
     return budgets
 
 
-def _vs_uniform(
+def _versus(
     rows: list[dict[str, object]],
     per_q: dict[tuple[str, float], np.ndarray],
+    ref: str,
     n_boot: int,
     seed: int,
-) -> None:
-    """Add each row's paired difference to uniform at the same budget (NaN without it)."""
+) -> list[str]:
+    """Add each row's paired difference to ``ref`` at the same budget (NaN without it);
+    return the three column names."""
+    col = "vs_" + ref.replace("-", "_")
+    names = [col, f"{col}_ci_low", f"{col}_ci_high"]
     for row in rows:
         key_b = float(row["budget"])  # type: ignore[arg-type]
-        base = per_q.get(("uniform", key_b))
+        base = per_q.get((ref, key_b))
         if base is None:
-            row.update(vs_uniform=np.nan, vs_uniform_ci_low=np.nan, vs_uniform_ci_high=np.nan)
+            row.update(dict.fromkeys(names, np.nan))
             continue
         d = per_q[(str(row["policy"]), key_b)] - base
         lo, hi = bootstrap_ci(d, n_boot, seed)
-        row.update(vs_uniform=float(d.mean()), vs_uniform_ci_low=lo, vs_uniform_ci_high=hi)
+        row.update(zip(names, (float(d.mean()), lo, hi), strict=True))
+    return names
 
 
 def _spent_scores(
