@@ -210,3 +210,20 @@ def test_text_predictor_expected_curves_carry_the_mixture_spend():
         b = np.full(2, 900.0)
         assert c.spend(b)[i] == pytest.approx(np.minimum(length, 900.0).mean(), rel=0.01)
         assert c.survival(b)[i] == pytest.approx((length > 900.0).mean(), abs=0.02)
+
+
+def test_allocate_on_expected_spend() -> None:
+    traces = load_traces("qwen25-math-math100")
+    curves = ShrunkCurveFitter().fit(traces).curves_
+    budget = 200 * curves.n
+    a = allocate(curves, budget, "market", accounting="spent")
+    assert a.info["accounting"] == "spent"
+    assert a.spent == round(a.info["expected_spend"]) <= budget and a.leftover >= 0
+    assert a.budgets.sum() > budget  # caps are not what is paid
+    np.testing.assert_allclose(
+        curves.spend(a.budgets.astype(float)).sum(), a.info["expected_spend"], rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="price policies"):
+        allocate(curves, budget, "uniform", accounting="spent")
+    with pytest.raises(ValueError, match="accounting must be"):
+        allocate(curves, budget, "market", accounting="paid")

@@ -318,13 +318,7 @@ def _clear_live(ctx: FitContext, budget: int) -> LivePolicy:
 
 
 def _clear_spent(ctx: FitContext, budget: int) -> Allocation:
-    from ..solve.constraints import make_constraints
-    from ..solve.envelope import clear_menu
-    from ..solve.menus import menu_from_curve
-
-    cons = make_constraints(ctx.n, budget)
-    menu = menu_from_curve(ctx.shrunk, cons, grid=ctx.grid, accounting="spent")
-    return clear_menu(menu, cons, policy="market-spent")
+    return allocate(ctx.shrunk, budget, "market", grid=ctx.grid, accounting="spent")
 
 
 def _oracle(ctx: FitContext, budget: int) -> Allocation:
