@@ -258,20 +258,18 @@ def plot_ratio(
     return path
 
 
-def plot_spent(
-    results: pd.DataFrame, spent: pd.DataFrame, sts: Sequence[BenchStream], path: Path
-) -> Path:
+def plot_spent(spent: pd.DataFrame, sts: Sequence[BenchStream], path: Path) -> Path:
     """Accuracy vs tokens *spent* per query, one panel per stream.
 
-    Solid lines: the spent-accounting runs (``uniform``, ``clear`` one-shot, ``clear-live``,
-    the spent ceiling), each point at the tokens it generated. Faint dashed: today's plans
-    under allotted accounting (``uniform``, ``clear``), also at what they generated: the
-    budget they were given and did not spend is the gap to their solid line.
+    The spent-accounting runs (``uniform`` and ``clear`` one-shot, ``clear-spent``,
+    ``clear-live``, the spent ceiling), each point at the tokens it generated rather than at
+    its budget: a one-shot plan that leaves part of its budget unspent sits to the left of
+    the live policy given the same budget.
 
     Parameters
     ----------
-    results, spent : DataFrame
-        The bench's allotted- and spent-accounting results.
+    spent : DataFrame
+        The bench's spent-accounting results.
     sts : sequence of BenchStream
         The streams, one panel each.
     path : Path
@@ -287,19 +285,6 @@ def plot_spent(
     rows = math.ceil(len(sts) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), dpi=100, squeeze=False)
     for ax, st in zip(axes.flat, sts, strict=False):
-        a = results[(results.stream == st.key) & results.policy.isin(["uniform", "clear"])]
-        for pol in dict.fromkeys(a.policy):
-            sub = a[a.policy == pol].sort_values("budget")
-            color = _STYLE.get(pol, (None, ".", "-"))[0]
-            ax.plot(
-                sub.tokens_spent,
-                100 * sub.accuracy,
-                color=color,
-                ls="--",
-                lw=0.9,
-                alpha=0.5,
-                label=f"{pol} (allotted)",
-            )
         g = spent[spent.stream == st.key]
         for pol in dict.fromkeys(g.policy):
             sub = g[g.policy == pol].sort_values("budget")
@@ -312,7 +297,7 @@ def plot_spent(
                 ls=":" if pol == "oracle" else "-",
                 ms=4,
                 lw=1.2,
-                label=f"{policy_info(pol).label} (spent)",
+                label=policy_info(pol).label,
                 mfc="none" if pol == "oracle" else None,
             )
         ax.set_xscale("log", base=2)

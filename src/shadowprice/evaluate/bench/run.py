@@ -232,7 +232,7 @@ def run_bench(
         files_["paper_style"] = plot_paper_style(results, paper, out / "paper_style.png")
         files_["ratio"] = plot_ratio(results, paper, sts, out / "ratio.png")
         if spent_df is not None:
-            files_["spent"] = plot_spent(results, spent_df, sts, out / "spent.png")
+            files_["spent"] = plot_spent(spent_df, sts, out / "spent.png")
     seconds = time.perf_counter() - start
     ref = check_targets(results, sts, "clear-paper") if "clear-paper" in pols else []
     report = render_report(
