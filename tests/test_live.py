@@ -95,16 +95,13 @@ def test_clear_live_with_one_slot_follows_the_hand_computed_schedule():
     rec = _Recorder(planner)
     res = simulate(rec, [12, 35, 8], np.array([True, True, True]), 50, concurrency=1)
     assert rec.log == [
-        # A first (best entry slope), heading for the cap its envelope buys (20) in steps:
-        # its first request is capped at its median length, 10.
-        (0, Action(0, 10, 10, "start")),
-        # A stops on that cap; at the price (0.01) going on to 20 is worth it: continued.
-        (10, Action(0, 20, 10, "extend")),
-        # A ends at 12: 38 left. B's envelope buys b=40 (reservation 40 would not fit, but
-        # its first step is its median, 20, which does).
+        # A first (best entry slope), at the cap its envelope buys.
+        (0, Action(0, 20, 20, "start")),
+        # A spent 12: 38 left and B's envelope buys b=40, whose reservation does not fit;
+        # nothing else runs, so the rest goes where it is worth most: B at 20.
         (12, Action(1, 20, 20, "start")),
-        # B stops on its cap at 20 (18 left, no grid budget within reach: not extended); C is
-        # not funded at the price and nothing runs: the leftover buys C's best option, b=10.
+        # B stops on its cap at 20 (18 left: its next step, to 40, can never fit); C is not
+        # funded at the price and nothing runs: the leftover buys C's best option, b=10.
         (32, Action(2, 10, 10, "start")),
     ]
     np.testing.assert_array_equal(res.answered, [True, False, True])
@@ -197,6 +194,15 @@ def test_shift_tables_scales_lengths():
     b = np.array([[300.0, 900.0, 2000.0, 6000.0]])
     np.testing.assert_allclose([moved.at(0, x)[0] for x in b[0]], want.value(b)[0], atol=0.01)
     np.testing.assert_allclose([moved.at(0, x)[1] for x in b[0]], want.spend(b)[0], rtol=0.02)
+
+
+def test_stepping_continues_toward_the_cap():
+    # With step=2 the first request is capped at the median length and continued after.
+    curves, grid = _tiny()
+    rec = _Recorder(ClearLive(curves, 50, LiveConfig(step=2.0), grid))
+    res = simulate(rec, [12, 35, 8], np.array([True, True, True]), 50, concurrency=1)
+    assert [a for _, a in rec.log][:2] == [Action(0, 10, 10, "start"), Action(0, 20, 10, "extend")]
+    assert res.answered.tolist() == [True, False, True] and res.spent.sum() <= 50
 
 
 def test_planner_validates_its_inputs():

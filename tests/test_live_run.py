@@ -54,8 +54,8 @@ def url() -> str:
 def test_capped_requests_are_continued_not_restarted(url: str, tmp_path: Path) -> None:
     problems = sample_problems(2)
     ids, questions, golds = (list(c) for c in zip(*problems, strict=True))
-    # Curves that expect ~60-token answers: the model writes more, so first requests stop on
-    # their caps and the (unscarce) price continues them.
+    # Curves that expect ~60-token answers: the model writes more, so first requests (capped
+    # at the median length: step=2) stop on their caps and the price continues them.
     curves = GammaSCurve(np.full(2, 20.0), 0.05)
     budget = 500
     report = run_live(
@@ -66,7 +66,7 @@ def test_capped_requests_are_continued_not_restarted(url: str, tmp_path: Path) -
         total_budget=budget,
         out=tmp_path / "live.jsonl",
         config=RunConfig(concurrency=2, progress=False),
-        options=LiveRunOptions(max_tokens=240, calibrate=False),
+        options=LiveRunOptions(max_tokens=240, calibrate=False, step=2.0),
     )
     s = report.summary
     assert s["continuation"] == "prefill"  # detected: llama.cpp continues a final message

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -78,13 +78,17 @@ class LiveRunOptions:
         Let the planner re-fit the length scale and spread from what it sees.
     levels : int
         Budgets on the planner's grid.
+    step : float, optional
+        Go toward each cap in steps (see :class:`~shadowprice.live.LiveConfig`): smaller
+        reservations, more requests at once, at the risk of queries left half done when
+        tokens run short. Default: the full cap at once.
     """
 
     continuation: Continuation = "auto"
     max_tokens: int | None = None
     calibrate: bool = True
     levels: int = 96
-    extra: dict[str, Any] = field(default_factory=dict)
+    step: float | None = None
 
 
 async def detect_continuation(base_url: str, timeout: float = 5.0) -> Continuation:
@@ -296,6 +300,7 @@ async def execute_live(
                 max_tokens=options.max_tokens,
                 extend=continuation != "off",
                 calibrate=options.calibrate,
+                step=options.step,
             ),
         )
         run = _LiveRun(

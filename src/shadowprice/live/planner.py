@@ -51,6 +51,9 @@ PENDING, RUNNING, DONE, STOPPED, ABANDONED, RETRY = range(6)
 STATE_NAMES = ("pending", "running", "done", "stopped", "abandoned", "retry")
 #: Survival below this is treated as this when conditioning on L > a.
 _MIN_SURVIVAL = 1e-3
+#: Room for a continuation when the ledger is not the limit (the grid's top and max_tokens
+#: still are).
+_UNLIMITED = 1 << 62
 
 
 @dataclass(frozen=True)
@@ -71,12 +74,14 @@ class LiveConfig:
     max_retries : int
         Times a failed request is sent again.
     step : float, optional
-        With extension on, go toward a query's cap in steps: its first request is capped at
-        its median length (rounded up to the grid), each continuation at ``step`` times
-        what it has generated. Spend and value are the same as one request to the full cap
-        (a continuation loses nothing), but reservations stay small, so more requests run
-        at once, and each step is decided at the price of its time. None: the full cap at
-        once.
+        With extension on, go toward a cap in steps: the first request is capped at the
+        query's median length (rounded up to the grid), each continuation at ``step`` times
+        what it has generated. A query's expected spend and value are those of one request
+        to the full cap, and reservations stay small, so more requests run at once; but
+        when tokens run short, queries started in steps can be left half done (measured: on
+        the real set with the pool's curve only, 132 vs 158 queries answered at 300
+        tokens/query, 5 folds x 8 worlds; a tie with per-query curves). None (default): the
+        full cap at once, so a started query can always finish its plan.
     """
 
     levels: int = 96
@@ -84,7 +89,7 @@ class LiveConfig:
     extend: bool = True
     calibrate: bool = True
     max_retries: int = 2
-    step: float | None = 2.0
+    step: float | None = None
 
 
 class ClearLive:
@@ -129,7 +134,8 @@ class ClearLive:
         self.outstanding = 0.0
         self._running = 0
         self.retry: deque[int] = deque()
-        self.resume: deque[int] = deque()  # stopped queries to continue (after recalibrating)
+        self.resume: deque[int] = deque()  # stopped queries to continue when tokens allow
+        self._waiting = False
         self.calibrator = None
         if self.config.calibrate and curves.has_spend:
 
@@ -183,12 +189,9 @@ class ClearLive:
         if self.retry:
             return self._next_retry(available)
         while self.resume:
-            i = self.resume.popleft()
-            if self.state[i] == STOPPED:
-                a = int(self.used[i])
-                b = self._best_within(i, a, available, self.price)
-                if b:
-                    return self._launch(i, self._stepped(i, a, b), "extend", target=b)
+            act = self._next_resume(available)
+            if act is not None or self._waiting:
+                return act
         while self.head < self.order.size and self.state[self.order[self.head]] != PENDING:
             self.head += 1
         if self.head >= self.order.size:
@@ -208,6 +211,26 @@ class ClearLive:
             # Nothing runs, so this is all there will be: spend it where it is worth most.
             return self._mop_up(available)
         return self._launch(i, cap, "start", target=target)
+
+    def _next_resume(self, available: int) -> Action | None:
+        """Continue the first query in the resume queue if its next step fits; if not, wait
+        (:attr:`_waiting`) while requests run: continuations go before fresh starts."""
+        self._waiting = False
+        i = self.resume[0]
+        a = int(self.used[i])
+        b = self._best_within(i, a, _UNLIMITED, self.price) if self.state[i] == STOPPED else 0
+        if not b:
+            self.resume.popleft()
+            return None
+        cap = self._stepped(i, a, b)
+        if cap - a > available:
+            if self._running:
+                self._waiting = True
+                return None
+            self.resume.popleft()  # nothing will come back: the mop-up may still use it
+            return None
+        self.resume.popleft()
+        return self._launch(i, cap, "extend", target=b)
 
     def _next_retry(self, available: int) -> Action | None:
         i = self.retry[0]
@@ -338,11 +361,19 @@ class ClearLive:
             self.state[i] = DONE
             return None
         self.state[i] = STOPPED
-        if not self.config.extend or available < 1:
+        if not self.config.extend:
             return None
         a = int(self.used[i])
-        b = self._best_within(i, a, available, self.price)
-        return self._launch(i, self._stepped(i, a, b), "extend", target=b) if b else None
+        b = self._best_within(i, a, _UNLIMITED, self.price)
+        if not b:
+            return None
+        cap = self._stepped(i, a, b)
+        if cap - a > available:
+            # Worth continuing but its next step does not fit yet: it waits for tokens to
+            # come back, ahead of fresh starts (its first tokens are already paid).
+            self.resume.append(i)
+            return None
+        return self._launch(i, cap, "extend", target=b)
 
     def on_error(self, query: int, charged: int) -> None:
         """See :meth:`shadowprice.live.LivePolicy.on_error`."""
