@@ -113,6 +113,19 @@ class SimulationResult:
     def tokens_allotted(self) -> int:
         return int(self.allotted.sum())
 
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready totals (spent accounting: the budget bounded what was generated)."""
+        return {
+            "accounting": "spent",
+            "accuracy": self.accuracy,
+            "budget": self.budget,
+            "tokens_spent": self.tokens_spent,
+            "tokens_allotted": self.tokens_allotted,
+            "requests": int(self.requests.sum()),
+            "sent": int((self.requests > 0).sum()),
+            "ticks": self.ticks,
+        }
+
 
 def _check_world(
     lengths: ArrayLike, correct: ArrayLike
