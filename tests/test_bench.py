@@ -320,3 +320,25 @@ def test_report_without_clear_or_uniform_among_the_asked(tmp_path: Path) -> None
 def test_reports_cite_no_tracker(tiny) -> None:
     text = tiny[0].files["report"].read_text().lower()
     assert re.search(r"issue[ -]?\d", text) is None
+
+
+def test_spent_accounting_tables(tiny) -> None:
+    from shadowprice.evaluate.bench import SPENT_COLUMNS, SPENT_POLICIES
+
+    res = tiny[0]
+    assert res.files["spent"].read_bytes()[:4] == b"\x89PNG"
+    df = pd.read_csv(res.files["spent_csv"])
+    assert list(df.columns) == SPENT_COLUMNS
+    assert set(df.policy) == set(SPENT_POLICIES)
+    assert set(df.stream) == set(res.results.stream)
+    # What is generated stays within the budget; the ceiling bounds every policy.
+    assert (df.tokens_spent <= df.budget + 1e-9).all()
+    for _, g in df.groupby(["stream", "budget"]):
+        acc = g.set_index("policy").accuracy
+        assert acc["oracle"] >= acc.max() - 1e-9
+    text = res.files["report"].read_text()
+    m = re.search(r"### Targets \(`clear-live`, spent accounting\): (\d+) of (\d+)", text)
+    assert m is not None and int(m.group(2)) == len(res.spent_targets) > 0
+    claims = {t.claim for t in res.spent_targets}
+    assert any("never below clear" in c for c in claims)
+    assert any("1.1x clear" in c for c in claims)

@@ -578,7 +578,8 @@ def test_run_cli_with_the_default_predictor_sends_the_model_name(
     assert server.requests and {r["model"] for r in server.requests} == {"served-name"}
     records = read_records(out)
     assert len(records) == 4
-    assert sum(r["budget"] for r in records) <= 2000
+    # The default policy (clear-live) bounds what is generated; caps may add up to more.
+    assert sum(r["tokens"] for r in records) <= 2000
 
 
 def test_run_cli_template_and_system_reach_the_server(server: FakeServer, tmp_path: Path) -> None:

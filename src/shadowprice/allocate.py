@@ -14,7 +14,7 @@ from .solve.constraints import make_constraints
 from .solve.envelope import clear_menu
 from .solve.leftover import LEFTOVER_MODES, spread_leftover
 from .solve.market import clear
-from .solve.menus import DEFAULT_LEVELS, Menu, best_of_k_menu, menu_from_curve
+from .solve.menus import DEFAULT_LEVELS, Menu, best_of_k_menu, check_accounting, menu_from_curve
 from .solve.oracle import solve_oracle
 from .solve.result import Allocation
 
@@ -36,6 +36,24 @@ POLICIES: dict[str, str] = {
 }
 
 
+def _check_options(
+    policy: str, samples: Sequence[int] | None, leftover: str, accounting: str
+) -> None:
+    """Validate :func:`allocate`'s choices; the message names the argument."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    if samples is not None and policy not in ("market", "oracle"):
+        raise ValueError("samples= applies to the 'market' and 'oracle' policies only")
+    if leftover not in LEFTOVER_MODES:
+        raise ValueError(f"leftover must be one of {LEFTOVER_MODES}, got {leftover!r}")
+    check_accounting(accounting)
+    if accounting == "spent" and policy not in ("clear", "market"):
+        raise ValueError(
+            f"accounting='spent' applies to the price policies 'clear' and 'market', not "
+            f"{policy!r}; run other policies on caps (accounting='allotted')"
+        )
+
+
 def allocate(
     curves: UtilityCurve,
     budget: int,
@@ -49,6 +67,7 @@ def allocate(
     levels: int | None = None,
     samples: Sequence[int] | None = None,
     leftover: str = "spread",
+    accounting: str = "allotted",
 ) -> Allocation:
     """Split ``budget`` tokens across the N queries described by ``curves``.
 
@@ -82,6 +101,12 @@ def allocate(
         model (e.g. past a shifted surge's peak, or when the budget is not scarce) are spread
         evenly over funded queries as headroom ('spread', default: a larger cap never lowers
         real accuracy), or left unallotted ('keep', the model's exact optimum).
+    accounting : {'allotted', 'spent'}
+        What ``budget`` bounds: the sum of caps (the paper's), or the tokens expected to be
+        generated, sum_i S_i(b_i) with S the curves' expected spend
+        (:meth:`~shadowprice.curves.UtilityCurve.spend`). ``'spent'`` is for the price
+        policies ('market', and 'clear', which then clears the same market): caps may add
+        up to more than the budget; ``info["expected_spend"]`` is what they should spend.
 
     Returns
     -------
@@ -102,8 +127,7 @@ def allocate(
         raise TypeError(
             f"curves must be a UtilityCurve (e.g. ShiftedSurge), got {type(curves).__name__}"
         )
-    if policy not in POLICIES:
-        raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    _check_options(policy, samples, leftover, accounting)
     cons = make_constraints(
         curves.n,
         budget,
@@ -113,29 +137,37 @@ def allocate(
         floor=floor,
     )
     g = None if grid is None else check_grid(grid, granularity=cons.granularity)
-    if samples is not None and policy not in ("market", "oracle"):
-        raise ValueError("samples= applies to the 'market' and 'oracle' policies only")
-    if leftover not in LEFTOVER_MODES:
-        raise ValueError(f"leftover must be one of {LEFTOVER_MODES}, got {leftover!r}")
 
     k = levels if levels is not None else (ORACLE_LEVELS if policy == "oracle" else DEFAULT_LEVELS)
 
     def menu() -> Menu:
         if samples is not None:
             return best_of_k_menu(
-                curves, cons, samples, grid=g, levels=min(k, 16) if levels is None else k
+                curves,
+                cons,
+                samples,
+                grid=g,
+                levels=min(k, 16) if levels is None else k,
+                accounting=accounting,  # type: ignore[arg-type]
             )
         # Single precision halves memory and time on huge menus; choices are unaffected.
         big = curves.n * (k if g is None else g.size) > LARGE_MENU
         return menu_from_curve(
-            curves, cons, grid=g, levels=k, dtype=np.float32 if big else np.float64
+            curves,
+            cons,
+            grid=g,
+            levels=k,
+            dtype=np.float32 if big else np.float64,
+            accounting=accounting,  # type: ignore[arg-type]
         )
 
     if policy in ("clear", "market"):
-        if policy == "clear" and curves.has_closed_form_demand:
+        if policy == "clear" and curves.has_closed_form_demand and accounting == "allotted":
             result = clear(curves, cons, policy="clear")
         else:
             result = clear_menu(menu(), cons, policy=policy)
+        if accounting == "spent":  # caps are not what is paid: nothing to spread
+            return result
         return spread_leftover(curves, result, cons) if leftover == "spread" else result
     if policy == "oracle":
         return solve_oracle(menu(), cons)

@@ -18,6 +18,11 @@ shrinks both factors toward the pool:
   The curve averages over the posterior of ``mu_i`` (Gauss-Hermite), so a query known from one
   correct sample gets a wide, honest curve rather than a step.
 
+Every fitted curve also carries the lengths of *all* samples (correct or not), which give the
+expected spend S_i(b) = E[min(L, b)] of a cap under spent accounting: the shrunk fitter
+shrinks all samples' log-lengths exactly as it shrinks the correct ones'; the Gamma and surge
+fitters fit shifted Gamma(2) lengths (:class:`~shadowprice.curves.GammaLengths`).
+
 The paper's family fits are :class:`SurgeFitter` (shifted surge, alpha and beta shared, tau per
 query) and :class:`GammaFitter` (shifted Gamma(2) S-curve, beta shared, tau and p per query).
 :func:`goodness_of_fit` scores any probability curve against held-out traces.
@@ -36,7 +41,15 @@ import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 from scipy import optimize, special, stats
 
-from .curves import EmpiricalCurve, GammaSCurve, ShiftedSurge, TabulatedCurve, UtilityCurve
+from .curves import (
+    EmpiricalCurve,
+    GammaLengths,
+    GammaSCurve,
+    ShiftedSurge,
+    TabulatedCurve,
+    TabulatedLengths,
+    UtilityCurve,
+)
 from .curves.grid import check_grid
 from .traces import TraceSet
 
@@ -58,6 +71,8 @@ __all__ = [
 
 #: Gauss-Hermite nodes used to average a curve over the posterior of its location.
 _GH_NODES = 9
+#: Queries tabulated at once for spend (bounds temporaries at (rows, K, nodes)).
+_ROWS = 4096
 
 
 # -- validation -----------------------------------------------------------------------------
@@ -263,8 +278,7 @@ def _location(
 def _smooth_cdf(residuals: FloatArray, z: FloatArray) -> FloatArray:
     """Gaussian-kernel CDF of ``residuals`` evaluated at ``z`` (any shape)."""
     r = np.asarray(residuals, float)
-    sd = float(np.std(r)) if r.size > 1 else 0.0
-    h = max(1.06 * sd * r.size ** (-0.2), 0.02)
+    h = _kernel_bandwidth(r)
     # Tabulate once on a fine grid, then interpolate: O(|z| + 2048 |r|) instead of O(|z||r|).
     lo, hi = float(r.min()) - 6 * h, float(r.max()) + 6 * h
     zz = np.linspace(lo, hi, 2048)
@@ -273,6 +287,81 @@ def _smooth_cdf(residuals: FloatArray, z: FloatArray) -> FloatArray:
         cdf += special.ndtr((zz[:, None] - chunk[None, :]) / h).sum(axis=1)
     cdf /= r.size
     return np.interp(z, zz, cdf, left=0.0, right=1.0)
+
+
+def _kernel_bandwidth(r: FloatArray) -> float:
+    sd = float(np.std(r)) if r.size > 1 else 0.0
+    return max(1.06 * sd * r.size ** (-0.2), 0.02)
+
+
+def _smooth_capped_mean(residuals: FloatArray, z: FloatArray) -> FloatArray:
+    """E[min(e^e, e^z)] for e drawn from the Gaussian-kernel density of ``residuals`` (the
+    distribution :func:`_smooth_cdf` integrates), at ``z`` (any shape).
+
+    Each kernel is a log-normal, whose capped mean is closed form:
+    E[min(e^(r + hZ), e^z)] = e^(r + h^2/2) Phi((z - r - h^2)/h) + e^z (1 - Phi((z - r)/h)).
+    """
+    r = np.asarray(residuals, float)
+    h = _kernel_bandwidth(r)
+    lo, hi = float(r.min()) - 6 * h, float(r.max()) + 6 * h
+    zz = np.linspace(lo, hi, 2048)
+    acc = np.zeros_like(zz)
+    for chunk in np.array_split(r, max(1, r.size // 4096 + 1)):
+        d = zz[:, None] - chunk[None, :]
+        acc += (
+            np.exp(chunk + h * h / 2)[None, :] * special.ndtr((d - h * h) / h)
+            + np.exp(zz)[:, None] * special.ndtr(-d / h)
+        ).sum(axis=1)
+    acc /= r.size
+    mean = float(np.mean(np.exp(r + h * h / 2)))
+    out = np.interp(z, zz, acc, right=mean)
+    # Below every kernel the cap binds: min(e^e, e^z) = e^z.
+    return np.where(z < lo, np.exp(np.minimum(z, lo)), out)
+
+
+def _location_nodes(loc: _Location, smooth: bool) -> tuple[FloatArray, FloatArray]:
+    """Posterior nodes of each query's location, (N, M), and their weights (M,)."""
+    if not smooth:
+        return loc.mu[:, None], np.ones(1)
+    x, w = np.polynomial.hermite_e.hermegauss(_GH_NODES)
+    return loc.mu[:, None] + np.sqrt(loc.var)[:, None] * x[None, :], w / w.sum()
+
+
+def _lognormal_spend(
+    loc: _Location, grid: NDArray[np.int64], smooth: bool
+) -> tuple[FloatArray, FloatArray]:
+    """Spend E[min(L, b)] and survival P(L > b) on ``grid`` (N, K) for log L = mu_i + e.
+
+    e follows the kernel-smoothed residual shape; with ``smooth`` averaged over the posterior
+    of mu_i. Spend is made exactly consistent with a length law: 0 at 0, slopes in [0, 1].
+    """
+    mu, w = _location_nodes(loc, smooth)  # (N, M)
+    logb = np.log(np.maximum(grid[1:].astype(float), 1.0))
+    n = mu.shape[0]
+    spend = np.empty((n, logb.size))
+    surv = np.empty((n, logb.size))
+    for start in range(0, n, _ROWS):  # bounded (rows, K, M) temporaries
+        m = mu[start : start + _ROWS]
+        z = logb[None, :, None] - m[:, None, :]
+        cm = _smooth_capped_mean(loc.residuals, z)
+        spend[start : start + _ROWS] = (np.exp(m)[:, None, :] * cm * w).sum(axis=2)
+        surv[start : start + _ROWS] = ((1.0 - _smooth_cdf(loc.residuals, z)) * w).sum(axis=2)
+    spend = np.concatenate([np.zeros((n, 1)), spend], axis=1)
+    slope = np.clip(np.diff(spend, axis=1) / np.diff(grid.astype(float)), 0.0, 1.0)
+    spend = np.concatenate([np.zeros((n, 1)), np.cumsum(slope * np.diff(grid), axis=1)], axis=1)
+    surv = np.concatenate([np.ones((n, 1)), np.clip(surv, 0.0, 1.0)], axis=1)
+    return spend, np.minimum.accumulate(surv, axis=1)
+
+
+def _gamma_lengths(t: FloatArray, present: NDArray[np.bool_], scale: float) -> GammaLengths:
+    """Shifted Gamma(2) lengths of all samples: per-query shift shrunk toward the pool, one
+    shared rate from the pooled within-query variance (as :class:`GammaFitter` fits the
+    correct ones)."""
+    y = np.where(present, t, 0.0)
+    n = present.sum(axis=1)
+    loc = _location(y, present, y.sum(axis=1) / np.maximum(n, 1), scale=scale)
+    beta = float(np.sqrt(2.0 / loc.sigma2))
+    return GammaLengths(np.maximum(loc.mu - 2.0 / beta, 0.0), beta)
 
 
 # -- the shrunk fitter -----------------------------------------------------------------------
@@ -293,7 +382,9 @@ class ShrunkCurveFitter:
     Attributes
     ----------
     curves_ : TabulatedCurve
-        The fitted curves, (N,) on ``grid_`` (set by :meth:`fit`, as are the others).
+        The fitted curves, (N,) on ``grid_`` (set by :meth:`fit`, as are the others), with
+        the spend and survival of all samples' lengths (the log-lengths of every sample
+        shrunk like the correct ones').
     grid_ : ndarray of int64, shape (K,)
         Budgets the curves are tabulated on (tokens).
     p_ : ndarray, shape (N,)
@@ -304,6 +395,8 @@ class ShrunkCurveFitter:
         Prior of the success rates.
     sigma_, tau_ : float
         Within- and between-query standard deviation of log-lengths.
+    length_mu_ : ndarray, shape (N,)
+        Posterior mean of each query's log-length location over all its samples.
     """
 
     def __init__(
@@ -351,7 +444,15 @@ class ShrunkCurveFitter:
             F = _smooth_cdf(loc.residuals, logb[None, :] - self.mu_[:, None])
         vals = np.concatenate([np.zeros((traces.n, 1)), self.p_[:, None] * F], axis=1)
         self.grid_ = g
-        self.curves_ = TabulatedCurve(g, np.maximum.accumulate(vals, axis=1))
+        # Lengths of every sample, correct or not: what a cap spends.
+        every = _location(y, present, fallback, scale=max(s, 1e-9))
+        if s == 0:
+            every = _Location(
+                every.mu, np.zeros(traces.n), every.residuals, every.sigma2, every.tau2, every.mu0
+            )
+        spend, surv = _lognormal_spend(every, g, self.smooth and s > 0)
+        self.length_mu_ = every.mu
+        self.curves_ = TabulatedCurve(g, np.maximum.accumulate(vals, axis=1), spend, surv)
         return self
 
     def pool_curve(self, n: int) -> TabulatedCurve:
@@ -365,11 +466,17 @@ class ShrunkCurveFitter:
         Returns
         -------
         TabulatedCurve
-            ``n`` identical curves on ``grid_``.
+            ``n`` identical curves on ``grid_``, with the pool's average spend and survival.
         """
         _check_fitted(self)
-        v = self.curves_.values.mean(axis=0)
-        return TabulatedCurve(self.grid_, np.repeat(v[None, :], n, axis=0))
+        c = self.curves_
+        lm = c.length_model
+        assert isinstance(lm, TabulatedLengths) and lm.surv is not None
+
+        def rep(table: FloatArray) -> FloatArray:
+            return np.repeat(table.mean(axis=0)[None, :], n, axis=0)
+
+        return TabulatedCurve(self.grid_, rep(c.values), rep(lm.table), rep(lm.surv))
 
 
 def fit_shrunk(
@@ -418,6 +525,8 @@ class SurgeFitter:
       is the same for every query, would otherwise price a never-solved query like a solvable
       one and fund it whenever the budget can cover its threshold. Pass ``unsolved_factor``
       to place them at that multiple of the longest sample instead.
+    - The surge is a latent utility without a length law; the curves carry shifted Gamma(2)
+      lengths fitted to all samples (for spend), as :class:`GammaFitter` fits them.
 
     Parameters
     ----------
@@ -444,6 +553,8 @@ class SurgeFitter:
         Bin centre, observed and fitted density of the excess lengths.
     r2_ : float
         R^2 of the histogram fit (NaN when there was too little to fit).
+    lengths_ : GammaLengths
+        Lengths of all samples (what a cap spends), carried by ``curves_``.
     """
 
     def __init__(
@@ -498,7 +609,8 @@ class SurgeFitter:
         self.tau_, self.beta_ = tau, beta
         self.alpha_ = max(p_pool, 1e-6) * np.e * beta
         self.p_ = (c.sum(axis=1) / n).astype(float)
-        self.curves_ = ShiftedSurge(tau, self.alpha_, beta)
+        self.lengths_ = _gamma_lengths(t, ~np.isnan(t), 1.0)
+        self.curves_ = ShiftedSurge(tau, self.alpha_, beta).with_lengths(self.lengths_)
         return self
 
     def as_probability(self) -> GammaSCurve:
@@ -508,10 +620,11 @@ class SurgeFitter:
         -------
         GammaSCurve
             Excess lengths ~ Gamma(2, beta) (the surge's own shape as a density), scaled by
-            each query's observed solve rate.
+            each query's observed solve rate; carrying the fitted lengths of all samples.
         """
         _check_fitted(self)
-        return GammaSCurve(self.tau_, self.beta_, np.clip(self.p_, 0.0, 1.0))
+        curve = GammaSCurve(self.tau_, self.beta_, np.clip(self.p_, 0.0, 1.0))
+        return curve.with_lengths(self.lengths_)
 
 
 def _fit_surge_shape(x: FloatArray, bins: int) -> tuple[float, pd.DataFrame, float]:
@@ -571,7 +684,8 @@ class GammaFitter:
     ``beta`` comes from the pooled within-query variance of correct lengths; ``tau_i`` is the
     query's shrunk mean correct length minus 2/beta (normal-normal empirical Bayes, clipped at
     0); ``p_i`` the Beta-binomial posterior mean. Queries with no correct sample take the mean
-    length of all their samples as their location datum.
+    length of all their samples as their location datum. The lengths of all samples (spend)
+    are shifted Gamma(2) fitted the same way to every sample (``lengths_``).
 
     Parameters
     ----------
@@ -588,6 +702,8 @@ class GammaFitter:
         Shared decay (1/tokens).
     prior_ : BetaBinomialPrior
         Prior of the success rates.
+    lengths_ : GammaLengths
+        Lengths of all samples (what a cap spends).
     """
 
     def __init__(self, strength: float = 1.0) -> None:
@@ -618,7 +734,9 @@ class GammaFitter:
         loc = _location(y, c, fallback, scale=max(s, 1e-9))
         self.beta_ = float(np.sqrt(2.0 / loc.sigma2))
         self.tau_ = np.maximum(loc.mu - 2.0 / self.beta_, 0.0)
-        self.curves_ = GammaSCurve(self.tau_, self.beta_, np.clip(self.p_, 0.0, 1.0))
+        self.lengths_ = _gamma_lengths(t, ~np.isnan(t), max(s, 1e-9))
+        curve = GammaSCurve(self.tau_, self.beta_, np.clip(self.p_, 0.0, 1.0))
+        self.curves_ = curve.with_lengths(self.lengths_)
         return self
 
 

@@ -71,6 +71,12 @@ def evaluate_command(
         help="what the budget bounds: allotted (caps, the paper's) or spent (tokens generated)",
     ),
     repeats: int = typer.Option(1, "--repeats", min=1, help="random splits averaged"),
+    concurrency: int = typer.Option(
+        16,
+        "--concurrency",
+        min=1,
+        help="slots of the simulated serving engine (spent accounting)",
+    ),
     vote: str = typer.Option("pass", "--vote", help="k samples: pass (verifier) or majority"),
     n_boot: int = typer.Option(1000, "--n-boot", min=0, help="bootstrap resamples"),
     folds: int = typer.Option(5, "--folds", min=2, help="folds for --split queries"),
@@ -126,12 +132,13 @@ def evaluate_command(
         pols,
         split=split,  # type: ignore[arg-type]
         seed=seed,
-        cost=accounting,  # type: ignore[arg-type]
+        accounting=accounting,  # type: ignore[arg-type]
         repeats=repeats,
         vote=vote,  # type: ignore[arg-type]
         n_boot=n_boot,
         folds=folds,
         predictor=curve_predictor,
+        concurrency=concurrency,
     )
     if fmt == "json":
         _print_json(df, traces, ts.n, split, seed, predictor, accounting, vote, repeats)

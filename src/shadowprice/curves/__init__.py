@@ -2,6 +2,7 @@
 
 from .base import Demand, UtilityCurve
 from .empirical import EmpiricalCurve
+from .lengths import EmpiricalLengths, GammaLengths, LengthModel, TabulatedLengths
 from .scurve import GammaSCurve, LogisticCurve
 from .surge import ShiftedSurge, abandonment_threshold, surge_excess
 from .tabulated import TabulatedCurve
@@ -9,10 +10,14 @@ from .tabulated import TabulatedCurve
 __all__ = [
     "Demand",
     "EmpiricalCurve",
+    "EmpiricalLengths",
+    "GammaLengths",
     "GammaSCurve",
+    "LengthModel",
     "LogisticCurve",
     "ShiftedSurge",
     "TabulatedCurve",
+    "TabulatedLengths",
     "UtilityCurve",
     "abandonment_threshold",
     "surge_excess",

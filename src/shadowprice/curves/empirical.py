@@ -6,6 +6,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from .base import FloatArray, QueryIndex, UtilityCurve
+from .lengths import EmpiricalLengths, LengthModel
 
 
 class EmpiricalCurve(UtilityCurve):
@@ -17,7 +18,9 @@ class EmpiricalCurve(UtilityCurve):
 
     which is exactly the accuracy a hard cap of b tokens gets on those samples. The curve only
     jumps at correct samples' lengths, so those lengths are the only budgets worth buying
-    (:meth:`breakpoints`), which lets the market solver work on them exactly.
+    (:meth:`breakpoints`), which lets the market solver work on them exactly. Its length model
+    is every sample's length (:class:`~shadowprice.curves.EmpiricalLengths`), so
+    :meth:`spend` is exactly what a cap spends on those samples.
 
     Parameters
     ----------
@@ -59,13 +62,21 @@ class EmpiricalCurve(UtilityCurve):
             if weight is None
             else np.broadcast_to(np.asarray(weight, float), (t.shape[0],)).copy()
         )
+        self.length_model = EmpiricalLengths(t)
 
     @classmethod
     def from_lengths(
-        cls, lengths: FloatArray, n_samples: NDArray[np.int64], weight: FloatArray
+        cls,
+        lengths: FloatArray,
+        n_samples: NDArray[np.int64],
+        weight: FloatArray,
+        length_model: LengthModel | None = None,
     ) -> EmpiricalCurve:
+        """Curves from sorted correct lengths (N, S) (+inf padded), sample counts and weights,
+        without validation; ``length_model`` gives the lengths of all samples (spend)."""
         obj = cls.__new__(cls)
         obj.lengths, obj.n_samples, obj.weight = lengths, n_samples, weight
+        obj.length_model = length_model
         return obj
 
     @property
@@ -113,7 +124,10 @@ class EmpiricalCurve(UtilityCurve):
 
     def __getitem__(self, index: QueryIndex) -> EmpiricalCurve:
         return EmpiricalCurve.from_lengths(
-            self.lengths[index], self.n_samples[index], self.weight[index]
+            self.lengths[index],
+            self.n_samples[index],
+            self.weight[index],
+            None if self.length_model is None else self.length_model[index],
         )
 
     def __repr__(self) -> str:

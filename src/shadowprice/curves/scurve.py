@@ -11,6 +11,7 @@ from numpy.typing import ArrayLike
 from scipy.special import expit, lambertw
 
 from .base import Demand, FloatArray, QueryIndex, UtilityCurve, as_param, broadcast_params, column
+from .lengths import GammaLengths
 
 
 class _PerQuery(UtilityCurve):
@@ -31,7 +32,8 @@ class _PerQuery(UtilityCurve):
         return column(getattr(self, name), b)
 
     def __getitem__(self, index: QueryIndex) -> _PerQuery:
-        return type(self)(**{k: getattr(self, k)[index] for k in self._params})
+        out = type(self)(**{k: getattr(self, k)[index] for k in self._params})
+        return self._keep_lengths(out, index)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n={self.n})"
@@ -53,20 +55,38 @@ class GammaSCurve(_PerQuery):
         Rate in 1/tokens (> 0); the mean correct length is tau + 2/beta.
     p : float or array (N,), default 1
         Probability that the query is solved at all, in [0, 1].
+    wrong_beta : float or array (N,), optional
+        Rate of the wrong samples' excess length (1/tokens, > 0): they are tau +
+        Gamma(2, wrong_beta) long. Default ``beta``: wrong samples as long as right ones.
+
+    Its length model is that law (:class:`~shadowprice.curves.GammaLengths`), so spend and
+    survival are closed forms.
     """
 
     has_closed_form_demand = True
-    _params = ("tau", "beta", "p")
+    _params = ("tau", "beta", "p", "wrong_beta")
     tau: FloatArray
     beta: FloatArray
     p: FloatArray
+    wrong_beta: FloatArray
 
-    def __init__(self, tau: ArrayLike, beta: ArrayLike, p: ArrayLike = 1.0) -> None:
+    def __init__(
+        self,
+        tau: ArrayLike,
+        beta: ArrayLike,
+        p: ArrayLike = 1.0,
+        wrong_beta: ArrayLike | None = None,
+    ) -> None:
+        b = as_param("beta", beta, positive=True)
         self._set(
             tau=as_param("tau", tau, nonnegative=True),
-            beta=as_param("beta", beta, positive=True),
+            beta=b,
             p=as_param("p", p, unit=True),
+            wrong_beta=b
+            if wrong_beta is None
+            else as_param("wrong_beta", wrong_beta, positive=True),
         )
+        self.length_model = GammaLengths(self.tau, self.beta, self.p, self.wrong_beta)
 
     def value(self, budgets: ArrayLike) -> FloatArray:
         b = np.asarray(budgets, dtype=float)

@@ -62,6 +62,9 @@ class ShiftedSurge(UtilityCurve):
     beta : float or array of shape (N,), default 0.005
         Decay in 1/tokens (> 0); the utility peaks 1/beta tokens above tau at alpha/(e beta).
 
+    The surge is a latent utility with no length law of its own, so it carries no length
+    model (spend = cap) unless one is attached (:meth:`with_lengths`; the fitters do).
+
     Examples
     --------
     >>> c = ShiftedSurge(tau=200, alpha=1.5, beta=0.005)
@@ -145,7 +148,9 @@ class ShiftedSurge(UtilityCurve):
         def pick(p: FloatArray) -> FloatArray:
             return p if p.size == 1 else p[index]
 
-        return ShiftedSurge(self.tau[index], pick(self.alpha), pick(self.beta))
+        return self._keep_lengths(
+            ShiftedSurge(self.tau[index], pick(self.alpha), pick(self.beta)), index
+        )
 
     def __repr__(self) -> str:
         a = float(self.alpha[0]) if self.alpha.size == 1 else "per-query"

@@ -7,6 +7,7 @@ from numpy.typing import ArrayLike
 
 from .base import FloatArray, QueryIndex, UtilityCurve
 from .grid import check_grid
+from .lengths import TabulatedLengths
 
 
 class TabulatedCurve(UtilityCurve):
@@ -18,9 +19,20 @@ class TabulatedCurve(UtilityCurve):
         Ascending budgets in tokens, starting at 0.
     values : array of shape (N, K)
         Utility of each query at each grid budget; values[:, 0] should be 0.
+    spend : array of shape (N, K), optional
+        Expected tokens generated under each grid cap, E[min(L, grid[k])] over all samples
+        (see :class:`~shadowprice.curves.TabulatedLengths`); default: no length information.
+    survival : array of shape (N, K), optional
+        P(L > grid[k]), with ``spend`` only.
     """
 
-    def __init__(self, grid: ArrayLike, values: ArrayLike) -> None:
+    def __init__(
+        self,
+        grid: ArrayLike,
+        values: ArrayLike,
+        spend: ArrayLike | None = None,
+        survival: ArrayLike | None = None,
+    ) -> None:
         g = check_grid(grid, whole=False)
         v = np.atleast_2d(np.asarray(values, dtype=float))
         if v.shape[1] != g.size:
@@ -28,6 +40,12 @@ class TabulatedCurve(UtilityCurve):
         if not np.isfinite(v).all():
             raise ValueError("values must be finite")
         self.grid, self.values = g, v
+        if spend is not None:
+            self.length_model = TabulatedLengths(g, spend, survival)
+            if self.length_model.n != v.shape[0]:
+                raise ValueError(f"spend must have shape {v.shape}, got {np.shape(spend)}")
+        elif survival is not None:
+            raise ValueError("survival needs spend: pass the spend table too")
 
     @property
     def n(self) -> int:
@@ -56,7 +74,7 @@ class TabulatedCurve(UtilityCurve):
         return self.grid[np.argmax(self.values, axis=1)]
 
     def __getitem__(self, index: QueryIndex) -> TabulatedCurve:
-        return TabulatedCurve(self.grid, self.values[index])
+        return self._keep_lengths(TabulatedCurve(self.grid, self.values[index]), index)
 
     def __repr__(self) -> str:
         return f"TabulatedCurve(n={self.n}, grid={self.grid.size})"

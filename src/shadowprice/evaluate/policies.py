@@ -43,6 +43,8 @@ from numpy.typing import NDArray
 from ..allocate import allocate
 from ..curves import EmpiricalCurve, GammaSCurve, ShiftedSurge, TabulatedCurve, UtilityCurve
 from ..fit import GammaFitter, ShrunkCurveFitter, SurgeFitter, default_grid, empirical_curves
+from ..live import ClearLive, LivePolicy, OneShot
+from ..solve.menus import ACCOUNTINGS
 from ..solve.result import Allocation
 from ..traces import TraceSet
 
@@ -171,40 +173,6 @@ class FitContext:
         curves: UtilityCurve = getattr(self, kind)
         return curves
 
-    def spend_model(self, hindsight: bool = False) -> Callable[[NDArray[np.int64]], float]:
-        """A model of the tokens caps will spend: b (N,) -> sum_i E[min(L_i, b_i)].
-
-        Parameters
-        ----------
-        hindsight : bool
-            Use the score split's lengths (for the ceilings) instead of the fit split's.
-
-        Returns
-        -------
-        callable
-            Caps (N,) in tokens -> predicted total tokens generated. Per query when the fit
-            split holds the scored queries, from the pool's lengths otherwise.
-        """
-        src = self.score if hindsight else self.fit
-        t = src.tokens()
-        if not (self.same_queries or hindsight):
-            pool = t[~np.isnan(t)]
-
-            def pooled(b: NDArray[np.int64]) -> float:
-                srt = np.sort(pool)
-                cs = np.concatenate([[0.0], np.cumsum(srt)])
-                j = np.searchsorted(srt, b, side="right")
-                return float(((cs[j] + b * (srt.size - j)) / srt.size).sum())
-
-            return pooled
-        n = src.n_samples()
-
-        def per_query(b: NDArray[np.int64]) -> float:
-            m = np.where(np.isnan(t), 0.0, np.minimum(t, np.asarray(b, float)[:, None]))
-            return float((m.sum(axis=1) / n).sum())
-
-        return per_query
-
 
 #: Curves a policy can be given: name -> what they are and how they are fitted.
 CURVES: dict[str, str] = {
@@ -262,6 +230,14 @@ class EvalPolicy:
     run : callable, optional
         ``run(ctx, total_budget) -> Allocation`` where the solver call is not the generic
         ``allocate(ctx.curves(curves), budget, solver, ...)``.
+    accounting : tuple of str
+        The accountings it can be scored under: ``"allotted"`` (its caps replayed, the
+        paper's) and/or ``"spent"`` (run through the serving-engine simulator under a token
+        ledger, :mod:`~shadowprice.evaluate.simulate`).
+    live : callable, optional
+        ``live(ctx, total_budget) -> LivePolicy``: a policy that decides as requests end
+        (``clear-live``); without it, the allocation runs as a one-shot plan
+        (:class:`~shadowprice.live.OneShot`) under spent accounting.
     """
 
     name: str
@@ -274,10 +250,14 @@ class EvalPolicy:
     grid: bool = False
     samples: tuple[int, ...] | None = None
     run: Callable[[FitContext, int], Allocation] | None = field(default=None, repr=False)
+    accounting: tuple[str, ...] = ACCOUNTINGS
+    live: Callable[[FitContext, int], LivePolicy] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.curves not in CURVES:
             raise ValueError(f"curves must be one of {', '.join(CURVES)}, got {self.curves!r}")
+        if not self.accounting or set(self.accounting) - set(ACCOUNTINGS):
+            raise ValueError(f"accounting must be a subset of {ACCOUNTINGS}, got {self.accounting}")
         if not self.label:
             object.__setattr__(self, "label", ORACLE_LABEL if self.hindsight else self.name)
         if not self.legend:
@@ -314,6 +294,31 @@ class EvalPolicy:
         if self.samples is not None:
             options["samples"] = self.samples
         return allocate(ctx.curves(self.curves), budget, self.solver, **options)
+
+    def executor(self, ctx: FitContext, budget: int) -> Callable[[], LivePolicy]:
+        """What runs under spent accounting: a factory of fresh live policies (one per
+        simulated world) for ``budget`` total tokens.
+
+        A policy with :attr:`live` decides as requests end; any other runs its allocation
+        (computed once) as a one-shot plan: caps reserved in query order as the ledger
+        allows, what finished requests leave usable by later queries of the plan, nothing
+        re-planned.
+        """
+        if self.hindsight or self.samples is not None:
+            raise ValueError(f"{self.name!r} has no executable plan under spent accounting")
+        if self.live is not None:
+            live = self.live
+            return lambda: live(ctx, budget)
+        caps = self.allocation(ctx, budget).budgets
+        return lambda: OneShot(caps)
+
+
+def _clear_live(ctx: FitContext, budget: int) -> LivePolicy:
+    return ClearLive(ctx.shrunk, budget)
+
+
+def _clear_spent(ctx: FitContext, budget: int) -> Allocation:
+    return allocate(ctx.shrunk, budget, "market", grid=ctx.grid, accounting="spent")
 
 
 def _oracle(ctx: FitContext, budget: int) -> Allocation:
@@ -387,6 +392,28 @@ EVAL_POLICIES: dict[str, EvalPolicy] = {
             legend="CLEAR (market, shrunk curves)",
         ),
         EvalPolicy(
+            "clear-live",
+            "CLEAR run live under a token ledger: one price over expected spend on the "
+            "shrunk curves, re-cleared as requests end (unused reservations return), capped "
+            "requests continued when the price says so, lengths recalibrated online",
+            curves="shrunk",
+            solver="live",
+            accounting=("spent",),
+            live=_clear_live,
+            legend="CLEAR live (spend-aware, re-cleared, extended)",
+        ),
+        EvalPolicy(
+            "clear-spent",
+            "one market price over the shrunk curves' expected spend (sum of E[min(L, b)] "
+            "<= B), run as a one-shot plan: spend-aware, but not re-cleared",
+            curves="shrunk",
+            solver="market",
+            grid=True,
+            accounting=("spent",),
+            run=_clear_spent,
+            legend="CLEAR on expected spend (one-shot)",
+        ),
+        EvalPolicy(
             "clear-paper",
             "the paper's recipe: shifted surge (alpha, beta shared, tau = "
             "shortest correct length per query), closed-form CLEAR",
@@ -435,11 +462,14 @@ EVAL_POLICIES: dict[str, EvalPolicy] = {
             solver="market",
             grid=True,
             samples=(1, 2, 4),
+            # The serving-engine simulator runs one sample per query.
+            accounting=("allotted",),
         ),
         EvalPolicy(
             "oracle",
-            "exact knapsack on the score split's own curves: the hindsight "
-            "ceiling, not a runnable policy",
+            "the hindsight ceiling, not a runnable policy: the exact knapsack on the "
+            "score split's own curves (allotted accounting); the correct scoring samples, "
+            "shortest first, until the budget is spent (spent accounting)",
             curves="hindsight",
             solver="oracle",
             hindsight=True,
@@ -456,6 +486,7 @@ EVAL_POLICIES: dict[str, EvalPolicy] = {
             label="hindsight oracle over k x b (ceiling)",
             samples=(1, 2, 4),
             run=_oracle_samples,
+            accounting=("allotted",),
         ),
     ]
 }
@@ -521,23 +552,19 @@ def policy_info(name: str) -> EvalPolicy:
     )
 
 
-def run_policy(name: str, ctx: FitContext, budget: int, cost: str = "allotted") -> Allocation:
-    """Allocate ``budget`` total tokens with evaluation policy ``name``.
+def run_policy(name: str, ctx: FitContext, budget: int) -> Allocation:
+    """Allocate ``budget`` total tokens with evaluation policy ``name`` (its plan: the caps
+    replayed under allotted accounting, run as a one-shot plan under spent accounting).
 
     Parameters
     ----------
     name : str
-        A key of :data:`EVAL_POLICIES`.
+        A key of :data:`EVAL_POLICIES` that has a plan (not ``clear-live``, which decides as
+        requests end: see :meth:`EvalPolicy.executor`).
     ctx : FitContext
         Curves fitted on the fit split (and the score split, for the ceilings).
     budget : int
         Total tokens for the scored queries (>= 1).
-    cost : {'allotted', 'spent'}
-        What the budget bounds. ``"allotted"``: the caps (the paper's accounting).
-        ``"spent"``: *expected generated* tokens (sum of E[min(L, b)]); the cap budget B' is
-        inflated by bisection until the policy's caps are predicted (from the fit split; the
-        ceilings from the score split) to spend B. The prediction is unbiased per query but
-        noisy, so realised spend can differ by a few percent.
 
     Returns
     -------
@@ -546,7 +573,7 @@ def run_policy(name: str, ctx: FitContext, budget: int, cost: str = "allotted") 
     Raises
     ------
     ValueError
-        For an unknown name, a true-curve reference, a budget below 1 or an unknown ``cost``.
+        For an unknown name, a true-curve reference, a live policy or a budget below 1.
     """
     if name in REFERENCES:
         raise ValueError(
@@ -560,35 +587,9 @@ def run_policy(name: str, ctx: FitContext, budget: int, cost: str = "allotted") 
     if budget < 1:
         raise ValueError(f"budget must be a positive number of tokens, got {budget}")
     pol = EVAL_POLICIES[name]
-    if cost == "allotted":
-        return pol.allocation(ctx, int(budget))
-    if cost != "spent":
-        raise ValueError(f"cost must be 'allotted' or 'spent', got {cost!r}")
-    spend = ctx.spend_model(hindsight=pol.hindsight)
-
-    def predicted(a: Allocation) -> float:
-        k = 1 if a.samples is None else a.samples
-        return (
-            spend(a.budgets)
-            if a.samples is None
-            else float(sum(spend(np.where(k == j, a.budgets, 0)) * j for j in np.unique(k)))
+    if pol.live is not None:
+        raise ValueError(
+            f"{name!r} decides as requests end and has no plan to allocate; score it with "
+            f"evaluate(..., accounting='spent')"
         )
-
-    best = pol.allocation(ctx, int(budget))
-    lo, hi = float(budget), float(budget) * 2.0
-    # Grow the cap budget until predicted spend exceeds B (or caps stop mattering).
-    for _ in range(8):
-        a = pol.allocation(ctx, int(hi))
-        if predicted(a) > budget:
-            break
-        best, lo, hi = a, hi, hi * 2.0
-    for _ in range(14):
-        mid = 0.5 * (lo + hi)
-        a = pol.allocation(ctx, int(mid))
-        if predicted(a) <= budget:
-            best, lo = a, mid
-        else:
-            hi = mid
-        if hi - lo < 0.002 * budget:
-            break
-    return best
+    return pol.allocation(ctx, int(budget))

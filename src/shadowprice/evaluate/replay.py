@@ -15,7 +15,10 @@ accuracy is exact over the recorded samples (no sampling noise added by the scor
 
 Tokens: *allotted* = sum of k_i b_i (what the paper counts); *spent* = sum over queries of
 k_i times the mean over samples of min(length, b_i) (what a user pays when generation stops at
-the cap or at the end of the answer, whichever is first).
+the cap or at the end of the answer, whichever is first). Replay scores fixed caps, which is
+*allotted* accounting (the caps are what the budget bounds); both token figures are reported.
+Under *spent* accounting, where what a query may use depends on when the others end, policies
+are scored by :mod:`~shadowprice.evaluate.simulate` instead.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ class ReplayResult:
     def summary(self) -> dict[str, Any]:
         """JSON-ready dict (per-query arrays left out)."""
         return {
+            "accounting": "allotted",
             "accuracy": self.accuracy,
             "accuracy_ci": list(self.accuracy_ci),
             "tokens_allotted": self.tokens_allotted,

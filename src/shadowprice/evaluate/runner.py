@@ -6,6 +6,20 @@ accuracies are averaged over repeats before the bootstrap, so the interval cover
 sampling. ``split="queries"`` (no history): k-fold over queries, each fold allocated with its
 own budget (budget x fold size) and scored on its own queries; results pool the folds.
 ``split="none"`` fits and scores on the same samples (in-sample; optimistic, for reference).
+
+What the budget bounds (``accounting``):
+
+- ``"allotted"`` (the paper's, the default): the sum of caps. Each policy's caps are replayed
+  on the scoring samples (:func:`~shadowprice.evaluate.replay.replay`), exactly in
+  expectation.
+- ``"spent"``: the tokens generated. Each policy runs as ``run`` would execute it, through the
+  serving-engine simulator (:func:`~shadowprice.evaluate.simulate.simulate`: ``concurrency``
+  slots, every request reserved in a token ledger before it is sent) over *worlds*, one
+  scoring sample per query (each scoring sample used equally often). A plan runs as a
+  one-shot plan (what its finished requests leave can fund its later queries; nothing is
+  re-planned), ``clear-live`` decides as requests end, and ``oracle`` is the spent-accounting
+  hindsight ceiling (in each world, the correct samples shortest first until the budget is
+  spent).
 """
 
 from __future__ import annotations
@@ -18,9 +32,11 @@ import numpy as np
 import pandas as pd
 
 from ..limits import MAX_BUDGET, check_budget
+from ..solve.menus import ACCOUNTINGS, Accounting
 from ..traces import TraceSet
-from .policies import EVAL_POLICIES, FitContext, Predictor, run_policy
+from .policies import EVAL_POLICIES, EvalPolicy, FitContext, Predictor, run_policy
 from .replay import bootstrap_ci, replay
+from .simulate import DEFAULT_CONCURRENCY, Worlds, sample_worlds, simulate, spent_ceiling
 from .splits import kfold_queries, split_half
 
 __all__ = ["COLUMNS", "evaluate"]
@@ -40,7 +56,7 @@ COLUMNS = [
     "vs_uniform_ci_high",
     "split",
     "n_queries",
-    "cost",
+    "accounting",
     "vote",
 ]
 
@@ -79,13 +95,15 @@ def evaluate(
     *,
     split: Literal["half", "none", "queries"] = "half",
     seed: int = 0,
-    cost: Literal["allotted", "spent"] = "allotted",
+    accounting: Accounting = "allotted",
     repeats: int = 1,
     vote: Literal["pass", "majority"] = "pass",
     n_boot: int = 1000,
     folds: int = 5,
     strength: float = 1.0,
     predictor: Predictor | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    paired: Sequence[str] = ("uniform",),
 ) -> pd.DataFrame:
     """Score each policy at each average budget per query.
 
@@ -101,8 +119,9 @@ def evaluate(
         See module docstring.
     seed : int
         Seeds splits and bootstrap.
-    cost : 'allotted' or 'spent'
-        What the budget bounds: caps (the paper's accounting) or expected generated tokens.
+    accounting : 'allotted' or 'spent'
+        What the budget bounds: caps (the paper's accounting, replayed) or tokens generated
+        (run through the serving-engine simulator); see the module docstring.
     repeats : int
         Random splits averaged (split 'half' and 'queries').
     vote : 'pass' or 'majority'
@@ -115,13 +134,89 @@ def evaluate(
         Shrinkage strength for the fitted curves.
     predictor : callable, optional
         Per-query curves for unseen queries (split 'queries').
+    concurrency : int
+        Slots of the simulated serving engine (spent accounting).
+    paired : sequence of str
+        Policies every row is compared with, query by query: columns ``vs_<name>`` (``-``
+        read as ``_``) and their paired bootstrap interval, NaN where ``name`` was not
+        scored.
 
     Returns
     -------
     DataFrame with :data:`COLUMNS`: one row per (policy, budget). Token columns are per query
-    (averaged over queries); ``vs_uniform`` is accuracy minus uniform's (paired bootstrap CI)
-    when uniform is among the policies.
+    (averaged over queries): ``tokens_allotted`` the caps (all requests' reservations under
+    spent accounting), ``tokens_spent`` what was (expected to be) generated; ``abandoned`` the
+    share of queries never sent; ``vs_uniform`` is accuracy minus uniform's (paired bootstrap
+    CI) when uniform is among the policies; one more such triple per other ``paired`` name.
     """
+    budgets = _check_args(traces, budgets_per_query, policies, split, accounting)
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    reps = 1 if split == "none" else repeats
+    contexts = _contexts(traces, split, seed, reps, folds, strength, predictor)
+    worlds: dict[int, Worlds] = {}
+    if accounting == "spent":
+        worlds = {
+            id(ctx): sample_worlds(ctx.score, seed=seed + r)
+            for r, rep in enumerate(contexts)
+            for ctx, _ in rep
+        }
+    N = traces.n
+    per_q: dict[tuple[str, float], np.ndarray] = {}
+    rows = []
+    for bq in budgets:
+        for name in policies:
+            acc = np.zeros(N)
+            tokens = np.zeros(3)  # allotted, spent, abandoned: per query, averaged
+            for rep in contexts:
+                for ctx, idx in rep:
+                    total = max(1, round(bq * ctx.n))
+                    if accounting == "spent":
+                        q_acc, t = _spent_scores(
+                            EVAL_POLICIES[name], ctx, total, worlds[id(ctx)], concurrency
+                        )
+                    else:
+                        res = replay(run_policy(name, ctx, total), ctx.score, vote=vote, n_boot=0)
+                        q_acc = res.per_query
+                        t = np.array([res.tokens_allotted, res.tokens_spent, res.abandoned * ctx.n])
+                    acc[idx] += q_acc / reps
+                    tokens += t / (reps * N)
+            per_q[(name, bq)] = acc
+            lo, hi = bootstrap_ci(acc, n_boot, seed)
+            rows.append(
+                {
+                    "policy": name,
+                    "label": EVAL_POLICIES[name].label,
+                    "budget": bq,
+                    "accuracy": float(acc.mean()),
+                    "accuracy_ci_low": lo,
+                    "accuracy_ci_high": hi,
+                    "tokens_allotted": float(tokens[0]),
+                    "tokens_spent": float(tokens[1]),
+                    "abandoned": float(tokens[2]),
+                    "split": split,
+                    "n_queries": N,
+                    "accounting": accounting,
+                    "vote": vote,
+                }
+            )
+    extra: list[str] = []
+    for ref in dict.fromkeys(["uniform", *paired]):
+        cols = _versus(rows, per_q, ref, n_boot, seed)
+        extra += [] if ref == "uniform" else cols
+    return pd.DataFrame(rows, columns=COLUMNS + extra)
+
+
+def _check_args(
+    traces: TraceSet,
+    budgets_per_query: Sequence[float],
+    policies: Sequence[str],
+    split: str,
+    accounting: str,
+) -> list[float]:
+    """Validate :func:`evaluate`'s arguments; the budgets as floats."""
     if not isinstance(traces, TraceSet):
         raise TypeError(f"traces must be a TraceSet, got {type(traces).__name__}")
     budgets = [float(b) for b in budgets_per_query]
@@ -138,54 +233,67 @@ def evaluate(
         raise ValueError(f"unknown policies {unknown}; choose from {', '.join(EVAL_POLICIES)}")
     if split not in ("half", "none", "queries"):
         raise ValueError(f"split must be 'half', 'none' or 'queries', got {split!r}")
-    if cost not in ("allotted", "spent"):
-        raise ValueError(f"cost must be 'allotted' or 'spent', got {cost!r}")
-    if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, got {repeats}")
-    reps = 1 if split == "none" else repeats
-    contexts = _contexts(traces, split, seed, reps, folds, strength, predictor)
-    N = traces.n
-    per_q: dict[tuple[str, float], np.ndarray] = {}
-    rows = []
-    for bq in budgets:
-        for name in policies:
-            acc = np.zeros(N)
-            allotted = spent = abandoned = 0.0
-            for rep in contexts:
-                for ctx, idx in rep:
-                    total = max(1, round(bq * ctx.n))
-                    alloc = run_policy(name, ctx, total, cost=cost)
-                    res = replay(alloc, ctx.score, vote=vote, n_boot=0)
-                    acc[idx] += res.per_query / reps
-                    allotted += res.tokens_allotted / (reps * N)
-                    spent += res.tokens_spent / (reps * N)
-                    abandoned += res.abandoned * ctx.n / (reps * N)
-            per_q[(name, bq)] = acc
-            lo, hi = bootstrap_ci(acc, n_boot, seed)
-            rows.append(
-                {
-                    "policy": name,
-                    "label": EVAL_POLICIES[name].label,
-                    "budget": bq,
-                    "accuracy": float(acc.mean()),
-                    "accuracy_ci_low": lo,
-                    "accuracy_ci_high": hi,
-                    "tokens_allotted": allotted,
-                    "tokens_spent": spent,
-                    "abandoned": abandoned,
-                    "split": split,
-                    "n_queries": N,
-                    "cost": cost,
-                    "vote": vote,
-                }
-            )
+    if accounting not in ACCOUNTINGS:
+        raise ValueError(
+            f"accounting must be 'allotted' (caps) or 'spent' (tokens generated), "
+            f"got {accounting!r}"
+        )
+    wrong = [p for p in policies if accounting not in EVAL_POLICIES[p].accounting]
+    if wrong:
+        raise ValueError(
+            f"{', '.join(wrong)} cannot be scored under {accounting} accounting (only "
+            f"{', '.join(EVAL_POLICIES[wrong[0]].accounting)}); choose "
+            f"{'--accounting spent' if accounting == 'allotted' else 'other policies'}"
+        )
+    return budgets
+
+
+def _versus(
+    rows: list[dict[str, object]],
+    per_q: dict[tuple[str, float], np.ndarray],
+    ref: str,
+    n_boot: int,
+    seed: int,
+) -> list[str]:
+    """Add each row's paired difference to ``ref`` at the same budget (NaN without it);
+    return the three column names."""
+    col = "vs_" + ref.replace("-", "_")
+    names = [col, f"{col}_ci_low", f"{col}_ci_high"]
     for row in rows:
         key_b = float(row["budget"])  # type: ignore[arg-type]
-        base = per_q.get(("uniform", key_b))
+        base = per_q.get((ref, key_b))
         if base is None:
-            row.update(vs_uniform=np.nan, vs_uniform_ci_low=np.nan, vs_uniform_ci_high=np.nan)
+            row.update(dict.fromkeys(names, np.nan))
             continue
         d = per_q[(str(row["policy"]), key_b)] - base
         lo, hi = bootstrap_ci(d, n_boot, seed)
-        row.update(vs_uniform=float(d.mean()), vs_uniform_ci_low=lo, vs_uniform_ci_high=hi)
-    return pd.DataFrame(rows, columns=COLUMNS)
+        row.update(zip(names, (float(d.mean()), lo, hi), strict=True))
+    return names
+
+
+def _spent_scores(
+    pol: EvalPolicy, ctx: FitContext, total: int, worlds: Worlds, concurrency: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Spent accounting: each scored query's answered share over the worlds (n,), and the
+    tokens reserved, tokens generated and queries never sent, summed over the queries and
+    averaged over the worlds (3,)."""
+    n, w = ctx.n, worlds.w
+    acc = np.zeros(n)
+    tokens = np.zeros(3)
+    if pol.hindsight:
+        if pol.name != "oracle":
+            raise ValueError(f"{pol.name!r} has no spent-accounting ceiling")
+        for k in range(w):
+            hit = spent_ceiling(worlds.lengths[k], worlds.correct[k], total)
+            cost = float(worlds.lengths[k][hit].sum())
+            acc += hit
+            tokens += [cost, cost, n - hit.sum()]
+    else:
+        make = pol.executor(ctx, total)
+        for k in range(w):
+            r = simulate(
+                make(), worlds.lengths[k], worlds.correct[k], total, concurrency=concurrency
+            )
+            acc += r.answered
+            tokens += [r.tokens_allotted, r.tokens_spent, float((r.requests == 0).sum())]
+    return acc / w, tokens / w

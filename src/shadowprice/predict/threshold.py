@@ -733,7 +733,8 @@ def expected_curves(
     UtilityCurve
         ShiftedSurge or GammaSCurve when sigma is 0 everywhere; else a TabulatedCurve (N, K)
         with values E_tau[U(b; tau)], averaged over ``nodes`` equal-probability quantiles of
-        tau (so monotone where U is, between 0 and U's ceiling).
+        tau (so monotone where U is, between 0 and U's ceiling); for the Gamma family also
+        the expected spend E[min(L, b)] and survival P(L > b) of its length law.
     """
     m = np.atleast_1d(np.asarray(median, dtype=float))
     s = np.broadcast_to(np.asarray(sigma, dtype=float), m.shape)
@@ -759,11 +760,22 @@ def expected_curves(
     # are represented without the extreme abscissae of Gauss-Hermite.
     z = stats.norm.ppf((np.arange(nodes) + 0.5) / nodes)
     acc = np.zeros((m.size, g.size))
+    # The Gamma family carries a length law, so the expected curve carries the mixture's
+    # expected spend and survival (averages over the same nodes).
+    lengths = family == "gamma"
+    spend = np.zeros_like(acc) if lengths else None
+    surv = np.zeros_like(acc) if lengths else None
     for zk in z:
-        acc += curve(m * np.exp(s * zk)).value(gf)
+        c = curve(m * np.exp(s * zk))
+        acc += c.value(gf)
+        if spend is not None and surv is not None:
+            spend += c.spend(gf)
+            surv += c.survival(gf)
     acc /= nodes
     acc[:, 0] = 0.0
-    return TabulatedCurve(g, acc)
+    if spend is None or surv is None:
+        return TabulatedCurve(g, acc)
+    return TabulatedCurve(g, acc, spend / nodes, np.clip(surv / nodes, 0.0, 1.0))
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 At a price lambda each query picks the option maximising value - lambda cost. Only options on
 the upper concave envelope of a query's menu are ever picked, so this is CLEAR's market on the
 concave envelope of arbitrary curves (empirical, tabulated, fitted) and of menus that mix
-budgets with parallel samples. Aggregate demand is non-increasing in lambda; bisection finds
+budgets with parallel samples. Costs are either caps (``allotted`` accounting, integers) or
+expected spend E[min(L, b)] (``spent`` accounting, floats): one price then clears
+sum_i S_i(b_i) <= B. Aggregate demand is non-increasing in lambda; bisection finds
 the clearing price.
 
 Two things keep it near a few passes over the N x K menu: the price is first estimated on a
@@ -14,10 +16,13 @@ inside it, so they leave the active set and later steps only touch undecided que
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
-from .constraints import Constraints, IntArray
+from .constraints import Constraints
 from .market import PRICE_RTOL
 from .menus import CHUNK, Menu
 from .result import STATUS_NOT_SCARCE, STATUS_OK, Allocation, floors_exceed_budget
@@ -47,16 +52,19 @@ def _choose(menu: Menu, rows: NDArray[np.intp] | None, price: float) -> NDArray[
     return out
 
 
-def _cost(menu: Menu, choice: NDArray[np.intp], rows: NDArray[np.intp] | None = None) -> IntArray:
+def _cost(
+    menu: Menu, choice: NDArray[np.intp], rows: NDArray[np.intp] | None = None
+) -> NDArray[Any]:
+    """Cost of each row's chosen option: int tokens (allotted) or float expected spend."""
     if menu.costs.ndim == 1:
         return menu.costs[choice]
     r = np.arange(menu.n) if rows is None else rows
     return menu.costs[r, choice]
 
 
-def _demand(menu: Menu, price: float) -> tuple[NDArray[np.intp], int]:
+def _demand(menu: Menu, price: float) -> tuple[NDArray[np.intp], float]:
     c = _choose(menu, None, price)
-    return c, int(_cost(menu, c).sum())
+    return c, _cost(menu, c).sum().item()
 
 
 def price_ceiling(menu: Menu) -> float:
@@ -100,6 +108,7 @@ def _estimate_price(menu: Menu, budget: int, rng_seed: int = 0) -> float | None:
         values=menu.values[rows],
         budgets=menu.budgets if menu.budgets.ndim == 1 else menu.budgets[rows],
         samples=menu.samples if menu.samples.ndim == 1 else menu.samples[rows],
+        accounting=menu.accounting,
     )
     sub_budget = budget * size / menu.n
     p_lo, p_hi = 0.0, price_ceiling(sub)
@@ -114,16 +123,10 @@ def _estimate_price(menu: Menu, budget: int, rng_seed: int = 0) -> float | None:
     return p_hi
 
 
-def clear_menu(menu: Menu, cons: Constraints, *, policy: str = "market") -> Allocation:
-    """Allocate by one clearing price over per-query menus (see module docstring)."""
-    n, B = menu.n, cons.budget
-    if n == 0:
-        return _result(
-            menu, np.zeros(0, np.intp), 0.0, cons, policy, STATUS_NOT_SCARCE, 0, {}, "no queries"
-        )
-    # Unprotected queries can always abandon (option 0), so only protected rows need a check.
+def _check_options(menu: Menu, cons: Constraints) -> None:
+    """Every protected query needs a feasible option (unprotected ones can abandon)."""
     check = np.flatnonzero(cons.protected)
-    no_option = np.zeros(n, dtype=bool)
+    no_option = np.zeros(menu.n, dtype=bool)
     no_option[check] = ~np.isfinite(menu.values[check]).any(axis=1)
     if no_option.any():
         i = int(np.flatnonzero(no_option)[0])
@@ -131,26 +134,44 @@ def clear_menu(menu: Menu, cons: Constraints, *, policy: str = "market") -> Allo
             f"query {i} has no feasible option within its limits; "
             f"check its floor, min_tokens and max_tokens against the grid"
         )
+
+
+def _bracket(menu: Menu, B: float, guess: float | None) -> tuple[float, Any, float | None, Any]:
+    """(p_lo, choice at p_lo, p_hi, choice at p_hi) around the subsample's price ``guess``:
+    tight, widened until it brackets the full market; (0, None, None, None) without a guess."""
     p_lo, p_hi = 0.0, None
+    c_lo = c_hi = None
+    if guess is None:
+        return p_lo, c_lo, p_hi, c_hi
+    hi_try = guess * 1.02
+    while p_hi is None:
+        c, d = _demand(menu, hi_try)
+        if d <= B:
+            p_hi, c_hi = hi_try, c
+        else:
+            p_lo, c_lo = hi_try, c
+            hi_try *= 1.5
+    lo_try = guess * 0.98
+    while p_lo == 0.0 and lo_try > guess * 1e-6:
+        c, d = _demand(menu, lo_try)
+        if d > B:
+            p_lo, c_lo = lo_try, c
+        else:
+            p_hi, c_hi = lo_try, c
+            lo_try *= 0.5
+    return p_lo, c_lo, p_hi, c_hi
+
+
+def clear_menu(menu: Menu, cons: Constraints, *, policy: str = "market") -> Allocation:
+    """Allocate by one clearing price over per-query menus (see module docstring)."""
+    n, B = menu.n, cons.budget
+    if n == 0:
+        return _result(
+            menu, np.zeros(0, np.intp), 0.0, cons, policy, STATUS_NOT_SCARCE, 0, {}, "no queries"
+        )
+    _check_options(menu, cons)
     guess = _estimate_price(menu, B) if n >= SUBSAMPLE_FROM else None
-    if guess is not None:
-        # Bracket the subsample's price tightly, widening until it brackets the full market.
-        hi_try = guess * 1.02
-        while p_hi is None:
-            c, d = _demand(menu, hi_try)
-            if d <= B:
-                p_hi, c_hi = hi_try, c
-            else:
-                p_lo, c_lo = hi_try, c
-                hi_try *= 1.5
-        lo_try = guess * 0.98
-        while p_lo == 0.0 and lo_try > guess * 1e-6:
-            c, d = _demand(menu, lo_try)
-            if d > B:
-                p_lo, c_lo = lo_try, c
-            else:
-                p_hi, c_hi = lo_try, c
-                lo_try *= 0.5
+    p_lo, c_lo, p_hi, c_hi = _bracket(menu, B, guess)
     if p_lo == 0.0:
         c_lo, d_lo = _demand(menu, 0.0)
         if d_lo <= B:
@@ -169,21 +190,21 @@ def clear_menu(menu: Menu, cons: Constraints, *, policy: str = "market") -> Allo
         p_hi = price_ceiling(menu)
         c_hi, d_hi = _demand(menu, p_hi)
         if d_hi > B:
-            return floors_exceed_budget(n, d_hi, B, policy)
+            return floors_exceed_budget(n, int(d_hi), B, policy)
     active = np.flatnonzero(c_lo != c_hi)
-    fixed = int(_cost(menu, c_hi).sum() - _cost(menu, c_hi[active], active).sum())
+    fixed = (_cost(menu, c_hi).sum() - _cost(menu, c_hi[active], active).sum()).item()
     it = 0
     while active.size and p_hi - p_lo > PRICE_RTOL * p_hi and it < MAX_ITER:
         mid = 0.5 * (p_lo + p_hi)
         c_mid = _choose(menu, active, mid)
-        if fixed + int(_cost(menu, c_mid, active).sum()) <= B:
+        if fixed + _cost(menu, c_mid, active).sum().item() <= B:
             p_hi = mid
             c_hi[active] = c_mid
         else:
             p_lo = mid
             c_lo[active] = c_mid
         settled = c_lo[active] == c_hi[active]
-        fixed += int(_cost(menu, c_hi[active[settled]], active[settled]).sum())
+        fixed += _cost(menu, c_hi[active[settled]], active[settled]).sum().item()
         active = active[~settled]
         it += 1
     choice, fill = _fill(menu, c_hi, c_lo, active, cons)
@@ -210,7 +231,7 @@ def _fill(
     """Spend the leftover at the clearing price: first upgrade the undecided queries (their
     next option is worth the price per token), then the best single upgrades that still fit."""
     choice = choice.copy()
-    left = cons.budget - int(_cost(menu, choice).sum())
+    left = cons.budget - _cost(menu, choice).sum().item()
     upgraded = 0
     if active.size and left > 0:
         extra = _cost(menu, upper[active], active) - _cost(menu, choice[active], active)
@@ -219,7 +240,7 @@ def _fill(
         take = np.cumsum(extra[order]) <= left
         sel = active[order[take]]
         choice[sel] = upper[sel]
-        left -= int(extra[order[take]].sum())
+        left -= extra[order[take]].sum().item()
         upgraded = int(sel.size)
     rounds = 0
     while left > 0 and rounds < FILL_ROUNDS:
@@ -265,10 +286,10 @@ def _fill(
             # Every best-ratio upgrade is too large alone: take the single largest gain that fits.
             i, j = np.unravel_index(np.argmax(np.where(ok, gain, -np.inf)), gain.shape)
             choice[cand[i]] = j
-            left -= int(extra[i, j])
+            left -= extra[i, j].item()
         else:
             choice[cand[has[picks]]] = best[has[picks]]
-            left -= int(ex[picks].sum())
+            left -= ex[picks].sum().item()
         rounds += 1
     return choice, {"upgraded_at_price": upgraded, "fill_rounds": rounds}
 
@@ -281,7 +302,7 @@ def _result(
     policy: str,
     status: int,
     iterations: int,
-    info: dict[str, float],
+    info: dict[str, Any],
     message: str,
 ) -> Allocation:
     budgets = menu.pick(menu.budgets, choice).astype(np.int64)
@@ -289,6 +310,10 @@ def _result(
     funded = budgets > 0
     utility = float(menu.values[np.arange(menu.n), choice].astype(np.float64).sum())
     multi = bool(np.any(menu.samples != 1))
+    if menu.accounting == "spent":
+        spend = float(_cost(menu, choice).astype(np.float64).sum())
+        info = {**info, "accounting": "spent", "expected_spend": spend}
+        message += f"; expected spend {spend:.0f} of {cons.budget} tokens"
     return Allocation(
         budgets=budgets,
         price=price,
@@ -300,4 +325,143 @@ def _result(
         message=message + f"; {int((~funded).sum())} of {menu.n} queries abandoned",
         samples=samples if multi else None,
         info={"iterations": iterations, "options": menu.k, "choice": choice, **info},
+    )
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Upper concave envelopes of N queries' (cost, value) options, as rising segments.
+
+    Row i's segments are ``starts[i]:starts[i + 1]`` of the flat arrays, in order from the
+    origin; their slopes strictly fall. Only segments with a positive slope are kept (buying
+    past the top of the envelope never pays).
+
+    Attributes
+    ----------
+    starts : int64 array (N + 1,)
+        Offsets of each row's segments.
+    vertex : int64 array (M,)
+        Option index (column of the menu) each segment ends at.
+    dcost, dvalue : float arrays (M,)
+        Cost (tokens) and value each segment adds.
+    slope : float array (M,)
+        dvalue / dcost: value per token, the price up to which the segment is bought.
+    """
+
+    starts: NDArray[np.int64]
+    vertex: NDArray[np.int64]
+    dcost: NDArray[np.float64]
+    dvalue: NDArray[np.float64]
+    slope: NDArray[np.float64]
+
+    @property
+    def n(self) -> int:
+        return int(self.starts.size - 1)
+
+    def row(self, i: int) -> slice:
+        """Flat-array slice of row ``i``'s segments."""
+        return slice(int(self.starts[i]), int(self.starts[i + 1]))
+
+
+#: Cost steps below this many tokens count as free when taking envelope slopes.
+_MIN_DCOST = 1e-9
+
+
+def _transpose(a: NDArray[Any]) -> NDArray[np.float64]:
+    """(N, K) -> contiguous (K, N) float64, copied in row blocks (cache-friendly)."""
+    n, k = a.shape
+    out = np.empty((k, n))
+    for start in range(0, n, 2048):
+        out[:, start : start + 2048] = a[start : start + 2048].T
+    return out
+
+
+def concave_envelope(costs: NDArray[Any], values: NDArray[np.floating]) -> Envelope:
+    """Upper concave envelope of each row's options, from its first option (the origin).
+
+    Vectorised monotone chain: options are visited in cost order once for all rows, and each
+    row pops the vertices the new option makes non-concave, so the work is O(N K) array
+    operations whatever the envelope sizes.
+
+    Parameters
+    ----------
+    costs : array (N, K) or (K,)
+        Option costs, non-decreasing along each row (e.g. expected spend S_i(b_k)).
+    values : array (N, K)
+        Option values; ``-inf`` for infeasible options (skipped). Column 0 is the origin
+        every envelope starts from (normally cost 0, value 0: not buying).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    c = np.broadcast_to(np.asarray(costs, dtype=np.float64), v.shape)
+    n, k = v.shape
+    # Column-major copies: the sweep reads one option of every row at a time.
+    cT, vT = _transpose(c), _transpose(v)
+    cflat, vflat = cT.ravel(), vT.ravel()
+    stack = np.zeros(k * n, dtype=np.int64)  # stack[d * n + i]: row i's d-th vertex
+    top = np.ones(n, dtype=np.int64)
+    rows = np.arange(n)
+    # The top two vertices of each stack as flat arrays (the common case needs no gather);
+    # rows with one vertex have the origin as both.
+    tx, ty = cT[0].copy(), vT[0].copy()
+    sx, sy = tx.copy(), ty.copy()
+    with np.errstate(invalid="ignore"):
+        for j in range(1, k):
+            xj, yj = cT[j], vT[j]
+            # An option no better than the top at no lower cost adds nothing (and on exact
+            # ties the cheaper budget stays the vertex).
+            fin = np.isfinite(yj) & ~((xj <= tx) & (yj <= ty))
+            # Pop the top while it is not strictly above the chord from the one below it.
+            cross = (tx - sx) * (yj - sy) - (ty - sy) * (xj - sx)
+            pop = fin & (top >= 2) & (cross >= 0)
+            idx = np.flatnonzero(pop)
+            while idx.size:
+                if 8 * idx.size > n:
+                    # Dense round (convex stretches pop every row): whole-array updates.
+                    top -= pop
+                    tx, ty = np.where(pop, sx, tx), np.where(pop, sy, ty)
+                    below = stack[np.maximum(top - 2, 0) * n + rows] * n + rows
+                    sx, sy = np.where(pop, cflat[below], sx), np.where(pop, vflat[below], sy)
+                    cross = (tx - sx) * (yj - sy) - (ty - sy) * (xj - sx)
+                    pop &= (top >= 2) & (cross >= 0)
+                    idx = np.flatnonzero(pop)
+                    continue
+                top[idx] -= 1
+                tx[idx], ty[idx] = sx[idx], sy[idx]
+                below = stack[np.maximum(top[idx] - 2, 0) * n + idx] * n + idx
+                sx[idx], sy[idx] = cflat[below], vflat[below]
+                q = idx[top[idx] >= 2]
+                cr = (tx[q] - sx[q]) * (yj[q] - sy[q]) - (ty[q] - sy[q]) * (xj[q] - sx[q])
+                pop[:] = False
+                idx = q[cr >= 0]
+                pop[idx] = True
+            if fin.all():
+                stack[top * n + rows] = j
+                top += 1
+                sx, sy, tx, ty = tx, ty, xj.copy(), yj.copy()
+                continue
+            stack[top * n + rows] = np.where(fin, j, stack[top * n + rows])
+            top += fin
+            sx, sy = np.where(fin, tx, sx), np.where(fin, ty, sy)
+            tx, ty = np.where(fin, xj, tx), np.where(fin, yj, ty)
+    # Flatten each row's vertices 1..top-1 (the origin is not a segment end), row-major.
+    counts = top - 1
+    seg_row = np.repeat(rows, counts)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    depth = np.arange(seg_row.size) - np.repeat(offsets[:-1], counts) + 1
+    vertex = stack[depth * n + seg_row]
+    prev = stack[(depth - 1) * n + seg_row]
+    dc = cflat[vertex * n + seg_row] - cflat[prev * n + seg_row]
+    dv = vflat[vertex * n + seg_row] - vflat[prev * n + seg_row]
+    # Rising segments form a prefix of each envelope (slopes fall): cut at the first fall.
+    falls = np.cumsum(dv <= 0)
+    before = np.concatenate([[0], falls])[offsets[:-1]]
+    keep = falls - np.repeat(before, counts) == 0
+    kept = np.bincount(seg_row[keep], minlength=n)
+    dcf, dvf = dc[keep], dv[keep]
+    return Envelope(
+        starts=np.concatenate([[0], np.cumsum(kept)]).astype(np.int64),
+        vertex=vertex[keep],
+        dcost=dcf,
+        dvalue=dvf,
+        slope=dvf / np.maximum(dcf, _MIN_DCOST),
     )

@@ -74,12 +74,16 @@ class Allocation:
 
     @property
     def spent(self) -> int:
-        """Tokens committed, at most :attr:`budget`."""
+        """Tokens committed, at most :attr:`budget`: the caps, or for an allocation planned
+        on expected spend (``info["accounting"] == "spent"``) what they should generate."""
+        if self.info.get("accounting") == "spent":
+            return round(float(self.info["expected_spend"]))
         return int(self.cost.sum())
 
     @property
     def leftover(self) -> int:
-        """Tokens of the budget that no query was given."""
+        """Tokens of the budget that no query was given (expected to be left unspent, for
+        an allocation planned on expected spend)."""
         return int(self.budget - self.spent)
 
     @property

@@ -13,7 +13,11 @@ on one random half of each query's samples, replayed on the other) and writes in
   paper's digitised numbers overlaid;
 * ``ratio.png``: CLEAR / uniform accuracy ratio vs budget;
 * ``prediction.csv`` (with the real set): CLEAR with thresholds predicted from text,
-  cross-fitted over folds of the real set.
+  cross-fitted over folds of the real set;
+* ``results_spent.csv`` and ``spent.png`` (``spent=True``): uniform, ``clear``,
+  ``clear-spent``, ``clear-live`` and the spent ceiling under *spent* accounting (tokens
+  generated, through the serving-engine simulator), accuracy vs tokens spent, and the live
+  policy's targets in the report.
 
 One module per job: :mod:`.streams` (which traces, which budgets, what "scarce" is),
 :mod:`.run` (driving the evaluation, :func:`run_bench`), :mod:`.targets` (the checks),
@@ -26,11 +30,13 @@ recipe (shifted surge, closed form), reported beside it. See
 """
 
 from ...traces import load_paper_results
-from .figures import plot_frontier, plot_paper_style, plot_ratio
-from .report import PREDICTION_POLICIES, prediction_section, render_report
+from .figures import plot_frontier, plot_paper_style, plot_ratio, plot_spent
+from .report import PREDICTION_POLICIES, prediction_section, render_report, spent_section
 from .run import (
     DEFAULT_POLICIES,
     RESULT_COLUMNS,
+    SPENT_COLUMNS,
+    SPENT_POLICIES,
     BenchResult,
     evaluate_stream,
     run_bench,
@@ -48,7 +54,7 @@ from .streams import (
     format_budget,
     real_mixture,
 )
-from .targets import Target, check_prediction_targets, check_targets
+from .targets import Target, check_prediction_targets, check_spent_targets, check_targets
 
 __all__ = [
     "DEFAULT_POLICIES",
@@ -59,12 +65,15 @@ __all__ = [
     "SCARCE_LONG",
     "SCARCE_SHORT",
     "SHORT_BUDGETS",
+    "SPENT_COLUMNS",
+    "SPENT_POLICIES",
     "TRUE_CLEAR",
     "BenchResult",
     "BenchStream",
     "Target",
     "build_streams",
     "check_prediction_targets",
+    "check_spent_targets",
     "check_targets",
     "evaluate_stream",
     "format_budget",
@@ -72,9 +81,11 @@ __all__ = [
     "plot_frontier",
     "plot_paper_style",
     "plot_ratio",
+    "plot_spent",
     "prediction_section",
     "real_mixture",
     "render_report",
     "run_bench",
     "run_prediction",
+    "spent_section",
 ]

@@ -18,8 +18,8 @@ from ..policies import EVAL_POLICIES, REFERENCES
 from ..replay import replay
 from ..runner import evaluate
 from ..splits import split_half
-from .figures import plot_frontier, plot_paper_style, plot_ratio
-from .report import prediction_section, render_report
+from .figures import plot_frontier, plot_paper_style, plot_ratio, plot_spent
+from .report import prediction_section, render_report, spent_section
 from .streams import (
     LONG_BUDGETS,
     PAPER_STREAMS,
@@ -28,11 +28,13 @@ from .streams import (
     BenchStream,
     build_streams,
 )
-from .targets import RATIO_FLOOR, Target, check_targets
+from .targets import RATIO_FLOOR, Target, check_spent_targets, check_targets
 
 __all__ = [
     "DEFAULT_POLICIES",
     "RESULT_COLUMNS",
+    "SPENT_COLUMNS",
+    "SPENT_POLICIES",
     "BenchResult",
     "evaluate_stream",
     "run_bench",
@@ -48,6 +50,10 @@ DEFAULT_POLICIES: tuple[str, ...] = (
     "length",
     "oracle",
 )
+
+#: Policies of the spent-accounting tables: today's plans run one-shot, the spend-aware
+#: one-shot plan, the live policy and the spent ceiling.
+SPENT_POLICIES: tuple[str, ...] = ("uniform", "clear", "clear-spent", "clear-live", "oracle")
 
 #: Columns of ``results.csv``, one row per (stream, policy, budget).
 RESULT_COLUMNS = [
@@ -70,6 +76,8 @@ RESULT_COLUMNS = [
     "n_queries",
     "repeats",
 ]
+#: Columns of ``results_spent.csv``: the same, plus the paired difference to ``clear``.
+SPENT_COLUMNS = [*RESULT_COLUMNS, "vs_clear", "vs_clear_ci_low", "vs_clear_ci_high"]
 
 
 @dataclass
@@ -91,6 +99,10 @@ class BenchResult:
         prediction study, ``prediction``.
     streams : list of str
         Stream keys in order.
+    spent : DataFrame, optional
+        :data:`SPENT_COLUMNS`, the spent-accounting runs (``spent=True``).
+    spent_targets : list of Target
+        Checks on ``clear-live`` under spent accounting.
     """
 
     out_dir: Path
@@ -99,6 +111,8 @@ class BenchResult:
     seconds: float
     files: dict[str, Path] = field(default_factory=dict)
     streams: list[str] = field(default_factory=list)
+    spent: pd.DataFrame | None = None
+    spent_targets: list[Target] = field(default_factory=list)
 
 
 def run_bench(
@@ -121,6 +135,7 @@ def run_bench(
     plots: bool = True,
     predict: bool = True,
     predict_folds: int = 5,
+    spent: bool = True,
     command: str | None = None,
 ) -> BenchResult:
     """Evaluate ``policies`` on every stream at every budget; write the report folder.
@@ -159,6 +174,10 @@ def run_bench(
         With ``real``: also CLEAR with thresholds predicted from text, cross-fitted over
         ``predict_folds`` folds of the real set (:func:`run_prediction`; ~10 s of training
         per fold).
+    spent : bool
+        Also run :data:`SPENT_POLICIES` under spent accounting on every stream (the
+        serving-engine simulator), with their targets, ``results_spent.csv`` and
+        ``spent.png``.
     command : str, optional
         The command line to print in the report.
 
@@ -193,6 +212,15 @@ def run_bench(
     out.mkdir(parents=True, exist_ok=True)
     files_: dict[str, Path] = {"csv": out / "results.csv", "report": out / "report.md"}
     results.to_csv(files_["csv"], index=False, float_format="%.6g")
+    spent_df, spent_targets = None, []
+    if spent:
+        spent_df = pd.concat(
+            _run_all(sts, list(SPENT_POLICIES), seed, n_boot, progress, "spent"),
+            ignore_index=True,
+        )
+        spent_targets = check_spent_targets(spent_df, sts)
+        files_["spent_csv"] = out / "results_spent.csv"
+        spent_df.to_csv(files_["spent_csv"], index=False, float_format="%.6g")
     prediction = None
     if real and predict:
         prediction = run_prediction(budgets, predict_folds, seed, n_boot, progress)
@@ -203,6 +231,8 @@ def run_bench(
         files_["frontier"] = plot_frontier(results, sts, out / "frontier.png")
         files_["paper_style"] = plot_paper_style(results, paper, out / "paper_style.png")
         files_["ratio"] = plot_ratio(results, paper, sts, out / "ratio.png")
+        if spent_df is not None:
+            files_["spent"] = plot_spent(spent_df, sts, out / "spent.png")
     seconds = time.perf_counter() - start
     ref = check_targets(results, sts, "clear-paper") if "clear-paper" in pols else []
     report = render_report(
@@ -216,10 +246,14 @@ def run_bench(
         n_boot=n_boot,
         seed=seed,
     )
+    if spent_df is not None:
+        report += "\n" + "\n".join(spent_section(spent_df, sts, spent_targets)) + "\n"
     if prediction is not None:
         report += "\n" + "\n".join(prediction_section(prediction, predict_folds)) + "\n"
     files_["report"].write_text(report, encoding="utf-8")
-    return BenchResult(out, results, targets, seconds, files_, [s.key for s in sts])
+    return BenchResult(
+        out, results, targets, seconds, files_, [s.key for s in sts], spent_df, spent_targets
+    )
 
 
 def run_prediction(
@@ -263,6 +297,7 @@ def evaluate_stream(
     seed: int,
     n_boot: int,
     tick: Callable[[], None] = lambda: None,
+    accounting: str = "allotted",
 ) -> pd.DataFrame:
     """All policies at all budgets of one stream (one evaluate call per budget).
 
@@ -277,13 +312,17 @@ def evaluate_stream(
         Seed of the splits and bootstrap; bootstrap resamples.
     tick : callable
         Called after each budget (progress).
+    accounting : {'allotted', 'spent'}
+        What the budget bounds; under ``spent`` the rows also compare with ``clear``.
 
     Returns
     -------
     DataFrame
-        :data:`RESULT_COLUMNS`, one row per (policy, budget).
+        :data:`RESULT_COLUMNS` (``spent``: :data:`SPENT_COLUMNS`), one row per (policy,
+        budget).
     """
     frames = []
+    spent = accounting == "spent"
     for b in stream.budgets:
         df = evaluate(
             stream.traces,
@@ -293,8 +332,10 @@ def evaluate_stream(
             seed=seed,
             repeats=stream.repeats,
             n_boot=n_boot,
+            accounting="spent" if spent else "allotted",
+            paired=("uniform", "clear") if spent else ("uniform",),
         )
-        if stream.truth is not None:
+        if stream.truth is not None and not spent:
             df = pd.concat([df, pd.DataFrame([_true_clear(stream, b, seed)])], ignore_index=True)
         frames.append(df)
         tick()
@@ -302,7 +343,7 @@ def evaluate_stream(
     df.insert(0, "kind", stream.kind)
     df.insert(0, "stream", stream.key)
     df["repeats"] = stream.repeats
-    return _derived(df)
+    return _derived(df, SPENT_COLUMNS if spent else RESULT_COLUMNS)
 
 
 def _true_clear(stream: BenchStream, budget: int, seed: int) -> dict[str, Any]:
@@ -332,7 +373,7 @@ def _true_clear(stream: BenchStream, budget: int, seed: int) -> dict[str, Any]:
     }
 
 
-def _derived(df: pd.DataFrame) -> pd.DataFrame:
+def _derived(df: pd.DataFrame, columns: Sequence[str] = tuple(RESULT_COLUMNS)) -> pd.DataFrame:
     """Add ``ratio_uniform`` (NaN where uniform < RATIO_FLOOR) and ``share_oracle``."""
     key = ["stream", "budget"]
     uni = df[df.policy == "uniform"].set_index(key).accuracy
@@ -344,7 +385,7 @@ def _derived(df: pd.DataFrame) -> pd.DataFrame:
     with np.errstate(divide="ignore", invalid="ignore"):
         df["ratio_uniform"] = np.where(u >= RATIO_FLOOR, acc / u, np.nan)
         df["share_oracle"] = np.where(o > 0, acc / o, np.nan)
-    return df[RESULT_COLUMNS]
+    return df[list(columns)]
 
 
 def _policy_list(policies: Sequence[str]) -> list[str]:
@@ -356,12 +397,17 @@ def _policy_list(policies: Sequence[str]) -> list[str]:
 
 
 def _run_all(
-    sts: list[BenchStream], pols: list[str], seed: int, n_boot: int, progress: bool
+    sts: list[BenchStream],
+    pols: list[str],
+    seed: int,
+    n_boot: int,
+    progress: bool,
+    accounting: str = "allotted",
 ) -> list[pd.DataFrame]:
     """Evaluate every stream, with a rich progress bar (one step per stream x budget)."""
     total = sum(len(s.budgets) for s in sts)
     if not progress:
-        return [evaluate_stream(s, pols, seed, n_boot) for s in sts]
+        return [evaluate_stream(s, pols, seed, n_boot, accounting=accounting) for s in sts]
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -384,6 +430,8 @@ def _run_all(
     ) as bar:
         task = bar.add_task("", total=total)
         for s in sts:
-            bar.update(task, description=s.key)
-            frames.append(evaluate_stream(s, pols, seed, n_boot, lambda: bar.advance(task)))
+            bar.update(task, description=s.key if accounting == "allotted" else f"{s.key} (spent)")
+            frames.append(
+                evaluate_stream(s, pols, seed, n_boot, lambda: bar.advance(task), accounting)
+            )
     return frames

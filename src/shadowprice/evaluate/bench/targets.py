@@ -10,6 +10,12 @@ Claims about a policy (``clear`` by default) on every stream (:func:`check_targe
    interval's upper end is >= 0);
 4. it reaches at least :data:`CEILING_SHARE` of the hindsight ceiling at every scarce budget.
 
+Claims about the live policy under *spent* accounting (:func:`check_spent_targets`, on the
+spent-accounting results): ``clear-live`` is never below ``clear`` (the same curves run as a
+one-shot plan) nor uniform by more than the interval at any budget, and reaches
+:data:`LIVE_RATIO_TARGET` x ``clear`` somewhere in the scarce regime with the paired interval
+above 0 (required on the balanced and mostly-easy long-reasoning streams; reported on all).
+
 Claims about the cross-fitted prediction from text on the real set
 (:func:`check_prediction_targets`): CLEAR on the expected curve under the prediction keeps at
 least :data:`GAIN_KEPT_TARGET` of the gain over uniform that CLEAR with each query's own traced
@@ -30,10 +36,12 @@ from .streams import SCARCE_SHORT, TRUE_CLEAR, BenchStream, format_budget
 __all__ = [
     "CEILING_SHARE",
     "GAIN_KEPT_TARGET",
+    "LIVE_RATIO_TARGET",
     "RATIO_FLOOR",
     "RATIO_TARGET",
     "Target",
     "check_prediction_targets",
+    "check_spent_targets",
     "check_targets",
 ]
 
@@ -45,6 +53,9 @@ RATIO_TARGET = 3.0
 CEILING_SHARE = 0.8
 #: Share of the hindsight-threshold gain over uniform the text predictor must keep.
 GAIN_KEPT_TARGET = 0.5
+#: Gain over the one-shot ``clear`` the live policy must reach somewhere scarce (spent
+#: accounting).
+LIVE_RATIO_TARGET = 1.1
 
 
 @dataclass(frozen=True)
@@ -204,6 +215,77 @@ def _ceiling_reason(g: pd.DataFrame, b: float, pol: str) -> str:
         "the ceiling picks caps on the 4 scoring samples it is graded on (their luck is "
         "not attainable); the real set has no known true curves to measure the attainable "
         "level"
+    )
+
+
+def check_spent_targets(
+    spent: pd.DataFrame, streams: Sequence[BenchStream], policy: str = "clear-live"
+) -> list[Target]:
+    """Check the live policy's claims (module docstring) on the spent-accounting results.
+
+    Parameters
+    ----------
+    spent : DataFrame
+        The bench's spent-accounting results, with ``uniform`` and ``clear`` rows and the
+        paired ``vs_uniform`` and ``vs_clear`` columns.
+    streams : sequence of BenchStream
+        Streams to check (skipped where ``policy`` was not evaluated).
+    policy : str
+        The live policy.
+
+    Returns
+    -------
+    list of Target
+        Per stream: never below clear, never below uniform, the ratio to clear.
+    """
+    out: list[Target] = []
+    for st in streams:
+        g = spent[spent.stream == st.key].set_index(["policy", "budget"])
+        if (policy, float(st.budgets[0])) not in g.index:
+            continue
+        for ref in ("clear", "uniform"):
+            out.append(_t_not_below(g, st, policy, ref))
+        out.append(_t_live_ratio(g, st, policy))
+    return out
+
+
+def _t_not_below(g: pd.DataFrame, st: BenchStream, pol: str, ref: str) -> Target:
+    col = "vs_" + ref
+    bs = [float(b) for b in st.budgets]
+    d = {b: float(g.loc[(pol, b), col]) for b in bs}
+    hi = {b: float(g.loc[(pol, b), f"{col}_ci_high"]) for b in bs}
+    worst = min(d, key=lambda b: d[b])
+    bad = [b for b in bs if hi[b] < 0]
+    detail = f"lowest {pol} − {ref} {100 * d[worst]:+.1f} pts at {format_budget(worst)}"
+    if bad:
+        detail += f"; significantly below at {', '.join(format_budget(b) for b in bad)}"
+    return Target(
+        f"spent accounting: never below {ref} by more than the CI (any budget)",
+        st.key,
+        not bad,
+        detail,
+    )
+
+
+def _t_live_ratio(g: pd.DataFrame, st: BenchStream, pol: str) -> Target:
+    scarce = st.scarce_budgets
+    ratio = {
+        b: float(g.loc[(pol, b), "accuracy"]) / max(float(g.loc[("clear", b), "accuracy"]), 1e-12)
+        for b in scarce
+    }
+    sig = {b: float(g.loc[(pol, b), "vs_clear_ci_low"]) > 0 for b in scarce}
+    best = max(ratio, key=lambda b: ratio[b])
+    hits = [b for b in scarce if sig[b] and ratio[b] >= LIVE_RATIO_TARGET]
+    detail = (
+        f"{pol} / clear {' / '.join(f'{ratio[b]:.2f}' for b in scarce)} at "
+        f"{' / '.join(format_budget(b) for b in scarce)}; best {ratio[best]:.2f}x at "
+        f"{format_budget(best)}"
+    )
+    return Target(
+        f"spent accounting: >= {LIVE_RATIO_TARGET}x clear somewhere scarce (CI > 0)",
+        st.key,
+        bool(hits),
+        detail,
     )
 
 

@@ -1,0 +1,354 @@
+"""Replay live policies exactly as ``run`` executes them: a deterministic serving engine.
+
+Under *spent* accounting what a query costs depends on when the others end (tokens they leave
+return to the ledger, the price moves, a request may be continued), so a policy cannot be
+scored by replaying fixed caps. This module simulates a serving engine instead:
+
+- ``concurrency`` slots, each generating one token per tick; a request capped at m tokens for
+  a query whose sample is L tokens long ends after min(L - generated so far, m) ticks, on its
+  cap if L is longer;
+- a :class:`~shadowprice.ledger.MemoryLedger` holds the budget: every request's ``max_tokens``
+  is reserved before it is sent and settled with the tokens generated when it ends, so Σ spent
+  can never exceed the budget;
+- the policy (:class:`~shadowprice.live.LivePolicy`: ``clear-live``, a one-shot plan, ...) is
+  asked what to start whenever a slot is free, and told about every request that ends; events
+  at the same tick are handled in the order their requests were sent.
+
+A **world** fixes one scoring sample per query (its length and whether it is correct); a
+query counts as answered if its sample is correct and the generation reached its end.
+Policies are scored over several worlds, each query's samples used equally often
+(:func:`sample_worlds`), which for a fixed plan whose caps all fit reproduces
+:func:`~shadowprice.evaluate.replay.replay`'s expectation exactly.
+
+The **spent-accounting hindsight ceiling** (:func:`spent_ceiling`): in each world, run only
+the correct samples, shortest first, until the budget is spent. Nothing can answer more in that
+world with the same tokens (an exchange argument: every answer costs at least its length).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from ..ledger import LedgerState, MemoryLedger
+from ..live.base import Action, LivePolicy
+from ..traces import TraceSet
+
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "SimulationError",
+    "SimulationResult",
+    "Worlds",
+    "sample_worlds",
+    "simulate",
+    "spent_ceiling",
+]
+
+#: Slots of the simulated engine unless told otherwise (``--concurrency``).
+DEFAULT_CONCURRENCY = 16
+#: Salt for the worlds' generator (independent of data simulated with the same seed).
+_SALT_WORLDS = 0x5107_0001
+
+#: Decides whether a request fails: (query, request number of that query, tokens it would
+#: generate) -> tokens generated before it fails, or None if it does not fail.
+CrashModel = Callable[[int, int, int], "int | None"]
+
+
+class SimulationError(RuntimeError):
+    """The policy asked for something the ledger cannot grant (a bug in the policy)."""
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """What one simulated run did, per query and in total.
+
+    Attributes
+    ----------
+    answered : bool array (N,)
+        The query's sample is correct and its generation reached the end within its caps.
+    spent : int array (N,)
+        Tokens generated for the query (failed attempts included).
+    allotted : int array (N,)
+        Tokens reserved for the query, summed over its requests (its caps).
+    requests : int array (N,)
+        Requests sent for the query (starts, continuations, retries).
+    finished : bool array (N,)
+        The generation reached its end (correct or not).
+    budget : int
+        The ledger's total.
+    ledger : LedgerState
+        The ledger at the end (``spent`` equals ``spent.sum()``).
+    ticks : int
+        Simulated time of the last event (one token per slot per tick).
+    """
+
+    answered: NDArray[np.bool_]
+    spent: NDArray[np.int64]
+    allotted: NDArray[np.int64]
+    requests: NDArray[np.int64]
+    finished: NDArray[np.bool_]
+    budget: int
+    ledger: LedgerState
+    ticks: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(self.answered.size)
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.answered.mean()) if self.n else 0.0
+
+    @property
+    def tokens_spent(self) -> int:
+        return int(self.spent.sum())
+
+    @property
+    def tokens_allotted(self) -> int:
+        return int(self.allotted.sum())
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready totals (spent accounting: the budget bounded what was generated)."""
+        return {
+            "accounting": "spent",
+            "accuracy": self.accuracy,
+            "budget": self.budget,
+            "tokens_spent": self.tokens_spent,
+            "tokens_allotted": self.tokens_allotted,
+            "requests": int(self.requests.sum()),
+            "sent": int((self.requests > 0).sum()),
+            "ticks": self.ticks,
+        }
+
+
+def _check_world(
+    lengths: ArrayLike, correct: ArrayLike
+) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+    L = np.asarray(lengths)
+    c = np.asarray(correct)
+    if L.ndim != 1 or c.shape != L.shape:
+        raise ValueError(f"lengths and correct must be 1-D of one length, got {L.shape}, {c.shape}")
+    if c.dtype != bool:
+        raise ValueError(f"correct must be boolean, got dtype {c.dtype}")
+    if not np.all(np.isfinite(L)) or np.any(L < 0):
+        raise ValueError("lengths must be non-negative finite token counts")
+    return L.astype(np.int64), c
+
+
+#: A request in flight: (end tick, send order, query, tokens it generates, stopped on its
+#: cap, fails, reservation). Tuples order by end tick, then send order.
+_Request = tuple[int, int, int, int, bool, bool, Any]
+
+
+class _Engine:
+    """The simulated engine's state (one run)."""
+
+    def __init__(
+        self,
+        policy: LivePolicy,
+        lengths: NDArray[np.int64],
+        ledger: MemoryLedger,
+        crash: CrashModel | None,
+    ) -> None:
+        n = lengths.size
+        self.policy, self.lengths, self.ledger, self.crash = policy, lengths, ledger, crash
+        self.generated = np.zeros(n, dtype=np.int64)
+        self.spent = np.zeros(n, dtype=np.int64)
+        self.allotted = np.zeros(n, dtype=np.int64)
+        self.requests = np.zeros(n, dtype=np.int64)
+        self.heap: list[_Request] = []
+        self.seq = 0
+        self.now = 0
+        # A mirror of the ledger's free tokens (asking the ledger on every event would cost
+        # more than the rest of the step); checked against the ledger at the end.
+        state = ledger.state_now()
+        self.free = state.total - state.spent - state.reserved
+
+    def available(self) -> int:
+        return max(self.free, 0)
+
+    def send(self, act: Action) -> None:
+        q = act.query
+        if act.tokens < 1:
+            raise SimulationError(f"policy sent query {q} with max_tokens {act.tokens}")
+        res = self.ledger.reserve_now(int(act.tokens), tag=str(q))
+        if res is None:
+            raise SimulationError(
+                f"policy sent query {q} with max_tokens {act.tokens} but only "
+                f"{self.available()} tokens are available"
+            )
+        left = int(self.lengths[q] - self.generated[q])
+        tokens = min(left, int(act.tokens))
+        capped = left > act.tokens
+        failed = False
+        if self.crash is not None:
+            cut = self.crash(q, int(self.requests[q]), tokens)
+            if cut is not None:
+                tokens, capped, failed = max(0, min(int(cut), tokens)), False, True
+        self.free -= int(act.tokens)
+        self.requests[q] += 1
+        self.allotted[q] += act.tokens
+        heapq.heappush(self.heap, (self.now + tokens, self.seq, q, tokens, capped, failed, res))
+        self.seq += 1
+
+    def fill(self, free: int) -> int:
+        while free > 0:
+            act = self.policy.next_start(self.available())
+            if act is None:
+                break
+            self.send(act)
+            free -= 1
+        return free
+
+    def step(self) -> bool:
+        """Handle the next request that ends; True if the slot it held is free."""
+        end, _, q, tokens, capped, failed, res = heapq.heappop(self.heap)
+        self.now = end
+        self.ledger.settle_now(res, tokens)
+        self.free += res.tokens - tokens
+        self.spent[q] += tokens
+        if failed:
+            self.policy.on_error(q, tokens)
+            return True
+        self.generated[q] += tokens
+        nxt = self.policy.on_finish(q, tokens, capped, self.available())
+        if nxt is None:
+            return True
+        if nxt.query != q:
+            raise SimulationError(f"a continuation must be of query {q}, got {nxt.query}")
+        self.send(nxt)
+        return False
+
+
+def simulate(
+    policy: LivePolicy,
+    lengths: ArrayLike,
+    correct: ArrayLike,
+    budget: int,
+    *,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    ledger: MemoryLedger | None = None,
+    crash: CrashModel | None = None,
+) -> SimulationResult:
+    """Run ``policy`` on one world (see module docstring).
+
+    Parameters
+    ----------
+    policy : LivePolicy
+        A fresh policy for these N queries (it is mutated).
+    lengths : int array (N,)
+        Each query's sample length in this world, tokens.
+    correct : bool array (N,)
+        Whether that sample is correct.
+    budget : int
+        Tokens that may be generated in all.
+    concurrency : int
+        Engine slots (requests generating at once).
+    ledger : MemoryLedger, optional
+        The ledger to charge (default: a fresh one of ``budget`` tokens).
+    crash : callable, optional
+        Failure injection for tests (see :data:`CrashModel`): a failed request is settled
+        with the tokens it generated and its partial output is lost.
+    """
+    L, c = _check_world(lengths, correct)
+    if policy.n != L.size:
+        raise ValueError(f"policy covers {policy.n} queries but the world has {L.size}")
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    if budget < 0:
+        raise ValueError(f"budget must be non-negative, got {budget}")
+    book = MemoryLedger(int(budget)) if ledger is None else ledger
+    eng = _Engine(policy, L, book, crash)
+    free = eng.fill(concurrency)
+    while eng.heap:
+        if eng.step():
+            free += 1
+        free = eng.fill(free)
+    finished = eng.generated >= L
+    state = book.state_now()
+    if state.total - state.spent - state.reserved != eng.free:
+        raise SimulationError("the ledger was charged outside this simulation while it ran")
+    return SimulationResult(
+        answered=c & finished & (eng.requests > 0),
+        spent=eng.spent,
+        allotted=eng.allotted,
+        requests=eng.requests,
+        finished=finished & (eng.requests > 0),
+        budget=int(budget),
+        ledger=state,
+        ticks=int(eng.now),
+    )
+
+
+def spent_ceiling(lengths: ArrayLike, correct: ArrayLike, budget: float) -> NDArray[np.bool_]:
+    """Hindsight ceiling of one world under spent accounting: which queries it answers.
+
+    Correct samples, shortest first, while their lengths fit in ``budget`` (answering a query
+    costs at least its length, so no policy answers more in this world). Shape (N,) bool.
+    """
+    L, c = _check_world(lengths, correct)
+    idx = np.flatnonzero(c)
+    order = idx[np.argsort(L[idx], kind="stable")]
+    take = order[np.cumsum(L[order]) <= budget]
+    out = np.zeros(L.size, dtype=bool)
+    out[take] = True
+    return out
+
+
+@dataclass(frozen=True)
+class Worlds:
+    """W worlds over N queries: one sample each.
+
+    Attributes
+    ----------
+    lengths : int array (W, N)
+        Sample length per world and query, tokens.
+    correct : bool array (W, N)
+        Whether that sample is correct.
+    """
+
+    lengths: NDArray[np.int64]
+    correct: NDArray[np.bool_]
+
+    @property
+    def w(self) -> int:
+        return int(self.lengths.shape[0])
+
+    @property
+    def n(self) -> int:
+        return int(self.lengths.shape[1])
+
+
+def sample_worlds(traces: TraceSet, n_worlds: int | None = None, seed: int = 0) -> Worlds:
+    """Worlds from a trace set: world w gives query i its sample perm_i[w mod n_i].
+
+    perm_i is a seeded random order of query i's samples, so with ``n_worlds`` a multiple of
+    every query's sample count each sample is used equally often, and different queries'
+    samples are paired at random. Default ``n_worlds``: the largest sample count.
+    """
+    if not isinstance(traces, TraceSet):
+        raise TypeError(f"traces must be a TraceSet, got {type(traces).__name__}")
+    n = traces.n_samples()
+    if traces.n and n.min() < 1:
+        raise ValueError("every query needs at least one sample to build worlds from")
+    w = int(n.max(initial=1)) if n_worlds is None else int(n_worlds)
+    if w < 1:
+        raise ValueError(f"n_worlds must be at least 1, got {n_worlds}")
+    t = traces.tokens()
+    c = traces.correct()
+    rng = np.random.default_rng([_SALT_WORLDS, seed])
+    keys = rng.random(t.shape)
+    keys[np.isnan(t)] = np.inf
+    perm = np.argsort(keys, axis=1)  # present samples first, in random order
+    j = perm[np.arange(traces.n)[None, :], np.arange(w)[:, None] % n[None, :]]  # (W, N)
+    rows = np.arange(traces.n)[None, :]
+    return Worlds(
+        lengths=np.rint(t[rows, j]).astype(np.int64),
+        correct=c[rows, j].astype(bool),
+    )
