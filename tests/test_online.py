@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shadowprice.evaluate.traffic import make_traffic, plot_simulation, simulate
 from shadowprice.online import (
     ArrivalForecast,
     GammaShape,
@@ -16,7 +17,6 @@ from shadowprice.online import (
     SurgeShape,
 )
 from shadowprice.online.shape import shape_terms
-from shadowprice.evaluate.traffic import make_traffic, plot_simulation, simulate
 
 
 def test_terms_match_the_surge_closed_form_before_anything_is_learned() -> None:
