@@ -275,18 +275,13 @@ def _location(
     return _Location(mu, 1.0 / prec, res, sigma2, tau2, mu0)
 
 
-def _smooth_cdf(residuals: FloatArray, z: FloatArray) -> FloatArray:
-    """Gaussian-kernel CDF of ``residuals`` evaluated at ``z`` (any shape)."""
-    r = np.asarray(residuals, float)
-    h = _kernel_bandwidth(r)
-    # Tabulate once on a fine grid, then interpolate: O(|z| + 2048 |r|) instead of O(|z||r|).
-    lo, hi = float(r.min()) - 6 * h, float(r.max()) + 6 * h
-    zz = np.linspace(lo, hi, 2048)
-    cdf = np.zeros_like(zz)
-    for chunk in np.array_split(r, max(1, r.size // 4096 + 1)):
-        cdf += special.ndtr((zz[:, None] - chunk[None, :]) / h).sum(axis=1)
-    cdf /= r.size
-    return np.interp(z, zz, cdf, left=0.0, right=1.0)
+#: Residual sets up to this size are smoothed sample by sample; larger ones are first binned
+#: linearly onto :data:`_BINS` points (the kernel is at least 0.02 wide and a bin at most
+#: (range / 8192), so the tables move by far less than their own smoothing).
+_EXACT_KERNEL = 16_384
+_BINS = 8_192
+#: Points of the tabulated kernel functions.
+_TABLE = 2_048
 
 
 def _kernel_bandwidth(r: FloatArray) -> float:
@@ -294,29 +289,72 @@ def _kernel_bandwidth(r: FloatArray) -> float:
     return max(1.06 * sd * r.size ** (-0.2), 0.02)
 
 
-def _smooth_capped_mean(residuals: FloatArray, z: FloatArray) -> FloatArray:
-    """E[min(e^e, e^z)] for e drawn from the Gaussian-kernel density of ``residuals`` (the
-    distribution :func:`_smooth_cdf` integrates), at ``z`` (any shape).
+class _KernelShape:
+    """The Gaussian-kernel-smoothed law of residuals ``e``, tabulated once.
 
-    Each kernel is a log-normal, whose capped mean is closed form:
-    E[min(e^(r + hZ), e^z)] = e^(r + h^2/2) Phi((z - r - h^2)/h) + e^z (1 - Phi((z - r)/h)).
+    :meth:`cdf` gives P(e <= z); :meth:`capped_mean` gives E[min(e^e, e^z)] (each kernel is
+    a log-normal, whose capped mean is closed form:
+    E[min(e^(r + hZ), e^z)] = e^(r + h^2/2) Phi((z - r - h^2)/h) + e^z (1 - Phi((z - r)/h))).
+    Both are tabulated on :data:`_TABLE` points and interpolated: O(|z| + 2048 |r|) per fit
+    instead of O(|z| |r|).
     """
-    r = np.asarray(residuals, float)
-    h = _kernel_bandwidth(r)
-    lo, hi = float(r.min()) - 6 * h, float(r.max()) + 6 * h
-    zz = np.linspace(lo, hi, 2048)
-    acc = np.zeros_like(zz)
-    for chunk in np.array_split(r, max(1, r.size // 4096 + 1)):
-        d = zz[:, None] - chunk[None, :]
-        acc += (
-            np.exp(chunk + h * h / 2)[None, :] * special.ndtr((d - h * h) / h)
-            + np.exp(zz)[:, None] * special.ndtr(-d / h)
-        ).sum(axis=1)
-    acc /= r.size
-    mean = float(np.mean(np.exp(r + h * h / 2)))
-    out = np.interp(z, zz, acc, right=mean)
-    # Below every kernel the cap binds: min(e^e, e^z) = e^z.
-    return np.where(z < lo, np.exp(np.minimum(z, lo)), out)
+
+    def __init__(self, residuals: FloatArray) -> None:
+        r = np.asarray(residuals, float)
+        self.h = h = _kernel_bandwidth(r)
+        self.lo, self.hi = float(r.min()) - 6 * h, float(r.max()) + 6 * h
+        self.zz = np.linspace(self.lo, self.hi, _TABLE)
+        centres, weights = _binned(r)
+        self.mean = float(np.mean(np.exp(r + h * h / 2)))
+        self._cdf = np.zeros_like(self.zz)
+        self._capped = np.zeros_like(self.zz)
+        ez = np.exp(self.zz)[:, None]
+        parts = max(1, centres.size // 4096 + 1)
+        wparts = [None] * parts if weights is None else np.array_split(weights, parts)
+        for c, wt in zip(np.array_split(centres, parts), wparts, strict=True):
+            d = self.zz[:, None] - c[None, :]
+            cdf = special.ndtr(d / h)
+            capped = np.exp(c + h * h / 2)[None, :] * special.ndtr((d - h * h) / h) + ez * (
+                special.ndtr(-d / h)
+            )
+            self._cdf += (cdf * wt).sum(axis=1) if wt is not None else cdf.sum(axis=1)
+            self._capped += (capped * wt).sum(axis=1) if wt is not None else capped.sum(axis=1)
+        if weights is None:  # plain sums of the residuals' kernels: divide once
+            self._cdf /= r.size
+            self._capped /= r.size
+
+    def cdf(self, z: FloatArray) -> FloatArray:
+        """P(e <= z), shape of ``z``."""
+        return np.interp(z, self.zz, self._cdf, left=0.0, right=1.0)
+
+    def capped_mean(self, z: FloatArray) -> FloatArray:
+        """E[min(e^e, e^z)], shape of ``z``."""
+        out = np.interp(z, self.zz, self._capped, right=self.mean)
+        # Below every kernel the cap binds: min(e^e, e^z) = e^z.
+        return np.where(z < self.lo, np.exp(np.minimum(z, self.lo)), out)
+
+
+def _binned(r: FloatArray) -> tuple[FloatArray, FloatArray | None]:
+    """(points, weights summing to 1): the residuals themselves (weights None: equal), or,
+    for large sets, their linear binning onto :data:`_BINS` points (each residual's mass
+    split between the two nearest, which keeps the mean of every smooth function to second
+    order)."""
+    if r.size <= _EXACT_KERNEL:
+        return r, None
+    lo, hi = float(r.min()), float(r.max())
+    if hi <= lo:
+        return np.array([lo]), np.ones(1)
+    pts = np.linspace(lo, hi, _BINS)
+    pos = (r - lo) / (pts[1] - pts[0])
+    left = np.minimum(np.floor(pos).astype(np.int64), _BINS - 2)
+    frac = pos - left
+    w = np.bincount(left, 1.0 - frac, _BINS) + np.bincount(left + 1, frac, _BINS)
+    keep = w > 0
+    return pts[keep], w[keep] / r.size
+
+
+def _chunks(n: int, size: int = 4096) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)] or [slice(0, 0)]
 
 
 def _location_nodes(loc: _Location, smooth: bool) -> tuple[FloatArray, FloatArray]:
@@ -340,12 +378,13 @@ def _lognormal_spend(
     n = mu.shape[0]
     spend = np.empty((n, logb.size))
     surv = np.empty((n, logb.size))
+    shape = _KernelShape(loc.residuals)
     for start in range(0, n, _ROWS):  # bounded (rows, K, M) temporaries
         m = mu[start : start + _ROWS]
         z = logb[None, :, None] - m[:, None, :]
-        cm = _smooth_capped_mean(loc.residuals, z)
+        cm = shape.capped_mean(z)
         spend[start : start + _ROWS] = (np.exp(m)[:, None, :] * cm * w).sum(axis=2)
-        surv[start : start + _ROWS] = ((1.0 - _smooth_cdf(loc.residuals, z)) * w).sum(axis=2)
+        surv[start : start + _ROWS] = ((1.0 - shape.cdf(z)) * w).sum(axis=2)
     spend = np.concatenate([np.zeros((n, 1)), spend], axis=1)
     slope = np.clip(np.diff(spend, axis=1) / np.diff(grid.astype(float)), 0.0, 1.0)
     spend = np.concatenate([np.zeros((n, 1)), np.cumsum(slope * np.diff(grid), axis=1)], axis=1)
@@ -435,13 +474,17 @@ class ShrunkCurveFitter:
         self.sigma_, self.tau_ = float(np.sqrt(loc.sigma2)), float(np.sqrt(loc.tau2))
         self.residuals_ = loc.residuals
         logb = np.log(np.maximum(g[1:].astype(float), 1.0))  # (K-1,)
-        if self.smooth and s > 0:
-            x, w = np.polynomial.hermite_e.hermegauss(_GH_NODES)
-            w = w / w.sum()
-            mu = self.mu_[:, None, None] + np.sqrt(self.mu_var_)[:, None, None] * x[None, None, :]
-            F = (_smooth_cdf(loc.residuals, logb[None, :, None] - mu) * w).sum(axis=2)
-        else:
-            F = _smooth_cdf(loc.residuals, logb[None, :] - self.mu_[:, None])
+        shape = _KernelShape(loc.residuals)
+        mu, w = _location_nodes(
+            _Location(self.mu_, self.mu_var_, loc.residuals, loc.sigma2, loc.tau2, loc.mu0),
+            self.smooth and s > 0,
+        )
+        F = np.empty((traces.n, logb.size))
+        for start in range(0, traces.n, _ROWS):  # bounded (rows, K, M) temporaries
+            m = mu[start : start + _ROWS]
+            F[start : start + _ROWS] = (shape.cdf(logb[None, :, None] - m[:, None, :]) * w).sum(
+                axis=2
+            )
         vals = np.concatenate([np.zeros((traces.n, 1)), self.p_[:, None] * F], axis=1)
         self.grid_ = g
         # Lengths of every sample, correct or not: what a cap spends.

@@ -32,6 +32,7 @@ reproduce the pool's behaviour (which is the honest answer without per-query inf
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -64,6 +65,10 @@ ORACLE_LABEL = "hindsight oracle (ceiling)"
 
 #: Largest oracle DP table (queries x budget granules); the granularity grows to fit it.
 ORACLE_CELLS = 30_000_000
+#: The DP's granule may be at most this fraction of the average cap (1/16 of it): coarser
+#: granules would make the "ceiling" a coarse approximation, so large sets use the
+#: Lagrangian solution on the exact menus instead.
+ORACLE_MAX_GRANULES_SHARE = 16
 
 #: Maps (fit traces, traces of the queries to score) to probability curves for the latter.
 Predictor = Callable[[TraceSet, TraceSet], UtilityCurve]
@@ -325,7 +330,19 @@ def _oracle(ctx: FitContext, budget: int) -> Allocation:
     # Coarsen the granule so the DP table stays bounded; rounding caps up to the granule
     # makes the ceiling very slightly pessimistic, never optimistic.
     g = max(1, int(np.ceil(ctx.n * (budget + 1) / ORACLE_CELLS)))
-    return allocate(ctx.hindsight, budget, "oracle", granularity=g)
+    if g <= max(1, budget // (ctx.n * ORACLE_MAX_GRANULES_SHARE)):
+        return allocate(ctx.hindsight, budget, "oracle", granularity=g)
+    # Too many queries for the DP at a granule that keeps caps meaningful: one price over the
+    # exact menus of the scoring samples instead. A feasible allocation, so still a ceiling
+    # no policy can beat by more than the Lagrangian gap, which is at most one query's value
+    # (1/N of the accuracy).
+    alloc = allocate(ctx.hindsight, budget, "market")
+    return dataclasses.replace(
+        alloc,
+        policy="oracle",
+        message=f"{alloc.message}; the exact DP would need {g}-token granules here, so one "
+        f"price over the scoring samples' exact menus (within 1/{ctx.n} of the optimum)",
+    )
 
 
 def _oracle_samples(ctx: FitContext, budget: int, ks: tuple[int, ...] = (1, 2, 4)) -> Allocation:
