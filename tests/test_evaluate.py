@@ -166,3 +166,22 @@ def test_samples_ceiling_bounds_length_ceiling_and_clear_samples():
     assert acc["oracle-samples"] >= acc["clear-samples"] - 1e-12
     labels = set(df["label"])
     assert "hindsight oracle over k x b (ceiling)" in labels
+
+
+def test_oracle_on_a_large_set_stays_a_ceiling() -> None:
+    """Past what the exact DP can hold at a fine granule, the ceiling is one price over the
+    scoring samples' exact menus: still above every runnable policy, never a coarse DP."""
+    from shadowprice.evaluate import FitContext, run_policy, split_half
+    from shadowprice.evaluate.replay import replay
+    from shadowprice.evaluate.streams import make_stream
+
+    ts = make_stream("balanced", 3000, 5).sample_traces(8, 6)
+    fit, score = split_half(ts, 0)
+    ctx = FitContext(fit, score)
+    oracle = run_policy("oracle", ctx, 300 * ts.n)
+    assert "exact menus" in oracle.message and oracle.spent <= 300 * ts.n
+    acc = {
+        p: replay(run_policy(p, ctx, 300 * ts.n), score, n_boot=0).accuracy
+        for p in ("uniform", "clear")
+    }
+    assert replay(oracle, score, n_boot=0).accuracy > max(acc.values())
