@@ -171,7 +171,8 @@ def test_samples_ceiling_bounds_length_ceiling_and_clear_samples():
 def test_oracle_on_a_large_set_stays_a_ceiling() -> None:
     """Past what the exact DP can hold at a fine granule, the ceiling is one price over the
     scoring samples' exact menus: still above every runnable policy, never a coarse DP."""
-    from shadowprice.evaluate import FitContext, run_policy, split_half
+    from shadowprice.evaluate import FitContext, split_half
+    from shadowprice.evaluate.policies import run_policy
     from shadowprice.evaluate.replay import replay
     from shadowprice.evaluate.streams import make_stream
 
