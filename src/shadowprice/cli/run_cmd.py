@@ -34,7 +34,6 @@ DEADLINE_HELP = (
 )
 _POLICIES = ("clear-live", "clear", "market", "uniform", "proportional", "greedy", "length")
 #: The live policy: prices as requests end, reclaims, extends (see shadowprice.live).
-LIVE = "clear-live"
 CONTINUATION_HELP = (
     "how a request stopped on its cap is continued (clear-live): auto (ask the server), "
     "prefill (llama.cpp), vllm (vLLM/SGLang continue_final_message), off (no extension)"
@@ -63,7 +62,9 @@ def run_command(
     model: str = typer.Option(..., "--model", help="model name sent to the endpoint"),
     budget: int | None = budget_option(),
     per_query: float | None = per_query_option(),
-    policy: str = typer.Option(LIVE, "--policy", help=choices_help("policy", _POLICIES)),
+    policy: str = typer.Option(
+        _POLICIES[0], "--policy", help=choices_help("policy (default: clear-live)", _POLICIES)
+    ),
     predictor: str | None = typer.Option(
         None,
         "--predictor",
@@ -136,7 +137,8 @@ def run_command(
     resumes without overspending. Exit status: 0 success, 1 some queries ended in error,
     2 bad input, 130 interrupted (re-run to resume).
     """
-    from shadowprice.engine.planning import Batch, run_batch
+    from shadowprice.engine.live import LiveRunOptions
+    from shadowprice.engine.planning import LIVE_POLICY, Batch, run_batch
     from shadowprice.engine.results import RunFiles
     from shadowprice.engine.run import DEFAULT_TEMPLATE, RunConfig, RunStateError
     from shadowprice.ledger import JournalMismatch, LedgerError
@@ -150,16 +152,8 @@ def run_command(
     qf = read_query_file(queries)
     batch = Batch(qf.ids(), qf.texts("each query is sent as its question"), qf.answers())
     total = total_budget(budget, per_query, qf.n)
-    if policy == LIVE and (force_answer or fallback_tokens):
-        fail(
-            "clear-live continues requests that stop on their cap instead of forcing an "
-            "answer, and funds queries as it goes: drop --force-answer/--fallback-tokens, or "
-            "choose another --policy"
-        )
-    if continuation not in ("auto", "prefill", "vllm", "off"):
-        fail(f"--continuation must be one of auto, prefill, vllm, off, got {continuation!r}")
     # clear-live plans on expected spend: the Gamma family carries a length law.
-    family = "gamma" if policy == LIVE else "surge"
+    family = "gamma" if policy == LIVE_POLICY else "surge"
     qc = query_curves(qf, family=family, policy=policy, predictor=predictor, alpha=alpha, beta=beta)
     if qc.source == "default predictor":
         note(
@@ -177,50 +171,28 @@ def run_command(
         progress=progress,
     )
     try:
-        if policy == LIVE:
-            report = _run_live(
-                batch,
-                qc.curves,
-                total,
-                endpoint,
-                model,
-                out,
-                config,
-                grader,
-                template,
-                system,
-                api_key,
-                timeout,
-                deadline,
-                retries,
-                release_unsettled,
-                continuation,
-                max_tokens,
-                state,
-                state_name,
-            )
-        else:
-            report = run_batch(
-                batch,
-                qc.curves,
-                budget=total,
-                endpoint=endpoint,
-                model=model,
-                policy=policy,
-                out=out,
-                config=config,
-                grader=grader,
-                template=template if template is not None else DEFAULT_TEMPLATE,
-                system=system,
-                api_key=api_key,
-                timeout=timeout,
-                deadline=deadline,
-                max_retries=retries,
-                release_unsettled=release_unsettled,
-                grid=getattr(qc.curves, "grid", None),
-                state=state,
-                state_name=state_name,
-            )
+        report = run_batch(
+            batch,
+            qc.curves,
+            budget=total,
+            endpoint=endpoint,
+            model=model,
+            policy=policy,
+            out=out,
+            config=config,
+            grader=grader,
+            template=template if template is not None else DEFAULT_TEMPLATE,
+            system=system,
+            api_key=api_key,
+            timeout=timeout,
+            deadline=deadline,
+            max_retries=retries,
+            release_unsettled=release_unsettled,
+            grid=getattr(qc.curves, "grid", None),
+            state=state,
+            state_name=state_name,
+            live=LiveRunOptions(continuation=continuation, max_tokens=max_tokens),  # type: ignore[arg-type]
+        )
     except LedgerError as exc:
         if isinstance(exc, JournalMismatch):
             _resume_error(exc, out)
@@ -230,62 +202,6 @@ def run_command(
     _report(report.summary, policy, out, fmt)
     if report.summary["errors"]:
         raise typer.Exit(code=EXIT_FAILED)
-
-
-def _run_live(
-    batch: Any,
-    curves: Any,
-    total: int,
-    endpoint: str,
-    model: str,
-    out: Path,
-    config: Any,
-    grader: str,
-    template: str | None,
-    system: str | None,
-    api_key: str | None,
-    timeout: float,
-    deadline: float | None,
-    retries: int,
-    release_unsettled: bool,
-    continuation: str,
-    max_tokens: int | None,
-    state: str | None,
-    state_name: str,
-) -> Any:
-    """``run --policy clear-live``: the live planner drives the engine."""
-    from shadowprice.engine.live import LiveRunOptions, run_live
-    from shadowprice.engine.planning import build_items
-    from shadowprice.engine.run import DEFAULT_TEMPLATE, check_template
-
-    tmpl = check_template(template) if template is not None else DEFAULT_TEMPLATE
-    items = build_items(
-        batch.ids,
-        batch.questions,
-        [0] * len(batch.ids),
-        batch.answers,
-        template=tmpl,
-        system=system,
-        reason="",
-    )
-    return run_live(
-        items,
-        curves,
-        endpoint=endpoint,
-        model=model,
-        total_budget=total,
-        out=out,
-        config=config,
-        options=LiveRunOptions(continuation=continuation, max_tokens=max_tokens),  # type: ignore[arg-type]
-        grader=grader,
-        api_key=api_key,
-        timeout=timeout,
-        deadline=deadline,
-        max_retries=retries,
-        release_unsettled=release_unsettled,
-        state=state,
-        state_name=state_name,
-    )
 
 
 def _report(s: dict[str, Any], policy: str, out: Path, fmt: str) -> None:

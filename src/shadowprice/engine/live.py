@@ -34,7 +34,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -51,7 +50,16 @@ from .results import (
     open_for_append,
     write_json_atomic,
 )
-from .run import PlanItem, RunConfig, RunReport, ids_of, open_ledger, plan_identity, run_summary
+from .run import (
+    PlanItem,
+    RunConfig,
+    RunReport,
+    ids_of,
+    open_ledger,
+    plan_identity,
+    run_connected,
+    run_summary,
+)
 
 __all__ = ["Continuation", "LiveRunOptions", "detect_continuation", "execute_live", "run_live"]
 
@@ -89,6 +97,16 @@ class LiveRunOptions:
     calibrate: bool = True
     levels: int = 96
     step: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.continuation not in ("auto", "prefill", "vllm", "off"):
+            raise ValueError(
+                f"continuation must be one of auto, prefill, vllm, off, got {self.continuation!r}"
+            )
+        if self.max_tokens is not None and not (
+            isinstance(self.max_tokens, int) and self.max_tokens >= 1
+        ):
+            raise ValueError(f"max_tokens must be a whole number >= 1, got {self.max_tokens!r}")
 
 
 async def detect_continuation(base_url: str, timeout: float = 5.0) -> Continuation:
@@ -444,40 +462,32 @@ def run_live(
 ) -> RunReport:
     """Synchronous wrapper around :func:`execute_live` that owns its client (and, with
     ``state`` = ``redis://HOST:PORT/DB``, the budget shared in Redis under ``state_name``)."""
-    ident = dict(identity or {})
-    shared: Ledger | None = None
-    if state is not None:
-        from ..ledger.redis import RedisLedger
 
-        shared = RedisLedger.from_url(state, total_budget, namespace=state_name, timeout=5.0)
-        where = urlsplit(state)  # no password in the journal
-        ident["state"] = f"{where.hostname}:{where.port}{where.path}#{state_name}"
+    async def main(client: ChatClient, shared: Ledger | None, ident: dict[str, Any]) -> RunReport:
+        return await execute_live(
+            items,
+            curves,
+            client,
+            total_budget=total_budget,
+            out=out,
+            config=config,
+            options=options,
+            grader=grader,
+            identity=ident,
+            release_unsettled=release_unsettled,
+            shared=shared,
+        )
 
-    async def main() -> RunReport:
-        try:
-            async with ChatClient(
-                endpoint,
-                model,
-                api_key=api_key,
-                timeout=timeout,
-                deadline=deadline,
-                max_retries=max_retries,
-            ) as client:
-                return await execute_live(
-                    items,
-                    curves,
-                    client,
-                    total_budget=total_budget,
-                    out=out,
-                    config=config,
-                    options=options,
-                    grader=grader,
-                    identity=ident,
-                    release_unsettled=release_unsettled,
-                    shared=shared,
-                )
-        finally:
-            if shared is not None:
-                await shared.aclose()
-
-    return asyncio.run(main())
+    return run_connected(
+        main,
+        endpoint=endpoint,
+        model=model,
+        total_budget=total_budget,
+        api_key=api_key,
+        timeout=timeout,
+        deadline=deadline,
+        max_retries=max_retries,
+        identity=identity,
+        state=state,
+        state_name=state_name,
+    )

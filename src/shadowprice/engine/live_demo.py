@@ -83,13 +83,12 @@ def live_demo(
         wall seconds, ...).
     """
     from rich.console import Console
-    from rich.table import Table
 
     from shadowprice import ShiftedSurge
 
     from .forcing import DEFAULT_FORCE_TOKENS
-    from .planning import build_items, heuristic_tau, plan_budgets
-    from .run import RunConfig, run_plan
+    from .planning import Batch, heuristic_tau, run_batch
+    from .run import RunConfig
 
     console = console or Console()
     server = None
@@ -100,10 +99,7 @@ def live_demo(
         server = start_server()
         url, model = server.url, model or server.model
     model = model or "local"
-    problems = sample_problems(n)
-    ids = [p[0] for p in problems]
-    questions = [p[1] for p in problems]
-    golds = [p[2] for p in problems]
+    ids, questions, golds = (list(col) for col in zip(*sample_problems(n), strict=True))
     total = n * budget_per_query
     curves = ShiftedSurge(heuristic_tau(questions), alpha=1.5, beta=0.005)
     force = DEFAULT_FORCE_TOKENS if force_answer else 0
@@ -111,37 +107,44 @@ def live_demo(
     console.print(f"endpoint {url}  model {model}  {n} problems  total budget {total} tokens")
     summaries: dict[str, dict[str, Any]] = {}
     for policy in policies:
-        planned = plan_budgets(curves, total, policy, force_tokens=force)
-        items = build_items(ids, questions, planned.budgets.tolist(), golds)
-        report = run_plan(
-            items,
+        report = run_batch(
+            Batch(ids, questions, golds),
+            curves,
+            budget=total,
             endpoint=url,
             model=model,
-            total_budget=total,
+            policy=policy,
             out=out_root / f"{policy}.jsonl",
             config=RunConfig(concurrency=concurrency, force_tokens=force),
         )
-        table = Table(title=f"policy {policy}")
-        for col in ("id", "budget", "tokens", "finish", "answer", "gold", "correct"):
-            table.add_column(col)
-        for r in report.records:
-            table.add_row(
-                str(r["id"]),
-                str(r["budget"]),
-                str(r.get("tokens", 0)),
-                str(r.get("finish_reason", r.get("status"))),
-                str(r.get("answer")),
-                str(r.get("gold")),
-                str(r.get("correct")),
-            )
-        console.print(table)
-        s = report.summary
-        console.print(
-            f"[bold]{policy}[/]: {s['correct']}/{s['graded']} correct, "
-            f"{s['tokens_used']}/{s['budget']} tokens, {s['abandoned']} abandoned, "
-            f"{s['forced']} forced, {s['wall_s']:.1f}s"
-        )
-        summaries[policy] = s
+        _print_run(console, policy, report)
+        summaries[policy] = report.summary
     console.print(f"results in {out_root}")
     del server  # the embedded server stops with the process; drop our reference
     return summaries
+
+
+def _print_run(console: Any, policy: str, report: Any) -> None:
+    """One policy's records as a table, then its summary line."""
+    from rich.table import Table
+
+    table = Table(title=f"policy {policy}")
+    for col in ("id", "budget", "tokens", "finish", "answer", "gold", "correct"):
+        table.add_column(col)
+    for r in report.records:
+        table.add_row(
+            str(r["id"]),
+            str(r["budget"]),
+            str(r.get("tokens", 0)),
+            str(r.get("finish_reason", r.get("status"))),
+            str(r.get("answer")),
+            str(r.get("gold")),
+            str(r.get("correct")),
+        )
+    console.print(table)
+    s = report.summary
+    console.print(
+        f"[bold]{policy}[/]: {s['correct']}/{s['graded']} correct, "
+        f"{s['tokens_used']}/{s['budget']} tokens, {s['abandoned']} abandoned, "
+        f"{s.get('forced', 0)} forced, {s['wall_s']:.1f}s"
+    )

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .grading import Grader, get_grader
+from .live import LiveRunOptions, run_live
 from .run import (
     DEFAULT_TEMPLATE,
     PlanItem,
@@ -98,6 +99,10 @@ def heuristic_tau(
     return np.array([base + per_word * len(q.split()) for q in questions], dtype=float)
 
 
+#: The policy that prices as it runs (:mod:`shadowprice.live`): ``run``'s default.
+LIVE_POLICY = "clear-live"
+
+
 @dataclass(frozen=True)
 class Batch:
     """The queries of a run, as parallel columns.
@@ -138,8 +143,15 @@ def run_batch(
     grid: Any = None,
     state: str | None = None,
     state_name: str = "run",
+    live: LiveRunOptions | None = None,
 ) -> RunReport:
-    """Allocate ``budget`` over a batch with ``policy`` and execute it on ``endpoint``.
+    """Price ``budget`` over a batch with ``policy`` and execute it on ``endpoint``.
+
+    ``policy="clear-live"`` (:data:`LIVE_POLICY`) runs the live planner: queries start as the
+    price allows, tokens a finished query leaves go to the next ones, and a request that
+    stops on its cap may be continued (``live``: how, and the most one query may generate);
+    any other policy is a plan of fixed caps (:func:`shadowprice.allocate`) executed with
+    optional answer forcing and fallbacks.
 
     Everything is validated before the first request: the template, the grader, the
     endpoint URL, timeouts and the allocation itself. The run is resumable through ``out``
@@ -156,6 +168,37 @@ def run_batch(
     config.validate()
     check_template(template)
     get_grader(grader)  # fail before spending anything on a grader that cannot load
+    connection: dict[str, Any] = {
+        "endpoint": endpoint,
+        "model": model,
+        "out": out,
+        "config": config,
+        "grader": grader,
+        "api_key": api_key,
+        "timeout": timeout,
+        "deadline": deadline,
+        "max_retries": max_retries,
+        "release_unsettled": release_unsettled,
+        "state": state,
+        "state_name": state_name,
+    }
+    if policy == LIVE_POLICY:
+        if config.force_tokens or config.fallback_tokens:
+            raise ValueError(
+                "clear-live continues requests that stop on their cap instead of forcing an "
+                "answer, and funds queries as it goes: drop answer forcing and fallbacks, or "
+                "choose another policy"
+            )
+        items = build_items(
+            batch.ids,
+            batch.questions,
+            [0] * len(batch.ids),
+            batch.answers,
+            template=template,
+            system=system,
+            reason="",
+        )
+        return run_live(items, curves, total_budget=budget, options=live, **connection)
     extra = {"grid": grid} if grid is not None else {}
     planned = plan_budgets(
         curves,
@@ -175,20 +218,4 @@ def run_batch(
         template=template,
         system=system,
     )
-    return run_plan(
-        items,
-        endpoint=endpoint,
-        model=model,
-        total_budget=budget,
-        out=out,
-        config=config,
-        grader=grader,
-        api_key=api_key,
-        timeout=timeout,
-        deadline=deadline,
-        max_retries=max_retries,
-        identity={"policy": policy},
-        release_unsettled=release_unsettled,
-        state=state,
-        state_name=state_name,
-    )
+    return run_plan(items, total_budget=budget, identity={"policy": policy}, **connection)

@@ -24,7 +24,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -607,16 +607,65 @@ def run_plan(
     several workers on several machines share one budget (see
     :class:`~shadowprice.ledger.redis.RedisLedger`).
     """
+
+    async def main(client: ChatClient, shared: Ledger | None, ident: dict[str, Any]) -> RunReport:
+        return await execute(
+            items,
+            client,
+            total_budget=total_budget,
+            out=out,
+            config=config,
+            grader=grader,
+            identity=ident,
+            release_unsettled=release_unsettled,
+            shared=shared,
+        )
+
+    return run_connected(
+        main,
+        endpoint=endpoint,
+        model=model,
+        total_budget=total_budget,
+        api_key=api_key,
+        timeout=timeout,
+        deadline=deadline,
+        max_retries=max_retries,
+        identity=identity,
+        state=state,
+        state_name=state_name,
+    )
+
+
+def run_connected(
+    main: Callable[[ChatClient, Ledger | None, dict[str, Any]], Awaitable[RunReport]],
+    *,
+    endpoint: str,
+    model: str,
+    total_budget: int,
+    api_key: str | None = None,
+    timeout: float = 600.0,
+    deadline: float | None = None,
+    max_retries: int = 4,
+    identity: Mapping[str, Any] | None = None,
+    state: str | None = None,
+    state_name: str = "run",
+) -> RunReport:
+    """Run ``main(client, shared ledger, identity)`` once, owning the client and the ledger.
+
+    With ``state`` (``redis://HOST:PORT/DB``) the budget lives in Redis under ``state_name``
+    and the run's identity names it (without any password), so a resume against another
+    shared budget is refused.
+    """
     ident = dict(identity or {})
     shared: Ledger | None = None
     if state is not None:
         from ..ledger.redis import RedisLedger
 
         shared = RedisLedger.from_url(state, total_budget, namespace=state_name, timeout=5.0)
-        where = urlsplit(state)  # no password in the journal
+        where = urlsplit(state)
         ident["state"] = f"{where.hostname}:{where.port}{where.path}#{state_name}"
 
-    async def main() -> RunReport:
+    async def go() -> RunReport:
         try:
             async with ChatClient(
                 endpoint,
@@ -626,19 +675,9 @@ def run_plan(
                 deadline=deadline,
                 max_retries=max_retries,
             ) as client:
-                return await execute(
-                    items,
-                    client,
-                    total_budget=total_budget,
-                    out=out,
-                    config=config,
-                    grader=grader,
-                    identity=ident,
-                    release_unsettled=release_unsettled,
-                    shared=shared,
-                )
+                return await main(client, shared, ident)
         finally:
             if shared is not None:
                 await shared.aclose()
 
-    return asyncio.run(main())
+    return asyncio.run(go())
