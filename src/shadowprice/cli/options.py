@@ -82,3 +82,87 @@ def total_budget(budget: int | None, per_query: float | None, n: int) -> int:
 def choices_help(what: str, names: Any) -> str:
     """Help text that lists an option's choices."""
     return f"{what}: one of {', '.join(names)}"
+
+
+# -- what `run` and `collect` share: the endpoint, the prompt, the retries -----------------
+
+TEMPLATE_HELP = (
+    "user message with {question} where the query goes (default: reason step by step, final "
+    "answer in \\boxed{})"
+)
+
+
+def endpoint_option() -> Any:
+    """``--endpoint URL`` (required)."""
+    return typer.Option(
+        ..., "--endpoint", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1"
+    )
+
+
+def model_option() -> Any:
+    """``--model NAME`` (required)."""
+    return typer.Option(..., "--model", help="model name sent to the endpoint")
+
+
+def api_key_option() -> Any:
+    """``--api-key`` (default ``$OPENAI_API_KEY``)."""
+    return typer.Option(
+        None,
+        "--api-key",
+        envvar="OPENAI_API_KEY",
+        help="bearer token (default $OPENAI_API_KEY)",
+        show_default=False,
+    )
+
+
+def timeout_option() -> Any:
+    """``--timeout SECONDS``: one attempt."""
+    return typer.Option(
+        600.0, "--timeout", help="seconds one attempt may take (a generation included)"
+    )
+
+
+def deadline_option() -> Any:
+    """``--deadline SECONDS``: one query (or sample) over all its attempts."""
+    return typer.Option(
+        None,
+        "--deadline",
+        help="seconds one query may take over all its attempts and backoffs (default: every "
+        "attempt's timeout plus backoffs; with the defaults up to ~50 min)",
+        show_default=False,
+    )
+
+
+def retries_option() -> Any:
+    """``--retries N``."""
+    return typer.Option(4, "--retries", help="extra attempts on transient failures")
+
+
+def template_option() -> Any:
+    """``--template TEXT`` with ``{question}``."""
+    return typer.Option(None, "--template", help=TEMPLATE_HELP, show_default=False)
+
+
+def system_option() -> Any:
+    """``--system TEXT``."""
+    return typer.Option(None, "--system", help="system message, if any", show_default=False)
+
+
+def grader_option() -> Any:
+    """``--grader math|exact|module:attribute``."""
+    return typer.Option("math", "--grader", help="math, exact or module:attribute")
+
+
+def temperature_option(default: float) -> Any:
+    """``--temperature T``."""
+    return typer.Option(default, "--temperature", help="sampling temperature (>= 0)")
+
+
+def concurrency_option() -> Any:
+    """``--concurrency N``."""
+    return typer.Option(8, "--concurrency", help="requests in flight at once")
+
+
+def progress_option() -> Any:
+    """``--progress/--no-progress``."""
+    return typer.Option(True, "--progress/--no-progress", help="progress bar on stderr")

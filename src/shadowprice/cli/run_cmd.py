@@ -13,25 +13,28 @@ from ._errors import EXIT_FAILED, fail, guarded, note
 from .app import app
 from .files import check_outputs
 from .options import (
+    api_key_option,
     budget_option,
     check_format,
     choices_help,
+    concurrency_option,
+    deadline_option,
+    endpoint_option,
+    grader_option,
+    model_option,
     output,
     output_format,
     per_query_option,
+    progress_option,
+    retries_option,
+    system_option,
+    temperature_option,
+    template_option,
+    timeout_option,
     total_budget,
 )
 from .queries import query_curves, read_query_file
 
-TEMPLATE_HELP = (
-    "user message with {question} where the query goes (default: reason step by step, final "
-    "answer in \\boxed{})"
-)
-TIMEOUT_HELP = "seconds one attempt may take (a generation included)"
-DEADLINE_HELP = (
-    "seconds one query may take over all its attempts and backoffs (default: every attempt's "
-    "timeout plus backoffs; with the defaults up to ~50 min)"
-)
 _POLICIES = ("clear-live", "clear", "market", "uniform", "proportional", "greedy", "length")
 #: The live policy: prices as requests end, reclaims, extends (see shadowprice.live).
 CONTINUATION_HELP = (
@@ -56,22 +59,18 @@ def run_command(
         "predicted from the question)",
         show_default=False,
     ),
-    endpoint: str = typer.Option(
-        ..., "--endpoint", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1"
-    ),
-    model: str = typer.Option(..., "--model", help="model name sent to the endpoint"),
+    endpoint: str = endpoint_option(),
+    model: str = model_option(),
     budget: int | None = budget_option(),
     per_query: float | None = per_query_option(),
-    policy: str = typer.Option(
-        _POLICIES[0], "--policy", help=choices_help("policy (default: clear-live)", _POLICIES)
-    ),
+    policy: str = typer.Option(_POLICIES[0], "--policy", help=choices_help("policy", _POLICIES)),
     predictor: str | None = typer.Option(
         None,
         "--predictor",
         help="threshold predictor folder or 'default' (bundled); used when the file has no tau",
         show_default=False,
     ),
-    concurrency: int = typer.Option(8, "--concurrency", help="requests in flight at once"),
+    concurrency: int = concurrency_option(),
     force_answer: bool = typer.Option(
         False, "--force-answer", help="ask for the answer after a length stop"
     ),
@@ -81,24 +80,14 @@ def run_command(
     ),
     alpha: float = typer.Option(1.5, "--alpha", help="surge gain of the thresholds' curves"),
     beta: float = typer.Option(0.005, "--beta", help="surge decay in 1/tokens"),
-    temperature: float = typer.Option(0.0, "--temperature", help="sampling temperature (>= 0)"),
-    grader: str = typer.Option("math", "--grader", help="math, exact or module:attribute"),
-    template: str | None = typer.Option(None, "--template", help=TEMPLATE_HELP, show_default=False),
-    system: str | None = typer.Option(
-        None, "--system", help="system message, if any", show_default=False
-    ),
-    api_key: str | None = typer.Option(
-        None,
-        "--api-key",
-        envvar="OPENAI_API_KEY",
-        help="bearer token (default $OPENAI_API_KEY)",
-        show_default=False,
-    ),
-    timeout: float = typer.Option(600.0, "--timeout", help=TIMEOUT_HELP),
-    deadline: float | None = typer.Option(
-        None, "--deadline", help=DEADLINE_HELP, show_default=False
-    ),
-    retries: int = typer.Option(4, "--retries", help="extra attempts on transient failures"),
+    temperature: float = temperature_option(0.0),
+    grader: str = grader_option(),
+    template: str | None = template_option(),
+    system: str | None = system_option(),
+    api_key: str | None = api_key_option(),
+    timeout: float = timeout_option(),
+    deadline: float | None = deadline_option(),
+    retries: int = retries_option(),
     out: Path = output(
         "results JSONL (journal and summary beside it)", default=Path("results.jsonl")
     ),
@@ -121,7 +110,7 @@ def run_command(
     state_name: str = typer.Option(
         "run", "--state-name", help="name of the shared budget in --state"
     ),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar"),
+    progress: bool = progress_option(),
     continuation: str = typer.Option("auto", "--continuation", help=CONTINUATION_HELP),
     max_tokens: int | None = typer.Option(
         None,
@@ -243,31 +232,21 @@ def collect_command(
     queries: Path = typer.Argument(
         ..., help="JSONL/CSV with id, question, answer?", show_default=False
     ),
-    endpoint: str = typer.Option(..., "--endpoint", help="OpenAI-compatible base URL"),
-    model: str = typer.Option(..., "--model", help="model name sent to the endpoint"),
+    endpoint: str = endpoint_option(),
+    model: str = model_option(),
     samples: int = typer.Option(4, "--samples", help="samples per query (K)"),
     max_tokens: int = typer.Option(512, "--max-tokens", help="allowance per sample (M)"),
-    temperature: float = typer.Option(0.7, "--temperature", help="sampling temperature (>= 0)"),
-    concurrency: int = typer.Option(8, "--concurrency", help="requests in flight at once"),
-    grader: str = typer.Option("math", "--grader", help="math, exact or module:attribute"),
-    template: str | None = typer.Option(None, "--template", help=TEMPLATE_HELP, show_default=False),
-    system: str | None = typer.Option(
-        None, "--system", help="system message, if any", show_default=False
-    ),
-    api_key: str | None = typer.Option(
-        None,
-        "--api-key",
-        envvar="OPENAI_API_KEY",
-        help="bearer token (default $OPENAI_API_KEY)",
-        show_default=False,
-    ),
-    timeout: float = typer.Option(600.0, "--timeout", help=TIMEOUT_HELP),
-    deadline: float | None = typer.Option(
-        None, "--deadline", help=DEADLINE_HELP, show_default=False
-    ),
-    retries: int = typer.Option(4, "--retries", help="extra attempts on transient failures"),
+    temperature: float = temperature_option(0.7),
+    concurrency: int = concurrency_option(),
+    grader: str = grader_option(),
+    template: str | None = template_option(),
+    system: str | None = system_option(),
+    api_key: str | None = api_key_option(),
+    timeout: float = timeout_option(),
+    deadline: float | None = deadline_option(),
+    retries: int = retries_option(),
     out: Path = output("trace set JSONL (resumed when it exists)", default=Path("traces.jsonl")),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar"),
+    progress: bool = progress_option(),
     fmt: str = output_format(),
 ) -> None:
     """Sample each query K times at M tokens into a trace set (fit/evaluate read it).
