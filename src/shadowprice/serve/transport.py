@@ -1,0 +1,139 @@
+"""The gateway's HTTP client to upstreams: httpx's API over aiohttp's transport.
+
+The gateway speaks httpx like the rest of the package (:mod:`shadowprice.engine.client`):
+one client, its timeouts and limits, ``send(..., stream=True)`` and ``aiter_raw``. Underneath,
+``httpx_aiohttp.AiohttpTransport`` carries the requests: on loopback httpx's own transport
+(httpcore) costs about four times aiohttp's CPU per request, most of the gateway's own cost
+(``docs/benchmarks.md``).
+
+:class:`UpstreamTransport` corrects the errors that transport raises (httpx-aiohttp 0.2): it
+files every aiohttp connection error under :class:`httpx.ConnectTimeout`, so a refused
+connection, a server that hung up after taking the request and a reset connection all read as
+"could not connect in time", and a response that is not HTTP escapes as an aiohttp exception.
+The gateway's accounting depends on the difference (a request that never reached a server
+generated nothing; one that did may have generated up to its allowance), so the errors are
+raised as httpx's own transport raises them.
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import httpx
+from httpx_aiohttp import AiohttpTransport
+
+__all__ = ["UpstreamTransport", "upstream_client"]
+
+# aiohttp's error -> httpx's, most specific first (httpx's own transport raises the same
+# classes for the same events).
+_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
+    (aiohttp.ConnectionTimeoutError, httpx.ConnectTimeout),  # connecting, or waiting for the pool
+    (aiohttp.ServerTimeoutError, httpx.ReadTimeout),
+    (aiohttp.ClientConnectorError, httpx.ConnectError),  # refused, unresolvable: nothing sent
+    (aiohttp.ClientPayloadError, httpx.ReadError),  # the body broke off
+    (aiohttp.ServerDisconnectedError, httpx.RemoteProtocolError),  # hung up, no response
+    (aiohttp.ClientOSError, httpx.ReadError),  # reset after connecting
+    (aiohttp.ClientError, httpx.RemoteProtocolError),  # e.g. a response that is not HTTP
+)
+
+
+def _httpx_error(exc: Exception, request: httpx.Request) -> Exception:
+    """The httpx error for ``exc``: an aiohttp error that escaped the transport, or one it
+    filed under :class:`httpx.ConnectTimeout`; ``exc`` itself when it is already right."""
+    if isinstance(exc, httpx.TransportError) and not isinstance(exc, httpx.ConnectTimeout):
+        return exc
+    cause = exc if isinstance(exc, aiohttp.ClientError) else exc.__cause__
+    if not isinstance(cause, aiohttp.ClientError):
+        return exc
+    for source, target in _ERRORS:
+        if isinstance(cause, source):
+            if type(exc) is target:
+                return exc
+            return target(str(cause) or type(cause).__name__, request=request)
+    return exc  # pragma: no cover - aiohttp.ClientError closes the table
+
+
+class _Body(httpx.AsyncByteStream):
+    """A response body whose read errors are httpx's (see :func:`_httpx_error`)."""
+
+    def __init__(self, stream: httpx.AsyncByteStream, request: httpx.Request) -> None:
+        self._stream, self._request = stream, request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._stream:
+                yield chunk
+        except (httpx.TransportError, aiohttp.ClientError) as exc:
+            err = _httpx_error(exc, self._request)
+            if err is exc:
+                raise
+            raise err from exc
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class UpstreamTransport(AiohttpTransport):
+    """``httpx_aiohttp.AiohttpTransport`` raising httpx's own errors for connection failures
+    (see the module docstring); takes the same arguments."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            response = await super().handle_async_request(request)
+        except (httpx.TransportError, aiohttp.ClientError) as exc:
+            err = _httpx_error(exc, request)
+            if err is exc:
+                raise
+            raise err from exc
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _Body(response.stream, request)
+        return response
+
+
+class _NoCookies(http.cookiejar.CookieJar):
+    """A jar that keeps nothing: one client serves every tenant, so a cookie an upstream sets
+    for one request must not ride along on the next."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+
+def upstream_client(
+    *,
+    headers: dict[str, str],
+    timeout: float,
+    connect_timeout: float = 5.0,
+    max_connections: int = 2048,
+) -> httpx.AsyncClient:
+    """The one long-lived client a gateway replica sends every upstream request through.
+
+    Parameters
+    ----------
+    headers : dict of str to str
+        Sent with every request (the upstream key from the environment; never a client's).
+    timeout : float
+        Seconds an upstream may stay silent while answering (httpx's read timeout).
+    connect_timeout : float
+        Seconds to wait for a pooled connection and to connect; past them the request reached
+        no server (:class:`httpx.ConnectTimeout`).
+    max_connections : int
+        Open connections across all upstreams (aiohttp's connector limit; idle ones are kept
+        for reuse until they have been idle for httpx's keep-alive expiry).
+
+    Returns
+    -------
+    httpx.AsyncClient
+        Redirects not followed, no cookies kept, ``accept-encoding: identity`` (the gateway
+        relays bodies as they come: decompressing them would cost its CPU for nothing).
+    """
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=None)
+    return httpx.AsyncClient(
+        transport=UpstreamTransport(limits=limits),
+        headers={"accept-encoding": "identity", **headers},
+        timeout=httpx.Timeout(timeout, connect=connect_timeout, pool=connect_timeout),
+        follow_redirects=False,
+        cookies=_NoCookies(),
+    )
