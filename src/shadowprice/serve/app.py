@@ -52,7 +52,7 @@ from .inbound import (
 from .metrics import Metrics
 from .predictor import ThresholdSource, load_threshold_source
 from .relay import MeteredStream, StreamMeter, completion_tokens, prompt_text, upstream_body
-from .transport import upstream_client
+from .transport import UpstreamClient
 from .upstreams import Upstream, UpstreamPool
 
 __all__ = ["Gateway", "error_response"]
@@ -123,7 +123,7 @@ class Gateway:
         self._headers = {"content-type": "application/json"}
         if c.upstream_key:
             self._headers["authorization"] = f"Bearer {c.upstream_key}"
-        self.http: httpx.AsyncClient | None = None
+        self.http: UpstreamClient | None = None
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
@@ -147,7 +147,7 @@ class Gateway:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         c = self.config
-        self.http = upstream_client(headers=self._headers, timeout=c.upstream_timeout)
+        self.http = UpstreamClient(headers=self._headers, timeout=c.upstream_timeout)
         loops = [
             (self._update_price, c.tick),
             (self.decider.renew, c.ttl / 3),
@@ -287,8 +287,7 @@ class Gateway:
             up.inflight += 1
             t0 = time.perf_counter()
             try:
-                request = self.http.build_request("POST", up.endpoint(path), content=data)
-                r = await self.http.send(request, stream=stream)
+                r = await self.http.relay(up.endpoint(path), data, stream=stream)
             except BaseException as exc:
                 up.inflight -= 1
                 if isinstance(exc, httpx.HTTPError):
