@@ -24,7 +24,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import numpy as np
 
@@ -164,6 +165,85 @@ def load(urls: list[str], n: int, concurrency: int, **kw: object) -> tuple[list[
     return out.latency, len(out.status) / out.elapsed
 
 
+def bench_client(n: int, rounds: int) -> None:
+    """CPU of this process per non-streamed loopback request to the fake upstream, by client
+    (concurrency 4, uvloop as in the gateway): where the gateway's upstream hop spends."""
+    import aiohttp
+    import httpx
+    from httpx_aiohttp import AiohttpTransport
+
+    from shadowprice.serve.transport import UpstreamClient
+
+    up = fake(0)
+    url = httpx.URL(f"{up.url}/v1/chat/completions")
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "LEN:16"}]})
+    data, headers = body.encode(), {"content-type": "application/json"}
+    limits = httpx.Limits(max_connections=64)
+
+    async def cpu_per_request(one: Callable[[], Awaitable[object]]) -> float:
+        for _ in range(200):  # connections, caches
+            await one()
+        todo = iter(range(n))
+
+        async def worker() -> None:
+            for _ in todo:
+                await one()
+
+        t0 = time.process_time()
+        await asyncio.gather(*(worker() for _ in range(4)))
+        return (time.process_time() - t0) / n * 1e6
+
+    async def raw_aiohttp() -> float:
+        async with aiohttp.ClientSession(headers=headers) as s:
+
+            async def one() -> None:
+                async with s.post(str(url), data=data) as r:
+                    await r.read()
+
+            return await cpu_per_request(one)
+
+    async def httpx_client(transport: httpx.AsyncBaseTransport) -> float:
+        async with httpx.AsyncClient(transport=transport, headers=headers) as c:
+            return await cpu_per_request(lambda: c.post(url, content=data))
+
+    async def relay() -> float:
+        async with UpstreamClient(headers=headers, timeout=60) as c:
+
+            async def one() -> None:
+                await (await c.relay(url, data, stream=False)).aclose()
+
+            return await cpu_per_request(one)
+
+    clients: dict[str, Callable[[], Coroutine[Any, Any, float]]] = {
+        "aiohttp.ClientSession": raw_aiohttp,
+        "httpx.AsyncClient, httpcore transport": lambda: httpx_client(
+            httpx.AsyncHTTPTransport(limits=limits)
+        ),
+        "httpx.AsyncClient, AiohttpTransport": lambda: httpx_client(
+            AiohttpTransport(limits=limits)
+        ),
+        "UpstreamClient.relay (the gateway's)": relay,
+    }
+    per: dict[str, list[float]] = {k: [] for k in clients}
+    try:
+        for _ in range(rounds):
+            for name, measure in clients.items():
+                per[name].append(run_loop(measure()))
+    finally:
+        up.stop()
+    emit(what="client CPU per non-streamed loopback request (concurrency 4, uvloop)",
+         us_per_request={k: spread(v) for k, v in per.items()})  # fmt: skip
+
+
+def run_loop(coro: Coroutine[Any, Any, float]) -> float:
+    """Run ``coro`` on uvloop where there is one (the gateway's loop)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 def bench_latency(n: int, rounds: int, baseline: str | None) -> None:
     up = fake(0)
     gws = {"": gateway(up.url)}
@@ -291,6 +371,7 @@ def main() -> None:
     steps: dict[str, Callable[[], None]] = {
         "decision": lambda: bench_decision(20_000 // k, args.rounds),
         "predictor": lambda: bench_predictor(500 // k, args.rounds),
+        "client": lambda: bench_client(max(1000, 5000 // k), args.rounds),
         "latency": lambda: bench_latency(max(1000, 3000 // k), args.rounds, args.baseline),
         "throughput": lambda: bench_throughput(20_000 // k, 64, args.rounds, args.baseline),
         "load": lambda: bench_load(50 if args.quick else 500),
