@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
 
 from shadowprice.serve.localredis import free_port
-from shadowprice.serve.testing import RawServer
+from shadowprice.serve.testing import RawServer, ServerThread
 from shadowprice.serve.transport import UpstreamClient
 
 
@@ -91,3 +92,23 @@ def test_the_client_sends_its_headers_asks_for_no_encoding_and_keeps_no_cookies(
         assert b"\r\nauthorization: bearer up" in head
         assert b"\r\naccept-encoding: identity" in head
     assert b"cookie" not in second  # alice's cookie does not ride on the next request
+
+
+def test_an_idle_connection_is_dropped_before_the_server_would_drop_it() -> None:
+    async def port(scope: Any, receive: Any, send: Any) -> None:  # the connection's client port
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": str(scope["client"][1]).encode()})
+
+    async def ports(url: str) -> list[str]:
+        async with UpstreamClient(headers={}, timeout=5, keepalive_expiry=0.3) as c:
+            got = []
+            for pause in (0.0, 0.0, 0.6):
+                await asyncio.sleep(pause)
+                got.append((await c.relay(httpx.URL(url), b"{}", stream=False)).text)
+            return got
+
+    with ServerThread(port) as s:  # uvicorn keeps an idle connection 5 s
+        first, again, after_idle = asyncio.run(ports(s.url))
+    assert first == again != after_idle

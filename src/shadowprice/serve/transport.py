@@ -114,8 +114,12 @@ class UpstreamClient(httpx.AsyncClient):
         Seconds to wait for a pooled connection and to connect; past them the request reached
         no server (:class:`httpx.ConnectTimeout`).
     max_connections : int
-        Open connections across all upstreams (aiohttp's connector limit; idle ones are kept
-        for reuse until they have been idle for httpx's keep-alive expiry).
+        Open connections across all upstreams (aiohttp's connector limit).
+    keepalive_expiry : float
+        Seconds an idle connection is kept for reuse. Shorter than the servers' own keep-alive
+        (5 s in uvicorn, so vLLM and SGLang, and in llama.cpp's server): with equal ones a
+        request sent on a connection the server is closing at that moment fails, although it
+        never reached the server.
 
     Notes
     -----
@@ -132,8 +136,13 @@ class UpstreamClient(httpx.AsyncClient):
         timeout: float,
         connect_timeout: float = 5.0,
         max_connections: int = 2048,
+        keepalive_expiry: float = 2.0,
     ) -> None:
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=None)
+        limits = httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=None,
+            keepalive_expiry=keepalive_expiry,
+        )
         self.transport = UpstreamTransport(limits=limits)
         super().__init__(
             transport=self.transport,
