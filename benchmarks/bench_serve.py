@@ -161,7 +161,7 @@ def pct(xs: list[float], q: float) -> float:
 def load(urls: list[str], n: int, concurrency: int, **kw: object) -> tuple[list[float], float]:
     """(latencies, requests per second) of ``n`` non-streamed requests, all answered 200."""
     out = asyncio.run(run_load(urls, n, concurrency, stream=False, **kw))  # type: ignore[arg-type]
-    assert set(out.status) == {200}, set(out.status)
+    assert set(out.status) == {200}, (urls, {s: out.status.count(s) for s in set(out.status)})
     return out.latency, len(out.status) / out.elapsed
 
 
