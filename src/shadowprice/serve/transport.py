@@ -1,10 +1,10 @@
 """The gateway's HTTP client to upstreams: httpx's API over aiohttp's transport.
 
 The gateway speaks httpx like the rest of the package (:mod:`shadowprice.engine.client`):
-one client, its timeouts and limits, ``send(..., stream=True)`` and ``aiter_raw``. Underneath,
-``httpx_aiohttp.AiohttpTransport`` carries the requests: on loopback httpx's own transport
-(httpcore) costs about four times aiohttp's CPU per request, most of the gateway's own cost
-(``docs/benchmarks.md``).
+one client, its timeouts and limits, ``aiter_raw`` and ``aclose``. Underneath,
+``httpx_aiohttp.AiohttpTransport`` carries the requests: on loopback one request costs the
+client about 490 µs of CPU through httpx's own transport (httpcore), 145 µs through this one
+and 70 µs through aiohttp's own API (``docs/benchmarks.md``).
 
 :class:`UpstreamTransport` corrects the errors that transport raises (httpx-aiohttp 0.2): it
 files every aiohttp connection error under :class:`httpx.ConnectTimeout`, so a refused
@@ -158,8 +158,9 @@ class UpstreamClient(httpx.AsyncClient):
 
         :meth:`send` wraps the transport in what a general client needs (auth flows,
         redirects, cookie extraction, event hooks, a timed body stream), none of which a
-        relay uses; measured in the gateway it cost about 65 µs of the ~420 µs of CPU per
-        request (``docs/benchmarks.md``).
+        relay uses; it cost about 65 µs of client CPU per request (the gateway's CPU per
+        request: 420-460 µs through :meth:`send`, 350-360 µs through this; see
+        ``docs/benchmarks.md``).
 
         Parameters
         ----------
