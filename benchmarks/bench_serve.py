@@ -1,6 +1,6 @@
 """The gateway's cost, each figure side by side with calling the upstream directly.
 
-    .venv/bin/python benchmarks/bench_serve.py [--quick] [--rounds 3]
+    .venv/bin/python benchmarks/bench_serve.py [--quick] [--rounds 3] [--baseline SRC]
 
 Everything runs on this machine: a fake upstream (uvicorn, its own process), gateway replicas
 (``shadowprice serve``, own processes), a real redis-server and an asyncio load generator.
@@ -8,7 +8,8 @@ Absolute rates depend on the machine and on whatever else runs; the ratios and t
 latency are the figures, each measured ``--rounds`` times with the direct and the gateway runs
 interleaved, so the spread shows how much the machine's load moved them. The gateway's CPU time
 per request (read from ``/proc``) is what it costs whatever else runs. Prints one JSON line
-per measurement.
+per measurement. With ``--baseline SRC`` (another checkout's ``src`` directory) a second set of
+gateways runs that code, in the same rounds: a before/after comparison in one machine state.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import numpy as np
 
@@ -113,11 +115,13 @@ def bench_predictor(n: int, rounds: int) -> None:
 
 
 class Proc:
-    """A server in its own process that announces ``listening on URL`` once bound."""
+    """A server in its own process that announces ``listening on URL`` once bound; ``src``:
+    import ``shadowprice`` from there."""
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], src: str | None = None) -> None:
+        env = {**os.environ, "PYTHONPATH": src} if src else None
         self.p = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
         )
         assert self.p.stdout is not None
         line = self.p.stdout.readline().strip()
@@ -143,10 +147,10 @@ def fake(speed: float) -> Proc:
     return Proc([PY, "-c", code])
 
 
-def gateway(upstream: str, *extra: str, budget: int = 10**12) -> Proc:
+def gateway(upstream: str, *extra: str, budget: int = 10**12, src: str | None = None) -> Proc:
     return Proc(
         [PY, "-c", "from shadowprice.cli import main; main()", "serve", "--upstream", upstream,
-         "--budget", str(budget), "--period", "3600", "--port", "0", *extra]
+         "--budget", str(budget), "--period", "3600", "--port", "0", *extra], src
     )  # fmt: skip
 
 
@@ -157,63 +161,154 @@ def pct(xs: list[float], q: float) -> float:
 def load(urls: list[str], n: int, concurrency: int, **kw: object) -> tuple[list[float], float]:
     """(latencies, requests per second) of ``n`` non-streamed requests, all answered 200."""
     out = asyncio.run(run_load(urls, n, concurrency, stream=False, **kw))  # type: ignore[arg-type]
-    assert set(out.status) == {200}, set(out.status)
+    assert set(out.status) == {200}, (urls, {s: out.status.count(s) for s in set(out.status)})
     return out.latency, len(out.status) / out.elapsed
 
 
-def bench_latency(n: int, rounds: int) -> None:
+def bench_client(n: int, rounds: int) -> None:
+    """CPU of this process per non-streamed loopback request to the fake upstream, by client
+    (concurrency 4, uvloop as in the gateway): where the gateway's upstream hop spends."""
+    import aiohttp
+    import httpx
+    from httpx_aiohttp import AiohttpTransport
+
+    from shadowprice.serve.transport import UpstreamClient
+
     up = fake(0)
-    gw = gateway(up.url)
+    url = httpx.URL(f"{up.url}/v1/chat/completions")
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "LEN:16"}]})
+    data, headers = body.encode(), {"content-type": "application/json"}
+    limits = httpx.Limits(max_connections=64)
+
+    async def cpu_per_request(one: Callable[[], Awaitable[object]]) -> float:
+        for _ in range(200):  # connections, caches
+            await one()
+        todo = iter(range(n))
+
+        async def worker() -> None:
+            for _ in todo:
+                await one()
+
+        t0 = time.process_time()
+        await asyncio.gather(*(worker() for _ in range(4)))
+        return (time.process_time() - t0) / n * 1e6
+
+    async def raw_aiohttp() -> float:
+        async with aiohttp.ClientSession(headers=headers) as s:
+
+            async def one() -> None:
+                async with s.post(str(url), data=data) as r:
+                    await r.read()
+
+            return await cpu_per_request(one)
+
+    async def httpx_client(transport: httpx.AsyncBaseTransport) -> float:
+        async with httpx.AsyncClient(transport=transport, headers=headers) as c:
+            return await cpu_per_request(lambda: c.post(url, content=data))
+
+    async def relay() -> float:
+        async with UpstreamClient(headers=headers, timeout=60) as c:
+
+            async def one() -> None:
+                await (await c.relay(url, data, stream=False)).aclose()
+
+            return await cpu_per_request(one)
+
+    clients: dict[str, Callable[[], Coroutine[Any, Any, float]]] = {
+        "aiohttp.ClientSession": raw_aiohttp,
+        "httpx.AsyncClient, httpcore transport": lambda: httpx_client(
+            httpx.AsyncHTTPTransport(limits=limits)
+        ),
+        "httpx.AsyncClient, AiohttpTransport": lambda: httpx_client(
+            AiohttpTransport(limits=limits)
+        ),
+        "UpstreamClient.relay (the gateway's)": relay,
+    }
+    per: dict[str, list[float]] = {k: [] for k in clients}
+    try:
+        for _ in range(rounds):
+            for name, measure in clients.items():
+                per[name].append(run_loop(measure()))
+    finally:
+        up.stop()
+    emit(what="client CPU per non-streamed loopback request (concurrency 4, uvloop)",
+         us_per_request={k: spread(v) for k, v in per.items()})  # fmt: skip
+
+
+def run_loop(coro: Coroutine[Any, Any, float]) -> float:
+    """Run ``coro`` on uvloop where there is one (the gateway's loop)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def bench_latency(n: int, rounds: int, baseline: str | None) -> None:
+    up = fake(0)
+    gws = {"": gateway(up.url)}
+    if baseline:
+        gws["baseline_"] = gateway(up.url, src=baseline)
     qs = questions(500)
     try:
-        for url in (up.url, gw.url, gw.url):  # warm connections and the predictor's cache
-            load([url], 500, 4, prompts=qs)
-        rows: dict[str, list[float]] = {k: [] for k in ("d50", "g50", "d99", "g99", "cpu")}
-        for _ in range(rounds):
-            direct, _ = load([up.url], n, 4, prompts=qs)
-            cpu0 = gw.cpu_seconds()
-            via, _ = load([gw.url], n, 4, prompts=qs)
-            rows["cpu"].append((gw.cpu_seconds() - cpu0) / n * 1e6)
-            for key, lat in (("d", direct), ("g", via)):
-                rows[f"{key}50"].append(pct(lat, 50))
-                rows[f"{key}99"].append(pct(lat, 99))
+        for url in [up.url] + [g.url for g in gws.values() for _ in range(2)]:
+            load([url], 500, 4, prompts=qs)  # warm connections and the predictor's cache
+        d50: list[float] = []
+        d99: list[float] = []
+        rows: dict[str, list[float]] = {}
+        for i in range(rounds):
+            lat, _ = load([up.url], n, 4, prompts=qs)
+            d50.append(pct(lat, 50))
+            d99.append(pct(lat, 99))
+            for name in sorted(gws, reverse=i % 2 == 1):  # neither side always goes first
+                gw = gws[name]
+                cpu0 = gw.cpu_seconds()
+                lat, _ = load([gw.url], n, 4, prompts=qs)
+                cpu = (gw.cpu_seconds() - cpu0) / n * 1e6
+                rows.setdefault(f"{name}gateway_cpu_us_per_request", []).append(cpu)
+                rows.setdefault(f"{name}added_p50_ms", []).append(pct(lat, 50) - d50[-1])
+                rows.setdefault(f"{name}added_p99_ms", []).append(pct(lat, 99) - d99[-1])
         emit(
             what="latency at concurrency 4 (non-streaming, prediction included, cached prompts)",
-            direct_p50_ms=spread(rows["d50"]),
-            direct_p99_ms=spread(rows["d99"]),
-            added_p50_ms=spread([g - d for g, d in zip(rows["g50"], rows["d50"], strict=True)]),
-            added_p99_ms=spread([g - d for g, d in zip(rows["g99"], rows["d99"], strict=True)]),
-            gateway_cpu_us_per_request=spread(rows["cpu"]),
+            direct_p50_ms=spread(d50),
+            direct_p99_ms=spread(d99),
+            **{key: spread(values) for key, values in sorted(rows.items())},
         )
     finally:
-        gw.stop()
+        for gw in gws.values():
+            gw.stop()
         up.stop()
 
 
-def bench_throughput(n: int, concurrency: int, rounds: int) -> None:
+def bench_throughput(n: int, concurrency: int, rounds: int, baseline: str | None) -> None:
     up = fake(0)
+    procs: list[Proc] = []
     with LocalRedis() as r:
-        ns = uuid.uuid4().hex
-        one = gateway(up.url)
-        two = [gateway(up.url, "--state", r.url, "--namespace", ns) for _ in range(2)]
         try:
-            targets = {"direct": [up.url], "one": [one.url], "two": [g.url for g in two]}
+            targets = {"direct": [up.url]}
+            for prefix, src in [("", None)] + ([("baseline_", baseline)] if baseline else []):
+                ns = uuid.uuid4().hex
+                one = gateway(up.url, src=src)
+                two = [gateway(up.url, "--state", r.url, "--namespace", ns, src=src)
+                       for _ in range(2)]  # fmt: skip
+                procs += [one, *two]
+                targets[f"{prefix}ratio_one_replica"] = [one.url]
+                targets[f"{prefix}ratio_two_replicas_redis"] = [g.url for g in two]
             for urls in targets.values():
                 load(urls, 2000, concurrency)
             rates: dict[str, list[float]] = {k: [] for k in targets}
-            for _ in range(rounds):
-                for name, urls in targets.items():
-                    rates[name].append(load(urls, n, concurrency)[1])
+            for i in range(rounds):
+                for name in sorted(targets, reverse=i % 2 == 1):
+                    rates[name].append(load(targets[name], n, concurrency)[1])
+            direct = rates.pop("direct")
             emit(
                 what=f"throughput at saturation ({concurrency} clients, non-streaming)",
-                direct_rps=spread(rates["direct"]),
-                ratio_one_replica=spread(ratios(rates["one"], rates["direct"])),
-                ratio_two_replicas_redis=spread(ratios(rates["two"], rates["direct"])),
+                direct_rps=spread(direct),
+                **{key: spread(ratios(rates[key], direct)) for key in sorted(rates)},
             )
         finally:
-            one.stop()
-            for g in two:
-                g.stop()
+            for p in procs:
+                p.stop()
             up.stop()
 
 
@@ -270,13 +365,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small counts (a smoke run)")
     ap.add_argument("--rounds", type=int, default=3, help="repetitions of each measurement")
     ap.add_argument("--only", default="", help="comma-separated subset: decision,predictor,...")
+    ap.add_argument("--baseline", help="also run gateways from this src directory, same rounds")
     args = ap.parse_args()
     k = 10 if args.quick else 1
     steps: dict[str, Callable[[], None]] = {
         "decision": lambda: bench_decision(20_000 // k, args.rounds),
         "predictor": lambda: bench_predictor(500 // k, args.rounds),
-        "latency": lambda: bench_latency(max(1000, 3000 // k), args.rounds),
-        "throughput": lambda: bench_throughput(20_000 // k, 64, args.rounds),
+        "client": lambda: bench_client(max(1000, 5000 // k), args.rounds),
+        "latency": lambda: bench_latency(max(1000, 3000 // k), args.rounds, args.baseline),
+        "throughput": lambda: bench_throughput(20_000 // k, 64, args.rounds, args.baseline),
         "load": lambda: bench_load(50 if args.quick else 500),
     }
     chosen = args.only.split(",") if args.only else list(steps)

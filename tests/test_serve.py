@@ -18,7 +18,7 @@ from shadowprice.serve import Gateway, GatewayConfig, load_keys
 from shadowprice.serve.config import ConfigError
 from shadowprice.serve.localredis import free_port
 from shadowprice.serve.predictor import FixedThreshold
-from shadowprice.serve.testing import FakeLog, ServerThread, fake_upstream
+from shadowprice.serve.testing import FakeLog, RawServer, ServerThread, fake_upstream
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +226,23 @@ def test_upstream_faults_are_clean_errors_and_charged_honestly(upstream) -> None
         r = g.post(chat("LEN:400 FAULT:overrun", max_tokens=50))
         s = g.ledger.state_now()
         assert r.status_code == 200 and s.overrun == 350 and s.reserved == 0
+
+
+def test_an_upstream_that_hangs_up_or_speaks_no_http_is_charged_the_allowance() -> None:
+    allowance = 100 + 200  # tau + the curve's peak excess at price 0
+    for server in (RawServer(), RawServer(b"not http\r\n\r\n"), RawServer(reset=True)):
+        with server as up, Running([up.url]) as g:
+            for stream in (False, True):  # the answer never started: a plain 502 either way
+                r = g.post(chat("LEN:5", stream=stream))
+                assert r.status_code == 502 and r.json()["error"]["type"] == "upstream_error"
+            posts = [h for h in up.heads if h.startswith(b"POST")]
+            assert len(posts) == 2  # it took both requests: they may have generated
+            s = g.ledger.state_now()
+            assert (s.spent, s.reserved) == (2 * allowance, 0)
+    with Running([f"http://127.0.0.1:{free_port()}"]) as g:  # refused: reached no server
+        r = g.post(chat("LEN:5"))
+        assert r.status_code == 502 and "unreachable" in r.json()["error"]["message"]
+        assert g.ledger.state_now().spent == 0
 
 
 def test_client_disconnect_closes_the_upstream_stream_and_charges_what_was_generated() -> None:

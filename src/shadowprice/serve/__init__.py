@@ -5,7 +5,8 @@
 - :class:`Decider` (:mod:`.decision`): price, reserve, renew, settle, without HTTP;
 - :mod:`.inbound`: what a client sent (body, key, class) and the errors it gets back;
 - :mod:`.relay`: what is forwarded and how usage is counted (the metered stream);
-  :mod:`.upstreams`: balancing, health checks, ejection; :mod:`.predictor`: text ->
+  :mod:`.upstreams`: balancing, health checks, ejection; :mod:`.transport`: the one httpx
+  client to upstreams, over aiohttp's transport; :mod:`.predictor`: text ->
   threshold; :mod:`.metrics`: Prometheus; :mod:`.server`: uvicorn;
 - :mod:`.testing`: a fake upstream and a load generator; :mod:`.localredis`: a loopback
   redis-server.

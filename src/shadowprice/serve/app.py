@@ -30,7 +30,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import aiohttp
+import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -52,15 +52,15 @@ from .inbound import (
 from .metrics import Metrics
 from .predictor import ThresholdSource, load_threshold_source
 from .relay import MeteredStream, StreamMeter, completion_tokens, prompt_text, upstream_body
+from .transport import UpstreamClient
 from .upstreams import Upstream, UpstreamPool
 
-__all__ = ["Gateway", "UpstreamUnreachable", "error_response"]
+__all__ = ["Gateway", "error_response"]
 
 log = logging.getLogger("shadowprice.serve")
 
-
-class UpstreamUnreachable(Exception):
-    """No upstream could be connected to: the request reached no model server."""
+# Nothing reached a model server: nothing was generated, and the next upstream may be tried.
+_UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout)
 
 
 class Gateway:
@@ -123,10 +123,7 @@ class Gateway:
         self._headers = {"content-type": "application/json"}
         if c.upstream_key:
             self._headers["authorization"] = f"Bearer {c.upstream_key}"
-        self.http: aiohttp.ClientSession | None = None
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=5.0, sock_connect=5.0, sock_read=c.upstream_timeout
-        )
+        self.http: UpstreamClient | None = None
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
@@ -150,14 +147,7 @@ class Gateway:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         c = self.config
-        # aiohttp rather than httpx: on loopback it costs about 100 us of CPU per request
-        # against 400-530 us (docs/benchmarks.md), most of the gateway's own cost.
-        self.http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=2048, limit_per_host=0),
-            timeout=self._timeout,
-            headers=self._headers,
-            auto_decompress=True,
-        )
+        self.http = UpstreamClient(headers=self._headers, timeout=c.upstream_timeout)
         loops = [
             (self._update_price, c.tick),
             (self.decider.renew, c.ttl / 3),
@@ -170,7 +160,7 @@ class Gateway:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await self.http.close()
+            await self.http.aclose()
             for led in self.decider.ledgers:
                 await led.aclose()
 
@@ -199,13 +189,11 @@ class Gateway:
         assert self.http is not None
         up = self.pool.pick()
         try:
-            async with self.http.get(
-                f"{up.url}/models", timeout=aiohttp.ClientTimeout(total=10.0)
-            ) as r:
-                return Response(await r.read(), r.status, media_type="application/json")
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            r = await self.http.get(up.endpoint("/models"), timeout=10.0)
+        except httpx.HTTPError as exc:
             self.pool.failed(up)
             return error_response(502, "upstream_error", f"upstream unreachable: {exc}", "upstream")
+        return Response(r.content, r.status_code, media_type="application/json")
 
     async def healthz(self, request: Request) -> Response:
         ledger_ok = self.decider.store_ok
@@ -254,29 +242,30 @@ class Gateway:
         stream = bool(payload.get("stream"))
         try:
             up, r = await self._send(path, json.dumps(payload).encode(), stream)
-        except UpstreamUnreachable as exc:  # nothing reached a server: nothing generated
+        except _UNREACHABLE as exc:  # nothing reached a server: nothing generated
             return await self._failed(d, 0, 502, f"upstream unreachable: {exc}")
-        except TimeoutError:
+        except httpx.TimeoutException:
             # It may have generated up to the allowance before timing out: charge it all.
             return await self._failed(d, d.allowance, 504, "upstream timed out")
-        except aiohttp.ClientError as exc:
+        except httpx.HTTPError as exc:
             return await self._failed(d, d.allowance, 502, f"upstream failed: {exc!r}")
-        if stream and r.status == 200:
+        if stream and r.status_code == 200:
             opts = body.get("stream_options")
             meter = StreamMeter(
                 forward_usage=isinstance(opts, dict) and bool(opts.get("include_usage"))
             )
-            chunks = r.content.iter_any()
+            # Raw bytes as they arrive (the client asked for no encoding; decoded otherwise).
+            chunks = r.aiter_bytes() if "content-encoding" in r.headers else r.aiter_raw()
             return MeteredStream(chunks, headers, meter, self._stream_end(up, r, d))  # type: ignore[return-value]  # an ASGI response Starlette calls like its own
         up.inflight -= 1
         try:
-            content = await r.read()  # read already unless it is a refused stream
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            await r.aread()  # read already unless it is a refused stream
+        except httpx.HTTPError as exc:
             self.pool.failed(up)
             return await self._failed(d, d.allowance, 502, f"upstream failed: {exc!r}")
         finally:
-            r.release()
-        return await self._answer(up, r.status, content, d, headers)
+            await r.aclose()
+        return await self._answer(up, r.status_code, r.content, d, headers)
 
     def _refusal(self, d: Refusal) -> Response:
         self.metrics.requests.labels(d.kind).inc()
@@ -287,13 +276,10 @@ class Gateway:
             )
         return error_response(429, d.kind, d.message, d.kind, headers)
 
-    async def _send(
-        self, path: str, data: bytes, stream: bool
-    ) -> tuple[Upstream, aiohttp.ClientResponse]:
+    async def _send(self, path: str, data: bytes, stream: bool) -> tuple[Upstream, httpx.Response]:
         """Send to an upstream and wait for its response headers (and, not streaming, its
         body). A connection that cannot be made moves on to the next upstream (nothing was
-        generated); raises :class:`UpstreamUnreachable`, :class:`TimeoutError` or
-        :class:`aiohttp.ClientError`."""
+        generated); raises the last :class:`httpx.HTTPError`."""
         assert self.http is not None
         tries = min(2, len(self.pool.upstreams))
         for attempt in range(1, tries + 1):
@@ -301,21 +287,13 @@ class Gateway:
             up.inflight += 1
             t0 = time.perf_counter()
             try:
-                r = await self.http.post(f"{up.url}{path}", data=data)
-                if not stream:
-                    try:
-                        await r.read()
-                    except BaseException:
-                        r.release()  # after a failed read this closes the connection
-                        raise
+                r = await self.http.relay(up.endpoint(path), data, stream=stream)
             except BaseException as exc:
                 up.inflight -= 1
-                if isinstance(exc, (aiohttp.ClientError, TimeoutError)):
+                if isinstance(exc, httpx.HTTPError):
                     self.pool.failed(up)
-                if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
-                    if attempt < tries:
-                        continue
-                    raise UpstreamUnreachable(str(exc)) from exc
+                if isinstance(exc, _UNREACHABLE) and attempt < tries:
+                    continue
                 raise
             self.metrics.latency.labels(up.url).observe(time.perf_counter() - t0)
             return up, r
@@ -343,13 +321,12 @@ class Gateway:
         return Response(content, 200, headers=headers, media_type="application/json")
 
     def _stream_end(
-        self, up: Upstream, r: aiohttp.ClientResponse, grant: Grant
+        self, up: Upstream, r: httpx.Response, grant: Grant
     ) -> Callable[[int, str, str | None], Awaitable[None]]:
         async def end(tokens: int, finish: str, fault: str | None) -> None:
-            if fault or finish == "disconnect":
-                r.close()  # drops the connection: the upstream stops generating
-            else:
-                r.release()
+            # A body not read to its end (a fault, a client gone) closes the connection, so
+            # the upstream stops generating; a finished one goes back to the pool.
+            await r.aclose()
             up.inflight -= 1
             if fault:
                 self.pool.failed(up)

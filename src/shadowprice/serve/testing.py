@@ -11,16 +11,19 @@ be shown on real HTTP:
   (drops the connection after n/2 tokens), ``FAULT:nousage`` (no usage anywhere),
   ``FAULT:overrun`` (ignores ``max_tokens`` and generates n tokens).
 
-:class:`ServerThread` runs any ASGI app on a loopback port in a background thread.
+:class:`ServerThread` runs any ASGI app on a loopback port in a background thread;
+:class:`RawServer` answers with bytes no HTTP server would send (or hangs up, or resets).
 :func:`run_load` is an asyncio load generator (streaming or not).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import socket
+import struct
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -34,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-__all__ = ["FakeLog", "LoadResult", "ServerThread", "fake_upstream", "run_load"]
+__all__ = ["FakeLog", "LoadResult", "RawServer", "ServerThread", "fake_upstream", "run_load"]
 
 _LEN = re.compile(r"LEN:(\d+)")
 _FAULT = re.compile(r"FAULT:(\w+)")
@@ -222,6 +225,87 @@ class ServerThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class RawServer:
+    """A loopback TCP server that reads each request whole and answers it with ``reply``
+    verbatim: faults at the HTTP level that an ASGI server cannot be made to produce.
+
+    Parameters
+    ----------
+    reply : bytes
+        Sent as the answer, then the connection is closed; empty: hang up without a word.
+    reset : bool
+        Reset the connection (RST) instead of answering.
+    silent : bool
+        Never answer (until stopped).
+
+    Attributes
+    ----------
+    url : str
+    heads : list of bytes
+        The head (request line and headers) of every request read, in order.
+
+    Examples
+    --------
+    >>> with RawServer() as s:  # doctest: +SKIP
+    ...     httpx.post(s.url, content=b"{}")  # hangs up: httpx.RemoteProtocolError
+    """
+
+    def __init__(self, reply: bytes = b"", *, reset: bool = False, silent: bool = False) -> None:
+        self.reply, self.reset, self.silent = reply, reset, silent
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.heads: list[bytes] = []  # each request's head, as received
+        self._stop = threading.Event()
+        self._conns: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # shut down on leaving the block
+                return
+            self._conns.append(conn)
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            more = conn.recv(65536)
+            if not more:
+                conn.close()
+                return
+            data += more
+        head, body = data.split(b"\r\n\r\n", 1)
+        m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+        while m and len(body) < int(m.group(1)):  # unread bytes would make close() a reset
+            more = conn.recv(65536)
+            if not more:
+                break
+            body += more
+        self.heads.append(head)
+        if self.silent:
+            self._stop.wait()
+        elif self.reset:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        elif self.reply:
+            conn.sendall(self.reply)
+        conn.close()
+
+    def __enter__(self) -> RawServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        self.sock.close()
+        self._thread.join(timeout=5)
+        for conn in self._conns:
+            conn.close()
 
 
 @dataclass

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import aiohttp
+import httpx
 
 from ..engine.client import normalize_base_url
 
@@ -44,6 +44,15 @@ class Upstream:
     failures: int = 0
     healthy: bool = True
     failed_at: float = 0.0
+    _endpoints: dict[str, httpx.URL] = field(default_factory=dict, repr=False, compare=False)
+
+    def endpoint(self, path: str) -> httpx.URL:
+        """``url + path`` as an :class:`httpx.URL`, parsed once: httpx parses a string URL on
+        every request (about 15 µs of the gateway's CPU)."""
+        url = self._endpoints.get(path)
+        if url is None:
+            url = self._endpoints[path] = httpx.URL(self.url + path)
+        return url
 
 
 class UpstreamPool:
@@ -91,19 +100,18 @@ class UpstreamPool:
     def healthy(self) -> int:
         return sum(u.healthy for u in self.upstreams)
 
-    async def check(self, client: aiohttp.ClientSession, timeout: float = 2.0) -> None:
+    async def check(self, client: httpx.AsyncClient, timeout: float = 2.0) -> None:
         """Probe every upstream once, concurrently; update health."""
         await asyncio.gather(*(self._probe(client, u, timeout) for u in self.upstreams))
 
-    async def _probe(self, client: aiohttp.ClientSession, up: Upstream, timeout: float) -> None:
+    async def _probe(self, client: httpx.AsyncClient, up: Upstream, timeout: float) -> None:
         root = up.url.removesuffix("/v1")
-        limit = aiohttp.ClientTimeout(total=timeout)
         for path in (f"{root}/health", f"{up.url}/models"):
             try:
-                async with client.get(path, timeout=limit) as r:
-                    if r.status == 200:
-                        self.ok(up)
-                        return
-            except (aiohttp.ClientError, TimeoutError):
+                r = await client.get(path, timeout=timeout)
+            except httpx.HTTPError:
                 continue
+            if r.status_code == 200:
+                self.ok(up)
+                return
         self.failed(up)
