@@ -75,12 +75,17 @@ class Constraints:
         g = self.granularity
         # The small epsilon keeps 127.9999999 (float noise) from dropping a whole granule;
         # truncation is floor for the non-negative budgets here.
-        b = np.asarray(budgets, dtype=float) + 1e-9
-        snapped = b if g == 1 else np.floor(b / g) * g
-        out = np.minimum(snapped, self.hi).astype(np.int64)
+        b = np.add(budgets, 1e-9, dtype=float)
+        if g != 1:
+            np.floor(np.divide(b, g, out=b), out=b)
+            b *= g
+        np.minimum(b, self.hi, out=b)
+        out = b.astype(np.int64)
         below = out < self.lo
-        if below.any():
+        if self.protected.any():
             out[below] = np.where(self.protected[below], self.lo[below], 0)
+        else:
+            out[below] = 0
         return out
 
     def subset(self, index: Any) -> Constraints:
