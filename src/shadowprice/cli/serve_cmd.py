@@ -7,7 +7,6 @@ line on stderr naming the option), 3 when the address cannot be bound.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import typer
@@ -131,8 +130,8 @@ def serve_command(
     try:
         sock = bind(host, port)
     except OSError as exc:
-        print(
-            f"shadowprice: error: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr
+        fail(
+            f"--host {host} --port {port}: cannot listen there ({exc.strerror}); choose another "
+            f"port, or --port 0 for a free one"
         )
-        raise typer.Exit(code=3) from exc
     serve(gateway.app, sock, log_level=log_level)
