@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -179,3 +180,16 @@ def test_cli_contract_and_exit_statuses(upstream) -> None:  # type: ignore[no-un
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert bad.returncode == 2 and "--upstream" in bad.stderr
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        busy = subprocess.run(
+            [sys.executable, "-c", "from shadowprice.cli import main; main()", "serve",
+             "--upstream", url, "--budget", "10", "--period", "60",
+             "--port", str(taken.getsockname()[1])],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        taken.close()
+    assert busy.returncode == 2 and "cannot listen there" in busy.stderr
