@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,48 +53,15 @@ def plot_frontier(results: pd.DataFrame, sts: Sequence[BenchStream], path: Path)
     Path
         ``path``.
     """
-    plt = _pyplot()
-    cols = 4
-    rows = math.ceil(len(sts) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), dpi=100, squeeze=False)
-    for ax, st in zip(axes.flat, sts, strict=False):
-        g = results[results.stream == st.key]
-        for pol in dict.fromkeys(g.policy):
-            sub = g[g.policy == pol].sort_values("budget")
-            color, marker, ls = _STYLE.get(pol, (None, ".", "-"))
-            ax.plot(
-                sub.tokens_allotted,
-                100 * sub.accuracy,
-                color=color,
-                marker=marker,
-                ls=ls,
-                ms=4,
-                lw=1.2,
-                label=policy_info(pol).label,
-                mfc="none" if pol == "oracle" else None,
-            )
-        if st.kind == "long":
-            ax.set_xscale("log", base=2)
-        ax.set_title(f"{st.key} ({st.kind}, n={st.traces.n})", fontsize=9)
-        ax.set_xlabel("tokens per query (allotted)", fontsize=8)
-        ax.set_ylabel("accuracy (%)", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-        ax.set_ylim(bottom=0)
-    for ax in list(axes.flat)[len(sts) :]:
-        ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(
-        handles, labels, loc="lower center", ncol=min(len(labels), 7), fontsize=8, frameon=False
+    return _panels(
+        results,
+        sts,
+        path,
+        x="tokens_allotted",
+        xlabel="tokens per query (allotted)",
+        title="Accuracy vs average budget (held out, split half); synthetic streams are SYNTHETIC",
+        log_x=lambda st: st.kind == "long",
     )
-    fig.suptitle(
-        "Accuracy vs average budget (held out, split half); synthetic streams are SYNTHETIC",
-        fontsize=11,
-    )
-    fig.tight_layout(rect=(0, 0.04, 1, 0.97))
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 def plot_paper_style(results: pd.DataFrame, paper: pd.DataFrame, path: Path) -> Path:
@@ -280,29 +247,55 @@ def plot_spent(spent: pd.DataFrame, sts: Sequence[BenchStream], path: Path) -> P
     Path
         ``path``.
     """
+    return _panels(
+        spent,
+        sts,
+        path,
+        x="tokens_spent",
+        xlabel="tokens spent per query",
+        title="Accuracy vs tokens generated (held out, split half; spent accounting through a "
+        "16-slot engine simulator); synthetic streams are SYNTHETIC",
+        log_x=lambda st: True,
+        legend_columns=4,
+    )
+
+
+def _panels(
+    results: pd.DataFrame,
+    sts: Sequence[BenchStream],
+    path: Path,
+    *,
+    x: str,
+    xlabel: str,
+    title: str,
+    log_x: Callable[[BenchStream], bool],
+    legend_columns: int = 7,
+) -> Path:
+    """Accuracy against column ``x`` for every policy, one panel per stream, four a row."""
     plt = _pyplot()
     cols = 4
     rows = math.ceil(len(sts) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), dpi=100, squeeze=False)
     for ax, st in zip(axes.flat, sts, strict=False):
-        g = spent[spent.stream == st.key]
+        g = results[results.stream == st.key]
         for pol in dict.fromkeys(g.policy):
             sub = g[g.policy == pol].sort_values("budget")
-            color, marker, _ = _STYLE.get(pol, (None, ".", "-"))
+            color, marker, ls = _STYLE.get(pol, (None, ".", "-"))
             ax.plot(
-                sub.tokens_spent,
+                sub[x],
                 100 * sub.accuracy,
                 color=color,
                 marker=marker,
-                ls=":" if pol == "oracle" else "-",
+                ls=ls,
                 ms=4,
                 lw=1.2,
                 label=policy_info(pol).label,
                 mfc="none" if pol == "oracle" else None,
             )
-        ax.set_xscale("log", base=2)
+        if log_x(st):
+            ax.set_xscale("log", base=2)
         ax.set_title(f"{st.key} ({st.kind}, n={st.traces.n})", fontsize=9)
-        ax.set_xlabel("tokens spent per query", fontsize=8)
+        ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel("accuracy (%)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
@@ -311,13 +304,14 @@ def plot_spent(spent: pd.DataFrame, sts: Sequence[BenchStream], path: Path) -> P
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(
-        handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False
+        handles,
+        labels,
+        loc="lower center",
+        ncol=min(len(labels), legend_columns),
+        fontsize=8,
+        frameon=False,
     )
-    fig.suptitle(
-        "Accuracy vs tokens generated (held out, split half; spent accounting through a "
-        "16-slot engine simulator); synthetic streams are SYNTHETIC",
-        fontsize=10,
-    )
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 0.96))
     fig.savefig(path)
     plt.close(fig)
