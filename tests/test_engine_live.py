@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
@@ -28,31 +27,14 @@ from shadowprice.engine.run import RunConfig, prompt_messages, run_plan
 
 pytestmark = pytest.mark.engine
 
-URL = os.environ.get("SHADOWPRICE_LLAMA_URL", "").strip()
 N = 6
 PER_QUERY = 50  # uniform gets 50 tokens each: far below what a step-by-step answer needs
 FORCE = 16
 
 
-def _reachable(url: str) -> str | None:
-    if not url:
-        return "SHADOWPRICE_LLAMA_URL is not set (start the engine: tools/engine.sh start)"
-    try:
-        if httpx.get(url.rstrip("/") + "/health", timeout=5).status_code == 200:
-            return None
-        return f"llama.cpp server at {url} is not healthy"
-    except httpx.HTTPError as exc:
-        return f"llama.cpp server at {url} is unreachable ({exc})"
-
-
-_SKIP = _reachable(URL)
-
-
 @pytest.fixture(scope="module")
-def url() -> str:
-    if _SKIP:
-        pytest.skip(_SKIP)
-    return URL
+def url(llama_url: str) -> str:
+    return llama_url
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
@@ -29,26 +28,10 @@ from shadowprice.engine.run import RunConfig
 
 pytestmark = pytest.mark.engine
 
-URL = os.environ.get("SHADOWPRICE_LLAMA_URL", "").strip()
-
-
-def _skip_reason(url: str) -> str | None:
-    if not url:
-        return "SHADOWPRICE_LLAMA_URL is not set (start the engine: tools/engine.sh start)"
-    try:
-        if httpx.get(url.rstrip("/") + "/health", timeout=5).status_code == 200:
-            return None
-        return f"llama.cpp server at {url} is not healthy"
-    except httpx.HTTPError as exc:
-        return f"llama.cpp server at {url} is unreachable ({exc})"
-
 
 @pytest.fixture(scope="module")
-def url() -> str:
-    reason = _skip_reason(URL)
-    if reason:
-        pytest.skip(reason)
-    return URL
+def url(llama_url: str) -> str:
+    return llama_url
 
 
 def test_capped_requests_are_continued_not_restarted(url: str, tmp_path: Path) -> None:

