@@ -17,10 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
 from ..traces import TraceSet, load_traces, read_traces
-from .streams import STREAMS, make_stream
+from .streams import MAX_SAMPLE_TOKENS_LONG, STREAMS, make_stream, sample_seed
 
 __all__ = ["STREAM_SAMPLES", "available_memory", "load_trace_source", "memory_needed"]
 
@@ -91,9 +89,8 @@ def _stream(spec: str, seed: int) -> TraceSet:
     stream = make_stream(parts[1], int(parts[2]), seed, family=family)
     # The samples get a seed of their own: the stream's draws, the samples and the split must
     # not share random numbers.
-    sample_seed = int(np.random.SeedSequence([seed, 0x5A]).generate_state(1)[0])
-    kwargs = {"max_tokens": 65536} if family == "long" else {}
-    return stream.sample_traces(STREAM_SAMPLES, sample_seed, **kwargs)
+    kwargs = {"max_tokens": MAX_SAMPLE_TOKENS_LONG} if family == "long" else {}
+    return stream.sample_traces(STREAM_SAMPLES, sample_seed(seed, 0x5A), **kwargs)
 
 
 def load_trace_source(spec: str, seed: int = 0) -> TraceSet:

@@ -78,6 +78,7 @@ __all__ = [
     "load_stream",
     "make_stream",
     "pool_recall",
+    "sample_seed",
 ]
 
 
@@ -454,6 +455,12 @@ def largest_remainder(n: int, weights: Sequence[float]) -> NDArray[np.int64]:
     if short:
         c[np.argsort(-(exact - c), kind="stable")[:short]] += 1
     return c
+
+
+def sample_seed(seed: int, salt: int) -> int:
+    """A seed for a stream's simulated samples that shares no random numbers with the
+    stream's own draws (made with ``seed``) nor with other samples (another ``salt``)."""
+    return int(np.random.SeedSequence([seed, salt]).generate_state(1)[0])
 
 
 def make_stream(name: str, n: int, seed: int = 0, *, family: str = "short") -> SyntheticStream:

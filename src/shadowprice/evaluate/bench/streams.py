@@ -23,7 +23,13 @@ import numpy as np
 
 from ...curves import GammaSCurve
 from ...traces import REAL_TRACE_SET, TraceSet, load_traces
-from ..streams import MAX_SAMPLE_TOKENS_LONG, STREAMS, largest_remainder, make_stream
+from ..streams import (
+    MAX_SAMPLE_TOKENS_LONG,
+    STREAMS,
+    largest_remainder,
+    make_stream,
+    sample_seed,
+)
 
 __all__ = [
     "LEVEL_POOL",
@@ -126,11 +132,6 @@ def format_budget(b: float) -> str:
     return f"{b / 1000:g}k" if b >= 1000 and b % 1000 == 0 and b > 1500 else f"{b:g}"
 
 
-def _sample_seed(seed: int, salt: int) -> int:
-    """A seed for the samples that shares no random numbers with the stream's draws."""
-    return int(np.random.SeedSequence([seed, salt]).generate_state(1)[0])
-
-
 def real_mixture(traces: TraceSet, name: str, n: int, seed: int = 0) -> TraceSet:
     """Resample real queries with replacement into mixture ``name`` by MATH level.
 
@@ -226,7 +227,7 @@ def build_streams(
             BenchStream(
                 name,
                 "synthetic",
-                st.sample_traces(SAMPLES, _sample_seed(seed, 0x5A)),
+                st.sample_traces(SAMPLES, sample_seed(seed, 0x5A)),
                 bs,
                 repeats,
                 st.truth,
@@ -268,7 +269,7 @@ def build_streams(
                     st.name,
                     "long",
                     st.sample_traces(
-                        SAMPLES, _sample_seed(seed, 0x5B), max_tokens=MAX_SAMPLE_TOKENS_LONG
+                        SAMPLES, sample_seed(seed, 0x5B), max_tokens=MAX_SAMPLE_TOKENS_LONG
                     ),
                     lbs,
                     repeats,
