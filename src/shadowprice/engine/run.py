@@ -51,6 +51,10 @@ DEFAULT_TEMPLATE = (
 )
 
 
+#: Why a planned query was not sent: the budget left (e.g. after a resume) could not hold it.
+LATE_REASON = "budget exhausted before it could be sent"
+
+
 class RunStateError(ValueError):
     """The output files cannot be resumed as asked (another run's, or not ours)."""
 
@@ -257,7 +261,7 @@ class Executor:
         self.promised -= item.budget
         res = await self.ledger.reserve(item.budget, tag=item.id)
         if res is None:  # a resumed run has less left than the plan assumed
-            reason = "budget exhausted before it could be sent"
+            reason = LATE_REASON
             await self.abandoned(PlanItem(item.id, item.messages, 0, item.gold, reason, item.meta))
             return
         comp, error, charged = await self._chat(res, item.messages)
@@ -493,9 +497,7 @@ async def execute(
         resumed=len(done),
         executed=len(pending),
         wall_s=round(time.perf_counter() - start, 3),
-        late_abandoned=sum(
-            1 for r in ex.records if r.get("reason") == "budget exhausted before it could be sent"
-        ),
+        late_abandoned=sum(1 for r in ex.records if r.get("reason") == LATE_REASON),
     )
     if files is not None:
         write_json_atomic(files.summary, summary)
