@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from ._errors import fail
+from ._errors import fail, guarded
 from .app import app
 
 #: Environment variables read for the upstream key, first found wins (never a flag: flags
@@ -39,6 +39,7 @@ def _levels(value: str | None) -> tuple[int, int] | None:
 
 
 @app.command("serve")
+@guarded
 def serve_command(
     upstream: list[str] = typer.Option(..., "--upstream", help="model server URL (repeatable)"),
     budget: int = typer.Option(..., "--budget", help="completion tokens per period"),
@@ -46,7 +47,7 @@ def serve_command(
     state: str | None = typer.Option(
         None, "--state", help="redis://HOST:PORT/DB: share ledger and price between replicas"
     ),
-    host: str = typer.Option("127.0.0.1", "--host"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
     port: int = typer.Option(8000, "--port", help="0 picks a free port"),
     predictor: str = typer.Option(
         "default", "--predictor", help="threshold predictor directory, or 'default' (bundled)"
@@ -63,7 +64,9 @@ def serve_command(
     floor_share: float = typer.Option(
         0.0, "--floor-share", help="share of each period's budget kept for requests with a floor"
     ),
-    max_tokens_ceiling: int = typer.Option(32768, "--max-tokens-ceiling"),
+    max_tokens_ceiling: int = typer.Option(
+        32768, "--max-tokens-ceiling", help="client max_tokens above this are clamped to it"
+    ),
     fallback_tokens: int = typer.Option(
         0, "--fallback-tokens", help="allowance instead of 429 when priced out"
     ),
@@ -85,11 +88,20 @@ def serve_command(
     fail_open: bool = typer.Option(
         False, "--fail-open", help="Redis down: per-replica local budget"
     ),
-    fail_open_budget: int | None = typer.Option(None, "--fail-open-budget"),
+    fail_open_budget: int | None = typer.Option(
+        None,
+        "--fail-open-budget",
+        help="tokens per period of that local budget (default: --budget)",
+        show_default=False,
+    ),
     max_body: int = typer.Option(1 << 20, "--max-body", help="largest request body, bytes"),
-    upstream_timeout: float = typer.Option(600.0, "--upstream-timeout"),
+    upstream_timeout: float = typer.Option(
+        600.0, "--upstream-timeout", help="seconds an upstream may take to answer (per read)"
+    ),
     namespace: str = typer.Option("default", "--namespace", help="budget name inside Redis"),
-    log_level: str = typer.Option("warning", "--log-level"),
+    log_level: str = typer.Option(
+        "warning", "--log-level", help="uvicorn's log level: debug, info, warning, error"
+    ),
 ) -> None:
     """Serve an OpenAI-compatible gateway that prices every request's max_tokens."""
     from shadowprice.serve.app import Gateway
