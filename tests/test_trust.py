@@ -428,3 +428,19 @@ def test_run_reads_queries_from_stdin_once(qfile: Path, tmp_path: Path) -> None:
         "q2",
         "q3",
     ]
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    from typer.main import get_command
+
+    missing: list[str] = []
+
+    def walk(cmd: Any, name: str) -> None:
+        for sub, child in getattr(cmd, "commands", {}).items():
+            walk(child, f"{name} {sub}".strip())
+        for p in getattr(cmd, "params", []):
+            if p.param_type_name == "option" and not getattr(p, "help", None):
+                missing.append(f"{name} {p.opts[0]}")
+
+    walk(get_command(app), "")
+    assert not missing, missing
