@@ -224,6 +224,7 @@ LAYERS: dict[str, float] = {
     "limits": -1,  # the bounds on token counts every entry point checks
     "curves": 0,
     "traces": 0,
+    "providers": 0,  # an allowance as each API's request fields (pure)
     "ledger": 0,
     "solve": 1,
     "fit": 1,
