@@ -226,6 +226,7 @@ LAYERS: dict[str, float] = {
     "traces": 0,
     "providers": 0,  # an allowance as each API's request fields (pure)
     "ledger": 0,
+    "usage": 0,  # the counting rule every reader of a model server's answer applies
     "solve": 1,
     "fit": 1,
     "allocate": 2,

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shadowprice.ledger import JournalLedger, Ledger, LedgerError, MemoryLedger
+from shadowprice.ledger import JournalLedger, Ledger, LedgerError, MemoryLedger, OnLapse
 
 
 class FakeClock:
@@ -34,7 +34,11 @@ class LedgerContract:
     """What every :class:`~shadowprice.ledger.Ledger` must do."""
 
     def make(
-        self, total: int, period: float | None = None, clock: FakeClock | None = None
+        self,
+        total: int,
+        period: float | None = None,
+        clock: FakeClock | None = None,
+        on_lapse: OnLapse = "spend",
     ) -> Ledger:
         raise NotImplementedError
 
@@ -79,13 +83,51 @@ class LedgerContract:
 
         run(go())
 
-    def test_expired_reservation_returns_its_tokens_and_a_late_settle_is_charged(
+    def test_a_lapsed_reservation_is_spent_in_full_until_its_late_settlement(self) -> None:
+        """Its holder is gone but the server may still generate: the tokens stay charged."""
+        clock = FakeClock()
+
+        async def go() -> None:
+            led = self.make(100, None, clock)
+            a = await led.reserve(80, ttl=5.0)
+            assert a is not None and await led.reserve(30) is None
+            clock.t += 6.0
+            state = await led.state()
+            assert (state.spent, state.reserved, state.lapsed) == (80, 0, 80)
+            assert await led.reserve(30) is None  # not given to anyone else
+            late = await led.settle(a, 40)  # the real use arrives after all
+            assert (late.status, late.charged, late.overrun) == ("late", 40, 0)
+            state = await led.state()
+            assert (state.spent, state.lapsed, state.overrun) == (40, 0, 0)
+            b = await led.reserve(60)
+            assert b is not None
+            assert (await led.settle(a, 40)).status == "duplicate"
+            assert await led.reserve(1) is None  # 40 spent + 60 held: the budget
+
+        run(go())
+
+    def test_a_lapsed_reservation_past_its_allowance_is_an_overrun(self) -> None:
+        clock = FakeClock()
+
+        async def go() -> None:
+            led = self.make(100, None, clock)
+            a = await led.reserve(50, ttl=1.0)
+            assert a is not None
+            clock.t += 2.0
+            late = await led.settle(a, 70)
+            assert (late.status, late.charged, late.overrun) == ("late", 70, 20)
+            state = await led.state()
+            assert (state.spent, state.lapsed, state.overrun) == (70, 0, 20)
+
+        run(go())
+
+    def test_on_lapse_release_returns_the_tokens_and_a_late_settle_is_charged(
         self,
     ) -> None:
         clock = FakeClock()
 
         async def go() -> None:
-            led = self.make(100, None, clock)
+            led = self.make(100, None, clock, on_lapse="release")
             a = await led.reserve(80, ttl=5.0)
             assert a is not None and await led.reserve(30) is None
             clock.t += 6.0
@@ -94,7 +136,7 @@ class LedgerContract:
             late = await led.settle(a, 40)
             assert (late.status, late.charged, late.overrun) == ("late", 40, 40)
             state = await led.state()
-            assert (state.spent, state.reserved) == (40, 30)
+            assert (state.spent, state.reserved, state.lapsed) == (40, 30, 0)
 
         run(go())
 
@@ -111,8 +153,8 @@ class LedgerContract:
             assert renewed.expires_at == pytest.approx(clock.t + 5.0)
             clock.t += 4.0  # past the first expiry, within the renewed one
             assert (await led.state()).reserved == 80
-            clock.t += 2.0  # the holder stopped renewing: the tokens return
-            assert (await led.state()).reserved == 0
+            clock.t += 2.0  # the holder stopped renewing: the reservation lapses, spent
+            assert ((await led.state()).reserved, (await led.state()).lapsed) == (0, 80)
             assert await led.extend(a, 5.0) is None
             assert (await led.settle(a, 10)).status == "late"
             b = await led.reserve(30)  # made without a ttl: extending gives it one
@@ -183,16 +225,26 @@ class LedgerContract:
 
 class TestMemory(LedgerContract):
     def make(
-        self, total: int, period: float | None = None, clock: FakeClock | None = None
+        self,
+        total: int,
+        period: float | None = None,
+        clock: FakeClock | None = None,
+        on_lapse: OnLapse = "spend",
     ) -> Ledger:
-        return MemoryLedger(total, period=period, clock=clock)
+        return MemoryLedger(total, period=period, clock=clock, on_lapse=on_lapse)
 
 
 class TestJournal(LedgerContract):
     def make(
-        self, total: int, period: float | None = None, clock: FakeClock | None = None
+        self,
+        total: int,
+        period: float | None = None,
+        clock: FakeClock | None = None,
+        on_lapse: OnLapse = "spend",
     ) -> Ledger:
         if period is not None:
             pytest.skip("a journal ledger accounts one run: it has no periods")
+        if on_lapse != "spend":
+            pytest.skip("a journal ledger counts what a crash left open as spent")
         folder = tempfile.mkdtemp(prefix="sp-journal-")
         return JournalLedger(f"{folder}/run.journal", total, config={"total": total}, clock=clock)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import test_ledger as contract
-from shadowprice.ledger import Ledger, LedgerError, MemoryLedger
+from shadowprice.ledger import Ledger, LedgerError, MemoryLedger, OnLapse
 from shadowprice.ledger.redis import RedisLedger
 from shadowprice.serve.localredis import LocalRedis, redis_server_binary
 
@@ -32,11 +32,19 @@ def server() -> LocalRedis:
 
 
 def redis_ledger(
-    total: int, period: float | None = None, clock: Callable[[], float] | None = None
-) -> Ledger:
+    total: int,
+    period: float | None = None,
+    clock: Callable[[], float] | None = None,
+    on_lapse: OnLapse = "spend",
+) -> RedisLedger:
     """A fresh namespace per ledger, so cases never see each other."""
     return RedisLedger.from_url(
-        server().url, total, period=period, clock=clock, namespace=uuid.uuid4().hex
+        server().url,
+        total,
+        period=period,
+        clock=clock,
+        namespace=uuid.uuid4().hex,
+        on_lapse=on_lapse,
     )
 
 
@@ -44,9 +52,13 @@ class TestRedis(contract.LedgerContract):
     """The shared ledger contract, against a real redis-server."""
 
     def make(
-        self, total: int, period: float | None = None, clock: contract.FakeClock | None = None
+        self,
+        total: int,
+        period: float | None = None,
+        clock: contract.FakeClock | None = None,
+        on_lapse: OnLapse = "spend",
     ) -> Ledger:
-        return redis_ledger(total, period, clock)
+        return redis_ledger(total, period, clock, on_lapse)
 
 
 def run(coro: Any) -> Any:
@@ -91,16 +103,52 @@ def test_more_concurrent_calls_than_connections_wait_for_one() -> None:
 
 
 def test_server_clock_expiry_without_a_client_clock() -> None:
-    """Default time is Redis's TIME: a reservation of a dead holder returns after its TTL."""
+    """Default time is Redis's TIME: a reservation of a dead holder lapses after its TTL and
+    is charged in full (released instead with on_lapse='release')."""
 
     async def go() -> None:
-        led = RedisLedger.from_url(server().url, 50, namespace=uuid.uuid4().hex)
-        held = await led.reserve(50, ttl=0.2)
-        assert held is not None and held.expires_at is not None
-        assert await led.reserve(1) is None
-        await asyncio.sleep(0.3)
-        again = await led.reserve(50)
-        assert again is not None
+        for policy, after in (("spend", None), ("release", 50)):
+            led = redis_ledger(50, on_lapse=policy)  # type: ignore[arg-type]
+            held = await led.reserve(50, ttl=0.2)
+            assert held is not None and held.expires_at is not None
+            assert await led.reserve(1) is None
+            await asyncio.sleep(0.3)
+            again = await led.reserve(50)
+            assert (again.tokens if again else None) == after
+            assert (await led.state()).lapsed == (50 if policy == "spend" else 0)
+            await led.aclose()
+
+    run(go())
+
+
+def test_heartbeats_count_the_members_alive() -> None:
+    clock = contract.FakeClock()
+
+    async def go() -> None:
+        led = redis_ledger(10, clock=clock)
+        assert await led.heartbeat("a", 5.0) == 1
+        assert await led.heartbeat("b", 5.0) == 2
+        assert await led.heartbeat("a", 5.0) == 2  # the same member again
+        clock.t += 4.0
+        assert await led.heartbeat("a", 5.0) == 2
+        clock.t += 2.0  # b's heartbeat lapsed
+        assert await led.heartbeat("a", 5.0) == 1
+        await led.aclose()
+
+    run(go())
+
+
+def test_spending_booked_elsewhere_counts_once() -> None:
+    clock = contract.FakeClock(1_000_000.0)
+
+    async def go() -> None:
+        led = redis_ledger(100, period=60, clock=clock)
+        index = int(clock.t // 60)
+        assert await led.book(30, index, "replica-a:outage-1") == 30
+        assert await led.book(30, index, "replica-a:outage-1") == 0  # a retried push
+        state = await led.state()
+        assert (state.spent, state.available) == (30, 70)
+        assert await led.reserve(71) is None
         await led.aclose()
 
     run(go())

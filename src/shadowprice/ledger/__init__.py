@@ -11,18 +11,30 @@ it returns; the unused part flows back. Implementations share :class:`Ledger`:
   and machines through atomic Lua scripts.
 """
 
-from .base import Ledger, LedgerError, LedgerState, Reservation, Settlement
+from .base import (
+    LAPSE_POLICIES,
+    Ledger,
+    LedgerError,
+    LedgerState,
+    OnLapse,
+    Reservation,
+    Settlement,
+    SharedLedger,
+)
 from .journal import JournalLedger, JournalMismatch, Recovery
 from .memory import MemoryLedger
 
 __all__ = [
+    "LAPSE_POLICIES",
     "JournalLedger",
     "JournalMismatch",
     "Ledger",
     "LedgerError",
     "LedgerState",
     "MemoryLedger",
+    "OnLapse",
     "Recovery",
     "Reservation",
     "Settlement",
+    "SharedLedger",
 ]

@@ -7,12 +7,25 @@ before they expire, the tokens settled in a period never exceed its budget. What
 promise (a server generating more than it was allowed, a settlement arriving after its
 reservation expired and its tokens were handed to someone else) is charged in full and counted
 in :attr:`LedgerState.overrun`: the ledger never under-reports spending.
+
+**A reservation that lapses is spent.** A reservation whose holder stops renewing it (the
+process died, its task ended without settling) lapses after its TTL. Nobody can say what the
+request it covered went on to generate: a model server may finish every token of a request
+whose gateway is gone. So by default (``on_lapse="spend"``) a lapsed reservation is charged
+in full (:attr:`LedgerState.lapsed`), and a settlement that arrives later corrects the charge
+to what was really generated. ``on_lapse="release"`` gives the tokens back to the pool
+instead: more tokens for others, at the price of an overspend whenever the lost request did
+generate.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
+
+#: What happens to a reservation that lapses (see the module docstring).
+OnLapse = Literal["spend", "release"]
+LAPSE_POLICIES: tuple[OnLapse, ...] = ("spend", "release")
 
 
 class LedgerError(RuntimeError):
@@ -86,6 +99,9 @@ class LedgerState:
         Tokens charged beyond reservations (see the module docstring).
     period : int
         Index of the period these totals belong to.
+    lapsed : int
+        Tokens of lapsed reservations charged in full (part of ``spent``; see the module
+        docstring), not yet corrected by a late settlement.
     """
 
     total: int
@@ -93,6 +109,7 @@ class LedgerState:
     reserved: int
     overrun: int = 0
     period: int = 0
+    lapsed: int = 0
 
     @property
     def available(self) -> int:
@@ -107,6 +124,7 @@ class LedgerState:
             "reserved": self.reserved,
             "available": self.available,
             "overrun": self.overrun,
+            "lapsed": self.lapsed,
             "period": self.period,
         }
 
@@ -172,6 +190,33 @@ class Ledger(Protocol):
     async def aclose(self) -> None:
         """Release connections and files."""
         ...
+
+
+@runtime_checkable
+class SharedLedger(Protocol):
+    """What a ledger shared by several processes adds (Redis): one price for all, a count of
+    the processes spending it, and spending booked while it could not be reached."""
+
+    async def agree(self, value: float, hold: float) -> float:
+        """Publish ``value`` unless another process published one in the last ``hold``
+        seconds; return the value every process now shares."""
+        ...
+
+    async def heartbeat(self, member: str, ttl: float) -> int:
+        """Say ``member`` is alive for ``ttl`` seconds; return how many members are alive."""
+        ...
+
+    async def book(self, tokens: int, period: int, key: str) -> int:
+        """Charge ``tokens`` spent elsewhere to ``period`` (once per ``key``); return the
+        tokens charged by this call (0 for a key booked before)."""
+        ...
+
+
+def check_on_lapse(value: str) -> OnLapse:
+    """Validate a lapse policy (see the module docstring)."""
+    if value not in LAPSE_POLICIES:
+        raise LedgerError(f"on_lapse must be 'spend' or 'release', got {value!r}")
+    return value
 
 
 def check_tokens(name: str, value: int, *, minimum: int = 0) -> int:

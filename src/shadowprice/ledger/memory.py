@@ -12,8 +12,10 @@ from dataclasses import dataclass, replace
 from .base import (
     LedgerError,
     LedgerState,
+    OnLapse,
     Reservation,
     Settlement,
+    check_on_lapse,
     check_reservation,
     check_tokens,
 )
@@ -27,6 +29,7 @@ class _Period:
     spent: int = 0
     reserved: int = 0
     overrun: int = 0
+    lapsed: int = 0
 
 
 class MemoryLedger:
@@ -44,6 +47,9 @@ class MemoryLedger:
         Tokens already spent in the current period (a resumed run).
     clock : callable, optional
         Wall clock in seconds (default :func:`time.time`); tests pass a fake one.
+    on_lapse : {'spend', 'release'}
+        What a reservation that lapses costs: its whole allowance (default), or nothing (its
+        tokens return to the pool); see :mod:`shadowprice.ledger.base`.
 
     Notes
     -----
@@ -58,8 +64,10 @@ class MemoryLedger:
         period: float | None = None,
         spent: int = 0,
         clock: Callable[[], float] | None = None,
+        on_lapse: OnLapse = "spend",
     ) -> None:
         self._total = check_tokens("total", total)
+        self.on_lapse = check_on_lapse(on_lapse)
         if period is not None and not (isinstance(period, (int, float)) and period > 0):
             raise LedgerError(f"period must be a positive number of seconds, got {period!r}")
         self.period = None if period is None else float(period)
@@ -70,6 +78,7 @@ class MemoryLedger:
         # (expires_at, id) of reservations with a TTL; renewed or closed ones stay until popped.
         self._expiry: list[tuple[float, str]] = []
         self._settled: dict[str, int] = {}  # id -> period, for idempotent settling
+        self._lapsed: dict[str, Reservation] = {}  # lapsed and charged, not yet settled
         self._periods[self._index()] = _Period(spent=check_tokens("spent", spent))
 
     @property
@@ -87,10 +96,12 @@ class MemoryLedger:
             for old in sorted(self._periods)[:-_PERIODS_KEPT]:
                 del self._periods[old]
             self._settled = {k: p for k, p in self._settled.items() if p in self._periods}
+            self._lapsed = {k: r for k, r in self._lapsed.items() if r.period in self._periods}
         return book
 
     def _expire(self, now: float) -> None:
-        """Return the tokens of reservations whose TTL has passed (O(lapsed log n))."""
+        """Close reservations whose TTL has passed (O(lapsed log n)): charged in full, or
+        their tokens returned (``on_lapse``)."""
         while self._expiry and self._expiry[0][0] <= now:
             _, rid = heapq.heappop(self._expiry)
             r = self._open.get(rid)
@@ -100,6 +111,10 @@ class MemoryLedger:
             book = self._periods.get(r.period)
             if book is not None:
                 book.reserved -= r.tokens
+                if self.on_lapse == "spend":
+                    book.spent += r.tokens
+                    book.lapsed += r.tokens
+                    self._lapsed[rid] = r
 
     async def reserve(
         self, tokens: int, *, min_tokens: int | None = None, tag: str = "", ttl: float | None = None
@@ -142,13 +157,21 @@ class MemoryLedger:
         """:meth:`settle` for synchronous callers."""
         used = check_tokens("used", used)
         with self._lock:
+            self._expire(self._clock())  # a reservation past its TTL settles as lapsed
             if reservation.id in self._settled:
                 return Settlement(0, "duplicate")
             book = self._book(reservation.period) if reservation.period in self._periods else None
             open_ = self._open.pop(reservation.id, None)
+            lapsed = self._lapsed.pop(reservation.id, None)
             self._settled[reservation.id] = reservation.period
             if book is None:  # a period we no longer keep: nothing left to charge against
                 return Settlement(used, "late", used)
+            if lapsed is not None:  # charged in full when it lapsed: correct to the real use
+                book.spent += used - lapsed.tokens
+                book.lapsed -= lapsed.tokens
+                over = max(0, used - lapsed.tokens)
+                book.overrun += over
+                return Settlement(used, "late", over)
             if open_ is None:  # expired: its tokens went back to the pool already
                 book.spent += used
                 book.overrun += used
@@ -191,7 +214,9 @@ class MemoryLedger:
             self._expire(self._clock())
             index = self._index()
             book = self._book(index)
-            return LedgerState(self._total, book.spent, book.reserved, book.overrun, index)
+            return LedgerState(
+                self._total, book.spent, book.reserved, book.overrun, index, book.lapsed
+            )
 
     async def aclose(self) -> None:
         """Nothing to close."""

@@ -11,13 +11,18 @@ Layout (every key starts with ``shadowprice:{NAMESPACE}:``; the braces are a Red
 
 - ``p:<period>``: hash ``spent``, ``reserved``, ``overrun`` of one budget period;
 - ``open``: hash reservation id -> ``tokens:period``; ``exp``: sorted set id -> expiry time;
-- ``s:<period>``: set of the ids settled in a period (idempotent settling).
+- ``l:<period>``: hash reservation id -> tokens of the reservations that lapsed in a period
+  and were charged in full (``on_lapse="spend"``), until a late settlement corrects them;
+- ``s:<period>``: set of the ids settled (or booked) in a period (idempotent settling);
+- ``members``: sorted set of the processes sharing the ledger -> when their heartbeat lapses;
+- ``price``: the price the processes agreed on for the current tick.
 
 Period hashes and settled sets expire after :data:`PERIODS_KEPT` periods (the same memory the
 in-process ledger keeps). Time comes from the Redis server (``TIME``) so replicas with skewed
 clocks still agree on period boundaries and expiries; tests may pass their own clock.
 
-Crashes: a reservation whose holder died lapses after its ``ttl`` and its tokens return. A
+Crashes: a reservation whose holder died lapses after its ``ttl`` and is charged in full (or,
+with ``on_lapse="release"``, its tokens return; see :mod:`shadowprice.ledger.base`). A
 request that outlives its TTL (a long stream) renews it with :meth:`RedisLedger.extend`. Keys
 are built inside the scripts, so the ledger needs a single Redis (or a Sentinel-managed
 primary), not Redis Cluster. Durability across a Redis restart is Redis's: run it with
@@ -35,8 +40,10 @@ from urllib.parse import urlsplit
 from .base import (
     LedgerError,
     LedgerState,
+    OnLapse,
     Reservation,
     Settlement,
+    check_on_lapse,
     check_reservation,
     check_tokens,
 )
@@ -71,13 +78,21 @@ local function sweep(now)
       local book = prefix .. 'p:' .. period
       if redis.call('EXISTS', book) == 1 then
         redis.call('HINCRBY', book, 'reserved', -tonumber(tokens))
+        if SPEND_LAPSED then
+          redis.call('HINCRBY', book, 'spent', tonumber(tokens))
+          redis.call('HINCRBY', book, 'lapsed', tonumber(tokens))
+          local held = prefix .. 'l:' .. period
+          redis.call('HSET', held, id, tokens)
+          if KEEP > 0 then redis.call('EXPIRE', held, KEEP) end
+        end
       end
     end
   end
 end
 local function totals(book)
-  local v = redis.call('HMGET', book, 'spent', 'reserved', 'overrun')
-  return tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(v[3] or '0')
+  local v = redis.call('HMGET', book, 'spent', 'reserved', 'overrun', 'lapsed')
+  return tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(v[3] or '0'),
+    tonumber(v[4] or '0')
 end
 """.replace("SWEEP", str(_SWEEP))
 
@@ -108,10 +123,11 @@ return {grant, idx, tostring(now), tostring(spent), tostring(reserved + grant), 
 """
 )
 
-# ARGV: prefix, id, period, used, keep
+# ARGV: prefix, id, period, used, keep, now|''
 _SETTLE = (
     _PRELUDE
     + """
+sweep(clock(ARGV[6]))
 local id, period, used = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local settled = prefix .. 's:' .. period
 if redis.call('SADD', settled, id) == 0 then return {0, 'duplicate', 0} end
@@ -124,6 +140,16 @@ if rec then
 end
 local book = prefix .. 'p:' .. period
 if redis.call('EXISTS', book) == 0 then return {used, 'late', used} end
+local held = redis.call('HGET', prefix .. 'l:' .. period, id)
+if held then
+  redis.call('HDEL', prefix .. 'l:' .. period, id)
+  local tokens = tonumber(held)
+  local over = math.max(0, used - tokens)
+  redis.call('HINCRBY', book, 'spent', used - tokens)
+  redis.call('HINCRBY', book, 'lapsed', -tokens)
+  if over > 0 then redis.call('HINCRBY', book, 'overrun', over) end
+  return {used, 'late', over}
+end
 if not rec then
   redis.call('HINCRBY', book, 'spent', used)
   redis.call('HINCRBY', book, 'overrun', used)
@@ -145,8 +171,8 @@ _STATE = (
 local now = clock(ARGV[2])
 sweep(now)
 local idx = index(now, tonumber(ARGV[3]))
-local spent, reserved, overrun = totals(prefix .. 'p:' .. idx)
-return {spent, reserved, overrun, idx, tostring(now)}
+local spent, reserved, overrun, lapsed = totals(prefix .. 'p:' .. idx)
+return {spent, reserved, overrun, idx, tostring(now), lapsed}
 """
 )
 
@@ -162,6 +188,34 @@ redis.call('ZADD', prefix .. 'exp', expires, ARGV[3])
 return tostring(expires)
 """
 )
+
+# ARGV: prefix, now|'', member, ttl. Members alive: heartbeats not yet lapsed.
+_HEARTBEAT = """
+local prefix = ARGV[1]
+local now
+if ARGV[2] ~= '' then now = tonumber(ARGV[2]) else
+  local t = redis.call('TIME'); now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+end
+local key = prefix .. 'members'
+redis.call('ZADD', key, now + tonumber(ARGV[4]), ARGV[3])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+return redis.call('ZCARD', key)
+"""
+
+# ARGV: prefix, tokens, period, key, keep. Spending booked elsewhere, once per key.
+_BOOK = """
+local prefix, tokens, period, key = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local settled = prefix .. 's:' .. period
+if redis.call('SADD', settled, key) == 0 then return 0 end
+local keep = tonumber(ARGV[5])
+local book = prefix .. 'p:' .. period
+redis.call('HINCRBY', book, 'spent', tokens)
+if keep > 0 then
+  redis.call('EXPIRE', settled, keep)
+  redis.call('EXPIRE', book, keep)
+end
+return tokens
+"""
 
 # ARGV: prefix, value, hold_ms. The first replica to publish within a hold sets the value.
 _AGREE = """
@@ -191,6 +245,9 @@ class RedisLedger:
         replicas).
     owns_client : bool
         Close ``client`` in :meth:`aclose`.
+    on_lapse : {'spend', 'release'}
+        What a reservation that lapses costs (see :mod:`shadowprice.ledger.base`); every
+        process sharing ``namespace`` must use the same.
 
     Examples
     --------
@@ -207,8 +264,10 @@ class RedisLedger:
         namespace: str = "default",
         clock: Callable[[], float] | None = None,
         owns_client: bool = False,
+        on_lapse: OnLapse = "spend",
     ) -> None:
         self._total = check_tokens("total", total)
+        self.on_lapse = check_on_lapse(on_lapse)
         if period is not None and not (isinstance(period, (int, float)) and period > 0):
             raise LedgerError(f"period must be a positive number of seconds, got {period!r}")
         if not namespace or any(c in namespace for c in "{}: \n"):
@@ -223,11 +282,21 @@ class RedisLedger:
         self._owns = owns_client
         # Seconds period books and settled ids are kept (0: forever, for period-less ledgers).
         self._keep = 0 if self.period is None else max(60, int(self.period * PERIODS_KEPT) + 1)
-        self._reserve_script = client.register_script(_RESERVE)
-        self._settle_script = client.register_script(_SETTLE)
-        self._state_script = client.register_script(_STATE)
-        self._extend_script = client.register_script(_EXTEND)
-        self._agree_script = client.register_script(_AGREE)
+        # The lapse policy and the keep are constants of the scripts' shared prelude.
+        consts = {"SPEND_LAPSED": str(self.on_lapse == "spend").lower(), "KEEP": str(self._keep)}
+
+        def script(text: str) -> Any:
+            for name, value in consts.items():
+                text = text.replace(name, value)
+            return client.register_script(text)
+
+        self._reserve_script = script(_RESERVE)
+        self._settle_script = script(_SETTLE)
+        self._state_script = script(_STATE)
+        self._extend_script = script(_EXTEND)
+        self._agree_script = script(_AGREE)
+        self._heartbeat_script = script(_HEARTBEAT)
+        self._book_script = script(_BOOK)
         #: Totals seen by the latest reserve or state call (no extra round trip to read them).
         self.last_state: LedgerState | None = None
 
@@ -242,6 +311,7 @@ class RedisLedger:
         timeout: float = 1.0,
         clock: Callable[[], float] | None = None,
         connections: int = 64,
+        on_lapse: OnLapse = "spend",
     ) -> RedisLedger:
         """Connect to ``redis://[:password@]HOST:PORT/DB`` (or ``rediss://`` for TLS).
 
@@ -249,7 +319,7 @@ class RedisLedger:
         ----------
         url : str
             Redis URL; the database number defaults to 0.
-        total, period, namespace, clock : see :class:`RedisLedger`.
+        total, period, namespace, clock, on_lapse : see :class:`RedisLedger`.
         timeout : float
             Seconds to connect, to wait for a free connection and per command; past it an
             operation raises :class:`~shadowprice.ledger.LedgerError` (callers fail closed or
@@ -281,7 +351,15 @@ class RedisLedger:
             health_check_interval=30,
         )
         client = aioredis.Redis(connection_pool=pool)
-        return cls(client, total, period=period, namespace=namespace, clock=clock, owns_client=True)
+        return cls(
+            client,
+            total,
+            period=period,
+            namespace=namespace,
+            clock=clock,
+            owns_client=True,
+            on_lapse=on_lapse,
+        )
 
     @property
     def total(self) -> int:
@@ -334,7 +412,12 @@ class RedisLedger:
         """See :meth:`shadowprice.ledger.Ledger.settle` (one atomic round trip)."""
         used = check_tokens("used", used)
         out = await self._call(
-            self._settle_script, reservation.id, str(reservation.period), used, self._keep
+            self._settle_script,
+            reservation.id,
+            str(reservation.period),
+            used,
+            self._keep,
+            self._now(),
         )
         return Settlement(int(out[0]), out[1], int(out[2]))
 
@@ -356,7 +439,9 @@ class RedisLedger:
     async def state(self) -> LedgerState:
         """See :meth:`shadowprice.ledger.Ledger.state`."""
         out = await self._call(self._state_script, self._now(), repr(self.period or 0.0))
-        s = LedgerState(self._total, int(out[0]), int(out[1]), int(out[2]), int(out[3]))
+        s = LedgerState(
+            self._total, int(out[0]), int(out[1]), int(out[2]), int(out[3]), int(out[5])
+        )
         self.last_state = s
         return s
 
@@ -365,6 +450,19 @@ class RedisLedger:
         ``hold`` seconds; return the value every process now shares."""
         out = await self._call(self._agree_script, repr(float(value)), max(1, int(hold * 1000)))
         return float(out)
+
+    async def heartbeat(self, member: str, ttl: float) -> int:
+        """Say ``member`` (a process sharing the ledger) is alive for ``ttl`` seconds; return
+        how many members are alive (one atomic round trip)."""
+        if not ttl > 0:
+            raise LedgerError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        return int(await self._call(self._heartbeat_script, self._now(), member, repr(float(ttl))))
+
+    async def book(self, tokens: int, period: int, key: str) -> int:
+        """Charge ``tokens`` spent without this ledger (while it could not be reached) to
+        ``period``, once per ``key``; returns the tokens charged by this call."""
+        tokens = check_tokens("tokens", tokens)
+        return int(await self._call(self._book_script, tokens, str(int(period)), key, self._keep))
 
     async def ping(self) -> bool:
         """True when the store answers."""
