@@ -1,0 +1,663 @@
+"""CLEAR: market clearing on the shadow price with closed-form per-query demand.
+
+At a price lambda each query buys the budget that maximises its surplus U(b) - lambda b over
+{0} and [lo, hi] (0 only if it is not protected). Aggregate demand D(lambda) is non-increasing,
+so the clearing price is found by bisection. Two evaluators of D:
+
+* the sorted fast path (shifted surge with shared alpha, beta and the same limits for every
+  query): the funded set is a prefix of the queries sorted by tau and D is a handful of prefix
+  sums, so each bisection step costs O(log N) after one O(N log N) sort;
+* the active-set path (shifted surge with shared alpha, beta and per-query limits or
+  floors): queries whose state (abandoned, clipped low, interior, clipped high) is the same
+  at both ends of the price bracket are summed once; each step evaluates only the undecided
+  ones;
+* the vectorised path (any other closed-form curve, e.g. per-query alpha, beta): O(N) per step.
+
+Demand jumps where a query drops out, so a leftover remains at the clearing price: the
+marginal queries (funded just below the price) are admitted while they fit
+(:func:`admit_marginal`), and what is still left is handed out (:func:`hand_out`) to funded
+queries with the highest marginal gain.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from shadowprice.curves.base import FloatArray, UtilityCurve
+from shadowprice.curves.surge import ShiftedSurge, surge_excess
+from shadowprice.solve.result import STATUS_NOT_SCARCE, STATUS_OK, Allocation, floors_exceed_budget
+
+from .constraints import Constraints, IntArray
+
+#: Bisection stops when the price bracket is this small relative to the price.
+PRICE_RTOL = 1e-12
+#: The O(N)-per-step path stops earlier: leftovers are handed out afterwards anyway.
+VECTOR_RTOL = 1e-9
+#: Most bisection steps on the price.
+MAX_ITER = 200
+
+
+@dataclass(frozen=True)
+class Clearing:
+    """Continuous market outcome at the clearing price, before rounding.
+
+    Attributes
+    ----------
+    price : float
+        The clearing price (utility per token); 0 when the budget is not scarce.
+    budgets : ndarray of float64, shape (N,)
+        Continuous demand at ``price`` (tokens; 0 for abandoned queries).
+    funded : ndarray of bool, shape (N,)
+        Queries funded at ``price``.
+    iterations : int
+        Bisection steps taken.
+    scarce : bool
+        False when every query got its utility-maximising budget at price 0.
+    below : (budgets, funded), optional
+        The demand just below the clearing price, where it still exceeds the budget: the
+        queries funded there but not at the price are the marginal ones, indifferent at the
+        price, that the demand jump left out.
+    """
+
+    price: float
+    budgets: FloatArray
+    funded: NDArray[np.bool_]
+    iterations: int
+    scarce: bool
+    below: tuple[FloatArray, NDArray[np.bool_]] | None = None
+
+
+def constrained_demand(
+    curves: UtilityCurve, price: float, cons: Constraints
+) -> tuple[FloatArray, NDArray[np.bool_]]:
+    """Each query's surplus-maximising budget at ``price`` within its limits.
+
+    Candidates are the unconstrained optimum clipped to [lo, hi], the cheapest funded budget
+    lo, the cap hi, and 0 (unless protected); for the closed-form families the surplus on
+    [lo, hi] is maximised at one of the first three.
+
+    Parameters
+    ----------
+    curves : UtilityCurve
+        N curves with closed-form demand.
+    price : float
+        Utility per token.
+    cons : Constraints
+        Per-query limits; protected queries always buy.
+
+    Returns
+    -------
+    budgets : ndarray of float64, shape (N,)
+        Continuous demand in tokens (0 where abandoned).
+    funded : ndarray of bool, shape (N,)
+    """
+    d = curves.demand(price)
+    # The stationary point even for queries the curve would abandon: a protected query
+    # must buy something, and its best funded budget is there, at lo or at hi.
+    raw = d.interior if d.interior is not None else d.budgets
+    lo = cons.lo.astype(float)
+    hi = cons.hi.astype(float)
+    interior = np.clip(np.where(np.isfinite(raw) & (raw > 0), raw, hi), lo, hi)
+    cands = np.stack([interior, lo, hi], axis=1)
+    surplus = curves.value(cands) - price * cands
+    k = np.argmax(surplus, axis=1)
+    rows = np.arange(curves.n)
+    best = cands[rows, k]
+    best_surplus = surplus[rows, k]
+    feasible = lo <= hi
+    funded = feasible & ((best_surplus > 0) | cons.protected)
+    return np.where(funded, best, 0.0), funded
+
+
+def _price_ceiling(curves: UtilityCurve, cons: Constraints) -> float:
+    """A price at which every query takes its cheapest choice (0, or lo if protected)."""
+    if isinstance(curves, ShiftedSurge):
+        return float(np.max(curves.alpha))
+    # Value per extra token over the cheapest funded budget bounds the marginal there.
+    lo = cons.lo.astype(float)
+    hi = np.maximum(cons.hi.astype(float), lo + 1.0)
+    grid = lo[:, None] + np.geomspace(1.0, hi - lo, 48, axis=1)
+    gain = (curves.value(grid) - curves.value(lo)[:, None]) / (grid - lo[:, None])
+    zero_based = curves.value(grid) / grid
+    return float(max(np.max(gain), np.max(zero_based))) * 2.0 + 1e-12
+
+
+def clear_vectorised(curves: UtilityCurve, cons: Constraints) -> Clearing:
+    """Bisection on lambda with O(N) demand evaluations (any closed-form curve).
+
+    Parameters
+    ----------
+    curves : UtilityCurve
+        The N queries' curves.
+    cons : Constraints
+        Limits, granularity and the total budget.
+
+    Returns
+    -------
+    Clearing
+        Continuous demand at the clearing price (and just below it when the budget is
+        scarce).
+    """
+    B = cons.budget
+    b0, f0 = constrained_demand(curves, 0.0, cons)
+    if b0.sum() <= B:
+        return Clearing(0.0, b0, f0, 0, scarce=False)
+    lo_p, hi_p = 0.0, _price_ceiling(curves, cons)
+    best = constrained_demand(curves, hi_p, cons)
+    below = (b0, f0)
+    it = 0
+    while hi_p - lo_p > VECTOR_RTOL * hi_p and it < MAX_ITER:
+        mid = 0.5 * (lo_p + hi_p)
+        b, f = constrained_demand(curves, mid, cons)
+        if b.sum() <= B:
+            hi_p, best = mid, (b, f)
+            # Each step costs O(N) here: stop once rounding would lose more than is left.
+            if B - b.sum() < cons.granularity:
+                break
+        else:
+            lo_p, below = mid, (b, f)
+        it += 1
+    return Clearing(hi_p, best[0], best[1], it, scarce=True, below=below)
+
+
+class _SortedSurge:
+    """O(log N) aggregate demand for shifted surges sharing alpha, beta and limits.
+
+    Only the sorted thresholds and their prefix sums are kept (no permutation): funding is
+    decided by a cut-off on tau, so budgets are recovered from the unsorted taus at the end.
+    """
+
+    def __init__(self, curves: ShiftedSurge, lo: float, hi: float) -> None:
+        self.alpha = float(curves.alpha[0])
+        self.beta = float(curves.beta[0])
+        self.lo, self.hi = lo, hi
+        self.tau_all = curves.tau
+        self.tau = np.sort(curves.tau)
+        self.prefix = np.concatenate([[0.0], np.cumsum(self.tau)])
+
+    def _surplus(self, tau: float, lam: float, x: float) -> float:
+        b = min(max(tau + x, self.lo), self.hi)
+        u = self.alpha * max(b - tau, 0.0) * math.exp(-self.beta * max(b - tau, 0.0))
+        return u - lam * b
+
+    def excess(self, lam: float) -> float:
+        return float(surge_excess(lam, self.alpha, self.beta))
+
+    def n_funded(self, lam: float, x: float) -> int:
+        """Queries funded at ``lam`` (buying ``x`` tokens above threshold): surplus falls with
+        tau, so they are a prefix of the sorted taus (equal taus share one fate)."""
+        if lam >= self.alpha or self.lo > self.hi:
+            return 0
+        lo_i, hi_i = 0, self.tau.size
+        while lo_i < hi_i:
+            mid = (lo_i + hi_i) // 2
+            if self._surplus(float(self.tau[mid]), lam, x) > 0:
+                lo_i = mid + 1
+            else:
+                hi_i = mid
+        return lo_i
+
+    def demand(self, lam: float) -> float:
+        x = self.excess(lam)
+        k = self.n_funded(lam, x)
+        if k == 0:
+            return 0.0
+        tau = self.tau[:k]
+        # Budgets are clip(tau + x, lo, hi): split the prefix where the clip binds.
+        a = int(np.searchsorted(tau, self.lo - x, side="left"))
+        c = max(int(np.searchsorted(tau, self.hi - x, side="right")), a)
+        middle = self.prefix[c] - self.prefix[a] + (c - a) * x
+        return a * self.lo + middle + (k - c) * self.hi
+
+    def budgets(self, lam: float) -> tuple[FloatArray, NDArray[np.bool_]]:
+        x = self.excess(lam)
+        k = self.n_funded(lam, x)
+        if k == 0:
+            return np.zeros(self.tau.size), np.zeros(self.tau.size, dtype=bool)
+        funded = self.tau_all <= self.tau[k - 1]
+        return np.where(funded, np.clip(self.tau_all + x, self.lo, self.hi), 0.0), funded
+
+
+def clear_sorted(curves: ShiftedSurge, cons: Constraints) -> Clearing:
+    """Bisection on lambda where each step costs O(log N) (see module docstring).
+
+    Parameters
+    ----------
+    curves : ShiftedSurge
+        N surges sharing alpha and beta, under the same limits.
+    cons : Constraints
+        Limits, granularity and the total budget.
+
+    Returns
+    -------
+    Clearing
+        Continuous demand at the clearing price (and just below it when the budget is
+        scarce).
+    """
+    B = cons.budget
+    s = _SortedSurge(curves, float(cons.lo[0]), float(cons.hi[0]))
+    if s.demand(0.0) <= B:
+        b, f = s.budgets(0.0)
+        return Clearing(0.0, b, f, 0, scarce=False)
+    lo_p, hi_p = 0.0, s.alpha
+    it = 0
+    while hi_p - lo_p > PRICE_RTOL * hi_p and it < MAX_ITER:
+        mid = 0.5 * (lo_p + hi_p)
+        if s.demand(mid) <= B:
+            hi_p = mid
+        else:
+            lo_p = mid
+        it += 1
+    b, f = s.budgets(hi_p)
+    return Clearing(hi_p, b, f, it, scarce=True, below=s.budgets(lo_p))
+
+
+def admit_marginal(
+    curves: UtilityCurve,
+    budgets: IntArray,
+    funded: NDArray[np.bool_],
+    below: tuple[FloatArray, NDArray[np.bool_]],
+    cons: Constraints,
+) -> tuple[IntArray, NDArray[np.bool_], int]:
+    """Fund the marginal queries (funded just below the price, not at it) while they fit.
+
+    They are indifferent at the clearing price, so funding some of them is as good as any use
+    of the leftover; lowest thresholds first. With many identical queries the price alone would
+    fund none of them (they all drop out at once); this funds as many as the budget allows.
+
+    Parameters
+    ----------
+    curves : UtilityCurve
+        The N queries' curves.
+    budgets : ndarray of int64, shape (N,)
+        Rounded budgets at the clearing price.
+    funded : ndarray of bool, shape (N,)
+        Queries funded at the clearing price.
+    below : (budgets, funded)
+        Continuous demand just below the clearing price (:attr:`Clearing.below`).
+    cons : Constraints
+        Limits, granularity and the total budget.
+
+    Returns
+    -------
+    budgets : ndarray of int64, shape (N,)
+    funded : ndarray of bool, shape (N,)
+    admitted : int
+        Marginal queries funded.
+    """
+    b_below, f_below = below
+    cand = np.flatnonzero(f_below & ~funded)
+    if cand.size == 0:
+        return budgets, funded, 0
+    want = cons.subset(cand).round_down(b_below[cand])
+    ok = want > 0
+    cand, want = cand[ok], want[ok]
+    order = np.argsort(curves.threshold()[cand], kind="stable")
+    left = cons.budget - int(budgets.sum())
+    take = order[np.cumsum(want[order]) <= left]
+    b, f = budgets.copy(), funded.copy()
+    b[cand[take]] = want[take]
+    f[cand[take]] = True
+    return b, f, int(take.size)
+
+
+#: At most this many abandoned queries, lowest thresholds first, are offered entry.
+MAX_ENTRANTS = 64
+#: Rounds of handing out by marginal gain (each gives one granule to up to ``left // g``
+#: queries) before the rest is left unallotted.
+MAX_HANDOUT_ROUNDS = 10_000
+
+
+def hand_out(
+    curves: UtilityCurve,
+    budgets: IntArray,
+    funded: NDArray[np.bool_],
+    price: float,
+    cons: Constraints,
+    want: FloatArray,
+    remainder: FloatArray,
+) -> tuple[IntArray, NDArray[np.bool_], dict[str, int]]:
+    """Give tokens left over after rounding and after the demand jump to where they pay most.
+
+    Three passes, each only while at least one granule is left:
+
+    1. *Entrants*: abandoned queries closest to funding (lowest thresholds, at most
+       :data:`MAX_ENTRANTS`) enter with what they would buy at ``price`` (``want``, within
+       their limits) or what is left, when that is worth more than the same tokens at the
+       margin of funded queries (about ``price`` per token). At the clearing price itself no
+       abandoned query has a budget worth its cost, so this pass admits queries only when
+       ``price`` is below the one that abandoned them.
+    2. *Remainders*: one granule each to the funded queries that rounding cut most
+       (largest ``remainder`` first).
+    3. *Marginal gain*: single granules to funded queries in order of marginal gain, never
+       past a cap or a peak, for at most :data:`MAX_HANDOUT_ROUNDS` rounds.
+
+    Parameters
+    ----------
+    curves : UtilityCurve
+        The N queries' curves.
+    budgets : ndarray of int64, shape (N,)
+        Budgets so far (tokens; multiples of the granularity, 0 = abandoned).
+    funded : ndarray of bool, shape (N,)
+        Funded queries.
+    price : float
+        The price (utility per token) an entrant must beat.
+    cons : Constraints
+        Limits, granularity and the total budget.
+    want : ndarray of float, shape (N,)
+        What each query would buy at ``price`` if entry were free (tokens); non-finite or
+        non-positive entries fall back to the query's cap.
+    remainder : ndarray of float, shape (N,)
+        Tokens each query lost to rounding (continuous budget minus ``budgets``).
+
+    Returns
+    -------
+    budgets : ndarray of int64, shape (N,)
+        New budgets; the sum never exceeds ``cons.budget``.
+    funded : ndarray of bool, shape (N,)
+    info : dict
+        ``entered`` (queries admitted), ``spread`` (tokens handed to funded queries) and
+        ``handout_rounds`` (rounds of the marginal-gain pass).
+    """
+    b = budgets.copy()
+    f = funded.copy()
+    left = cons.budget - int(b.sum())
+    left, entered = _admit_entrants(curves, b, f, price, cons, want, left)
+    left, by_remainder = _spread_by_remainder(b, f, cons, remainder, left)
+    left, by_gain, rounds = _spread_by_gain(curves, b, f, cons, left)
+    return b, f, {"entered": entered, "spread": by_remainder + by_gain, "handout_rounds": rounds}
+
+
+def _admit_entrants(
+    curves: UtilityCurve,
+    b: IntArray,
+    f: NDArray[np.bool_],
+    price: float,
+    cons: Constraints,
+    want: FloatArray,
+    left: int,
+) -> tuple[int, int]:
+    """Pass 1 of :func:`hand_out`, in place on ``b`` and ``f``; returns (left, entered)."""
+    g = cons.granularity
+    if left < g:
+        return left, 0
+    cand = np.flatnonzero(~f & (cons.lo <= np.minimum(cons.hi, left)))
+    if cand.size == 0:
+        return left, 0
+    thr = curves.threshold()[cand]
+    if cand.size > MAX_ENTRANTS:
+        keep = np.argpartition(thr, MAX_ENTRANTS - 1)[:MAX_ENTRANTS]
+        cand, thr = cand[keep], thr[keep]
+    cand = cand[np.argsort(thr, kind="stable")]
+    sub = curves[cand]
+    w = want[cand]
+    w = np.where(np.isfinite(w) & (w > 0), w, cons.hi[cand])
+    probe = np.zeros(cand.size)
+    entered = 0
+    for j, i in enumerate(cand):
+        lo_i, hi_i = int(cons.lo[i]), int(cons.hi[i])
+        give = min(left, hi_i, max(int(w[j] // g) * g, lo_i))
+        if give < lo_i:
+            continue
+        probe[j] = give
+        entry_gain = float(sub.value(probe)[j])
+        probe[j] = 0.0
+        if entry_gain > 0 and entry_gain > price * give:
+            b[i], f[i] = give, True
+            left -= give
+            entered += 1
+        if left < g:
+            break
+    return left, entered
+
+
+def _spread_by_remainder(
+    b: IntArray, f: NDArray[np.bool_], cons: Constraints, remainder: FloatArray, left: int
+) -> tuple[int, int]:
+    """Pass 2 of :func:`hand_out`, in place on ``b``; returns (left, tokens spread).
+
+    Largest remainder first: the queries rounding cut most are furthest below their optimum,
+    where a granule is worth most (one cheap pass instead of curve evaluations).
+    """
+    g = cons.granularity
+    if left < g:
+        return left, 0
+    up = np.flatnonzero(f & (b + g <= cons.hi) & (remainder > 0))
+    m = min(left // g, up.size)
+    if not m:
+        return left, 0
+    if m < up.size:
+        up = up[np.argpartition(-remainder[up], m - 1)[:m]]
+    b[up] += g
+    return left - g * up.size, g * up.size
+
+
+def _spread_by_gain(
+    curves: UtilityCurve, b: IntArray, f: NDArray[np.bool_], cons: Constraints, left: int
+) -> tuple[int, int, int]:
+    """Pass 3 of :func:`hand_out`, in place on ``b``; returns (left, tokens spread, rounds)."""
+    g = cons.granularity
+    spread = rounds = 0
+    while left >= g and rounds < MAX_HANDOUT_ROUNDS:
+        room = f & (b + g <= cons.hi)
+        bf = b.astype(float)
+        gain = np.where(room, curves.value(bf + g) - curves.value(bf), 0.0)
+        idx = np.flatnonzero(gain > 1e-15)
+        if idx.size == 0:
+            break
+        m = min(left // g, idx.size)
+        if m < idx.size:
+            idx = idx[np.argpartition(-gain[idx], m - 1)[:m]]
+        b[idx] += g
+        left -= g * idx.size
+        spread += g * idx.size
+        rounds += 1
+    return left, spread, rounds
+
+
+class _SurgeStates:
+    """Per-query state of shifted surges (shared alpha, beta) with per-query limits.
+
+    At a price, query i buys clip(tau_i + x, lo_i, hi_i) if that has a positive surplus; its
+    state is (funded, region), region 0 = clipped at lo, 1 = interior, 2 = clipped at hi. As the
+    price rises, x falls, so regions only move down and funding is only lost: a query in the
+    same state at both ends of a price bracket keeps it throughout, and its demand is a
+    constant (clipped) or tau_i + x (interior). Only the others need evaluating.
+    """
+
+    def __init__(self, curves: ShiftedSurge, cons: Constraints) -> None:
+        self.alpha = float(curves.alpha[0])
+        self.beta = float(curves.beta[0])
+        self.tau = curves.tau
+        self.lo = cons.lo.astype(float)
+        self.hi = cons.hi.astype(float)
+        self.protected = cons.protected
+
+    def excess(self, lam: float) -> float:
+        return float(surge_excess(lam, self.alpha, self.beta))
+
+    def _value(self, b: FloatArray, tau: FloatArray) -> FloatArray:
+        u = np.maximum(b - tau, 0.0)
+        return self.alpha * u * np.exp(-self.beta * u)
+
+    def state(
+        self, lam: float, rows: NDArray[np.intp] | slice = slice(None)
+    ) -> tuple[NDArray[np.int8], FloatArray]:
+        """State code (-1 abandoned, else region) and budgets of ``rows`` at ``lam``.
+
+        A protected query is never abandoned: when its surge optimum has less surplus than
+        its floor ``lo``, it sits at ``lo`` (region 0, the same budget as clipped-low).
+        """
+        x = self.excess(lam)
+        tau, lo, hi = self.tau[rows], self.lo[rows], self.hi[rows]
+        b0 = tau + x
+        b = np.minimum(np.maximum(b0, lo), hi)
+        surplus = self._value(b, tau) - lam * b
+        region = np.where(b0 < lo, 0, np.where(b0 > hi, 2, 1)).astype(np.int8)
+        protected = self.protected[rows]
+        at_floor = protected & (surplus <= self._value(lo, tau) - lam * lo)
+        b = np.where(at_floor, lo, b)
+        region = np.where(at_floor, 0, region).astype(np.int8)
+        funded = protected | ((lo <= hi) & (surplus > 0))
+        code = np.where(funded, region, -1).astype(np.int8)
+        return code, np.where(funded, b, 0.0)
+
+
+def clear_surge_limits(curves: ShiftedSurge, cons: Constraints) -> Clearing:
+    """Bisection on lambda for shared-shape surges with per-query limits.
+
+    Each step touches only the queries whose state can still change inside the price
+    bracket (see :class:`_SurgeStates`).
+
+    Parameters
+    ----------
+    curves : ShiftedSurge
+        N surges sharing alpha and beta.
+    cons : Constraints
+        Limits, granularity and the total budget.
+
+    Returns
+    -------
+    Clearing
+        Continuous demand at the clearing price (and just below it when the budget is
+        scarce).
+    """
+    B = cons.budget
+    st = _SurgeStates(curves, cons)
+    code_lo, b_lo = st.state(0.0)
+    if b_lo.sum() <= B:
+        return Clearing(0.0, b_lo, code_lo >= 0, 0, scarce=False)
+    lo_p, hi_p = 0.0, st.alpha
+    code_hi, b_hi = st.state(hi_p)
+    active = np.flatnonzero(code_lo != code_hi)
+    settled = np.ones(curves.n, dtype=bool)
+    settled[active] = False
+    # Settled queries: constants (clipped) and tau + x (interior) summed once.
+    interior = settled & (code_hi == 1)
+    const = float(b_hi[settled & (code_hi != 1)].sum())
+    tau_sum, n_int = float(st.tau[interior].sum()), int(interior.sum())
+    it = 0
+    while hi_p - lo_p > PRICE_RTOL * hi_p and it < MAX_ITER:
+        mid = 0.5 * (lo_p + hi_p)
+        x = st.excess(mid)
+        code_mid, b_mid = st.state(mid, active)
+        if const + tau_sum + n_int * x + float(b_mid.sum()) <= B:
+            hi_p = mid
+            code_hi[active] = code_mid
+        else:
+            lo_p = mid
+            code_lo[active] = code_mid
+        done = code_lo[active] == code_hi[active]
+        if done.any():
+            newly = active[done]
+            inner = newly[code_hi[newly] == 1]
+            const += float(st.state(hi_p, newly[code_hi[newly] != 1])[1].sum())
+            tau_sum += float(st.tau[inner].sum())
+            n_int += int(inner.size)
+            active = active[~done]
+        it += 1
+    code, b = st.state(hi_p)
+    below_code, below_b = st.state(lo_p)
+    return Clearing(hi_p, b, code >= 0, it, scarce=True, below=(below_b, below_code >= 0))
+
+
+def clear(curves: UtilityCurve, cons: Constraints, *, policy: str = "clear") -> Allocation:
+    """Allocate by market clearing with closed-form demand.
+
+    The price is found by bisection on one of three evaluators of demand (see the module
+    docstring); budgets are rounded onto the granularity, the marginal queries admitted while
+    they fit, and the leftover handed out (:func:`hand_out`).
+
+    Parameters
+    ----------
+    curves : UtilityCurve
+        N curves with ``has_closed_form_demand`` (e.g. ShiftedSurge, GammaSCurve).
+    cons : Constraints
+        Limits, granularity and the total budget.
+    policy : str
+        Name recorded in the result.
+
+    Returns
+    -------
+    Allocation
+        Integer budgets, the clearing price, funded mask, expected utility and a message
+        naming the evaluator used; ``info`` holds iterations, admitted, entered, spread.
+
+    Raises
+    ------
+    TypeError
+        For curves without closed-form demand (use the envelope solver, policy 'market').
+    """
+    if not curves.has_closed_form_demand:
+        raise TypeError(
+            f"{type(curves).__name__} has no closed-form demand; "
+            f"use policy='market' (concave envelope on a grid)"
+        )
+    if cons.committed > cons.budget:
+        return _infeasible(curves.n, cons, policy)
+    surge = isinstance(curves, ShiftedSurge) and curves.shared_shape
+    if isinstance(curves, ShiftedSurge) and surge and cons.uniform_limits:
+        clearing, path = clear_sorted(curves, cons), "sorted prefix sums"
+    elif isinstance(curves, ShiftedSurge) and surge:
+        clearing, path = clear_surge_limits(curves, cons), "per-query limits, active set"
+    else:
+        clearing, path = clear_vectorised(curves, cons), "vectorised demand"
+    budgets = cons.round_down(clearing.budgets)
+    funded = clearing.funded & (budgets > 0)
+    admitted = 0
+    if clearing.below is not None:
+        budgets, funded, admitted = admit_marginal(curves, budgets, funded, clearing.below, cons)
+    budgets, funded, handout = hand_out(
+        curves,
+        budgets,
+        funded,
+        clearing.price,
+        cons,
+        want=_unconstrained_want(curves, clearing.price),
+        remainder=clearing.budgets - budgets,
+    )
+    status = STATUS_OK if clearing.scarce else STATUS_NOT_SCARCE
+    msg = (
+        f"market cleared at price {clearing.price:.6g} after {clearing.iterations} bisection "
+        f"steps ({path}); {int((~funded).sum())} of {curves.n} queries abandoned"
+        if clearing.scarce
+        else "budget not scarce: every query got its utility-maximising budget at price 0"
+    )
+    return Allocation(
+        budgets=budgets,
+        price=clearing.price,
+        funded=funded,
+        utility=float(curves.value(budgets.astype(float)).sum()),
+        budget=cons.budget,
+        policy=policy,
+        status=status,
+        message=msg,
+        info={"iterations": clearing.iterations, "solver": path, "admitted": admitted, **handout},
+    )
+
+
+def _unconstrained_want(curves: UtilityCurve, price: float) -> FloatArray:
+    """What each query would buy at ``price`` if entry were free (its surge optimum)."""
+    if isinstance(curves, ShiftedSurge):
+        return curves.tau + surge_excess(price, curves.alpha, curves.beta)
+    return curves.saturation(0.9)
+
+
+def _infeasible(n: int, cons: Constraints, policy: str) -> Allocation:
+    return floors_exceed_budget(n, cons.committed, cons.budget, policy)
+
+
+__all__ = [
+    "Clearing",
+    "admit_marginal",
+    "clear",
+    "clear_sorted",
+    "clear_surge_limits",
+    "clear_vectorised",
+    "constrained_demand",
+    "hand_out",
+]

@@ -1,0 +1,181 @@
+"""The fast allocation paths give the same allocations as the solvers before the speed work.
+
+``_solve_before`` is a verbatim copy of the price policies ('clear' and 'market') as they were
+before their passes were fused; every comparison here is exact: the same budgets, funded
+queries, samples, status and price, bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from _solve_before import allocate as allocate_before
+from shadowprice import EmpiricalCurve, GammaSCurve, LogisticCurve, ShiftedSurge, allocate
+from shadowprice.curves.base import UtilityCurve
+
+ALPHA, BETA = 1.5, 0.005
+
+
+def assert_same(curves: UtilityCurve, budget: int, policy: str, **kw: Any) -> None:
+    """Both implementations on the same input: identical allocations (or the same error)."""
+    try:
+        old = allocate_before(curves, budget, policy, **kw)
+    except ValueError as exc:
+        with pytest.raises(ValueError) as new_exc:
+            allocate(curves, budget, policy, **kw)
+        assert str(new_exc.value) == str(exc)
+        return
+    new = allocate(curves, budget, policy, **kw)
+    where = f"{policy} {curves!r} budget={budget} {sorted(kw)}"
+    np.testing.assert_array_equal(new.budgets, old.budgets, err_msg=where)
+    np.testing.assert_array_equal(new.funded, old.funded, err_msg=where)
+    assert new.budgets.dtype == old.budgets.dtype == np.int64
+    assert (new.samples is None) == (old.samples is None), where
+    if old.samples is not None:
+        np.testing.assert_array_equal(new.samples, old.samples, err_msg=where)
+    assert new.status == old.status, where
+    assert new.price == old.price or (np.isnan(new.price) and np.isnan(old.price)), where
+    assert new.utility == pytest.approx(old.utility, rel=1e-12, abs=1e-12), where
+    assert new.message == old.message, where
+    assert new.spent == old.spent and new.leftover == old.leftover, where
+
+
+def _taus(rng: np.random.Generator, n: int, integer: bool) -> np.ndarray:
+    tau = rng.lognormal(np.log(400), 0.6, n)
+    # Integer thresholds (as query files usually hold) make many exact ties.
+    return np.round(tau) if integer else tau
+
+
+def _limits(rng: np.random.Generator, n: int, kind: str) -> dict[str, Any]:
+    if kind == "none":
+        return {}
+    if kind == "scalar":
+        return {"min_tokens": 96, "max_tokens": 1500, "granularity": 16}
+    if kind == "caps":
+        return {"max_tokens": rng.integers(300, 3000, n)}
+    # Per-query everything, with some protected queries.
+    return {
+        "min_tokens": rng.integers(0, 200, n),
+        "max_tokens": rng.integers(400, 3000, n),
+        "floor": np.where(rng.random(n) < 0.1, 64, 0),
+        "granularity": 8,
+    }
+
+
+@pytest.mark.parametrize("n", [1, 7, 300, 5000, 40_000])
+@pytest.mark.parametrize("limits", ["none", "scalar", "caps", "mixed"])
+@pytest.mark.parametrize("integer", [False, True])
+def test_clear_on_the_surge_is_unchanged(n: int, limits: str, integer: bool) -> None:
+    rng = np.random.default_rng(n + 7 * len(limits) + integer)
+    curves = ShiftedSurge(_taus(rng, n, integer), ALPHA, BETA)
+    kw = _limits(rng, n, limits)
+    for per_query in (40, 150, 300, 700, 5000):
+        for leftover in ("spread", "keep"):
+            assert_same(curves, n * per_query, "clear", leftover=leftover, **kw)
+
+
+@pytest.mark.parametrize("n", [3, 300, 6000])
+@pytest.mark.parametrize("family", ["surge-per-query", "gamma", "logistic"])
+def test_clear_on_other_closed_forms_is_unchanged(n: int, family: str) -> None:
+    rng = np.random.default_rng(n)
+    tau = _taus(rng, n, integer=False)
+    curves: UtilityCurve
+    if family == "surge-per-query":
+        curves = ShiftedSurge(tau, rng.uniform(1.0, 2.0, n), rng.uniform(0.003, 0.01, n))
+    elif family == "gamma":
+        curves = GammaSCurve(tau, rng.uniform(0.003, 0.02, n), rng.uniform(0.1, 1.0, n))
+    else:
+        curves = LogisticCurve(tau, rng.uniform(20, 120, n), rng.uniform(0.1, 1.0, n))
+    for per_query in (60, 300, 900):
+        assert_same(curves, n * per_query, "clear", **_limits(rng, n, "caps"))
+        assert_same(curves, n * per_query, "clear", granularity=32)
+
+
+@pytest.mark.parametrize("n", [1, 50, 3000, 9000, 30_000])
+@pytest.mark.parametrize("limits", ["none", "scalar", "caps", "mixed"])
+@pytest.mark.parametrize("integer", [False, True])
+def test_market_on_the_surge_is_unchanged(n: int, limits: str, integer: bool) -> None:
+    rng = np.random.default_rng(3 * n + len(limits) + integer)
+    curves = ShiftedSurge(_taus(rng, n, integer), ALPHA, BETA)
+    kw = _limits(rng, n, limits)
+    for per_query in (40, 300, 5000):
+        assert_same(curves, n * per_query, "market", **kw)
+    assert_same(curves, n * 300, "market", leftover="keep", levels=16, **kw)
+
+
+@pytest.mark.parametrize("family", ["gamma", "logistic", "empirical", "surge-per-query"])
+@pytest.mark.parametrize("n", [40, 5000])
+def test_market_on_other_curves_is_unchanged(family: str, n: int) -> None:
+    rng = np.random.default_rng(n + len(family))
+    tau = _taus(rng, n, integer=False)
+    curves: UtilityCurve
+    if family == "gamma":
+        curves = GammaSCurve(tau, rng.uniform(0.003, 0.02, n), rng.uniform(0.1, 1.0, n))
+    elif family == "logistic":
+        curves = LogisticCurve(tau, rng.uniform(20, 120, n), rng.uniform(0.1, 1.0, n))
+    elif family == "empirical":
+        lengths = np.round(tau[:, None] * rng.lognormal(0, 0.2, (n, 6)))
+        curves = EmpiricalCurve(lengths, rng.random((n, 6)) < rng.uniform(0, 1, (n, 1)))
+    else:
+        curves = ShiftedSurge(tau, rng.uniform(1.0, 2.0, n), rng.uniform(0.003, 0.01, n))
+    for per_query in (60, 300, 900):
+        assert_same(curves, n * per_query, "market", granularity=16)
+        assert_same(curves, n * per_query, "market", **_limits(rng, n, "mixed"))
+
+
+def test_market_with_samples_and_spent_accounting_is_unchanged() -> None:
+    rng = np.random.default_rng(4)
+    n = 400
+    curves = GammaSCurve(_taus(rng, n, False), rng.uniform(0.003, 0.02, n), 1.0)
+    for per_query in (100, 400, 1500):
+        assert_same(curves, n * per_query, "market", samples=[1, 2, 4])
+        assert_same(curves, n * per_query, "clear", accounting="spent")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    policy=st.sampled_from(["clear", "market"]),
+    n=st.integers(1, 300),
+    per_query=st.integers(1, 3000),
+    g=st.sampled_from([1, 1, 7, 64]),
+    seed=st.integers(0, 2**32 - 1),
+    integer=st.booleans(),
+    limits=st.sampled_from(["none", "scalar", "caps", "mixed"]),
+    leftover=st.sampled_from(["spread", "keep"]),
+)
+def test_random_surge_instances_are_unchanged(
+    policy: str,
+    n: int,
+    per_query: int,
+    g: int,
+    seed: int,
+    integer: bool,
+    limits: str,
+    leftover: str,
+) -> None:
+    rng = np.random.default_rng(seed)
+    curves = ShiftedSurge(_taus(rng, n, integer), ALPHA, BETA)
+    kw = _limits(rng, n, limits)
+    kw["granularity"] = g
+    assert_same(curves, n * per_query, policy, leftover=leftover, **kw)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    policy=st.sampled_from(["clear", "market"]),
+    taus=st.lists(st.sampled_from([0.0, 1.0, 50.0, 199.5, 200.0, 400.0, 1e4]), min_size=1),
+    budget=st.integers(1, 20_000),
+    g=st.sampled_from([1, 3, 64]),
+    cap=st.sampled_from([None, 64, 250, 10_000]),
+)
+def test_degenerate_surge_instances_are_unchanged(
+    policy: str, taus: list[float], budget: int, g: int, cap: int | None
+) -> None:
+    # Many equal thresholds, zero thresholds, caps at or below a granule.
+    curves = ShiftedSurge(np.asarray(taus), ALPHA, BETA)
+    assert_same(curves, budget, policy, granularity=g, max_tokens=cap)
