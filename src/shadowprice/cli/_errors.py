@@ -14,8 +14,8 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable
-from typing import NoReturn, ParamSpec, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 
@@ -32,6 +32,65 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """Print ``shadowprice: error: message`` to stderr and exit (status 2: bad input)."""
     print(f"shadowprice: error: {message}", file=sys.stderr)
     raise typer.Exit(code=code)
+
+
+def usage_error_line(exc: BaseException, argv: Sequence[str]) -> str | None:
+    """The one line a command-line usage error ends with, or None if ``exc`` is not one.
+
+    A usage error is what the parser raises before a command runs (click's ``UsageError``
+    family: an unknown option, a missing argument, a value of the wrong type or range). The
+    line names the option and the value as typed (``argv``) and says what to give instead.
+    """
+    if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+        return None
+    ctx = getattr(exc, "ctx", None)
+    names = []
+    while ctx is not None:
+        names.append(ctx.info_name if ctx.parent is not None else "shadowprice")
+        ctx = ctx.parent
+    see = f"see '{' '.join(reversed(names or ['shadowprice']))} --help'"
+    param = getattr(exc, "param", None)
+    if param is not None and getattr(param, "param_type_name", "") == "option":
+        option, value = _typed(param.opts + param.secondary_opts, argv)
+        fix = _number_fix(str(exc.format_message()), option, param.default)
+        if value is not None and fix is not None:
+            return f"shadowprice: error: {option} {value!r} is not {fix}; {see}"
+        if value is not None:
+            why = _reason(str(exc.format_message()))
+            return f"shadowprice: error: {option} {value!r}: {why}; {see}"
+    message = str(exc.format_message()).rstrip(".")
+    return f"shadowprice: error: {message[:1].lower()}{message[1:]}; {see}"
+
+
+def _typed(opts: Sequence[str], argv: Sequence[str]) -> tuple[str, str | None]:
+    """(the option's spelling, its value) as last given in ``argv``."""
+    for i in range(len(argv) - 1, -1, -1):
+        for opt in opts:
+            if argv[i] == opt and i + 1 < len(argv):
+                return opt, argv[i + 1]
+            if argv[i].startswith(opt + "="):
+                return opt, argv[i][len(opt) + 1 :]
+    return (opts[0] if opts else "?"), None
+
+
+def _number_fix(message: str, option: str, default: Any) -> str | None:
+    """What a value that failed to parse as a number should have been, and how to write it
+    (None when ``message`` is not about a number)."""
+    low = message.lower()
+    numeric = isinstance(default, int | float) and not isinstance(default, bool)
+    if "valid integer" in low or "not a valid int" in low:
+        example = f"e.g. {option} {default}" if numeric else "e.g. 20000, not 2e4 or 20k"
+        return f"a whole number: give digits only ({example})"
+    if "valid number" in low or "valid float" in low:
+        example = f"e.g. {option} {default:g}" if numeric else "e.g. 0.5 or 1e3"
+        return f"a number: give one in digits ({example})"
+    return None
+
+
+def _reason(message: str) -> str:
+    """The parser's reason without its preamble (``Invalid value for '--x': Input ...``)."""
+    reason = message.split(": ", 1)[1] if message.startswith("Invalid value") else message
+    return reason.replace("Input should be", "it should be").rstrip(".")
 
 
 def note(message: str) -> None:

@@ -3,18 +3,22 @@
 - :func:`check_outputs` refuses any output path that is an input file (same inode, whatever
   the spelling: relative, absolute, a hard or symbolic link) or a directory where a file is
   expected, before anything is read or written.
-- :func:`write_atomic` writes to a temporary file in the same folder and renames it over the
-  target, so a crash leaves either the old file or the new one, never a mix.
+- :func:`write_atomic` (:func:`shadowprice.engine.results.write_atomic`, the one writer of
+  whole output files) writes to a temporary file in the same folder and renames it over the
+  target, so a crash leaves either the old file or the new one, never a mix; the file gets
+  the permissions of the one it replaces, else those the umask gives any new file.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..engine.results import write_atomic
 from ._errors import fail
+
+__all__ = ["check_outputs", "write_atomic"]
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -56,19 +60,3 @@ def check_outputs(
             fail(f"{option} {out} is a file; give a folder")
         if not directory and out.is_dir():
             fail(f"{option} {out} is a directory; give a file name")
-
-
-def write_atomic(path: Path, data: str) -> None:
-    """Write ``data`` (UTF-8) to ``path`` through a temporary file renamed over it."""
-    folder = path.parent if str(path.parent) else Path(".")
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,11 +121,47 @@ def append_record(f: TextIO, record: dict[str, Any]) -> None:
     f.flush()
 
 
+def write_atomic(path: str | os.PathLike[str], data: str) -> None:
+    """Write ``data`` (UTF-8) to ``path`` through a temporary file renamed over it.
+
+    A crash leaves the old file or the new one, never a mix. The file gets the permissions
+    any newly written file would: those of the file it replaces, else 0666 less the umask
+    (not the 0600 of :func:`tempfile.mkstemp`).
+    """
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        mode: int | None = stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        mode = None
+    fd, tmp = _create_temporary(folder, target.name)
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _create_temporary(folder: Path, name: str) -> tuple[int, Path]:
+    """A new, empty file beside ``name`` (open for writing), created 0666 less the umask."""
+    while True:
+        tmp = folder / f".{name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write ``payload`` as JSON to a temporary file beside ``path``, then rename it over."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Write ``payload`` as indented JSON with :func:`write_atomic`."""
+    write_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 def summary_path(path: str | Path) -> Path:
