@@ -214,3 +214,23 @@ def test_restart_keeps_the_books() -> None:
         run(book())
         own.restart()
         run(check())
+
+
+def test_one_lapse_policy_per_budget() -> None:
+    """Whoever sweeps a lapsed reservation applies the budget's policy, not its own; a process
+    started with the other policy is refused, naming the conflict."""
+    ns = uuid.uuid4().hex
+
+    async def go() -> None:
+        released = RedisLedger.from_url(server().url, 50, namespace=ns, on_lapse="release")
+        reader = RedisLedger.from_url(server().url, 50, namespace=ns)  # default 'spend'
+        held = await released.reserve(50, ttl=0.2)
+        assert held is not None
+        await asyncio.sleep(0.3)
+        assert (await reader.state()).spent == 0  # swept by the reader: released all the same
+        with pytest.raises(LedgerError, match="release"):
+            await reader.reserve(10)
+        await released.aclose()
+        await reader.aclose()
+
+    run(go())

@@ -98,9 +98,10 @@ def test_stream_is_counted_and_usage_forwarded_only_when_asked(upstream) -> None
         r, lines = g.stream(chat("LEN:25", stream=True, stream_options={"include_usage": True}))
         usage = [json.loads(line[6:]) for line in lines if '"usage"' in line]
         assert usage and usage[0]["usage"]["completion_tokens"] == 25
-        # Without usage from the server the gateway counts the chunks.
+        # Without usage from the server nothing says how many tokens the chunks held: the
+        # whole allowance is charged (tau + the curve's peak excess at price 0).
         g.stream(chat("LEN:9 FAULT:nousage", stream=True))
-        assert g.idle().state_now().spent == 25 + 25 + 9  # a stream settles just after its end
+        assert g.idle().state_now().spent == 25 + 25 + 300  # a stream settles after its end
 
 
 def test_budget_runs_out_with_a_clean_429_and_never_overspends(upstream) -> None:  # type: ignore[no-untyped-def]
@@ -212,17 +213,18 @@ def test_keys_tenants_and_the_upstream_key(upstream, tmp_path: Path) -> None:  #
 def test_upstream_faults_are_clean_errors_and_charged_honestly(upstream) -> None:  # type: ignore[no-untyped-def]
     url, _ = upstream
     with Running([url], upstream_timeout=0.5) as g:
+        allowance = 100 + 200  # tau + the curve's peak excess at price 0
         r = g.post(chat("FAULT:500"))
         assert r.status_code == 502 and r.json()["error"]["type"] == "upstream_error"
-        assert g.ledger.state_now().spent == 0  # a 5xx generated nothing
+        assert "500" in r.json()["error"]["message"]
+        assert g.ledger.state_now().spent == allowance  # a 500 may come after generating
         r = g.post(chat("FAULT:garbage"))
-        allowance = 100 + 200  # tau + the curve's peak excess at price 0
-        assert r.status_code == 502 and g.ledger.state_now().spent == allowance  # unreadable: all
+        assert r.status_code == 502 and g.ledger.state_now().spent == 2 * allowance
         r = g.post(chat("FAULT:slow"))
-        assert r.status_code == 504 and g.ledger.state_now().spent == 2 * allowance
+        assert r.status_code == 504 and g.ledger.state_now().spent == 3 * allowance
         r, lines = g.stream(chat("LEN:40 FAULT:drop", stream=True))
         assert r.status_code == 200 and '"upstream_error"' in lines[-1]
-        assert g.idle().state_now().spent == 2 * allowance + 20  # what arrived before the drop
+        assert g.idle().state_now().spent == 4 * allowance  # cut short: nobody counted the rest
         r = g.post(chat("LEN:400 FAULT:overrun", max_tokens=50))
         s = g.ledger.state_now()
         assert r.status_code == 200 and s.overrun == 350 and s.reserved == 0
@@ -245,7 +247,7 @@ def test_an_upstream_that_hangs_up_or_speaks_no_http_is_charged_the_allowance() 
         assert g.ledger.state_now().spent == 0
 
 
-def test_client_disconnect_closes_the_upstream_stream_and_charges_what_was_generated() -> None:
+def test_client_disconnect_closes_the_upstream_stream_and_charges_the_allowance() -> None:
     app, log = fake_upstream(speed=200)
     with ServerThread(app) as up, Running([up.url], tau=1000) as g:
         with httpx.stream(
@@ -257,8 +259,9 @@ def test_client_disconnect_closes_the_upstream_stream_and_charges_what_was_gener
                 if got >= 10:
                     break  # leaving the block closes the connection mid-stream
         s = g.idle().state_now()
-        assert s.reserved == 0 and 10 <= s.spent < 1000
-        assert s.spent <= log.generated + 1
+        # What the server generated after the client left is nobody's to count: all of it.
+        allowance = 1000 + 200
+        assert (s.reserved, s.spent) == (0, allowance)
         for _ in range(500):  # the upstream notices the closed connection on its own thread
             if log.cancelled:
                 break

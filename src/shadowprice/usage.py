@@ -238,6 +238,9 @@ class StreamMeter:
     ----------
     drop_usage : bool
         Do not pass on a usage-only chunk (one the relay asked for but its client did not).
+    max_event : int
+        Bytes one event may take before the stream is called unreadable (:attr:`oversized`):
+        a server that never ends an event must not fill the reader's memory.
 
     Attributes
     ----------
@@ -254,6 +257,7 @@ class StreamMeter:
     """
 
     drop_usage: bool = False
+    max_event: int = 1 << 22
     chunks: int = 0
     reported: int | None = None
     finish_reason: str = "unknown"
@@ -277,6 +281,11 @@ class StreamMeter:
             if self._event(event):
                 out.append(event)
         return b"".join(out)
+
+    @property
+    def oversized(self) -> bool:
+        """An event longer than ``max_event`` is pending (stop reading: charge in full)."""
+        return len(self._buffer) > self.max_event
 
     def flush(self) -> bytes:
         """Whatever is left when the upstream stream ends (an unterminated last event)."""

@@ -1,13 +1,14 @@
 """``shadowprice serve``: the OpenAI-compatible gateway that prices live traffic.
 
-Exit statuses: 0 after a clean shutdown (SIGINT/SIGTERM), 2 for bad options or files (one
-line on stderr naming the option), 3 when the address cannot be bound.
+Exit statuses: 0 after a clean shutdown (SIGINT/SIGTERM), 2 for bad options or files or an
+address that cannot be bound (one line on stderr naming the option).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -43,7 +44,12 @@ def _levels(value: str | None) -> tuple[int, int] | None:
 def serve_command(
     upstream: list[str] = typer.Option(..., "--upstream", help="model server URL (repeatable)"),
     budget: int = typer.Option(..., "--budget", help="completion tokens per period"),
-    period: float = typer.Option(..., "--period", help="budget period in seconds"),
+    period: float = typer.Option(
+        ...,
+        "--period",
+        help="budget period in seconds, aligned to the Unix epoch (3600 renews on the hour, "
+        "UTC; every replica and restart agrees on the boundaries)",
+    ),
     state: str | None = typer.Option(
         None, "--state", help="redis://HOST:PORT/DB: share ledger and price between replicas"
     ),
@@ -83,18 +89,46 @@ def serve_command(
         None, "--effort-levels", help="LOW,MEDIUM: map the allowance to reasoning_effort"
     ),
     ttl: float = typer.Option(
-        120.0, "--ttl", help="seconds an unrenewed reservation lives (running requests renew)"
+        120.0,
+        "--ttl",
+        help="seconds an unrenewed reservation lives (running requests renew); one that "
+        "lapses (its replica died) is charged in full",
+    ),
+    release_lapsed: bool = typer.Option(
+        False,
+        "--release-lapsed",
+        help="give a lapsed reservation's tokens back instead of charging them (allows "
+        "overspend: a dead replica's requests may still have generated)",
     ),
     fail_open: bool = typer.Option(
-        False, "--fail-open", help="Redis down: per-replica local budget"
+        False,
+        "--fail-open",
+        help="Redis down: serve from this replica's share of what is left (1/N of it, N the "
+        "replicas alive) instead of 503",
     ),
     fail_open_budget: int | None = typer.Option(
         None,
         "--fail-open-budget",
-        help="tokens per period of that local budget (default: --budget)",
+        help="tokens per period this replica may spend while Redis is down, instead of its "
+        "share (all replicas together: N times it)",
         show_default=False,
     ),
     max_body: int = typer.Option(1 << 20, "--max-body", help="largest request body, bytes"),
+    max_upstream_body: int = typer.Option(
+        1 << 26,
+        "--max-upstream-body",
+        help="largest upstream answer relayed, bytes (past it: 502, charged in full)",
+    ),
+    metrics_port: int | None = typer.Option(
+        None,
+        "--metrics-port",
+        help="serve /metrics (and /healthz) on this separate port, without keys (0: a free "
+        "port; its address is the second line on stdout)",
+        show_default=False,
+    ),
+    metrics_host: str = typer.Option(
+        "127.0.0.1", "--metrics-host", help="address of the --metrics-port listener"
+    ),
     upstream_timeout: float = typer.Option(
         600.0, "--upstream-timeout", help="seconds an upstream may take to answer (per read)"
     ),
@@ -131,19 +165,30 @@ def serve_command(
             effort_levels=_levels(effort_levels),
             balance=balance,  # type: ignore[arg-type]
             ttl=ttl,
+            release_lapsed=release_lapsed,
             fail_open=fail_open,
             fail_open_budget=fail_open_budget,
             max_body=max_body,
+            max_upstream_body=max_upstream_body,
             upstream_timeout=upstream_timeout,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
         )
         gateway = Gateway(config)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
+    socks = [_bind(bind, host, port, "--host", "--port")]
+    if metrics_port is not None:
+        socks.append(_bind(bind, metrics_host, metrics_port, "--metrics-host", "--metrics-port"))
+        gateway.metrics_ports.add(socks[1].getsockname()[1])
+    serve(gateway.app, socks, log_level=log_level)
+
+
+def _bind(bind: Any, host: str, port: int, host_flag: str, port_flag: str) -> Any:
     try:
-        sock = bind(host, port)
+        return bind(host, port)
     except OSError as exc:
         fail(
-            f"--host {host} --port {port}: cannot listen there ({exc.strerror}); choose another "
-            f"port, or --port 0 for a free one"
+            f"{host_flag} {host} {port_flag} {port}: cannot listen there ({exc.strerror}); "
+            f"choose another port, or 0 for a free one"
         )
-    serve(gateway.app, sock, log_level=log_level)

@@ -15,6 +15,7 @@ Layout (every key starts with ``shadowprice:{NAMESPACE}:``; the braces are a Red
   and were charged in full (``on_lapse="spend"``), until a late settlement corrects them;
 - ``s:<period>``: set of the ids settled (or booked) in a period (idempotent settling);
 - ``members``: sorted set of the processes sharing the ledger -> when their heartbeat lapses;
+- ``lapse``: the namespace's lapse policy (``spend`` or ``release``), set by its first reserve;
 - ``price``: the price the processes agreed on for the current tick.
 
 Period hashes and settled sets expire after :data:`PERIODS_KEPT` periods (the same memory the
@@ -78,7 +79,7 @@ local function sweep(now)
       local book = prefix .. 'p:' .. period
       if redis.call('EXISTS', book) == 1 then
         redis.call('HINCRBY', book, 'reserved', -tonumber(tokens))
-        if SPEND_LAPSED then
+        if redis.call('GET', prefix .. 'lapse') ~= 'release' then
           redis.call('HINCRBY', book, 'spent', tonumber(tokens))
           redis.call('HINCRBY', book, 'lapsed', tonumber(tokens))
           local held = prefix .. 'l:' .. period
@@ -96,10 +97,17 @@ local function totals(book)
 end
 """.replace("SWEEP", str(_SWEEP))
 
-# ARGV: prefix, now|'', period, total, want, least, ttl|'', id, keep
+# ARGV: prefix, now|'', period, total, want, least, ttl|'', id, keep, on_lapse
 _RESERVE = (
     _PRELUDE
     + """
+local policy = redis.call('GET', prefix .. 'lapse')
+if not policy then
+  redis.call('SET', prefix .. 'lapse', ARGV[10])
+elseif policy ~= ARGV[10] then
+  return {-1, policy}
+end
+if KEEP > 0 then redis.call('EXPIRE', prefix .. 'lapse', KEEP) end
 local now = clock(ARGV[2])
 local period = tonumber(ARGV[3])
 sweep(now)
@@ -246,8 +254,9 @@ class RedisLedger:
     owns_client : bool
         Close ``client`` in :meth:`aclose`.
     on_lapse : {'spend', 'release'}
-        What a reservation that lapses costs (see :mod:`shadowprice.ledger.base`); every
-        process sharing ``namespace`` must use the same.
+        What a reservation that lapses costs (see :mod:`shadowprice.ledger.base`). The first
+        process to reserve in ``namespace`` records it in Redis; one that reserves with the
+        other policy gets a :class:`~shadowprice.ledger.LedgerError` naming the conflict.
 
     Examples
     --------
@@ -282,13 +291,9 @@ class RedisLedger:
         self._owns = owns_client
         # Seconds period books and settled ids are kept (0: forever, for period-less ledgers).
         self._keep = 0 if self.period is None else max(60, int(self.period * PERIODS_KEPT) + 1)
-        # The lapse policy and the keep are constants of the scripts' shared prelude.
-        consts = {"SPEND_LAPSED": str(self.on_lapse == "spend").lower(), "KEEP": str(self._keep)}
 
-        def script(text: str) -> Any:
-            for name, value in consts.items():
-                text = text.replace(name, value)
-            return client.register_script(text)
+        def script(text: str) -> Any:  # the keep is a constant of the scripts
+            return client.register_script(text.replace("KEEP", str(self._keep)))
 
         self._reserve_script = script(_RESERVE)
         self._settle_script = script(_SETTLE)
@@ -395,7 +400,14 @@ class RedisLedger:
             "" if ttl is None else repr(float(ttl)),
             rid,
             self._keep,
+            self.on_lapse,
         )
+        if int(out[0]) < 0:
+            raise LedgerError(
+                f"the budget {self.namespace!r} in Redis charges lapsed reservations as "
+                f"{out[1]!r} but this process was started with on_lapse={self.on_lapse!r}: every "
+                "process sharing a budget must use the same (gateway: --release-lapsed)"
+            )
         grant, index = int(out[0]), int(out[1])
         self.last_state = LedgerState(self._total, int(out[3]), int(out[4]), 0, index)
         if grant <= 0:

@@ -11,9 +11,15 @@ Request path of ``POST /v1/chat/completions`` and ``/v1/completions``:
    closed): :mod:`.decision`;
 3. forward to a configured upstream with the allowance as ``max_tokens`` (and
    ``max_completion_tokens``, a thinking budget or ``reasoning_effort`` where configured);
-4. settle with the usage the upstream reports, counted from the stream where it is missing;
-   a client that disconnects mid-stream closes the upstream stream and is charged what was
-   generated until then: :mod:`.relay`.
+4. settle by the package's one counting rule (:mod:`shadowprice.usage`): the usage the
+   upstream reports where it can be believed, the whole allowance where it cannot (no usage,
+   a body that is not a completion, a stream cut short or left by its client, a timeout, an
+   error after the request reached the upstream): :mod:`.relay`.
+
+No request body makes the gateway answer 5xx itself: a malformed one is a 400 with an OpenAI
+error body, a legal one without text (images only) is priced on the median curve of recent
+requests; 502/504 say an upstream failed, 503 that the ledger is away. Internal addresses
+(upstreams, the ledger) go to the log, never to clients.
 
 Responses carry ``x-shadowprice-allowance`` and ``x-shadowprice-price``. Three loops run
 beside the requests: the price update (every ``tick``), the renewal of running requests'
@@ -36,9 +42,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..ledger import Ledger, MemoryLedger
+from ..ledger import Ledger, MemoryLedger, OnLapse
 from ..online import OnlinePricer, PopulationPrior, SurgeShape
-from .config import GatewayConfig
+from ..usage import Count, StreamMeter, completion_problem, count_completion, error_charge
+from .config import GatewayConfig, Tenant
 from .decision import Decider, Grant, Refusal
 from .inbound import (
     BadRequest,
@@ -51,7 +58,7 @@ from .inbound import (
 )
 from .metrics import Metrics
 from .predictor import ThresholdSource, load_threshold_source
-from .relay import MeteredStream, StreamMeter, completion_tokens, prompt_text, upstream_body
+from .relay import MeteredStream, event_stream, prompt_text, upstream_body
 from .transport import UpstreamClient
 from .upstreams import Upstream, UpstreamPool
 
@@ -61,6 +68,10 @@ log = logging.getLogger("shadowprice.serve")
 
 # Nothing reached a model server: nothing was generated, and the next upstream may be tried.
 _UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout)
+
+
+class _TooLarge(Exception):
+    """An upstream answer past ``max_upstream_body``."""
 
 
 class Gateway:
@@ -101,6 +112,8 @@ class Gateway:
         )
         self.ledger = ledger if ledger is not None else self._ledger(shared, c.namespace)
         tenants = c.keys.tenants if c.keys is not None else []
+        #: Ports of the separate metrics listener (set by whoever binds it).
+        self.metrics_ports: set[int] = set()
         self.decider = Decider(
             self.pricer,
             self.ledger,
@@ -114,9 +127,8 @@ class Gateway:
             },
             fallback_tokens=c.fallback_tokens,
             ttl=c.ttl,
-            fail_open=MemoryLedger(c.fail_open_budget or shared, period=c.period)
-            if c.fail_open and c.state
-            else None,
+            fail_open=c.fail_open and c.state is not None,
+            fail_open_budget=c.fail_open_budget,
             tick=c.tick,
         )
         self.metrics.budget.set(c.budget)
@@ -137,11 +149,14 @@ class Gateway:
 
     def _ledger(self, total: int, namespace: str) -> Ledger:
         c = self.config
+        on_lapse: OnLapse = "release" if c.release_lapsed else "spend"
         if c.state:
             from ..ledger.redis import RedisLedger
 
-            return RedisLedger.from_url(c.state, total, period=c.period, namespace=namespace)
-        return MemoryLedger(total, period=c.period)
+            return RedisLedger.from_url(
+                c.state, total, period=c.period, namespace=namespace, on_lapse=on_lapse
+            )
+        return MemoryLedger(total, period=c.period, on_lapse=on_lapse)
 
     # -- lifecycle ----------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -153,6 +168,14 @@ class Gateway:
             (self.decider.renew, c.ttl / 3),
             (self._check_upstreams, c.health_interval),
         ]
+        await self._update_price()
+        if not self.decider.store_ok:
+            log.error(
+                "the budget ledger (--state) did not answer at start: %s",
+                "serving from a local share while it is away (--fail-open)"
+                if self.decider.local is not None
+                else "requests are refused (503) until it answers",
+            )
         tasks = [asyncio.create_task(_every(step, seconds)) for step, seconds in loops]
         try:
             yield
@@ -175,8 +198,8 @@ class Gateway:
     async def _check_upstreams(self) -> None:
         assert self.http is not None
         await self.pool.check(self.http)
-        for u in self.pool.upstreams:
-            self.metrics.healthy.labels(u.url).set(int(u.healthy))
+        for k, u in enumerate(self.pool.upstreams):  # labelled by position: no address leaks
+            self.metrics.healthy.labels(str(k)).set(int(u.healthy))
 
     # -- endpoints ----------------------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
@@ -187,17 +210,23 @@ class Gateway:
 
     async def models(self, request: Request) -> Response:
         assert self.http is not None
+        try:
+            self._guard(request, metrics=False)
+        except BadRequest as exc:
+            return exc.response()
         up = self.pool.pick()
         try:
             r = await self.http.get(up.endpoint("/models"), timeout=10.0)
-        except httpx.HTTPError as exc:
+            body = r.json()
+        except (httpx.HTTPError, ValueError, RecursionError) as exc:
             self.pool.failed(up)
-            return error_response(502, "upstream_error", f"upstream unreachable: {exc}", "upstream")
-        return Response(r.content, r.status_code, media_type="application/json")
+            log.warning("upstream %d: model list failed: %r", self._index(up), exc)
+            return error_response(502, "upstream_error", "upstream unreachable", "upstream")
+        return JSONResponse(body, r.status_code)
 
     async def healthz(self, request: Request) -> Response:
         ledger_ok = self.decider.store_ok
-        ok = (ledger_ok or self.decider.fail_open is not None) and self.pool.healthy > 0
+        ok = (ledger_ok or self.decider.local is not None) and self.pool.healthy > 0
         body = {
             "status": "ok" if ok else "unavailable",
             "ledger": "ok" if ledger_ok else "unreachable",
@@ -208,15 +237,45 @@ class Gateway:
         return JSONResponse(body, status_code=200 if ok else 503)
 
     async def metrics_endpoint(self, request: Request) -> Response:
+        try:
+            self._guard(request, metrics=True)
+        except BadRequest as exc:
+            return exc.response()
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    def _on_metrics_listener(self, request: Request) -> bool:
+        server = request.scope.get("server")
+        return server is not None and server[1] in self.metrics_ports
+
+    def _guard(self, request: Request, *, metrics: bool) -> Tenant | None:
+        """The tenant of a request to a protected endpoint; raises :class:`BadRequest`.
+
+        With keys configured, every endpoint but ``/healthz`` needs one; ``/metrics`` a key
+        allowed to read it (``"metrics": true``) unless it came through the separate metrics
+        listener, which serves nothing else.
+        """
+        if self._on_metrics_listener(request):
+            if metrics:
+                return None
+            raise BadRequest(404, "not_found", "the metrics listener serves /metrics only")
+        tenant = authenticate(request, self.config)
+        if metrics and tenant is not None and not tenant.metrics:
+            raise BadRequest(
+                403, "forbidden", 'this key may not read /metrics (needs "metrics": true)'
+            )
+        return tenant
+
+    def _index(self, up: Upstream) -> int:
+        return self.pool.upstreams.index(up)
 
     # -- the request path ---------------------------------------------------------------------
     async def _completion(self, request: Request, path: str) -> Response:
         c = self.config
+        chat = path == "/chat/completions"
         try:
+            tenant = self._guard(request, metrics=False)
             body = await read_json(request, c.max_body)
-            tenant = authenticate(request, c)
-            check_body(body, chat=path == "/chat/completions")
+            check_body(body, chat=chat)
             floor = floor_of(request, tenant, c)
         except BadRequest as exc:
             self.metrics.requests.labels("rejected").inc()
@@ -226,6 +285,15 @@ class Gateway:
         d = await self.decider.decide(tau, cap, floor=floor, tenant=tenant.name if tenant else None)
         if isinstance(d, Refusal):
             return self._refusal(d)
+        try:
+            return await self._forward(path, body, d, chat)
+        except Exception:  # a fault of the gateway's own: charged in full, answered in JSON
+            log.exception("request failed inside the gateway")
+            await self._settle(d, d.allowance, "error")
+            return error_response(500, "internal_error", "the gateway failed", "internal_error")
+
+    async def _forward(self, path: str, body: dict[str, Any], d: Grant, chat: bool) -> Response:
+        c = self.config
         self.metrics.requests.labels(d.status).inc()
         self.metrics.allowed.inc(d.allowance)
         payload = upstream_body(
@@ -240,32 +308,38 @@ class Gateway:
             "x-shadowprice-price": f"{d.price:.6g}",
         }
         stream = bool(payload.get("stream"))
+        opts = body.get("stream_options")
+        wants_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
         try:
-            up, r = await self._send(path, json.dumps(payload).encode(), stream)
+            up, r = await self._send(path, json.dumps(payload).encode())
         except _UNREACHABLE as exc:  # nothing reached a server: nothing generated
-            return await self._failed(d, 0, 502, f"upstream unreachable: {exc}")
+            log.warning("upstreams unreachable: %r", exc)
+            return await self._failed(d, 0, 502, "upstream unreachable")
         except httpx.TimeoutException:
             # It may have generated up to the allowance before timing out: charge it all.
             return await self._failed(d, d.allowance, 504, "upstream timed out")
         except httpx.HTTPError as exc:
-            return await self._failed(d, d.allowance, 502, f"upstream failed: {exc!r}")
-        if stream and r.status_code == 200:
-            opts = body.get("stream_options")
-            meter = StreamMeter(
-                forward_usage=isinstance(opts, dict) and bool(opts.get("include_usage"))
-            )
-            # Raw bytes as they arrive (the client asked for no encoding; decoded otherwise).
-            chunks = r.aiter_bytes() if "content-encoding" in r.headers else r.aiter_raw()
-            return MeteredStream(chunks, headers, meter, self._stream_end(up, r, d))  # type: ignore[return-value]  # an ASGI response Starlette calls like its own
-        up.inflight -= 1
+            log.warning("upstream failed: %r", exc)
+            return await self._failed(d, d.allowance, 502, "upstream failed")
+        ctype = r.headers.get("content-type", "")
+        # Raw bytes as they arrive (the client asked for no encoding; decoded otherwise).
+        chunks = r.aiter_bytes() if "content-encoding" in r.headers else r.aiter_raw()
+        if stream and r.status_code == 200 and "text/event-stream" in ctype:
+            meter = StreamMeter(drop_usage=not wants_usage, max_event=c.max_upstream_body)
+            return MeteredStream(chunks, headers, meter, d.allowance, self._stream_end(up, r, d))  # type: ignore[return-value]  # an ASGI response Starlette calls like its own
         try:
-            await r.aread()  # read already unless it is a refused stream
-        except httpx.HTTPError as exc:
+            content = await _read(chunks, c.max_upstream_body)
+        except (httpx.HTTPError, _TooLarge) as exc:
             self.pool.failed(up)
-            return await self._failed(d, d.allowance, 502, f"upstream failed: {exc!r}")
+            log.warning("upstream %d: answer unreadable: %r", self._index(up), exc)
+            return await self._failed(d, d.allowance, 502, "upstream answer could not be read")
         finally:
+            up.inflight -= 1
             await r.aclose()
-        return await self._answer(up, r.status_code, r.content, d, headers)
+        if r.status_code != 200:
+            return await self._refused(up, r.status_code, content, d, headers)
+        self.pool.ok(up)
+        return await self._answer(content, ctype, d, headers, stream, chat, wants_usage)
 
     def _refusal(self, d: Refusal) -> Response:
         self.metrics.requests.labels(d.kind).inc()
@@ -276,10 +350,10 @@ class Gateway:
             )
         return error_response(429, d.kind, d.message, d.kind, headers)
 
-    async def _send(self, path: str, data: bytes, stream: bool) -> tuple[Upstream, httpx.Response]:
-        """Send to an upstream and wait for its response headers (and, not streaming, its
-        body). A connection that cannot be made moves on to the next upstream (nothing was
-        generated); raises the last :class:`httpx.HTTPError`."""
+    async def _send(self, path: str, data: bytes) -> tuple[Upstream, httpx.Response]:
+        """Send to an upstream and wait for its response headers. A connection that cannot
+        be made moves on to the next upstream (nothing was generated); raises the last
+        :class:`httpx.HTTPError`."""
         assert self.http is not None
         tries = min(2, len(self.pool.upstreams))
         for attempt in range(1, tries + 1):
@@ -287,7 +361,7 @@ class Gateway:
             up.inflight += 1
             t0 = time.perf_counter()
             try:
-                r = await self.http.relay(up.endpoint(path), data, stream=stream)
+                r = await self.http.relay(up.endpoint(path), data, stream=True)
             except BaseException as exc:
                 up.inflight -= 1
                 if isinstance(exc, httpx.HTTPError):
@@ -295,35 +369,71 @@ class Gateway:
                 if isinstance(exc, _UNREACHABLE) and attempt < tries:
                     continue
                 raise
-            self.metrics.latency.labels(up.url).observe(time.perf_counter() - t0)
+            self.metrics.latency.labels(str(self._index(up))).observe(time.perf_counter() - t0)
             return up, r
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _answer(
+    async def _refused(
         self, up: Upstream, status: int, content: bytes, grant: Grant, headers: dict[str, str]
     ) -> Response:
-        """Settle and relay a whole (non-streamed, or refused) upstream response."""
+        """Settle and answer an upstream's error status: a 4xx is the client's to see, a 5xx
+        a 502 (its body may hold the upstream's internals: logged, not relayed)."""
+        charge = error_charge(status, grant.allowance)
         if status >= 500:
             self.pool.failed(up)
-            message = f"upstream answered {status}: {content[:200].decode(errors='replace')}"
-            return await self._failed(grant, 0, 502, message)
+            text = content[:200].decode(errors="replace")
+            log.warning("upstream %d answered %d: %s", self._index(up), status, text)
+            return await self._failed(grant, charge, 502, f"upstream answered {status}")
         self.pool.ok(up)
-        if status != 200:  # the upstream refused the request itself: nothing generated
-            await self._settle(grant, 0, "error")
+        await self._settle(grant, charge, "error")
+        try:
+            err = json.loads(content)
+        except (ValueError, RecursionError):
+            err = None
+        if isinstance(err, dict) and isinstance(err.get("error"), dict | str):
             return Response(content, status, headers=headers, media_type="application/json")
+        message = f"upstream refused the request ({status})"
+        return error_response(status, "upstream_error", message, "upstream_error", headers)
+
+    async def _answer(
+        self,
+        content: bytes,
+        ctype: str,
+        grant: Grant,
+        headers: dict[str, str],
+        stream: bool,
+        chat: bool,
+        wants_usage: bool,
+    ) -> Response:
+        """Settle and relay a whole 200 answer: a completion as it came (or as the event
+        stream a streaming client asked for); anything else is a 502 charged in full."""
+        if "text/event-stream" in ctype:  # a stream nobody asked for: counted, not relayed
+            meter = StreamMeter()
+            meter.feed(content)
+            meter.flush()
+            used = meter.count(grant.allowance)
+            await self._settle(grant, used.tokens, used.finish_reason)
+            return await self._failed(grant, 0, 502, "upstream streamed an unstreamed request")
         try:
             parsed = json.loads(content)
-        except ValueError:
-            message = "upstream sent a body that is not JSON"
+        except (ValueError, RecursionError):
+            parsed = None
+        problem = completion_problem(parsed)
+        if problem:
+            log.warning("upstream answered 200 without a completion: %s", problem)
+            message = "upstream answered 200 with a body that is not a completion"
             return await self._failed(grant, grant.allowance, 502, message)
-        used, finish, _ = completion_tokens(parsed, grant.allowance)
-        await self._settle(grant, used, finish)
+        used = count_completion(parsed, grant.allowance)
+        await self._settle(grant, used.tokens, used.finish_reason)
+        if stream:
+            events = event_stream(parsed, chat=chat, usage=wants_usage)
+            return Response(events, 200, headers=headers, media_type="text/event-stream")
         return Response(content, 200, headers=headers, media_type="application/json")
 
     def _stream_end(
         self, up: Upstream, r: httpx.Response, grant: Grant
-    ) -> Callable[[int, str, str | None], Awaitable[None]]:
-        async def end(tokens: int, finish: str, fault: str | None) -> None:
+    ) -> Callable[[Count, str, str | None], Awaitable[None]]:
+        async def end(used: Count, finish: str, fault: str | None) -> None:
             # A body not read to its end (a fault, a client gone) closes the connection, so
             # the upstream stops generating; a finished one goes back to the pool.
             await r.aclose()
@@ -333,7 +443,7 @@ class Gateway:
                 self.metrics.requests.labels("failed").inc()
             else:
                 self.pool.ok(up)
-            await self._settle(grant, tokens, finish)
+            await self._settle(grant, used.tokens, finish)
 
         return end
 
@@ -344,6 +454,17 @@ class Gateway:
 
     async def _settle(self, grant: Grant, used: int, finish: str) -> None:
         self.metrics.settled.inc(await self.decider.settle(grant, used, finish))
+
+
+async def _read(chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    """A whole body, or :class:`_TooLarge` past ``limit`` bytes."""
+    parts, size = [], 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge(f"upstream answer larger than {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 async def _every(step: Callable[[], Awaitable[Any]], seconds: float) -> None:

@@ -35,12 +35,15 @@ class Tenant:
         Guaranteed tokens of each request (0: none); a tenant with a floor is never priced out.
     classes : frozenset of str
         Priority classes the tenant may select with the ``x-shadowprice-class`` header.
+    metrics : bool
+        The key may read ``/metrics`` on the gateway's own listener (an operator's key).
     """
 
     name: str
     budget: int | None = None
     floor: int = 0
     classes: frozenset[str] = frozenset()
+    metrics: bool = False
 
 
 class KeyTable:
@@ -76,7 +79,8 @@ def load_keys(path: str | Path) -> KeyTable:
     """Read a key file: JSON Lines, one object per key.
 
     Each line: ``{"sha256": "<hex digest of the key>", "tenant": "acme", "budget": 50000,
-    "floor": 256, "classes": ["interactive"]}``; only ``sha256`` and ``tenant`` are required.
+    "floor": 256, "classes": ["interactive"], "metrics": false}``; only ``sha256`` and
+    ``tenant`` are required (``metrics: true`` lets the key read ``/metrics``).
     Plain keys are never stored (``printf %s "$KEY" | sha256sum`` makes the digest).
 
     Raises
@@ -124,7 +128,10 @@ def _key_entry(obj: Any) -> tuple[bytes, Tenant]:
     classes = obj.get("classes", [])
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         raise ConfigError("field 'classes' must be a list of class names")
-    return raw, Tenant(name, budget, floor, frozenset(classes))
+    metrics = obj.get("metrics", False)
+    if not isinstance(metrics, bool):
+        raise ConfigError("field 'metrics' must be true or false")
+    return raw, Tenant(name, budget, floor, frozenset(classes), metrics)
 
 
 @dataclass
@@ -139,7 +146,8 @@ class GatewayConfig:
     budget : int
         Completion tokens per period (all replicas together with a shared state).
     period : float
-        Budget period, seconds (aligned to the epoch).
+        Budget period, seconds. Periods are aligned to the Unix epoch (a 3600 s budget renews
+        on the hour, UTC), so every replica and every restart agrees on the boundaries.
     state : str, optional
         ``redis://HOST:PORT/DB`` to share the ledger and the price between replicas; None:
         in-process.
@@ -189,14 +197,27 @@ class GatewayConfig:
         Seconds an upstream may take to answer (and between streamed chunks).
     max_body : int
         Largest request body accepted, bytes (413 beyond).
+    max_upstream_body : int
+        Largest upstream answer (or stream event) relayed, bytes; past it the request is a
+        502, charged its whole allowance.
     ttl : float
         Seconds a reservation lives without renewal; running requests renew theirs, so only
         those of a request that ended without settling (or of a dead replica) lapse.
+    release_lapsed : bool
+        A lapsed reservation returns its tokens to the pool instead of being charged in full
+        (the default: its server may have generated every token). Allows overspend.
     fail_open : bool
-        Redis unreachable: serve from a per-replica in-process ledger of ``fail_open_budget``
-        instead of answering 503.
+        Redis unreachable: serve from a per-replica in-process ledger holding this replica's
+        share of what is left (see :mod:`shadowprice.serve.decision`) instead of answering 503.
     fail_open_budget : int, optional
-        Tokens per period of that local ledger (default: ``budget``).
+        Tokens per period of that local ledger instead of the share (the replicas together may
+        then spend their number times it).
+    metrics_port : int, optional
+        Port of a separate listener serving only ``/metrics`` and ``/healthz`` without a key
+        (0: any free port); None: ``/metrics`` on the main listener (with keys, only for a key
+        with ``"metrics": true``).
+    metrics_host : str
+        Address of that listener.
     """
 
     upstreams: list[str]
@@ -225,9 +246,13 @@ class GatewayConfig:
     eject_after: int = 3
     upstream_timeout: float = 600.0
     max_body: int = 1 << 20
+    max_upstream_body: int = 1 << 26
     ttl: float = 120.0
+    release_lapsed: bool = False
     fail_open: bool = False
     fail_open_budget: int | None = None
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         self._check_upstreams()
@@ -250,7 +275,12 @@ class GatewayConfig:
         _positive("--upstream-timeout", self.upstream_timeout)
         _positive_int("--max-tokens-ceiling", self.max_tokens_ceiling)
         _positive_int("--max-body", self.max_body)
+        _positive_int("--max-upstream-body", self.max_upstream_body)
         _positive_int("--min-tokens", self.min_tokens)
+        if self.fail_open_budget is not None:
+            _positive_int("--fail-open-budget", self.fail_open_budget)
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"--metrics-port must be in 0..65535, got {self.metrics_port}")
         if self.route_tau is not None:
             _positive("--route-tau", self.route_tau)
         if self.fallback_tokens < 0:

@@ -1,9 +1,11 @@
 """What a client sent: its body read within the size limit and checked, its key, its class,
 and the OpenAI-style errors it gets back when any of that is wrong.
 
-Only what matters to the budget is checked (the messages or prompt, ``max_tokens``, ``n``,
-``stream``); the upstream validates the rest. The key is looked up in constant time and never
-logged (see :class:`~shadowprice.serve.config.KeyTable`).
+Only what matters to the budget and to reading the request is checked (the messages or prompt,
+``max_tokens``, how many completions it asks for, ``stream``); the upstream validates the rest.
+A request is budgeted as one completion: a body that would make the upstream generate several
+(``n``, ``best_of``, beam search, several prompts) is refused, naming the field. The key is
+looked up in constant time and never logged (see :class:`~shadowprice.serve.config.KeyTable`).
 """
 
 from __future__ import annotations
@@ -72,8 +74,10 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         chunks.append(chunk)
     try:
         body = json.loads(b"".join(chunks))
-    except ValueError as exc:
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
         raise BadRequest(400, "invalid_json", f"body is not JSON: {exc}") from exc
+    except RecursionError:
+        raise BadRequest(400, "invalid_json", "body is not JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest(400, "invalid_body", "body must be a JSON object")
     return body
@@ -82,37 +86,80 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
 def check_body(body: dict[str, Any], *, chat: bool) -> None:
     """Raise :class:`BadRequest` naming the first field that the budget cannot work with."""
     if chat:
-        messages = body.get("messages")
-        if not (
-            isinstance(messages, list) and messages and all(isinstance(m, dict) for m in messages)
-        ):
-            raise BadRequest(
-                400, "invalid_messages", "'messages' must be a non-empty list of message objects"
-            )
+        _check_messages(body.get("messages"))
     else:
-        prompt = body.get("prompt")
-        if not (
-            isinstance(prompt, str)
-            or (isinstance(prompt, list) and all(isinstance(p, str) for p in prompt))
-        ):
-            raise BadRequest(
-                400, "invalid_prompt", "'prompt' must be a string or a list of strings"
-            )
+        _check_prompt(body.get("prompt"))
     for key in ("max_tokens", "max_completion_tokens"):
         v = body.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise BadRequest(400, "invalid_max_tokens", f"'{key}' must be a positive integer")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise BadRequest(400, "invalid_stream", "'stream' must be true or false")
+    opts = body.get("stream_options")
+    if opts is not None and not isinstance(opts, dict):
+        raise BadRequest(400, "invalid_stream_options", "'stream_options' must be an object")
     for key in ("n", "best_of"):
-        if body.get(key) not in (None, 1):
+        v = body.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or v != 1):
             raise BadRequest(
                 400,
                 "unsupported_n",
-                f"'{key}' must be 1: each request is budgeted as one completion",
+                f"'{key}' must be 1: each request is budgeted as one completion; send one "
+                "request per completion",
             )
+    if body.get("use_beam_search"):
+        raise BadRequest(
+            400,
+            "unsupported_n",
+            "'use_beam_search' generates several beams: each request is budgeted as one completion",
+        )
     if "model" in body and not isinstance(body["model"], str):
         raise BadRequest(400, "invalid_model", "'model' must be a string")
+
+
+def _check_messages(messages: Any) -> None:
+    if not (isinstance(messages, list) and messages):
+        raise BadRequest(
+            400, "invalid_messages", "'messages' must be a non-empty list of message objects"
+        )
+    for k, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise BadRequest(400, "invalid_messages", f"'messages[{k}]' must be an object")
+        if not isinstance(m.get("role"), str):
+            raise BadRequest(
+                400, "invalid_messages", f"'messages[{k}].role' must be a string, e.g. 'user'"
+            )
+        content = m.get("content")
+        if content is None or isinstance(content, str):
+            continue
+        if not isinstance(content, list) or not all(isinstance(p, dict) for p in content):
+            raise BadRequest(
+                400,
+                "invalid_messages",
+                f"'messages[{k}].content' must be a string or a list of content-part objects",
+            )
+
+
+def _check_prompt(prompt: Any) -> None:
+    """One prompt: a string, token ids, or a list holding one of them."""
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+        if len(prompt) > 1:
+            raise BadRequest(
+                400,
+                "unsupported_n",
+                f"'prompt' holds {len(prompt)} prompts: each request is budgeted as one "
+                "completion; send one prompt per request",
+            )
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        return
+    if isinstance(prompt, list) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in prompt
+    ):
+        return
+    raise BadRequest(
+        400, "invalid_prompt", "'prompt' must be a string or a list of token ids (one prompt)"
+    )
 
 
 def requested_cap(body: dict[str, Any], ceiling: int) -> int:

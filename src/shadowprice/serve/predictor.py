@@ -5,12 +5,18 @@ shifted by it (:mod:`shadowprice.online.shape`). :class:`TextPredictor` wraps th
 predictor on its compiled single-text path (:meth:`ThresholdPredictor.compile`), whose LRU
 cache answers repeated prompts. :class:`FixedThreshold` is a route's default curve when no text
 predictor is wanted.
+
+A request without text to read (images only, token ids, an empty message) is legal: it is
+priced on the default curve, the median threshold of the recent requests that had text.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import Any, Protocol
+
+import numpy as np
 
 __all__ = ["FixedThreshold", "TextPredictor", "ThresholdSource", "load_threshold_source"]
 
@@ -19,7 +25,7 @@ class ThresholdSource(Protocol):
     """Anything that predicts a request's threshold from its text."""
 
     def tau(self, text: str) -> float:
-        """Predicted threshold in tokens (> 0)."""
+        """Predicted threshold in tokens (> 0); a default one for a text with no words."""
         ...
 
 
@@ -52,14 +58,18 @@ class TextPredictor:
         from an encoder) is called on one-text batches instead.
     cache : int
         Texts remembered (0: no cache).
+    recent : int
+        Predictions the default threshold (their median) is taken over.
     """
 
-    def __init__(self, model: Any, cache: int = 4096) -> None:
+    def __init__(self, model: Any, cache: int = 4096, recent: int = 1024) -> None:
         try:
             self._fast: Any = model.compile(cache_size=cache)
         except ValueError:
             self._fast = None
         self._model = model
+        self._recent: deque[float] = deque(maxlen=recent)
+        self._default: float | None = None
 
     @property
     def compiled(self) -> bool:
@@ -67,13 +77,34 @@ class TextPredictor:
         return self._fast is not None
 
     def tau(self, text: str) -> float:
-        """Predicted median threshold of ``text`` in tokens (at least 1)."""
-        text = text or " "
-        if self._fast is not None:
-            median = float(self._fast.predict_one(text)[0])
-        else:
-            median = float(self._model.predict([text])[0])
-        return max(1.0, median)
+        """Predicted median threshold of ``text`` in tokens (at least 1); the default
+        threshold (see the module docstring) when it has nothing to read."""
+        try:
+            if not text.strip():
+                raise ValueError("no text")
+            if self._fast is not None:
+                median = float(self._fast.predict_one(text)[0])
+            else:
+                median = float(self._model.predict([text])[0])
+        except ValueError:  # nothing the predictor can read: the default curve
+            return self.default_tau
+        if not math.isfinite(median):
+            return self.default_tau
+        tau = max(1.0, median)
+        self._recent.append(tau)
+        self._default = None
+        return tau
+
+    @property
+    def default_tau(self) -> float:
+        """Median threshold of the recent requests with text (of a one-word question before
+        any), tokens."""
+        if self._default is None:
+            if self._recent:
+                self._default = float(np.median(self._recent))
+            else:
+                self._default = max(1.0, float(self._model.predict(["question"])[0]))
+        return self._default
 
 
 def load_threshold_source(predictor: str | None, route_tau: float | None) -> ThresholdSource:

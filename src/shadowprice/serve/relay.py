@@ -1,37 +1,57 @@
 """Forwarding one granted request upstream and measuring what it generated.
 
+- :func:`prompt_text`: the text the threshold predictor reads ('' for a request without text,
+  e.g. images only: the gateway prices it on a default curve).
 - :func:`upstream_body`: the client's body with the allowance written into every field the
   upstream may read (``max_tokens``, ``max_completion_tokens``, a thinking budget,
-  ``reasoning_effort``), and usage requested in streams.
-- :func:`completion_tokens`: tokens of a whole response (the server's ``usage``; the full
-  allowance where it is missing or implausible: never under-count).
-- :class:`StreamMeter`: parses a server-sent-event stream as it passes through, counts content
-  chunks where usage is missing, drops the usage chunk the client did not ask for.
-- :class:`MeteredStream`: the ASGI response that relays an upstream stream through a meter and,
-  however the stream ends, closes the upstream response and reports what was generated once.
+  ``reasoning_effort``), the length fields some servers read instead removed, and usage
+  requested in streams.
+- :class:`MeteredStream`: the ASGI response that relays an upstream stream through a
+  :class:`~shadowprice.usage.StreamMeter` and, however the stream ends, closes the upstream
+  response and reports once what it is charged (the package's one counting rule,
+  :mod:`shadowprice.usage`: a stream cut before its end is charged its whole allowance).
+- :func:`event_stream`: a whole completion as the event stream a streaming client expects
+  (for an upstream that ignored ``stream``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["MeteredStream", "StreamMeter", "completion_tokens", "prompt_text", "upstream_body"]
+from ..usage import Count, StreamMeter
+
+__all__ = ["LENGTH_ALIASES", "MeteredStream", "event_stream", "prompt_text", "upstream_body"]
+
+#: Fields some servers read as the length cap instead of ``max_tokens`` (llama.cpp's
+#: ``n_predict`` wins over ``max_tokens``; TGI, Ollama, Gemini and the Responses API have their
+#: own): a client's value would bypass the allowance, so they are removed before forwarding.
+LENGTH_ALIASES = (
+    "n_predict",
+    "max_new_tokens",
+    "max_length",
+    "max_output_tokens",
+    "num_predict",
+    "maxOutputTokens",
+)
 
 
 def prompt_text(body: dict[str, Any]) -> str:
-    """The text the predictor reads: the last user message (chat) or the prompt."""
+    """The text the predictor reads: the last user message with text (chat; else the last
+    message) or the prompt; '' when there is none (token ids, images only, no content)."""
     messages = body.get("messages")
     if isinstance(messages, list):
         for m in reversed(messages):
             if isinstance(m, dict) and m.get("role") == "user":
-                return _content_text(m.get("content"))
-        return _content_text(messages[-1].get("content")) if messages else ""
+                text = _content_text(m.get("content"))
+                if text.strip():
+                    return text
+        last = messages[-1] if messages else None
+        return _content_text(last.get("content")) if isinstance(last, dict) else ""
     prompt = body.get("prompt")
     if isinstance(prompt, list):
         return " ".join(p for p in prompt if isinstance(p, str))
@@ -60,6 +80,11 @@ def upstream_body(
 ) -> dict[str, Any]:
     """A copy of ``body`` that asks the upstream for at most ``allowance`` tokens."""
     out = dict(body)
+    for alias in LENGTH_ALIASES:
+        out.pop(alias, None)
+    options = out.get("options")
+    if isinstance(options, dict) and "num_predict" in options:  # Ollama's
+        out["options"] = {k: v for k, v in options.items() if k != "num_predict"}
     if token_param in ("both", "max_tokens"):
         out["max_tokens"] = allowance
     else:
@@ -82,126 +107,19 @@ def upstream_body(
     return out
 
 
-def completion_tokens(body: Any, allowance: int) -> tuple[int, str, bool]:
-    """(tokens to charge, finish reason, trusted) of a whole response.
-
-    The server's ``usage.completion_tokens`` where it is a plausible integer; otherwise the
-    full allowance (flagged untrusted): a response we cannot read may still have cost that.
-    """
-    if not isinstance(body, dict):
-        return allowance, "error", False
-    choices = body.get("choices")
-    first = choices[0] if isinstance(choices, list) and choices else {}
-    finish = str(first.get("finish_reason") or "unknown") if isinstance(first, dict) else "unknown"
-    usage = body.get("usage")
-    n = usage.get("completion_tokens") if isinstance(usage, dict) else None
-    if isinstance(n, int) and not isinstance(n, bool) and n >= 0:
-        return n, finish, True
-    timings = body.get("timings")  # llama.cpp reports its own count here
-    if isinstance(timings, dict) and isinstance(timings.get("predicted_n"), int):
-        return int(timings["predicted_n"]), finish, False
-    return allowance, finish, False
-
-
-@dataclass
-class StreamMeter:
-    """Counts a chat/completions event stream as it is relayed.
-
-    Attributes
-    ----------
-    forward_usage : bool
-        The client asked for usage (``stream_options.include_usage``); otherwise the usage
-        chunk the gateway asked for is not passed on.
-    chunks : int
-        Chunks with generated text (about one token each on vLLM, SGLang and llama.cpp).
-    usage : int or None
-        ``completion_tokens`` from the stream's usage chunk, when it came.
-    finish_reason : str
-    done : bool
-        ``[DONE]`` seen.
-    """
-
-    forward_usage: bool = False
-    chunks: int = 0
-    usage: int | None = None
-    finish_reason: str = "unknown"
-    done: bool = False
-    _buffer: bytes = b""
-
-    @property
-    def tokens(self) -> int:
-        """Tokens to charge: the server's count, or the chunks counted (at least)."""
-        if self.usage is None:
-            return self.chunks
-        return max(self.usage, 0)
-
-    def feed(self, data: bytes) -> bytes:
-        """Take raw bytes from upstream; return the complete events to pass on."""
-        self._buffer += data
-        out: list[bytes] = []
-        while True:
-            cut = self._buffer.find(b"\n\n")
-            if cut < 0:
-                break
-            event, self._buffer = self._buffer[: cut + 2], self._buffer[cut + 2 :]
-            if self._event(event):
-                out.append(event)
-        return b"".join(out)
-
-    def flush(self) -> bytes:
-        """Whatever is left when the upstream stream ends (an unterminated last event)."""
-        rest, self._buffer = self._buffer, b""
-        if rest.strip() and self._event(rest):
-            return rest
-        return b""
-
-    def _event(self, event: bytes) -> bool:
-        """Account for one event; False to drop it."""
-        for line in event.split(b"\n"):
-            if not line.startswith(b"data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                self.done = True
-                continue
-            try:
-                chunk = json.loads(payload)
-            except ValueError:
-                continue  # not JSON: passed on untouched, counts nothing
-            if isinstance(chunk, dict) and not self._chunk(chunk):
-                return False
-        return True
-
-    def _chunk(self, chunk: dict[str, Any]) -> bool:
-        usage = chunk.get("usage")
-        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-            self.usage = int(usage["completion_tokens"])
-        choices = chunk.get("choices")
-        if not isinstance(choices, list) or not choices:
-            return self.forward_usage or not isinstance(usage, dict)
-        c: dict[str, Any] = choices[0] if isinstance(choices[0], dict) else {}
-        d = c.get("delta")
-        delta: dict[str, Any] = d if isinstance(d, dict) else {}
-        text = c.get("text") or delta.get("content") or delta.get("reasoning_content")
-        if text or delta.get("reasoning"):
-            self.chunks += 1
-        if c.get("finish_reason"):
-            self.finish_reason = str(c["finish_reason"])
-        return True
-
-
-#: Called once when a relayed stream ends: (tokens, finish reason, fault or None).
-StreamEnd = Callable[[int, str, "str | None"], Awaitable[None]]
+#: Called once when a relayed stream ends: (what it is charged, finish reason, fault or None).
+StreamEnd = Callable[[Count, str, "str | None"], Awaitable[None]]
 
 
 class MeteredStream:
     """ASGI response relaying an upstream event stream through a :class:`StreamMeter`.
 
     Whatever ends the stream (its end, an upstream fault, the client going away), ``on_end``
-    is called exactly once with the tokens generated, the finish reason (``disconnect`` when
-    the client left) and the fault, if any; it closes the upstream response (on a fault or a
-    disconnect, its connection: the upstream stops generating). A fault is also sent to the
-    client as a last error event.
+    is called exactly once with what the stream is charged (a stream that did not run to its
+    end: its whole allowance), the finish reason (``disconnect`` when the client left) and the
+    fault, if any; it closes the upstream response (on a fault or a disconnect, its
+    connection: most servers then stop generating, but nobody counts what they still do). A
+    fault is also sent to the client as a last error event.
 
     Parameters
     ----------
@@ -210,8 +128,10 @@ class MeteredStream:
     headers : dict of str to str
         Headers to add to the client's response.
     meter : StreamMeter
+    allowance : int
+        The request's ``max_tokens``: what a stream cut short is charged.
     on_end : callable
-        ``await on_end(tokens, finish_reason, fault)``, shielded from cancellation.
+        ``await on_end(count, finish_reason, fault)``, shielded from cancellation.
     """
 
     def __init__(
@@ -219,14 +139,17 @@ class MeteredStream:
         chunks: AsyncIterator[bytes],
         headers: dict[str, str],
         meter: StreamMeter,
+        allowance: int,
         on_end: StreamEnd,
     ) -> None:
         self.chunks, self.meter, self.on_end = chunks, meter, on_end
+        self.allowance = allowance
         self.headers = [(k.encode(), v.encode()) for k, v in headers.items()] + [
             (b"content-type", b"text/event-stream"),
             (b"cache-control", b"no-cache"),
         ]
         self.fault: str | None = None
+        self.ended = False  # the upstream's body was read to its end
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gone = False
@@ -248,8 +171,12 @@ class MeteredStream:
             gone = True
         finally:
             with anyio.CancelScope(shield=True):
-                finish = "disconnect" if gone else self.meter.finish_reason
-                await self.on_end(self.meter.tokens, finish, self.fault)
+                # What counts is whether the upstream's stream was read to its end, not
+                # whether the client stayed for the last bytes of it.
+                whole = self.ended and self.fault is None
+                finish = "disconnect" if gone and not whole else self.meter.finish_reason
+                count = self.meter.count(self.allowance, complete=whole)
+                await self.on_end(count, finish, self.fault)
 
     async def _pump(self, send: Send) -> None:
         tail = b""
@@ -258,12 +185,16 @@ class MeteredStream:
             try:
                 raw = await anext(chunks)
             except StopAsyncIteration:
+                self.ended = True
                 tail = self.meter.flush()
                 if not self.meter.done:
                     self.fault = "upstream stream ended before [DONE]"
                 break
             except Exception as exc:  # the upstream's side failed (errors sending go up)
                 self.fault = f"upstream stream failed: {type(exc).__name__}"
+                break
+            if self.meter.oversized:
+                self.fault = "upstream stream event larger than the gateway relays"
                 break
             out = self.meter.feed(raw)
             if out:
@@ -274,3 +205,29 @@ class MeteredStream:
             }
             tail += b"data: " + json.dumps(err).encode() + b"\n\n"
         await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+def event_stream(body: dict[str, Any], *, chat: bool, usage: bool) -> bytes:
+    """A whole completion ``body`` as the server-sent events of a stream: one chunk per
+    choice with its text, one with the finish reason, the usage chunk if ``usage``, and
+    ``[DONE]`` (for a streaming client whose upstream answered with one JSON body)."""
+    base: dict[str, Any] = {k: body[k] for k in ("id", "created", "model") if k in body}
+    base["object"] = "chat.completion.chunk" if chat else "text_completion"
+    events: list[dict[str, Any]] = []
+    for k, choice in enumerate(body.get("choices") or []):
+        index = choice.get("index", k)
+        finish = choice.get("finish_reason")
+        if chat:
+            message = choice.get("message") or {}
+            delta = {"role": message.get("role", "assistant")}
+            delta.update({f: v for f, v in message.items() if f != "role" and v is not None})
+            first: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": None}
+            last: dict[str, Any] = {"index": index, "delta": {}, "finish_reason": finish}
+        else:
+            first = {"index": index, "text": choice.get("text", ""), "finish_reason": None}
+            last = {"index": index, "text": "", "finish_reason": finish}
+        events += [{**base, "choices": [first]}, {**base, "choices": [last]}]
+    if usage and isinstance(body.get("usage"), dict):
+        events.append({**base, "choices": [], "usage": body["usage"]})
+    lines = [b"data: " + json.dumps(e).encode() + b"\n\n" for e in events]
+    return b"".join(lines) + b"data: [DONE]\n\n"

@@ -1,12 +1,17 @@
 """Run a gateway on uvicorn: bind first, announce the address, then serve.
 
 The socket is bound before uvicorn starts so that ``--port 0`` can report the port the OS
-picked: the first line on stdout is exactly ``listening on http://HOST:PORT`` (scripts read it).
+picked: the first line on stdout is exactly ``listening on http://HOST:PORT`` (scripts read it);
+a separate metrics listener, when there is one, is announced on the second line as ``metrics
+on http://HOST:PORT``. The gateway's own log (``shadowprice.serve``: the ledger going away and
+coming back, upstream failures) goes to stderr, one line per event.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
+import sys
 from types import FrameType
 
 import uvicorn
@@ -30,12 +35,28 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(app: ASGIApp, sock: socket.socket, *, log_level: str = "warning") -> None:
-    """Serve ``app`` (a gateway's, or a test server's) on ``sock`` until SIGINT/SIGTERM;
-    announce the address first."""
+def _address(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    print(f"listening on http://{shown}:{port}", flush=True)
+    return f"http://{shown}:{port}"
+
+
+def serve(
+    app: ASGIApp, socks: socket.socket | list[socket.socket], *, log_level: str = "warning"
+) -> None:
+    """Serve ``app`` (a gateway's, or a test server's) on ``socks`` until SIGINT/SIGTERM;
+    announce the addresses first (the main listener, then the metrics one)."""
+    socks = [socks] if isinstance(socks, socket.socket) else list(socks)
+    print(f"listening on {_address(socks[0])}", flush=True)
+    for extra in socks[1:]:
+        print(f"metrics on {_address(extra)}", flush=True)
+    logger = logging.getLogger("shadowprice.serve")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("shadowprice serve: %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO if log_level in ("debug", "info") else logging.WARNING)
+        logger.propagate = False
     try:
         import uvloop  # noqa: F401
 
@@ -52,7 +73,7 @@ def serve(app: ASGIApp, sock: socket.socket, *, log_level: str = "warning") -> N
         timeout_graceful_shutdown=5,
     )
     server = _Server(config)
-    server.run(sockets=[sock])
+    server.run(sockets=socks)
 
 
 class _Server(uvicorn.Server):
