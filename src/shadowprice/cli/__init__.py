@@ -20,6 +20,7 @@ from . import (
     predictor_cmd,  # noqa: F401
     run_cmd,  # noqa: F401
     serve_cmd,  # noqa: F401
+    traces_cmd,  # noqa: F401
 )
 from .app import app
 
