@@ -121,39 +121,6 @@ def test_server_clock_expiry_without_a_client_clock() -> None:
     run(go())
 
 
-def test_heartbeats_count_the_members_alive() -> None:
-    clock = contract.FakeClock()
-
-    async def go() -> None:
-        led = redis_ledger(10, clock=clock)
-        assert await led.heartbeat("a", 5.0) == 1
-        assert await led.heartbeat("b", 5.0) == 2
-        assert await led.heartbeat("a", 5.0) == 2  # the same member again
-        clock.t += 4.0
-        assert await led.heartbeat("a", 5.0) == 2
-        clock.t += 2.0  # b's heartbeat lapsed
-        assert await led.heartbeat("a", 5.0) == 1
-        await led.aclose()
-
-    run(go())
-
-
-def test_spending_booked_elsewhere_counts_once() -> None:
-    clock = contract.FakeClock(1_000_000.0)
-
-    async def go() -> None:
-        led = redis_ledger(100, period=60, clock=clock)
-        index = int(clock.t // 60)
-        assert await led.book(30, index, "replica-a:outage-1") == 30
-        assert await led.book(30, index, "replica-a:outage-1") == 0  # a retried push
-        state = await led.state()
-        assert (state.spent, state.available) == (30, 70)
-        assert await led.reserve(71) is None
-        await led.aclose()
-
-    run(go())
-
-
 def test_periods_align_to_the_epoch_like_memory() -> None:
     clock = contract.FakeClock(60.0 * 20_000 - 0.5)  # half a second before a boundary
 

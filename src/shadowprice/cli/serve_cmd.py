@@ -103,14 +103,14 @@ def serve_command(
     fail_open: bool = typer.Option(
         False,
         "--fail-open",
-        help="Redis down: serve from this replica's share of what is left (1/N of it, N the "
-        "replicas alive) instead of 503",
+        help="Redis down: serve from the float of tokens this replica holds in Redis for "
+        "outages instead of 503 (the replicas together stay within --budget)",
     ),
     fail_open_budget: int | None = typer.Option(
         None,
         "--fail-open-budget",
-        help="tokens per period this replica may spend while Redis is down, instead of its "
-        "share (all replicas together: N times it)",
+        help="tokens of that float, held each period (default: 1%% of --budget); not "
+        "available to ordinary requests",
         show_default=False,
     ),
     max_body: int = typer.Option(1 << 20, "--max-body", help="largest request body, bytes"),

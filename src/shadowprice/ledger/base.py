@@ -194,21 +194,12 @@ class Ledger(Protocol):
 
 @runtime_checkable
 class SharedLedger(Protocol):
-    """What a ledger shared by several processes adds (Redis): one price for all, a count of
-    the processes spending it, and spending booked while it could not be reached."""
+    """What a ledger shared by several processes adds (Redis): one value (the price) that
+    every process agrees on."""
 
     async def agree(self, value: float, hold: float) -> float:
         """Publish ``value`` unless another process published one in the last ``hold``
         seconds; return the value every process now shares."""
-        ...
-
-    async def heartbeat(self, member: str, ttl: float) -> int:
-        """Say ``member`` is alive for ``ttl`` seconds; return how many members are alive."""
-        ...
-
-    async def book(self, tokens: int, period: int, key: str) -> int:
-        """Charge ``tokens`` spent elsewhere to ``period`` (once per ``key``); return the
-        tokens charged by this call (0 for a key booked before)."""
         ...
 
 

@@ -25,7 +25,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +68,16 @@ class Recovery:
         Tokens those reservations held.
     counted : int
         Of those, tokens counted as spent (all of them unless ``release_unsettled``).
+    by_tag : dict
+        ``tag -> tokens`` charged to each reservation tag (e.g. a query id) by earlier runs,
+        ``counted`` included: who spent what the resumed run starts with.
     """
 
     settled: int = 0
     unsettled: int = 0
     unsettled_tokens: int = 0
     counted: int = 0
+    by_tag: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def spent(self) -> int:
@@ -103,18 +107,27 @@ def _read_events(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int]
     return events[0], events[1:], len(whole)
 
 
-def replay_events(events: list[dict[str, Any]]) -> tuple[int, dict[str, dict[str, Any]]]:
-    """Tokens charged (settled, or counted on an earlier recovery) and the reservations still
-    open after ``events``."""
+def replay_events(
+    events: list[dict[str, Any]],
+) -> tuple[int, dict[str, dict[str, Any]], dict[str, int]]:
+    """Tokens charged (settled, or counted on an earlier recovery), the reservations still
+    open after ``events``, and the tokens charged per reservation tag."""
     charged = 0
     open_: dict[str, dict[str, Any]] = {}
+    tags: dict[str, str] = {}
+    by_tag: dict[str, int] = {}
     for ev in events:
+        rid = str(ev["id"])
         if ev["event"] == "reserve":
-            open_[str(ev["id"])] = ev
+            open_[rid] = ev
+            tags[rid] = str(ev.get("tag", ""))
         elif ev["event"] in ("settle", "recover"):
-            open_.pop(str(ev["id"]), None)
-            charged += int(ev["used"])
-    return charged, open_
+            open_.pop(rid, None)
+            used = int(ev["used"])
+            charged += used
+            tag = tags.get(rid, str(ev.get("tag", "")))
+            by_tag[tag] = by_tag.get(tag, 0) + used
+    return charged, open_, by_tag
 
 
 class JournalLedger:
@@ -201,12 +214,15 @@ class JournalLedger:
             raise JournalMismatch(self.path, diff)
         with self.path.open("rb+") as fh:  # cut a torn last line: its reserve never returned
             fh.truncate(length)
-        settled, open_ = replay_events(events)
+        settled, open_, by_tag = replay_events(events)
         self._fh = self.path.open("a", encoding="utf-8")
         held = sum(int(ev["tokens"]) for ev in open_.values())
         counted = 0 if self._release else held
         self._unsettled = open_
-        self.recovery = Recovery(settled, len(open_), held, counted)
+        for ev in open_.values():
+            tag = str(ev.get("tag", ""))
+            by_tag[tag] = by_tag.get(tag, 0) + (0 if self._release else int(ev["tokens"]))
+        self.recovery = Recovery(settled, len(open_), held, counted, by_tag)
 
     def _write_recovered(self) -> None:
         """Journal that the reservations a crash left open are now accounted for."""

@@ -218,15 +218,6 @@ class MemoryLedger:
                 self._total, book.spent, book.reserved, book.overrun, index, book.lapsed
             )
 
-    def history(self) -> list[LedgerState]:
-        """Totals of every period the ledger still keeps, oldest first."""
-        with self._lock:
-            self._expire(self._clock())
-            return [
-                LedgerState(self._total, b.spent, b.reserved, b.overrun, k, b.lapsed)
-                for k, b in sorted(self._periods.items())
-            ]
-
     async def aclose(self) -> None:
         """Nothing to close."""
 

@@ -13,8 +13,7 @@ Layout (every key starts with ``shadowprice:{NAMESPACE}:``; the braces are a Red
 - ``open``: hash reservation id -> ``tokens:period``; ``exp``: sorted set id -> expiry time;
 - ``l:<period>``: hash reservation id -> tokens of the reservations that lapsed in a period
   and were charged in full (``on_lapse="spend"``), until a late settlement corrects them;
-- ``s:<period>``: set of the ids settled (or booked) in a period (idempotent settling);
-- ``members``: sorted set of the processes sharing the ledger -> when their heartbeat lapses;
+- ``s:<period>``: set of the ids settled in a period (idempotent settling);
 - ``lapse``: the namespace's lapse policy (``spend`` or ``release``), set by its first reserve;
 - ``price``: the price the processes agreed on for the current tick.
 
@@ -197,34 +196,6 @@ return tostring(expires)
 """
 )
 
-# ARGV: prefix, now|'', member, ttl. Members alive: heartbeats not yet lapsed.
-_HEARTBEAT = """
-local prefix = ARGV[1]
-local now
-if ARGV[2] ~= '' then now = tonumber(ARGV[2]) else
-  local t = redis.call('TIME'); now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-end
-local key = prefix .. 'members'
-redis.call('ZADD', key, now + tonumber(ARGV[4]), ARGV[3])
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-return redis.call('ZCARD', key)
-"""
-
-# ARGV: prefix, tokens, period, key, keep. Spending booked elsewhere, once per key.
-_BOOK = """
-local prefix, tokens, period, key = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local settled = prefix .. 's:' .. period
-if redis.call('SADD', settled, key) == 0 then return 0 end
-local keep = tonumber(ARGV[5])
-local book = prefix .. 'p:' .. period
-redis.call('HINCRBY', book, 'spent', tokens)
-if keep > 0 then
-  redis.call('EXPIRE', settled, keep)
-  redis.call('EXPIRE', book, keep)
-end
-return tokens
-"""
-
 # ARGV: prefix, value, hold_ms. The first replica to publish within a hold sets the value.
 _AGREE = """
 local key = ARGV[1] .. 'price'
@@ -300,8 +271,6 @@ class RedisLedger:
         self._state_script = script(_STATE)
         self._extend_script = script(_EXTEND)
         self._agree_script = script(_AGREE)
-        self._heartbeat_script = script(_HEARTBEAT)
-        self._book_script = script(_BOOK)
         #: Totals seen by the latest reserve or state call (no extra round trip to read them).
         self.last_state: LedgerState | None = None
 
@@ -462,19 +431,6 @@ class RedisLedger:
         ``hold`` seconds; return the value every process now shares."""
         out = await self._call(self._agree_script, repr(float(value)), max(1, int(hold * 1000)))
         return float(out)
-
-    async def heartbeat(self, member: str, ttl: float) -> int:
-        """Say ``member`` (a process sharing the ledger) is alive for ``ttl`` seconds; return
-        how many members are alive (one atomic round trip)."""
-        if not ttl > 0:
-            raise LedgerError(f"ttl must be a positive number of seconds, got {ttl!r}")
-        return int(await self._call(self._heartbeat_script, self._now(), member, repr(float(ttl))))
-
-    async def book(self, tokens: int, period: int, key: str) -> int:
-        """Charge ``tokens`` spent without this ledger (while it could not be reached) to
-        ``period``, once per ``key``; returns the tokens charged by this call."""
-        tokens = check_tokens("tokens", tokens)
-        return int(await self._call(self._book_script, tokens, str(int(period)), key, self._keep))
 
     async def ping(self) -> bool:
         """True when the store answers."""

@@ -128,7 +128,7 @@ class Gateway:
             fallback_tokens=c.fallback_tokens,
             ttl=c.ttl,
             fail_open=c.fail_open and c.state is not None,
-            fail_open_budget=c.fail_open_budget,
+            fail_open_budget=c.float_tokens,
             tick=c.tick,
         )
         self.metrics.budget.set(c.budget)
@@ -184,8 +184,7 @@ class Gateway:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.http.aclose()
-            for led in self.decider.ledgers:
-                await led.aclose()
+            await self.decider.aclose()
 
     async def _update_price(self) -> None:
         self.metrics.price.set(await self.decider.refresh())

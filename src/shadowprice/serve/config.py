@@ -207,11 +207,11 @@ class GatewayConfig:
         A lapsed reservation returns its tokens to the pool instead of being charged in full
         (the default: its server may have generated every token). Allows overspend.
     fail_open : bool
-        Redis unreachable: serve from a per-replica in-process ledger holding this replica's
-        share of what is left (see :mod:`shadowprice.serve.decision`) instead of answering 503.
+        Redis unreachable: serve from the float this replica holds in Redis for outages (see
+        :mod:`shadowprice.serve.decision`) instead of answering 503.
     fail_open_budget : int, optional
-        Tokens per period of that local ledger instead of the share (the replicas together may
-        then spend their number times it).
+        Tokens of that float, held each period (default: 1 % of ``budget``); held floats are
+        not available to ordinary requests.
     metrics_port : int, optional
         Port of a separate listener serving only ``/metrics`` and ``/healthz`` without a key
         (0: any free port); None: ``/metrics`` on the main listener (with keys, only for a key
@@ -304,6 +304,13 @@ class GatewayConfig:
             raise ConfigError("--token-param must be both, max_tokens or max_completion_tokens")
         if self.effort_levels is not None and not 0 < self.effort_levels[0] < self.effort_levels[1]:
             raise ConfigError("--effort-levels must be two increasing token counts LOW,MEDIUM")
+
+    @property
+    def float_tokens(self) -> int:
+        """Tokens each replica holds for an outage when it fails open."""
+        if self.fail_open_budget is not None:
+            return self.fail_open_budget
+        return max(1, self.budget // 100)
 
     @property
     def floor_tokens(self) -> int:

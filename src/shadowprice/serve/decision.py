@@ -17,16 +17,16 @@ period's budget is spent, a share of each period can be kept for floor requests
 other requests only see the shared budget.
 
 **Store outages.** A :class:`~shadowprice.ledger.LedgerError` from the shared ledger refuses
-the request (``unavailable``, HTTP 503) unless the decider fails open: then a per-replica
-in-process ledger takes over until the store answers again. So that the replicas together stay
-within the budget, each takes its share of what was left: with N replicas alive at the last
-heartbeat (:meth:`~shadowprice.ledger.SharedLedger.heartbeat`), a replica may spend 1/N of
-the period's tokens not yet spent or reserved, and 1/N of the budget in each later period of
-the outage. When the store answers again, what the replica spent or holds locally is booked
-there (:meth:`~shadowprice.ledger.SharedLedger.book`, once), so the shared books count it. A
-replica that never reached the store knows neither N nor what was spent: it refuses until the
-store answers, unless given an explicit ``fail_open_budget`` (per replica, per period: the
-replicas together may then spend N times it).
+the request (``unavailable``, HTTP 503) unless the decider fails open. Failing open must not
+let the replicas together pass the budget, and no replica can know what the others did just
+before the store went away; so a replica that fails open *holds* its outage tokens ahead of
+time: a standing reservation of ``fail_open_budget`` tokens in the shared ledger (its float,
+renewed with the other reservations and taken anew each period), which nobody else can grant.
+While the store is away the replica serves from an in-process ledger holding exactly its
+float; when the store answers again the float is settled with what was used meanwhile (its
+reservation may have lapsed during the outage and been charged in full: the late settlement
+corrects it). A replica that never reached the store holds no float: it refuses until the
+store answers. The cost: each replica's float is not available to ordinary requests.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import asyncio
 import logging
 import math
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -54,8 +53,6 @@ RefusalKind = Literal["priced_out", "budget_exhausted", "unavailable"]
 _SPENT = "the token budget of this period is spent; retry after it"
 #: Message of a refusal while the shared ledger cannot be reached (its address stays in logs).
 _AWAY = "the budget ledger is unavailable; retry shortly"
-#: Seconds a replica counts as alive after its last heartbeat (several price ticks).
-HEARTBEAT_TTL = 10.0
 
 
 @dataclass(eq=False)
@@ -121,11 +118,10 @@ class Decider:
     ttl : float
         Reservation lifetime in seconds without renewal (> 0).
     fail_open : bool
-        Serve from a per-replica in-process ledger while ``ledger`` raises
-        :class:`LedgerError` (see the module docstring); else refuse (``unavailable``).
-    fail_open_budget : int, optional
-        Tokens per period of that ledger, regardless of the replicas' share (see the module
-        docstring).
+        Serve from this replica's float while ``ledger`` raises :class:`LedgerError` (see the
+        module docstring); else refuse (``unavailable``).
+    fail_open_budget : int
+        Tokens of the float held in ``ledger`` each period (with ``fail_open``; > 0).
     tick : float
         Seconds between price updates (how long an agreed price holds).
     clock : callable
@@ -142,7 +138,7 @@ class Decider:
         fallback_tokens: int = 0,
         ttl: float = 120.0,
         fail_open: bool = False,
-        fail_open_budget: int | None = None,
+        fail_open_budget: int = 0,
         tick: float = 0.25,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -154,18 +150,17 @@ class Decider:
         self.tenant_ledgers = dict(tenant_ledgers or {})
         self.fallback_tokens = int(fallback_tokens)
         self.ttl = float(ttl)
+        if fail_open and not fail_open_budget > 0:
+            raise ValueError("fail_open needs a positive fail_open_budget (the float)")
         self.fail_open = bool(fail_open)
-        self.fail_open_budget = fail_open_budget
+        self.fail_open_budget = int(fail_open_budget)
         self.tick = float(tick)
         self.clock = clock
         self.store_ok = True
-        #: The in-process ledger serving during a store outage (fail open), else None.
+        #: The float held in the shared ledger for an outage (fail open), once taken.
+        self.float: Reservation | None = None
+        #: The in-process ledger serving from the float during an outage, else None.
         self.local: MemoryLedger | None = None
-        self._local_base = (0, 0)  # (period, tokens) of shared spending it started with
-        self._outages = 0
-        #: Processes spending the shared ledger (1 without one), from their heartbeats.
-        self.members = 1
-        self.member_id = uuid.uuid4().hex
         #: Totals of the shared budget (and of the floor share) at the latest refresh.
         self.state: LedgerState | None = None
         self.floor_state: LedgerState | None = None
@@ -285,59 +280,53 @@ class Decider:
         self.store_ok = False
 
     def _fallback(self) -> MemoryLedger | None:
-        """The in-process ledger of this outage (made on first need), or None when this
-        replica may not fail open (see the module docstring)."""
+        """The in-process ledger of this outage, holding the float (made on first need), or
+        None when this replica cannot fail open now (no float for the current period)."""
         if not self.fail_open:
             return None
         if self.local is not None:
             return self.local
+        held = self.float
         period = getattr(self.ledger, "period", None)
         index = int(self.clock() // period) if period else 0
-        if self.fail_open_budget is not None:
-            total, base = self.fail_open_budget, 0
-        elif self.state is None:
+        if held is None or held.period != index:
             log.error(
-                "budget ledger unreachable and never reached: this replica knows neither how "
-                "many replicas share the budget nor what they spent, so it refuses requests "
-                "until the ledger answers (--fail-open-budget sets a local budget instead)"
+                "budget ledger unreachable and no outage float held for this period: "
+                "refusing requests until it answers"
             )
             return None
-        else:
-            n = max(1, self.members)
-            total = self.ledger.total // n
-            used = self.state.spent + self.state.reserved if self.state.period == index else 0
-            base = min(total, math.ceil(used / n))
-        self.local = MemoryLedger(total, period=period, spent=base, clock=self.clock)
-        self._local_base = (index, base)
-        self._outages += 1
+        self.local = MemoryLedger(held.tokens, clock=self.clock)
         log.error(
-            "serving from a local budget of %d tokens per period (1/%d of the budget) until the "
-            "ledger answers again",
-            total,
-            max(1, self.members),
+            "serving from this replica's outage float of %d tokens until the ledger answers",
+            held.tokens,
         )
         return self.local
 
-    async def _book_outage(self) -> None:
-        """Book in the shared ledger what was spent or held locally during an outage, then
-        go back to it (grants still open locally settle there)."""
+    async def _keep_float(self, state: LedgerState) -> None:
+        """Settle an outage's use of the float; hold a float in the current period."""
         local, self.local = self.local, None
-        if local is None or not isinstance(self.ledger, SharedLedger):
-            return
-        base_period, base = self._local_base
-        booked = 0
-        for s in local.history():
-            tokens = s.spent + s.reserved - (base if s.period == base_period else 0)
-            if tokens > 0:
-                key = f"outage:{self.member_id}:{self._outages}:{s.period}"
-                booked += await self.ledger.book(tokens, s.period, key)
-        log.warning("budget ledger reachable again: %d tokens used meanwhile booked", booked)
+        held = self.float
+        if local is not None and held is not None:
+            used = local.state_now()
+            await self.ledger.settle(held, used.spent + used.reserved)
+            log.warning(
+                "budget ledger reachable again: %d tokens of the float used meanwhile",
+                used.spent + used.reserved,
+            )
+            self.float = held = None
+        if held is not None and held.period != state.period:
+            await self.ledger.release(held)  # last period's: its tokens are of no use now
+            self.float = held = None
+        if held is None:
+            self.float = await self.ledger.reserve(
+                self.fail_open_budget, min_tokens=1, tag="fail-open float", ttl=self.ttl
+            )
 
     async def _quiet_release(self, ledger: Ledger, res: Reservation) -> None:
         try:
             await ledger.release(res)
         except LedgerError:
-            pass  # the reservation lapses after its TTL
+            pass  # the reservation lapses after its TTL (charged in full: nothing was sent)
 
     def _shared_pool(self, ledger: Ledger) -> bool:
         """Whether ``ledger`` holds the shared budget (or an outage's local part of it)."""
@@ -392,26 +381,41 @@ class Decider:
                     await ledger.extend(res, self.ttl)
                 except LedgerError as exc:
                     self._away(exc)
+        if self.float is not None and self.local is None:
+            await self._renew_float(self.float)
         return len(running)
+
+    async def aclose(self) -> None:
+        """Give back the outage float (an orderly shutdown), then close every ledger."""
+        held, self.float = self.float, None
+        if held is not None and self.local is None:
+            await self._quiet_release(self.ledger, held)
+        for led in self.ledgers:
+            await led.aclose()
+
+    async def _renew_float(self, held: Reservation) -> None:
+        try:
+            if await self.ledger.extend(held, self.ttl) is None:
+                # It lapsed (a stalled loop) and was charged in full: nothing was used.
+                await self.ledger.settle(held, 0)
+                self.float = None
+        except LedgerError as exc:
+            self._away(exc)
 
     async def refresh(self) -> float:
         """One price update from the ledger's totals (all replicas); returns the price.
 
-        With a shared ledger (Redis) the replica also says it is alive (the count of replicas
-        sizes each one's share during an outage), books what it spent during an outage that
-        just ended, and agrees on the price: the first replica to publish within a tick sets
-        the price every replica uses.
+        A replica that fails open also keeps its float (see the module docstring). With a
+        shared ledger that agrees on values (Redis) the first replica to publish a price
+        within a tick sets the price every replica uses.
         """
         shared = self.ledger if isinstance(self.ledger, SharedLedger) else None
         try:
             state = await self.ledger.state()
             if self.floor_ledger is not None:
                 self.floor_state = await self.floor_ledger.state()
-            if shared is not None:
-                self.members = await shared.heartbeat(self.member_id, HEARTBEAT_TTL)
-            if self.local is not None:
-                await self._book_outage()
-                state = await self.ledger.state()
+            if self.fail_open:
+                await self._keep_float(state)
             self.store_ok = True
         except LedgerError as exc:
             self._away(exc)
