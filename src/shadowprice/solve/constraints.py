@@ -32,6 +32,9 @@ class Constraints:
         Largest budget: min(max_tokens, B), rounded down.
     protected : ndarray of bool, shape (N,)
         Queries that must be funded (floor > 0).
+
+    Limits given as scalars are stored as read-only broadcast views of one value (no N-sized
+    copies); :attr:`scalar_limits` then answers without looking at N entries.
     """
 
     budget: int
@@ -48,10 +51,22 @@ class Constraints:
     @property
     def uniform_limits(self) -> bool:
         """True when lo and hi are the same for every query and nobody is protected."""
+        if self.scalar_limits is not None:
+            return True
         return (
             self.n == 0
             or (bool((self.lo == self.lo[0]).all()) and bool((self.hi == self.hi[0]).all()))
         ) and not self.protected.any()
+
+    @property
+    def scalar_limits(self) -> tuple[int, int] | None:
+        """(lo, hi) when the limits were given as one value for every query and nobody is
+        protected (the arrays are broadcast views); None otherwise, even if they happen to
+        be equal."""
+        arrays = (self.lo, self.hi, self.protected)
+        if self.n == 0 or any(a.strides != (0,) for a in arrays) or self.protected[0]:
+            return None
+        return int(self.lo[0]), int(self.hi[0])
 
     @property
     def committed(self) -> int:
@@ -79,13 +94,15 @@ class Constraints:
         if g != 1:
             np.floor(np.divide(b, g, out=b), out=b)
             b *= g
-        np.minimum(b, self.hi, out=b)
+        scalar = self.scalar_limits
+        np.minimum(b, self.hi if scalar is None else float(scalar[1]), out=b)
         out = b.astype(np.int64)
-        below = out < self.lo
-        if self.protected.any():
+        if scalar is None and self.protected.any():
+            below = out < self.lo
             out[below] = np.where(self.protected[below], self.lo[below], 0)
         else:
-            out[below] = 0
+            # Zero the budgets below lo by a product (a masked store costs three times more).
+            out *= out >= (self.lo if scalar is None else scalar[0])
         return out
 
     def subset(self, index: Any) -> Constraints:
@@ -104,6 +121,11 @@ class Constraints:
         return Constraints(
             self.budget, self.granularity, self.lo[index], self.hi[index], self.protected[index]
         )
+
+
+def _same(n: int, value: Any) -> NDArray[Any]:
+    """One value for each of n queries, as a read-only view (no N-sized allocation)."""
+    return np.broadcast_to(np.asarray(value), (n,))
 
 
 def _per_query(name: str, value: ArrayLike | None, n: int, default: float) -> NDArray[np.float64]:
@@ -201,9 +223,7 @@ def make_constraints(
             # Nobody could be funded: an error, not an allocation that abandons everyone.
             what = "floor" if fl >= lo_s else "min_tokens"
             raise _limit_error(what, lo1, hi1, max_tokens is not None and hi_s <= B, B, g)
-        return Constraints(
-            B, g, np.full(n, lo1, np.int64), np.full(n, hi1, np.int64), np.full(n, fl > 0)
-        )
+        return Constraints(B, g, _same(n, np.int64(lo1)), _same(n, np.int64(hi1)), _same(n, fl > 0))
     mins = _per_query("min_tokens", min_tokens, n, 0.0)
     maxs = _per_query("max_tokens", max_tokens, n, float(B))
     floors = _per_query("floor", floor, n, 0.0)

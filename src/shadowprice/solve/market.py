@@ -22,6 +22,7 @@ queries with the highest marginal gain.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -176,7 +177,9 @@ class _SortedSurge:
         self.lo, self.hi = lo, hi
         self.tau_all = curves.tau
         self.tau = np.sort(curves.tau)
-        self.prefix = np.concatenate([[0.0], np.cumsum(self.tau)])
+        self.prefix = np.empty(self.tau.size + 1)
+        self.prefix[0] = 0.0
+        np.cumsum(self.tau, out=self.prefix[1:])
 
     def _surplus(self, tau: float, lam: float, x: float) -> float:
         b = min(max(tau + x, self.lo), self.hi)
@@ -212,13 +215,32 @@ class _SortedSurge:
         middle = self.prefix[c] - self.prefix[a] + (c - a) * x
         return a * self.lo + middle + (k - c) * self.hi
 
-    def budgets(self, lam: float) -> tuple[FloatArray, NDArray[np.bool_]]:
+    def cut(self, lam: float) -> tuple[float, float, int]:
+        """(x, t, k): at ``lam`` the k queries with tau <= t are funded (t = -inf: none) and
+        buy clip(tau + x, lo, hi)."""
         x = self.excess(lam)
         k = self.n_funded(lam, x)
-        if k == 0:
-            return np.zeros(self.tau.size), np.zeros(self.tau.size, dtype=bool)
-        funded = self.tau_all <= self.tau[k - 1]
+        return x, float(self.tau[k - 1]) if k else -math.inf, k
+
+    def budgets(self, lam: float) -> tuple[FloatArray, NDArray[np.bool_]]:
+        x, t, _ = self.cut(lam)
+        funded = self.tau_all <= t
         return np.where(funded, np.clip(self.tau_all + x, self.lo, self.hi), 0.0), funded
+
+    def search(self, budget: int) -> tuple[float, float, int]:
+        """(p_lo, p_hi, steps) bracketing the clearing price; (0, 0, 0) when not scarce."""
+        if self.demand(0.0) <= budget:
+            return 0.0, 0.0, 0
+        lo_p, hi_p = 0.0, self.alpha
+        it = 0
+        while hi_p - lo_p > PRICE_RTOL * hi_p and it < MAX_ITER:
+            mid = 0.5 * (lo_p + hi_p)
+            if self.demand(mid) <= budget:
+                hi_p = mid
+            else:
+                lo_p = mid
+            it += 1
+        return lo_p, hi_p, it
 
 
 def clear_sorted(curves: ShiftedSurge, cons: Constraints) -> Clearing:
@@ -237,22 +259,87 @@ def clear_sorted(curves: ShiftedSurge, cons: Constraints) -> Clearing:
         Continuous demand at the clearing price (and just below it when the budget is
         scarce).
     """
-    B = cons.budget
     s = _SortedSurge(curves, float(cons.lo[0]), float(cons.hi[0]))
-    if s.demand(0.0) <= B:
+    lo_p, hi_p, it = s.search(cons.budget)
+    if it == 0:
         b, f = s.budgets(0.0)
         return Clearing(0.0, b, f, 0, scarce=False)
-    lo_p, hi_p = 0.0, s.alpha
-    it = 0
-    while hi_p - lo_p > PRICE_RTOL * hi_p and it < MAX_ITER:
-        mid = 0.5 * (lo_p + hi_p)
-        if s.demand(mid) <= B:
-            hi_p = mid
-        else:
-            lo_p = mid
-        it += 1
     b, f = s.budgets(hi_p)
     return Clearing(hi_p, b, f, it, scarce=True, below=s.budgets(lo_p))
+
+
+#: Queries per block of the fused passes (temporaries stay in cache).
+BLOCK = 1 << 15
+
+
+@dataclass
+class _Rounded:
+    """Budgets at the clearing price rounded onto the granularity, with what the leftover
+    passes need, gathered in one pass (:func:`_round_sorted`)."""
+
+    budgets: IntArray
+    funded: NDArray[np.bool_]
+    total: int
+    #: Funded queries with room for a granule that rounding cut, and the tokens it cut.
+    cut_rows: NDArray[np.intp]
+    cut_tokens: FloatArray
+    #: Marginal queries (funded just below the price, not at it) and their rounded demand.
+    marginal: NDArray[np.intp]
+    marginal_want: IntArray
+
+
+def _round_sorted(
+    s: _SortedSurge,
+    cons: Constraints,
+    at: tuple[float, float, int],
+    below: tuple[float, float, int] | None,
+) -> _Rounded:
+    """Round the demand clip(tau + x, lo, hi) of the queries with tau <= t, block by block.
+
+    ``at`` and ``below`` are :meth:`_SortedSurge.cut` at the clearing price and just below
+    it. Element for element the same arithmetic as rounding the whole demand vector
+    (:meth:`Constraints.round_down`), with the remainders and the marginal queries of
+    :func:`admit_marginal` and :func:`hand_out` collected on the way. With the same limits
+    for everyone a funded query's rounded budget is at least lo > 0, so the marginal queries
+    are those with t < tau <= t_lo: none unless the cut-off moved.
+    """
+    tau, n, g = s.tau_all, s.tau_all.size, cons.granularity
+    x, t, k = at
+    x_lo, t_lo, k_lo = at if below is None else below
+    budgets = np.empty(n, dtype=np.int64)
+    funded = np.empty(n, dtype=bool)
+    total = 0
+    cut_rows, cut_tokens, marginal, marginal_want = [], [], [], []
+    for start in range(0, n, BLOCK):
+        sl = slice(start, min(start + BLOCK, n))
+        sub = cons.subset(sl)
+        tb = tau[sl]
+        f = tb <= t
+        want = np.add(tb, x)
+        np.clip(want, s.lo, s.hi, out=want)
+        # 0 where not funded (want is finite: a product is exact and cheaper than a mask).
+        want *= f
+        b = sub.round_down(want)
+        f &= b > 0
+        budgets[sl], funded[sl] = b, f
+        total += int(b.sum())
+        # want - b > 0 exactly when want > b (b is exact in float64).
+        up = np.flatnonzero(f & (b + g <= sub.hi) & (want > b))
+        cut_rows.append(up + start)
+        cut_tokens.append(want[up] - b[up])
+        if k_lo > k:
+            cand = np.flatnonzero((tb <= t_lo) & ~f)
+            marginal.append(cand + start)
+            marginal_want.append(sub.subset(cand).round_down(np.clip(tb[cand] + x_lo, s.lo, s.hi)))
+    return _Rounded(
+        budgets,
+        funded,
+        total,
+        np.concatenate(cut_rows),
+        np.concatenate(cut_tokens),
+        np.concatenate(marginal) if marginal else np.zeros(0, np.intp),
+        np.concatenate(marginal_want) if marginal_want else np.zeros(0, np.int64),
+    )
 
 
 def admit_marginal(
@@ -293,15 +380,29 @@ def admit_marginal(
     if cand.size == 0:
         return budgets, funded, 0
     want = cons.subset(cand).round_down(b_below[cand])
-    ok = want > 0
-    cand, want = cand[ok], want[ok]
-    order = np.argsort(curves.threshold()[cand], kind="stable")
-    left = cons.budget - int(budgets.sum())
-    take = order[np.cumsum(want[order]) <= left]
     b, f = budgets.copy(), funded.copy()
+    left = cons.budget - int(budgets.sum())
+    admitted, _ = _admit(b, f, cand, want, curves.threshold()[cand], left)
+    return b, f, admitted
+
+
+def _admit(
+    b: IntArray,
+    f: NDArray[np.bool_],
+    cand: NDArray[np.intp],
+    want: IntArray,
+    threshold: FloatArray,
+    left: int,
+) -> tuple[int, int]:
+    """Fund candidates ``cand`` with ``want`` tokens each, lowest ``threshold`` first, while
+    they fit in ``left``; in place on ``b`` and ``f``. Returns (admitted, tokens)."""
+    ok = want > 0
+    cand, want, threshold = cand[ok], want[ok], threshold[ok]
+    order = np.argsort(threshold, kind="stable")
+    take = order[np.cumsum(want[order]) <= left]
     b[cand[take]] = want[take]
     f[cand[take]] = True
-    return b, f, int(take.size)
+    return int(take.size), int(want[take].sum())
 
 
 #: At most this many abandoned queries, lowest thresholds first, are offered entry.
@@ -365,8 +466,12 @@ def hand_out(
     b = budgets.copy()
     f = funded.copy()
     left = cons.budget - int(b.sum())
-    left, entered = _admit_entrants(curves, b, f, price, cons, want, left)
-    left, by_remainder = _spread_by_remainder(b, f, cons, remainder, left)
+    left, entered = _admit_entrants(
+        curves, b, f, price, cons, left, want.__getitem__, curves.threshold().__getitem__
+    )
+    g = cons.granularity
+    up = np.flatnonzero(f & (b + g <= cons.hi) & (remainder > 0)) if left >= g else b[:0]
+    left, by_remainder = _spread_by_remainder(b, g, up, remainder[up], left)
     left, by_gain, rounds = _spread_by_gain(curves, b, f, cons, left)
     return b, f, {"entered": entered, "spread": by_remainder + by_gain, "handout_rounds": rounds}
 
@@ -377,23 +482,32 @@ def _admit_entrants(
     f: NDArray[np.bool_],
     price: float,
     cons: Constraints,
-    want: FloatArray,
     left: int,
+    want_of: Callable[[NDArray[np.intp]], FloatArray],
+    threshold_of: Callable[[NDArray[np.intp]], FloatArray],
 ) -> tuple[int, int]:
-    """Pass 1 of :func:`hand_out`, in place on ``b`` and ``f``; returns (left, entered)."""
+    """Pass 1 of :func:`hand_out`, in place on ``b`` and ``f``; returns (left, entered).
+
+    ``want_of(rows)`` and ``threshold_of(rows)`` give those rows' entries of ``want`` and
+    of the curves' thresholds (callers that hold them whole pass ``array.__getitem__``).
+    """
     g = cons.granularity
     if left < g:
         return left, 0
-    cand = np.flatnonzero(~f & (cons.lo <= np.minimum(cons.hi, left)))
+    scalar = cons.scalar_limits
+    if scalar is None:
+        cand = np.flatnonzero(~f & (cons.lo <= np.minimum(cons.hi, left)))
+    else:
+        cand = np.flatnonzero(~f) if scalar[0] <= min(scalar[1], left) else b[:0]
     if cand.size == 0:
         return left, 0
-    thr = curves.threshold()[cand]
+    thr = threshold_of(cand)
     if cand.size > MAX_ENTRANTS:
         keep = np.argpartition(thr, MAX_ENTRANTS - 1)[:MAX_ENTRANTS]
         cand, thr = cand[keep], thr[keep]
     cand = cand[np.argsort(thr, kind="stable")]
     sub = curves[cand]
-    w = want[cand]
+    w = want_of(cand)
     w = np.where(np.isfinite(w) & (w > 0), w, cons.hi[cand])
     probe = np.zeros(cand.size)
     entered = 0
@@ -415,22 +529,21 @@ def _admit_entrants(
 
 
 def _spread_by_remainder(
-    b: IntArray, f: NDArray[np.bool_], cons: Constraints, remainder: FloatArray, left: int
+    b: IntArray, g: int, up: NDArray[np.intp], cut: FloatArray, left: int
 ) -> tuple[int, int]:
     """Pass 2 of :func:`hand_out`, in place on ``b``; returns (left, tokens spread).
 
-    Largest remainder first: the queries rounding cut most are furthest below their optimum,
-    where a granule is worth most (one cheap pass instead of curve evaluations).
+    ``up`` are the funded queries with room for one more granule that rounding cut ``cut``
+    tokens from (ascending). Largest cut first: those queries are furthest below their
+    optimum, where a granule is worth most (one cheap pass instead of curve evaluations).
     """
-    g = cons.granularity
     if left < g:
         return left, 0
-    up = np.flatnonzero(f & (b + g <= cons.hi) & (remainder > 0))
     m = min(left // g, up.size)
     if not m:
         return left, 0
     if m < up.size:
-        up = up[np.argpartition(-remainder[up], m - 1)[:m]]
+        up = up[np.argpartition(-cut, m - 1)[:m]]
     b[up] += g
     return left - g * up.size, g * up.size
 
@@ -600,8 +713,8 @@ def clear(curves: UtilityCurve, cons: Constraints, *, policy: str = "clear") -> 
         return _infeasible(curves.n, cons, policy)
     surge = isinstance(curves, ShiftedSurge) and curves.shared_shape
     if isinstance(curves, ShiftedSurge) and surge and cons.uniform_limits:
-        clearing, path = clear_sorted(curves, cons), "sorted prefix sums"
-    elif isinstance(curves, ShiftedSurge) and surge:
+        return _clear_sorted(curves, cons, policy)
+    if isinstance(curves, ShiftedSurge) and surge:
         clearing, path = clear_surge_limits(curves, cons), "per-query limits, active set"
     else:
         clearing, path = clear_vectorised(curves, cons), "vectorised demand"
@@ -619,23 +732,81 @@ def clear(curves: UtilityCurve, cons: Constraints, *, policy: str = "clear") -> 
         want=_unconstrained_want(curves, clearing.price),
         remainder=clearing.budgets - budgets,
     )
-    status = STATUS_OK if clearing.scarce else STATUS_NOT_SCARCE
+    utility = float(curves.value(budgets.astype(float)).sum())
+    done = (budgets, funded, utility, {"admitted": admitted, **handout})
+    price = clearing.price if clearing.scarce else None
+    return _allocation(curves.n, cons, policy, price, clearing.iterations, path, done)
+
+
+def _clear_sorted(curves: ShiftedSurge, cons: Constraints, policy: str) -> Allocation:
+    """:func:`clear` on the sorted path with its passes fused: the price from prefix sums,
+    then one blocked pass that rounds the budgets and collects what admitting the marginal
+    queries and handing out the leftover need (same budgets as :func:`clear_sorted`
+    followed by :func:`admit_marginal` and :func:`hand_out`)."""
+    s = _SortedSurge(curves, float(cons.lo[0]), float(cons.hi[0]))
+    lo_p, price, it = s.search(cons.budget)
+    r = _round_sorted(s, cons, s.cut(price), s.cut(lo_p) if it else None)
+    b, f = r.budgets, r.funded
+    left = cons.budget - r.total
+    admitted = 0
+    if r.marginal.size:
+        admitted, tokens = _admit(b, f, r.marginal, r.marginal_want, curves.tau[r.marginal], left)
+        left -= tokens
+    x = surge_excess(price, curves.alpha, curves.beta)
+    left, entered = _admit_entrants(
+        curves, b, f, price, cons, left, lambda rows: curves.tau[rows] + x, curves.tau.__getitem__
+    )
+    # Rows that rounding cut were collected before the entrants came in: an entrant was cut
+    # nothing (it had no demand at the price), so the list is the same.
+    left, by_remainder = _spread_by_remainder(b, cons.granularity, r.cut_rows, r.cut_tokens, left)
+    left, by_gain, rounds = _spread_by_gain(curves, b, f, cons, left)
+    # Abandoned queries are worth exactly 0 under a surge: evaluate the funded ones only.
+    paid = np.flatnonzero(b)
+    utility = float(curves[paid].value(b[paid].astype(float)).sum())
+    info = {
+        "admitted": admitted,
+        "entered": entered,
+        "spread": by_remainder + by_gain,
+        "handout_rounds": rounds,
+    }
+    return _allocation(
+        curves.n,
+        cons,
+        policy,
+        price if it else None,
+        it,
+        "sorted prefix sums",
+        (b, f, utility, info),
+    )
+
+
+def _allocation(
+    n: int,
+    cons: Constraints,
+    policy: str,
+    price: float | None,
+    iterations: int,
+    path: str,
+    done: tuple[IntArray, NDArray[np.bool_], float, dict[str, int]],
+) -> Allocation:
+    """The :class:`Allocation` of :func:`clear` (``price`` None: the budget was not scarce)."""
+    budgets, funded, utility, info = done
     msg = (
-        f"market cleared at price {clearing.price:.6g} after {clearing.iterations} bisection "
-        f"steps ({path}); {int((~funded).sum())} of {curves.n} queries abandoned"
-        if clearing.scarce
+        f"market cleared at price {price:.6g} after {iterations} bisection "
+        f"steps ({path}); {int((~funded).sum())} of {n} queries abandoned"
+        if price is not None
         else "budget not scarce: every query got its utility-maximising budget at price 0"
     )
     return Allocation(
         budgets=budgets,
-        price=clearing.price,
+        price=0.0 if price is None else price,
         funded=funded,
-        utility=float(curves.value(budgets.astype(float)).sum()),
+        utility=utility,
         budget=cons.budget,
         policy=policy,
-        status=status,
+        status=STATUS_NOT_SCARCE if price is None else STATUS_OK,
         message=msg,
-        info={"iterations": clearing.iterations, "solver": path, "admitted": admitted, **handout},
+        info={"iterations": iterations, "solver": path, **info},
     )
 
 
