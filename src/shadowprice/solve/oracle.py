@@ -32,6 +32,33 @@ def useful_options(menu: Menu) -> np.ndarray:
     return keep
 
 
+def _too_large(n: int, options: int, budget: int, g: int) -> ValueError:
+    """The refusal of an instance past :data:`MAX_CELLS` or :data:`MAX_WORK`: it quotes the
+    limit (or both) that refused it, and a granularity that fits."""
+    granules = budget // g + 1
+    cells, work = n * granules, options * granules
+    over = []
+    if cells > MAX_CELLS:
+        over.append(f"{cells:,} table cells (the limit is {MAX_CELLS:,})")
+    if work > MAX_WORK:
+        over.append(f"{work:,} table updates (the limit is {MAX_WORK:,})")
+    msg = (
+        f"the exact oracle is too large here: {n} queries x {granules} budget granules of "
+        f"{g} tokens need {' and '.join(over)}; "
+    )
+    # The most granules both limits allow, counting as many options as now (a coarser grid
+    # never has more).
+    most = min(MAX_CELLS // n, MAX_WORK // max(options, 1)) - 1
+    if most < 1:
+        return ValueError(msg + "use fewer queries")
+    m = max(2, -(-budget // (g * most)))
+    while budget // (g * m) > most:
+        m += 1
+    return ValueError(
+        msg + f"use a coarser granularity (e.g. granularity={g * m}) or fewer queries"
+    )
+
+
 def solve_oracle(menu: Menu, cons: Constraints, *, policy: str = "oracle") -> Allocation:
     """Maximise total value subject to total cost <= B, one option per query, exactly."""
     g = cons.granularity
@@ -43,15 +70,9 @@ def solve_oracle(menu: Menu, cons: Constraints, *, policy: str = "oracle") -> Al
     G = cons.budget // g
     keep = useful_options(menu)
     work = int(keep.sum()) * (G + 1)
-    if n * (G + 1) > MAX_CELLS or work > MAX_WORK:
-        # Options and granules both shrink with the granularity: work falls as its square.
-        factor = max(n * (G + 1) / MAX_CELLS, np.sqrt(work / MAX_WORK))
-        coarser = g * max(2, int(np.ceil(factor)))
-        raise ValueError(
-            f"the exact oracle is too large here: {n} queries x {G + 1} budget granules of "
-            f"{g} tokens, about {work:.1e} table updates (over {MAX_WORK:.0e}); use a coarser "
-            f"granularity (e.g. granularity={coarser}) or fewer queries"
-        )
+    cells = n * (G + 1)
+    if cells > MAX_CELLS or work > MAX_WORK:
+        raise _too_large(n, int(keep.sum()), cons.budget, g)
     neg = -np.inf
     dp = np.full(G + 1, neg)
     dp[0] = 0.0
