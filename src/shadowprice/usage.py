@@ -241,6 +241,11 @@ class StreamMeter:
     max_event : int
         Bytes one event may take before the stream is called unreadable (:attr:`oversized`):
         a server that never ends an event must not fill the reader's memory.
+    hold_done : bool
+        Do not pass on ``[DONE]`` (a relay that ends the stream itself, after checking it).
+
+    Events that cannot be read (not JSON objects, or ``error`` events) are counted in
+    :attr:`unreadable` and not passed on.
 
     Attributes
     ----------
@@ -258,6 +263,7 @@ class StreamMeter:
 
     drop_usage: bool = False
     max_event: int = 1 << 22
+    hold_done: bool = False
     chunks: int = 0
     reported: int | None = None
     finish_reason: str = "unknown"
@@ -333,14 +339,15 @@ class StreamMeter:
             payload = line[5:].strip()
             if payload == b"[DONE]":
                 self.done = True
+                keep = keep and not self.hold_done
                 continue
             try:
                 chunk = json.loads(payload)
             except (ValueError, RecursionError):
-                self.unreadable += 1
-                continue
+                chunk = None
             if not isinstance(chunk, dict) or "error" in chunk:
                 self.unreadable += 1
+                keep = False
                 continue
             keep = self._chunk(chunk) and keep
         return keep

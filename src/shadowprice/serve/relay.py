@@ -143,6 +143,7 @@ class MeteredStream:
         on_end: StreamEnd,
     ) -> None:
         self.chunks, self.meter, self.on_end = chunks, meter, on_end
+        self.meter.hold_done = True  # the relay ends the stream itself, once it is checked
         self.allowance = allowance
         self.headers = [(k.encode(), v.encode()) for k, v in headers.items()] + [
             (b"content-type", b"text/event-stream"),
@@ -193,17 +194,21 @@ class MeteredStream:
             except Exception as exc:  # the upstream's side failed (errors sending go up)
                 self.fault = f"upstream stream failed: {type(exc).__name__}"
                 break
-            if self.meter.oversized:
-                self.fault = "upstream stream event larger than the gateway relays"
-                break
             out = self.meter.feed(raw)
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
+            if self.meter.oversized:
+                self.fault = "upstream stream event larger than the gateway relays"
+                break
+        if self.fault is None and self.meter.unreadable:
+            self.fault = f"upstream sent {self.meter.unreadable} events that could not be read"
         if self.fault:
             err = {
                 "error": {"message": self.fault, "type": "upstream_error", "code": "upstream_error"}
             }
             tail += b"data: " + json.dumps(err).encode() + b"\n\n"
+        else:  # held back by the meter until the stream was known to be whole
+            tail += b"data: [DONE]\n\n"
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 

@@ -1,15 +1,34 @@
-"""A fake model server and a load generator, for tests and benchmarks of the gateway.
+"""A fake model server, a fault catalogue, and a load generator, for tests and benchmarks.
 
 :func:`fake_upstream` is an OpenAI-compatible server in the spirit of vLLM production-stack's
 fake server: it streams tokens at a set speed, honours ``max_tokens``, puts usage in the last
 chunk, and misbehaves on request (a marker in the prompt) so the gateway's fault handling can
-be shown on real HTTP:
+be shown on real HTTP. ``LEN:n``: the answer runs n tokens when not cut off (default 64);
+``FAULT:name`` picks one of :data:`FAULTS`:
 
-- ``LEN:n``: the answer runs n tokens when not cut off (default 64);
-- ``FAULT:500`` (HTTP 500), ``FAULT:garbage`` (a 200 whose body is not JSON),
-  ``FAULT:slow`` (answers after 30 s, or stops when the client leaves), ``FAULT:drop``
-  (drops the connection after n/2 tokens), ``FAULT:nousage`` (no usage anywhere),
-  ``FAULT:overrun`` (ignores ``max_tokens`` and generates n tokens).
+=================  =====================================================================
+``500``, ``502``   that HTTP status after generating the answer; ``503``: refused before
+``json``           ignores ``stream``: one JSON body
+``garbage``        a 200 whose body is not JSON (``sse_garbage``: a stream of non-JSON events)
+``notcompletion``  a 200 JSON object that is not a completion
+``truncated``      declares a longer body than it sends, then hangs up
+``oversized``      a 200 body of 8 MiB (more than a gateway configured to relay 1 MiB)
+``nousage``        no usage anywhere; ``lowusage``: usage of 0 (unstreamed) or below the
+                   chunks sent (streamed); ``negusage``, ``absurdusage``, ``strusage``:
+                   usage of -5, a billion, or a string
+``slow``, ``hang``  answers after 30 s, or never (both stop when the client leaves)
+``stall``          a stream that stops sending halfway for 30 s
+``drop``, ``reset``  drops the stream halfway (closed, or reset)
+``trickle``        a stream whose tokens come in slow bursts
+``overrun``        ignores ``max_tokens`` and generates n tokens (outside the fault model:
+                   no gateway can stop a server that ignores its cap)
+=================  =====================================================================
+
+:class:`FakeLog` counts what the server generated. A real server may go on generating for a
+client that left (llama.cpp and vLLM stop; others do not), and may generate before it fails,
+so with ``worst_case=True`` every answer counts what it would have generated had nobody left:
+``min(n, max_tokens)`` for every request the server took, 0 for a ``503``. That is the count a
+budget must hold against.
 
 :class:`ServerThread` runs any ASGI app on a loopback port in a background thread;
 :class:`RawServer` answers with bytes no HTTP server would send (or hangs up, or resets).
@@ -37,7 +56,40 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-__all__ = ["FakeLog", "LoadResult", "RawServer", "ServerThread", "fake_upstream", "run_load"]
+__all__ = [
+    "FAULTS",
+    "FakeLog",
+    "LoadResult",
+    "RawServer",
+    "ServerThread",
+    "fake_upstream",
+    "run_load",
+]
+
+#: Faults :func:`fake_upstream` knows (see the module docstring).
+FAULTS = (
+    "500",
+    "502",
+    "503",
+    "json",
+    "garbage",
+    "sse_garbage",
+    "notcompletion",
+    "truncated",
+    "oversized",
+    "nousage",
+    "lowusage",
+    "negusage",
+    "absurdusage",
+    "strusage",
+    "slow",
+    "hang",
+    "stall",
+    "drop",
+    "reset",
+    "trickle",
+    "overrun",
+)
 
 _LEN = re.compile(r"LEN:(\d+)")
 _FAULT = re.compile(r"FAULT:(\w+)")
@@ -45,13 +97,36 @@ _FAULT = re.compile(r"FAULT:(\w+)")
 
 @dataclass
 class FakeLog:
-    """What the fake server saw (tests assert on it)."""
+    """What the fake server saw and generated (tests assert on it).
+
+    Attributes
+    ----------
+    generated : int
+        Tokens generated (with ``worst_case``: what each request taken would have generated,
+        see the module docstring).
+    requests : int
+        Completion requests received.
+    """
 
     max_tokens: list[int] = field(default_factory=list)
     auth: list[str | None] = field(default_factory=list)
     bodies: list[dict[str, Any]] = field(default_factory=list)
     generated: int = 0
     cancelled: int = 0
+    requests: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, tokens: int) -> None:
+        with self._lock:
+            self.generated += tokens
+
+    def reset(self) -> None:
+        """Forget everything seen so far."""
+        with self._lock:
+            self.max_tokens.clear()
+            self.auth.clear()
+            self.bodies.clear()
+            self.generated = self.cancelled = self.requests = 0
 
 
 def _prompt(body: dict[str, Any]) -> str:
@@ -66,6 +141,8 @@ def fake_upstream(
     default_len: int = 64,
     log: FakeLog | None = None,
     keep_bodies: bool = True,
+    worst_case: bool = False,
+    pause: float = 30.0,
 ) -> tuple[Starlette, FakeLog]:
     """An OpenAI-compatible fake model server (see the module docstring).
 
@@ -79,12 +156,18 @@ def fake_upstream(
         Where to record requests.
     keep_bodies : bool
         Record every body (off for load runs).
+    worst_case : bool
+        Count what each request taken would have generated, whoever left (see the module
+        docstring); else only the tokens sent.
+    pause : float
+        Seconds ``slow`` and ``stall`` wait (``hang``: for ever).
     """
     rec = log or FakeLog()
 
     async def completions(request: Request) -> Response:
         body = await request.json()
         rec.auth.append(request.headers.get("authorization"))
+        rec.requests += 1
         if keep_bodies:
             rec.bodies.append(body)
         text = _prompt(body)
@@ -96,21 +179,21 @@ def fake_upstream(
         n = natural if fault == "overrun" else min(natural, int(cap))
         finish = "length" if natural > n or (fault != "overrun" and natural > cap) else "stop"
         chat = request.url.path.endswith("/chat/completions")
-        if fault == "500":
-            return JSONResponse({"error": {"message": "boom"}}, status_code=500)
-        if fault == "slow":  # answers after 30 s, unless the client gives up first
-            for _ in range(300):
-                if await request.is_disconnected():
-                    return Response(status_code=499)
-                await asyncio.sleep(0.1)
-        if fault == "garbage":
-            return Response(b"<html>not json", media_type="application/json")
-        if body.get("stream"):
+        if fault == "503":
+            return JSONResponse({"error": {"message": "overloaded"}}, status_code=503)
+        if worst_case:
+            rec.add(n)  # taken: counted whatever happens next
+        early = await _early_fault(request, fault, n, chat, pause)
+        if early is not None:
+            return early
+        if body.get("stream") and fault != "json":
             usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            gen = _stream(rec, n, finish, chat, usage and fault != "nousage", fault, speed)
+            opts = _Stream(n, finish, chat, usage and fault != "nousage", fault, speed, pause)
+            gen = _stream(rec, opts, counted=worst_case)
             return StreamingResponse(gen, media_type="text/event-stream")
-        rec.generated += n
-        return JSONResponse(_whole(n, finish, chat, fault != "nousage"))
+        if not worst_case:
+            rec.add(n)
+        return JSONResponse(_whole(n, finish, chat, fault))
 
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": "fake", "object": "model"}]})
@@ -129,7 +212,36 @@ def fake_upstream(
     return app, rec
 
 
-def _whole(n: int, finish: str, chat: bool, usage: bool) -> dict[str, Any]:
+async def _early_fault(
+    request: Request, fault: str, n: int, chat: bool, pause: float
+) -> Response | None:
+    """The answer of a fault that replaces the whole response, or None."""
+    if fault in ("500", "502"):
+        return JSONResponse({"error": {"message": "boom"}}, status_code=int(fault))
+    if fault in ("slow", "hang"):  # answers late (or never), unless the client gives up first
+        waited = 0.0
+        while fault == "hang" or waited < pause:
+            if await request.is_disconnected():
+                return Response(status_code=499)
+            await asyncio.sleep(0.1)
+            waited += 0.1
+    if fault == "garbage":
+        return Response(b"<html>not json", media_type="application/json")
+    if fault == "notcompletion":
+        return JSONResponse({"object": "list", "data": []})
+    if fault == "oversized":
+        return Response(b"[" + b"0," * (4 << 20) + b"0]", media_type="application/json")
+    if fault == "truncated":
+        whole = json.dumps(_whole(n, "stop", chat, "")).encode()
+        return Response(
+            whole[: len(whole) // 2],
+            media_type="application/json",
+            headers={"content-length": str(len(whole))},
+        )
+    return None
+
+
+def _whole(n: int, finish: str, chat: bool, fault: str) -> dict[str, Any]:
     text = "tok " * n
     choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
     if chat:
@@ -138,41 +250,78 @@ def _whole(n: int, finish: str, chat: bool, usage: bool) -> dict[str, Any]:
         choice["text"] = text
     out: dict[str, Any] = {
         "id": "fake-1",
-        "object": "chat.completion",
+        "object": "chat.completion" if chat else "text_completion",
         "model": "fake",
         "choices": [choice],
     }
-    if usage:
-        out["usage"] = {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": n + 5}
+    if fault != "nousage":
+        out["usage"] = {
+            "prompt_tokens": 5,
+            "completion_tokens": _reported(n, fault, streamed=False),
+            "total_tokens": n + 5,
+        }
     return out
 
 
-async def _stream(
-    rec: FakeLog, n: int, finish: str, chat: bool, usage: bool, fault: str, speed: float
-) -> AsyncIterator[bytes]:
+def _reported(n: int, fault: str, *, streamed: bool) -> Any:
+    """The completion tokens the server says it generated (a lie for the usage faults)."""
+    lies: dict[str, Any] = {
+        "lowusage": n // 2 if streamed else 0,
+        "negusage": -5,
+        "absurdusage": 10**9,
+        "strusage": str(n),
+    }
+    return lies.get(fault, n)
+
+
+@dataclass(frozen=True)
+class _Stream:
+    n: int
+    finish: str
+    chat: bool
+    usage: bool
+    fault: str
+    speed: float
+    pause: float
+
+
+async def _stream(rec: FakeLog, s: _Stream, *, counted: bool) -> AsyncIterator[bytes]:
+    """The event stream of one answer; ``counted``: its tokens were counted up front."""
     sent = 0
     try:
-        for i in range(n):
-            if fault == "drop" and i >= n // 2:
+        for i in range(s.n):
+            if s.fault in ("drop", "reset") and i >= s.n // 2:
                 raise ConnectionResetError("fake upstream dropped the connection")
-            if speed > 0:
-                await asyncio.sleep(1.0 / speed)
-            delta = {"content": "tok "}
-            choice: dict[str, Any] = {"index": 0, "finish_reason": finish if i == n - 1 else None}
-            if chat:
-                choice["delta"] = delta
+            if s.fault == "stall" and i == s.n // 2:
+                await asyncio.sleep(s.pause)
+            if s.fault == "trickle" and i % 8 == 7:
+                await asyncio.sleep(0.05)
+            if s.speed > 0:
+                await asyncio.sleep(1.0 / s.speed)
+            choice: dict[str, Any] = {
+                "index": 0,
+                "finish_reason": s.finish if i == s.n - 1 else None,
+            }
+            if s.chat:
+                choice["delta"] = {"content": "tok "}
             else:
                 choice["text"] = "tok "
-            yield b"data: " + json.dumps({"id": "fake-1", "choices": [choice]}).encode() + b"\n\n"
+            if s.fault == "sse_garbage":
+                yield b"data: <html>not json</html>\n\n"
+            else:
+                yield b"data: " + json.dumps({"id": "fake-1", "choices": [choice]}).encode()
+                yield b"\n\n"
             sent += 1
-            rec.generated += 1
-        if usage:
-            u = {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": n + 5}
-            yield (
-                b"data: "
-                + json.dumps({"id": "fake-1", "choices": [], "usage": u}).encode()
-                + b"\n\n"
-            )
+            if not counted:
+                rec.add(1)
+        if s.usage:
+            u = {
+                "prompt_tokens": 5,
+                "completion_tokens": _reported(s.n, s.fault, streamed=True),
+                "total_tokens": s.n + 5,
+            }
+            event = {"id": "fake-1", "choices": [], "usage": u}
+            yield b"data: " + json.dumps(event).encode() + b"\n\n"
         yield b"data: [DONE]\n\n"
     except asyncio.CancelledError:
         rec.cancelled += 1
