@@ -653,3 +653,12 @@ def test_round_trip_on_the_real_llama_cpp_server(tmp_path: Path, llama_url: str)
     assert 0 < summary["tokens_used"] <= 120  # the server's own usage, within the allowances
     ts = read_traces(traces)
     assert ts.n == 3 and all(0 < s["tokens"] <= 40 for rec in ts.records for s in rec["samples"])
+
+
+def test_a_line_break_inside_a_question_stays_inside_its_line() -> None:
+    items = build_items(["a", "b"], ["one\u2028two\x85three\nfour", "é ü 中"], [10, 10])
+    text = batch_requests(items, model="m").jsonl()
+    assert text.isascii() and len(text.splitlines()) == 2
+    assert [json.loads(x)["body"]["messages"] for x in text.splitlines()] == [
+        i.messages for i in items
+    ]

@@ -111,8 +111,13 @@ class BatchRequests:
     tokens: int
 
     def jsonl(self) -> str:
-        """The lines as JSONL text (UTF-8 as is, one line per request)."""
-        return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in self.lines)
+        """The lines as JSONL text, one line per request.
+
+        ASCII only (other characters as ``\\uXXXX``): a reader that also breaks lines at
+        U+0085, U+2028 or U+2029 (as Python's ``str.splitlines`` does) still sees one request
+        per line.
+        """
+        return "".join(json.dumps(line) + "\n" for line in self.lines)
 
 
 def batch_requests(
