@@ -503,8 +503,9 @@ def _admit_entrants(
         return left, 0
     thr = threshold_of(cand)
     if cand.size > MAX_ENTRANTS:
-        keep = np.argpartition(thr, MAX_ENTRANTS - 1)[:MAX_ENTRANTS]
+        keep = np.sort(largest(-thr, MAX_ENTRANTS))
         cand, thr = cand[keep], thr[keep]
+    # Lowest threshold first; equal thresholds in row order.
     cand = cand[np.argsort(thr, kind="stable")]
     sub = curves[cand]
     w = want_of(cand)
@@ -528,6 +529,38 @@ def _admit_entrants(
     return left, entered
 
 
+def largest(values: FloatArray, m: int) -> NDArray[np.intp]:
+    """Positions of the ``m`` largest ``values``; among equal values the first positions win.
+
+    The hand-out passes pick queries by value with this rule, so that which of several equal
+    queries gets a granule depends on the row order only (not on a selection algorithm's
+    internals): the same whatever numpy does, and the same when the rows are split into
+    blocks (:mod:`shadowprice.integrations.ray`).
+
+    Parameters
+    ----------
+    values : ndarray of float, shape (K,)
+        No NaN.
+    m : int
+        How many, 0 <= m <= K.
+
+    Returns
+    -------
+    ndarray of intp, shape (m,)
+        Unordered.
+    """
+    n = values.size
+    if m >= n:
+        return np.arange(n)
+    if m <= 0:
+        return np.zeros(0, dtype=np.intp)
+    # The m-th largest value: everything above it, then the first of those equal to it.
+    v = values[np.argpartition(values, n - m)[n - m]]
+    above = np.flatnonzero(values > v)
+    equal = np.flatnonzero(values == v)[: m - above.size]
+    return np.concatenate([above, equal])
+
+
 def _spread_by_remainder(
     b: IntArray, g: int, up: NDArray[np.intp], cut: FloatArray, left: int
 ) -> tuple[int, int]:
@@ -543,7 +576,7 @@ def _spread_by_remainder(
     if not m:
         return left, 0
     if m < up.size:
-        up = up[np.argpartition(-cut, m - 1)[:m]]
+        up = up[largest(cut, m)]
     b[up] += g
     return left - g * up.size, g * up.size
 
@@ -563,7 +596,7 @@ def _spread_by_gain(
             break
         m = min(left // g, idx.size)
         if m < idx.size:
-            idx = idx[np.argpartition(-gain[idx], m - 1)[:m]]
+            idx = idx[largest(gain[idx], m)]
         b[idx] += g
         left -= g * idx.size
         spread += g * idx.size
@@ -830,4 +863,5 @@ __all__ = [
     "clear_vectorised",
     "constrained_demand",
     "hand_out",
+    "largest",
 ]
