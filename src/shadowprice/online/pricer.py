@@ -48,7 +48,7 @@ from .spend import SpendModel
 
 __all__ = ["DualAscentPricer", "OnlinePricer", "Quote"]
 
-QuoteStatus = Literal["granted", "priced_out", "floor"]
+QuoteStatus = Literal["granted", "priced_out", "floor", "cap_too_small"]
 
 #: Bisection steps of a price update: log-price precision ln(1e9) / 2^20, about 2e-5.
 _STEPS = 20
@@ -70,10 +70,15 @@ class Quote:
         Smallest partial grant still worth sending (``min_tokens`` for the ledger).
     price : float
         The shadow price the decision was taken at (utility per token).
-    status : {'granted', 'priced_out', 'floor'}
-        ``floor``: the curve would have priced it out but its class has a guaranteed floor.
+    status : {'granted', 'priced_out', 'floor', 'cap_too_small'}
+        ``floor``: the curve would have priced it out but its class has a guaranteed floor;
+        ``cap_too_small``: its curve truncated at the client's ``max_tokens`` is not worth
+        serving at the price, though a larger cap would be (:class:`~.paced.PacedPricer`).
     tau : float
         The (corrected) threshold the decision used, tokens.
+    rationed : bool
+        Priced out by the ration: a marginal request at the price, like those admitted in turn
+        (:class:`~.paced.PacedPricer`).
     """
 
     allowance: int
@@ -81,6 +86,7 @@ class Quote:
     price: float
     status: QuoteStatus
     tau: float
+    rationed: bool = False
 
 
 class OnlinePricer:
@@ -140,6 +146,11 @@ class OnlinePricer:
         self._gains = self.shape.gains(self._grid)
         self._cost = self.spend.excess(self._grid)
         self.price = 0.0
+        #: The latest update found the period's budget spent (or held by open reservations).
+        self.exhausted = False
+        #: Seconds after the latest update during which nobody is admitted though the budget
+        #: is not spent (pacing: see :class:`~.paced.PacedPricer`); 0 here.
+        self.paused_for = 0.0
         self._x, self._cut = peak, math.inf
 
     # -- observations -----------------------------------------------------------------------
@@ -249,12 +260,14 @@ class OnlinePricer:
             The new price (also stored in :attr:`price`).
         """
         self._learned()
+        self.exhausted = False
         left = self.period - (now % self.period)
         coming = self.arrivals.expected(now, left) / min(max(share, 1e-3), 1.0)
         if self._n < _MIN_ARRIVALS or coming <= 0.0:
             return self.set_price(0.0)
         budget_left = self.budget - spent - self.prior.usage * reserved
-        if budget_left <= 0.0:
+        self.exhausted = budget_left <= 0.0
+        if self.exhausted:
             return self.set_price(self.shape.price_ceiling)
         target = budget_left / coming  # tokens each coming request may spend on average
         if self.expected_spend(0.0) <= target:
@@ -313,4 +326,5 @@ class DualAscentPricer(OnlinePricer):
         lam *= math.exp(self.eta * error)
         if lam <= self.floor_price * self.shape.price_ceiling and error < 0:
             lam = 0.0
+        self.exhausted = lam >= self.shape.price_ceiling
         return self.set_price(min(lam, self.shape.price_ceiling))

@@ -1,0 +1,254 @@
+"""The online price with pacing and rationing at the cut (no I/O).
+
+:class:`PacedPricer` decides like :class:`~shadowprice.online.pricer.OnlinePricer` (the same
+window of curves, spend model, arrival forecast and population prior) with three changes; the
+reasons and the arithmetic are in :mod:`shadowprice.online.decide`, the decision core that
+drives it:
+
+- the spend each coming request may expect is the forecast's (budget left over requests still
+  to come), kept between the pace line's least and most (:class:`~.pace.PaceLine`);
+- requests whose threshold lies within ``band`` of the cut-off T(lambda) are *marginal*: a
+  share of them, the one that makes the expected spend meet that target, is admitted, by a
+  deterministic stride over the marginal arrivals (a seeded phase), so demand that jumps across
+  the price (many requests with the same curve) is rationed instead of flipping between
+  everyone and no one;
+- a request whose ``max_tokens`` is below what its curve needs is priced on the curve truncated
+  at that cap, and refused as ``cap_too_small`` when even that is not worth its cost.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .arrivals import ArrivalForecast
+from .pace import PaceLine
+from .pricer import _MIN_ARRIVALS, OnlinePricer, Quote, QuoteStatus
+from .prior import PopulationPrior
+from .shape import FloatArray, Shape
+from .spend import SpendModel
+
+__all__ = ["PacedPricer"]
+
+#: Share of the marginal requests admitted when the window holds none to measure it on.
+_UNKNOWN_SHARE = 0.5
+#: Bisection steps of a price update: log-price precision ln(1e9) / 2^17, about 1.6e-4 (the
+#: ration absorbs what is left).
+_STEPS = 17
+
+
+class PacedPricer(OnlinePricer):
+    """Re-clearing price kept on the period's pace line, rationing marginal requests.
+
+    Parameters
+    ----------
+    budget, period, shape, window, min_tokens, prior, arrivals, spend
+        As for :class:`~shadowprice.online.pricer.OnlinePricer`.
+    margin : float
+        Share of the budget spending may run ahead of the pace line, in [0, 1].
+    horizon : float, optional
+        Seconds over which spending is brought back to the pace line (default: period / 12).
+    band : float
+        Relative width of the marginal band around the cut-off, in [0, 1): thresholds in
+        [T (1 - band), T (1 + band)) are rationed.
+    seed : int
+        Seeds the stride's phase.
+    """
+
+    def __init__(
+        self,
+        budget: int,
+        period: float,
+        shape: Shape | None = None,
+        *,
+        window: int = 1024,
+        min_tokens: int = 16,
+        prior: PopulationPrior | None = None,
+        arrivals: ArrivalForecast | None = None,
+        spend: SpendModel | None = None,
+        margin: float = 0.2,
+        horizon: float | None = None,
+        band: float = 0.05,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            budget,
+            period,
+            shape,
+            window=window,
+            min_tokens=min_tokens,
+            prior=prior,
+            arrivals=arrivals,
+            spend=spend,
+        )
+        if not 0.0 <= band < 1.0:
+            raise ValueError(f"band must be in [0, 1), got {band!r}")
+        self.pace = PaceLine(budget, period, margin=margin, horizon=horizon)
+        self.band = float(band)
+        #: Share of the marginal requests admitted at the current price, in [0, 1].
+        self.ration = 1.0
+        #: The latest update found the budget spent (or held by open reservations).
+        self.exhausted = False
+        #: Seconds after the latest update until spending is back within the margin (0: it is).
+        self.paused_for = 0.0
+        #: Tokens committed at the latest update (settled + expected spend of reservations).
+        self.committed = 0.0
+        self._scale = self.prior.threshold(1.0)
+        empty = np.zeros(0)
+        self._win: tuple[FloatArray, ...] = (empty, empty, empty, empty)
+        self._credit = float(np.random.default_rng(seed).random())
+
+    # -- decisions --------------------------------------------------------------------------
+    def quote(self, tau_hat: float, cap: int, floor: int = 0) -> Quote:
+        """Allowance of one request at the current price and ration (O(1), no I/O).
+
+        Parameters are those of :meth:`OnlinePricer.quote`. Each call for a marginal request
+        advances the ration's stride, so call it once per arriving request.
+        """
+        tau = self._scale * tau_hat
+        lam = self.price
+        want, status, rationed = self._want(tau, cap, lam)
+        b = int(want)
+        if 0 < b < self.min_tokens:
+            b = min(self.min_tokens, cap)
+        if floor > 0 and b < min(floor, cap):
+            f = min(floor, cap)
+            return Quote(f, f, lam, "floor", tau)
+        if b <= 0:
+            return Quote(0, 0, lam, status, tau, rationed)
+        least = min(b, max(self.min_tokens, math.ceil(tau + 0.5 * max(b - tau, 0.0))))
+        return Quote(b, least, lam, "granted", tau)
+
+    def _want(self, tau: float, cap: int, lam: float) -> tuple[float, QuoteStatus, bool]:
+        """Tokens wanted at price ``lam`` (0 when refused), the refusal's status, and whether
+        the ration refused it."""
+        if lam <= 0.0:
+            return min(cap, tau + self._x), "granted", False
+        if cap <= tau:  # the truncated curve is worth nothing at any allowance
+            return 0.0, "cap_too_small", False
+        top = lam * self._cut  # the surplus of a request without a threshold
+        want, capped = tau + self._x, False
+        surplus = top - lam * tau
+        if want > cap:
+            want, capped = float(cap), True
+            surplus = self.shape.gain(cap - tau) - lam * (tau + self.spend.excess_one(cap - tau))
+        if top <= 0.0 or surplus < -self.band * top:
+            return 0.0, ("cap_too_small" if capped and tau < self._cut else "priced_out"), False
+        if surplus < self.band * top and not self._admit_marginal():
+            return 0.0, "priced_out", True
+        return want, "granted", False
+
+    def _admit_marginal(self) -> bool:
+        """One marginal arrival: admitted when the stride's credit reaches a whole request."""
+        self._credit += self.ration
+        if self._credit >= 1.0:
+            self._credit -= 1.0
+            return True
+        return False
+
+    # -- the price ----------------------------------------------------------------------------
+    def expected_spend(self, price: float) -> float:
+        """Mean tokens the window's requests are expected to spend at ``price`` (no ration)."""
+        if price <= 0.0 or min(self._n, self._tau.size) == 0:
+            return super().expected_spend(price)
+        self._prepare()
+        spends, surplus, _ = self._window(price)
+        return float(spends[surplus > 0.0].sum()) / spends.size
+
+    def _prepare(self) -> None:
+        """What the window's expected spends need that does not depend on the price."""
+        n = min(self._n, self._tau.size)
+        tau = self._scale * self._tau[:n]
+        room = self._cap[:n] - tau  # tokens the cap leaves above the threshold
+        m_cap = self.spend.excess(np.maximum(room, 0.0))
+        self._win = (tau, room, m_cap, self.shape.gains(room))
+
+    def _window(self, price: float) -> tuple[FloatArray, FloatArray, float]:
+        """At ``price`` > 0, for each window request: its expected spend if admitted and its
+        surplus (-inf where its cap leaves nothing above its threshold); and the surplus of a
+        request without a threshold (0 when nobody is funded)."""
+        tau, room, m_cap, g_cap = self._win
+        grid = self._gains - price * self._cost
+        k = int(np.argmax(grid))
+        if k == 0 or grid[k] <= 0.0:
+            return np.zeros_like(tau), np.full_like(tau, -np.inf), 0.0
+        top = float(grid[k])
+        fits = room >= self._grid[k]
+        spends = tau + np.where(fits, self._cost[k], m_cap)
+        surplus = np.where(fits, top - price * tau, g_cap - price * (tau + m_cap))
+        return spends, np.where(room > 0.0, surplus, -np.inf), top
+
+    def _band_spends(self, price: float) -> tuple[float, float]:
+        """Mean expected spend of the window's inframarginal and marginal requests at
+        ``price`` > 0 (each as if admitted)."""
+        spends, surplus, top = self._window(price)
+        inside = surplus >= self.band * top
+        marginal = ~inside & (surplus >= -self.band * top)
+        return float(spends[inside].sum()) / spends.size, float(
+            spends[marginal].sum()
+        ) / spends.size
+
+    def update(self, now: float, spent: int, reserved: int, share: float = 1.0) -> float:
+        """Re-clear against the forecast, kept between the pace line's bounds; ration at the cut.
+
+        Parameters
+        ----------
+        now : float
+            Wall-clock seconds since the epoch.
+        spent, reserved : int
+            The ledger's totals of the current period (all replicas).
+        share : float
+            This replica's share of the traffic, in (0, 1] (1 for a single replica).
+
+        Returns
+        -------
+        float
+            The new price (also stored in :attr:`price`; the ration in :attr:`ration`).
+        """
+        self._learned()
+        self._scale = self.prior.threshold(1.0)
+        self.exhausted, self.paused_for, self.ration = False, 0.0, 1.0
+        share = min(max(share, 1e-3), 1.0)
+        left = self.period - (now % self.period)
+        coming = self.arrivals.expected(now, left) / share
+        self.committed = committed = spent + self.prior.usage * reserved
+        if self._n < _MIN_ARRIVALS or coming <= 0.0:
+            return self.set_price(0.0)
+        budget_left = self.budget - committed
+        if budget_left <= 0.0:
+            self.exhausted = True
+            return self._close()
+        soon = self.arrivals.expected(now, self.pace.span(now)) / share
+        least, most = self.pace.bounds(now, committed, soon)
+        target = min(max(budget_left / coming, least), most)
+        if target <= 0.0:
+            self.paused_for = self.pace.resume_in(now, committed)
+            return self._close()
+        return self._clear(target)
+
+    def _close(self) -> float:
+        """Admit nobody (the budget is spent, or spending is a margin ahead of the line)."""
+        self.ration = 0.0
+        return self.set_price(self.shape.price_ceiling)
+
+    def _clear(self, target: float) -> float:
+        """The price and ration at which the window's mean expected spend meets ``target``."""
+        if self.expected_spend(0.0) <= target:
+            return self.set_price(0.0)
+        self._prepare()
+        # Bisection in log price between a tiny price and the ceiling (spending falls with it).
+        lo, hi = math.log(self.shape.price_ceiling * 1e-9), math.log(self.shape.price_ceiling)
+        for _ in range(_STEPS):
+            mid = 0.5 * (lo + hi)
+            spends, surplus, _ = self._window(math.exp(mid))
+            if spends[surplus > 0.0].sum() > target * spends.size:
+                lo = mid
+            else:
+                hi = mid
+        price = self.set_price(math.exp(hi))
+        inside, marginal = self._band_spends(price)
+        self.ration = (
+            min(1.0, max(0.0, (target - inside) / marginal)) if marginal > 0 else _UNKNOWN_SHARE
+        )
+        return price
