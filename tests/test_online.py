@@ -6,8 +6,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from shadowprice.evaluate.traffic import make_traffic, plot_simulation, simulate
+from shadowprice.evaluate.scenarios import run_scenario
+from shadowprice.evaluate.traffic import (
+    CAP_TOO_SMALL,
+    MIXES,
+    POLICIES,
+    PRICED_OUT,
+    UPSTREAMS,
+    Mix,
+    Policy,
+    Upstream,
+    make_traffic,
+    plot_simulation,
+    simulate,
+)
 from shadowprice.online import (
     ArrivalForecast,
     GammaShape,
@@ -151,3 +166,76 @@ def test_traffic_mixes_and_sources() -> None:
     assert real.length.min() > 0 and real.tau_hat.min() > 0
     with pytest.raises(ValueError, match="mix"):
         make_traffic("weekly", 10)  # type: ignore[arg-type]
+
+
+# -- the simulator drives the decision core -----------------------------------------------------
+@pytest.mark.parametrize("name", ["repeat_3x", "replicas2_fresh", "trickle"])
+def test_fresh_start_scenarios_are_paced_without_lockouts(name: str) -> None:
+    """One question at ~3x the budget (one replica, or two on one ledger), and a burst then a
+    trickle under an hourly budget, from a fresh start, with an upstream that spends every
+    allowance: the unpaced pricer refuses everyone for long stretches while spending lags; the
+    paced one never refuses a whole stretch, and uses nearly all of the budget."""
+    paced = run_scenario(name, "paced", upstream="spend_all")
+    s = paced.summary
+    assert s["tokens_over_budget"] == 0 and s["over_budget_periods"] == 0
+    assert paced.spent[0] >= 0.95 * paced.budget
+    assert s["lockout_refusals"] <= 2 and s["refused_windows_behind"] == 0
+    shares = paced.windows(10.0 if name != "trickle" else 300.0)["share"][: paced.spent.size * 6]
+    assert np.nanmin(shares) > 0.1
+    old = run_scenario(name, "reclear", upstream="spend_all")
+    assert old.summary["lockout_refusals"] > 10  # the behaviour pacing replaces
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    mix=st.sampled_from(MIXES),
+    n=st.integers(50, 1200),
+    rate=st.floats(0.5, 60.0),
+    per_request=st.integers(5, 2000),
+    period=st.sampled_from([10.0, 60.0, 300.0]),
+    replicas=st.integers(1, 3),
+    upstream=st.sampled_from(UPSTREAMS),
+    policy=st.sampled_from(POLICIES),
+    same=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_no_run_spends_past_the_budget(
+    mix: Mix,
+    n: int,
+    rate: float,
+    per_request: int,
+    period: float,
+    replicas: int,
+    upstream: Upstream,
+    policy: Policy,
+    same: bool,
+    seed: int,
+) -> None:
+    traffic = make_traffic(mix, n, rate=rate, same_question=same, short_cap=64, seed=seed)
+    budget = max(1, int(rate * period * per_request))
+    r = simulate(
+        traffic, budget, period, policy=policy, replicas=replicas, upstream=upstream, tick=0.5
+    )
+    assert (r.spent <= budget).all() and r.over_budget == 0
+    assert r.requests.sum() == n and r.granted.max() <= traffic.cap.max()
+    assert ((r.status == 0) == (r.granted > 0)).all()
+    w = r.windows(10.0)
+    assert w["arrivals"].sum() == n and (w["granted"] <= w["arrivals"]).all()
+
+
+def test_simulator_reports_refusal_kinds_windows_and_utility() -> None:
+    traffic = make_traffic("steady", 3000, rate=25.0, short_cap=40, short_share=0.3, seed=5)
+    r = simulate(traffic, 25 * 60 * 150, 60.0, tick=0.5)
+    kinds = set(np.unique(r.status).tolist())
+    assert {0, PRICED_OUT, CAP_TOO_SMALL} <= kinds  # 40-token caps under 100+ token thresholds
+    s = r.summary
+    assert 0 < s["utility_per_request"] and 0 < s["utility_vs_hindsight"] < 3
+    assert s["granted_share"] == pytest.approx(
+        float((r.status[r.arrival >= 60.0] == 0).mean()), abs=0.05
+    )
+    with pytest.raises(ValueError, match="policy"):
+        simulate(traffic, 1000, policy="lottery")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="replicas"):
+        simulate(traffic, 1000, replicas=0)
+    with pytest.raises(ValueError, match="scenario"):
+        run_scenario("monday")
