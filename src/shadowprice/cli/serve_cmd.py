@@ -133,6 +133,12 @@ def serve_command(
         600.0, "--upstream-timeout", help="seconds an upstream may take to answer (per read)"
     ),
     namespace: str = typer.Option("default", "--namespace", help="budget name inside Redis"),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        help="processes serving the same port with one budget and price (one per core; "
+        "without --state they share a private redis-server)",
+    ),
     log_level: str = typer.Option(
         "warning", "--log-level", help="uvicorn's log level: debug, info, warning, error"
     ),
@@ -140,10 +146,14 @@ def serve_command(
     """Serve an OpenAI-compatible gateway that prices every request's max_tokens."""
     from shadowprice.serve.app import Gateway
     from shadowprice.serve.config import ConfigError, GatewayConfig, load_keys
+    from shadowprice.serve.predictor import load_threshold_source
     from shadowprice.serve.server import bind, serve
+    from shadowprice.serve.workers import serve_workers
 
     if not 0 <= port <= 65535:
         fail(f"--port must be in 0..65535, got {port}")
+    if workers < 1:
+        fail(f"--workers must be at least 1, got {workers}")
     key = next((os.environ[k] for k in UPSTREAM_KEY_ENV if os.environ.get(k)), None)
     try:
         config = GatewayConfig(
@@ -174,13 +184,26 @@ def serve_command(
             metrics_port=metrics_port,
             metrics_host=metrics_host,
         )
-        gateway = Gateway(config)
+        # Loaded once, before any worker starts: a bad --predictor ends here with status 2.
+        thresholds = load_threshold_source(config.predictor, config.route_tau)
+        gateway = Gateway(config, thresholds=thresholds) if workers == 1 else None
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     socks = [_bind(bind, host, port, "--host", "--port")]
+    metrics_ports: set[int] = set()
     if metrics_port is not None:
         socks.append(_bind(bind, metrics_host, metrics_port, "--metrics-host", "--metrics-port"))
-        gateway.metrics_ports.add(socks[1].getsockname()[1])
+        metrics_ports.add(socks[1].getsockname()[1])
+    if gateway is None:
+        try:
+            serve_workers(
+                config, socks, workers, thresholds=thresholds, metrics_ports=metrics_ports,
+                log_level=log_level,
+            )  # fmt: skip
+        except ConfigError as exc:
+            fail(str(exc))
+        return
+    gateway.metrics_ports |= metrics_ports
     serve(gateway.app, socks, log_level=log_level)
 
 

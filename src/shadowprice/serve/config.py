@@ -294,7 +294,9 @@ class GatewayConfig:
                 raise ConfigError(f"--class {name}={floor}: need NAME=FLOOR with FLOOR >= 0")
 
     def _check_choices(self) -> None:
-        if self.state is not None and not self.state.startswith(("redis://", "rediss://")):
+        if self.state is not None and not self.state.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
             raise ConfigError(f"--state must be a redis://HOST:PORT/DB URL, got {self.state!r}")
         if self.predictor is None and self.route_tau is None:
             raise ConfigError("give --predictor PATH|default or a fixed --route-tau TOKENS")

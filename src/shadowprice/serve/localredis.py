@@ -47,6 +47,9 @@ class LocalRedis:
         TCP port on 127.0.0.1; default: a free one.
     directory : str or Path, optional
         Where the append-only file lives; default: a fresh temporary directory.
+    unix_socket : bool
+        Listen on a unix socket in ``directory`` (only this machine's processes, by file
+        permission) instead of a loopback TCP port.
 
     Examples
     --------
@@ -55,7 +58,13 @@ class LocalRedis:
     redis://127.0.0.1:40123/0
     """
 
-    def __init__(self, port: int | None = None, directory: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        directory: str | Path | None = None,
+        *,
+        unix_socket: bool = False,
+    ) -> None:
         exe = redis_server_binary()
         if exe is None:
             raise RuntimeError(
@@ -65,11 +74,14 @@ class LocalRedis:
         self.port = port or free_port()
         self._tmp = None if directory is not None else tempfile.TemporaryDirectory()
         self.directory = Path(directory if directory is not None else self._tmp.name)  # type: ignore[union-attr]
+        self.socket_path = self.directory / "redis.sock" if unix_socket else None
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:PORT/0``."""
+        """``redis://127.0.0.1:PORT/0`` (``unix://PATH?db=0`` on a unix socket)."""
+        if self.socket_path is not None:
+            return f"unix://{self.socket_path}?db=0"
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
@@ -80,10 +92,14 @@ class LocalRedis:
         """Start the server and wait until it accepts connections."""
         if self.running:
             return self
+        where = (
+            ["--port", "0", "--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
+            if self.socket_path is not None
+            else ["--bind", "127.0.0.1", "--port", str(self.port)]
+        )
         args = [
             self.executable,
-            "--bind", "127.0.0.1",
-            "--port", str(self.port),
+            *where,
             "--dir", str(self.directory),
             "--appendonly", "yes",
             "--appendfsync", "always",
@@ -98,7 +114,7 @@ class LocalRedis:
                 err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
                 raise RuntimeError(f"redis-server exited at start: {err.strip()[-500:]}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                with self._connect() as s:
                     s.sendall(b"PING\r\n")
                     if s.recv(16).startswith(b"+PONG"):
                         return self
@@ -106,7 +122,15 @@ class LocalRedis:
                 pass
             time.sleep(0.02)
         self.stop()
-        raise RuntimeError(f"redis-server did not answer on port {self.port} in {timeout} s")
+        raise RuntimeError(f"redis-server did not answer at {self.url} in {timeout} s")
+
+    def _connect(self) -> socket.socket:
+        if self.socket_path is not None:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(0.2)
+            s.connect(str(self.socket_path))
+            return s
+        return socket.create_connection(("127.0.0.1", self.port), timeout=0.2)
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL); the append-only file stays."""

@@ -1,6 +1,14 @@
-"""Prometheus metrics of one gateway (own registry: several gateways may share a process)."""
+"""Prometheus metrics of one gateway (own registry: several gateways may share a process).
+
+Under ``serve --workers`` (``PROMETHEUS_MULTIPROC_DIR`` set) the values live in files shared by
+the worker processes and :meth:`Metrics.render` aggregates them: counters add up, the ledger's
+gauges show the latest value any live worker saw.
+"""
 
 from __future__ import annotations
+
+import os
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -23,13 +31,31 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.price = Gauge("shadowprice_price", "Shadow price in force", registry=r)
-        self.budget = Gauge("shadowprice_budget_tokens", "Tokens per period", registry=r)
-        self.spent = Gauge("shadowprice_spent_tokens", "Tokens settled this period", registry=r)
-        self.reserved = Gauge(
-            "shadowprice_reserved_tokens", "Tokens held by open reservations", registry=r
+        latest: Final = "livemostrecent"  # how worker processes' gauges combine (else unused)
+        self.price = Gauge(
+            "shadowprice_price", "Shadow price in force", registry=r, multiprocess_mode=latest
         )
-        self.period = Gauge("shadowprice_period", "Index of the current period", registry=r)
+        self.budget = Gauge(
+            "shadowprice_budget_tokens", "Tokens per period", registry=r, multiprocess_mode="max"
+        )
+        self.spent = Gauge(
+            "shadowprice_spent_tokens",
+            "Tokens settled this period",
+            registry=r,
+            multiprocess_mode=latest,
+        )
+        self.reserved = Gauge(
+            "shadowprice_reserved_tokens",
+            "Tokens held by open reservations",
+            registry=r,
+            multiprocess_mode=latest,
+        )
+        self.period = Gauge(
+            "shadowprice_period",
+            "Index of the current period",
+            registry=r,
+            multiprocess_mode=latest,
+        )
         self.requests = Counter(
             "shadowprice_requests", "Requests by outcome", ["outcome"], registry=r
         )
@@ -43,9 +69,20 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
         )
         self.healthy = Gauge(
-            "shadowprice_upstream_healthy", "Upstream in rotation", ["upstream"], registry=r
+            "shadowprice_upstream_healthy",
+            "Upstream in rotation",
+            ["upstream"],
+            registry=r,
+            multiprocess_mode=latest,
         )
 
     def render(self) -> bytes:
-        """Prometheus text exposition."""
-        return generate_latest(self.registry)
+        """Prometheus text exposition (of every worker process under ``serve --workers``)."""
+        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not folder:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=folder)
+        return generate_latest(registry)

@@ -41,15 +41,8 @@ def _address(sock: socket.socket) -> str:
     return f"http://{shown}:{port}"
 
 
-def serve(
-    app: ASGIApp, socks: socket.socket | list[socket.socket], *, log_level: str = "warning"
-) -> None:
-    """Serve ``app`` (a gateway's, or a test server's) on ``socks`` until SIGINT/SIGTERM;
-    announce the addresses first (the main listener, then the metrics one)."""
-    socks = [socks] if isinstance(socks, socket.socket) else list(socks)
-    print(f"listening on {_address(socks[0])}", flush=True)
-    for extra in socks[1:]:
-        print(f"metrics on {_address(extra)}", flush=True)
+def configure_log(log_level: str) -> None:
+    """The gateway's own log on stderr, one line per event (once per process)."""
     logger = logging.getLogger("shadowprice.serve")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -57,6 +50,29 @@ def serve(
         logger.addHandler(handler)
         logger.setLevel(logging.INFO if log_level in ("debug", "info") else logging.WARNING)
         logger.propagate = False
+
+
+def announce(socks: list[socket.socket]) -> None:
+    """Print the addresses scripts read: the main listener, then the metrics one."""
+    print(f"listening on {_address(socks[0])}", flush=True)
+    for extra in socks[1:]:
+        print(f"metrics on {_address(extra)}", flush=True)
+
+
+def serve(
+    app: ASGIApp,
+    socks: socket.socket | list[socket.socket],
+    *,
+    log_level: str = "warning",
+    quiet: bool = False,
+) -> None:
+    """Serve ``app`` (a gateway's, or a test server's) on ``socks`` until SIGINT/SIGTERM;
+    announce the addresses first (the main listener, then the metrics one) unless ``quiet``
+    (a worker of :mod:`.workers`, whose supervisor announced them)."""
+    socks = [socks] if isinstance(socks, socket.socket) else list(socks)
+    if not quiet:
+        announce(socks)
+    configure_log(log_level)
     try:
         import uvloop  # noqa: F401
 
