@@ -128,6 +128,20 @@ class Proc:
         assert line.startswith("listening on "), line
         self.url = line.removeprefix("listening on ")
 
+    def ready(self, timeout: float = 30.0) -> None:
+        """Wait until ``/healthz`` answers (workers start after the announcement)."""
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.url} did not become healthy")
+
     def cpu_seconds(self) -> float:
         """User + system CPU time of the process so far (Linux ``/proc``)."""
         fields = open(f"/proc/{self.p.pid}/stat").read().rsplit(")", 1)[1].split()
@@ -312,6 +326,37 @@ def bench_throughput(n: int, concurrency: int, rounds: int, baseline: str | None
             up.stop()
 
 
+def bench_workers(n: int, concurrency: int, rounds: int, counts: tuple[int, ...]) -> None:
+    """Throughput of one gateway on 1, 2, ... worker processes (``serve --workers``, each set
+    on its own private Redis), as a ratio to calling the upstream directly, same rounds."""
+    up = fake(0)
+    procs: dict[str, Proc] = {}
+    try:
+        for w in counts:
+            procs[f"workers_{w}"] = g = gateway(up.url, "--workers", str(w))
+            g.ready()
+        targets = {"direct": [up.url], **{k: [g.url] for k, g in procs.items()}}
+        for urls in targets.values():
+            load(urls, 2000, concurrency)
+        rates: dict[str, list[float]] = {k: [] for k in targets}
+        for i in range(rounds):
+            for name in sorted(targets, reverse=i % 2 == 1):
+                rates[name].append(load(targets[name], n, concurrency)[1])
+        direct = rates.pop("direct")
+        base = rates[f"workers_{counts[0]}"]
+        emit(
+            what=f"throughput by worker processes ({concurrency} clients, non-streaming)",
+            direct_rps=spread(direct),
+            **{f"{k}_rps": spread(v) for k, v in sorted(rates.items())},
+            **{f"{k}_vs_direct": spread(ratios(v, direct)) for k, v in sorted(rates.items())},
+            **{f"{k}_vs_{counts[0]}": spread(ratios(v, base)) for k, v in sorted(rates.items())},
+        )
+    finally:
+        for p in procs.values():
+            p.stop()
+        up.stop()
+
+
 def ratios(a: list[float], b: list[float]) -> list[float]:
     return [x / y for x, y in zip(a, b, strict=True)]
 
@@ -375,6 +420,7 @@ def main() -> None:
         "latency": lambda: bench_latency(max(1000, 3000 // k), args.rounds, args.baseline),
         "throughput": lambda: bench_throughput(20_000 // k, 64, args.rounds, args.baseline),
         "load": lambda: bench_load(50 if args.quick else 500),
+        "workers": lambda: bench_workers(20_000 // k, 64, args.rounds, (1, 2)),
     }
     chosen = args.only.split(",") if args.only else list(steps)
     emit(machine=platform.platform(), cpus=os.cpu_count(), python=platform.python_version(),
