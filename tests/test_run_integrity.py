@@ -27,7 +27,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -37,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from shadowprice.cli import app
@@ -199,6 +204,235 @@ def assert_books_balance(out: Path, exit_code: int, billed: int | None = None) -
         assert s["tokens_used"] >= billed  # never under-counts what the server may bill
 
 
+# -- an endpoint that answers garbage ------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("budget", [3000, 200_000])
+def test_an_endpoint_answering_garbage_is_errors_not_the_whole_budget(
+    fresh: ScriptedServer, tmp_path: Path, policy: str, budget: int
+) -> None:
+    q = query_file(tmp_path / f"g{budget}.jsonl", ["garbage"] * 12)
+    out = tmp_path / "r.jsonl"
+    r = runner.invoke(app, run_args(q, fresh.url, out, budget, policy, "--concurrency", "2"))
+    assert r.exit_code == 1, r.output
+    rows, s = books(out)
+    failed = [x for x in rows if x["tokens"]]
+    assert failed and all(x["status"] == "error" for x in failed), rows
+    assert all("malformed response" in x["reason"] for x in failed), failed
+    not_sent = [x for x in rows if not x["tokens"]]
+    for x in not_sent:  # stopped sending, or the failures spent the budget: either says so
+        assert (x["status"] == "error" and "could not be read" in x["reason"]) or (
+            x["status"] == "abandoned" and "charged to requests that failed" in x["reason"]
+        ), x
+    assert f"{s['errors']} queries ended in error" in r.stderr
+    assert_books_balance(out, r.exit_code, fresh.billed)
+    # Stopped once 3 queries in a row could not be read: with 2 in flight, at most 2 + 2
+    # requests were sent (2 + 6 when the live planner retries each failed query twice).
+    sent = 2 + (2 if policy in FIXED_CAP else 6)
+    assert sum(fresh.attempts.values()) <= sent
+    if budget == 200_000:
+        assert s["errors"] == 12
+        assert s["tokens_used"] <= sent * max(x["budget"] for x in rows) < budget
+
+
+def test_a_query_whose_answers_cannot_be_read_is_retried_a_bounded_number_of_times(
+    fresh: ScriptedServer, tmp_path: Path
+) -> None:
+    from shadowprice.live import LiveConfig
+
+    q = query_file(tmp_path / "m.jsonl", ["ok", "garbage", "ok", "ok", "ok", "ok"])
+    out = tmp_path / "r.jsonl"
+    args = run_args(q, fresh.url, out, 50_000, "clear-live", "--concurrency", "1")
+    r = runner.invoke(app, args)
+    assert r.exit_code == 1, r.output
+    rows, _ = books(out)
+    by_id = {x["id"]: x for x in rows}
+    assert by_id["q1"]["status"] == "error" and "malformed" in by_id["q1"]["reason"]
+    assert fresh.attempts[f"{q.stem}-1"] == LiveConfig().max_retries + 1
+    assert all(by_id[f"q{i}"]["status"] == "done" for i in (0, 2, 3, 4, 5))
+    assert_books_balance(out, r.exit_code, fresh.billed)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_tokens_of_failed_attempts_stay_with_their_query_across_a_resume(
+    fresh: ScriptedServer, tmp_path: Path, policy: str
+) -> None:
+    q = query_file(tmp_path / "f.jsonl", ["ok", "garbage,ok", "ok"])
+    out = tmp_path / "r.jsonl"
+    args = run_args(q, fresh.url, out, 60_000, policy, "--concurrency", "1")
+    if policy == "clear-live":  # the planner retries within the run: fail it for good
+        q = query_file(tmp_path / "f.jsonl", ["ok", "garbage,garbage,garbage,ok", "ok"])
+    first = runner.invoke(app, args)
+    assert first.exit_code == 1, first.output
+    assert_books_balance(out, first.exit_code, fresh.billed)
+    failed = {x["id"]: x for x in books(out)[0]}["q1"]["tokens"]
+    assert failed > 0
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert_books_balance(out, second.exit_code, fresh.billed)
+    q1 = {x["id"]: x for x in books(out)[0]}["q1"]
+    assert q1["status"] == "done" and q1["tokens"] > failed  # the failed attempts too
+
+
+OUTCOMES = st.sampled_from(["ok", "garbage", "500", "nousage"])
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    scripts=st.lists(
+        st.lists(OUTCOMES, min_size=1, max_size=4).map(",".join), min_size=1, max_size=6
+    ),
+    policy=st.sampled_from(POLICIES),
+    per_query=st.integers(20, 400),
+    concurrency=st.integers(1, 3),
+    runs=st.integers(1, 3),
+)
+def test_books_balance_whatever_the_endpoint_answers(
+    server: ScriptedServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    scripts: list[str],
+    policy: str,
+    per_query: int,
+    concurrency: int,
+    runs: int,
+) -> None:
+    server.reset()
+    tmp = tmp_path_factory.mktemp("prop")
+    q = query_file(tmp / "p.jsonl", scripts, need=30)
+    out = tmp / "r.jsonl"
+    budget = per_query * len(scripts)
+    args = run_args(q, server.url, out, budget, policy, "--concurrency", str(concurrency))
+    for _ in range(runs):
+        r = runner.invoke(app, args)
+        assert r.exit_code in (0, 1), r.output
+        assert_books_balance(out, r.exit_code, server.billed)
+
+
+# -- a finished run, re-run ----------------------------------------------------------------
+
+INVOCATION = ("resumed", "executed", "wall_s")
+
+
+def same_summary(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert {k: v for k, v in a.items() if k not in INVOCATION} == {
+        k: v for k, v in b.items() if k not in INVOCATION
+    }
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("budget", [5000, 1])  # 1 token: every query abandoned
+@pytest.mark.parametrize("tau", [True, False])  # without tau: thresholds predicted
+def test_rerunning_a_finished_run_is_a_no_op(
+    fresh: ScriptedServer, tmp_path: Path, policy: str, budget: int, tau: bool
+) -> None:
+    q = query_file(tmp_path / "d.jsonl", ["ok"] * 4)
+    if not tau:
+        rows = [json.loads(x) for x in q.read_text().splitlines()]
+        q.write_text(
+            "".join(json.dumps({k: v for k, v in r.items() if k != "tau"}) + "\n" for r in rows)
+        )
+    out = tmp_path / "r.jsonl"
+    args = run_args(q, fresh.url, out, budget, policy)
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    before, sent = books(out)[1], sum(fresh.attempts.values())
+    lines = out.read_text()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    after = books(out)[1]
+    same_summary(before, after)
+    assert after["resumed"] == 4 and after["executed"] == 0
+    assert sum(fresh.attempts.values()) == sent and out.read_text() == lines
+
+
+def test_an_empty_query_file_is_a_one_line_error(fresh: ScriptedServer, tmp_path: Path) -> None:
+    q = tmp_path / "empty.jsonl"
+    q.write_text("")
+    r = runner.invoke(app, run_args(q, fresh.url, tmp_path / "r.jsonl", 100, "clear-live"))
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1 and "no queries" in lines[0], r.output
+
+
+# -- SIGTERM and SIGINT --------------------------------------------------------------------
+
+
+def cli(args: list[str]) -> list[str]:
+    return [sys.executable, "-c", "from shadowprice.cli import main; main()", *args]
+
+
+@pytest.mark.parametrize(
+    ("policy", "sig", "status", "word"),
+    [
+        ("clear-live", signal.SIGTERM, 143, "terminated"),
+        ("uniform", signal.SIGTERM, 143, "terminated"),
+        ("clear-live", signal.SIGINT, 130, "interrupted"),
+    ],
+)
+def test_a_signal_settles_the_books_and_the_rerun_resumes(
+    fresh: ScriptedServer, tmp_path: Path, policy: str, sig: signal.Signals, status: int, word: str
+) -> None:
+    q = query_file(tmp_path / "s.jsonl", ["ok"] * 10, need=30, delay=0.6)
+    out = tmp_path / "r.jsonl"
+    args = run_args(q, fresh.url, out, 10 * 200, policy, "--concurrency", "2")
+    proc = subprocess.Popen(cli(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (
+        read_records(out) and sum(fresh.attempts.values()) > len(read_records(out))
+    ):
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == status, (stdout, stderr)
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"shadowprice: {word}"), stderr
+    assert str(RunFiles.of(out).summary) in lines[0] and "re-run" in lines[0]
+    rows, s = books(out)
+    assert s["interrupted"] == signal.Signals(sig).name
+    assert not journal_open(out)  # every reservation settled: the journal is closed clean
+    assert sum(r["tokens"] for r in rows) == s["tokens_used"] >= fresh.billed
+    cut = [r for r in rows if r["status"] == "error"]
+    assert cut and all("counted as spent in full" in r["reason"] for r in cut)
+    finished = {r["id"] for r in rows if r["status"] == "done"}
+    sent_before = Counter(fresh.attempts)
+    used_before = s["tokens_used"]
+
+    rerun = subprocess.run(cli(args), capture_output=True, text=True, timeout=120, check=False)
+    assert rerun.returncode == 0, rerun.stderr
+    rows, s = books(out)
+    # Every query has its final record; the cut requests' full count may leave some unfunded.
+    assert len(rows) == 10 and {r["status"] for r in rows} <= {"done", "abandoned"}, rows
+    for i in finished:  # finished queries were not sent again
+        assert fresh.attempts[f"{q.stem}-{i[1:]}"] == sent_before[f"{q.stem}-{i[1:]}"]
+    assert s["tokens_used"] >= used_before and s["tokens_used"] >= fresh.billed
+    assert sum(r["tokens"] for r in rows) == s["tokens_used"]
+    assert "interrupted" not in s
+
+
+def test_sigterm_ends_collect_with_a_message_and_the_rerun_completes(
+    fresh: ScriptedServer, tmp_path: Path
+) -> None:
+    q = query_file(tmp_path / "c.jsonl", ["ok"] * 6, need=20, delay=0.4)
+    out = tmp_path / "t.jsonl"
+    args = ["collect", str(q), "--endpoint", fresh.url, "--model", "m", "--samples", "2"]
+    args += ["--concurrency", "2", "--no-progress", "-o", str(out)]
+    proc = subprocess.Popen(cli(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and sum(fresh.attempts.values()) < 3:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert stderr.strip() == "shadowprice: terminated (SIGTERM)", stderr
+    rerun = subprocess.run(cli(args), capture_output=True, text=True, timeout=120, check=False)
+    assert rerun.returncode == 0, rerun.stderr
+    assert len(read_records(out)) == 6
+
+
 # -- small things --------------------------------------------------------------------------
 
 
@@ -268,13 +502,13 @@ def test_other_usage_errors_are_one_line_too() -> None:
         (["run", "--bogus"], "--bogus"),
         (["run"], "queries"),
         (["nosuchcommand"], "nosuchcommand"),
+        (["run", "q.jsonl", "--endpoint", "--model", "m"], "missing option '--model'"),
     ]:
         r = runner.invoke(app, args)
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert r.exit_code == 2 and len(lines) == 1, r.output
-        assert lines[0].startswith("shadowprice: error: ") and fragment in lines[0].lower(), lines[
-            0
-        ]
+        assert lines[0].startswith("shadowprice: error: "), lines[0]
+        assert fragment in lines[0].lower(), lines[0]
         assert "--help" in lines[0]
 
 

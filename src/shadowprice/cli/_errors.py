@@ -5,7 +5,9 @@
 1     the command ran but did not fully succeed (some queries ended in error, a
       ``collect`` that collected nothing); the count is printed
 2     bad input or usage (the message names the file, line, field or option)
-130   interrupted (Ctrl-C); a resumable command continues where it stopped
+130   interrupted (Ctrl-C, SIGINT); a resumable command continues where it stopped
+143   terminated (SIGTERM: ``timeout``, systemd, Kubernetes), for the commands that take it
+      like Ctrl-C (``run``, ``collect``); a resumable command continues where it stopped
 ====  ==========================================================================
 """
 
@@ -13,7 +15,9 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
@@ -26,6 +30,42 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM killed
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread the way Ctrl-C raises ``KeyboardInterrupt``."""
+
+    signal = "SIGTERM"
+
+
+def stopped_status(exc: BaseException) -> tuple[str, int]:
+    """(``interrupted`` or ``terminated``, exit status) of a ``KeyboardInterrupt``: 143 for
+    one that says it came from SIGTERM (``signal = "SIGTERM"``), else 130."""
+    if getattr(exc, "signal", None) == "SIGTERM":
+        return "terminated", EXIT_TERMINATED
+    return "interrupted", EXIT_INTERRUPTED
+
+
+def terminable(command: Callable[P, R]) -> Callable[P, R]:
+    """Let SIGTERM end ``command`` like Ctrl-C (:class:`Terminated`, status 143 through
+    :func:`guarded`) instead of killing it silently. Put it under :func:`guarded`."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        if threading.current_thread() is not threading.main_thread():
+            return command(*args, **kwargs)
+
+        def terminate(signum: int, frame: object) -> None:
+            raise Terminated()
+
+        previous = signal.signal(signal.SIGTERM, terminate)
+        try:
+            return command(*args, **kwargs)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return run
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -50,7 +90,8 @@ def usage_error_line(exc: BaseException, argv: Sequence[str]) -> str | None:
         ctx = ctx.parent
     see = f"see '{' '.join(reversed(names or ['shadowprice']))} --help'"
     param = getattr(exc, "param", None)
-    if param is not None and getattr(param, "param_type_name", "") == "option":
+    missing = "Missing" in type(exc).__name__  # no value was given: nothing to quote
+    if param is not None and getattr(param, "param_type_name", "") == "option" and not missing:
         option, value = _typed(param.opts + param.secondary_opts, argv)
         fix = _number_fix(str(exc.format_message()), option, param.default)
         if value is not None and fix is not None:
@@ -103,8 +144,9 @@ def guarded(command: Callable[P, R]) -> Callable[P, R]:
 
     ``ValueError`` (the library's "this argument is invalid", its messages name the field)
     and ``OSError`` (a file that cannot be read or written) end with status 2;
-    ``KeyboardInterrupt`` with 130; anything else is a bug: status 1 with a one-line
-    message (set ``SHADOWPRICE_DEBUG=1`` for the traceback).
+    ``KeyboardInterrupt`` with 130 (143 for SIGTERM, see :func:`terminable`); anything else
+    is a bug: status 1 with a one-line message (set ``SHADOWPRICE_DEBUG=1`` for the
+    traceback).
     """
 
     @functools.wraps(command)
@@ -113,9 +155,11 @@ def guarded(command: Callable[P, R]) -> Callable[P, R]:
             return command(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
-        except KeyboardInterrupt:
-            print("shadowprice: interrupted", file=sys.stderr)
-            raise typer.Exit(code=EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt as exc:
+            word, status = stopped_status(exc)
+            signame = getattr(exc, "signal", None)
+            print(f"shadowprice: {word}{f' ({signame})' if signame else ''}", file=sys.stderr)
+            raise typer.Exit(code=status) from None
         except ValueError as exc:
             fail(str(exc))
         except OSError as exc:

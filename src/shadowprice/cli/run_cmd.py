@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 
-from ._errors import EXIT_FAILED, fail, guarded, note
+from ._errors import EXIT_FAILED, fail, guarded, note, stopped_status, terminable
 from .app import app
 from .files import check_outputs
 from .options import (
@@ -52,6 +53,7 @@ def _resume_error(exc: Exception, out: Path) -> None:
 
 @app.command("run")
 @guarded
+@terminable
 def run_command(
     queries: Path = typer.Argument(
         ...,
@@ -123,13 +125,18 @@ def run_command(
     """Allocate the budget over QUERIES and execute them; re-running resumes.
 
     Every request's allowance is reserved in a journal before it is sent, so a killed run
-    resumes without overspending. Exit status: 0 success, 1 some queries ended in error,
-    2 bad input, 130 interrupted (re-run to resume).
+    resumes without overspending; a finished run re-run changes nothing. An endpoint whose
+    answers cannot be read is charged each one in full, so once 3 queries in a row got no
+    readable answer the run stops sending (the rest are errors, retried on re-run). Each
+    query's tokens are everything charged to it. Ctrl-C or SIGTERM: requests in flight
+    are counted as spent in full, the summary is written, and the run ends with one line.
+    Exit status: 0 success, 1 some queries ended in error (re-run to retry them), 2 bad
+    input, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM); re-run to resume.
     """
     from shadowprice.engine.live import LiveRunOptions
     from shadowprice.engine.planning import LIVE_POLICY, Batch, run_batch
     from shadowprice.engine.results import RunFiles
-    from shadowprice.engine.run import DEFAULT_TEMPLATE, RunConfig, RunStateError
+    from shadowprice.engine.run import DEFAULT_TEMPLATE, RunConfig, RunInterrupted, RunStateError
     from shadowprice.ledger import JournalMismatch, LedgerError
 
     fmt = check_format(fmt)
@@ -188,9 +195,32 @@ def run_command(
         fail(f"--state {state}: {exc}" if state else str(exc))
     except RunStateError as exc:
         _resume_error(exc, out)
+    except RunInterrupted as exc:
+        _stopped(exc, files.summary, qf.n)
     _report(report.summary, policy, out, fmt)
     if report.summary["errors"]:
         raise typer.Exit(code=EXIT_FAILED)
+
+
+def _stopped(exc: Any, summary: Path, n: int) -> NoReturn:
+    """End a run a signal stopped: one line on stderr, status 130 (SIGINT) or 143 (SIGTERM)."""
+    from shadowprice.engine.results import FINAL_STATUSES
+
+    word, status = stopped_status(exc)
+    report = exc.report
+    if report is None:
+        line = f"{word} ({exc.signal}) before the run began; re-run the same command to start it"
+    else:
+        s = report.summary
+        finished = sum(1 for r in report.records if r.get("status") in FINAL_STATUSES)
+        line = (
+            f"{word} ({exc.signal}): {s['cancelled_requests']} requests in flight counted as "
+            f"spent in full; {finished} of {n} queries finished, {s['tokens_used']}/"
+            f"{s['budget']} tokens spent; summary in {summary}; re-run the same command to "
+            f"resume"
+        )
+    print(f"shadowprice: {line}", file=sys.stderr)
+    raise typer.Exit(code=status)
 
 
 def _report(s: dict[str, Any], policy: str, out: Path, fmt: str) -> None:
@@ -228,6 +258,7 @@ def _report(s: dict[str, Any], policy: str, out: Path, fmt: str) -> None:
 
 @app.command("collect")
 @guarded
+@terminable
 def collect_command(
     queries: Path = typer.Argument(
         ..., help="JSONL/CSV with id, question, answer?", show_default=False
@@ -253,7 +284,7 @@ def collect_command(
 
     Re-running resumes and completes queries a failure left short of K samples. Exit
     status: 0 every query has its K samples, 1 some do not (re-run to complete them),
-    2 bad input, 130 interrupted.
+    2 bad input, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
     from shadowprice.engine.collect import CollectConfig, CollectQuery, collect_traces
     from shadowprice.engine.run import DEFAULT_TEMPLATE, check_template, prompt_messages

@@ -29,7 +29,9 @@ spent), finished queries are not sent again, and the planner runs on what is lef
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +40,9 @@ from typing import Any, Literal
 import httpx
 import numpy as np
 
-from ..ledger import Ledger, Reservation
+from ..ledger import JournalLedger, Ledger, Reservation
 from ..live.planner import RETRY, RUNNING
+from .books import Books, UnreadableStreak, charges_by_query
 from .client import ChatClient, Completion, EngineError
 from .grading import Grader, get_grader
 from .results import (
@@ -48,17 +51,21 @@ from .results import (
     append_record,
     latest_by_id,
     open_for_append,
-    write_json_atomic,
 )
 from .run import (
+    Interruption,
     PlanItem,
     RunConfig,
     RunReport,
+    close_report,
     ids_of,
+    interrupted_reason,
     open_ledger,
     plan_identity,
+    reconcile,
     run_connected,
     run_summary,
+    stopped_by,
 )
 
 __all__ = ["Continuation", "LiveRunOptions", "detect_continuation", "execute_live", "run_live"]
@@ -66,6 +73,8 @@ __all__ = ["Continuation", "LiveRunOptions", "detect_continuation", "execute_liv
 Continuation = Literal["auto", "prefill", "vllm", "off"]
 CONTINUATIONS: tuple[str, ...] = ("auto", "prefill", "vllm", "off")
 
+#: Why a query the live planner never started was abandoned.
+UNFUNDED = "not funded at the live price"
 #: Fields that make vLLM / SGLang continue a final assistant message instead of answering it.
 VLLM_CONTINUE = {"continue_final_message": True, "add_generation_prompt": False}
 
@@ -131,38 +140,56 @@ async def detect_continuation(base_url: str, timeout: float = 5.0) -> Continuati
 
 
 class _LiveRun:
-    """State of one live run: planner, ledger, in-flight requests, partial outputs."""
+    """State of one live run: planner, books, in-flight requests, partial outputs."""
 
     def __init__(
         self,
         items: Sequence[PlanItem],
         planner: Any,
         client: ChatClient,
-        ledger: Ledger,
+        books: Books,
         grader: Grader,
         config: RunConfig,
         continuation: Continuation,
         out: Any,
     ) -> None:
-        self.items, self.planner, self.client, self.ledger = items, planner, client, ledger
+        self.items, self.planner, self.client, self.books = items, planner, client, books
         self.grader, self.config, self.continuation, self.out = grader, config, continuation, out
         n = len(items)
+        self.prior = Counter(books.charged)  # what earlier runs charged each query
+        self.streak = UnreadableStreak()
         self.text = [""] * n  # what each query has generated so far (its partial output)
-        self.tokens = np.zeros(n, dtype=np.int64)  # tokens charged for each query
         self.errors: list[str] = [""] * n
+        self.failed_tokens = 0  # charged to requests that failed, in this run
         self.last: list[Completion | None] = [None] * n
         self.records: list[dict[str, Any]] = []
-        self.emitted = np.zeros(n, dtype=bool)
+        #: (status, tokens) of each query's last record; None until it has one.
+        self.emitted: list[tuple[str, int] | None] = [None] * n
         self.on_record: list[Any] = []
+        self.inflight: dict[asyncio.Task[tuple[bool, int, bool]], int] = {}
 
     async def available(self) -> int:
-        return (await self.ledger.state()).available
+        return (await self.books.ledger.state()).available
+
+    def tokens(self, q: int) -> int:
+        """Everything charged to query ``q`` (earlier runs and failed attempts included)."""
+        return int(self.books.charged[self.items[q].id])
 
     def messages(self, q: int) -> list[dict[str, str]]:
         base = list(self.items[q].messages)
         if self.text[q]:
             base.append({"role": "assistant", "content": self.text[q]})
         return base
+
+    async def launch(self, act: Any) -> bool:
+        """Reserve and send the planner's request; False if the ledger could not hold it."""
+        q = int(act.query)
+        res = await self.books.reserve(self.items[q].id, int(act.tokens))
+        if res is None:  # someone else took the tokens: the planner may retry later
+            self.planner.on_error(q, 0)
+            return False
+        self.inflight[asyncio.ensure_future(self.request(q, res))] = q
+        return True
 
     async def request(self, q: int, res: Reservation) -> tuple[bool, int, bool]:
         """Send one request of query ``q`` under ``res``; settle it. Returns (ok, tokens
@@ -173,12 +200,13 @@ class _LiveRun:
         try:
             comp = await self.client.chat(self.messages(q), res.tokens, **params)
         except EngineError as exc:
-            charged = min(exc.charge, res.tokens)
-            await self.ledger.settle(res, charged)
+            charged = await self.books.settle(res, min(exc.charge, res.tokens))
+            self.streak.failed(res.tag, str(exc), charged)
             self.errors[q] = str(exc)
+            self.failed_tokens += charged
             return False, charged, False
-        used = comp.usage.completion_tokens
-        await self.ledger.settle(res, used)
+        self.streak.answered()
+        used = await self.books.settle(res, comp.usage.completion_tokens)
         new = comp.text
         if self.text[q] and new.startswith(self.text[q]):
             new = new[len(self.text[q]) :]  # llama.cpp returns the prefix with the continuation
@@ -186,18 +214,14 @@ class _LiveRun:
         self.last[q] = comp
         return True, used, comp.finish_reason == "length"
 
-    def emit(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-        if self.out is not None:
-            append_record(self.out, record)
-        for hook in self.on_record:
-            hook(record)
-
     def finish(self, q: int, status: str, reason: str = "") -> None:
-        """Grade and record query ``q`` (once)."""
-        if self.emitted[q]:
+        """Grade and record query ``q``; again only if its status or tokens changed since
+        (a query recorded when it stopped on its cap may be continued later)."""
+        tokens = self.tokens(q)
+        if self.emitted[q] == (status, tokens):
             return
-        self.emitted[q] = True
+        first = self.emitted[q] is None
+        self.emitted[q] = (status, tokens)
         item = self.items[q]
         p = self.planner
         comp = self.last[q]
@@ -209,7 +233,7 @@ class _LiveRun:
             **item.meta,
             "status": status,
             "policy": "clear-live",
-            "tokens": int(self.tokens[q]),
+            "tokens": tokens,
             "requests": int(p.requests[q]),
             "extensions": int(max(p.requests[q] - 1 - p.retries[q], 0)),
             "finish_reason": comp.finish_reason if comp is not None else None,
@@ -223,11 +247,16 @@ class _LiveRun:
             record["reason"] = reason
         if comp is not None:
             record.update(
-                completion_tokens=int(self.tokens[q]),
+                completion_tokens=tokens - int(self.prior[item.id]),
                 prompt_tokens=comp.usage.prompt_tokens,
                 usage_trusted=comp.usage.trusted,
             )
-        self.emit(record)
+        self.records.append(record)
+        if self.out is not None:
+            append_record(self.out, record)
+        if first:
+            for hook in self.on_record:
+                hook(record)
 
 
 async def execute_live(
@@ -243,6 +272,7 @@ async def execute_live(
     identity: Mapping[str, Any] | None = None,
     release_unsettled: bool = False,
     shared: Ledger | None = None,
+    stop: Interruption | None = None,
 ) -> RunReport:
     """Run ``items`` with the live planner on ``curves`` (one per item) under ``total_budget``.
 
@@ -271,12 +301,83 @@ async def execute_live(
         A budget shared with other workers (e.g. Redis): every reservation goes through it
         too. The planner plans on what was available when it started; the shared ledger
         still refuses anything the others have taken meanwhile.
-    """
-    from ..live import ClearLive, LiveConfig
+    stop : Interruption, optional
+        Names the signal when the run is cancelled to stop it (see
+        :func:`~shadowprice.engine.run.run_connected`).
 
+    Raises
+    ------
+    asyncio.CancelledError
+        When cancelled; if ``stop`` names a signal, after the requests in flight are counted
+        as spent in full, their queries recorded as failed, the journal closed and the
+        summary written (see :func:`~shadowprice.engine.run.execute`).
+    """
     config = config or RunConfig()
-    config.validate()
     options = options or LiveRunOptions()
+    _check_live(items, curves, config, options)
+    grade = get_grader(grader)
+    ident = {
+        **dict(identity or {}),
+        "policy": "clear-live",
+        "model": client.model,
+        "budget": int(total_budget),
+        "queries": plan_identity(items)["queries"],
+    }
+    ledger, history = open_ledger(
+        out, total_budget, ident, release_unsettled=release_unsettled, shared=shared
+    )
+    recovery = await ledger.recover() if isinstance(ledger, JournalLedger) else None
+    prior = charges_by_query(getattr(recovery, "by_tag", {}), ids_of(items))
+    files = RunFiles.of(out) if out is not None else None
+    fh = open_for_append(files.results) if files is not None else None
+    done = {k: r for k, r in latest_by_id(history).items() if r.get("status") in FINAL_STATUSES}
+    pending = [i for i, item in enumerate(items) if item.id not in done]
+    start = time.perf_counter()
+    books = Books(ledger, prior)
+    session: dict[str, Any] = _previous_session(files) if not pending else {}
+    cut: int | None = None
+    run: _LiveRun | None = None
+    try:
+        if pending:
+            continuation = options.continuation
+            if continuation == "auto":
+                continuation = await detect_continuation(client.base_url)
+            run = _LiveRun(
+                [items[i] for i in pending],
+                _planner(curves, pending, (await ledger.state()).available, options, continuation),
+                client,
+                books,
+                grade,
+                config,
+                continuation,
+                fh,
+            )
+            cut = await _drive(run, ledger, stop)
+            session = {"continuation": continuation, "live": run.planner.summary()}
+        written = [] if run is None else run.records
+        written += reconcile(items, [*history, *written], books.charged, fh)
+        state = await ledger.state()
+    finally:
+        if fh is not None:
+            fh.close()
+        await ledger.aclose()
+    final = latest_by_id([*history, *written])
+    records = [final[i] for i in ids_of(items) if i in final]
+    summary = run_summary(records, state, recovery)
+    summary.update(
+        policy="clear-live",
+        resumed=len(done),
+        executed=len(pending),
+        wall_s=round(time.perf_counter() - start, 3),
+        **session,
+    )
+    return close_report(RunReport(records, summary), files, stop, cut)
+
+
+def _check_live(
+    items: Sequence[PlanItem], curves: Any, config: RunConfig, options: LiveRunOptions
+) -> None:
+    config.validate()
     if options.continuation not in CONTINUATIONS:
         raise ValueError(
             f"continuation must be one of {', '.join(CONTINUATIONS)}, got {options.continuation!r}"
@@ -288,83 +389,69 @@ async def execute_live(
         )
     if curves.n != len(items):
         raise ValueError(f"{curves.n} curves for {len(items)} queries: give one per query")
-    grade = get_grader(grader)
-    continuation = options.continuation
-    if continuation == "auto":
-        continuation = await detect_continuation(client.base_url)
-    ident = {
-        **dict(identity or {}),
-        "policy": "clear-live",
-        "model": client.model,
-        "budget": int(total_budget),
-        "queries": plan_identity(items)["queries"],
-    }
-    ledger, history = open_ledger(
-        out, total_budget, ident, release_unsettled=release_unsettled, shared=shared
+
+
+def _planner(
+    curves: Any, pending: list[int], budget: int, options: LiveRunOptions, continuation: str
+) -> Any:
+    """The live planner over the queries still to run, with ``budget`` tokens."""
+    from ..live import ClearLive, LiveConfig
+
+    return ClearLive(
+        curves[np.asarray(pending, dtype=np.int64)],
+        budget,
+        LiveConfig(
+            levels=options.levels,
+            max_tokens=options.max_tokens,
+            extend=continuation != "off",
+            calibrate=options.calibrate,
+            step=options.step,
+        ),
     )
-    recovery = getattr(ledger, "recovery", None)
-    done = {k: r for k, r in latest_by_id(history).items() if r.get("status") in FINAL_STATUSES}
-    pending = [i for i, item in enumerate(items) if item.id not in done]
-    files = RunFiles.of(out) if out is not None else None
-    fh = open_for_append(files.results) if files is not None else None
-    start = time.perf_counter()
+
+
+def _previous_session(files: RunFiles | None) -> dict[str, Any]:
+    """The planner's part of the last summary (a finished run re-run has no planner)."""
+    if files is None or not files.summary.exists():
+        return {}
     try:
-        left = await ledger.state()
-        planner = ClearLive(
-            curves[np.asarray(pending, dtype=np.int64)],
-            left.available,
-            LiveConfig(
-                levels=options.levels,
-                max_tokens=options.max_tokens,
-                extend=continuation != "off",
-                calibrate=options.calibrate,
-                step=options.step,
-            ),
-        )
-        run = _LiveRun(
-            [items[i] for i in pending], planner, client, ledger, grade, config, continuation, fh
-        )
-        with _progress(config.progress, len(pending), ledger, planner) as advance:
-            run.on_record.append(advance)
+        previous = json.loads(files.summary.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(previous, dict):
+        return {}
+    return {k: previous[k] for k in ("continuation", "live") if k in previous}
+
+
+async def _drive(run: _LiveRun, ledger: Ledger, stop: Interruption | None) -> int | None:
+    """Run the loop to its end and record every query. Cancelled by a signal (``stop``):
+    settle what is in flight instead and return the number of requests counted in full;
+    cancelled otherwise: cancel the requests in flight and leave the books as a crash
+    would."""
+    with _progress(run.config.progress, len(run.items), ledger, run.planner) as advance:
+        run.on_record.append(advance)
+        try:
             await _loop(run)
-        state = await ledger.state()
-    finally:
-        if fh is not None:
-            fh.close()
-        await ledger.aclose()
-    final = latest_by_id([*history, *run.records])
-    records = [final[i] for i in ids_of(items) if i in final]
-    summary = run_summary(records, state, recovery)
-    summary.update(
-        policy="clear-live",
-        resumed=len(done),
-        executed=len(pending),
-        wall_s=round(time.perf_counter() - start, 3),
-        continuation=continuation,
-        live=planner.summary(),
-    )
-    if files is not None:
-        write_json_atomic(files.summary, summary)
-    return RunReport(records, summary)
+        except asyncio.CancelledError:
+            why = stopped_by(stop)
+            if why is None:
+                for task in run.inflight:
+                    task.cancel()
+                raise
+            return await _stop(run, why)
+        _close(run)
+    return None
 
 
 async def _loop(run: _LiveRun) -> None:
-    """Keep up to ``concurrency`` requests in flight until the planner has nothing to send."""
+    """Keep up to ``concurrency`` requests in flight until the planner has nothing to send
+    (or the endpoint's answers cannot be read: then the ones in flight end, nothing starts)."""
     p = run.planner
-    inflight: dict[asyncio.Task[tuple[bool, int, bool]], int] = {}
-
-    async def launch(act: Any) -> bool:
-        res = await run.ledger.reserve(int(act.tokens), tag=run.items[act.query].id)
-        if res is None:  # someone else took the tokens: the planner may retry later
-            p.on_error(act.query, 0)
-            return False
-        inflight[asyncio.ensure_future(run.request(act.query, res))] = act.query
-        return True
-
+    inflight = run.inflight
     while True:
-        while len(inflight) < run.config.concurrency:
+        while len(inflight) < run.config.concurrency and not run.streak.tripped:
             act = p.next_start(await run.available())
-            if act is None or not await launch(act):
+            if act is None or not await run.launch(act):
                 break
         if not inflight:
             break
@@ -372,19 +459,19 @@ async def _loop(run: _LiveRun) -> None:
         for task in finished:
             q = inflight.pop(task)
             nxt = await _ended(run, q, *task.result())
+            if nxt is None:
+                continue
             # A continuation whose tokens were taken meanwhile waits as a retry.
-            if nxt is not None and not await launch(nxt) and p.state[q] not in (RUNNING, RETRY):
+            if run.streak.tripped or (
+                not await run.launch(nxt) and p.state[q] not in (RUNNING, RETRY)
+            ):
                 run.finish(q, "done")
-    for q in range(len(run.items)):
-        if not run.emitted[q]:
-            run.finish(q, "abandoned", "not funded at the live price")
 
 
 async def _ended(run: _LiveRun, q: int, ok: bool, charged: int, capped: bool) -> Any:
     """Tell the planner a request of ``q`` ended; record the query if it is over. Returns the
     continuation to send, if any."""
     p = run.planner
-    run.tokens[q] += charged
     if not ok:
         p.on_error(q, charged)
         if p.state[q] not in (RUNNING, RETRY):  # the planner gave up on it
@@ -394,6 +481,65 @@ async def _ended(run: _LiveRun, q: int, ok: bool, charged: int, capped: bool) ->
     if nxt is None:
         run.finish(q, "done")
     return nxt
+
+
+def _close(run: _LiveRun) -> None:
+    """Record every query the loop left without a record: an answer is done, a failure is
+    an error (retried on resume), a query never started is abandoned (or an error, if the
+    run stopped sending to an endpoint that answers garbage)."""
+    for q in range(len(run.items)):
+        if run.emitted[q] is not None:
+            continue
+        if run.last[q] is not None:
+            run.finish(q, "done")
+        elif run.errors[q] or run.tokens(q):
+            run.finish(
+                q,
+                "error",
+                f"{run.errors[q] or 'earlier attempts failed'}; not retried: {_why_not(run)}",
+            )
+        elif run.streak.tripped:
+            run.finish(q, "error", run.streak.reason())
+        else:
+            run.finish(q, "abandoned", _unfunded(run))
+
+
+def _unfunded(run: _LiveRun) -> str:
+    """Why a query the planner never started was abandoned."""
+    if not run.failed_tokens:
+        return UNFUNDED
+    return (
+        f"{UNFUNDED} ({run.failed_tokens} tokens of the budget were charged to requests that "
+        f"failed: see the errors)"
+    )
+
+
+def _why_not(run: _LiveRun) -> str:
+    if run.streak.tripped:
+        return run.streak.reason().removeprefix("not sent: ")
+    return "the budget left could not hold its request"
+
+
+async def _stop(run: _LiveRun, why: str) -> int:
+    """The run was cancelled: cancel the requests in flight, count each as spent in full,
+    record their queries as failed and every other started query as it stands."""
+    tasks = list(run.inflight)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    run.inflight.clear()
+    requests = len(run.books.open)
+    cut = await run.books.settle_open()
+    for q, item in enumerate(run.items):
+        if item.id in cut:
+            run.finish(q, "error", interrupted_reason(why, cut[item.id]))
+        elif run.emitted[q] is None and run.last[q] is not None:
+            run.finish(q, "done")
+        elif run.emitted[q] is None and (run.errors[q] or run.tokens(q)):
+            failed = run.errors[q] or "earlier attempts failed"
+            reason = f"{failed}; interrupted ({why}) before it was retried"
+            run.finish(q, "error", reason)
+    return requests
 
 
 class _progress:
@@ -463,7 +609,9 @@ def run_live(
     """Synchronous wrapper around :func:`execute_live` that owns its client (and, with
     ``state`` = ``redis://HOST:PORT/DB``, the budget shared in Redis under ``state_name``)."""
 
-    async def main(client: ChatClient, shared: Ledger | None, ident: dict[str, Any]) -> RunReport:
+    async def main(
+        client: ChatClient, shared: Ledger | None, ident: dict[str, Any], stop: Interruption
+    ) -> RunReport:
         return await execute_live(
             items,
             curves,
@@ -476,6 +624,7 @@ def run_live(
             identity=ident,
             release_unsettled=release_unsettled,
             shared=shared,
+            stop=stop,
         )
 
     return run_connected(

@@ -20,11 +20,14 @@ gold), a total budget and an endpoint, and returns graded records. Guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import math
+import signal
+import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -32,6 +35,7 @@ from urllib.parse import urlsplit
 
 from ..ledger import JournalLedger, Ledger, LedgerState, MemoryLedger, Reservation
 from ..limits import MAX_BUDGET
+from .books import Books, UnreadableStreak, charges_by_query
 from .client import ChatClient, Completion, EngineError
 from .forcing import fallback_messages, forcing_messages
 from .grading import Grader, get_grader
@@ -195,6 +199,9 @@ class Executor:
 
     This is the engine's building block for any policy: :meth:`send` reserves a query's cap,
     sends it, settles the reservation with what was generated, grades and records the result.
+    Every token is charged to the query that spent it (:class:`~.books.Books`), and after
+    :data:`~.books.UNREADABLE_LIMIT` answers in a row that could not be read, nothing more is
+    sent (:class:`~.books.UnreadableStreak`).
 
     Parameters
     ----------
@@ -205,6 +212,8 @@ class Executor:
     config : RunConfig
     out : text file, optional
         Results are appended here as they land.
+    prior : mapping, optional
+        ``query id -> tokens`` earlier runs charged (from the journal).
     """
 
     def __init__(
@@ -214,12 +223,15 @@ class Executor:
         grader: Grader,
         config: RunConfig,
         out: TextIO | None,
+        prior: Mapping[str, int] | None = None,
     ) -> None:
         self.client = client
         self.ledger = ledger
         self.grader = grader
         self.config = config
         self.out = out
+        self.books = Books(ledger, prior)
+        self.streak = UnreadableStreak()
         self.records: list[dict[str, Any]] = []
         self.on_record: list[Any] = []
         #: Tokens planned for queries not sent yet: forcing and fallbacks may not use them.
@@ -236,12 +248,27 @@ class Executor:
     def _base(self, item: PlanItem) -> dict[str, Any]:
         return {"id": item.id, "budget": int(item.budget), "gold": item.gold, **item.meta}
 
-    async def _spare(self, tokens: int, tag: str) -> Reservation | None:
+    def error(self, item: PlanItem, reason: str) -> None:
+        """Record ``item`` as failed (retried on resume) with everything charged to it."""
+        self.emit(
+            {
+                **self._base(item),
+                "status": "error",
+                "reason": reason,
+                "tokens": self.books.charged[item.id],
+                "answer": None,
+                "correct": False if item.gold is not None else None,
+            }
+        )
+
+    async def _spare(self, item: PlanItem, tokens: int, tag: str) -> Reservation | None:
         """Reserve ``tokens`` only out of what no planned query was promised."""
+        if self.streak.tripped:
+            return None
         state = await self.ledger.state()
         if state.available - self.promised < tokens:
             return None
-        return await self.ledger.reserve(tokens, tag=tag)
+        return await self.books.reserve(item.id, tokens, tag=f"{tag}:{item.id}")
 
     async def _chat(
         self, res: Reservation, messages: list[dict[str, str]]
@@ -250,32 +277,26 @@ class Executor:
         try:
             comp = await self.client.chat(messages, res.tokens, **self.config.params)
         except EngineError as exc:
-            charged = min(exc.charge, res.tokens)
-            await self.ledger.settle(res, charged)
+            charged = await self.books.settle(res, min(exc.charge, res.tokens))
+            self.streak.failed(res.tag, str(exc), charged)
             return None, str(exc), charged
-        await self.ledger.settle(res, comp.usage.completion_tokens)
-        return comp, "", comp.usage.completion_tokens
+        self.streak.answered()
+        return comp, "", await self.books.settle(res, comp.usage.completion_tokens)
 
     async def send(self, item: PlanItem) -> None:
         """Reserve ``item.budget``, send the query, settle, grade and record it."""
         self.promised -= item.budget
-        res = await self.ledger.reserve(item.budget, tag=item.id)
+        if self.streak.tripped:
+            self.error(item, self.streak.reason())
+            return
+        res = await self.books.reserve(item.id, item.budget)
         if res is None:  # a resumed run has less left than the plan assumed
             reason = LATE_REASON
             await self.abandoned(PlanItem(item.id, item.messages, 0, item.gold, reason, item.meta))
             return
-        comp, error, charged = await self._chat(res, item.messages)
+        comp, error, _ = await self._chat(res, item.messages)
         if comp is None:
-            self.emit(
-                {
-                    **self._base(item),
-                    "status": "error",
-                    "reason": error,
-                    "tokens": charged,
-                    "answer": None,
-                    "correct": False if item.gold is not None else None,
-                }
-            )
+            self.error(item, error)
             return
         self.emit(await self._graded(item, comp))
 
@@ -295,7 +316,7 @@ class Executor:
         latency = comp.latency_s
         grade = self.grader(comp.text, item.gold)
         if comp.finish_reason == "length" and self.config.force_tokens > 0:
-            fres = await self._spare(self.config.force_tokens, f"force:{item.id}")
+            fres = await self._spare(item, self.config.force_tokens, "force")
             if fres is not None:
                 forced, _, charged = await self._chat(
                     fres, forcing_messages(item.messages, comp.text)
@@ -312,7 +333,7 @@ class Executor:
                     if forced_grade.answer is not None:
                         grade = forced_grade
         record.update(
-            tokens=record["completion_tokens"] + record["forcing_tokens"],
+            tokens=self.books.charged[item.id],
             answer=grade.answer,
             correct=grade.correct,
             latency_s=round(latency, 4),
@@ -325,16 +346,18 @@ class Executor:
         base = {**self._base(item), "budget": 0, "reason": item.reason or "not funded"}
         fres = None
         if self.config.fallback_tokens > 0:
-            fres = await self._spare(self.config.fallback_tokens, f"fallback:{item.id}")
+            fres = await self._spare(item, self.config.fallback_tokens, "fallback")
         unanswered = {"answer": None, "correct": False if item.gold is not None else None}
         if fres is None:
-            self.emit({**base, "status": "abandoned", "tokens": 0, **unanswered})
+            tokens = self.books.charged[item.id]
+            self.emit({**base, "status": "abandoned", "tokens": tokens, **unanswered})
             return
-        comp, error, charged = await self._chat(fres, fallback_messages(item.messages))
+        comp, error, _ = await self._chat(fres, fallback_messages(item.messages))
+        tokens = self.books.charged[item.id]
         if comp is None:
             reason = f"{base['reason']}; fallback failed: {error}"
             self.emit(
-                {**base, "status": "abandoned", "reason": reason, "tokens": charged, **unanswered}
+                {**base, "status": "abandoned", "reason": reason, "tokens": tokens, **unanswered}
             )
             return
         grade = self.grader(comp.text, item.gold)
@@ -342,7 +365,7 @@ class Executor:
             {
                 **base,
                 "status": "fallback",
-                "tokens": comp.usage.completion_tokens,
+                "tokens": tokens,
                 "completion_tokens": comp.usage.completion_tokens,
                 "prompt_tokens": comp.usage.prompt_tokens,
                 "finish_reason": comp.finish_reason,
@@ -354,6 +377,15 @@ class Executor:
                 "text": comp.text,
             }
         )
+
+    async def stop(self, items: Mapping[str, PlanItem], why: str) -> int:
+        """After the run was stopped: count every request still in flight as spent in full
+        and record its query as failed (retried on resume). Returns the requests counted."""
+        requests = len(self.books.open)
+        cut = await self.books.settle_open()
+        for query, tokens in cut.items():
+            self.error(items[query], interrupted_reason(why, tokens))
+        return requests
 
 
 def _check_plan(items: Sequence[PlanItem], total_budget: int) -> None:
@@ -417,6 +449,7 @@ async def execute(
     identity: Mapping[str, Any] | None = None,
     release_unsettled: bool = False,
     shared: Ledger | None = None,
+    stop: Interruption | None = None,
 ) -> RunReport:
     """Run ``items`` against ``client`` under ``total_budget``; see the module docstring.
 
@@ -440,12 +473,20 @@ async def execute(
     shared : Ledger, optional
         A budget shared with other workers (e.g. a Redis ledger): this run's reservations
         are made there (and journalled here).
+    stop : Interruption, optional
+        Names the signal when the run is cancelled to stop it (see :func:`run_connected`);
+        any other cancellation leaves the books as a crash would (requests in flight open in
+        the journal, counted on resume).
 
     Raises
     ------
     ValueError
         For a bad plan or config; :class:`RunStateError` /
         :class:`~shadowprice.ledger.JournalMismatch` when ``out`` cannot be resumed.
+    asyncio.CancelledError
+        When cancelled. If ``stop`` names a signal, requests in flight are first counted as
+        spent in full and their queries recorded as failed, the journal closed and the
+        summary written (with ``interrupted``); ``stop.report`` then holds the report.
     """
     config = config or RunConfig()
     config.validate()
@@ -461,14 +502,16 @@ async def execute(
         out, total_budget, ident, release_unsettled=release_unsettled, shared=shared
     )
     recovery = await ledger.recover() if isinstance(ledger, JournalLedger) else None
-    done = {k: r for k, r in latest_by_id(history).items() if r.get("status") in FINAL_STATUSES}
-    pending = [item for item in items if item.id not in done]
+    prior = charges_by_query(getattr(recovery, "by_tag", {}), ids_of(items))
     files = RunFiles.of(out) if out is not None else None
     fh = open_for_append(files.results) if files is not None else None
-    ex = Executor(client, ledger, grade, config, fh)
+    done = {k: r for k, r in latest_by_id(history).items() if r.get("status") in FINAL_STATUSES}
+    pending = [item for item in items if item.id not in done]
+    ex = Executor(client, ledger, grade, config, fh, prior)
     ex.promised = sum(item.budget for item in pending)
     sem = asyncio.Semaphore(config.concurrency)
     start = time.perf_counter()
+    cut: int | None = None
 
     async def one(item: PlanItem) -> None:
         async with sem:
@@ -480,7 +523,14 @@ async def execute(
     try:
         with _progress(config.progress, len(pending), ledger) as advance:
             ex.on_record.append(advance)
-            await asyncio.gather(*(one(item) for item in pending))
+            try:
+                await asyncio.gather(*(one(item) for item in pending))
+            except asyncio.CancelledError:
+                why = stopped_by(stop)
+                if why is None:  # not a stop signal: left as a crash would leave it
+                    raise
+                cut = await ex.stop({item.id: item for item in items}, why)
+        ex.records += reconcile(items, [*history, *ex.records], ex.books.charged, fh)
         state = await ledger.state()
     finally:
         if fh is not None:
@@ -499,9 +549,121 @@ async def execute(
         wall_s=round(time.perf_counter() - start, 3),
         late_abandoned=sum(1 for r in ex.records if r.get("reason") == LATE_REASON),
     )
+    return close_report(RunReport(records, summary), files, stop, cut)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by a signal, after settling its books (see :func:`run_connected`).
+
+    A :class:`KeyboardInterrupt`, so code that handles Ctrl-C handles it.
+
+    Attributes
+    ----------
+    signal : str
+        ``SIGINT`` or ``SIGTERM``.
+    report : RunReport or None
+        The run's records and summary as written (``summary["interrupted"]``,
+        ``summary["cancelled_requests"]``); None if it stopped before the run began.
+    """
+
+    def __init__(self, signal: str, report: RunReport | None) -> None:
+        super().__init__(signal)
+        self.signal = signal
+        self.report = report
+
+
+@dataclass
+class Interruption:
+    """Why a run is being cancelled, set by whoever cancels it; the run leaves its report.
+
+    Attributes
+    ----------
+    signal : str or None
+        The signal's name (``SIGTERM``), or None for any other cancellation.
+    report : RunReport or None
+        Set by the run once its books are settled and its summary written.
+    """
+
+    signal: str | None = None
+    report: RunReport | None = None
+
+
+def stopped_by(stop: Interruption | None) -> str | None:
+    """The signal stopping a run (its cancellation is then a clean stop), else None."""
+    return stop.signal if stop is not None else None
+
+
+def interrupted_reason(why: str, tokens: int) -> str:
+    """The error reason of a query whose request a stopped run cut off."""
+    return (
+        f"interrupted ({why}) with its request in flight: counted as spent in full "
+        f"({tokens} tokens); re-run to retry it"
+    )
+
+
+def close_report(
+    report: RunReport, files: RunFiles | None, stop: Interruption | None, cut: int | None
+) -> RunReport:
+    """Write the summary; re-raise the cancellation of a stopped run (``cut`` not None)."""
+    if cut is not None:
+        report.summary.update(interrupted=stopped_by(stop), cancelled_requests=cut)
     if files is not None:
-        write_json_atomic(files.summary, summary)
-    return RunReport(records, summary)
+        write_json_atomic(files.summary, report.summary)
+    if cut is not None:
+        if stop is not None:
+            stop.report = report
+        raise asyncio.CancelledError
+    return report
+
+
+def reconcile(
+    items: Sequence[PlanItem],
+    records: Sequence[dict[str, Any]],
+    charged: Mapping[str, int],
+    out: TextIO | None,
+) -> list[dict[str, Any]]:
+    """Records that bring the results in line with the books at the end of a run.
+
+    A query whose last record says other than what it was charged (a run was killed with
+    its request in flight, or stopped before sending it again) gets a new record with the
+    tokens charged: its last record with the new count, or an error record if it had none.
+    Returns the records written (appended to ``out``).
+
+    Parameters
+    ----------
+    items : sequence of PlanItem
+    records : sequence of dict
+        Every record so far, earlier runs' included (later ones supersede earlier ones).
+    charged : mapping
+        ``query id -> tokens`` charged to it (:attr:`~.books.Books.charged`).
+    out : text file, optional
+    """
+    last = latest_by_id(list(records))
+    written = []
+    for item in items:
+        tokens = int(charged.get(item.id, 0))
+        before = last.get(item.id)
+        if tokens == int((before or {}).get("tokens", 0)):
+            continue
+        if before is None:
+            record = {
+                "id": item.id,
+                "budget": int(item.budget),
+                "gold": item.gold,
+                **item.meta,
+                "status": "error",
+                "reason": "a run was stopped with its request in flight: counted as spent in "
+                "full; re-run to retry it",
+                "answer": None,
+                "correct": False if item.gold is not None else None,
+            }
+        else:
+            record = dict(before)
+        record["tokens"] = tokens
+        if out is not None:
+            append_record(out, record)
+        written.append(record)
+    return written
 
 
 def ids_of(items: Sequence[PlanItem]) -> list[str]:
@@ -607,10 +769,13 @@ def run_plan(
     ``timeout`` bounds one attempt, ``deadline`` one query over all its attempts (seconds).
     ``state`` (``redis://HOST:PORT/DB``) keeps the budget in Redis under ``state_name``, so
     several workers on several machines share one budget (see
-    :class:`~shadowprice.ledger.redis.RedisLedger`).
+    :class:`~shadowprice.ledger.redis.RedisLedger`). SIGINT and SIGTERM stop the run
+    cleanly: :class:`RunInterrupted` (see :func:`run_connected`).
     """
 
-    async def main(client: ChatClient, shared: Ledger | None, ident: dict[str, Any]) -> RunReport:
+    async def main(
+        client: ChatClient, shared: Ledger | None, ident: dict[str, Any], stop: Interruption
+    ) -> RunReport:
         return await execute(
             items,
             client,
@@ -621,6 +786,7 @@ def run_plan(
             identity=ident,
             release_unsettled=release_unsettled,
             shared=shared,
+            stop=stop,
         )
 
     return run_connected(
@@ -638,8 +804,12 @@ def run_plan(
     )
 
 
+#: Signals that stop a run cleanly (books settled, summary written) instead of killing it.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def run_connected(
-    main: Callable[[ChatClient, Ledger | None, dict[str, Any]], Awaitable[RunReport]],
+    main: Callable[[ChatClient, Ledger | None, dict[str, Any], Interruption], Awaitable[RunReport]],
     *,
     endpoint: str,
     model: str,
@@ -652,11 +822,17 @@ def run_connected(
     state: str | None = None,
     state_name: str = "run",
 ) -> RunReport:
-    """Run ``main(client, shared ledger, identity)`` once, owning the client and the ledger.
+    """Run ``main(client, shared ledger, identity, interruption)`` once, owning the client
+    and the ledger.
 
     With ``state`` (``redis://HOST:PORT/DB``) the budget lives in Redis under ``state_name``
     and the run's identity names it (without any password), so a resume against another
     shared budget is refused.
+
+    Called from the main thread, SIGINT (Ctrl-C) and SIGTERM (``timeout``, systemd,
+    Kubernetes) cancel ``main``, which stops sending, counts the requests in flight as spent
+    in full, closes its journal and writes its summary; then :class:`RunInterrupted` is
+    raised. The previous handlers are restored afterwards.
     """
     ident = dict(identity or {})
     shared: Ledger | None = None
@@ -668,18 +844,52 @@ def run_connected(
         ident["state"] = f"{where.hostname}:{where.port}{where.path}#{state_name}"
 
     async def go() -> RunReport:
+        stop = Interruption()
         try:
-            async with ChatClient(
-                endpoint,
-                model,
-                api_key=api_key,
-                timeout=timeout,
-                deadline=deadline,
-                max_retries=max_retries,
-            ) as client:
-                return await main(client, shared, ident)
+            with _stopped_by_signals(stop):
+                async with ChatClient(
+                    endpoint,
+                    model,
+                    api_key=api_key,
+                    timeout=timeout,
+                    deadline=deadline,
+                    max_retries=max_retries,
+                ) as client:
+                    return await main(client, shared, ident, stop)
+        except asyncio.CancelledError:
+            if stop.signal is None:
+                raise
+            raise RunInterrupted(stop.signal, stop.report) from None
         finally:
             if shared is not None:
                 await shared.aclose()
 
     return asyncio.run(go())
+
+
+@contextlib.contextmanager
+def _stopped_by_signals(stop: Interruption) -> Iterator[None]:
+    """While inside, each of :data:`STOP_SIGNALS` cancels the current task (once), noting its
+    name in ``stop``; outside the main thread, nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+
+    def cancel(sig: signal.Signals) -> None:
+        if stop.signal is None:  # a second signal does not cut the settling short
+            stop.signal = sig.name
+            task.cancel()
+
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, cancel, sig)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            loop.remove_signal_handler(sig)
+            if handler is not None:  # None: set outside Python, left as the loop leaves it
+                signal.signal(sig, handler)

@@ -186,8 +186,10 @@ class ClearLive:
         """See :meth:`shadowprice.live.LivePolicy.next_start`."""
         if available < 1:
             return None
-        if self.retry:
-            return self._next_retry(available)
+        while self.retry:
+            act = self._next_retry(available)
+            if act is not None or self.retry:
+                return act
         while self.resume:
             act = self._next_resume(available)
             if act is not None or self._waiting:
@@ -233,13 +235,18 @@ class ClearLive:
         return self._launch(i, cap, "extend", target=b)
 
     def _next_retry(self, available: int) -> Action | None:
+        """Send the first failed query again with the cap it had, when that fits; while
+        requests run, wait for tokens to come back. When nothing runs and it does not fit,
+        give it up: a retry is never shrunk to whatever is left (an endpoint whose answers
+        cannot be read is charged each one in full, so a shrinking retry would drain the
+        budget into it)."""
         i = self.retry[0]
         need = int(self.cap[i] - self.used[i])
         if need > available:
-            if self._running:
-                return None
-            self.cap[i] = self.used[i] + available  # all that is left
-            need = available
+            if not self._running:
+                self.retry.popleft()
+                self._give_up(i)
+            return None
         self.retry.popleft()
         return self._launch(i, int(self.cap[i]), "retry", need)
 
@@ -384,9 +391,13 @@ class ClearLive:
             self.state[i] = RETRY
             self.retry.append(i)
         else:
-            self.state[i] = STOPPED if self.used[i] else ABANDONED
-            if self.calibrator is not None and not self.used[i]:
-                self.calibrator.drop(i)
+            self._give_up(i)
+
+    def _give_up(self, i: int) -> None:
+        """A query that failed for good: what it generated stands, if anything."""
+        self.state[i] = STOPPED if self.used[i] else ABANDONED
+        if self.calibrator is not None and not self.used[i]:
+            self.calibrator.drop(i)
 
     def _settle(self, i: int, tokens: int) -> None:
         if self.state[i] != RUNNING:
