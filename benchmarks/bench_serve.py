@@ -31,7 +31,7 @@ import numpy as np
 
 from shadowprice.ledger import Ledger, MemoryLedger
 from shadowprice.ledger.redis import RedisLedger
-from shadowprice.online import OnlinePricer
+from shadowprice.online import DecisionCore, PacedPricer
 from shadowprice.serve.decision import Decider, Grant
 from shadowprice.serve.localredis import LocalRedis
 from shadowprice.serve.testing import run_load
@@ -65,8 +65,7 @@ def questions(n: int) -> list[str]:
 
 
 async def decision_cost(ledger: Ledger, n: int) -> float:
-    pricer = OnlinePricer(10**12, 3600.0)
-    d = Decider(pricer, ledger)
+    d = Decider(DecisionCore(PacedPricer(10**12, 3600.0)), ledger)
     t0 = time.perf_counter()
     for i in range(n):
         g = await d.decide(200.0 + i % 300, 4096)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from shadowprice.ledger import MemoryLedger
-from shadowprice.online import OnlinePricer
+from shadowprice.online import DecisionCore, OnlinePricer
 from shadowprice.serve.decision import Decider, Grant
 
 
@@ -20,7 +20,8 @@ class Clock:
 def test_a_request_task_that_ends_without_settling_cannot_leak_its_reservation() -> None:
     clock = Clock()
     ledger = MemoryLedger(10_000, period=3600, clock=clock)
-    decider = Decider(OnlinePricer(10_000, 3600), ledger, ttl=10.0, clock=clock)
+    core = DecisionCore(OnlinePricer(10_000, 3600))
+    decider = Decider(core, ledger, ttl=10.0, clock=clock)
 
     async def go() -> None:
         async def request(done: asyncio.Event) -> int:

@@ -441,3 +441,23 @@ def test_every_fault_of_the_catalogue_is_an_answer_or_an_openai_error(upstream) 
                 _check_answer(r)
         s = g.idle().state_now()
     assert log.generated <= s.spent <= budget  # never under-counted, never over the budget
+
+
+def test_a_cap_below_the_threshold_is_its_own_refusal_without_retry_after(upstream) -> None:  # type: ignore[no-untyped-def]
+    """A client's max_tokens is part of its curve: below the predicted threshold the request
+    is worth nothing at any positive price, and retrying will not change that."""
+    url, _ = upstream
+    with Gw([url], thresholds=FixedThreshold(500.0), tick=3600) as g:
+        g.gw.decider.core.agree(1e-9)  # the price that used to refuse it for ever
+        client = openai.OpenAI(base_url=g.url + "/v1", api_key="none", max_retries=0)
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "LEN:50"}], max_tokens=100
+            )
+        r = info.value.response
+        assert r.status_code == 400 and "retry-after" not in r.headers
+        err = assert_openai_error(r)
+        assert err["code"] == "cap_too_small" and err["param"] == "max_tokens"
+        assert "max_tokens (100)" in err["message"] and "500" in err["message"]
+        ok = g.post(chat("LEN:50", max_tokens=900))  # room above the threshold: served
+        assert ok.status_code == 200 and int(ok.headers["x-shadowprice-allowance"]) <= 900

@@ -63,6 +63,12 @@ def serve_command(
         "--route-tau",
         help="fixed threshold (tokens) for every request instead of a predictor",
     ),
+    pace_margin: float = typer.Option(
+        0.2,
+        "--pace-margin",
+        help="share of the budget spending may run ahead of the period's pace line (0: pace "
+        "strictly; 1: a burst may take the whole budget)",
+    ),
     keys: Path | None = typer.Option(
         None, "--keys", help="JSONL of key hashes -> tenant, budget, floor"
     ),
@@ -165,6 +171,7 @@ def serve_command(
             predictor=None if route_tau is not None else predictor,
             route_tau=route_tau,
             max_tokens_ceiling=max_tokens_ceiling,
+            pace_margin=pace_margin,
             fallback_tokens=fallback_tokens,
             classes=_classes(classes),
             floor_share=floor_share,

@@ -43,7 +43,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..ledger import Ledger, MemoryLedger, OnLapse
-from ..online import OnlinePricer, PopulationPrior, SurgeShape
+from ..online import DecisionCore, PacedPricer, PopulationPrior, SurgeShape
 from ..usage import Count, StreamMeter, completion_problem, count_completion, error_charge
 from .config import GatewayConfig, Tenant
 from .decision import Decider, Grant, Refusal
@@ -107,15 +107,22 @@ class Gateway:
         shape = SurgeShape(c.alpha, c.beta)
         # Without a text predictor the prior learns the population's threshold scale.
         prior = PopulationPrior(short_excess=shape.short_excess, learn_scale=c.predictor is None)
-        self.pricer = OnlinePricer(
-            shared, c.period, shape, window=c.window, min_tokens=c.min_tokens, prior=prior
+        self.pricer = PacedPricer(
+            shared,
+            c.period,
+            shape,
+            window=c.window,
+            min_tokens=c.min_tokens,
+            prior=prior,
+            margin=c.pace_margin,
         )
+        core = DecisionCore(self.pricer, fallback_tokens=c.fallback_tokens, tick=c.tick)
         self.ledger = ledger if ledger is not None else self._ledger(shared, c.namespace)
         tenants = c.keys.tenants if c.keys is not None else []
         #: Ports of the separate metrics listener (set by whoever binds it).
         self.metrics_ports: set[int] = set()
         self.decider = Decider(
-            self.pricer,
+            core,
             self.ledger,
             floor_ledger=self._ledger(c.floor_tokens, f"{c.namespace}.floor")
             if c.floor_tokens
@@ -125,11 +132,9 @@ class Gateway:
                 for t in tenants
                 if t.budget is not None
             },
-            fallback_tokens=c.fallback_tokens,
             ttl=c.ttl,
             fail_open=c.fail_open and c.state is not None,
             fail_open_budget=c.float_tokens,
-            tick=c.tick,
         )
         self.metrics.budget.set(c.budget)
         self._headers = {"content-type": "application/json"}
@@ -342,10 +347,16 @@ class Gateway:
 
     def _refusal(self, d: Refusal) -> Response:
         self.metrics.requests.labels(d.kind).inc()
-        headers = {"retry-after": str(d.retry_after), "x-shadowprice-price": f"{d.price:.6g}"}
+        headers = {"x-shadowprice-price": f"{d.price:.6g}"}
+        if d.retry_after is not None:
+            headers["retry-after"] = str(d.retry_after)
         if d.kind == "unavailable":
             return error_response(
                 503, "ledger_unavailable", d.message, "ledger_unavailable", headers
+            )
+        if d.kind == "cap_too_small":  # the request must change: no use retrying it as is
+            return error_response(
+                400, "invalid_request_error", d.message, d.kind, headers, param="max_tokens"
             )
         return error_response(429, d.kind, d.message, d.kind, headers)
 

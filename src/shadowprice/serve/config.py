@@ -165,6 +165,10 @@ class GatewayConfig:
         Requests the price forecast looks back on.
     tick : float
         Seconds between price updates.
+    pace_margin : float
+        Share of the budget spending may run ahead of the period's pace line, in [0, 1]
+        (see :mod:`shadowprice.online.pace`): 0 paces strictly, 1 lets a burst take the whole
+        budget.
     min_tokens : int
         Smallest allowance sent.
     max_tokens_ceiling : int
@@ -231,6 +235,7 @@ class GatewayConfig:
     beta: float = 0.005
     window: int = 1024
     tick: float = 0.25
+    pace_margin: float = 0.2
     min_tokens: int = 16
     max_tokens_ceiling: int = 32768
     fallback_tokens: int = 0
@@ -285,6 +290,8 @@ class GatewayConfig:
             _positive("--route-tau", self.route_tau)
         if self.fallback_tokens < 0:
             raise ConfigError("--fallback-tokens must be >= 0")
+        if not (isinstance(self.pace_margin, (int, float)) and 0 <= self.pace_margin <= 1):
+            raise ConfigError(f"--pace-margin must be in [0, 1], got {self.pace_margin!r}")
         if not (isinstance(self.floor_share, (int, float)) and 0 <= self.floor_share < 1):
             raise ConfigError(f"--floor-share must be in [0, 1), got {self.floor_share!r}")
         if self.floor_share > 0 and self.floor_tokens == 0:

@@ -1,9 +1,11 @@
 """The decision for one request: price its curve, reserve its allowance, settle what it used.
 
 No HTTP here: :class:`Decider` is what the gateway calls around forwarding, and what the
-benchmark times on its own ("the decision itself"). The price comes from
-:class:`~shadowprice.online.OnlinePricer`; the ledger (in-process or Redis) enforces the budget.
-A tenant with its own budget reserves in its own ledger too (both or neither).
+benchmark times on its own ("the decision itself"). It is the asynchronous adapter between
+the ledgers (in-process or Redis: they enforce the budget) and the synchronous, I/O-free
+decision core :class:`~shadowprice.online.DecisionCore` (price, pacing, rationing, refusal
+kinds and waits), the same core the traffic simulator drives. A tenant with its own budget
+reserves in its own ledger too (both or neither).
 
 **Reservations lapse unless renewed.** Every reservation is made with a TTL; the gateway calls
 :meth:`Decider.renew` every third of it, which extends the reservations of requests whose task
@@ -33,24 +35,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from ..ledger import Ledger, LedgerError, LedgerState, MemoryLedger, Reservation, SharedLedger
-from ..online import OnlinePricer
+from ..online import DecisionCore, Offer, Ticket
 
 log = logging.getLogger("shadowprice.serve")
 
 __all__ = ["Decider", "Grant", "Refusal"]
 
 GrantStatus = Literal["granted", "floor", "fallback"]
-RefusalKind = Literal["priced_out", "budget_exhausted", "unavailable"]
-
-#: Message of a refusal for an empty budget.
-_SPENT = "the token budget of this period is spent; retry after it"
+RefusalKind = Literal["priced_out", "budget_exhausted", "cap_too_small", "unavailable"]
 #: Message of a refusal while the shared ledger cannot be reached (its address stays in logs).
 _AWAY = "the budget ledger is unavailable; retry shortly"
 
@@ -70,6 +68,8 @@ class Grant:
         Predicted threshold (before the prior's correction), tokens.
     holds : list of (Ledger, Reservation)
         The reservations to settle (the gateway's, and the tenant's where it has a budget).
+    ticket : Ticket, optional
+        The decision core's record of the grant.
     settled : bool
         Settled already (settling again charges nothing).
     """
@@ -79,6 +79,7 @@ class Grant:
     status: GrantStatus
     tau_hat: float
     holds: list[tuple[Ledger, Reservation]] = field(default_factory=list)
+    ticket: Ticket | None = None
     settled: bool = False
 
 
@@ -88,17 +89,18 @@ class Refusal:
 
     Attributes
     ----------
-    kind : {'priced_out', 'budget_exhausted', 'unavailable'}
+    kind : {'priced_out', 'budget_exhausted', 'cap_too_small', 'unavailable'}
     message : str
     price : float
-    retry_after : int
-        Seconds a client should wait before retrying.
+    retry_after : int or None
+        Seconds a client should wait before retrying; None when waiting will not help
+        (``cap_too_small``: the request itself must change).
     """
 
     kind: RefusalKind
     message: str
     price: float
-    retry_after: int
+    retry_after: int | None
 
 
 class Decider:
@@ -106,15 +108,14 @@ class Decider:
 
     Parameters
     ----------
-    pricer : OnlinePricer
+    core : DecisionCore
+        Decides each request (its pricer holds the shared budget's total and period).
     ledger : Ledger
         The shared budget (``total`` per period).
     floor_ledger : Ledger, optional
         Tokens kept each period for requests with a floor (see the module docstring).
     tenant_ledgers : dict of str to Ledger, optional
         Budgets of tenants that have their own.
-    fallback_tokens : int
-        Allowance given instead of refusing a priced-out request (0: refuse).
     ttl : float
         Reservation lifetime in seconds without renewal (> 0).
     fail_open : bool
@@ -122,39 +123,34 @@ class Decider:
         module docstring); else refuse (``unavailable``).
     fail_open_budget : int
         Tokens of the float held in ``ledger`` each period (with ``fail_open``; > 0).
-    tick : float
-        Seconds between price updates (how long an agreed price holds).
     clock : callable
         Wall clock, seconds since the epoch.
     """
 
     def __init__(
         self,
-        pricer: OnlinePricer,
+        core: DecisionCore,
         ledger: Ledger,
         *,
         floor_ledger: Ledger | None = None,
         tenant_ledgers: dict[str, Ledger] | None = None,
-        fallback_tokens: int = 0,
         ttl: float = 120.0,
         fail_open: bool = False,
         fail_open_budget: int = 0,
-        tick: float = 0.25,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not ttl > 0:
             raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
-        self.pricer = pricer
+        self.core = core
         self.ledger = ledger
         self.floor_ledger = floor_ledger
         self.tenant_ledgers = dict(tenant_ledgers or {})
-        self.fallback_tokens = int(fallback_tokens)
         self.ttl = float(ttl)
         if fail_open and not fail_open_budget > 0:
             raise ValueError("fail_open needs a positive fail_open_budget (the float)")
         self.fail_open = bool(fail_open)
         self.fail_open_budget = int(fail_open_budget)
-        self.tick = float(tick)
+        self.tick = core.tick
         self.clock = clock
         self.store_ok = True
         #: The float held in the shared ledger for an outage (fail open), once taken.
@@ -166,11 +162,6 @@ class Decider:
         self.floor_state: LedgerState | None = None
         # Open grants and the task of the request that holds each (see renew()).
         self._open: dict[Grant, asyncio.Task[object] | None] = {}
-        # This replica's consumption in the current period, for its traffic share.
-        self._local_period = -1
-        self._local_open = 0
-        self._local_spent = 0
-        self.share = 1.0
 
     @property
     def ledgers(self) -> list[Ledger]:
@@ -178,18 +169,23 @@ class Decider:
         found = [self.ledger, self.floor_ledger, *self.tenant_ledgers.values(), self.local]
         return list({id(x): x for x in found if x is not None}.values())
 
+    @property
+    def price(self) -> float:
+        """The price decisions are taken at."""
+        return self.core.price
+
     def refuse(self, kind: RefusalKind, message: str) -> Refusal:
-        """A refusal at the current price, with the wait a client should observe."""
-        period = self.pricer.period
-        left = period - (self.clock() % period)
-        wait = left if kind == "budget_exhausted" else min(left, 4 * self.tick)
-        return Refusal(kind, message, self.pricer.price, max(1, math.ceil(wait)))
+        """A refusal of the adapter's own (a tenant's spent budget, an unreachable store) at
+        the current price, with the wait the core gives."""
+        wait_as = "budget_exhausted" if kind == "budget_exhausted" else "priced_out"
+        wait = self.core.retry_after(self.clock(), wait_as)
+        return Refusal(kind, message, self.core.price, wait)
 
     # -- one request --------------------------------------------------------------------------
     async def decide(
         self, tau_hat: float, cap: int, *, floor: int = 0, tenant: str | None = None
     ) -> Grant | Refusal:
-        """Quote, then reserve; never forwards anything itself.
+        """Decide (the core), then reserve; never forwards anything itself.
 
         Parameters
         ----------
@@ -202,34 +198,34 @@ class Decider:
         tenant : str, optional
             Tenant name (its own budget is reserved too when it has one).
         """
-        self.pricer.observe(self.clock(), tau_hat, cap)
-        q = self.pricer.quote(tau_hat, cap, floor)
-        status: GrantStatus = "floor" if q.status == "floor" else "granted"
-        allowance, least = q.allowance, q.least
-        if q.status == "priced_out":
-            if q.price >= self.pricer.shape.price_ceiling:  # the update saw nothing left
-                return self.refuse("budget_exhausted", _SPENT)
-            if self.fallback_tokens <= 0:
-                return self.refuse(
-                    "priced_out",
-                    f"priced out: at the current price ({q.price:.4g}) this request's predicted "
-                    f"threshold ({q.tau:.0f} tokens) is not worth its entry cost; retry later "
-                    "or with a priority class",
-                )
-            allowance = least = min(self.fallback_tokens, cap)
-            status = "fallback"
-        holds = await self._reserve(allowance, least, floor > 0, tenant)
+        now = self.clock()
+        offer = self.core.arrive(now, tau_hat, cap, floor)
+        if not offer.admitted:
+            return _refusal(offer)
+        holds = await self._reserve(offer.allowance, offer.least, floor > 0, tenant)
+        if holds is None:  # the shared budget could not hold even the least
+            return _refusal(self.core.refused_by_ledger(now, offer))
         if isinstance(holds, Refusal):
             return holds
-        grant = Grant(min(r.tokens for _, r in holds), q.price, status, tau_hat, holds)
+        allowance = min(r.tokens for _, r in holds)
+        shared = [(led, r) for led, r in holds if self._shared_pool(led)]
+        ticket = self.core.granted(
+            offer,
+            allowance,
+            held=shared[0][1].tokens if shared else allowance,
+            period=shared[0][1].period if shared and shared[0][0] is self.ledger else None,
+        )
+        status: GrantStatus = offer.status  # type: ignore[assignment]  # admitted: a grant kind
+        grant = Grant(allowance, offer.price, status, tau_hat, holds, ticket)
         self._open[grant] = asyncio.current_task()
         return grant
 
     async def _reserve(
         self, allowance: int, least: int, has_floor: bool, tenant: str | None
-    ) -> list[tuple[Ledger, Reservation]] | Refusal:
+    ) -> list[tuple[Ledger, Reservation]] | Refusal | None:
         """Reserve in the tenant's budget (if it has one), then in the floor share (floor
-        requests) or the shared budget; all or nothing."""
+        requests) or the shared budget; all or nothing. None: the shared budget (or floor
+        share) could not hold ``least``."""
         holds: list[tuple[Ledger, Reservation]] = []
         own = self.tenant_ledgers.get(tenant) if tenant is not None else None
         if own is not None:
@@ -250,9 +246,7 @@ class Decider:
         if not isinstance(got, tuple):
             for led, r in holds:
                 await self._quiet_release(led, r)
-            return got or self.refuse("budget_exhausted", _SPENT)
-        if got[0] is not self.floor_ledger:
-            self._count(got[1].period, opened=got[1].tokens)
+            return got
         holds.append(got)
         return holds
 
@@ -334,14 +328,6 @@ class Decider:
             ledger is not t for t in self.tenant_ledgers.values()
         )
 
-    def _count(self, period: int, *, opened: int = 0, closed: int = 0, used: int = 0) -> None:
-        """This replica's open and settled tokens in the current period (its share)."""
-        if period > self._local_period:
-            self._local_period, self._local_open, self._local_spent = period, 0, 0
-        if period == self._local_period:
-            self._local_open += opened - closed
-            self._local_spent += used
-
     async def settle(self, grant: Grant, used: int, finish_reason: str = "stop") -> int:
         """Charge ``used`` tokens to every reservation of ``grant`` (once) and teach the prior.
 
@@ -355,11 +341,10 @@ class Decider:
         for ledger, res in grant.holds:
             try:
                 await ledger.settle(res, used)
-            except LedgerError:
-                self.store_ok = False
-            if self._shared_pool(ledger):
-                self._count(res.period, closed=res.tokens, used=used)
-        self.pricer.learn(grant.tau_hat, grant.allowance, used, finish_reason)
+            except LedgerError as exc:
+                self._away(exc)
+        if grant.ticket is not None:
+            self.core.settled(grant.ticket, used, finish_reason)
         return used
 
     # -- background work ------------------------------------------------------------------------
@@ -370,9 +355,8 @@ class Decider:
         for grant, task in list(self._open.items()):
             if task is not None and task.done():
                 del self._open[grant]  # ended without settling: let its reservation lapse
-                for ledger, res in grant.holds:
-                    if self._shared_pool(ledger):
-                        self._count(res.period, closed=res.tokens)
+                if grant.ticket is not None:
+                    self.core.lapsed(grant.ticket)
             else:
                 running.append(grant)
         for grant in running:
@@ -421,19 +405,20 @@ class Decider:
             self._away(exc)
             local = self._fallback()
             if local is None:
-                return self.pricer.price
+                return self.core.price
             state = local.state_now()
         else:
             self.state = state
-        if state.period == self._local_period:
-            mine = self._local_open + self._local_spent
-            total = state.spent + state.reserved
-            if total > 0.02 * state.total and mine > 0:
-                self.share = 0.8 * self.share + 0.2 * min(1.0, max(0.02, mine / total))
-        price = self.pricer.update(self.clock(), state.spent, state.reserved, self.share)
+        price = self.core.update(self.clock(), state.spent, state.reserved, state.period)
         if shared is not None and self.store_ok:
             try:
-                price = self.pricer.set_price(await shared.agree(price, self.tick))
+                price = self.core.agree(await shared.agree(price, self.tick))
             except LedgerError as exc:
                 self._away(exc)
         return price
+
+
+def _refusal(offer: Offer) -> Refusal:
+    """The core's refusal as the gateway answers it."""
+    kind: RefusalKind = offer.status  # type: ignore[assignment]  # not admitted: a refusal kind
+    return Refusal(kind, offer.message, offer.price, offer.retry_after)

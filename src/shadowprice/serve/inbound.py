@@ -52,10 +52,16 @@ class BadRequest(Exception):
 
 
 def error_response(
-    status: int, kind: str, message: str, code: str, headers: dict[str, str] | None = None
+    status: int,
+    kind: str,
+    message: str,
+    code: str,
+    headers: dict[str, str] | None = None,
+    *,
+    param: str | None = None,
 ) -> JSONResponse:
     """An OpenAI-style error: ``{"error": {"message", "type", "code", "param"}}``."""
-    body = {"error": {"message": message, "type": kind, "code": code, "param": None}}
+    body = {"error": {"message": message, "type": kind, "code": code, "param": param}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
