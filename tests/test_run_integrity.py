@@ -158,16 +158,18 @@ def books(out: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return list(latest.values()), json.loads(RunFiles.of(out).summary.read_text())
 
 
-def journal_open(out: Path) -> dict[str, int]:
-    """Reservations the journal leaves open (id -> tokens)."""
+def journal(out: Path) -> tuple[dict[str, int], int]:
+    """Reservations the journal leaves open (id -> tokens), and the tokens it charged."""
     open_: dict[str, int] = {}
+    charged = 0
     for line in RunFiles.of(out).journal.read_text().splitlines()[1:]:
         ev = json.loads(line)
         if ev["event"] == "reserve":
             open_[ev["id"]] = ev["tokens"]
         else:
             open_.pop(ev["id"], None)
-    return open_
+            charged += ev["used"]
+    return open_, charged
 
 
 def assert_books_balance(out: Path, exit_code: int, billed: int | None = None) -> None:
@@ -393,7 +395,8 @@ def test_a_signal_settles_the_books_and_the_rerun_resumes(
     assert str(RunFiles.of(out).summary) in lines[0] and "re-run" in lines[0]
     rows, s = books(out)
     assert s["interrupted"] == signal.Signals(sig).name
-    assert not journal_open(out)  # every reservation settled: the journal is closed clean
+    open_, charged = journal(out)
+    assert not open_ and charged == s["tokens_used"]  # every reservation settled, all counted
     assert sum(r["tokens"] for r in rows) == s["tokens_used"] >= fresh.billed
     cut = [r for r in rows if r["status"] == "error"]
     assert cut and all("counted as spent in full" in r["reason"] for r in cut)
