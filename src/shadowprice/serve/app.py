@@ -42,11 +42,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..ledger import Ledger, MemoryLedger, OnLapse
-from ..online import DecisionCore, PacedPricer, PopulationPrior, SurgeShape
+from ..ledger import Ledger
 from ..usage import Count, StreamMeter, completion_problem, count_completion, error_charge
+from .budget import build_decider
 from .config import GatewayConfig, Tenant
-from .decision import Decider, Grant, Refusal
+from .decision import Grant, Refusal
 from .inbound import (
     BadRequest,
     authenticate,
@@ -103,39 +103,11 @@ class Gateway:
         self.metrics = Metrics()
         self.pool = UpstreamPool(c.upstreams, c.balance, c.eject_after)
         self.thresholds = thresholds or load_threshold_source(c.predictor, c.route_tau)
-        shared = c.budget - c.floor_tokens
-        shape = SurgeShape(c.alpha, c.beta)
-        # Without a text predictor the prior learns the population's threshold scale.
-        prior = PopulationPrior(short_excess=shape.short_excess, learn_scale=c.predictor is None)
-        self.pricer = PacedPricer(
-            shared,
-            c.period,
-            shape,
-            window=c.window,
-            min_tokens=c.min_tokens,
-            prior=prior,
-            margin=c.pace_margin,
-        )
-        core = DecisionCore(self.pricer, fallback_tokens=c.fallback_tokens, tick=c.tick)
-        self.ledger = ledger if ledger is not None else self._ledger(shared, c.namespace)
-        tenants = c.keys.tenants if c.keys is not None else []
+        self.decider = build_decider(c, ledger=ledger)
+        self.ledger = self.decider.ledger
+        self.pricer = self.decider.core.pricer
         #: Ports of the separate metrics listener (set by whoever binds it).
         self.metrics_ports: set[int] = set()
-        self.decider = Decider(
-            core,
-            self.ledger,
-            floor_ledger=self._ledger(c.floor_tokens, f"{c.namespace}.floor")
-            if c.floor_tokens
-            else None,
-            tenant_ledgers={
-                t.name: self._ledger(t.budget, f"{c.namespace}.tenant.{t.name}")
-                for t in tenants
-                if t.budget is not None
-            },
-            ttl=c.ttl,
-            fail_open=c.fail_open and c.state is not None,
-            fail_open_budget=c.float_tokens,
-        )
         self.metrics.budget.set(c.budget)
         self._headers = {"content-type": "application/json"}
         if c.upstream_key:
@@ -151,17 +123,6 @@ class Gateway:
             ],
             lifespan=self.lifespan,
         )
-
-    def _ledger(self, total: int, namespace: str) -> Ledger:
-        c = self.config
-        on_lapse: OnLapse = "release" if c.release_lapsed else "spend"
-        if c.state:
-            from ..ledger.redis import RedisLedger
-
-            return RedisLedger.from_url(
-                c.state, total, period=c.period, namespace=namespace, on_lapse=on_lapse
-            )
-        return MemoryLedger(total, period=c.period, on_lapse=on_lapse)
 
     # -- lifecycle ----------------------------------------------------------------------------
     @contextlib.asynccontextmanager
