@@ -309,7 +309,8 @@ def _round_sorted(
     budgets = np.empty(n, dtype=np.int64)
     funded = np.empty(n, dtype=bool)
     total = 0
-    cut_rows, cut_tokens, marginal, marginal_want = [], [], [], []
+    cut_rows, cut_tokens = [np.zeros(0, np.intp)], [np.zeros(0)]
+    marginal, marginal_want = [np.zeros(0, np.intp)], [np.zeros(0, np.int64)]
     for start in range(0, n, BLOCK):
         sl = slice(start, min(start + BLOCK, n))
         sub = cons.subset(sl)
@@ -337,8 +338,8 @@ def _round_sorted(
         total,
         np.concatenate(cut_rows),
         np.concatenate(cut_tokens),
-        np.concatenate(marginal) if marginal else np.zeros(0, np.intp),
-        np.concatenate(marginal_want) if marginal_want else np.zeros(0, np.int64),
+        np.concatenate(marginal),
+        np.concatenate(marginal_want),
     )
 
 
@@ -396,13 +397,25 @@ def _admit(
 ) -> tuple[int, int]:
     """Fund candidates ``cand`` with ``want`` tokens each, lowest ``threshold`` first, while
     they fit in ``left``; in place on ``b`` and ``f``. Returns (admitted, tokens)."""
+    rows, give = admission(cand, want, threshold, left)
+    b[rows] = give
+    f[rows] = True
+    return int(rows.size), int(give.sum())
+
+
+def admission(
+    cand: NDArray[np.intp], want: IntArray, threshold: FloatArray, left: int
+) -> tuple[NDArray[np.intp], IntArray]:
+    """Which marginal candidates :func:`admit_marginal` funds: (rows, tokens each).
+
+    Candidates with a positive ``want``, lowest ``threshold`` first (equal thresholds in the
+    order given), while their wants fit in ``left`` tokens.
+    """
     ok = want > 0
     cand, want, threshold = cand[ok], want[ok], threshold[ok]
     order = np.argsort(threshold, kind="stable")
     take = order[np.cumsum(want[order]) <= left]
-    b[cand[take]] = want[take]
-    f[cand[take]] = True
-    return int(take.size), int(want[take].sum())
+    return cand[take], want[take]
 
 
 #: At most this many abandoned queries, lowest thresholds first, are offered entry.
@@ -502,31 +515,56 @@ def _admit_entrants(
     if cand.size == 0:
         return left, 0
     thr = threshold_of(cand)
-    if cand.size > MAX_ENTRANTS:
-        keep = np.sort(largest(-thr, MAX_ENTRANTS))
-        cand, thr = cand[keep], thr[keep]
-    # Lowest threshold first; equal thresholds in row order.
-    cand = cand[np.argsort(thr, kind="stable")]
-    sub = curves[cand]
-    w = want_of(cand)
-    w = np.where(np.isfinite(w) & (w > 0), w, cons.hi[cand])
-    probe = np.zeros(cand.size)
-    entered = 0
-    for j, i in enumerate(cand):
-        lo_i, hi_i = int(cons.lo[i]), int(cons.hi[i])
-        give = min(left, hi_i, max(int(w[j] // g) * g, lo_i))
-        if give < lo_i:
+    cand = cand[entrant_order(thr)]
+    gives = entries(curves[cand], want_of(cand), cons.lo[cand], cons.hi[cand], price, left, g)
+    for j, give in gives:
+        b[cand[j]], f[cand[j]] = give, True
+        left -= give
+    return left, len(gives)
+
+
+def entrant_order(threshold: FloatArray) -> NDArray[np.intp]:
+    """Positions of the abandoned queries offered entry, in the order they are offered: the
+    :data:`MAX_ENTRANTS` lowest thresholds, lowest first (equal ones in the order given)."""
+    keep = np.arange(threshold.size)
+    if threshold.size > MAX_ENTRANTS:
+        keep = np.sort(largest(-threshold, MAX_ENTRANTS))
+    return keep[np.argsort(threshold[keep], kind="stable")]
+
+
+def entries(
+    curves: UtilityCurve,
+    want: FloatArray,
+    lo: IntArray,
+    hi: IntArray,
+    price: float,
+    left: int,
+    g: int,
+) -> list[tuple[int, int]]:
+    """Which of the offered entrants (``curves``, in the order offered) enter: (position,
+    tokens) for each that does, while at least one granule is left.
+
+    Each is offered what it would buy at ``price`` (``want``, within its limits ``lo``,
+    ``hi``; its cap where ``want`` is not a positive number) or what is left, and enters when
+    that is worth more than ``price`` per token.
+    """
+    w = np.where(np.isfinite(want) & (want > 0), want, hi)
+    probe = np.zeros(curves.n)
+    out: list[tuple[int, int]] = []
+    for j in range(curves.n):
+        lo_j, hi_j = int(lo[j]), int(hi[j])
+        give = min(left, hi_j, max(int(w[j] // g) * g, lo_j))
+        if give < lo_j:
             continue
         probe[j] = give
-        entry_gain = float(sub.value(probe)[j])
+        entry_gain = float(curves.value(probe)[j])
         probe[j] = 0.0
         if entry_gain > 0 and entry_gain > price * give:
-            b[i], f[i] = give, True
+            out.append((j, give))
             left -= give
-            entered += 1
         if left < g:
             break
-    return left, entered
+    return out
 
 
 def largest(values: FloatArray, m: int) -> NDArray[np.intp]:
@@ -856,12 +894,15 @@ def _infeasible(n: int, cons: Constraints, policy: str) -> Allocation:
 
 __all__ = [
     "Clearing",
+    "admission",
     "admit_marginal",
     "clear",
     "clear_sorted",
     "clear_surge_limits",
     "clear_vectorised",
     "constrained_demand",
+    "entrant_order",
+    "entries",
     "hand_out",
     "largest",
 ]
