@@ -140,7 +140,14 @@ def run(name: str, args: argparse.Namespace, up_url: str, log: FakeLog) -> dict[
             redis.close()
     width = 300.0 if sc.period >= 3600 else 10.0
     end = t0 + float(offsets[-1]) + 1e-6
-    granted = sum(a for _, s, a in rows if s == 200)
+    # The upstream spends every allowance: what a period's grants hold is what it generated.
+    per_period: dict[int, int] = {}
+    for t, status, allowance in rows:
+        if status == 200:
+            k = int(t // sc.period)
+            per_period[k] = per_period.get(k, 0) + allowance
+    first = int(t0 // sc.period)
+    granted = sum(per_period.values())
     return {
         "scenario": name,
         "replicas": sc.replicas,
@@ -157,10 +164,13 @@ def run(name: str, args: argparse.Namespace, up_url: str, log: FakeLog) -> dict[
             lockout_behind(rows, budget, sc.period, args.tick), 2
         ),
         "tick_s": args.tick,
-        "granted_tokens": granted,
+        "granted_tokens_per_period": [
+            per_period.get(k, 0) for k in range(first, max(per_period) + 1)
+        ],
         "generated_tokens": log.generated,
-        "budget_used": round(log.generated / budget, 3),
-        "tokens_over_budget": max(0, log.generated - budget),
+        "charged_as_generated": log.generated == granted,
+        "budget_used_first_period": round(per_period.get(first, 0) / budget, 3),
+        "tokens_over_budget": max(0, *(v - budget for v in per_period.values())),
     }
 
 
