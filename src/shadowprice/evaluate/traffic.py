@@ -69,6 +69,7 @@ __all__ = [
     "hindsight",
     "make_traffic",
     "plot_simulation",
+    "plot_windows",
     "simulate",
 ]
 
@@ -784,6 +785,52 @@ def plot_simulation(results: list[SimulationResult], path: str | Path, period: f
         ax.set_ylabel("accuracy")
         ax.set_xlabel("period")
         ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_windows(
+    runs: dict[str, dict[str, SimulationResult]],
+    path: str | Path,
+    widths: dict[str, float] | None = None,
+) -> Path:
+    """Granted share per window of each scenario (one panel each), one line per policy,
+    with the windows where every arrival was refused while spending lagged the pace line
+    marked; written as PNG (headless).
+
+    Parameters
+    ----------
+    runs : dict of str to (dict of str to SimulationResult)
+        Scenario name -> policy -> its run (on the same arrivals).
+    path : str or Path
+    widths : dict of str to float, optional
+        Window width per scenario, seconds (default 10).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.6 * len(runs), 3.4), squeeze=False)
+    for ax, (name, by_policy) in zip(axes[0], runs.items(), strict=True):
+        width = (widths or {}).get(name, 10.0)
+        for policy, r in by_policy.items():
+            w = r.windows(width)
+            x = (w["start"] - w["start"][0]) / (60.0 if width >= 60 else 1.0)
+            (line,) = ax.step(x, 100 * w["share"], where="post", label=policy)
+            bad = w["refused_behind"]
+            ax.plot(x[bad], np.zeros(int(bad.sum())), "x", color=line.get_color(), ms=6)
+        ax.set_title(name)
+        ax.set_ylim(-5, 105)
+        ax.set_xlabel("minutes" if width >= 60 else "seconds")
+        ax.set_ylabel(f"granted % per {width:g} s")
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    """Write ``fig`` as PNG to ``path`` (folders made as needed) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ import numpy as np
 
 from .arrivals import ArrivalForecast
 from .pace import PaceLine
-from .pricer import _MIN_ARRIVALS, OnlinePricer, Quote, QuoteStatus
+from .pricer import OnlinePricer, Quote, QuoteStatus
 from .prior import PopulationPrior
 from .shape import FloatArray, Shape
 from .spend import SpendModel
@@ -97,6 +97,7 @@ class PacedPricer(OnlinePricer):
         self._scale = self.prior.threshold(1.0)
         empty = np.zeros(0)
         self._win: tuple[FloatArray, ...] = (empty, empty, empty, empty)
+        self._prepared = False
         self._credit = float(np.random.default_rng(seed).random())
 
     # -- decisions --------------------------------------------------------------------------
@@ -152,12 +153,19 @@ class PacedPricer(OnlinePricer):
         """Mean tokens the window's requests are expected to spend at ``price`` (no ration)."""
         if price <= 0.0 or min(self._n, self._tau.size) == 0:
             return super().expected_spend(price)
-        self._prepare()
         spends, surplus, _ = self._window(price)
         return float(spends[surplus > 0.0].sum()) / spends.size
 
+    def observe(self, now: float, tau_hat: float, cap: int) -> None:
+        super().observe(now, tau_hat, cap)
+        self._prepared = False
+
     def _prepare(self) -> None:
-        """What the window's expected spends need that does not depend on the price."""
+        """What the window's expected spends need that does not depend on the price (once
+        per update or new arrival)."""
+        if self._prepared:
+            return
+        self._prepared = True
         n = min(self._n, self._tau.size)
         tau = self._scale * self._tau[:n]
         room = self._cap[:n] - tau  # tokens the cap leaves above the threshold
@@ -168,6 +176,7 @@ class PacedPricer(OnlinePricer):
         """At ``price`` > 0, for each window request: its expected spend if admitted and its
         surplus (-inf where its cap leaves nothing above its threshold); and the surplus of a
         request without a threshold (0 when nobody is funded)."""
+        self._prepare()
         tau, room, m_cap, g_cap = self._win
         grid = self._gains - price * self._cost
         k = int(np.argmax(grid))
@@ -192,63 +201,37 @@ class PacedPricer(OnlinePricer):
     def update(self, now: float, spent: int, reserved: int, share: float = 1.0) -> float:
         """Re-clear against the forecast, kept between the pace line's bounds; ration at the cut.
 
-        Parameters
-        ----------
-        now : float
-            Wall-clock seconds since the epoch.
-        spent, reserved : int
-            The ledger's totals of the current period (all replicas).
-        share : float
-            This replica's share of the traffic, in (0, 1] (1 for a single replica).
-
-        Returns
-        -------
-        float
-            The new price (also stored in :attr:`price`; the ration in :attr:`ration`).
+        Parameters and result as for :meth:`OnlinePricer.update`; also sets :attr:`ration`,
+        :attr:`paused_for` and :attr:`committed`.
         """
-        self._learned()
         self._scale = self.prior.threshold(1.0)
-        self.exhausted, self.paused_for, self.ration = False, 0.0, 1.0
-        share = min(max(share, 1e-3), 1.0)
-        left = self.period - (now % self.period)
-        coming = self.arrivals.expected(now, left) / share
+        self._prepared = False
+        self.ration = 1.0
+        price = super().update(now, spent, reserved, share)
+        if price >= self.shape.price_ceiling:
+            self.ration = 0.0
+        return price
+
+    def _target(self, now: float, spent: int, reserved: int, share: float) -> float | None:
+        """The forecast's target (:meth:`OnlinePricer._target`) kept between the least and the
+        most the pace line allows each request expected over its horizon."""
+        target = super()._target(now, spent, reserved, share)
         self.committed = committed = spent + self.prior.usage * reserved
-        if self._n < _MIN_ARRIVALS or coming <= 0.0:
-            return self.set_price(0.0)
-        budget_left = self.budget - committed
-        if budget_left <= 0.0:
-            self.exhausted = True
-            return self._close()
+        if target is None or target <= 0.0:
+            return target
         soon = self.arrivals.expected(now, self.pace.span(now)) / share
         least, most = self.pace.bounds(now, committed, soon)
-        target = min(max(budget_left / coming, least), most)
+        target = min(max(target, least), most)
         if target <= 0.0:
             self.paused_for = self.pace.resume_in(now, committed)
-            return self._close()
-        return self._clear(target)
+        return target
 
-    def _close(self) -> float:
-        """Admit nobody (the budget is spent, or spending is a margin ahead of the line)."""
-        self.ration = 0.0
-        return self.set_price(self.shape.price_ceiling)
-
-    def _clear(self, target: float) -> float:
-        """The price and ration at which the window's mean expected spend meets ``target``."""
-        if self.expected_spend(0.0) <= target:
-            return self.set_price(0.0)
-        self._prepare()
-        # Bisection in log price between a tiny price and the ceiling (spending falls with it).
-        lo, hi = math.log(self.shape.price_ceiling * 1e-9), math.log(self.shape.price_ceiling)
-        for _ in range(_STEPS):
-            mid = 0.5 * (lo + hi)
-            spends, surplus, _ = self._window(math.exp(mid))
-            if spends[surplus > 0.0].sum() > target * spends.size:
-                lo = mid
-            else:
-                hi = mid
-        price = self.set_price(math.exp(hi))
-        inside, marginal = self._band_spends(price)
-        self.ration = (
-            min(1.0, max(0.0, (target - inside) / marginal)) if marginal > 0 else _UNKNOWN_SHARE
-        )
+    def _clear(self, target: float, steps: int = _STEPS) -> float:
+        """The price at which the window's mean expected spend meets ``target``, and the share
+        of the marginal requests that makes it meet it exactly (:attr:`ration`)."""
+        price = super()._clear(target, steps)
+        if price > 0.0:
+            inside, marginal = self._band_spends(price)
+            share = (target - inside) / marginal if marginal > 0 else _UNKNOWN_SHARE
+            self.ration = min(1.0, max(0.0, share))
         return price

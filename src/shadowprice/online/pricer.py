@@ -260,21 +260,32 @@ class OnlinePricer:
             The new price (also stored in :attr:`price`).
         """
         self._learned()
-        self.exhausted = False
-        left = self.period - (now % self.period)
-        coming = self.arrivals.expected(now, left) / min(max(share, 1e-3), 1.0)
-        if self._n < _MIN_ARRIVALS or coming <= 0.0:
+        self.exhausted, self.paused_for = False, 0.0
+        target = self._target(now, spent, reserved, min(max(share, 1e-3), 1.0))
+        if target is None:
             return self.set_price(0.0)
+        if target <= 0.0:
+            return self.set_price(self.shape.price_ceiling)
+        return self._clear(target)
+
+    def _target(self, now: float, spent: int, reserved: int, share: float) -> float | None:
+        """Tokens each request still to come in the period may spend on average; None when
+        there is nothing to forecast from (price 0), <= 0 to admit nobody (see :meth:`update`)."""
+        left = self.period - (now % self.period)
+        coming = self.arrivals.expected(now, left) / share
+        if self._n < _MIN_ARRIVALS or coming <= 0.0:
+            return None
         budget_left = self.budget - spent - self.prior.usage * reserved
         self.exhausted = budget_left <= 0.0
-        if self.exhausted:
-            return self.set_price(self.shape.price_ceiling)
-        target = budget_left / coming  # tokens each coming request may spend on average
+        return budget_left / coming
+
+    def _clear(self, target: float, steps: int = _STEPS) -> float:
+        """Set the price at which the window's mean expected spend meets ``target`` > 0."""
         if self.expected_spend(0.0) <= target:
             return self.set_price(0.0)
         # Bisection in log price between a tiny price and the ceiling (spending falls with it).
         lo, hi = math.log(self.shape.price_ceiling * 1e-9), math.log(self.shape.price_ceiling)
-        for _ in range(_STEPS):
+        for _ in range(steps):
             mid = 0.5 * (lo + hi)
             if self.expected_spend(math.exp(mid)) > target:
                 lo = mid
