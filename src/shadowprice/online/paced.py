@@ -7,8 +7,9 @@ drives it:
 
 - the spend each coming request may expect is the forecast's (budget left over requests still
   to come), kept between the pace line's least and most (:class:`~.pace.PaceLine`);
-- requests whose threshold lies within ``band`` of the cut-off T(lambda) are *marginal*: a
-  share of them, the one that makes the expected spend meet that target, is admitted, by a
+- requests whose surplus at the price is within ``band`` of zero (relative to the surplus
+  lambda T(lambda) of a request without a threshold; for an uncapped request, a threshold within
+  ``band`` of the cut-off T) are *marginal*: a share of them, the one that makes the expected spend meet that target, is admitted, by a
   deterministic stride over the marginal arrivals (a seeded phase), so demand that jumps across
   the price (many requests with the same curve) is rationed instead of flipping between
   everyone and no one;
@@ -50,8 +51,9 @@ class PacedPricer(OnlinePricer):
     horizon : float, optional
         Seconds over which spending is brought back to the pace line (default: period / 12).
     band : float
-        Relative width of the marginal band around the cut-off, in [0, 1): thresholds in
-        [T (1 - band), T (1 + band)) are rationed.
+        Relative width of the marginal band, in [0, 1): requests whose surplus lies in
+        [-band, band) x lambda T (thresholds in [T (1 - band), T (1 + band)) when the cap does
+        not bind) are rationed.
     seed : int
         Seeds the stride's phase.
     """
