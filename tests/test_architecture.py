@@ -237,6 +237,7 @@ LAYERS: dict[str, float] = {
     "engine": 5,
     "serve": 6,
     "evaluate": 7,
+    "integrations": 7.5,  # bridges to other systems (Ray): may use all but the commands
     "cli": 8,
 }
 
