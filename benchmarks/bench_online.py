@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/bench_online.py [--scenarios steady,bursty,...] [--n 20000]
         [--sources synthetic,real] [--upstreams lengths,spend_all]
-        [--policies paced,reclear,fcfs] [--tick 0.25] [--margin 0.2]
-        [--out docs/figures/online_windows.png]
+        [--policies paced,reclear,fcfs] [--tick 0.25] [--margin 0.2] [--seed 7]
+        [--noise 0.5] [--per-request N] [--out docs/figures/online_windows.png]
+        [--out-periods docs/figures/online.png]
 
 Runs every scenario of :data:`shadowprice.evaluate.scenarios.SCENARIOS` (long ones cut to
 ``--n`` requests) through the gateway's decision core and a real in-process ledger, once per
@@ -52,13 +53,18 @@ def main() -> None:
     ap.add_argument("--tick", type=float, default=0.25, help="seconds between price updates")
     ap.add_argument("--margin", type=float, default=0.2, help="pace line margin (of budget)")
     ap.add_argument("--seed", type=int, default=7, help="traffic and ration seed")
+    ap.add_argument("--noise", type=float, default=0.5, help="synthetic predictor's error")
+    ap.add_argument(
+        "--per-request", type=int, default=None, help="budget per request (scenarios so set)"
+    )
     ap.add_argument("--out", default="docs/figures/online_windows.png", help="window figure")
     ap.add_argument(
         "--out-periods", default="docs/figures/online.png", help="price/spend/accuracy figure"
     )
     args = ap.parse_args()
     print(json.dumps({"machine": platform.platform(), "python": platform.python_version(),
-                      "n": args.n, "tick": args.tick, "margin": args.margin}))  # fmt: skip
+                      "n": args.n, "tick": args.tick, "margin": args.margin,
+                      "noise": args.noise, "per_request": args.per_request}))  # fmt: skip
     shown: dict[str, dict[str, SimulationResult]] = {}
     steady: list[SimulationResult] = []
     for name in args.scenarios.split(","):
@@ -79,6 +85,8 @@ def main() -> None:
                         tick=args.tick,
                         margin=args.margin,
                         seed=args.seed,
+                        noise=args.noise,
+                        per_request=args.per_request,
                     )
                     took[policy] = round(time.perf_counter() - t0, 1)
                 for policy, r in runs.items():

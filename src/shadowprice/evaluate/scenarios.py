@@ -81,13 +81,17 @@ class Scenario:
     same_question: bool = False
     skip: int = 1
 
-    def traffic(self, source: Source = "synthetic", n: int | None = None, seed: int = 7) -> Traffic:
-        """This scenario's requests (``n`` overrides the full run's count)."""
+    def traffic(
+        self, source: Source = "synthetic", n: int | None = None, seed: int = 7, noise: float = 0.5
+    ) -> Traffic:
+        """This scenario's requests (``n`` overrides the full run's count; ``noise`` is the
+        synthetic predictor's error)."""
         return make_traffic(
             self.mix,
             self.n if n is None else n,
             rate=self.rate,
             source=source,
+            noise=noise,
             same_question=self.same_question,
             seed=seed,
         )
@@ -146,10 +150,13 @@ def budget_for(
     traffic: Traffic,
     upstream: Upstream = "lengths",
     shape: Shape | None = None,
+    per_request: int | None = None,
 ) -> int:
-    """Tokens per period of ``scenario`` on ``traffic`` (see :class:`Scenario`)."""
+    """Tokens per period of ``scenario`` on ``traffic`` (see :class:`Scenario`);
+    ``per_request`` overrides the tokens per request of a scenario budgeted by them."""
     if scenario.per_request is not None:
-        return int(scenario.rate * scenario.period * scenario.per_request)
+        per = scenario.per_request if per_request is None else per_request
+        return int(scenario.rate * scenario.period * per)
     assert scenario.pressure is not None
     peak = np.minimum(traffic.cap, traffic.tau_hat + shape_terms(shape or SurgeShape(), 0.0)[0])
     used = peak if upstream == "spend_all" else np.minimum(traffic.length, peak)
@@ -168,18 +175,22 @@ def run_scenario(
     tick: float = 0.25,
     margin: float = 0.2,
     seed: int = 7,
+    noise: float = 0.5,
+    per_request: int | None = None,
 ) -> SimulationResult:
     """Serve scenario ``name`` with ``policy``; see :func:`simulate` for the options.
 
-    ``n`` shortens a long scenario to that many requests (the fresh-start ones are short).
+    ``n`` shortens a long scenario to that many requests (the fresh-start ones are short);
+    ``noise`` is the synthetic predictor's error and ``per_request`` overrides the budget of a
+    scenario budgeted in tokens per request (:func:`budget_for`).
     """
     if name not in SCENARIOS:
         raise ValueError(f"scenario must be one of {sorted(SCENARIOS)}, got {name!r}")
     sc = SCENARIOS[name]
-    traffic = sc.traffic(source, sc.n if n is None else min(n, sc.n), seed)
+    traffic = sc.traffic(source, sc.n if n is None else min(n, sc.n), seed, noise)
     return simulate(
         traffic,
-        budget_for(sc, traffic, upstream),
+        budget_for(sc, traffic, upstream, per_request=per_request),
         sc.period,
         policy=policy,
         tick=tick,
