@@ -3,8 +3,10 @@
     .venv/bin/python benchmarks/bench_allocate.py            # full table (about 2 minutes)
     .venv/bin/python benchmarks/bench_allocate.py --quick    # N up to 1e5
 
-Times are the best of ``--repeat`` runs; ratios are taken within this run so that machine
-speed cancels. Peak memory is traced by ``tracemalloc`` (numpy reports its buffers to it).
+Each of ``--repeat`` rounds times np.sort of the thresholds and every solver one after the
+other; the table gives median times and the median of the per-round ratios to the sort, so
+that machine speed and load cancel. Peak memory is traced by ``tracemalloc`` (numpy reports
+its buffers to it).
 """
 
 from __future__ import annotations
@@ -22,13 +24,10 @@ from shadowprice import GammaSCurve, ShiftedSurge, allocate
 ALPHA, BETA = 1.5, 0.005
 
 
-def best_time(fn: Callable[[], object], repeat: int) -> float:
-    best = np.inf
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+def one_time(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def peak_mib(fn: Callable[[], object]) -> float:
@@ -43,38 +42,45 @@ def peak_mib(fn: Callable[[], object]) -> float:
 def speed_row(n: int, repeat: int, per_query: int, rng: np.random.Generator) -> str:
     tau = rng.lognormal(np.log(400), 0.6, n)
     curves = ShiftedSurge(tau, ALPHA, BETA)
-    caps = rng.integers(500, 4000, n)  # per-query max_tokens: the O(N)-per-step path
+    caps = rng.integers(500, 4000, n)  # per-query max_tokens: the active-set path
     budget = n * per_query
-    few = max(1, repeat // 2)
-    t_sort = best_time(lambda: np.sort(tau), repeat)
-    t_clear = best_time(lambda: allocate(curves, budget, "clear"), repeat)
-    t_vec = best_time(lambda: allocate(curves, budget, "clear", max_tokens=caps), few)
-    t_market = best_time(lambda: allocate(curves, budget, "market"), few)
+    # Side by side: each round times the sort and every solver one after the other, so that a
+    # slow moment of the machine hits them alike; the ratios are per round, then the median.
+    rounds = []
+    for _ in range(repeat):
+        t_sort = one_time(lambda: np.sort(tau))
+        t_clear = one_time(lambda: allocate(curves, budget, "clear"))
+        t_vec = one_time(lambda: allocate(curves, budget, "clear", max_tokens=caps))
+        t_market = one_time(lambda: allocate(curves, budget, "market"))
+        rounds.append((t_sort, t_clear, t_vec, t_market))
+    t = np.asarray(rounds)
+    med = np.median(t, axis=0)
+    ratio = np.median(t[:, 1:] / t[:, :1], axis=0)
     if n <= 2000:
-        t_oracle = best_time(lambda: allocate(curves, budget, "oracle", granularity=64), 1)
-        oracle = f"{t_oracle * 1e3:.0f}"
+        oracle = f"{one_time(lambda: allocate(curves, budget, 'oracle', granularity=64)) * 1e3:.0f}"
     else:
         oracle = "too large (N x G cells)"
     m_clear = peak_mib(lambda: allocate(curves, budget, "clear"))
     m_market = peak_mib(lambda: allocate(curves, budget, "market"))
     return (
-        f"| {n:.0e} | {t_sort * 1e3:.1f} | {t_clear * 1e3:.1f} | {t_clear / t_sort:.1f}x | "
-        f"{t_vec * 1e3:.0f} ({t_vec / t_sort:.0f}x sort) | {t_market * 1e3:.0f} | "
-        f"{t_market / t_clear:.1f}x | {oracle} | {m_clear:.0f} | {m_market:.0f} |"
+        f"| {n:.0e} | {med[0] * 1e3:.1f} | {med[1] * 1e3:.1f} | {ratio[0]:.1f}x | "
+        f"{med[2] * 1e3:.0f} ({ratio[1]:.0f}x) | {med[3] * 1e3:.0f} | {ratio[2]:.0f}x | "
+        f"{med[3] / med[1]:.1f}x | {oracle} | {m_clear:.0f} | {m_market:.0f} |"
     )
 
 
 def speed_table(sizes: list[int], repeat: int, per_query: int = 300) -> None:
     print(
         f"## Speed and memory (shifted surge, alpha={ALPHA}, beta={BETA}, "
-        f"tau ~ lognormal(median 400, sigma 0.6), {per_query} tokens/query)\n"
+        f"tau ~ lognormal(median 400, sigma 0.6), {per_query} tokens/query; medians of "
+        f"{repeat} rounds, ratios to np.sort of the same thresholds in the same round)\n"
     )
     print(
         "| N | sort (ms) | clear (ms) | clear / sort | clear with per-query caps, active set "
-        "(ms) | market 64-level (ms) | market / clear | oracle DP, g=64 (ms) | "
-        "peak MiB clear | peak MiB market |"
+        "(ms, / sort) | market 64-level (ms) | market / sort | market / clear | oracle DP, "
+        "g=64 (ms) | peak MiB clear | peak MiB market |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     for n in sizes:
         print(speed_row(n, repeat, per_query, rng), flush=True)
@@ -124,14 +130,14 @@ def gap_table(seeds: int = 5, n: int = 200) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="N up to 1e5, fewer repeats")
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=7)
     args = ap.parse_args()
     print(
         f"Machine: {platform.machine()}, {platform.python_implementation()} "
         f"{platform.python_version()}, numpy {np.__version__}\n"
     )
     sizes = [10**3, 10**4, 10**5] if args.quick else [10**3, 10**4, 10**5, 10**6]
-    speed_table(sizes, 2 if args.quick else args.repeat)
+    speed_table(sizes, 3 if args.quick else args.repeat)
     gap_table(seeds=2 if args.quick else 5)
 
 
