@@ -183,7 +183,13 @@ class Decider:
 
     # -- one request --------------------------------------------------------------------------
     async def decide(
-        self, tau_hat: float, cap: int, *, floor: int = 0, tenant: str | None = None
+        self,
+        tau_hat: float,
+        cap: int,
+        *,
+        floor: int = 0,
+        tenant: str | None = None,
+        track: bool = True,
     ) -> Grant | Refusal:
         """Decide (the core), then reserve; never forwards anything itself.
 
@@ -197,6 +203,10 @@ class Decider:
             Guaranteed tokens of the request's class or tenant.
         tenant : str, optional
             Tenant name (its own budget is reserved too when it has one).
+        track : bool
+            Tie the grant to the calling task (see :meth:`renew`). False: the caller owns its
+            lifetime (a host whose hooks run in other tasks): it is renewed until settled or
+            :meth:`abandon` ed.
         """
         now = self.clock()
         offer = self.core.arrive(now, tau_hat, cap, floor)
@@ -217,7 +227,7 @@ class Decider:
         )
         status: GrantStatus = offer.status  # type: ignore[assignment]  # admitted: a grant kind
         grant = Grant(allowance, offer.price, status, tau_hat, holds, ticket)
-        self._open[grant] = asyncio.current_task()
+        self._open[grant] = asyncio.current_task() if track else None
         return grant
 
     async def _reserve(
@@ -346,6 +356,14 @@ class Decider:
         if grant.ticket is not None:
             self.core.settled(grant.ticket, used, finish_reason)
         return used
+
+    def abandon(self, grant: Grant) -> None:
+        """Stop renewing an unsettled grant whose request will not report back: its
+        reservations lapse (charged in full, unless the budget releases lapsed tokens)."""
+        if grant.settled or self._open.pop(grant, False) is False:
+            return
+        if grant.ticket is not None:
+            self.core.lapsed(grant.ticket)
 
     # -- background work ------------------------------------------------------------------------
     async def renew(self) -> int:
