@@ -16,9 +16,9 @@ a completion with ``usage.completion_tokens = n``      ``n`` (more than ``A``: a
 ... that stopped on its cap (``finish_reason:         at least ``A`` (the cap was reached,
 length``)                                              whatever the count says)
 ... a stream                                           at least the chunks with text seen
-usage missing, not an integer, negative, or more than  ``A`` (llama.cpp's own
-:data:`ABSURD_FACTOR` times ``A``; a count of 0 for   ``timings.predicted_n`` counts as a
-an answer with text                                    report where usage is missing)
+usage missing, not an integer, negative, absurd (see   ``A`` (llama.cpp's own
+:func:`absurd`), below the chunks streamed; a count   ``timings.predicted_n`` counts as a
+of 0 for an answer with text                           report where usage is missing)
 a body that is not a completion, a stream cut before   ``A``
 its end (no ``[DONE]``, a read error, the client
 gone), a timeout after the request was sent
@@ -44,17 +44,23 @@ from typing import Any
 
 __all__ = [
     "ABSURD_FACTOR",
+    "ABSURD_FLOOR",
     "NOT_GENERATED",
     "Count",
     "StreamMeter",
+    "absurd",
     "completion_problem",
     "count_completion",
     "error_charge",
     "read_usage",
 ]
 
-#: A reported count above this many times the allowance is not believed (a broken counter).
+#: A reported count above this many times the allowance, and above :data:`ABSURD_FLOOR`, is
+#: not believed (a broken counter): charging it would block the budget for nothing.
 ABSURD_FACTOR = 1000
+#: Counts up to this many tokens are always believed, whatever the allowance (a server that
+#: ignored a tiny cap may really have written this much).
+ABSURD_FLOOR = 1 << 20
 
 #: HTTP statuses that mean the server refused the request before generating: rate limited
 #: (429), overloaded (503; 529 is Anthropic's). Any other error after the request reached a
@@ -97,6 +103,12 @@ class Count:
         return not self.problem and self.reported == self.tokens
 
 
+def absurd(reported: int, allowance: int) -> bool:
+    """Whether a reported count is past belief: more than :data:`ABSURD_FACTOR` times the
+    allowance and more than :data:`ABSURD_FLOOR` tokens."""
+    return reported > max(ABSURD_FACTOR * max(allowance, 1), ABSURD_FLOOR)
+
+
 def _count(value: Any) -> int | None:
     """A non-negative whole number (an integral float too), else None."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -129,20 +141,28 @@ def read_usage(body: dict[str, Any], allowance: int) -> tuple[int | None, int, i
         completion = _count(raw)
         if raw is not None and completion is None:
             problem = f"usage.completion_tokens = {raw!r:.40} is not a non-negative integer"
-        elif completion is not None and completion > ABSURD_FACTOR * max(allowance, 1):
+        elif completion is not None and absurd(completion, allowance):
             problem = f"usage.completion_tokens = {completion} for an allowance of {allowance}"
             completion = None
         prompt = _count(usage.get("prompt_tokens")) or 0
         details = usage.get("completion_tokens_details")
         if isinstance(details, dict):
-            reasoning = _count(details.get("reasoning_tokens")) or 0
+            raw_reasoning = details.get("reasoning_tokens")
+            reasoning = _count(raw_reasoning) or 0
+            if raw_reasoning is not None and _count(raw_reasoning) is None:
+                problem = problem or (
+                    "usage.completion_tokens_details.reasoning_tokens = "
+                    f"{raw_reasoning!r:.40} is not a non-negative integer"
+                )
+        elif details is not None:
+            problem = problem or "usage.completion_tokens_details is not an object"
     elif usage is not None:
         problem = f"usage is a JSON {type(usage).__name__}, not an object"
-    if completion is None:
+    if not completion:  # missing, or 0: llama.cpp's own count where it has one
         timings = body.get("timings")
         if isinstance(timings, dict):
             predicted = _count(timings.get("predicted_n"))
-            if predicted is not None and predicted <= ABSURD_FACTOR * max(allowance, 1):
+            if predicted and not absurd(predicted, allowance):
                 completion = predicted
     return completion, prompt, reasoning, problem
 
@@ -180,7 +200,7 @@ def _charge(
     allowance: int, reported: int | None, finish: str, floor: int, problem: str
 ) -> tuple[int, str]:
     """The rule itself: (tokens to charge, why more than reported)."""
-    if reported is not None and reported > ABSURD_FACTOR * max(allowance, 1):
+    if reported is not None and absurd(reported, allowance):
         reported, problem = None, f"{reported} tokens reported for an allowance of {allowance}"
     elif reported is not None and reported < floor:
         reported, problem = None, f"{reported} tokens reported for {floor} chunks streamed"

@@ -1,9 +1,16 @@
 """Async client for any OpenAI-compatible chat-completions endpoint.
 
 Works with vLLM, SGLang, llama.cpp's server and hosted APIs. It knows HTTP and token usage,
-nothing about prices. Retries (429, 5xx, connection errors, timeouts) reuse the caller's
-token reservation: a retry re-sends the same ``max_tokens`` and only the answered attempt is
-charged, so the budget is never charged twice for one request.
+nothing about prices. What a response is charged follows the package's one counting rule
+(:mod:`shadowprice.usage`): what cannot be counted is charged in full, never under-count.
+
+**Retries never spend a reservation twice.** The caller holds one reservation of
+``max_tokens`` for a :meth:`ChatClient.chat` call. An attempt the server refused before
+generating (a connection that could not be made; 429, 503, 529 or another 4xx) generated
+nothing, so it is retried under the same reservation. An attempt that may have generated (a
+timeout or a dropped connection after the request was sent, a 500, 502 or 504, an answer that
+cannot be read) is charged its whole allowance and ends the call with an :class:`EngineError`
+carrying that charge: a new attempt needs a new reservation, which is the caller's to make.
 """
 
 from __future__ import annotations
@@ -17,10 +24,13 @@ from typing import Any, Literal, Self
 
 import httpx
 
+from ..usage import count_completion, error_charge, read_usage
+
 TokenParam = Literal["auto", "max_tokens", "max_completion_tokens", "both"]
 
-#: HTTP statuses worth retrying: rate limits and transient server faults.
-RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+#: HTTP statuses worth retrying under the same reservation: refusals before generating (rate
+#: limits, overload, a conflict) that say nothing was generated (see the module docstring).
+RETRY_STATUSES = frozenset({409, 425, 429, 503, 529})
 
 
 class EngineError(RuntimeError):
@@ -87,66 +97,27 @@ class MalformedResponse(EngineError):
     """A 200 response whose body cannot be read as a chat completion."""
 
 
-#: Usage counts above this many times the allowance are not believed (a broken counter).
-ABSURD_FACTOR = 1000
-
-
-def _int_field(container: dict[str, Any], key: str, where: str) -> int | None:
-    """An optional non-negative integer field; raises ValueError naming it otherwise."""
-    v = container.get(key)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int | float) or v != int(v) or v < 0:
-        raise ValueError(f"{where}.{key} = {v!r} is not a non-negative integer")
-    return int(v)
-
-
 def parse_usage(body: dict[str, Any], max_tokens: int) -> Usage:
-    """Read the server's usage; charge ``max_tokens`` where it is missing.
+    """What a chat-completions body is charged, by the one counting rule
+    (:mod:`shadowprice.usage`).
 
-    Never under-counts: a response with text but zero (or absent) completion tokens is
-    charged the full allowance (llama.cpp's own ``timings.predicted_n`` where present),
-    flagged ``trusted=False``. A count above the allowance is charged as reported (the
-    server generated past ``max_tokens``: an overrun the ledger records).
+    The server's count where it can be believed; the full allowance where usage is missing,
+    says 0 tokens for an answer with text (llama.cpp's own ``timings.predicted_n`` where
+    present), or the answer stopped on its cap with fewer reported (``trusted=False`` then).
+    A count above the allowance is charged as reported (the server generated past
+    ``max_tokens``: an overrun the ledger records).
 
     Raises
     ------
     ValueError
-        When usage fields have the wrong type, are negative or absurd (more than
-        :data:`ABSURD_FACTOR` times the allowance).
+        When usage fields are present but wrong: not an object, not a non-negative integer, or
+        absurd (:func:`shadowprice.usage.absurd`).
     """
-    usage = body.get("usage")
-    if usage is None:
-        usage = {}
-    if not isinstance(usage, dict):
-        raise ValueError(f"usage is a {type(usage).__name__}, not an object")
-    details = usage.get("completion_tokens_details") or {}
-    if not isinstance(details, dict):
-        raise ValueError("usage.completion_tokens_details is not an object")
-    reasoning = _int_field(details, "reasoning_tokens", "usage.completion_tokens_details") or 0
-    prompt = _int_field(usage, "prompt_tokens", "usage") or 0
-    completion = _int_field(usage, "completion_tokens", "usage")
-    if completion is not None and completion > ABSURD_FACTOR * max(max_tokens, 1):
-        raise ValueError(
-            f"usage.completion_tokens = {completion} for an allowance of {max_tokens} is absurd"
-        )
-    if completion is None or (completion == 0 and _text(body)):
-        timings = body.get("timings")
-        # llama.cpp reports its own count here
-        predicted = timings.get("predicted_n") if isinstance(timings, dict) else None
-        if isinstance(predicted, int) and not isinstance(predicted, bool) and 0 < predicted:
-            return Usage(prompt, predicted, reasoning, trusted=False)
-        return Usage(prompt, max_tokens, reasoning, trusted=False)
-    return Usage(prompt, completion, reasoning, trusted=True)
-
-
-def _text(body: dict[str, Any]) -> str:
-    choices = body.get("choices")
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        message = choices[0].get("message")
-        if isinstance(message, dict) and isinstance(message.get("content"), str):
-            return str(message["content"])
-    return ""
+    _, _, _, problem = read_usage(body, max_tokens)
+    if problem:
+        raise ValueError(problem)
+    count = count_completion(body, max_tokens)
+    return Usage(count.prompt_tokens, count.tokens, count.reasoning_tokens, count.trusted)
 
 
 def _optional_str(container: dict[str, Any], key: str, where: str) -> str:
@@ -322,10 +293,11 @@ class ChatClient:
         Raises
         ------
         EngineError
-            When the request fails for good. Its ``charge`` is what the failed call may have
-            been billed: the allowance for a 200 whose body could not be read
-            (:class:`MalformedResponse`) or an attempt cut by a timeout after the server
-            accepted it, else 0.
+            When the request fails for good, or fails after it may have generated (see the
+            module docstring). Its ``charge`` is what the failed call may have been billed:
+            the allowance for a 200 whose body could not be read (:class:`MalformedResponse`),
+            a timeout or dropped connection after the request was sent, or an HTTP error that
+            can follow generation; else 0.
         """
         if max_tokens <= 0:
             raise ValueError(f"max_tokens must be positive, got {max_tokens}")
@@ -334,7 +306,6 @@ class ChatClient:
         last = "no attempt made"
         start = time.perf_counter()
         deadline = start + (self.deadline if self.deadline is not None else math.inf)
-        charge = 0
         while True:
             response: httpx.Response | None = None
             left = deadline - time.perf_counter()
@@ -346,9 +317,14 @@ class ChatClient:
                 )
             except (httpx.TransportError, httpx.TimeoutException) as exc:
                 last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                if isinstance(exc, httpx.ReadTimeout | httpx.RemoteProtocolError):
-                    # The server had the request and may have generated (and billed) tokens.
-                    charge = max_tokens
+                if not isinstance(exc, _NOT_SENT):
+                    # The server had the request and may have generated (and billed) tokens:
+                    # charged in full, and not retried under the same reservation.
+                    raise EngineError(
+                        f"{last} after the request was sent",
+                        attempts=attempt + 1,
+                        charge=max_tokens,
+                    ) from None
             else:
                 if response.status_code == 200:
                     return self._completion(response, max_tokens, start, attempt + 1)
@@ -357,7 +333,10 @@ class ChatClient:
                 last = f"HTTP {response.status_code}: {response.text[:300]}"
                 if response.status_code not in RETRY_STATUSES:
                     raise EngineError(
-                        last, status=response.status_code, attempts=attempt + 1, charge=charge
+                        last,
+                        status=response.status_code,
+                        attempts=attempt + 1,
+                        charge=error_charge(response.status_code, max_tokens),
                     )
             status = response.status_code if response is not None else None
             wait = self._delay(attempt, response)
@@ -366,14 +345,12 @@ class ChatClient:
                     f"gave up after {attempt + 1} attempts: {last}",
                     status=status,
                     attempts=attempt + 1,
-                    charge=charge,
                 )
             if time.perf_counter() + wait >= deadline:
                 raise EngineError(
                     f"deadline of {self.deadline:g} s reached after {attempt + 1} attempts: {last}",
                     status=status,
                     attempts=attempt + 1,
-                    charge=charge,
                 )
             await asyncio.sleep(wait)
             attempt += 1
@@ -400,6 +377,10 @@ class ChatClient:
             attempts=attempts,
             raw=body,
         )
+
+
+#: Transport errors raised before the request reached a server: nothing was generated.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 def _check_seconds(name: str, value: float) -> None:
