@@ -22,7 +22,6 @@ from shadowprice.providers import (
     litellm_fields,
     make_preset,
 )
-from shadowprice.serve.relay import upstream_body
 
 ALL = (*PROVIDERS, "generic")
 allowances = st.one_of(st.integers(1, 3000), st.integers(1, 10**7), st.just(MAX_BUDGET))
@@ -155,14 +154,32 @@ def test_generic_reproduces_the_gateways_per_field_options(
     preset = make_preset(
         thinking_field=thinking_field, effort_levels=levels, token_param=token_param
     )
-    expected = upstream_body(
-        body,
-        allowance,
-        token_param=token_param,
-        thinking_field=thinking_field,
-        effort_levels=levels,
-    )
+    expected = _per_field(body, allowance, token_param, thinking_field, levels)
     assert preset.apply(body, allowance) == expected
+
+
+def _per_field(
+    body: dict[str, Any],
+    allowance: int,
+    token_param: str,
+    thinking_field: str | None,
+    levels: tuple[int, int] | None,
+) -> dict[str, Any]:
+    """The gateway's per-field options as they were before presets (the reference)."""
+    out = dict(body)
+    for key in ("max_tokens", "max_completion_tokens"):
+        if token_param in ("both", key):
+            out[key] = allowance
+        else:
+            out.pop(key, None)
+    if thinking_field:
+        out[thinking_field] = allowance
+    if levels is not None:
+        low, medium = levels
+        out["reasoning_effort"] = (
+            "low" if allowance <= low else "medium" if allowance <= medium else "high"
+        )
+    return out
 
 
 def test_each_provider_reads_its_own_fields() -> None:

@@ -95,3 +95,30 @@ def test_openai_client_through_the_gateway_never_exceeds_allowance_or_budget(gat
     )
     spent, reserved = _spent(redis, ns)
     assert reserved == 0 and spent == charged <= BUDGET
+
+
+def test_the_llamacpp_preset_reaches_the_real_server(llama_url: str) -> None:
+    """``--provider llamacpp``: the allowance as max_tokens with a thinking cap and an answer
+    reserve in llama.cpp's own field; the real server takes it and stays within it."""
+    import openai
+
+    from shadowprice.ledger import MemoryLedger
+
+    cfg = GatewayConfig([llama_url], budget=10_000, period=86_400, provider="llamacpp")
+    gw = Gateway(cfg, thresholds=FixedThreshold(8.0))
+    assert isinstance(gw.ledger, MemoryLedger)
+    with ServerThread(gw.app) as s:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(
+            model="m", messages=[{"role": "user", "content": "What is 2+3?"}], max_tokens=40
+        )
+        reply = raw.parse()
+    allowance = int(raw.headers["x-shadowprice-allowance"])
+    assert allowance <= 40 and reply.usage is not None
+    assert reply.usage.completion_tokens <= allowance
+    thinking, reserve, _ = gw.preset.split(allowance)
+    assert thinking + reserve == allowance and reserve >= min(64, allowance)
+    assert gw.preset.fields(allowance).fields == {
+        "max_tokens": allowance,
+        "thinking_budget_tokens": thinking,
+    }

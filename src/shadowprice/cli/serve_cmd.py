@@ -83,6 +83,21 @@ def serve_command(
         0, "--fallback-tokens", help="allowance instead of 429 when priced out"
     ),
     balance: str = typer.Option("least-busy", "--balance", help="least-busy or round-robin"),
+    provider: str | None = typer.Option(
+        None,
+        "--provider",
+        help="the upstreams' API: vllm, sglang, llamacpp, openai, gemini or anthropic (the "
+        "allowance in its own fields, with a thinking cap and an answer reserve); default: "
+        "the generic --token-param/--thinking-field/--effort-levels",
+        show_default=False,
+    ),
+    reserve: int | None = typer.Option(
+        None,
+        "--reserve",
+        help="tokens of each allowance kept to answer after a capped thought (default: 10%%, "
+        "at least 64, at most 1024)",
+        show_default=False,
+    ),
     token_param: str = typer.Option(
         "both", "--token-param", help="both, max_tokens or max_completion_tokens"
     ),
@@ -177,6 +192,8 @@ def serve_command(
             floor_share=floor_share,
             keys=load_keys(keys) if keys is not None else None,
             upstream_key=key,
+            provider=provider,
+            reserve=reserve,
             token_param=token_param,  # type: ignore[arg-type]
             thinking_field=thinking_field,
             effort_levels=_levels(effort_levels),

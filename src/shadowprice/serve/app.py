@@ -43,6 +43,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..ledger import Ledger
+from ..providers import make_preset
 from ..usage import Count, StreamMeter, completion_problem, count_completion, error_charge
 from .budget import build_decider
 from .config import GatewayConfig, Tenant
@@ -104,6 +105,13 @@ class Gateway:
         self.pool = UpstreamPool(c.upstreams, c.balance, c.eject_after)
         self.thresholds = thresholds or load_threshold_source(c.predictor, c.route_tau)
         self.decider = build_decider(c, ledger=ledger)
+        self.preset = make_preset(
+            c.provider,
+            thinking_field=c.thinking_field,
+            effort_levels=c.effort_levels,
+            token_param=c.token_param,
+            reserve=c.reserve,
+        )
         self.ledger = self.decider.ledger
         self.pricer = self.decider.core.pricer
         #: Ports of the separate metrics listener (set by whoever binds it).
@@ -261,13 +269,7 @@ class Gateway:
         c = self.config
         self.metrics.requests.labels(d.status).inc()
         self.metrics.allowed.inc(d.allowance)
-        payload = upstream_body(
-            body,
-            d.allowance,
-            token_param=c.token_param,
-            thinking_field=c.thinking_field,
-            effort_levels=c.effort_levels,
-        )
+        payload = upstream_body(body, d.allowance, self.preset)
         headers = {
             "x-shadowprice-allowance": str(d.allowance),
             "x-shadowprice-price": f"{d.price:.6g}",

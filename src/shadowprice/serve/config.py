@@ -186,10 +186,17 @@ class GatewayConfig:
         Client keys; None: no authentication.
     upstream_key : str, optional
         Bearer token sent upstream (from the environment, never from clients).
+    provider : str, optional
+        The upstreams' API (one of :data:`shadowprice.providers.PROVIDERS`): the allowance is
+        sent in its fields, split into a thinking cap and an answer reserve. None: the generic
+        per-field options below.
+    reserve : int, optional
+        Tokens of each allowance kept to answer after a capped thought (default: the
+        provider's rule, :data:`shadowprice.providers.DEFAULT_RESERVE`).
     token_param : {'both', 'max_tokens', 'max_completion_tokens'}
-        Which allowance fields are sent upstream.
+        Which allowance fields are sent upstream (generic).
     thinking_field : str, optional
-        Also send the allowance in this field (vLLM: ``thinking_token_budget``).
+        Also send the allowance in this field (generic; vLLM: ``thinking_token_budget``).
     effort_levels : tuple of int, optional
         (low, medium) allowance limits mapping to ``reasoning_effort`` low / medium / high.
     balance : {'round-robin', 'least-busy'}
@@ -243,6 +250,8 @@ class GatewayConfig:
     floor_share: float = 0.0
     keys: KeyTable | None = None
     upstream_key: str | None = None
+    provider: str | None = None
+    reserve: int | None = None
     token_param: TokenParam = "both"
     thinking_field: str | None = None
     effort_levels: tuple[int, int] | None = None
@@ -313,6 +322,18 @@ class GatewayConfig:
             raise ConfigError("--token-param must be both, max_tokens or max_completion_tokens")
         if self.effort_levels is not None and not 0 < self.effort_levels[0] < self.effort_levels[1]:
             raise ConfigError("--effort-levels must be two increasing token counts LOW,MEDIUM")
+        from ..providers import make_preset
+
+        try:
+            make_preset(
+                self.provider,
+                thinking_field=self.thinking_field,
+                effort_levels=self.effort_levels,
+                token_param=self.token_param,
+                reserve=self.reserve,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"--provider {self.provider}: {exc}") from exc
 
     @property
     def float_tokens(self) -> int:

@@ -2,10 +2,9 @@
 
 - :func:`prompt_text`: the text the threshold predictor reads ('' for a request without text,
   e.g. images only: the gateway prices it on a default curve).
-- :func:`upstream_body`: the client's body with the allowance written into every field the
-  upstream may read (``max_tokens``, ``max_completion_tokens``, a thinking budget,
-  ``reasoning_effort``), the length fields some servers read instead removed, and usage
-  requested in streams.
+- :func:`upstream_body`: the client's body with the allowance in the upstream's own fields
+  (a provider preset: the output cap, a thinking cap with an answer reserve, an effort level),
+  the length fields some servers read instead removed, and usage requested in streams.
 - :class:`MeteredStream`: the ASGI response that relays an upstream stream through a
   :class:`~shadowprice.usage.StreamMeter` and, however the stream ends, closes the upstream
   response and reports once what it is charged (the package's one counting rule,
@@ -23,6 +22,7 @@ from typing import Any
 import anyio
 from starlette.types import Receive, Scope, Send
 
+from ..providers import Preset
 from ..usage import Count, StreamMeter
 
 __all__ = ["LENGTH_ALIASES", "MeteredStream", "event_stream", "prompt_text", "upstream_body"]
@@ -70,36 +70,16 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-def upstream_body(
-    body: dict[str, Any],
-    allowance: int,
-    *,
-    token_param: str = "both",
-    thinking_field: str | None = None,
-    effort_levels: tuple[int, int] | None = None,
-) -> dict[str, Any]:
-    """A copy of ``body`` that asks the upstream for at most ``allowance`` tokens."""
-    out = dict(body)
-    for alias in LENGTH_ALIASES:
-        out.pop(alias, None)
+def upstream_body(body: dict[str, Any], allowance: int, preset: Preset) -> dict[str, Any]:
+    """A copy of ``body`` that asks the upstream for at most ``allowance`` tokens: the length
+    fields other servers read removed (:data:`LENGTH_ALIASES`), the allowance in ``preset``'s
+    fields (the output cap, a thinking cap with an answer reserve, an effort level: see
+    :mod:`shadowprice.providers`), and usage asked for in a stream."""
+    out = {k: v for k, v in body.items() if k not in LENGTH_ALIASES}
     options = out.get("options")
     if isinstance(options, dict) and "num_predict" in options:  # Ollama's
         out["options"] = {k: v for k, v in options.items() if k != "num_predict"}
-    if token_param in ("both", "max_tokens"):
-        out["max_tokens"] = allowance
-    else:
-        out.pop("max_tokens", None)
-    if token_param in ("both", "max_completion_tokens"):
-        out["max_completion_tokens"] = allowance
-    else:
-        out.pop("max_completion_tokens", None)
-    if thinking_field:
-        out[thinking_field] = allowance
-    if effort_levels is not None:
-        low, medium = effort_levels
-        out["reasoning_effort"] = (
-            "low" if allowance <= low else "medium" if allowance <= medium else "high"
-        )
+    out = preset.apply(out, allowance)
     if out.get("stream"):
         opts = dict(out.get("stream_options") or {})
         opts["include_usage"] = True
