@@ -248,3 +248,43 @@ class TestJournal(LedgerContract):
             pytest.skip("a journal ledger counts what a crash left open as spent")
         folder = tempfile.mkdtemp(prefix="sp-journal-")
         return JournalLedger(f"{folder}/run.journal", total, config={"total": total}, clock=clock)
+
+
+def test_capabilities_are_declared_and_checked_with_isinstance(tmp_path: Any) -> None:
+    """Optional capabilities are protocols: a caller asks ``isinstance``, never ``getattr``."""
+    from shadowprice.ledger import Book, InProcess, Recoverable, SharedLedger
+
+    memory = MemoryLedger(10)
+    journal = JournalLedger(tmp_path / "a.journal", 10, config={})
+    shared = JournalLedger(tmp_path / "b.journal", 10, config={}, shared=memory)
+    assert isinstance(memory, InProcess) and isinstance(memory.book, Book)
+    assert not isinstance(memory, Recoverable) and not isinstance(memory, SharedLedger)
+    assert isinstance(journal, InProcess) and isinstance(journal, Recoverable)
+    # A journal over a shared budget keeps no books of its own.
+    assert isinstance(shared, Recoverable) and not isinstance(shared, InProcess)
+    with pytest.raises(AttributeError, match="shared"):
+        shared.book  # noqa: B018
+    for led in (memory, journal, shared):
+        assert isinstance(led, Ledger)
+    run(journal.aclose())
+    run(shared.aclose())
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 50), st.integers(0, 60)), max_size=12))
+def test_the_async_ledgers_keep_the_books_of_their_synchronous_book(ops: list[Any]) -> None:
+    """A MemoryLedger is its Book behind the async protocol: the same operations give the same
+    totals, whichever side they go through."""
+    from shadowprice.ledger import Book
+
+    book, led = Book(200), MemoryLedger(200)
+
+    async def go() -> None:
+        for tokens, used in ops:
+            a, b = book.reserve(tokens), await led.reserve(tokens)
+            assert (a is None) == (b is None)
+            if a is not None and b is not None:
+                assert book.settle(a, used).charged == (await led.settle(b, used)).charged
+            assert book.state() == await led.state() == led.book.state()
+
+    run(go())

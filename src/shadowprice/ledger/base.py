@@ -20,8 +20,12 @@ generate.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from .book import Book
 
 #: What happens to a reservation that lapses (see the module docstring).
 OnLapse = Literal["spend", "release"]
@@ -192,6 +196,40 @@ class Ledger(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Recovery:
+    """What reopening a journal found.
+
+    Attributes
+    ----------
+    settled : int
+        Tokens settled by earlier runs (what their requests generated).
+    unsettled : int
+        Reservations left open by a crash (requests that may or may not have been billed).
+    unsettled_tokens : int
+        Tokens those reservations held.
+    counted : int
+        Of those, tokens counted as spent (all of them unless ``release_unsettled``).
+    by_tag : dict
+        ``tag -> tokens`` charged to each reservation tag (e.g. a query id) by earlier runs,
+        ``counted`` included: who spent what the resumed run starts with.
+    """
+
+    settled: int = 0
+    unsettled: int = 0
+    unsettled_tokens: int = 0
+    counted: int = 0
+    by_tag: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def spent(self) -> int:
+        """Tokens the resumed run starts with as spent."""
+        return self.settled + self.counted
+
+
+# Optional capabilities. A ledger declares one by having it; callers check with isinstance.
+
+
 @runtime_checkable
 class SharedLedger(Protocol):
     """What a ledger shared by several processes adds (Redis): one value (the price) that
@@ -200,6 +238,33 @@ class SharedLedger(Protocol):
     async def agree(self, value: float, hold: float) -> float:
         """Publish ``value`` unless another process published one in the last ``hold``
         seconds; return the value every process now shares."""
+        ...
+
+
+@runtime_checkable
+class InProcess(Protocol):
+    """A ledger whose books are kept in this process (memory, an unshared journal): their
+    synchronous :class:`~shadowprice.ledger.book.Book` is at hand."""
+
+    @property
+    def book(self) -> Book:
+        """The books, for synchronous callers."""
+        ...
+
+
+@runtime_checkable
+class Recoverable(Protocol):
+    """A ledger that outlives its process (the journal): what earlier runs left, and what
+    this run has charged."""
+
+    @property
+    def charged(self) -> int:
+        """Tokens this run has charged, earlier runs of the same journal included (not other
+        workers' spending in a shared budget)."""
+        ...
+
+    async def recover(self) -> Recovery:
+        """Account for what a crash left open (call once, before spending); what was found."""
         ...
 
 

@@ -25,11 +25,11 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .base import Ledger, LedgerError, LedgerState, Reservation, Settlement
+from .base import Ledger, LedgerError, LedgerState, Recovery, Reservation, Settlement
+from .book import Book
 from .memory import MemoryLedger
 
 #: Version of the journal's layout, written in its first line.
@@ -52,37 +52,6 @@ class JournalMismatch(LedgerError):
         self.differences = dict(differences)
         shown = "; ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in self.differences.items())
         super().__init__(f"{path} belongs to a run with another configuration ({shown})")
-
-
-@dataclass(frozen=True)
-class Recovery:
-    """What reopening a journal found.
-
-    Attributes
-    ----------
-    settled : int
-        Tokens settled by earlier runs (what their requests generated).
-    unsettled : int
-        Reservations left open by a crash (requests that may or may not have been billed).
-    unsettled_tokens : int
-        Tokens those reservations held.
-    counted : int
-        Of those, tokens counted as spent (all of them unless ``release_unsettled``).
-    by_tag : dict
-        ``tag -> tokens`` charged to each reservation tag (e.g. a query id) by earlier runs,
-        ``counted`` included: who spent what the resumed run starts with.
-    """
-
-    settled: int = 0
-    unsettled: int = 0
-    unsettled_tokens: int = 0
-    counted: int = 0
-    by_tag: Mapping[str, int] = field(default_factory=dict)
-
-    @property
-    def spent(self) -> int:
-        """Tokens the resumed run starts with as spent."""
-        return self.settled + self.counted
 
 
 def _read_events(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
@@ -194,13 +163,13 @@ class JournalLedger:
             _sync_dir(self.path.parent)
         self.charged = self.recovery.spent
         self._inner: Ledger
-        self._sync_state: Callable[[], LedgerState] | None
+        self._book: Book | None = None
         if shared is None:
             memory = MemoryLedger(total, spent=self.recovery.spent, clock=clock)
-            self._inner, self._sync_state = memory, memory.state_now
+            self._inner, self._book = memory, memory.book
             self._write_recovered()
         else:
-            self._inner, self._sync_state = shared, None
+            self._inner = shared
 
     def _resume(self) -> None:
         header, events, length = _read_events(self.path)
@@ -239,7 +208,7 @@ class JournalLedger:
         """Settle in the shared ledger what a crash of this run left open (counted in full, or
         released with ``release_unsettled``); a no-op for the in-process budget, which starts
         from the recovered spending. Call once, before spending."""
-        if self._unsettled and self._sync_state is None:
+        if self._unsettled and self._book is None:
             for rid, ev in self._unsettled.items():
                 res = Reservation(rid, int(ev["tokens"]), int(ev.get("period", 0)))
                 await self._inner.settle(res, 0 if self._release else res.tokens)
@@ -254,6 +223,20 @@ class JournalLedger:
 
     def _sync(self) -> None:
         os.fsync(self._fh.fileno())
+
+    @property
+    def book(self) -> Book:
+        """The in-process books, for synchronous callers.
+
+        Raises
+        ------
+        AttributeError
+            When the budget is shared (kept in another ledger): there is no book here, so
+            ``isinstance(ledger, InProcess)`` is False.
+        """
+        if self._book is None:
+            raise AttributeError("the budget is shared: it has no in-process book")
+        return self._book
 
     @property
     def total(self) -> int:
@@ -295,9 +278,9 @@ class JournalLedger:
 
     def state_now(self) -> LedgerState:
         """:meth:`state` for synchronous callers (the in-process budget only)."""
-        if self._sync_state is None:
+        if self._book is None:
             raise LedgerError("the budget is shared: use `await state()`")
-        return self._sync_state()
+        return self._book.state()
 
     async def aclose(self) -> None:
         """Flush, fsync and close the journal (a shared ledger is closed by its owner)."""

@@ -1,35 +1,11 @@
-"""An in-process ledger: one budget per period, reservations that can expire."""
+"""An in-process ledger: a :class:`~shadowprice.ledger.book.Book` behind the async protocol."""
 
 from __future__ import annotations
 
-import heapq
-import threading
-import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 
-from .base import (
-    LedgerError,
-    LedgerState,
-    OnLapse,
-    Reservation,
-    Settlement,
-    check_on_lapse,
-    check_reservation,
-    check_tokens,
-)
-
-#: Settled reservation ids remembered (for idempotent settling) per period kept.
-_PERIODS_KEPT = 4
-
-
-@dataclass
-class _Period:
-    spent: int = 0
-    reserved: int = 0
-    overrun: int = 0
-    lapsed: int = 0
+from .base import LedgerState, OnLapse, Reservation, Settlement
+from .book import Book
 
 
 class MemoryLedger:
@@ -51,10 +27,12 @@ class MemoryLedger:
         What a reservation that lapses costs: its whole allowance (default), or nothing (its
         tokens return to the pool); see :mod:`shadowprice.ledger.base`.
 
-    Notes
-    -----
-    Methods are ``async`` to share the protocol with ledgers that do I/O; the bookkeeping
-    itself is synchronous under a lock, so the ledger is also safe across threads.
+    Attributes
+    ----------
+    book : Book
+        The accounting, for synchronous callers (no I/O here): ``reserve_now``,
+        ``settle_now``, ``extend_now`` and ``state_now`` are its methods, and the async
+        methods call them.
     """
 
     def __init__(
@@ -66,55 +44,40 @@ class MemoryLedger:
         clock: Callable[[], float] | None = None,
         on_lapse: OnLapse = "spend",
     ) -> None:
-        self._total = check_tokens("total", total)
-        self.on_lapse = check_on_lapse(on_lapse)
-        if period is not None and not (isinstance(period, (int, float)) and period > 0):
-            raise LedgerError(f"period must be a positive number of seconds, got {period!r}")
-        self.period = None if period is None else float(period)
-        self._clock = clock or time.time
-        self._lock = threading.Lock()
-        self._periods: dict[int, _Period] = {}
-        self._open: dict[str, Reservation] = {}
-        # (expires_at, id) of reservations with a TTL; renewed or closed ones stay until popped.
-        self._expiry: list[tuple[float, str]] = []
-        self._settled: dict[str, int] = {}  # id -> period, for idempotent settling
-        self._lapsed: dict[str, Reservation] = {}  # lapsed and charged, not yet settled
-        self._periods[self._index()] = _Period(spent=check_tokens("spent", spent))
+        self.book = Book(total, period=period, spent=spent, clock=clock, on_lapse=on_lapse)
 
     @property
     def total(self) -> int:
         """Budget per period, tokens."""
-        return self._total
+        return self.book.total
 
-    def _index(self) -> int:
-        return 0 if self.period is None else int(self._clock() // self.period)
+    @property
+    def period(self) -> float | None:
+        """Length of a budget period in seconds (None: one period)."""
+        return self.book.period
 
-    def _book(self, index: int) -> _Period:
-        book = self._periods.get(index)
-        if book is None:
-            book = self._periods[index] = _Period()
-            for old in sorted(self._periods)[:-_PERIODS_KEPT]:
-                del self._periods[old]
-            self._settled = {k: p for k, p in self._settled.items() if p in self._periods}
-            self._lapsed = {k: r for k, r in self._lapsed.items() if r.period in self._periods}
-        return book
+    @property
+    def on_lapse(self) -> OnLapse:
+        """What a lapsed reservation costs."""
+        return self.book.on_lapse
 
-    def _expire(self, now: float) -> None:
-        """Close reservations whose TTL has passed (O(lapsed log n)): charged in full, or
-        their tokens returned (``on_lapse``)."""
-        while self._expiry and self._expiry[0][0] <= now:
-            _, rid = heapq.heappop(self._expiry)
-            r = self._open.get(rid)
-            if r is None or r.expires_at is None or r.expires_at > now:
-                continue  # settled, or renewed (its new expiry has its own entry)
-            del self._open[rid]
-            book = self._periods.get(r.period)
-            if book is not None:
-                book.reserved -= r.tokens
-                if self.on_lapse == "spend":
-                    book.spent += r.tokens
-                    book.lapsed += r.tokens
-                    self._lapsed[rid] = r
+    def reserve_now(
+        self, tokens: int, *, min_tokens: int | None = None, tag: str = "", ttl: float | None = None
+    ) -> Reservation | None:
+        """:meth:`Book.reserve`."""
+        return self.book.reserve(tokens, min_tokens=min_tokens, tag=tag, ttl=ttl)
+
+    def settle_now(self, reservation: Reservation, used: int) -> Settlement:
+        """:meth:`Book.settle`."""
+        return self.book.settle(reservation, used)
+
+    def extend_now(self, reservation: Reservation, ttl: float) -> Reservation | None:
+        """:meth:`Book.extend`."""
+        return self.book.extend(reservation, ttl)
+
+    def state_now(self) -> LedgerState:
+        """:meth:`Book.state`."""
+        return self.book.state()
 
     async def reserve(
         self, tokens: int, *, min_tokens: int | None = None, tag: str = "", ttl: float | None = None
@@ -122,65 +85,9 @@ class MemoryLedger:
         """See :meth:`shadowprice.ledger.Ledger.reserve`."""
         return self.reserve_now(tokens, min_tokens=min_tokens, tag=tag, ttl=ttl)
 
-    def reserve_now(
-        self, tokens: int, *, min_tokens: int | None = None, tag: str = "", ttl: float | None = None
-    ) -> Reservation | None:
-        """:meth:`reserve` for synchronous callers (no I/O here)."""
-        want, least = check_reservation(tokens, min_tokens, ttl)
-        with self._lock:
-            now = self._clock()
-            self._expire(now)
-            index = self._index()
-            book = self._book(index)
-            free = self._total - book.spent - book.reserved
-            grant = min(want, free)
-            if grant < least:
-                return None
-            book.reserved += grant
-            res = Reservation(
-                id=uuid.uuid4().hex,
-                tokens=grant,
-                period=index,
-                tag=tag,
-                expires_at=None if ttl is None else now + ttl,
-            )
-            self._open[res.id] = res
-            if res.expires_at is not None:
-                heapq.heappush(self._expiry, (res.expires_at, res.id))
-            return res
-
     async def settle(self, reservation: Reservation, used: int) -> Settlement:
         """See :meth:`shadowprice.ledger.Ledger.settle`."""
         return self.settle_now(reservation, used)
-
-    def settle_now(self, reservation: Reservation, used: int) -> Settlement:
-        """:meth:`settle` for synchronous callers."""
-        used = check_tokens("used", used)
-        with self._lock:
-            self._expire(self._clock())  # a reservation past its TTL settles as lapsed
-            if reservation.id in self._settled:
-                return Settlement(0, "duplicate")
-            book = self._book(reservation.period) if reservation.period in self._periods else None
-            open_ = self._open.pop(reservation.id, None)
-            lapsed = self._lapsed.pop(reservation.id, None)
-            self._settled[reservation.id] = reservation.period
-            if book is None:  # a period we no longer keep: nothing left to charge against
-                return Settlement(used, "late", used)
-            if lapsed is not None:  # charged in full when it lapsed: correct to the real use
-                book.spent += used - lapsed.tokens
-                book.lapsed -= lapsed.tokens
-                over = max(0, used - lapsed.tokens)
-                book.overrun += over
-                return Settlement(used, "late", over)
-            if open_ is None:  # expired: its tokens went back to the pool already
-                book.spent += used
-                book.overrun += used
-                return Settlement(used, "late", used)
-            book.reserved -= open_.tokens
-            book.spent += used
-            over = max(0, used - open_.tokens)
-            book.overrun += over
-            return Settlement(used, "settled", over)
 
     async def release(self, reservation: Reservation) -> Settlement:
         """See :meth:`shadowprice.ledger.Ledger.release`."""
@@ -190,33 +97,9 @@ class MemoryLedger:
         """See :meth:`shadowprice.ledger.Ledger.extend`."""
         return self.extend_now(reservation, ttl)
 
-    def extend_now(self, reservation: Reservation, ttl: float) -> Reservation | None:
-        """:meth:`extend` for synchronous callers."""
-        if not ttl > 0:
-            raise LedgerError(f"ttl must be a positive number of seconds, got {ttl!r}")
-        with self._lock:
-            now = self._clock()
-            self._expire(now)
-            held = self._open.get(reservation.id)
-            if held is None:
-                return None
-            renewed = self._open[reservation.id] = replace(held, expires_at=now + ttl)
-            heapq.heappush(self._expiry, (now + ttl, reservation.id))
-            return renewed
-
     async def state(self) -> LedgerState:
         """See :meth:`shadowprice.ledger.Ledger.state`."""
         return self.state_now()
-
-    def state_now(self) -> LedgerState:
-        """:meth:`state` for synchronous callers."""
-        with self._lock:
-            self._expire(self._clock())
-            index = self._index()
-            book = self._book(index)
-            return LedgerState(
-                self._total, book.spent, book.reserved, book.overrun, index, book.lapsed
-            )
 
     async def aclose(self) -> None:
         """Nothing to close."""
