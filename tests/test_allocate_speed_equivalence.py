@@ -12,6 +12,7 @@ comparison allows exactly that: granules moved between rows with the same remain
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,9 @@ def assert_same(
     assert new.utility == pytest.approx(old.utility, rel=1e-12, abs=1e-12), where
     assert new.message == old.message, where
     assert new.spent == old.spent and new.leftover == old.leftover, where
+    if "choice" in old.info:
+        np.testing.assert_array_equal(new.info["choice"], old.info["choice"], err_msg=where)
+        assert new.info["options"] == old.info["options"], where
 
 
 def _assert_moved_between_ties(
@@ -209,3 +213,43 @@ def test_degenerate_surge_instances_are_unchanged(
     # Many equal thresholds, zero thresholds, caps at or below a granule.
     curves = ShiftedSurge(np.asarray(taus), ALPHA, BETA)
     assert_same(curves, budget, policy, ties=True, granularity=g, max_tokens=cap)
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    n=st.integers(1, 400),
+    per_query=st.integers(1, 3000),
+    step=st.sampled_from([1, 2, 16, 64, 250]),
+    levels=st.integers(2, 300),
+    alpha=st.sampled_from([0.5, 1.5, 40.0]),
+    beta=st.sampled_from([1e-4, 0.005, 0.05, 0.5]),
+    seed=st.integers(0, 2**32 - 1),
+    limits=st.sampled_from(["none", "scalar"]),
+    f32=st.booleans(),
+)
+def test_market_on_any_surge_grid_is_unchanged(
+    monkeypatch: pytest.MonkeyPatch,
+    n: int,
+    per_query: int,
+    step: int,
+    levels: int,
+    alpha: float,
+    beta: float,
+    seed: int,
+    limits: str,
+    f32: bool,
+) -> None:
+    # Fine and coarse grids, flat and sharp surges, float32 and float64 tables: the market
+    # on the options a price can pick chooses as on the whole table.
+    for module in ("shadowprice.allocate", "_solve_before.allocate"):
+        monkeypatch.setattr(sys.modules[module], "LARGE_MENU", 0 if f32 else 10**12)
+    rng = np.random.default_rng(seed)
+    curves = ShiftedSurge(rng.lognormal(np.log(400), 0.8, n), alpha, beta)
+    grid = np.arange(levels) * step
+    kw = {"min_tokens": 2 * step, "max_tokens": step * levels // 2} if limits == "scalar" else {}
+    assert_same(curves, n * per_query, "market", grid=grid, **kw)
+    assert_same(curves, n * per_query, "market", levels=levels, **kw)

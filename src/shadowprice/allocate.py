@@ -159,6 +159,8 @@ def allocate(
             levels=k,
             dtype=np.float32 if big else np.float64,
             accounting=accounting,  # type: ignore[arg-type]
+            # Only the options a price can pick: the market's choices are the same.
+            compact=policy == "market",
         )
 
     if policy in ("clear", "market"):

@@ -42,12 +42,13 @@ def _choose(menu: Menu, rows: NDArray[np.intp] | None, price: float) -> NDArray[
     (rows x K) score never materialises at once. ``rows=None`` means all rows."""
     n = menu.n if rows is None else rows.size
     out = np.empty(n, dtype=np.intp)
-    shared = menu.costs.ndim == 1
-    lam_c = (price * menu.costs).astype(menu.values.dtype)  # (K,) or (N, K)
+    dtype = menu.values.dtype
+    shared = (price * menu.costs).astype(dtype) if menu.costs.ndim == 1 else None
     for start in range(0, n, CHUNK):
         sl = slice(start, min(start + CHUNK, n))
         r = sl if rows is None else rows[sl]
-        cost = lam_c if shared else lam_c[r]
+        # Per-row costs: priced for these rows only (bisection steps touch few rows).
+        cost = shared if shared is not None else (price * menu.costs[r]).astype(dtype)
         out[sl] = np.argmax(menu.values[r] - cost, axis=1)
     return out
 
@@ -58,8 +59,9 @@ def _cost(
     """Cost of each row's chosen option: int tokens (allotted) or float expected spend."""
     if menu.costs.ndim == 1:
         return menu.costs[choice]
+    # A flat gather: a third of the time of menu.costs[rows, choice].
     r = np.arange(menu.n) if rows is None else rows
-    return menu.costs[r, choice]
+    return menu.costs.reshape(-1)[r * menu.k + choice]
 
 
 def _demand(menu: Menu, price: float) -> tuple[NDArray[np.intp], float]:
@@ -217,7 +219,8 @@ def clear_menu(menu: Menu, cons: Constraints, *, policy: str = "market") -> Allo
         STATUS_OK,
         it,
         {"undecided_at_price": int(active.size), "subsample_price": guess or 0.0, **fill},
-        f"market cleared at price {p_hi:.6g} after {it} bisection steps over {menu.k}-option menus",
+        f"market cleared at price {p_hi:.6g} after {it} bisection steps over "
+        f"{menu.offered}-option menus",
     )
 
 
@@ -246,17 +249,16 @@ def _fill(
     while left > 0 and rounds < FILL_ROUNDS:
         # Only rows with some upgrade that fits are worth a look.
         cur_cost = _cost(menu, choice)
-        fits = (
-            (menu.row_costs() > cur_cost[:, None]) & (menu.row_costs() <= cur_cost[:, None] + left)
-            if menu.costs.ndim == 2
-            else None
-        )
-        if fits is None:
-            nxt = np.minimum(choice + 1, menu.k - 1)
-            step = menu.costs[nxt] - cur_cost
-            cand = np.flatnonzero((step > 0) & (step <= left))
-        else:
+        if menu.costs.ndim == 2 and menu.columns is None:
+            costs = menu.row_costs()
+            fits = (costs > cur_cost[:, None]) & (costs <= cur_cost[:, None] + left)
             cand = np.flatnonzero(fits.any(axis=1))
+        else:
+            # Costs ascend strictly along a grid, so some upgrade fits exactly when the next
+            # option does (a compact menu keeps the next option of any a price picks).
+            nxt = np.minimum(choice + 1, menu.k - 1)
+            step = _cost(menu, nxt) - cur_cost
+            cand = np.flatnonzero((step > 0) & (step <= left))
         if cand.size == 0:
             break
         if cand.size > FILL_CANDIDATES:
@@ -324,7 +326,12 @@ def _result(
         status=status,
         message=message + f"; {int((~funded).sum())} of {menu.n} queries abandoned",
         samples=samples if multi else None,
-        info={"iterations": iterations, "options": menu.k, "choice": choice, **info},
+        info={
+            "iterations": iterations,
+            "options": menu.offered,
+            "choice": menu.full_choice(choice),
+            **info,
+        },
     )
 
 

@@ -24,7 +24,11 @@ from numpy.typing import NDArray
 from ..curves.base import UtilityCurve
 from ..curves.empirical import EmpiricalCurve
 from ..curves.grid import check_grid
+from ..curves.surge import ShiftedSurge
 from .constraints import Constraints, IntArray
+
+#: Column indices into a grid (int32 in compact menus).
+Cols = NDArray[np.integer[Any]]
 
 #: Default number of budget levels for curves without natural breakpoints.
 DEFAULT_LEVELS = 64
@@ -69,6 +73,11 @@ class Menu:
     budgets: IntArray
     samples: IntArray
     accounting: Accounting = "allotted"
+    #: For a menu that keeps only the options a price can pick (:func:`menu_from_curve` with
+    #: ``compact=True``): each kept option's column in the full grid, (N, K'), and the full
+    #: grid's size. None for a full menu.
+    columns: Cols | None = None
+    grid_size: int | None = None
 
     @property
     def n(self) -> int:
@@ -77,6 +86,15 @@ class Menu:
     @property
     def k(self) -> int:
         return int(self.values.shape[1])
+
+    @property
+    def offered(self) -> int:
+        """Options each query was offered (the full grid's size for a compact menu)."""
+        return self.k if self.grid_size is None else self.grid_size
+
+    def full_choice(self, choice: NDArray[np.intp]) -> Cols:
+        """Each row's option as a column of the full grid (the same for a full menu)."""
+        return choice if self.columns is None else self.columns[np.arange(self.n), choice]
 
     @property
     def feasible(self) -> NDArray[np.bool_]:
@@ -156,17 +174,24 @@ def menu_from_curve(
     levels: int = DEFAULT_LEVELS,
     dtype: type = np.float64,
     accounting: Accounting = "allotted",
+    compact: bool = False,
 ) -> Menu:
     """Evaluate ``curves`` on a budget grid (shared), or on its jump points if empirical.
 
     Rows are tabulated in chunks so that temporaries stay small; ``dtype=np.float32`` halves
     the menu's memory for very large N. ``accounting="spent"`` costs each option its
     expected spend S_i(b) (an (N, K) float array) instead of its cap.
+
+    ``compact=True`` (for the market solver): where the curves allow it, only the options a
+    price can ever pick are tabulated (:func:`compact_surge_menu`); the market then makes
+    exactly the choices it makes on the full menu.
     """
     check_accounting(accounting)
     if isinstance(curves, EmpiricalCurve) and grid is None:
         return menu_from_breakpoints(curves, cons, accounting)
     g = budget_grid(curves, cons, levels) if grid is None else check_grid(grid)
+    if compact and accounting == "allotted" and _compactable(curves, cons):
+        return compact_surge_menu(curves, cons, g, dtype)  # type: ignore[arg-type]
     gf: NDArray[np.floating] = g.astype(dtype)
     values: NDArray[np.floating] = np.empty((curves.n, g.size), dtype=dtype)
     # With the same limits for everyone, feasibility is a property of the grid column.
@@ -260,3 +285,177 @@ def best_of_k_menu(
     return Menu(
         costs=costs, values=np.where(feas, values, -np.inf), budgets=budgets, samples=samples
     )
+
+
+def _compactable(curves: UtilityCurve, cons: Constraints) -> bool:
+    """Surges of one shape, one set of limits for everyone, nobody protected."""
+    return (
+        isinstance(curves, ShiftedSurge)
+        and curves.shared_shape
+        and curves.length_model is None
+        and cons.scalar_limits is not None
+        and curves.n > 0
+    )
+
+
+#: Error allowance of the float32 value of x e^(-beta x), in units of its rounding: the
+#: rounding of x beta (amplified by the exponential, beta x of them), the exponential's own
+#: (a few), and two products, taken four times over.
+_SLACK = 4.0
+
+
+def compact_surge_menu(
+    curves: ShiftedSurge, cons: Constraints, grid: IntArray, dtype: type = np.float64
+) -> Menu:
+    """The options of a surge menu on ``grid`` that a market can pick, and their neighbours.
+
+    At a price >= 0 a query never picks an option worth no more than a cheaper one (ties go
+    to the cheaper), nor does the market's fill (it ranks upgrades by gain per token). On a
+    surge those are the budgets up to its threshold (worth 0, like buying nothing) and those
+    well past its peak (the surge falls there). Row i keeps option 0, option 1 (the next step
+    up from nothing, which the fill looks at) and the contiguous window of options from its
+    threshold to the first one past the peak that is worth at most the best before it by a
+    margin over the float rounding of the table; every later option is worth less (the surge
+    falls, and the margin covers the rounding of their values). Rows are padded with copies
+    of their last option (never picked before it). Values are computed exactly as in the
+    full table, so the market's choices, price and budgets are the same.
+
+    Parameters
+    ----------
+    curves : ShiftedSurge
+        N surges sharing alpha and beta.
+    cons : Constraints
+        Scalar limits, nobody protected.
+    grid : int64 array (K,)
+        Strictly ascending budgets from 0.
+    dtype : numpy float type
+        Of the values (as the full table would be).
+
+    Returns
+    -------
+    Menu
+        Per-row costs and budgets (N, K'), ``columns`` mapping each option to the grid.
+    """
+    K = grid.size
+    gf: NDArray[Any] = grid.astype(dtype)
+    feasible = _feasible(grid, cons.subset(slice(0, 1)))[0]
+    # Row chunks keep every temporary small (a few MB).
+    parts = [
+        _compact_rows(curves[sl], gf, feasible, dtype)
+        for sl in (slice(a, min(a + CHUNK, curves.n)) for a in range(0, curves.n, CHUNK))
+    ]
+    width = max(c.shape[1] for c, _ in parts)
+    cols = np.concatenate([_widen(c, width) for c, _ in parts])
+    values = np.concatenate([_widen(v, width) for _, v in parts])
+    costs = grid[cols]
+    ones = np.ones(width, dtype=np.int64)
+    return Menu(
+        costs=costs,
+        values=values,
+        budgets=costs,
+        samples=ones,
+        columns=cols,
+        grid_size=K,
+    )
+
+
+def _compact_rows(
+    curves: ShiftedSurge, gf: NDArray[Any], feasible: NDArray[np.bool_], dtype: type
+) -> tuple[Cols, NDArray[np.floating]]:
+    """Kept columns and their values for some rows (see :func:`compact_surge_menu`)."""
+    K = gf.size
+    tau: NDArray[Any] = curves.tau.astype(dtype)
+    beta = dtype(curves.beta[0])
+    # First option worth more than nothing: the first budget above the threshold.
+    first = np.searchsorted(gf, tau, side="right").astype(np.int32)
+    x_top = gf[-1] - tau  # largest budget above threshold in each row (float32 rounding)
+    margin = _SLACK * (np.maximum(beta * x_top, 0.0) + 8.0) * float(np.finfo(dtype).eps)
+    last_feasible = int(np.flatnonzero(feasible).max(initial=0))
+    # The window's end: first guess the second budget past the peak, then move on, row by
+    # row, until it closes the window (or reaches the grid's end).
+    peak = np.searchsorted(gf, tau + dtype(1.0) / beta, side="right").astype(np.int32)
+    end = np.minimum(np.maximum(peak + 1, first), K - 1)
+    cols = _layout(first, end)
+    values = _values_at(curves, gf, cols, feasible, dtype)
+    ok = _closes(values, cols, first, end, gf, tau, beta, margin, last_feasible)
+    moved = rows = np.flatnonzero(~ok)
+    while rows.size:
+        end[rows] += 1
+        sub_cols = _layout(first[rows], end[rows])
+        sub_values = _values_at(curves[rows], gf, sub_cols, feasible, dtype)
+        ok = _closes(
+            sub_values, sub_cols, first[rows], end[rows], gf, tau[rows], beta, margin[rows],
+            last_feasible,
+        )  # fmt: skip
+        rows = rows[~ok]
+    if moved.size:
+        # Rows whose window grew: their own layout and values; the others' padded wider.
+        width = max(cols.shape[1], int(np.max(end[moved] - first[moved], initial=0)) + 3)
+        cols, values = _widen(cols, width), _widen(values, width)
+        cols[moved] = _layout(first[moved], end[moved], width)
+        values[moved] = _values_at(curves[moved], gf, cols[moved], feasible, dtype)
+    return cols, values
+
+
+def _layout(first: Cols, end: Cols, width: int | None = None) -> Cols:
+    """Kept grid columns per row: 0, then 1 where the window starts later, then first..end,
+    padded with copies of end (to ``width`` columns; default: the widest row's)."""
+    if width is None:
+        width = int(np.maximum(end - first, 0).max(initial=0)) + 3
+    j = np.arange(width, dtype=np.int32)[None, :]
+    start = np.where(first > 1, np.int32(2), np.int32(1))[:, None]  # where row i's window starts
+    cols = np.where(j < start, 1, np.minimum(first[:, None] + (j - start), end[:, None]))
+    cols[:, 0] = 0
+    return cols
+
+
+def _widen(a: NDArray[Any], width: int) -> NDArray[Any]:
+    """``a`` (N, W) padded to ``width`` columns with copies of its last column."""
+    if a.shape[1] >= width:
+        return a
+    return np.concatenate([a, np.repeat(a[:, -1:], width - a.shape[1], axis=1)], axis=1)
+
+
+def _values_at(
+    curves: ShiftedSurge,
+    gf: NDArray[Any],
+    cols: Cols,
+    feasible: NDArray[np.bool_],
+    dtype: type,
+) -> NDArray[np.floating]:
+    """Each row's values at its grid columns, in row chunks, with the full table's
+    arithmetic (and -inf at infeasible budgets)."""
+    out: NDArray[np.floating] = np.empty(cols.shape, dtype=dtype)
+    for start in range(0, curves.n, CHUNK):
+        sl = slice(start, min(start + CHUNK, curves.n))
+        out[sl] = curves[sl].value(gf[cols[sl]])
+    if not feasible.all():
+        out[~feasible[cols]] = -np.inf
+    return out
+
+
+def _closes(
+    values: NDArray[Any],
+    cols: Cols,
+    first: Cols,
+    end: Cols,
+    gf: NDArray[Any],
+    tau: NDArray[Any],
+    beta: Any,
+    margin: NDArray[Any],
+    last_feasible: int,
+) -> NDArray[np.bool_]:
+    """Whether each row's window may stop at ``end`` (the last column of its layout): the
+    grid's last column; a column past every feasible budget (later ones are infeasible too);
+    or a finite value past the peak worth at most the best before it by the row's margin
+    (later ones fall from it, and the margin covers their rounding)."""
+    K = gf.size
+    rows = np.arange(end.size)
+    # Position of the end in the layout; the best value before it (option 0 is worth 0).
+    at = np.where(first > 1, 2, 1) + np.maximum(end - first, 0)
+    at = np.where(first >= K, 2, np.minimum(at, cols.shape[1] - 1))
+    last = values[rows, at]
+    earlier = np.arange(cols.shape[1])[None, :] < at[:, None]
+    best = np.max(np.where(earlier, values, -np.inf), axis=1)
+    falls = ((gf[end] - tau) * beta > 1) & np.isfinite(last) & (last <= best * (1 - margin))
+    return (end >= K - 1) | (end > last_feasible) | falls
