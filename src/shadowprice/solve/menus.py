@@ -143,7 +143,11 @@ def budget_grid(curves: UtilityCurve, cons: Constraints, levels: int = DEFAULT_L
         grid = np.unique(np.round(np.linspace(0, steps, levels)).astype(np.int64)) * g
     # Each query's smallest funded budget must be on the grid: protected queries need it to
     # be feasible at their floor, and min_tokens would otherwise round up to the next level.
-    los = np.unique(cons.lo[cons.lo <= cons.hi])
+    scalar = cons.scalar_limits
+    if scalar is not None:  # one value for everyone: no need to look at N entries
+        los = np.asarray([scalar[0]] if scalar[0] <= scalar[1] else [], dtype=np.int64)
+    else:
+        los = np.unique(cons.lo[cons.lo <= cons.hi])
     if los.size <= max(levels // 4, 1):
         grid = np.union1d(grid, los[los <= top])
     return grid
