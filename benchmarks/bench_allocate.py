@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/bench_allocate.py            # full table (about 2 minutes)
     .venv/bin/python benchmarks/bench_allocate.py --quick    # N up to 1e5
+    .venv/bin/python benchmarks/bench_allocate.py --before   # and the solvers before the
+                                                             # speed work, in the same rounds
 
 Each of ``--repeat`` rounds times np.sort of the thresholds and every solver one after the
 other; the table gives median times and the median of the per-round ratios to the sort, so
@@ -13,9 +15,12 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +44,22 @@ def peak_mib(fn: Callable[[], object]) -> float:
     return peak / 2**20
 
 
-def speed_row(n: int, repeat: int, per_query: int, rng: np.random.Generator) -> str:
+def before_solvers() -> Callable[..., Any]:
+    """``allocate`` with the price policies as they were before the speed work (the
+    verbatim copy the equivalence tests compare with)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from _solve_before import allocate as before
+
+    return before  # type: ignore[no-any-return]
+
+
+def speed_row(
+    n: int,
+    repeat: int,
+    per_query: int,
+    rng: np.random.Generator,
+    before: Callable[..., Any] | None = None,
+) -> str:
     tau = rng.lognormal(np.log(400), 0.6, n)
     curves = ShiftedSurge(tau, ALPHA, BETA)
     caps = rng.integers(500, 4000, n)  # per-query max_tokens: the active-set path
@@ -52,10 +72,17 @@ def speed_row(n: int, repeat: int, per_query: int, rng: np.random.Generator) -> 
         t_clear = one_time(lambda: allocate(curves, budget, "clear"))
         t_vec = one_time(lambda: allocate(curves, budget, "clear", max_tokens=caps))
         t_market = one_time(lambda: allocate(curves, budget, "market"))
-        rounds.append((t_sort, t_clear, t_vec, t_market))
+        old = (0.0, 0.0)
+        if before is not None:
+            old = (
+                one_time(lambda: before(curves, budget, "clear")),
+                one_time(lambda: before(curves, budget, "market")),
+            )
+        rounds.append((t_sort, t_clear, t_vec, t_market, *old))
     t = np.asarray(rounds)
     med = np.median(t, axis=0)
     ratio = np.median(t[:, 1:] / t[:, :1], axis=0)
+    then = f" {ratio[3]:.1f}x | {ratio[4]:.0f}x |" if before is not None else ""
     if n <= 2000:
         oracle = f"{one_time(lambda: allocate(curves, budget, 'oracle', granularity=64)) * 1e3:.0f}"
     else:
@@ -65,11 +92,13 @@ def speed_row(n: int, repeat: int, per_query: int, rng: np.random.Generator) -> 
     return (
         f"| {n:.0e} | {med[0] * 1e3:.1f} | {med[1] * 1e3:.1f} | {ratio[0]:.1f}x | "
         f"{med[2] * 1e3:.0f} ({ratio[1]:.0f}x) | {med[3] * 1e3:.0f} | {ratio[2]:.0f}x | "
-        f"{med[3] / med[1]:.1f}x | {oracle} | {m_clear:.0f} | {m_market:.0f} |"
+        f"{med[3] / med[1]:.1f}x | {oracle} | {m_clear:.0f} | {m_market:.0f} |{then}"
     )
 
 
-def speed_table(sizes: list[int], repeat: int, per_query: int = 300) -> None:
+def speed_table(
+    sizes: list[int], repeat: int, per_query: int = 300, before: Callable[..., Any] | None = None
+) -> None:
     print(
         f"## Speed and memory (shifted surge, alpha={ALPHA}, beta={BETA}, "
         f"tau ~ lognormal(median 400, sigma 0.6), {per_query} tokens/query; medians of "
@@ -79,11 +108,12 @@ def speed_table(sizes: list[int], repeat: int, per_query: int = 300) -> None:
         "| N | sort (ms) | clear (ms) | clear / sort | clear with per-query caps, active set "
         "(ms, / sort) | market 64-level (ms) | market / sort | market / clear | oracle DP, "
         "g=64 (ms) | peak MiB clear | peak MiB market |"
+        + (" clear before / sort | market before / sort |" if before else "")
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if before else ""))
     rng = np.random.default_rng(0)
     for n in sizes:
-        print(speed_row(n, repeat, per_query, rng), flush=True)
+        print(speed_row(n, repeat, per_query, rng, before), flush=True)
 
 
 def gap_table(seeds: int = 5, n: int = 200) -> None:
@@ -131,13 +161,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="N up to 1e5, fewer repeats")
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument(
+        "--before",
+        action="store_true",
+        help="also time 'clear' and 'market' as they were before the speed work (tests/)",
+    )
     args = ap.parse_args()
     print(
         f"Machine: {platform.machine()}, {platform.python_implementation()} "
         f"{platform.python_version()}, numpy {np.__version__}\n"
     )
     sizes = [10**3, 10**4, 10**5] if args.quick else [10**3, 10**4, 10**5, 10**6]
-    speed_table(sizes, 3 if args.quick else args.repeat)
+    before = before_solvers() if args.before else None
+    speed_table(sizes, 3 if args.quick else args.repeat, before=before)
     gap_table(seeds=2 if args.quick else 5)
 
 

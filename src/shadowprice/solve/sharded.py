@@ -555,7 +555,8 @@ def clear_sharded(
     """
     cons = market.constraints(1)
     lo, hi, g = float(cons.lo[0]), float(cons.hi[0]), cons.granularity
-    n = sum(shards.map(lambda s: (s, s.n)))
+    sizes = shards.map(lambda s: (s, s.n))
+    n = sum(sizes)
     lo_p, price, it = _search(shards, market, lo, hi)
     ends = _demands(shards, market, lo, hi, [price, lo_p])
     cut = (ends[0].x, ends[0].t, ends[0].k)
@@ -588,7 +589,7 @@ def clear_sharded(
     info: dict[str, Any] = {
         "iterations": it,
         "solver": "sorted prefix sums, sharded",
-        "shards": len(shards.map(lambda s: (s, None))),
+        "shards": len(sizes),
         "admitted": admitted,
         "entered": entered,
         "spread": spread,

@@ -195,9 +195,11 @@ def price_dataset(
     leftover: str = "spread",
     accounting: str = "allotted",
 ) -> DatasetAllocation:
-    """:func:`allocate_dataset`, with the allocation's summary (price, counts, message).
+    """Allocate ``ds`` (see :func:`allocate_dataset`) and return it with the allocation's
+    summary (price, counts, tokens spent, message).
 
-    Parameters and errors as :func:`allocate_dataset`.
+    Parameters and errors as :func:`allocate_dataset`, whose options are this function's
+    keywords.
     """
     _refuse(policy, family, floor, accounting, leftover)
     # The limits' own checks, before any work on the blocks.
@@ -238,19 +240,7 @@ def price_dataset(
 
 
 def allocate_dataset(
-    ds: ray.data.Dataset,
-    budget: int,
-    policy: str = "clear",
-    *,
-    family: str = "surge",
-    alpha: float = 1.5,
-    beta: float = 0.005,
-    min_tokens: float | None = None,
-    max_tokens: float | None = None,
-    granularity: int = 1,
-    floor: float | None = None,
-    leftover: str = "spread",
-    accounting: str = "allotted",
+    ds: ray.data.Dataset, budget: int, policy: str = "clear", **options: Any
 ) -> ray.data.Dataset:
     """Split ``budget`` tokens across the queries of a Ray dataset, one price for all.
 
@@ -266,20 +256,13 @@ def allocate_dataset(
         Total tokens B > 0 shared by all rows.
     policy : str
         'clear' (the only policy that splits exactly).
-    family : str
-        'surge' (the only family that splits exactly).
-    alpha, beta : float
-        The surge's shape where the dataset has no ``alpha``/``beta`` column.
-    min_tokens, max_tokens : float, optional
-        Smallest and largest budget of a funded query, the same for every row.
-    granularity : int
-        Budgets are multiples of this many tokens.
-    floor : float, optional
-        Refused when positive (see the module docstring).
-    leftover : {'spread', 'keep'}
-        As for :func:`shadowprice.allocate`.
-    accounting : {'allotted'}
-        'spent' is refused.
+    **options
+        The keyword options of :func:`price_dataset`: ``family`` ('surge', the only
+        family that splits exactly), ``alpha`` and ``beta`` (the surge's shape where the
+        dataset has no such column), ``min_tokens`` and ``max_tokens`` (limits of a funded
+        query, the same for every row), ``granularity``, ``leftover`` ('spread' or 'keep', as
+        for :func:`shadowprice.allocate`); ``floor`` > 0 and ``accounting='spent'`` are
+        refused (see the module docstring).
 
     Returns
     -------
@@ -294,17 +277,4 @@ def allocate_dataset(
         ``tau`` (with its row), rows whose ``alpha`` or ``beta`` differ, per-row limit
         columns, output columns that already exist, an empty dataset, bad limits.
     """
-    return price_dataset(
-        ds,
-        budget,
-        policy,
-        family=family,
-        alpha=alpha,
-        beta=beta,
-        min_tokens=min_tokens,
-        max_tokens=max_tokens,
-        granularity=granularity,
-        floor=floor,
-        leftover=leftover,
-        accounting=accounting,
-    ).dataset
+    return price_dataset(ds, budget, policy, **options).dataset
