@@ -41,9 +41,11 @@ the budget, so a wrong price costs accuracy, never an overspend.
 **Rationing at the cut.** When many requests share a curve (one prompt template, one product
 feature), demand at lambda is a step: at the price where it crosses the target, everyone is
 funded just below and no one just above. A request is *marginal* when its surplus at lambda
-is within ``band`` (5 %) of that of a request without a threshold, lambda T, either way: for a
-request its cap does not bind, a threshold within 5 % of T(lambda); for one it does, a
+is within ``band`` (1 %) of that of a request without a threshold, lambda T, either way: for a
+request its cap does not bind, a threshold within 1 % of T(lambda); for one it does, a
 truncated curve just worth its cost (many requests with one small cap are a step too). The
+band is far wider than the price's precision, so a step always falls in it, and narrow, so that
+among requests that do differ the price, not the ration, still picks those worth more. The
 update computes the share of the marginal requests, r, that makes the expected
 spend meet the target exactly (inframarginal spend + r x marginal spend = target), and the
 core admits marginal arrivals by a stride: each adds r to a credit and is admitted when the

@@ -71,7 +71,7 @@ class PacedPricer(OnlinePricer):
         spend: SpendModel | None = None,
         margin: float = 0.2,
         horizon: float | None = None,
-        band: float = 0.05,
+        band: float = 0.01,
         seed: int = 0,
     ) -> None:
         super().__init__(
