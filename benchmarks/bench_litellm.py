@@ -109,6 +109,7 @@ def main() -> None:
     a = ap.parse_args()
     from importlib.metadata import version
 
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network at import
     import litellm  # noqa: F401  (fails here, not in a subprocess, when the extra is missing)
 
     from shadowprice.traces import load_problems

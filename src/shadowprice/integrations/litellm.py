@@ -634,13 +634,24 @@ class ShadowpricePlugin(CustomLogger):
 
 
 def _feed(meter: StreamMeter, item: Any) -> None:
-    """One chunk as LiteLLM yields it, less LiteLLM's own usage (which it estimates when the
-    provider sent none): the provider's report is read at the end (:func:`_stream_count`)."""
-    dump = getattr(item, "model_dump", None)
-    chunk = dump() if callable(dump) else item
-    if isinstance(chunk, dict):
-        chunk.pop("usage", None)
-        meter.feed(b"data: " + json.dumps(chunk, default=str).encode() + b"\n\n")
+    """One chunk as LiteLLM yields it, as the OpenAI chunk the meter reads: each choice's
+    text, reasoning, tool calls and finish reason. LiteLLM's own usage is left out (it
+    estimates one when the provider sent none): the provider's report is read at the end
+    (:func:`_stream_count`)."""
+    choices = []
+    for c in getattr(item, "choices", None) or ():
+        delta = getattr(c, "delta", None)
+        d = {
+            name: True if name == "tool_calls" else value
+            for name in ("content", "reasoning_content", "reasoning", "tool_calls")
+            if (value := getattr(delta, name, None))
+        }
+        choice: dict[str, Any] = {"delta": d, "finish_reason": getattr(c, "finish_reason", None)}
+        text = getattr(c, "text", None)
+        if isinstance(text, str):
+            choice["text"] = text
+        choices.append(choice)
+    meter.feed(b"data: " + json.dumps({"choices": choices}, default=str).encode() + b"\n\n")
 
 
 def _stream_count(meter: StreamMeter, response: Any, allowance: int, complete: bool) -> Count:

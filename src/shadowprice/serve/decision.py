@@ -11,7 +11,9 @@ reserves in its own ledger too (both or neither).
 :meth:`Decider.renew` every third of it, which extends the reservations of requests whose task
 is still running. A request whose task ended without settling (cancelled, crashed) is not
 renewed, so its reservation lapses and its tokens return, in process as in Redis (where a
-replica that died stops renewing the same way).
+replica that died stops renewing the same way). A host whose hooks run in other tasks than the
+decision (the LiteLLM plugin) decides with ``track=False`` and settles or :meth:`Decider.abandon`
+s each grant itself.
 
 **Floors.** A class with a floor is never priced out. So that it still gets tokens when the
 period's budget is spent, a share of each period can be kept for floor requests
