@@ -43,7 +43,7 @@ def row(r: SimulationResult, fcfs: SimulationResult | None, **extra: Any) -> dic
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()}
 
 
-def main() -> None:
+def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated names")
     ap.add_argument("--n", type=int, default=20_000, help="requests of a long scenario")
@@ -62,60 +62,76 @@ def main() -> None:
         "--out-periods", default="docs/figures/online.png", help="price/spend/accuracy figure"
     )
     args = ap.parse_args()
+    unknown = sorted(set(args.scenarios.split(",")) - set(SCENARIOS))
+    if unknown:
+        ap.error(f"--scenarios: unknown {unknown}; known: {', '.join(SCENARIOS)}")
+    return args
+
+
+def run_group(
+    name: str, source: str, upstream: str, args: argparse.Namespace
+) -> dict[str, SimulationResult]:
+    """Every policy on one scenario's arrivals; prints a JSON line per policy."""
+    sc = SCENARIOS[name]
+    width = WINDOW.get(sc.period, 10.0)
+    runs: dict[str, SimulationResult] = {}
+    took: dict[str, float] = {}
+    for policy in args.policies.split(","):
+        t0 = time.perf_counter()
+        runs[policy] = run_scenario(
+            name,
+            policy,  # type: ignore[arg-type]
+            source=source,  # type: ignore[arg-type]
+            upstream=upstream,  # type: ignore[arg-type]
+            n=args.n,
+            tick=args.tick,
+            margin=args.margin,
+            seed=args.seed,
+            noise=args.noise,
+            per_request=args.per_request,
+        )
+        took[policy] = round(time.perf_counter() - t0, 1)
+    for policy, r in runs.items():
+        extra: dict[str, Any] = {
+            "scenario": name,
+            "source": source,
+            "upstream": upstream,
+            "budget": r.budget,
+            "seconds": took[policy],
+        }
+        if sc.skip == 0:
+            w = r.windows(width)
+            extra["window_s"] = width
+            extra["granted_per_window"] = [
+                None if a == 0 else round(float(x), 3)
+                for x, a in zip(w["share"], w["arrivals"], strict=True)
+            ]
+            extra["spent_share"] = [round(float(v) / r.budget, 4) for v in r.spent]
+        print(json.dumps(row(r, runs.get("fcfs"), **extra)), flush=True)
+    return runs
+
+
+def main() -> None:
+    args = parse()
     print(json.dumps({"machine": platform.platform(), "python": platform.python_version(),
                       "n": args.n, "tick": args.tick, "margin": args.margin,
                       "noise": args.noise, "per_request": args.per_request}))  # fmt: skip
     shown: dict[str, dict[str, SimulationResult]] = {}
-    steady: list[SimulationResult] = []
+    periods: list[SimulationResult] = []
     for name in args.scenarios.split(","):
-        sc = SCENARIOS[name]
-        width = WINDOW.get(sc.period, 10.0)
         for source in args.sources.split(","):
             for upstream in args.upstreams.split(","):
-                runs: dict[str, SimulationResult] = {}
-                took: dict[str, float] = {}
-                for policy in args.policies.split(","):
-                    t0 = time.perf_counter()
-                    runs[policy] = run_scenario(
-                        name,
-                        policy,  # type: ignore[arg-type]
-                        source=source,  # type: ignore[arg-type]
-                        upstream=upstream,  # type: ignore[arg-type]
-                        n=args.n,
-                        tick=args.tick,
-                        margin=args.margin,
-                        seed=args.seed,
-                        noise=args.noise,
-                        per_request=args.per_request,
-                    )
-                    took[policy] = round(time.perf_counter() - t0, 1)
-                for policy, r in runs.items():
-                    extra: dict[str, Any] = {
-                        "scenario": name,
-                        "source": source,
-                        "upstream": upstream,
-                        "budget": r.budget,
-                        "seconds": took[policy],
-                    }
-                    if sc.skip == 0:
-                        w = r.windows(width)
-                        extra["window_s"] = width
-                        extra["granted_per_window"] = [
-                            None if a == 0 else round(float(x), 3)
-                            for x, a in zip(w["share"], w["arrivals"], strict=True)
-                        ]
-                        extra["spent_share"] = [round(float(v) / r.budget, 4) for v in r.spent]
-                    print(json.dumps(row(r, runs.get("fcfs"), **extra)), flush=True)
-                if source == "synthetic" and upstream == "spend_all" and sc.skip == 0:
+                runs = run_group(name, source, upstream, args)
+                if source == "synthetic" and upstream == "spend_all" and SCENARIOS[name].skip == 0:
                     shown[name] = runs
                 if source == "synthetic" and upstream == "lengths" and "paced" in runs:
                     if name in ("steady", "bursty", "drifting"):
-                        steady.append(runs["paced"])
+                        periods.append(runs["paced"])
     if shown and args.out:
         widths = {k: WINDOW.get(SCENARIOS[k].period, 10.0) for k in shown}
         print(json.dumps({"figure": str(plot_windows(shown, args.out, widths))}))
-    if steady and args.out_periods:
-        fig = plot_simulation(steady, args.out_periods, 60.0)
+    if periods and args.out_periods:
+        fig = plot_simulation(periods, args.out_periods, 60.0)
         print(json.dumps({"figure": str(fig)}))
 
 
