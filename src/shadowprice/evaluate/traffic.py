@@ -697,7 +697,8 @@ class Hindsight:
     correct_recycled : int
         The same on the largest batch budget whose real spending fits in B.
     utility : float
-        Expected utility of CLEAR's allowances under the predicted curves.
+        Expected utility of CLEAR's allowances under the predicted curves (its leftover kept,
+        not spread).
     """
 
     correct: int
@@ -721,14 +722,16 @@ def hindsight(
     length, correct = t.length[mask], t.correct[mask]
     curves = shape.curves(tau)
 
-    def solved_and_used(b_total: int) -> tuple[int, int, float]:
-        a = allocate(curves, b_total, "clear", max_tokens=cap)
-        b = a.budgets
+    def solved_and_used(b_total: int) -> tuple[int, int]:
+        b = allocate(curves, b_total, "clear", max_tokens=cap).budgets
         solved = int((correct & (length <= b) & (b > 0)).sum())
         used = int(b.sum()) if spend_all else int(np.minimum(length, b).sum())
-        return solved, used, float(a.utility)
+        return solved, used
 
-    plain, _, utility = solved_and_used(budget)
+    plain, _ = solved_and_used(budget)
+    # The expected utility of CLEAR's own allowances: the leftover it spreads for headroom
+    # lies past the surge's peak, where the model's utility declines.
+    utility = float(allocate(curves, budget, "clear", max_tokens=cap, leftover="keep").utility)
     if spend_all:
         return Hindsight(plain, plain, utility)
     lo, hi = budget, budget
@@ -736,7 +739,7 @@ def hindsight(
     # Grow until real use exceeds the budget, then bisect on the batch budget.
     while True:
         hi *= 2
-        solved, used, _ = solved_and_used(hi)
+        solved, used = solved_and_used(hi)
         if used > budget or hi > 64 * budget:
             break
         lo, best = hi, solved
@@ -744,7 +747,7 @@ def hindsight(
         mid = (lo + hi) // 2
         if mid <= lo:
             break
-        solved, used, _ = solved_and_used(mid)
+        solved, used = solved_and_used(mid)
         if used <= budget:
             lo, best = mid, solved
         else:
