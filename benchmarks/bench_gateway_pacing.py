@@ -74,7 +74,10 @@ async def replay(
             await r.read()
             out.append((sent, r.status, int(r.headers.get("x-shadowprice-allowance", 0))))
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
+    # A connection per request: one every 5 s would race the server's 5 s keep-alive.
+    connector = aiohttp.TCPConnector(force_close=True)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
         await asyncio.gather(*(one(http, i) for i in range(offsets.size)))
     return sorted(out)
 
