@@ -102,6 +102,47 @@ def run(url: str, prompts: list[str], stream: bool) -> list[float]:
     return out.latency
 
 
+async def hooks(pool: list[str], n: int, chunks: int = 32) -> dict[str, float]:
+    """The plugin's own time in this process, without LiteLLM: its pre-call hook (predict,
+    decide, reserve, write the fields) and success hook (count, settle) per unstreamed
+    request, and its stream wrapper (meter every chunk, count, settle) per stream (µs)."""
+    from litellm.types.utils import ModelResponse, ModelResponseStream
+
+    from shadowprice.integrations.litellm import PluginSettings, ShadowpricePlugin
+
+    p = ShadowpricePlugin(PluginSettings(budget=10**12, period=3600))
+    answer = ModelResponse(
+        choices=[{"message": {"content": "tok " * 32}, "finish_reason": "stop"}],
+        usage={"completion_tokens": 32, "prompt_tokens": 5},
+    )
+    items = [ModelResponseStream(choices=[{"delta": {"content": "tok "}}]) for _ in range(chunks)]
+
+    async def stream():  # type: ignore[no-untyped-def]
+        for item in items:
+            yield item
+
+    def body(k: int) -> dict[str, object]:
+        return {"model": "fake", "messages": [{"role": "user", "content": pool[k]}],
+                "litellm_call_id": f"b{k}", "metadata": {}}  # fmt: skip
+
+    t0 = time.perf_counter()
+    for k in range(n):
+        data = body(k)
+        await p.async_pre_call_hook(None, None, data, "acompletion")
+        await p.async_post_call_success_hook(data, None, answer)
+    request = (time.perf_counter() - t0) / n * 1e6
+    granted = [body(n + k) for k in range(n)]
+    for data in granted:
+        await p.async_pre_call_hook(None, None, {**data, "stream": True}, "acompletion")
+    t0 = time.perf_counter()
+    for data in granted:
+        async for _ in p.async_post_call_streaming_iterator_hook(None, stream(), data):
+            pass
+    streamed = (time.perf_counter() - t0) / n * 1e6
+    await p.aclose()
+    return {"us_per_request": request, f"us_per_stream_of_{chunks}_chunks": streamed}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=200, help="requests per run")
@@ -117,6 +158,7 @@ def main() -> None:
     pool = load_problems("gsm8k-train")["question"].tolist()
     if len(pool) < 2 * a.rounds * a.requests:
         ap.error(f"--requests x --rounds needs {2 * a.rounds * a.requests} questions")
+    emit(what="the plugin's hooks in process (new questions)", **asyncio.run(hooks(pool, 2000)))
     up = fake(0)
     folder = Path(tempfile.mkdtemp(prefix="bench-litellm-"))
     alone = LiteLLM(up.url, False, folder)

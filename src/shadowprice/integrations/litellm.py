@@ -639,19 +639,32 @@ def _feed(meter: StreamMeter, item: Any) -> None:
     estimates one when the provider sent none): the provider's report is read at the end
     (:func:`_stream_count`)."""
     choices = []
-    for c in getattr(item, "choices", None) or ():
-        delta = getattr(c, "delta", None)
+    for c in _fields(item).get("choices") or ():
+        got = _fields(c)
+        delta = _fields(got.get("delta"))
         d = {
             name: True if name == "tool_calls" else value
             for name in ("content", "reasoning_content", "reasoning", "tool_calls")
-            if (value := getattr(delta, name, None))
+            if (value := delta.get(name))
         }
-        choice: dict[str, Any] = {"delta": d, "finish_reason": getattr(c, "finish_reason", None)}
-        text = getattr(c, "text", None)
-        if isinstance(text, str):
-            choice["text"] = text
+        choice: dict[str, Any] = {"delta": d, "finish_reason": got.get("finish_reason")}
+        if isinstance(got.get("text"), str):
+            choice["text"] = got["text"]
         choices.append(choice)
     meter.feed(b"data: " + json.dumps({"choices": choices}, default=str).encode() + b"\n\n")
+
+
+def _fields(obj: Any) -> Mapping[str, Any]:
+    """The fields of a LiteLLM response object (a pydantic model keeps the declared ones in
+    ``__dict__`` and the rest in ``__pydantic_extra__``; attribute access on a missing one is
+    slow), or of a dict."""
+    if isinstance(obj, Mapping):
+        return obj
+    if obj is None:
+        return {}
+    extra = getattr(obj, "__pydantic_extra__", None)
+    own = getattr(obj, "__dict__", None) or {}
+    return {**extra, **own} if extra else own
 
 
 def _stream_count(meter: StreamMeter, response: Any, allowance: int, complete: bool) -> Count:
