@@ -17,7 +17,7 @@ from shadowprice.ledger import MemoryLedger
 from shadowprice.serve import Gateway, GatewayConfig, load_keys
 from shadowprice.serve.config import ConfigError
 from shadowprice.serve.localredis import free_port
-from shadowprice.serve.predictor import FixedThreshold
+from shadowprice.serve.predictor import FixedThreshold, ThresholdSource
 from shadowprice.serve.testing import FakeLog, RawServer, ServerThread, fake_upstream
 
 
@@ -33,12 +33,21 @@ def chat(content: str, **extra: Any) -> dict[str, Any]:
 
 
 class Running:
-    """A gateway served in a thread, with its in-process ledger at hand."""
+    """A gateway served in a thread, with its in-process ledger at hand (every request has
+    threshold ``tau``, unless ``thresholds`` predicts them)."""
 
-    def __init__(self, upstreams: list[str], tau: float = 100.0, **cfg: Any) -> None:
+    def __init__(
+        self,
+        upstreams: list[str],
+        tau: float = 100.0,
+        thresholds: ThresholdSource | None = None,
+        **cfg: Any,
+    ) -> None:
         cfg.setdefault("budget", 100_000)
         cfg.setdefault("period", 3600)
-        self.gw = Gateway(GatewayConfig(upstreams, **cfg), thresholds=FixedThreshold(tau))
+        self.gw = Gateway(
+            GatewayConfig(upstreams, **cfg), thresholds=thresholds or FixedThreshold(tau)
+        )
         assert isinstance(self.gw.ledger, MemoryLedger)
         self.ledger: MemoryLedger = self.gw.ledger
         self.server = ServerThread(self.gw.app)
@@ -60,7 +69,11 @@ class Running:
         return self.ledger
 
     def post(self, body: Any, path: str = "/v1/chat/completions", **kw: Any) -> httpx.Response:
-        return httpx.post(self.url + path, json=body, timeout=30, **kw)
+        """POST ``body`` as JSON, or as it is when it is already bytes or text."""
+        kw.setdefault("timeout", 30)
+        if isinstance(body, bytes | str):
+            return httpx.post(self.url + path, content=body, **kw)
+        return httpx.post(self.url + path, json=body, **kw)
 
     def stream(self, body: dict[str, Any], **kw: Any) -> tuple[httpx.Response, list[str]]:
         with httpx.stream(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shadowprice.ledger import MemoryLedger
 from shadowprice.serve import Gateway, GatewayConfig, load_keys
 from shadowprice.serve.predictor import FixedThreshold, TextPredictor
 from shadowprice.serve.testing import FAULTS, FakeLog, ServerThread, fake_upstream
+from test_serve import Running
 
 #: Statuses that say an upstream failed (the gateway's own answer to a request is never 5xx).
 UPSTREAM_FAILED = {502, 504}
@@ -39,40 +38,11 @@ def chat(content: Any, **extra: Any) -> dict[str, Any]:
     return {"model": "m", "messages": [{"role": "user", "content": content}], **extra}
 
 
-class Gw:
-    """A gateway in a thread over an in-process ledger."""
-
-    def __init__(self, upstreams: list[str], thresholds: Any = None, **cfg: Any) -> None:
-        cfg.setdefault("budget", 100_000)
-        cfg.setdefault("period", 10**7)
-        cfg.setdefault("max_upstream_body", 1 << 20)
-        self.gw = Gateway(
-            GatewayConfig(upstreams, **cfg), thresholds=thresholds or FixedThreshold(100.0)
-        )
-        assert isinstance(self.gw.ledger, MemoryLedger)
-        self.ledger: MemoryLedger = self.gw.ledger
-        self.server = ServerThread(self.gw.app)
-
-    def __enter__(self) -> Gw:
-        self.server.start()
-        self.url = self.server.url
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.stop()
-
-    def idle(self) -> MemoryLedger:
-        for _ in range(500):
-            if self.ledger.state_now().reserved == 0:
-                break
-            time.sleep(0.01)
-        return self.ledger
-
-    def post(self, body: Any, path: str = "/v1/chat/completions", **kw: Any) -> httpx.Response:
-        kw.setdefault("timeout", 30)
-        if isinstance(body, bytes | str):
-            return httpx.post(self.url + path, content=body, **kw)
-        return httpx.post(self.url + path, json=body, **kw)
+def Gw(upstreams: list[str], thresholds: Any = None, **cfg: Any) -> Running:
+    """A gateway in a thread over an in-process ledger, one long period, a small relay limit."""
+    cfg.setdefault("period", 10**7)
+    cfg.setdefault("max_upstream_body", 1 << 20)
+    return Running(upstreams, thresholds=thresholds, **cfg)
 
 
 def assert_openai_error(r: httpx.Response) -> dict[str, Any]:
@@ -384,7 +354,7 @@ _text_body = st.fixed_dictionaries(
 
 
 @pytest.fixture(scope="module")
-def fuzz_gateway(upstream) -> Iterator[Gw]:  # type: ignore[no-untyped-def]
+def fuzz_gateway(upstream) -> Iterator[Running]:  # type: ignore[no-untyped-def]
     url, _ = upstream
     with Gw([url], thresholds=_text_predictor(), max_tokens_ceiling=64) as g:
         g.client = httpx.Client(timeout=30)  # type: ignore[attr-defined]
@@ -422,7 +392,7 @@ def test_fuzz_no_body_makes_the_gateway_answer_5xx(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(raw=st.binary(max_size=200))
-def test_fuzz_arbitrary_bytes_are_a_400(fuzz_gateway: Gw, raw: bytes) -> None:
+def test_fuzz_arbitrary_bytes_are_a_400(fuzz_gateway: Running, raw: bytes) -> None:
     r = fuzz_gateway.client.post(fuzz_gateway.url + "/v1/chat/completions", content=raw)  # type: ignore[attr-defined]
     assert r.status_code in (200, 400), r.text[:200]
     _check_answer(r)
