@@ -164,7 +164,7 @@ def clear_vectorised(curves: UtilityCurve, cons: Constraints) -> Clearing:
     return Clearing(hi_p, best[0], best[1], it, scarce=True, below=below)
 
 
-class _SortedSurge:
+class SortedSurge:
     """O(log N) aggregate demand for shifted surges sharing alpha, beta and limits.
 
     Only the sorted thresholds and their prefix sums are kept (no permutation): funding is
@@ -259,7 +259,7 @@ def clear_sorted(curves: ShiftedSurge, cons: Constraints) -> Clearing:
         Continuous demand at the clearing price (and just below it when the budget is
         scarce).
     """
-    s = _SortedSurge(curves, float(cons.lo[0]), float(cons.hi[0]))
+    s = SortedSurge(curves, float(cons.lo[0]), float(cons.hi[0]))
     lo_p, hi_p, it = s.search(cons.budget)
     if it == 0:
         b, f = s.budgets(0.0)
@@ -273,9 +273,9 @@ BLOCK = 1 << 15
 
 
 @dataclass
-class _Rounded:
+class Rounded:
     """Budgets at the clearing price rounded onto the granularity, with what the leftover
-    passes need, gathered in one pass (:func:`_round_sorted`)."""
+    passes need, gathered in one pass (:func:`round_sorted`)."""
 
     budgets: IntArray
     funded: NDArray[np.bool_]
@@ -288,15 +288,15 @@ class _Rounded:
     marginal_want: IntArray
 
 
-def _round_sorted(
-    s: _SortedSurge,
+def round_sorted(
+    s: SortedSurge,
     cons: Constraints,
     at: tuple[float, float, int],
     below: tuple[float, float, int] | None,
-) -> _Rounded:
+) -> Rounded:
     """Round the demand clip(tau + x, lo, hi) of the queries with tau <= t, block by block.
 
-    ``at`` and ``below`` are :meth:`_SortedSurge.cut` at the clearing price and just below
+    ``at`` and ``below`` are :meth:`SortedSurge.cut` at the clearing price and just below
     it. Element for element the same arithmetic as rounding the whole demand vector
     (:meth:`Constraints.round_down`), with the remainders and the marginal queries of
     :func:`admit_marginal` and :func:`hand_out` collected on the way. With the same limits
@@ -332,7 +332,7 @@ def _round_sorted(
             cand = np.flatnonzero((tb <= t_lo) & ~f)
             marginal.append(cand + start)
             marginal_want.append(sub.subset(cand).round_down(np.clip(tb[cand] + x_lo, s.lo, s.hi)))
-    return _Rounded(
+    return Rounded(
         budgets,
         funded,
         total,
@@ -814,9 +814,9 @@ def _clear_sorted(curves: ShiftedSurge, cons: Constraints, policy: str) -> Alloc
     then one blocked pass that rounds the budgets and collects what admitting the marginal
     queries and handing out the leftover need (same budgets as :func:`clear_sorted`
     followed by :func:`admit_marginal` and :func:`hand_out`)."""
-    s = _SortedSurge(curves, float(cons.lo[0]), float(cons.hi[0]))
+    s = SortedSurge(curves, float(cons.lo[0]), float(cons.hi[0]))
     lo_p, price, it = s.search(cons.budget)
-    r = _round_sorted(s, cons, s.cut(price), s.cut(lo_p) if it else None)
+    r = round_sorted(s, cons, s.cut(price), s.cut(lo_p) if it else None)
     b, f = r.budgets, r.funded
     left = cons.budget - r.total
     admitted = 0

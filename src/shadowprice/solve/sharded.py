@@ -42,12 +42,12 @@ from .market import (
     MAX_HANDOUT_ROUNDS,
     MAX_ITER,
     PRICE_RTOL,
-    _round_sorted,
-    _SortedSurge,
+    SortedSurge,
     admission,
     entrant_order,
     entries,
     largest,
+    round_sorted,
 )
 from .result import STATUS_NOT_SCARCE, STATUS_OK
 
@@ -69,7 +69,7 @@ class Shard:
     ----------
     offset : int
         Global row of the shard's first query.
-    surge : _SortedSurge
+    surge : SortedSurge
         The shard's thresholds, sorted, with their prefix sums.
     lo_prefix : ndarray of float64, shape (n + 1,)
         Running rounding errors of the prefix sums: prefix + lo_prefix is their exact value
@@ -79,13 +79,13 @@ class Shard:
     budgets, funded : ndarray, shape (n,)
         The allocation so far (after :func:`_round`).
     cut_rows, cut_tokens : ndarray
-        Rows that rounding cut, and by how much (see ``_Rounded``).
+        Rows that rounding cut, and by how much (see ``Rounded``).
     gain_rows, gain : ndarray
         Rows that gain from one more granule, and the gain (hand-out by gain).
     """
 
     offset: int
-    surge: _SortedSurge
+    surge: SortedSurge
     lo_prefix: FloatArray
     cons: Constraints
     budgets: IntArray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -168,7 +168,7 @@ def make_shard(tau: FloatArray, offset: int, market: Market) -> Shard:
     cons = market.constraints(tau.size)
     one = market.constraints(1)
     curves = ShiftedSurge(tau, market.alpha, market.beta)
-    surge = _SortedSurge(curves, float(one.lo[0]), float(one.hi[0]))
+    surge = SortedSurge(curves, float(one.lo[0]), float(one.hi[0]))
     s, t = surge.prefix, surge.tau
     a = s[:-1]
     b_virtual = s[1:] - a
@@ -223,7 +223,7 @@ class _Demand:
 def _demands(
     shards: ShardMap, market: Market, lo: float, hi: float, prices: list[float]
 ) -> list[_Demand]:
-    """Aggregate demand at each price, as ``_SortedSurge.demand`` computes it on one machine
+    """Aggregate demand at each price, as ``SortedSurge.demand`` computes it on one machine
     (its tau sum taken exactly across shards)."""
     xs = [float(surge_excess(p, market.alpha, market.beta)) for p in prices]
     per_shard = shards.map(_parts, prices, xs)
@@ -244,7 +244,7 @@ def _demands(
 
 
 def _search(shards: ShardMap, market: Market, lo: float, hi: float) -> tuple[float, float, int]:
-    """The bisection of ``_SortedSurge.search``, :data:`LOOKAHEAD` levels per round trip."""
+    """The bisection of ``SortedSurge.search``, :data:`LOOKAHEAD` levels per round trip."""
     B = market.budget
     if _demands(shards, market, lo, hi, [0.0])[0].demand <= B:
         return 0.0, 0.0, 0
@@ -279,7 +279,7 @@ def _search(shards: ShardMap, market: Market, lo: float, hi: float) -> tuple[flo
 def _round(
     shard: Shard, at: tuple[float, float, int], below: tuple[float, float, int] | None
 ) -> tuple[Shard, tuple[int, NDArray[np.intp], IntArray, FloatArray]]:
-    r = _round_sorted(shard.surge, shard.cons, at, below)
+    r = round_sorted(shard.surge, shard.cons, at, below)
     shard = replace(
         shard,
         budgets=r.budgets,
