@@ -9,10 +9,10 @@ drives it:
   to come), kept between the pace line's least and most (:class:`~.pace.PaceLine`);
 - requests whose surplus at the price is within ``band`` of zero (relative to the surplus
   lambda T(lambda) of a request without a threshold; for an uncapped request, a threshold within
-  ``band`` of the cut-off T) are *marginal*: a share of them, the one that makes the expected spend meet that target, is admitted, by a
-  deterministic stride over the marginal arrivals (a seeded phase), so demand that jumps across
-  the price (many requests with the same curve) is rationed instead of flipping between
-  everyone and no one;
+  ``band`` of the cut-off T) are *marginal*: a share of them, the one that makes the expected
+  spend meet that target, is admitted, by a deterministic stride over the marginal arrivals (a
+  seeded phase), so demand that jumps across the price (many requests with the same curve) is
+  rationed instead of flipping between everyone and no one;
 - a request whose ``max_tokens`` is below what its curve needs is priced on the curve truncated
   at that cap, and refused as ``cap_too_small`` when even that is not worth its cost.
 """
@@ -90,10 +90,6 @@ class PacedPricer(OnlinePricer):
         self.band = float(band)
         #: Share of the marginal requests admitted at the current price, in [0, 1].
         self.ration = 1.0
-        #: The latest update found the budget spent (or held by open reservations).
-        self.exhausted = False
-        #: Seconds after the latest update until spending is back within the margin (0: it is).
-        self.paused_for = 0.0
         #: Tokens committed at the latest update (settled + expected spend of reservations).
         self.committed = 0.0
         self._scale = self.prior.threshold(1.0)
