@@ -9,12 +9,8 @@ from hypothesis import strategies as st
 
 from shadowprice import GammaSCurve, allocate
 from shadowprice.evaluate import replay, split_half
-from shadowprice.evaluate.simulate import (
-    SimulationError,
-    sample_worlds,
-    simulate,
-    spent_ceiling,
-)
+from shadowprice.engine.driver import PolicyError
+from shadowprice.evaluate.simulate import sample_worlds, simulate, spent_ceiling
 from shadowprice.fit import ShrunkCurveFitter
 from shadowprice.ledger import MemoryLedger
 from shadowprice.live import Action, ClearLive, OneShot
@@ -141,7 +137,7 @@ def test_a_policy_asking_for_more_than_is_available_is_refused():
             act = super().next_start(10**9)
             return act
 
-    with pytest.raises(SimulationError, match="only"):
+    with pytest.raises(PolicyError, match="only"):
         simulate(Greedy([50, 50]), [10, 10], np.array([True, True]), 60, concurrency=2)
 
 

@@ -27,6 +27,11 @@ import httpx
 from ..usage import count_completion, error_charge, read_usage
 
 TokenParam = Literal["auto", "max_tokens", "max_completion_tokens", "both"]
+#: How a request that stopped on its cap is continued: ``prefill`` (llama.cpp's server continues
+#: a final assistant message by default), ``vllm`` (vLLM and SGLang, with
+#: ``continue_final_message``), ``off`` (no continuation); ``auto`` asks the server.
+Continuation = Literal["auto", "prefill", "vllm", "off"]
+CONTINUATIONS: tuple[str, ...] = ("auto", "prefill", "vllm", "off")
 
 #: HTTP statuses worth retrying under the same reservation: refusals before generating (rate
 #: limits, overload, a conflict) that say nothing was generated (see the module docstring).
@@ -68,6 +73,9 @@ class Completion:
     attempts: int
     reasoning_text: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: Whether the answer is right, when the engine knows it (a replayed sample); None for a
+    #: model's answer, which is graded from its text.
+    correct: bool | None = None
 
 
 def normalize_base_url(url: str) -> str:
@@ -281,6 +289,26 @@ class ChatClient:
                     pass
         base = min(self.backoff * (2**attempt), 30.0)
         return base * (0.5 + random.random() / 2)
+
+    async def continuation(self) -> Continuation:
+        """Which continuation the server supports: ``prefill`` for llama.cpp's server (it
+        answers ``GET /props``), ``vllm`` for vLLM (it answers ``GET /version`` with a
+        version), else ``off``. Costs no tokens."""
+        root = self.base_url.removesuffix("/v1")
+        probe = httpx.Timeout(min(5.0, self.timeout))
+        try:
+            r = await self._http.get(f"{root}/props", timeout=probe)
+            if r.status_code == 200 and "default_generation_settings" in r.text:
+                return "prefill"
+        except httpx.HTTPError:
+            pass
+        try:
+            r = await self._http.get(f"{root}/version", timeout=probe)
+            if r.status_code == 200 and "version" in r.json():
+                return "vllm"
+        except (httpx.HTTPError, ValueError, TypeError):
+            pass
+        return "off"
 
     async def chat(
         self, messages: list[dict[str, str]], max_tokens: int, **params: Any

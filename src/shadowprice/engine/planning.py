@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .grading import Grader, get_grader
-from .live import LiveRunOptions, run_live
+from .live import LIVE_POLICY, LiveRunOptions, run_live
 from .run import (
     DEFAULT_TEMPLATE,
     PlanItem,
@@ -97,10 +97,6 @@ def heuristic_tau(
     Real runs should pass measured or predicted thresholds (``tau`` column or a predictor).
     """
     return np.array([base + per_word * len(q.split()) for q in questions], dtype=float)
-
-
-#: The policy that prices as it runs (:mod:`shadowprice.live`): ``run``'s default.
-LIVE_POLICY = "clear-live"
 
 
 @dataclass(frozen=True)

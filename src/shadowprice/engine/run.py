@@ -1,7 +1,12 @@
-"""Execute a plan: send each funded query with its budget as ``max_tokens``, grade, record.
+"""Run a batch under one budget: a session of the one driver, resumable through its files.
 
-The engine knows nothing of prices. It takes :class:`PlanItem` s (query, messages, budget,
-gold), a total budget and an endpoint, and returns graded records. Guarantees:
+:func:`execute_policy` is every ``run``: it opens the run's ledger (a write-ahead journal
+beside the results, over a shared Redis budget if asked), finds what earlier runs of the same
+configuration finished and charged, builds the policy over the queries still to run and
+drives it (:class:`~.driver.Driver`) on an engine, then brings the results in line with the
+books and writes the summary. :func:`execute` runs a plan of fixed caps (:class:`FixedPlan`:
+a :class:`~shadowprice.live.OneShot` with answer forcing and fallbacks);
+:func:`~.live.execute_live` the live planner. Guarantees:
 
 * a request is sent only under a ledger reservation of its ``max_tokens``; with an output
   file the reservation is in the write-ahead journal (fsynced) before the request leaves, so
@@ -30,14 +35,16 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 from urllib.parse import urlsplit
 
-from ..ledger import JournalLedger, Ledger, LedgerState, MemoryLedger, Reservation
+from ..ledger import JournalLedger, Ledger, LedgerState, MemoryLedger, Recoverable, Recovery
 from ..limits import MAX_BUDGET
-from .books import Books, UnreadableStreak, charges_by_query
-from .client import ChatClient, Completion, EngineError
-from .forcing import fallback_messages, forcing_messages
+from ..live.base import LivePolicy
+from ..live.oneshot import DROPPED_REASON, OneShot
+from .books import Books, charges_by_query
+from .client import ChatClient, Continuation
+from .driver import DriveOptions, Driver, Engine, HttpEngine, PlanItem, Priced
 from .grading import Grader, get_grader
 from .results import (
     FINAL_STATUSES,
@@ -49,6 +56,23 @@ from .results import (
     write_json_atomic,
 )
 
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "LATE_REASON",
+    "FixedPlan",
+    "Interruption",
+    "PlanItem",
+    "RunConfig",
+    "RunInterrupted",
+    "RunPlan",
+    "RunReport",
+    "RunStateError",
+    "execute",
+    "execute_policy",
+    "prompt_messages",
+    "run_plan",
+]
+
 #: Default prompt: the usual step-by-step-and-box instruction for math models.
 DEFAULT_TEMPLATE = (
     "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
@@ -56,23 +80,11 @@ DEFAULT_TEMPLATE = (
 
 
 #: Why a planned query was not sent: the budget left (e.g. after a resume) could not hold it.
-LATE_REASON = "budget exhausted before it could be sent"
+LATE_REASON = DROPPED_REASON
 
 
 class RunStateError(ValueError):
     """The output files cannot be resumed as asked (another run's, or not ours)."""
-
-
-@dataclass
-class PlanItem:
-    """One query to execute. ``budget == 0`` means abandoned (not sent)."""
-
-    id: str
-    messages: list[dict[str, str]]
-    budget: int
-    gold: str | None = None
-    reason: str = ""  # why it was abandoned, when it was
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -194,200 +206,6 @@ def summarize(
     }
 
 
-class Executor:
-    """Sends queries under reservations of one ledger and records what they did.
-
-    This is the engine's building block for any policy: :meth:`send` reserves a query's cap,
-    sends it, settles the reservation with what was generated, grades and records the result.
-    Every token is charged to the query that spent it (:class:`~.books.Books`), and after
-    :data:`~.books.UNREADABLE_LIMIT` answers in a row that could not be read, nothing more is
-    sent (:class:`~.books.UnreadableStreak`).
-
-    Parameters
-    ----------
-    client : ChatClient
-    ledger : Ledger
-        Every request's allowance is reserved here before it is sent.
-    grader : Grader
-    config : RunConfig
-    out : text file, optional
-        Results are appended here as they land.
-    prior : mapping, optional
-        ``query id -> tokens`` earlier runs charged (from the journal).
-    """
-
-    def __init__(
-        self,
-        client: ChatClient,
-        ledger: Ledger,
-        grader: Grader,
-        config: RunConfig,
-        out: TextIO | None,
-        prior: Mapping[str, int] | None = None,
-    ) -> None:
-        self.client = client
-        self.ledger = ledger
-        self.grader = grader
-        self.config = config
-        self.out = out
-        self.books = Books(ledger, prior)
-        self.streak = UnreadableStreak()
-        self.records: list[dict[str, Any]] = []
-        self.on_record: list[Any] = []
-        #: Tokens planned for queries not sent yet: forcing and fallbacks may not use them.
-        self.promised = 0
-
-    def emit(self, record: dict[str, Any]) -> None:
-        """Record one final result (appended to the output file as it lands)."""
-        self.records.append(record)
-        if self.out is not None:
-            append_record(self.out, record)
-        for hook in self.on_record:
-            hook(record)
-
-    def _base(self, item: PlanItem) -> dict[str, Any]:
-        return {"id": item.id, "budget": int(item.budget), "gold": item.gold, **item.meta}
-
-    def error(self, item: PlanItem, reason: str) -> None:
-        """Record ``item`` as failed (retried on resume) with everything charged to it."""
-        self.emit(
-            {
-                **self._base(item),
-                "status": "error",
-                "reason": reason,
-                "tokens": self.books.charged[item.id],
-                "answer": None,
-                "correct": False if item.gold is not None else None,
-            }
-        )
-
-    async def _spare(self, item: PlanItem, tokens: int, tag: str) -> Reservation | None:
-        """Reserve ``tokens`` only out of what no planned query was promised."""
-        if self.streak.tripped:
-            return None
-        state = await self.ledger.state()
-        if state.available - self.promised < tokens:
-            return None
-        return await self.books.reserve(item.id, tokens, tag=f"{tag}:{item.id}")
-
-    async def _chat(
-        self, res: Reservation, messages: list[dict[str, str]]
-    ) -> tuple[Completion | None, str, int]:
-        """One request under ``res``; settles it. Returns (completion, error, tokens charged)."""
-        try:
-            comp = await self.client.chat(messages, res.tokens, **self.config.params)
-        except EngineError as exc:
-            charged = await self.books.settle(res, min(exc.charge, res.tokens))
-            self.streak.failed(res.tag, str(exc), charged)
-            return None, str(exc), charged
-        self.streak.answered()
-        return comp, "", await self.books.settle(res, comp.usage.completion_tokens)
-
-    async def send(self, item: PlanItem) -> None:
-        """Reserve ``item.budget``, send the query, settle, grade and record it."""
-        self.promised -= item.budget
-        if self.streak.tripped:
-            self.error(item, self.streak.reason())
-            return
-        res = await self.books.reserve(item.id, item.budget)
-        if res is None:  # a resumed run has less left than the plan assumed
-            reason = LATE_REASON
-            await self.abandoned(PlanItem(item.id, item.messages, 0, item.gold, reason, item.meta))
-            return
-        comp, error, _ = await self._chat(res, item.messages)
-        if comp is None:
-            self.error(item, error)
-            return
-        self.emit(await self._graded(item, comp))
-
-    async def _graded(self, item: PlanItem, comp: Completion) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            **self._base(item),
-            "status": "done",
-            "finish_reason": comp.finish_reason,
-            "completion_tokens": comp.usage.completion_tokens,
-            "reasoning_tokens": comp.usage.reasoning_tokens,
-            "prompt_tokens": comp.usage.prompt_tokens,
-            "usage_trusted": comp.usage.trusted,
-            "attempts": comp.attempts,
-            "forced": False,
-            "forcing_tokens": 0,
-        }
-        latency = comp.latency_s
-        grade = self.grader(comp.text, item.gold)
-        if comp.finish_reason == "length" and self.config.force_tokens > 0:
-            fres = await self._spare(item, self.config.force_tokens, "force")
-            if fres is not None:
-                forced, _, charged = await self._chat(
-                    fres, forcing_messages(item.messages, comp.text)
-                )
-                record["forcing_tokens"] = charged
-                if forced is not None:
-                    latency += forced.latency_s
-                    record.update(
-                        forced=True,
-                        forced_text=forced.text,
-                        prompt_tokens=record["prompt_tokens"] + forced.usage.prompt_tokens,
-                    )
-                    forced_grade = self.grader(forced.text, item.gold)
-                    if forced_grade.answer is not None:
-                        grade = forced_grade
-        record.update(
-            tokens=self.books.charged[item.id],
-            answer=grade.answer,
-            correct=grade.correct,
-            latency_s=round(latency, 4),
-            text=comp.text,
-        )
-        return record
-
-    async def abandoned(self, item: PlanItem) -> None:
-        """Record an unfunded query, or give it the direct-answer fallback if configured."""
-        base = {**self._base(item), "budget": 0, "reason": item.reason or "not funded"}
-        fres = None
-        if self.config.fallback_tokens > 0:
-            fres = await self._spare(item, self.config.fallback_tokens, "fallback")
-        unanswered = {"answer": None, "correct": False if item.gold is not None else None}
-        if fres is None:
-            tokens = self.books.charged[item.id]
-            self.emit({**base, "status": "abandoned", "tokens": tokens, **unanswered})
-            return
-        comp, error, _ = await self._chat(fres, fallback_messages(item.messages))
-        tokens = self.books.charged[item.id]
-        if comp is None:
-            reason = f"{base['reason']}; fallback failed: {error}"
-            self.emit(
-                {**base, "status": "abandoned", "reason": reason, "tokens": tokens, **unanswered}
-            )
-            return
-        grade = self.grader(comp.text, item.gold)
-        self.emit(
-            {
-                **base,
-                "status": "fallback",
-                "tokens": tokens,
-                "completion_tokens": comp.usage.completion_tokens,
-                "prompt_tokens": comp.usage.prompt_tokens,
-                "finish_reason": comp.finish_reason,
-                "usage_trusted": comp.usage.trusted,
-                "attempts": comp.attempts,
-                "answer": grade.answer,
-                "correct": grade.correct,
-                "latency_s": round(comp.latency_s, 4),
-                "text": comp.text,
-            }
-        )
-
-    async def stop(self, items: Mapping[str, PlanItem], why: str) -> int:
-        """After the run was stopped: count every request still in flight as spent in full
-        and record its query as failed (retried on resume). Returns the requests counted."""
-        requests = len(self.books.open)
-        cut = await self.books.settle_open()
-        for query, tokens in cut.items():
-            self.error(items[query], interrupted_reason(why, tokens))
-        return requests
-
-
 def _check_plan(items: Sequence[PlanItem], total_budget: int) -> None:
     if isinstance(total_budget, bool) or not isinstance(total_budget, int):
         raise ValueError(f"budget must be a whole number of tokens, got {total_budget!r}")
@@ -438,9 +256,89 @@ def open_ledger(
     return ledger, read_records(files.results)
 
 
-async def execute(
+class RunPlan(Protocol):
+    """What a run executes over its queries: how its policy is made and what it reports.
+
+    :class:`FixedPlan` (fixed caps, forcing, fallbacks) and
+    :class:`~shadowprice.engine.live.LivePlan` (the live planner) implement it.
+
+    Attributes
+    ----------
+    name : str or None
+        The policy's name, written in every record (None: not known to the engine).
+    continuation : {'auto', 'prefill', 'vllm', 'off'}
+        How capped requests are continued (``auto``: ask the engine).
+    unsent : str
+        Why a query its policy never sent was not funded.
+    """
+
+    @property
+    def name(self) -> str | None: ...
+
+    @property
+    def continuation(self) -> Continuation: ...
+
+    @property
+    def unsent(self) -> str: ...
+
+    def identity(self, items: Sequence[PlanItem]) -> dict[str, Any]:
+        """What besides the model and budget must match for a resume."""
+        ...
+
+    def policy(
+        self, items: Sequence[PlanItem], available: int, continuation: Continuation
+    ) -> LivePolicy:
+        """A fresh policy over ``items`` (the queries still to run) with ``available`` tokens."""
+        ...
+
+    def report(
+        self, policy: LivePolicy | None, continuation: Continuation, driver: Driver | None
+    ) -> dict[str, Any]:
+        """Fields it adds to the summary (``policy`` is None when nothing was left to run)."""
+        ...
+
+
+@dataclass
+class FixedPlan:
+    """Each item's ``budget`` is its cap, run as a :class:`~shadowprice.live.OneShot` plan
+    (failed queries are not retried in the run: a re-run retries them), with optional answer
+    forcing and direct-answer fallbacks (:class:`RunConfig`)."""
+
+    force_tokens: int = 0
+    fallback_tokens: int = 0
+    name: str | None = None
+    continuation: Continuation = "off"
+    unsent: str = LATE_REASON
+
+    def identity(self, items: Sequence[PlanItem]) -> dict[str, Any]:
+        return plan_identity(items)
+
+    def policy(
+        self, items: Sequence[PlanItem], available: int, continuation: Continuation
+    ) -> LivePolicy:
+        return OneShot(
+            [item.budget for item in items],
+            max_retries=0,
+            force_tokens=self.force_tokens,
+            fallback_tokens=self.fallback_tokens,
+        )
+
+    def report(
+        self, policy: LivePolicy | None, continuation: Continuation, driver: Driver | None
+    ) -> dict[str, Any]:
+        written = driver.records if driver is not None else []
+        return {"late_abandoned": sum(1 for r in written if r.get("reason") == LATE_REASON)}
+
+
+def as_engine(engine: Engine | ChatClient) -> Engine:
+    """``engine``, or the HTTP engine of a chat client."""
+    return HttpEngine(engine) if isinstance(engine, ChatClient) else engine
+
+
+async def execute_policy(
     items: Sequence[PlanItem],
-    client: ChatClient,
+    engine: Engine | ChatClient,
+    plan: RunPlan,
     *,
     total_budget: int,
     out: str | Path | None = None,
@@ -451,13 +349,17 @@ async def execute(
     shared: Ledger | None = None,
     stop: Interruption | None = None,
 ) -> RunReport:
-    """Run ``items`` against ``client`` under ``total_budget``; see the module docstring.
+    """Run ``plan`` over ``items`` on ``engine`` under ``total_budget``; see the module
+    docstring.
 
     Parameters
     ----------
     items : sequence of PlanItem
-        The plan: one item per query, ``budget`` 0 for abandoned ones.
-    client : ChatClient
+        The queries, one item each (a fixed plan's caps in their ``budget``).
+    engine : Engine or ChatClient
+        Where requests run (a chat client: :class:`~.driver.HttpEngine` over it).
+    plan : RunPlan
+        :class:`FixedPlan` or :class:`~shadowprice.engine.live.LivePlan`.
     total_budget : int
         Completion tokens the whole run may spend (0 … :data:`MAX_BUDGET`).
     out : path, optional
@@ -492,45 +394,48 @@ async def execute(
     config.validate()
     _check_plan(items, total_budget)
     grade = get_grader(grader)
+    engine = as_engine(engine)
     ident = {
         **dict(identity or {}),
-        "model": client.model,
+        **({"policy": plan.name} if plan.name and "policy" not in (identity or {}) else {}),
+        "model": engine.model,
         "budget": int(total_budget),
-        **plan_identity(items),
+        **plan.identity(items),
     }
     ledger, history = open_ledger(
         out, total_budget, ident, release_unsettled=release_unsettled, shared=shared
     )
-    recovery = await ledger.recover() if isinstance(ledger, JournalLedger) else None
-    prior = charges_by_query(getattr(recovery, "by_tag", {}), ids_of(items))
+    recovery = await ledger.recover() if isinstance(ledger, Recoverable) else None
+    prior = charges_by_query(recovery.by_tag if recovery else {}, ids_of(items))
     files = RunFiles.of(out) if out is not None else None
     fh = open_for_append(files.results) if files is not None else None
     done = {k: r for k, r in latest_by_id(history).items() if r.get("status") in FINAL_STATUSES}
     pending = [item for item in items if item.id not in done]
-    ex = Executor(client, ledger, grade, config, fh, prior)
-    ex.promised = sum(item.budget for item in pending)
-    sem = asyncio.Semaphore(config.concurrency)
     start = time.perf_counter()
+    books = Books(ledger, prior)
+    driver: Driver | None = None
     cut: int | None = None
-
-    async def one(item: PlanItem) -> None:
-        async with sem:
-            if item.budget > 0:
-                await ex.send(item)
-            else:
-                await ex.abandoned(item)
-
+    continuation = plan.continuation
     try:
-        with _progress(config.progress, len(pending), ledger) as advance:
-            ex.on_record.append(advance)
-            try:
-                await asyncio.gather(*(one(item) for item in pending))
-            except asyncio.CancelledError:
-                why = stopped_by(stop)
-                if why is None:  # not a stop signal: left as a crash would leave it
-                    raise
-                cut = await ex.stop({item.id: item for item in items}, why)
-        ex.records += reconcile(items, [*history, *ex.records], ex.books.charged, fh)
+        if pending:
+            if continuation == "auto":
+                continuation = await engine.continuation()
+            policy = plan.policy(pending, (await ledger.state()).available, continuation)
+            options = DriveOptions(
+                config.concurrency, config.params, continuation, plan.name, plan.unsent
+            )
+            driver = Driver(
+                pending,
+                policy,
+                engine,
+                books,
+                grade,
+                options,
+                out=None if fh is None else (lambda r: append_record(fh, r)),
+            )
+            cut = await _drive(driver, config.progress, stop)
+        written = [] if driver is None else list(driver.records)
+        written += reconcile(items, [*history, *written], books.charged, fh)
         state = await ledger.state()
     finally:
         if fh is not None:
@@ -538,18 +443,70 @@ async def execute(
         if ledger is not shared:
             await ledger.aclose()
 
-    final = latest_by_id([*history, *ex.records])
+    final = latest_by_id([*history, *written])
     records = [final[i] for i in ids_of(items) if i in final]
-    summary = run_summary(records, state, recovery, getattr(ledger, "charged", None))
+    own = ledger.charged if isinstance(ledger, Recoverable) and shared is not None else None
+    summary = run_summary(records, state, recovery, own)
     if shared is not None:
         summary.update(shared_budget=state.total, shared_spent=state.spent)
+    if plan.name:
+        summary["policy"] = plan.name
     summary.update(
         resumed=len(done),
         executed=len(pending),
         wall_s=round(time.perf_counter() - start, 3),
-        late_abandoned=sum(1 for r in ex.records if r.get("reason") == LATE_REASON),
+        **plan.report(None if driver is None else driver.policy, continuation, driver),
     )
     return close_report(RunReport(records, summary), files, stop, cut)
+
+
+async def _drive(driver: Driver, progress: bool, stop: Interruption | None) -> int | None:
+    """Run ``driver`` with a progress bar. Cancelled by a signal (``stop``): settle what is in
+    flight instead and return the number of requests counted in full; cancelled otherwise:
+    leave the books as a crash would."""
+    with Progress(progress, driver) as advance:
+        driver.on_record.append(advance)
+        try:
+            await driver.run()
+        except asyncio.CancelledError:
+            why = stopped_by(stop)
+            if why is None:  # not a stop signal: left as a crash would leave it
+                raise
+            return await driver.stop(why)
+    return None
+
+
+async def execute(
+    items: Sequence[PlanItem],
+    client: Engine | ChatClient,
+    *,
+    total_budget: int,
+    out: str | Path | None = None,
+    config: RunConfig | None = None,
+    grader: Grader | str | None = "math",
+    identity: Mapping[str, Any] | None = None,
+    release_unsettled: bool = False,
+    shared: Ledger | None = None,
+    stop: Interruption | None = None,
+) -> RunReport:
+    """Run a plan of fixed caps (``items``' budgets, 0 = abandoned) under ``total_budget``:
+    :func:`execute_policy` with :class:`FixedPlan` (answer forcing and fallbacks as
+    ``config`` says); see it for the parameters."""
+    config = config or RunConfig()
+    plan = FixedPlan(config.force_tokens, config.fallback_tokens)
+    return await execute_policy(
+        items,
+        client,
+        plan,
+        total_budget=total_budget,
+        out=out,
+        config=config,
+        grader=grader,
+        identity=identity,
+        release_unsettled=release_unsettled,
+        shared=shared,
+        stop=stop,
+    )
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -591,14 +548,6 @@ class Interruption:
 def stopped_by(stop: Interruption | None) -> str | None:
     """The signal stopping a run (its cancellation is then a clean stop), else None."""
     return stop.signal if stop is not None else None
-
-
-def interrupted_reason(why: str, tokens: int) -> str:
-    """The error reason of a query whose request a stopped run cut off."""
-    return (
-        f"interrupted ({why}) with its request in flight: counted as spent in full "
-        f"({tokens} tokens); re-run to retry it"
-    )
 
 
 def close_report(
@@ -674,7 +623,7 @@ def ids_of(items: Sequence[PlanItem]) -> list[str]:
 def run_summary(
     records: Sequence[dict[str, Any]],
     state: LedgerState,
-    recovery: Any = None,
+    recovery: Recovery | None = None,
     charged: int | None = None,
 ) -> dict[str, Any]:
     """:func:`summarize` with the ledger's accounting: settled, counted-unsettled, overrun.
@@ -684,10 +633,11 @@ def run_summary(
     """
     own = state.spent if charged is None else charged
     summary = summarize(records, state.total, spent=own)
-    counted = int(getattr(recovery, "counted", 0) or 0)
+    recovery = recovery or Recovery()
+    counted = recovery.counted
     summary.update(
         settled_tokens=own - counted,
-        unsettled_requests=int(getattr(recovery, "unsettled", 0) or 0),
+        unsettled_requests=recovery.unsettled,
         unsettled_counted=counted,
         overrun=state.overrun,
         within_budget=state.spent <= state.total and state.overrun == 0,
@@ -695,49 +645,46 @@ def run_summary(
     return summary
 
 
-class _progress:
-    """A rich progress bar showing queries done and tokens spent (no-op when disabled)."""
+class Progress:
+    """A rich progress bar on stderr: queries done, tokens charged of the budget, and the
+    price when the policy has one (a no-op when disabled)."""
 
-    def __init__(self, enabled: bool, total: int, ledger: Ledger) -> None:
-        self.enabled = enabled and total > 0
-        self.total = total
-        self.ledger = ledger
+    def __init__(self, enabled: bool, driver: Driver) -> None:
+        self.enabled = enabled and len(driver.items) > 0
+        self.driver = driver
 
-    def _spent(self) -> int:
-        charged = getattr(self.ledger, "charged", None)
-        if charged is not None:
-            return int(charged)
-        state_now = getattr(self.ledger, "state_now", None)
-        return int(state_now().spent) if state_now is not None else 0
+    def _fields(self) -> dict[str, Any]:
+        d = self.driver
+        fields: dict[str, Any] = {"spent": sum(d.books.charged.values())}
+        fields["price"] = f"price {d.policy.price:.3g}" if isinstance(d.policy, Priced) else ""
+        return fields
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Callable[[dict[str, Any]], None]:
         if not self.enabled:
             return lambda record: None
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as Bar
 
-        self._bar = Progress(
+        self._bar = Bar(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("tokens {task.fields[spent]}/{task.fields[budget]}"),
+            TextColumn("{task.fields[price]}"),
             TimeElapsedColumn(),
-            transient=False,
             console=Console(stderr=True),
         )
         self._bar.__enter__()
         task = self._bar.add_task(
-            "queries", total=self.total, spent=self._spent(), budget=self.ledger.total
+            self.driver.options.policy or "queries",
+            total=len(self.driver.items),
+            budget=self.driver.books.ledger.total,
+            **self._fields(),
         )
 
         def advance(record: dict[str, Any]) -> None:
-            self._bar.update(task, advance=1, spent=self._spent())
+            self._bar.update(task, advance=1, **self._fields())
 
         return advance
 

@@ -1,8 +1,10 @@
-"""Replay live policies exactly as ``run`` executes them: a deterministic serving engine.
+"""Score live policies exactly as ``run`` executes them: the one driver on the simulated engine.
 
 Under *spent* accounting what a query costs depends on when the others end (tokens they leave
 return to the ledger, the price moves, a request may be continued), so a policy cannot be
-scored by replaying fixed caps. This module simulates a serving engine instead:
+scored by replaying fixed caps. :func:`simulate` runs it instead through the same driver as
+``run`` (:class:`~shadowprice.engine.driver.Driver`), on the simulated engine
+(:class:`~shadowprice.engine.simulated.SimulatedEngine`):
 
 - ``concurrency`` slots, each generating one token per tick; a request capped at m tokens for
   a query whose sample is L tokens long ends after min(L - generated so far, m) ticks, on its
@@ -27,23 +29,27 @@ world with the same tokens (an exchange argument: every answer costs at least it
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Callable
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ..engine.books import Books
+from ..engine.driver import DriveOptions, Driver, PlanItem
+from ..engine.grading import ExactGrader
+from ..engine.simulated import CrashModel, SimulatedEngine
 from ..ledger import LedgerState, MemoryLedger
-from ..live.base import Action, LivePolicy
+from ..live.base import LivePolicy
 from ..traces import TraceSet
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
-    "SimulationError",
     "SimulationResult",
     "Worlds",
+    "run_now",
     "sample_worlds",
     "simulate",
     "spent_ceiling",
@@ -53,14 +59,6 @@ __all__ = [
 DEFAULT_CONCURRENCY = 16
 #: Salt for the worlds' generator (independent of data simulated with the same seed).
 _SALT_WORLDS = 0x5107_0001
-
-#: Decides whether a request fails: (query, request number of that query, tokens it would
-#: generate) -> tokens generated before it fails, or None if it does not fail.
-CrashModel = Callable[[int, int, int], "int | None"]
-
-
-class SimulationError(RuntimeError):
-    """The policy asked for something the ledger cannot grant (a bug in the policy)."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +124,25 @@ class SimulationResult:
             "ticks": self.ticks,
         }
 
+    @classmethod
+    def of(cls, driver: Driver, engine: SimulatedEngine, ledger: LedgerState) -> SimulationResult:
+        """The per-query outcome of a finished drive on the simulated engine."""
+        n = len(driver.items)
+        requests = np.asarray(driver.requests, dtype=np.int64)
+        finished = np.asarray(
+            [c is not None and c.finish_reason != "length" for c in driver.last], dtype=bool
+        )
+        return cls(
+            answered=np.asarray([c is not None and bool(c.correct) for c in driver.last], bool),
+            spent=np.fromiter((driver.tokens(q) for q in range(n)), np.int64, n),
+            allotted=np.asarray(driver.allotted, dtype=np.int64),
+            requests=requests,
+            finished=finished & (requests > 0),
+            budget=ledger.total,
+            ledger=ledger,
+            ticks=int(engine.now),
+        )
+
 
 def _check_world(
     lengths: ArrayLike, correct: ArrayLike
@@ -141,89 +158,27 @@ def _check_world(
     return L.astype(np.int64), c
 
 
-#: A request in flight: (end tick, send order, query, tokens it generates, stopped on its
-#: cap, fails, reservation). Tuples order by end tick, then send order.
-_Request = tuple[int, int, int, int, bool, bool, Any]
+@lru_cache(maxsize=8)
+def _items(n: int) -> tuple[PlanItem, ...]:
+    """N anonymous queries (ids ``"0"`` … ``"N-1"``) for simulated runs."""
+    return tuple(PlanItem(str(i), [], 0) for i in range(n))
 
 
-class _Engine:
-    """The simulated engine's state (one run)."""
+def run_now(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine that never waits (a drive of the simulated engine over an in-process
+    ledger) to its end, without an event loop.
 
-    def __init__(
-        self,
-        policy: LivePolicy,
-        lengths: NDArray[np.int64],
-        ledger: MemoryLedger,
-        crash: CrashModel | None,
-    ) -> None:
-        n = lengths.size
-        self.policy, self.lengths, self.ledger, self.crash = policy, lengths, ledger, crash
-        self.generated = np.zeros(n, dtype=np.int64)
-        self.spent = np.zeros(n, dtype=np.int64)
-        self.allotted = np.zeros(n, dtype=np.int64)
-        self.requests = np.zeros(n, dtype=np.int64)
-        self.heap: list[_Request] = []
-        self.seq = 0
-        self.now = 0
-        # A mirror of the ledger's free tokens (asking the ledger on every event would cost
-        # more than the rest of the step); checked against the ledger at the end.
-        state = ledger.state_now()
-        self.free = state.total - state.spent - state.reserved
-
-    def available(self) -> int:
-        return max(self.free, 0)
-
-    def send(self, act: Action) -> None:
-        q = act.query
-        if act.tokens < 1:
-            raise SimulationError(f"policy sent query {q} with max_tokens {act.tokens}")
-        res = self.ledger.reserve_now(int(act.tokens), tag=str(q))
-        if res is None:
-            raise SimulationError(
-                f"policy sent query {q} with max_tokens {act.tokens} but only "
-                f"{self.available()} tokens are available"
-            )
-        left = int(self.lengths[q] - self.generated[q])
-        tokens = min(left, int(act.tokens))
-        capped = left > act.tokens
-        failed = False
-        if self.crash is not None:
-            cut = self.crash(q, int(self.requests[q]), tokens)
-            if cut is not None:
-                tokens, capped, failed = max(0, min(int(cut), tokens)), False, True
-        self.free -= int(act.tokens)
-        self.requests[q] += 1
-        self.allotted[q] += act.tokens
-        heapq.heappush(self.heap, (self.now + tokens, self.seq, q, tokens, capped, failed, res))
-        self.seq += 1
-
-    def fill(self, free: int) -> int:
-        while free > 0:
-            act = self.policy.next_start(self.available())
-            if act is None:
-                break
-            self.send(act)
-            free -= 1
-        return free
-
-    def step(self) -> bool:
-        """Handle the next request that ends; True if the slot it held is free."""
-        end, _, q, tokens, capped, failed, res = heapq.heappop(self.heap)
-        self.now = end
-        self.ledger.settle_now(res, tokens)
-        self.free += res.tokens - tokens
-        self.spent[q] += tokens
-        if failed:
-            self.policy.on_error(q, tokens)
-            return True
-        self.generated[q] += tokens
-        nxt = self.policy.on_finish(q, tokens, capped, self.available())
-        if nxt is None:
-            return True
-        if nxt.query != q:
-            raise SimulationError(f"a continuation must be of query {q}, got {nxt.query}")
-        self.send(nxt)
-        return False
+    Raises
+    ------
+    RuntimeError
+        If it does wait (an engine or ledger that does I/O): run it with :func:`asyncio.run`.
+    """
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("the drive waited for I/O: run it in an event loop instead")
 
 
 def simulate(
@@ -236,7 +191,8 @@ def simulate(
     ledger: MemoryLedger | None = None,
     crash: CrashModel | None = None,
 ) -> SimulationResult:
-    """Run ``policy`` on one world (see module docstring).
+    """Run ``policy`` on one world (see module docstring): the one driver on the simulated
+    engine.
 
     Parameters
     ----------
@@ -253,8 +209,14 @@ def simulate(
     ledger : MemoryLedger, optional
         The ledger to charge (default: a fresh one of ``budget`` tokens).
     crash : callable, optional
-        Failure injection for tests (see :data:`CrashModel`): a failed request is settled
-        with the tokens it generated and its partial output is lost.
+        Failure injection for tests (see :data:`~shadowprice.engine.simulated.CrashModel`):
+        a failed request is settled with the tokens it generated and its partial output is
+        lost.
+
+    Raises
+    ------
+    shadowprice.engine.driver.PolicyError
+        When the policy asks for more tokens than it was offered.
     """
     L, c = _check_world(lengths, correct)
     if policy.n != L.size:
@@ -264,26 +226,11 @@ def simulate(
     if budget < 0:
         raise ValueError(f"budget must be non-negative, got {budget}")
     book = MemoryLedger(int(budget)) if ledger is None else ledger
-    eng = _Engine(policy, L, book, crash)
-    free = eng.fill(concurrency)
-    while eng.heap:
-        if eng.step():
-            free += 1
-        free = eng.fill(free)
-    finished = eng.generated >= L
-    state = book.state_now()
-    if state.total - state.spent - state.reserved != eng.free:
-        raise SimulationError("the ledger was charged outside this simulation while it ran")
-    return SimulationResult(
-        answered=c & finished & (eng.requests > 0),
-        spent=eng.spent,
-        allotted=eng.allotted,
-        requests=eng.requests,
-        finished=finished & (eng.requests > 0),
-        budget=int(budget),
-        ledger=state,
-        ticks=int(eng.now),
-    )
+    engine = SimulatedEngine(L, c, crash=crash)
+    options = DriveOptions(concurrency, {}, "prefill", records=False)
+    driver = Driver(_items(L.size), policy, engine, Books(book), ExactGrader(), options)
+    run_now(driver.run())
+    return SimulationResult.of(driver, engine, book.state_now())
 
 
 def spent_ceiling(lengths: ArrayLike, correct: ArrayLike, budget: float) -> NDArray[np.bool_]:

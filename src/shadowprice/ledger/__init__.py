@@ -19,7 +19,6 @@ left, what this run charged) and :class:`SharedLedger` (a value every process ag
 
 from .base import (
     LAPSE_POLICIES,
-    InProcess,
     Ledger,
     LedgerError,
     LedgerState,
@@ -30,7 +29,7 @@ from .base import (
     Settlement,
     SharedLedger,
 )
-from .book import Book
+from .book import Book, InProcess
 from .journal import JournalLedger, JournalMismatch
 from .memory import MemoryLedger
 

@@ -22,10 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
-
-if TYPE_CHECKING:
-    from .book import Book
+from typing import Literal, Protocol, runtime_checkable
 
 #: What happens to a reservation that lapses (see the module docstring).
 OnLapse = Literal["spend", "release"]
@@ -227,7 +224,8 @@ class Recovery:
         return self.settled + self.counted
 
 
-# Optional capabilities. A ledger declares one by having it; callers check with isinstance.
+# Optional capabilities (with InProcess in .book). A ledger declares one by having it;
+# callers check with isinstance.
 
 
 @runtime_checkable
@@ -238,17 +236,6 @@ class SharedLedger(Protocol):
     async def agree(self, value: float, hold: float) -> float:
         """Publish ``value`` unless another process published one in the last ``hold``
         seconds; return the value every process now shares."""
-        ...
-
-
-@runtime_checkable
-class InProcess(Protocol):
-    """A ledger whose books are kept in this process (memory, an unshared journal): their
-    synchronous :class:`~shadowprice.ledger.book.Book` is at hand."""
-
-    @property
-    def book(self) -> Book:
-        """The books, for synchronous callers."""
         ...
 
 

@@ -12,11 +12,13 @@ Redis (its scripts implement these rules, and the shared contract tests check bo
 from __future__ import annotations
 
 import heapq
+import itertools
+import secrets
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol, runtime_checkable
 
 from .base import (
     LedgerError,
@@ -29,7 +31,7 @@ from .base import (
     check_tokens,
 )
 
-__all__ = ["Book"]
+__all__ = ["Book", "InProcess"]
 
 #: Settled reservation ids remembered (for idempotent settling) per period kept.
 _PERIODS_KEPT = 4
@@ -91,6 +93,10 @@ class Book:
         self._settled: dict[str, int] = {}  # id -> period, for idempotent settling
         self._lapsed: dict[str, Reservation] = {}  # lapsed and charged, not yet settled
         self._periods[self._index()] = _Period(spent=check_tokens("spent", spent))
+        # Reservation ids: a random prefix per book and a counter (unique across the runs
+        # that share a journal, and cheaper than a uuid per request).
+        self._prefix = secrets.token_hex(8)
+        self._ids = itertools.count()
 
     @property
     def total(self) -> int:
@@ -143,7 +149,7 @@ class Book:
                 return None
             book.reserved += grant
             res = Reservation(
-                id=uuid.uuid4().hex,
+                id=f"{self._prefix}{next(self._ids):x}",
                 tokens=grant,
                 period=index,
                 tag=tag,
@@ -216,3 +222,14 @@ class Book:
         return (
             f"Book(total={s.total}, spent={s.spent}, reserved={s.reserved}, period={self.period})"
         )
+
+
+@runtime_checkable
+class InProcess(Protocol):
+    """A ledger whose books are kept in this process (memory, an unshared journal): their
+    synchronous :class:`Book` is at hand (an optional capability, checked with isinstance)."""
+
+    @property
+    def book(self) -> Book:
+        """The books, for synchronous callers."""
+        ...

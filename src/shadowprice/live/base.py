@@ -13,6 +13,11 @@ The driver owns the budget ledger and the clock; the policy owns the decisions. 
 3. when a request fails, the driver settles what it may have generated and calls
    :meth:`LivePolicy.on_error`; the policy may start it again later.
 
+Besides sending a query's own generation (``start``, ``extend``, ``retry``), a policy may ask
+for a side request (``force``: the answer after a length stop; ``fallback``: a direct answer
+for a query it does not fund) or say that it will never send a query (``abandon``, with the
+reason): the driver records the query then, instead of special-casing plans.
+
 Because every request's ``max_tokens`` is reserved before it is sent, the tokens generated can
 never exceed the budget, whatever the policy decides and whenever requests end.
 """
@@ -24,7 +29,7 @@ from typing import Literal, Protocol
 
 __all__ = ["Action", "LivePolicy"]
 
-ActionKind = Literal["start", "extend", "retry"]
+ActionKind = Literal["start", "extend", "retry", "force", "fallback", "abandon"]
 
 
 @dataclass(frozen=True)
@@ -40,15 +45,20 @@ class Action:
     tokens : int
         ``max_tokens`` of this request, to reserve before sending: ``cap`` minus what the
         query has already generated (a continuation sends only the increment).
-    kind : {'start', 'extend', 'retry'}
-        A first request, a continuation of a request that stopped on its cap, or a request
-        sent again after a failure.
+    kind : {'start', 'extend', 'retry', 'force', 'fallback', 'abandon'}
+        A first request, a continuation of a request that stopped on its cap, a request
+        sent again after a failure; a request for the answer after a length stop, a direct
+        answer for an unfunded query; or no request at all (the query is abandoned:
+        ``tokens`` 0).
+    reason : str
+        Why, for ``abandon`` (empty: the query was never funded).
     """
 
     query: int
     cap: int
     tokens: int
     kind: ActionKind = "start"
+    reason: str = ""
 
 
 class LivePolicy(Protocol):
@@ -73,6 +83,7 @@ class LivePolicy(Protocol):
         its ``max_tokens``. Returns a continuation of the same generation, or None."""
         ...
 
-    def on_error(self, query: int, charged: int) -> None:
-        """A request of ``query`` failed; ``charged`` tokens were settled for it."""
+    def on_error(self, query: int, charged: int) -> bool:
+        """A request of ``query`` failed; ``charged`` tokens were settled for it. Returns
+        whether the policy means to send it again."""
         ...

@@ -382,7 +382,7 @@ class ClearLive:
             return None
         return self._launch(i, cap, "extend", target=b)
 
-    def on_error(self, query: int, charged: int) -> None:
+    def on_error(self, query: int, charged: int) -> bool:
         """See :meth:`shadowprice.live.LivePolicy.on_error`."""
         i = int(query)
         self._settle(i, charged)
@@ -390,8 +390,9 @@ class ClearLive:
         if self.retries[i] <= self.config.max_retries:
             self.state[i] = RETRY
             self.retry.append(i)
-        else:
-            self._give_up(i)
+            return True
+        self._give_up(i)
+        return False
 
     def _give_up(self, i: int) -> None:
         """A query that failed for good: what it generated stands, if anything."""
