@@ -469,6 +469,24 @@ def test_thinking_fields_follow_the_allowance(
         assert t == {"type": "disabled"} or 1024 <= t["budget_tokens"] < a
 
 
+def test_a_call_id_in_flight_is_not_priced_twice() -> None:
+    from litellm.proxy._types import ProxyException
+
+    async def go() -> None:
+        p = _plugin()
+        first = {**chat("x"), "litellm_call_id": "same"}
+        await p.async_pre_call_hook(None, None, first, "acompletion")
+        with pytest.raises(ProxyException, match="in flight"):
+            await p.async_pre_call_hook(
+                None, None, {**chat("y"), "litellm_call_id": "same"}, "acompletion"
+            )
+        s = await p.decider.ledger.state()
+        await p.aclose()
+        assert s.reserved == first["max_tokens"]  # only the first one holds
+
+    asyncio.run(go())
+
+
 EVENTS = st.lists(st.sampled_from(["fail5xx", "fail429", "retry"]), max_size=3).flatmap(
     lambda attempts: st.tuples(
         st.just(attempts),

@@ -422,9 +422,20 @@ class ShadowpricePlugin(CustomLogger):
         if chat is None:
             return data  # embeddings, moderation, images...: no completion tokens
         self._start()
+        key = data.get("litellm_call_id")
         try:
             check_body(data, chat=chat)
             floor = self._floor(data)
+            if not isinstance(key, str) or not key:
+                raise BadRequest(400, "invalid_call_id", "the request has no LiteLLM call id")
+            if key in self._calls or key in self._gone:
+                # Clients may choose the id (x-litellm-call-id); each grant is kept by it.
+                raise BadRequest(
+                    400,
+                    "duplicate_call_id",
+                    f"call id {key!r} belongs to a request in flight; send a unique "
+                    f"x-litellm-call-id or none",
+                )
         except BadRequest as exc:
             raise _error(exc.status, "invalid_request_error", str(exc), exc.code) from None
         cap = requested_cap(data, self.settings.max_tokens_ceiling)
@@ -432,12 +443,6 @@ class ShadowpricePlugin(CustomLogger):
         d = await self.decider.decide(tau, cap, floor=floor, track=False)
         if isinstance(d, Refusal):
             raise _refusal(d)
-        key = data.get("litellm_call_id")
-        if not isinstance(key, str) or not key:
-            await self.decider.settle(d, 0, "error")
-            raise _error(
-                500, "internal_error", "LiteLLM gave the request no call id", "internal_error"
-            )
         self._calls[key] = _Call(
             d, bool(data.get("stream")), asyncio.current_task(), time.monotonic()
         )
