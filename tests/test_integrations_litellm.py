@@ -61,7 +61,11 @@ class Proxy:
 
     def __init__(self, upstream: str, redis: LocalRedis, ns: str, llama: str | None) -> None:
         self.dir = tempfile.TemporaryDirectory()
-        models = [("fake", "openai/fake", upstream + "/v1")]
+        # fake-b: the same upstream under another name, where LiteLLM falls back to.
+        models = [
+            ("fake", "openai/fake", upstream + "/v1"),
+            ("fake-b", "openai/fake", upstream + "/v1"),
+        ]
         if llama:
             models.append(("llama", "openai/local", llama.rstrip("/") + "/v1"))
         lines = ["model_list:"]
@@ -76,6 +80,8 @@ class Proxy:
         lines += [
             "litellm_settings:",
             '  callbacks: ["shadowprice.integrations.litellm.handler"]',
+            "router_settings:",
+            '  fallbacks: [{"fake": ["fake-b"]}]',
             "general_settings:",
             f"  master_key: {KEY}",
         ]
@@ -297,7 +303,7 @@ def test_refusals_are_openai_error_json(budget: Budget) -> None:
         ("LEN:30 FAULT:nousage", True, "allowance"),  # no usage: LiteLLM estimates it
         ("LEN:30 FAULT:lowusage", True, "allowance"),  # usage below the chunks streamed
         ("LEN:40 FAULT:drop", True, "allowance"),  # the stream is cut halfway
-        ("LEN:40 FAULT:500", False, "attempts"),  # 5xx after generating; LiteLLM retries
+        ("LEN:40 FAULT:500", False, "attempts"),  # 5xx after generating: retries, fallback
         ("LEN:40 FAULT:503", False, "nothing"),  # refused before generating
         ("LEN:40 FAULT:absurdusage", False, "allowance"),
     ],
@@ -314,8 +320,8 @@ def test_faults_are_charged_by_the_counting_rule(
     expected = {"allowance": allowance, "attempts": attempts * allowance, "nothing": 0}[charged]
     assert s.spent == expected and s.reserved == 0
     assert s.spent >= budget.log.generated  # never under-counted
-    if charged == "attempts":
-        assert attempts > 1 and r.status_code >= 500
+    if charged == "attempts":  # retried on fake, then retried on its fallback fake-b
+        assert attempts >= 4 and r.status_code >= 500 and "fake-b" in r.text
 
 
 def test_client_leaving_a_stream_is_charged_in_full(budget: Budget) -> None:
