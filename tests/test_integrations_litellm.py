@@ -12,6 +12,7 @@ sequences (hypothesis) that try to make it under-count.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -413,13 +414,15 @@ def test_in_front_of_the_real_llama_server(budget: Budget, llama_url: str) -> No
 
 
 # -- the accounting, hook by hook -------------------------------------------------------------
-def test_settings_from_the_environment_name_the_variable() -> None:
-    s = PluginSettings.from_env(
-        {"SHADOWPRICE_BUDGET": "2_000", "SHADOWPRICE_PERIOD": "60", "SHADOWPRICE_CLASSES": "a=5"}
-    )
+def test_settings_from_the_environment_name_the_variable(caplog: pytest.LogCaptureFixture) -> None:
+    good = {"SHADOWPRICE_BUDGET": "2_000", "SHADOWPRICE_PERIOD": "60", "SHADOWPRICE_CLASSES": "a=5"}
+    s = PluginSettings.from_env(good)
     assert (s.budget, s.period, s.classes, s.predictor, s.thinking) == (
         2000, 60.0, {"a": 5}, "default", "auto"
     )  # fmt: skip
+    with caplog.at_level(logging.WARNING, "shadowprice.litellm"):
+        PluginSettings.from_env({**good, "SHADOWPRICE_NAMESAPCE": "prod"})
+    assert "SHADOWPRICE_NAMESAPCE" in caplog.text  # a misspelt option is not silently dropped
     cases = {
         "SHADOWPRICE_BUDGET": {"SHADOWPRICE_PERIOD": "60"},
         "SHADOWPRICE_PERIOD": {"SHADOWPRICE_BUDGET": "10", "SHADOWPRICE_PERIOD": "soon"},

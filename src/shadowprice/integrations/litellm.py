@@ -101,6 +101,12 @@ UNPRICED = frozenset(
 CLASS_HEADER = "x-shadowprice-class"
 
 _ENV = "SHADOWPRICE_"
+#: The variables the plugin reads (after ``SHADOWPRICE_``).
+_READ = (
+    "BUDGET", "PERIOD", "STATE", "NAMESPACE", "PREDICTOR", "ROUTE_TAU", "PACE_MARGIN",
+    "MAX_TOKENS_CEILING", "FALLBACK_TOKENS", "CLASSES", "FLOOR_SHARE", "TTL", "RELEASE_LAPSED",
+    "FAIL_OPEN", "FAIL_OPEN_BUDGET", "THINKING", "RESERVE", "REQUEST_TIMEOUT",
+)  # fmt: skip
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
@@ -215,6 +221,13 @@ class PluginSettings:
             Naming the variable and what it should hold.
         """
         env = os.environ if environ is None else environ
+        unread = sorted(k for k in env if k.startswith(_ENV) and k[len(_ENV) :] not in _READ)
+        if unread:  # a misspelt option must not pass unnoticed
+            log.warning(
+                "the LiteLLM plugin does not read %s; it reads SHADOWPRICE_%s",
+                ", ".join(unread),
+                ", SHADOWPRICE_".join(_READ),
+            )
         read = _Reader(env)
         route_tau = read.number("ROUTE_TAU")
         predictor = env.get(_ENV + "PREDICTOR", "default").strip() or "default"
