@@ -18,6 +18,7 @@ from . import (
     demo_cmd,  # noqa: F401
     evaluate_cmd,  # noqa: F401
     predictor_cmd,  # noqa: F401
+    replay_cmd,  # noqa: F401
     run_cmd,  # noqa: F401
     serve_cmd,  # noqa: F401
     traces_cmd,  # noqa: F401

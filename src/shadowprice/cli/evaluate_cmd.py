@@ -16,6 +16,7 @@ _SPLITS = ("half", "queries", "none")
 _ACCOUNTING = ("allotted", "spent")
 _VOTES = ("pass", "majority")
 _PREDICTORS = ("auto", "text", "text-point", "none")
+_ENGINES = ("sim", "http")
 
 
 def _parse_list(text: str, what: str) -> list[str]:
@@ -75,7 +76,14 @@ def evaluate_command(
         16,
         "--concurrency",
         min=1,
-        help="slots of the simulated serving engine (spent accounting)",
+        help="requests in flight at once (spent accounting): the simulated engine's slots",
+    ),
+    engine: str = typer.Option(
+        "sim",
+        "--engine",
+        help="what runs the policies under spent accounting: sim (the simulated engine) or "
+        "http (a real OpenAI-compatible server replaying the held-out samples, the real "
+        "client and journal; equal to sim at --concurrency 1)",
     ),
     vote: str = typer.Option("pass", "--vote", help="k samples: pass (verifier) or majority"),
     n_boot: int = typer.Option(1000, "--n-boot", min=0, help="bootstrap resamples"),
@@ -112,6 +120,7 @@ def evaluate_command(
     _choice("accounting", accounting, _ACCOUNTING)
     _choice("vote", vote, _VOTES)
     _choice("predictor", predictor, _PREDICTORS)
+    _choice("engine", engine, _ENGINES)
     ts = load_trace_source(traces, seed)
     has_text = all(q for q in ts.questions())
     if predictor == "auto":
@@ -139,6 +148,7 @@ def evaluate_command(
         folds=folds,
         predictor=curve_predictor,
         concurrency=concurrency,
+        engine=engine,
     )
     if fmt == "json":
         _print_json(df, traces, ts.n, split, seed, predictor, accounting, vote, repeats)

@@ -19,7 +19,9 @@ What the budget bounds (``accounting``):
   one-shot plan (what its finished requests leave can fund its later queries; nothing is
   re-planned), ``clear-live`` decides as requests end, and ``oracle`` is the spent-accounting
   hindsight ceiling (in each world, the correct samples shortest first until the budget is
-  spent).
+  spent). ``engine="http"`` runs the same policies through a real OpenAI-compatible server
+  that replays the worlds' samples, the real client and a journal
+  (:func:`~shadowprice.evaluate.simulate.drive_worlds`): the same outcomes at concurrency 1.
 """
 
 from __future__ import annotations
@@ -36,7 +38,14 @@ from ..solve.menus import ACCOUNTINGS, Accounting
 from ..traces import TraceSet
 from .policies import EVAL_POLICIES, EvalPolicy, FitContext, Predictor, run_policy
 from .replay import bootstrap_ci, replay
-from .simulate import DEFAULT_CONCURRENCY, Worlds, sample_worlds, simulate, spent_ceiling
+from .simulate import (
+    DEFAULT_CONCURRENCY,
+    ENGINES,
+    Worlds,
+    drive_worlds,
+    sample_worlds,
+    spent_ceiling,
+)
 from .splits import kfold_queries, split_half
 
 __all__ = ["COLUMNS", "evaluate"]
@@ -104,6 +113,7 @@ def evaluate(
     predictor: Predictor | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
     paired: Sequence[str] = ("uniform",),
+    engine: str = "sim",
 ) -> pd.DataFrame:
     """Score each policy at each average budget per query.
 
@@ -135,11 +145,15 @@ def evaluate(
     predictor : callable, optional
         Per-query curves for unseen queries (split 'queries').
     concurrency : int
-        Slots of the simulated serving engine (spent accounting).
+        Requests in flight at once (spent accounting): the simulated engine's slots.
     paired : sequence of str
         Policies every row is compared with, query by query: columns ``vs_<name>`` (``-``
         read as ``_``) and their paired bootstrap interval, NaN where ``name`` was not
         scored.
+    engine : {'sim', 'http'}
+        What runs the policies under spent accounting: the simulated engine, or a real
+        OpenAI-compatible server replaying the same samples over HTTP (see the module
+        docstring).
 
     Returns
     -------
@@ -152,6 +166,8 @@ def evaluate(
     budgets = _check_args(traces, budgets_per_query, policies, split, accounting)
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     reps = 1 if split == "none" else repeats
@@ -175,7 +191,7 @@ def evaluate(
                     total = max(1, round(bq * ctx.n))
                     if accounting == "spent":
                         q_acc, t = _spent_scores(
-                            EVAL_POLICIES[name], ctx, total, worlds[id(ctx)], concurrency
+                            EVAL_POLICIES[name], ctx, total, worlds[id(ctx)], concurrency, engine
                         )
                     else:
                         res = replay(run_policy(name, ctx, total), ctx.score, vote=vote, n_boot=0)
@@ -272,7 +288,7 @@ def _versus(
 
 
 def _spent_scores(
-    pol: EvalPolicy, ctx: FitContext, total: int, worlds: Worlds, concurrency: int
+    pol: EvalPolicy, ctx: FitContext, total: int, worlds: Worlds, concurrency: int, engine: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Spent accounting: each scored query's answered share over the worlds (n,), and the
     tokens reserved, tokens generated and queries never sent, summed over the queries and
@@ -289,11 +305,15 @@ def _spent_scores(
             acc += hit
             tokens += [cost, cost, n - hit.sum()]
     else:
-        make = pol.executor(ctx, total)
-        for k in range(w):
-            r = simulate(
-                make(), worlds.lengths[k], worlds.correct[k], total, concurrency=concurrency
-            )
+        runs = drive_worlds(
+            pol.executor(ctx, total),
+            ctx.score,
+            worlds,
+            total,
+            concurrency=concurrency,
+            engine=engine,
+        )
+        for r in runs:
             acc += r.answered
             tokens += [r.tokens_allotted, r.tokens_spent, float((r.requests == 0).sum())]
     return acc / w, tokens / w

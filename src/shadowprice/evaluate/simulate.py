@@ -29,26 +29,34 @@ world with the same tokens (an exchange argument: every answer costs at least it
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+import asyncio
+import os
+import tempfile
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from ..engine.books import Books
-from ..engine.driver import DriveOptions, Driver, PlanItem
+from ..engine.client import ChatClient
+from ..engine.driver import DriveOptions, Driver, HttpEngine, PlanItem
 from ..engine.grading import ExactGrader
+from ..engine.replay_server import ReplayServer, serving
 from ..engine.simulated import CrashModel, SimulatedEngine
-from ..ledger import LedgerState, MemoryLedger
+from ..ledger import JournalLedger, LedgerState, MemoryLedger
 from ..live.base import LivePolicy
 from ..traces import TraceSet
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
+    "ENGINES",
     "SimulationResult",
     "Worlds",
+    "drive_worlds",
     "run_now",
     "sample_worlds",
     "simulate",
@@ -57,6 +65,8 @@ __all__ = [
 
 #: Slots of the simulated engine unless told otherwise (``--concurrency``).
 DEFAULT_CONCURRENCY = 16
+#: Engines a policy can be scored on (:func:`drive_worlds`).
+ENGINES = ("sim", "http")
 #: Salt for the worlds' generator (independent of data simulated with the same seed).
 _SALT_WORLDS = 0x5107_0001
 
@@ -125,22 +135,25 @@ class SimulationResult:
         }
 
     @classmethod
-    def of(cls, driver: Driver, engine: SimulatedEngine, ledger: LedgerState) -> SimulationResult:
-        """The per-query outcome of a finished drive on the simulated engine."""
+    def of(cls, driver: Driver, ledger: LedgerState, ticks: int = 0) -> SimulationResult:
+        """The per-query outcome of a finished drive (on either engine)."""
         n = len(driver.items)
         requests = np.asarray(driver.requests, dtype=np.int64)
         finished = np.asarray(
             [c is not None and c.finish_reason != "length" for c in driver.last], dtype=bool
         )
+        answered = [
+            c is not None and driver.grade(q).correct is True for q, c in enumerate(driver.last)
+        ]
         return cls(
-            answered=np.asarray([c is not None and bool(c.correct) for c in driver.last], bool),
+            answered=np.asarray(answered, dtype=bool),
             spent=np.fromiter((driver.tokens(q) for q in range(n)), np.int64, n),
             allotted=np.asarray(driver.allotted, dtype=np.int64),
             requests=requests,
             finished=finished & (requests > 0),
             budget=ledger.total,
             ledger=ledger,
-            ticks=int(engine.now),
+            ticks=int(ticks),
         )
 
 
@@ -230,7 +243,93 @@ def simulate(
     options = DriveOptions(concurrency, {}, "prefill", records=False)
     driver = Driver(_items(L.size), policy, engine, Books(book), ExactGrader(), options)
     run_now(driver.run())
-    return SimulationResult.of(driver, engine, book.state_now())
+    return SimulationResult.of(driver, book.state_now(), engine.now)
+
+
+def drive_worlds(
+    make: Callable[[], LivePolicy],
+    traces: TraceSet,
+    worlds: Worlds,
+    budget: int,
+    *,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    engine: str = "sim",
+) -> list[SimulationResult]:
+    """Run a fresh policy ``make()`` on each world drawn from ``traces``.
+
+    Parameters
+    ----------
+    make : callable
+        Makes a fresh policy over the N queries of ``traces``.
+    traces : TraceSet
+        The queries whose samples the worlds replay.
+    worlds : Worlds
+        From :func:`sample_worlds` on ``traces``.
+    budget : int
+        Tokens each run may generate.
+    concurrency : int
+        Requests in flight at once.
+    engine : {'sim', 'http'}
+        ``sim``: the simulated engine (:func:`simulate`). ``http``: the same runs through a
+        real OpenAI-compatible server on a loopback socket that replays the worlds' samples
+        (:class:`~shadowprice.engine.replay_server.ReplayServer`, each request's ``seed``
+        naming its sample), the real client and a write-ahead journal in a temporary folder
+        (in memory, ``/dev/shm``, where there is one: a journal fsyncs every reservation),
+        answers graded from their text; at ``concurrency`` 1 it gives the simulated engine's
+        outcomes exactly (above it, requests end in the order the server answers them).
+
+    Returns
+    -------
+    list of SimulationResult
+        One per world.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "sim":
+        return [
+            simulate(make(), worlds.lengths[k], worlds.correct[k], budget, concurrency=concurrency)
+            for k in range(worlds.w)
+        ]
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    return asyncio.run(_http_worlds(make, traces, worlds, int(budget), concurrency))
+
+
+def _scratch() -> str | None:
+    """A folder in memory for temporary journals, if this machine has one (else the default)."""
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
+async def _http_worlds(
+    make: Callable[[], LivePolicy], traces: TraceSet, worlds: Worlds, budget: int, concurrency: int
+) -> list[SimulationResult]:
+    """:func:`drive_worlds` through a replay server (see there)."""
+    server = ReplayServer(traces)
+    out = []
+    async with serving(server.app) as url, ChatClient(url, server.model, timeout=120.0) as client:
+        engine = HttpEngine(client)
+        options = DriveOptions(concurrency, {}, await client.continuation())
+        for k in range(worlds.w):
+            items = [
+                PlanItem(
+                    qid,
+                    [{"role": "user", "content": qid}],
+                    0,
+                    gold=server.golds[i],
+                    params={"seed": int(worlds.index[k, i])},
+                )
+                for i, qid in enumerate(traces.ids)
+            ]
+            with tempfile.TemporaryDirectory(prefix="shadowprice-eval-", dir=_scratch()) as tmp:
+                ledger = JournalLedger(Path(tmp) / "run.journal.jsonl", budget, config={"world": k})
+                try:
+                    driver = Driver(items, make(), engine, Books(ledger), ExactGrader(), options)
+                    await driver.run()
+                    out.append(SimulationResult.of(driver, await ledger.state()))
+                finally:
+                    await ledger.aclose()
+    return out
 
 
 def spent_ceiling(lengths: ArrayLike, correct: ArrayLike, budget: float) -> NDArray[np.bool_]:
@@ -258,10 +357,13 @@ class Worlds:
         Sample length per world and query, tokens.
     correct : bool array (W, N)
         Whether that sample is correct.
+    index : int array (W, N)
+        Which of the query's samples (its position in the trace record) each world uses.
     """
 
     lengths: NDArray[np.int64]
     correct: NDArray[np.bool_]
+    index: NDArray[np.int64]
 
     @property
     def w(self) -> int:
@@ -298,4 +400,5 @@ def sample_worlds(traces: TraceSet, n_worlds: int | None = None, seed: int = 0) 
     return Worlds(
         lengths=np.rint(t[rows, j]).astype(np.int64),
         correct=c[rows, j].astype(bool),
+        index=j.astype(np.int64),
     )

@@ -1,0 +1,196 @@
+"""The Engine contract, run against both engines: the simulated one and HTTP (the real client
+against a real replay server on a loopback socket).
+
+To check another engine, subclass :class:`EngineContract` and define ``engine(lengths,
+correct)``: an async context manager yielding an engine that answers query i with a sample
+of ``lengths[i]`` tokens, right when ``correct[i]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from shadowprice.engine.books import Books
+from shadowprice.engine.client import ChatClient, Completion
+from shadowprice.engine.driver import DriveOptions, Driver, Engine, HttpEngine, PlanItem, Request
+from shadowprice.engine.grading import ExactGrader
+from shadowprice.engine.replay_server import ReplayServer, replay_gold, serving
+from shadowprice.engine.simulated import SimulatedEngine
+from shadowprice.ledger import MemoryLedger
+from shadowprice.live import OneShot
+from shadowprice.traces import TraceSet
+
+LENGTHS = [30, 80, 5, 120]
+CORRECT = [True, True, False, True]
+
+
+def traces(lengths: list[int], correct: list[bool]) -> TraceSet:
+    return TraceSet(
+        [
+            {"id": f"q{i}", "answer": str(7 * i), "samples": [{"tokens": n, "correct": c}]}
+            for i, (n, c) in enumerate(zip(lengths, correct, strict=True))
+        ]
+    )
+
+
+def items(ts: TraceSet) -> list[PlanItem]:
+    return [
+        PlanItem(r["id"], [{"role": "user", "content": r["id"]}], 0, gold=replay_gold(r))
+        for r in ts.records
+    ]
+
+
+def request(seq: int, q: int, tokens: int, prefix: str = "", kind: str = "start") -> Request:
+    messages = [{"role": "user", "content": f"q{q}"}]
+    if prefix:
+        messages.append({"role": "assistant", "content": prefix})
+    return Request(seq, q, kind, messages, tokens, {})
+
+
+def right(comp: Completion, gold: str, text: str) -> bool:
+    """Whether an answer is right, as the driver grades it (the engine's verdict, else the
+    text)."""
+    if comp.correct is not None:
+        return comp.correct
+    return ExactGrader()(text, gold).correct is True
+
+
+class EngineContract:
+    """What every :class:`~shadowprice.engine.driver.Engine` must do."""
+
+    def engine(self, lengths: list[int], correct: list[bool]) -> Any:
+        raise NotImplementedError
+
+    def run(self, test: Any) -> Any:
+        async def go() -> Any:
+            async with self.engine(LENGTHS, CORRECT) as eng:
+                return await test(eng)
+
+        return asyncio.run(go())
+
+    def test_it_is_an_engine(self) -> None:
+        async def test(eng: Any) -> None:
+            assert isinstance(eng, Engine) and eng.model and eng.in_flight == 0
+
+        self.run(test)
+
+    def test_a_request_generates_its_sample_up_to_its_cap(self) -> None:
+        async def test(eng: Any) -> None:
+            for seq, (q, cap) in enumerate([(0, 100), (1, 50), (2, 5)]):
+                eng.submit(request(seq, q, cap))
+                assert eng.in_flight == 1
+                req, comp = await eng.next_done()
+                assert req.seq == seq and eng.in_flight == 0
+                assert comp.usage.completion_tokens == min(LENGTHS[q], cap)
+                assert comp.finish_reason == ("length" if LENGTHS[q] > cap else "stop")
+
+        self.run(test)
+
+    def test_a_continuation_picks_up_where_the_generation_stopped(self) -> None:
+        async def test(eng: Any) -> None:
+            eng.submit(request(0, 3, 50))
+            _, first = await eng.next_done()
+            assert (first.usage.completion_tokens, first.finish_reason) == (50, "length")
+            assert not right(first, "21", first.text)  # cut off: no answer yet
+            eng.submit(request(1, 3, 40, first.text, "extend"))
+            _, second = await eng.next_done()
+            assert (second.usage.completion_tokens, second.finish_reason) == (40, "length")
+            eng.submit(request(2, 3, 100, first.text + second.text, "extend"))
+            _, third = await eng.next_done()
+            assert (third.usage.completion_tokens, third.finish_reason) == (30, "stop")
+            assert right(third, "21", first.text + second.text + third.text)
+
+        self.run(test)
+
+    def test_answers_are_right_only_for_correct_samples_that_finish(self) -> None:
+        async def test(eng: Any) -> None:
+            for seq, q in enumerate(range(len(LENGTHS))):
+                eng.submit(request(seq, q, 1000))
+                _, comp = await eng.next_done()
+                assert right(comp, str(7 * q), comp.text) == CORRECT[q]
+
+        self.run(test)
+
+    def test_every_request_comes_back_once_and_cancel_drops_the_rest(self) -> None:
+        async def test(eng: Any) -> None:
+            for seq in range(4):
+                eng.submit(request(seq, seq, 10))
+            assert eng.in_flight == 4
+            seen = set()
+            for _ in range(2):
+                req, _ = await eng.next_done()
+                seen.add(req.seq)
+            assert len(seen) == 2 and eng.in_flight == 2
+            await eng.cancel()
+            assert eng.in_flight == 0
+
+        self.run(test)
+
+    def test_the_driver_gets_the_same_outcomes_from_it(self) -> None:
+        """A plan of fixed caps through the one driver: tokens, finish and grade per query
+        are the simulated engine's."""
+
+        async def drive(eng: Any) -> list[tuple[int, bool, bool]]:
+            ts = traces(LENGTHS, CORRECT)
+            ledger = MemoryLedger(400)
+            driver = Driver(
+                items(ts),
+                OneShot([100, 50, 40, 130]),
+                eng,
+                Books(ledger),
+                ExactGrader(),
+                DriveOptions(concurrency=1, params={}),
+            )
+            await driver.run()
+            return [
+                (driver.tokens(q), driver.last[q].finish_reason == "stop", driver.grade(q).correct)  # type: ignore[union-attr]
+                for q in range(len(LENGTHS))
+            ]
+
+        got = self.run(drive)
+        assert got == [(30, True, True), (50, False, False), (5, True, False), (120, True, True)]
+
+
+class TestSimulatedEngine(EngineContract):
+    @contextlib.asynccontextmanager
+    async def engine(self, lengths: list[int], correct: list[bool]) -> AsyncIterator[Any]:
+        yield SimulatedEngine(np.asarray(lengths), np.asarray(correct))
+
+
+class TestHttpEngine(EngineContract):
+    @contextlib.asynccontextmanager
+    async def engine(self, lengths: list[int], correct: list[bool]) -> AsyncIterator[Any]:
+        server = ReplayServer(traces(lengths, correct))
+        async with serving(server.app) as url, ChatClient(url, "replay") as client:
+            yield HttpEngine(client)
+
+
+def test_the_simulated_engine_returns_requests_that_end_together_in_send_order() -> None:
+    async def go() -> list[int]:
+        eng = SimulatedEngine(np.array([10, 10, 10]), np.array([True, True, True]))
+        for seq in (0, 1, 2):
+            eng.submit(request(seq, seq, 10))
+        return [(await eng.next_done())[0].seq for _ in range(3)]
+
+    assert asyncio.run(go()) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("kind", ["force", "fallback"])
+def test_side_requests_on_the_simulated_engine_spend_their_allowance_and_answer_nothing(
+    kind: str,
+) -> None:
+    async def go() -> Completion:
+        eng = SimulatedEngine(np.array([10]), np.array([True]))
+        eng.submit(request(0, 0, 8, kind=kind))
+        _, comp = await eng.next_done()
+        assert isinstance(comp, Completion)
+        return comp
+
+    comp = asyncio.run(go())
+    assert comp.usage.completion_tokens == 8 and comp.correct is False
