@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shadowprice import GammaSCurve, allocate
-from shadowprice.evaluate import replay, split_half
 from shadowprice.engine.driver import PolicyError
+from shadowprice.evaluate import replay, split_half
 from shadowprice.evaluate.simulate import sample_worlds, simulate, spent_ceiling
 from shadowprice.fit import ShrunkCurveFitter
 from shadowprice.ledger import MemoryLedger

@@ -18,9 +18,9 @@ budget in tokens, gold answer) and returns graded, accounted results.
 from __future__ import annotations
 
 from .client import ChatClient, Completion, EngineError, Usage
+from .driver import Driver, Engine, HttpEngine, PlanItem
 from .grading import Grade, Grader, MathGrader, extract_answer, get_grader
 from .live_demo import live_demo  # the function: it shadows its module's name here
-from .driver import Driver, Engine, HttpEngine, PlanItem
 from .run import (
     FixedPlan,
     RunConfig,

@@ -320,6 +320,7 @@ async def serving(app: Any, host: str = "127.0.0.1") -> AsyncIterator[str]:
     # would otherwise wait for the client's delayed ACK (40 ms on Linux).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, 0))
+
     class Server(uvicorn.Server):
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
