@@ -5,10 +5,10 @@
     .venv/bin/python benchmarks/bench_allocate.py --before   # and the solvers before the
                                                              # speed work, in the same rounds
 
-Each of ``--repeat`` rounds times np.sort of the thresholds and every solver one after the
-other; the table gives median times and the median of the per-round ratios to the sort, so
-that machine speed and load cancel. Peak memory is traced by ``tracemalloc`` (numpy reports
-its buffers to it).
+In each of ``--repeat`` rounds every solver is timed right after np.sort of the same
+thresholds; the table gives median times and the median of those pairs' ratios, so that
+machine speed, load and the memory state cancel. Peak memory is traced by
+``tracemalloc`` (numpy reports its buffers to it).
 """
 
 from __future__ import annotations
@@ -64,24 +64,29 @@ def speed_row(
     curves = ShiftedSurge(tau, ALPHA, BETA)
     caps = rng.integers(500, 4000, n)  # per-query max_tokens: the active-set path
     budget = n * per_query
-    # Side by side: each round times the sort and every solver one after the other, so that a
-    # slow moment of the machine hits them alike; the ratios are per round, then the median.
-    rounds = []
+    solvers: list[Callable[[], object]] = [
+        lambda: allocate(curves, budget, "clear"),
+        lambda: allocate(curves, budget, "clear", max_tokens=caps),
+        lambda: allocate(curves, budget, "market"),
+    ]
+    if before is not None:
+        solvers += [
+            lambda: before(curves, budget, "clear"),
+            lambda: before(curves, budget, "market"),
+        ]
+    # Side by side: every solver is timed right after a sort of the same thresholds, so that
+    # the machine's load and the memory the previous solver left behind hit both alike; the
+    # ratios are per pair, then the median over the rounds.
+    sorts, times = [], []
     for _ in range(repeat):
-        t_sort = one_time(lambda: np.sort(tau))
-        t_clear = one_time(lambda: allocate(curves, budget, "clear"))
-        t_vec = one_time(lambda: allocate(curves, budget, "clear", max_tokens=caps))
-        t_market = one_time(lambda: allocate(curves, budget, "market"))
-        old = (0.0, 0.0)
-        if before is not None:
-            old = (
-                one_time(lambda: before(curves, budget, "clear")),
-                one_time(lambda: before(curves, budget, "market")),
-            )
-        rounds.append((t_sort, t_clear, t_vec, t_market, *old))
-    t = np.asarray(rounds)
-    med = np.median(t, axis=0)
-    ratio = np.median(t[:, 1:] / t[:, :1], axis=0)
+        for fn in solvers:
+            sorts.append(one_time(lambda: np.sort(tau)))
+            times.append(one_time(fn))
+    k = len(solvers)
+    t_sort = np.asarray(sorts).reshape(repeat, k)
+    t_solve = np.asarray(times).reshape(repeat, k)
+    med = np.concatenate([[np.median(t_sort)], np.median(t_solve, axis=0)])
+    ratio = np.median(t_solve / t_sort, axis=0)
     then = f" {ratio[3]:.1f}x | {ratio[4]:.0f}x |" if before is not None else ""
     if n <= 2000:
         oracle = f"{one_time(lambda: allocate(curves, budget, 'oracle', granularity=64)) * 1e3:.0f}"

@@ -831,9 +831,7 @@ def _clear_sorted(curves: ShiftedSurge, cons: Constraints, policy: str) -> Alloc
     # nothing (it had no demand at the price), so the list is the same.
     left, by_remainder = _spread_by_remainder(b, cons.granularity, r.cut_rows, r.cut_tokens, left)
     left, by_gain, rounds = _spread_by_gain(curves, b, f, cons, left)
-    # Abandoned queries are worth exactly 0 under a surge: evaluate the funded ones only.
-    paid = np.flatnonzero(b)
-    utility = float(curves[paid].value(b[paid].astype(float)).sum())
+    utility = _funded_value(curves, b)
     info = {
         "admitted": admitted,
         "entered": entered,
@@ -849,6 +847,18 @@ def _clear_sorted(curves: ShiftedSurge, cons: Constraints, policy: str) -> Alloc
         "sorted prefix sums",
         (b, f, utility, info),
     )
+
+
+def _funded_value(curves: ShiftedSurge, budgets: IntArray) -> float:
+    """Total value of the budgets: abandoned queries are worth exactly 0 under a surge, so
+    only the funded ones are evaluated, block by block (small temporaries)."""
+    total = 0.0
+    for start in range(0, budgets.size, BLOCK):
+        b = budgets[start : start + BLOCK]
+        paid = np.flatnonzero(b)
+        if paid.size:
+            total += float(curves[paid + start].value(b[paid].astype(float)).sum())
+    return total
 
 
 def _allocation(
