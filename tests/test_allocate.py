@@ -359,3 +359,21 @@ def test_protected_query_buys_its_best_funded_budget_not_its_floor():
     grid = np.arange(64, 886, 0.5)
     best = grid[np.argmax(curves.value(grid[None, :])[0] - 0.27 * grid)]
     assert funded[0] and b[0] == pytest.approx(best, abs=0.5)
+
+
+def test_method_names_the_solver_and_policy_stays_its_alias() -> None:
+    from shadowprice import ShiftedSurge
+    from shadowprice.allocate import METHODS, POLICIES
+
+    curves = ShiftedSurge(tau=[50.0, 120.0, 400.0], alpha=1.5, beta=0.005)
+    by_method = allocate(curves, 600, method="market")
+    for other in (allocate(curves, 600, policy="market"), allocate(curves, 600, "market")):
+        np.testing.assert_array_equal(other.budgets, by_method.budgets)
+    np.testing.assert_array_equal(
+        allocate(curves, 600).budgets, allocate(curves, 600, method="clear").budgets
+    )
+    assert POLICIES is METHODS
+    with pytest.raises(ValueError, match="two solvers"):
+        allocate(curves, 600, method="market", policy="clear")
+    with pytest.raises(ValueError, match="unknown method 'magic'"):
+        allocate(curves, 600, method="magic")

@@ -1,4 +1,4 @@
-"""One entry point for every allocation policy."""
+"""One entry point for every allocation method (solver)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ ORACLE_LEVELS = 1024
 #: Menus with more cells than this are tabulated in float32.
 LARGE_MENU = 1_000_000
 
-#: Policy names accepted by :func:`allocate`, with a one-line description each.
-POLICIES: dict[str, str] = {
+#: Methods (solvers) accepted by :func:`allocate`, with a one-line description each.
+METHODS: dict[str, str] = {
     "clear": "CLEAR market price; closed-form demand where the curve has one, else the envelope",
     "market": "one market price over each query's concave envelope on a budget grid (any curve)",
     "oracle": "exact optimum on the budget grid (multiple-choice knapsack DP); small N only",
@@ -34,14 +34,28 @@ POLICIES: dict[str, str] = {
     "greedy": "myopic greedy on marginal utility per token",
     "length": "each query its predicted needed length, scaled to fit (TALE-EP idea)",
 }
+#: The same, under the name ``allocate(policy=...)`` used before ``method=``.
+POLICIES = METHODS
+
+
+def _method(method: str | None, policy: str | None) -> str:
+    """The solver asked for: ``method``, or its alias ``policy`` (default ``"clear"``)."""
+    if method is not None and policy is not None and method != policy:
+        raise ValueError(
+            f"method={method!r} and policy={policy!r} name two solvers: give one (policy is "
+            f"the older name of method)"
+        )
+    chosen = method if method is not None else policy
+    return "clear" if chosen is None else chosen
 
 
 def _check_options(
-    policy: str, samples: Sequence[int] | None, leftover: str, accounting: str
+    policy: str, samples: Sequence[int] | None, leftover: str, accounting: str, name: str
 ) -> None:
-    """Validate :func:`allocate`'s choices; the message names the argument."""
-    if policy not in POLICIES:
-        raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    """Validate :func:`allocate`'s choices; the message names the argument (``name``: how
+    the solver was given, ``method`` or ``policy``)."""
+    if policy not in METHODS:
+        raise ValueError(f"unknown {name} {policy!r}; choose one of {', '.join(METHODS)}")
     if samples is not None and policy not in ("market", "oracle"):
         raise ValueError("samples= applies to the 'market' and 'oracle' policies only")
     if leftover not in LEFTOVER_MODES:
@@ -57,8 +71,9 @@ def _check_options(
 def allocate(
     curves: UtilityCurve,
     budget: int,
-    policy: str = "clear",
+    method: str | None = None,
     *,
+    policy: str | None = None,
     min_tokens: ArrayLike | None = None,
     max_tokens: ArrayLike | None = None,
     granularity: int = 1,
@@ -77,8 +92,11 @@ def allocate(
         Utility of each of N queries as a function of its budget (e.g. :class:`ShiftedSurge`).
     budget : int
         Total tokens B > 0 shared by all queries.
-    policy : str
-        One of :data:`POLICIES`.
+    method : str, optional
+        The solver: one of :data:`METHODS` (default ``"clear"``), as ``scipy.optimize``'s
+        ``method=`` names the algorithm.
+    policy : str, optional
+        The older name of ``method`` (either may be given, not two different ones).
     min_tokens, max_tokens : int or array (N,), optional
         Limits of a funded query's budget; abandoned queries get 0.
     granularity : int
@@ -127,7 +145,9 @@ def allocate(
         raise TypeError(
             f"curves must be a UtilityCurve (e.g. ShiftedSurge), got {type(curves).__name__}"
         )
-    _check_options(policy, samples, leftover, accounting)
+    name = "method" if method is not None else "policy"
+    policy = _method(method, policy)
+    _check_options(policy, samples, leftover, accounting, name)
     cons = make_constraints(
         curves.n,
         budget,

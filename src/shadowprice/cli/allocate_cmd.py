@@ -277,7 +277,7 @@ def _allocate(
     if fallback_tokens <= 0:
         from shadowprice import allocate
 
-        return allocate(curves, total, policy, **kwargs), 0
+        return allocate(curves, total, policy=policy, **kwargs), 0
     from shadowprice.engine.planning import plan_budgets
 
     planned = plan_budgets(curves, total, policy, fallback_tokens=fallback_tokens, **kwargs)
