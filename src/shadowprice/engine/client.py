@@ -25,6 +25,7 @@ from typing import Any, Literal, Self
 import httpx
 
 from ..usage import count_completion, error_charge, read_usage
+from .transport import HttpClient
 
 TokenParam = Literal["auto", "max_tokens", "max_completion_tokens", "both"]
 #: How a request that stopped on its cap is continued: ``prefill`` (llama.cpp's server continues
@@ -192,7 +193,8 @@ class ChatClient:
     extra_body : dict, optional
         Fields added to every request body.
     http : httpx.AsyncClient, optional
-        A client to share (not closed by :meth:`aclose`).
+        A client to share (not closed by :meth:`aclose`); default: the package's own
+        (:class:`~shadowprice.engine.transport.HttpClient`, shared with the gateway).
 
     Raises
     ------
@@ -234,10 +236,11 @@ class ChatClient:
         self.extra_body = dict(extra_body or {})
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._own_http = http is None
-        self._http = http or httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
+        self._http = http or HttpClient(
             headers=headers,
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            timeout=timeout,
+            connect_timeout=min(10.0, timeout),
+            max_connections=256,
         )
 
     async def __aenter__(self) -> Self:
