@@ -126,8 +126,8 @@ def _request(url: str, body: dict[str, Any], path: str, hang_up: bool, out: Outc
     except httpx.TimeoutException as exc:
         out.error = f"left: {type(exc).__name__}"  # the client gave up: its choice
         out.status = -1
-    except httpx.TransportError as exc:
-        out.error = f"{type(exc).__name__}: {exc}"
+    except httpx.TransportError as exc:  # before or after the headers: the connection was lost
+        out.status, out.error = None, f"{type(exc).__name__}: {exc}"
     return out
 
 
