@@ -10,8 +10,9 @@ reserves in its own ledger too (both or neither).
 **Reservations lapse unless renewed.** Every reservation is made with a TTL; the gateway calls
 :meth:`Decider.renew` every third of it, which extends the reservations of requests whose task
 is still running. A request whose task ended without settling (cancelled, crashed) is not
-renewed, so its reservation lapses and its tokens return, in process as in Redis (where a
-replica that died stops renewing the same way). A host whose hooks run in other tasks than the
+renewed, so its reservation lapses, in process as in Redis (where a replica that died stops
+renewing the same way), and is charged in full (the ledger's default: its server may have
+generated every token). A host whose hooks run in other tasks than the
 decision (the LiteLLM plugin) decides with ``track=False`` and settles or :meth:`Decider.abandon`
 s each grant itself.
 
