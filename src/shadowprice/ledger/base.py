@@ -48,8 +48,8 @@ class Reservation:
     tag : str
         Free text for logs and journals (e.g. the query id).
     expires_at : float or None
-        Wall-clock time (seconds since the epoch) after which the reservation lapses and its
-        tokens return to the pool; None = never.
+        Wall-clock time (seconds since the epoch) after which the reservation lapses (charged
+        in full, or given back with ``on_lapse="release"``); None = never.
     """
 
     id: str
@@ -153,7 +153,7 @@ class Ledger(Protocol):
         tag : str
             Recorded with the reservation.
         ttl : float, optional
-            Seconds after which an unsettled reservation lapses and its tokens return.
+            Seconds after which an unsettled reservation lapses (see the module docstring).
 
         Returns
         -------
@@ -174,7 +174,8 @@ class Ledger(Protocol):
         """Keep an open reservation ``ttl`` seconds longer from now (a request still running).
 
         A holder that stops renewing (its task was cancelled, its process died) lets the
-        reservation lapse and its tokens return. A reservation made without a ``ttl`` gets one.
+        reservation lapse (see the module docstring). A reservation made without a ``ttl``
+        gets one.
 
         Returns
         -------
