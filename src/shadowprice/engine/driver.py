@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from ..ledger import InProcess
 from ..live.base import Action, LivePolicy
 from ..live.oneshot import DROPPED_REASON
 from .books import Books, UnreadableStreak
@@ -310,6 +311,8 @@ class Driver:
         self.on_record: list[Callable[[dict[str, Any]], None]] = []
         self._open: dict[int, Any] = {}  # request seq -> reservation
         self._seq = 0
+        ledger = books.ledger
+        self._book = ledger.book if isinstance(ledger, InProcess) else None
 
     # -- the loop -------------------------------------------------------------------------
     async def run(self) -> None:
@@ -330,6 +333,8 @@ class Driver:
 
     async def available(self) -> int:
         """Tokens the ledger has available now."""
+        if self._book is not None:  # in this process: no need to go through the protocol
+            return self._book.available()
         return (await self.books.ledger.state()).available
 
     async def _fill(self) -> None:
@@ -365,16 +370,16 @@ class Driver:
     def _send(self, act: Action, res: Any) -> None:
         q = act.query
         item = self.items[q]
-        params = {**self.options.params, **item.params}
+        params = {**self.options.params, **item.params} if item.params else self.options.params
         if act.kind in OWN:
             self.cap[q] = int(act.cap)
             self.requests[q] += 1
             self.extensions[q] += act.kind == "extend"
-            messages = list(item.messages)
+            messages = item.messages
             if self.text[q]:
-                messages.append({"role": "assistant", "content": self.text[q]})
+                messages = [*messages, {"role": "assistant", "content": self.text[q]}]
                 if self.options.continuation == "vllm":
-                    params.update(VLLM_CONTINUE)
+                    params = {**params, **VLLM_CONTINUE}
         elif act.kind == "force":
             messages = forcing_messages(item.messages, self.text[q])
         else:

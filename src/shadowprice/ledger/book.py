@@ -106,6 +106,15 @@ class Book:
     def _index(self) -> int:
         return 0 if self.period is None else int(self._clock() // self.period)
 
+    def _tick(self) -> tuple[int, _Period]:
+        """Expire what has lapsed; the current period's index and books."""
+        if self._expiry:
+            self._expire(self._clock())
+        if self.period is None:  # one period: no clock needed
+            return 0, self._periods[0]
+        index = self._index()
+        return index, self._book(index)
+
     def _book(self, index: int) -> _Period:
         book = self._periods.get(index)
         if book is None:
@@ -139,10 +148,7 @@ class Book:
         """See :meth:`shadowprice.ledger.Ledger.reserve`."""
         want, least = check_reservation(tokens, min_tokens, ttl)
         with self._lock:
-            now = self._clock()
-            self._expire(now)
-            index = self._index()
-            book = self._book(index)
+            index, book = self._tick()
             free = self._total - book.spent - book.reserved
             grant = min(want, free)
             if grant < least:
@@ -153,7 +159,7 @@ class Book:
                 tokens=grant,
                 period=index,
                 tag=tag,
-                expires_at=None if ttl is None else now + ttl,
+                expires_at=None if ttl is None else self._clock() + ttl,
             )
             self._open[res.id] = res
             if res.expires_at is not None:
@@ -164,7 +170,8 @@ class Book:
         """See :meth:`shadowprice.ledger.Ledger.settle`."""
         used = check_tokens("used", used)
         with self._lock:
-            self._expire(self._clock())  # a reservation past its TTL settles as lapsed
+            if self._expiry:  # a reservation past its TTL settles as lapsed
+                self._expire(self._clock())
             if reservation.id in self._settled:
                 return Settlement(0, "duplicate")
             book = self._book(reservation.period) if reservation.period in self._periods else None
@@ -210,12 +217,17 @@ class Book:
     def state(self) -> LedgerState:
         """See :meth:`shadowprice.ledger.Ledger.state`."""
         with self._lock:
-            self._expire(self._clock())
-            index = self._index()
-            book = self._book(index)
+            index, book = self._tick()
             return LedgerState(
                 self._total, book.spent, book.reserved, book.overrun, index, book.lapsed
             )
+
+    def available(self) -> int:
+        """Tokens neither spent nor reserved now (``state().available``, without building the
+        state: a driver asks before every request)."""
+        with self._lock:
+            _, book = self._tick()
+            return max(0, self._total - book.spent - book.reserved)
 
     def __repr__(self) -> str:
         s = self.state()
