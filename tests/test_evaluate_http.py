@@ -20,14 +20,14 @@ from typer.testing import CliRunner
 from shadowprice.cli import app
 from shadowprice.evaluate import EVAL_POLICIES, evaluate
 from shadowprice.evaluate.policies import FitContext
-from shadowprice.evaluate.simulate import SimulationResult, drive_worlds, sample_worlds
+from shadowprice.evaluate.simulate import WorldResult, drive_worlds, sample_worlds
 from shadowprice.evaluate.splits import split_half
 from shadowprice.traces import TraceSet, load_traces
 
 FIELDS = ("answered", "spent", "allotted", "requests", "finished")
 
 
-def outcomes(runs: list[SimulationResult]) -> dict[str, np.ndarray]:
+def outcomes(runs: list[WorldResult]) -> dict[str, np.ndarray]:
     return {f: np.stack([getattr(r, f) for r in runs]) for f in FIELDS}
 
 
@@ -127,3 +127,33 @@ def test_evaluate_refuses_an_unknown_engine() -> None:
         evaluate(ts, [100], ["uniform"], accounting="spent", engine="gpu")
     r = CliRunner().invoke(app, ["evaluate", "bundled:qwen25-math-math100", "--engine", "gpu"])
     assert r.exit_code == 2 and "--engine must be one of sim, http" in r.output
+
+
+def test_every_result_reports_the_same_core_under_the_same_names() -> None:
+    """A run's summary, a world's run and a replay share the core fields (Scored), each with
+    one summary() for JSON that keeps its own field names."""
+    from shadowprice import allocate
+    from shadowprice.engine.records import RunSummary, Scored
+    from shadowprice.engine.run import summarize
+    from shadowprice.evaluate.replay import replay
+
+    ts = load_traces("qwen25-math-math100")
+    ctx = FitContext(*split_half(ts, 0))
+    world = drive_worlds(
+        EVAL_POLICIES["uniform"].executor(ctx, 20_000), ctx.score, sample_worlds(ctx.score), 20_000
+    )[0]
+    rep = replay(allocate(ctx.shrunk, 20_000, method="market", grid=ctx.grid), ctx.score)
+    run = summarize(
+        [{"id": "a", "status": "done", "budget": 30, "tokens": 20, "gold": "1", "correct": True},
+         {"id": "b", "status": "abandoned", "budget": 0, "tokens": 0, "gold": "2"}],
+        100,
+    )  # fmt: skip
+    for result in (world, rep, run):
+        assert isinstance(result, Scored)
+        assert result.within_budget and 0 <= result.abandonment <= 1
+        assert result.tokens_spent <= result.budget and result.accuracy is not None
+        json.dumps(result.summary())
+    assert isinstance(run, RunSummary)
+    assert (run.tokens_spent, run.tokens_allotted, run.abandonment) == (20, 30, 0.5)
+    assert run.summary()["tokens_used"] == run["tokens_used"] == 20  # the JSON names stay
+    assert world.budget == 20_000 and rep.budget == 20_000

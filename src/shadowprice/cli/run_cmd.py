@@ -197,7 +197,7 @@ def run_command(
         _resume_error(exc, out)
     except RunInterrupted as exc:
         _stopped(exc, files.summary, qf.n)
-    _report(report.summary, policy, out, fmt)
+    _report(report.summary.summary(), policy, out, fmt)
     if report.summary["errors"]:
         raise typer.Exit(code=EXIT_FAILED)
 

@@ -480,7 +480,7 @@ def read_batch(
         records.append(row)
         if sample is not None:
             traces.append(_trace(qid, question, gold, sample, req.model))
-    summary = summarize(records, sum(r.allowance for r in reqs.values()))
+    summary = summarize(records, sum(r.allowance for r in reqs.values())).summary()
     summary.update(
         requests=len(reqs),
         answered=sum(1 for r in records if r["status"] in ("done", "fallback")),

@@ -118,7 +118,7 @@ def live_demo(
             config=RunConfig(concurrency=concurrency, force_tokens=force),
         )
         _print_run(console, policy, report)
-        summaries[policy] = report.summary
+        summaries[policy] = report.summary.summary()
     console.print(f"results in {out_root}")
     del server  # the embedded server stops with the process; drop our reference
     return summaries

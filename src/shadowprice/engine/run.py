@@ -46,6 +46,7 @@ from .books import Books, charges_by_query
 from .client import ChatClient, Continuation
 from .driver import DriveOptions, Driver, Engine, HttpEngine, PlanItem, Priced
 from .grading import Grader, get_grader
+from .records import QueryRecord, RunSummary
 from .results import (
     FINAL_STATUSES,
     RunFiles,
@@ -127,8 +128,8 @@ class RunConfig:
 class RunReport:
     """All final records of a run (resumed ones included) and its summary."""
 
-    records: list[dict[str, Any]]
-    summary: dict[str, Any]
+    records: list[QueryRecord]
+    summary: RunSummary
 
 
 def check_template(template: str) -> str:
@@ -172,8 +173,8 @@ def plan_identity(items: Sequence[PlanItem]) -> dict[str, str]:
 
 
 def summarize(
-    records: Sequence[dict[str, Any]], total_budget: int, *, spent: int | None = None
-) -> dict[str, Any]:
+    records: Sequence[Mapping[str, Any]], total_budget: int, *, spent: int | None = None
+) -> RunSummary:
     """Accuracy, tokens used vs budget, abandoned/forced/error counts.
 
     ``records`` are the final records (one per query); ``spent`` is the ledger's total,
@@ -184,26 +185,26 @@ def summarize(
     correct = sum(1 for r in graded if r.get("correct"))
     used = sum(int(r.get("tokens", 0)) for r in records) if spent is None else spent
     statuses = [r.get("status") for r in records]
-    return {
-        "queries": len(records),
-        "funded": sum(1 for r in records if int(r.get("budget", 0)) > 0),
-        "abandoned": statuses.count("abandoned") + statuses.count("fallback"),
-        "fallback": statuses.count("fallback"),
-        "errors": statuses.count("error"),
-        "graded": len(graded),
-        "correct": correct,
+    return RunSummary(
+        queries=len(records),
+        funded=sum(1 for r in records if int(r.get("budget", 0)) > 0),
+        abandoned=statuses.count("abandoned") + statuses.count("fallback"),
+        fallback=statuses.count("fallback"),
+        errors=statuses.count("error"),
+        graded=len(graded),
+        correct=correct,
         # Abandoned and failed queries count as wrong: accuracy is over the whole batch.
-        "accuracy": correct / len(graded) if graded else None,
-        "budget": int(total_budget),
-        "accounting": "spent",
-        "tokens_used": int(used),
-        "within_budget": int(used) <= int(total_budget),
-        "allocated": sum(int(r.get("budget", 0)) for r in records),
-        "prompt_tokens": sum(int(r.get("prompt_tokens", 0)) for r in records),
-        "truncated": sum(1 for r in records if r.get("finish_reason") == "length"),
-        "forced": sum(1 for r in records if r.get("forced")),
-        "forcing_tokens": sum(int(r.get("forcing_tokens", 0)) for r in records),
-    }
+        accuracy=correct / len(graded) if graded else None,
+        budget=int(total_budget),
+        accounting="spent",
+        tokens_spent=int(used),
+        within_budget=int(used) <= int(total_budget),
+        tokens_allotted=sum(int(r.get("budget", 0)) for r in records),
+        prompt_tokens=sum(int(r.get("prompt_tokens", 0)) for r in records),
+        truncated=sum(1 for r in records if r.get("finish_reason") == "length"),
+        forced=sum(1 for r in records if r.get("forced")),
+        forcing_tokens=sum(int(r.get("forcing_tokens", 0)) for r in records),
+    )
 
 
 def _check_plan(items: Sequence[PlanItem], total_budget: int) -> None:
@@ -444,13 +445,13 @@ async def execute_policy(
             await ledger.aclose()
 
     final = latest_by_id([*history, *written])
-    records = [final[i] for i in ids_of(items) if i in final]
+    records = [QueryRecord.of(final[i]) for i in ids_of(items) if i in final]
     own = ledger.charged if isinstance(ledger, Recoverable) and shared is not None else None
     summary = run_summary(records, state, recovery, own)
     if shared is not None:
         summary.update(shared_budget=state.total, shared_spent=state.spent)
     if plan.name:
-        summary["policy"] = plan.name
+        summary.update(policy=plan.name)
     summary.update(
         resumed=len(done),
         executed=len(pending),
@@ -557,7 +558,7 @@ def close_report(
     if cut is not None:
         report.summary.update(interrupted=stopped_by(stop), cancelled_requests=cut)
     if files is not None:
-        write_json_atomic(files.summary, report.summary)
+        write_json_atomic(files.summary, report.summary.summary())
     if cut is not None:
         if stop is not None:
             stop.report = report
@@ -621,11 +622,11 @@ def ids_of(items: Sequence[PlanItem]) -> list[str]:
 
 
 def run_summary(
-    records: Sequence[dict[str, Any]],
+    records: Sequence[Mapping[str, Any]],
     state: LedgerState,
     recovery: Recovery | None = None,
     charged: int | None = None,
-) -> dict[str, Any]:
+) -> RunSummary:
     """:func:`summarize` with the ledger's accounting: settled, counted-unsettled, overrun.
 
     ``charged`` is this run's own spending when the budget is shared with other workers

@@ -49,7 +49,8 @@ _SALT = 0xB007_0001
 
 @dataclass(frozen=True)
 class ReplayResult:
-    """What an allocation scored on a trace set.
+    """What an allocation scored on a trace set (a
+    :class:`~shadowprice.engine.records.Scored` result).
 
     Attributes
     ----------
@@ -67,6 +68,8 @@ class ReplayResult:
         Each query's expected accuracy (for paired comparisons).
     spent_per_query : ndarray (N,)
         Each query's expected spend in tokens.
+    budget : float
+        The allocation's budget (what its caps had to fit); for bare caps, their total.
     """
 
     accuracy: float
@@ -76,10 +79,21 @@ class ReplayResult:
     abandoned: float
     per_query: FloatArray
     spent_per_query: FloatArray
+    budget: float = 0.0
 
     @property
     def n(self) -> int:
         return int(self.per_query.size)
+
+    @property
+    def abandonment(self) -> float:
+        """Share of the queries given no tokens (:attr:`abandoned`)."""
+        return self.abandoned
+
+    @property
+    def within_budget(self) -> bool:
+        """The caps fit the budget (allotted accounting: what the budget bounds)."""
+        return bool(self.tokens_allotted <= self.budget)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready dict (per-query arrays left out)."""
@@ -90,6 +104,8 @@ class ReplayResult:
             "tokens_allotted": self.tokens_allotted,
             "tokens_spent": self.tokens_spent,
             "abandoned": self.abandoned,
+            "budget": self.budget,
+            "within_budget": self.within_budget,
         }
 
 
@@ -238,8 +254,10 @@ def replay(
     """
     if not isinstance(traces, TraceSet):
         raise TypeError(f"traces must be a TraceSet, got {type(traces).__name__}")
+    budget = float("nan")  # caps alone: their total is the budget they were given
     if isinstance(allocation_or_budgets, Allocation):
         b = np.asarray(allocation_or_budgets.budgets, dtype=float)
+        budget = float(allocation_or_budgets.budget)
         if samples is None:
             samples = allocation_or_budgets.samples
     else:
@@ -281,4 +299,5 @@ def replay(
         abandoned=float(np.mean(~active)),
         per_query=acc,
         spent_per_query=spent,
+        budget=budget if budget == budget else float((np.where(active, b, 0.0) * k).sum()),
     )

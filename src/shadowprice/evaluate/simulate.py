@@ -54,7 +54,7 @@ from ..traces import TraceSet
 __all__ = [
     "DEFAULT_CONCURRENCY",
     "ENGINES",
-    "SimulationResult",
+    "WorldResult",
     "Worlds",
     "drive_worlds",
     "run_now",
@@ -72,8 +72,9 @@ _SALT_WORLDS = 0x5107_0001
 
 
 @dataclass(frozen=True)
-class SimulationResult:
-    """What one simulated run did, per query and in total.
+class WorldResult:
+    """What one run of a policy on one world did, per query and in total (a
+    :class:`~shadowprice.engine.records.Scored` result).
 
     Attributes
     ----------
@@ -121,6 +122,16 @@ class SimulationResult:
     def tokens_allotted(self) -> int:
         return int(self.allotted.sum())
 
+    @property
+    def abandonment(self) -> float:
+        """Share of the queries never sent."""
+        return float((self.requests == 0).mean()) if self.n else 0.0
+
+    @property
+    def within_budget(self) -> bool:
+        """The ledger held: nothing generated past the budget or past a cap."""
+        return self.ledger.spent <= self.budget and self.ledger.overrun == 0
+
     def summary(self) -> dict[str, Any]:
         """JSON-ready totals (spent accounting: the budget bounded what was generated)."""
         return {
@@ -129,13 +140,15 @@ class SimulationResult:
             "budget": self.budget,
             "tokens_spent": self.tokens_spent,
             "tokens_allotted": self.tokens_allotted,
+            "abandonment": self.abandonment,
+            "within_budget": self.within_budget,
             "requests": int(self.requests.sum()),
             "sent": int((self.requests > 0).sum()),
             "ticks": self.ticks,
         }
 
     @classmethod
-    def of(cls, driver: Driver, ledger: LedgerState, ticks: int = 0) -> SimulationResult:
+    def of(cls, driver: Driver, ledger: LedgerState, ticks: int = 0) -> WorldResult:
         """The per-query outcome of a finished drive (on either engine)."""
         n = len(driver.items)
         requests = np.asarray(driver.requests, dtype=np.int64)
@@ -203,7 +216,7 @@ def simulate(
     concurrency: int = DEFAULT_CONCURRENCY,
     ledger: MemoryLedger | None = None,
     crash: CrashModel | None = None,
-) -> SimulationResult:
+) -> WorldResult:
     """Run ``policy`` on one world (see module docstring): the one driver on the simulated
     engine.
 
@@ -243,7 +256,7 @@ def simulate(
     options = DriveOptions(concurrency, {}, "prefill", records=False)
     driver = Driver(_items(L.size), policy, engine, Books(book), ExactGrader(), options)
     run_now(driver.run())
-    return SimulationResult.of(driver, book.state_now(), engine.now)
+    return WorldResult.of(driver, book.state_now(), engine.now)
 
 
 def drive_worlds(
@@ -254,7 +267,7 @@ def drive_worlds(
     *,
     concurrency: int = DEFAULT_CONCURRENCY,
     engine: str = "sim",
-) -> list[SimulationResult]:
+) -> list[WorldResult]:
     """Run a fresh policy ``make()`` on each world drawn from ``traces``.
 
     Parameters
@@ -280,7 +293,7 @@ def drive_worlds(
 
     Returns
     -------
-    list of SimulationResult
+    list of WorldResult
         One per world.
     """
     if engine not in ENGINES:
@@ -303,7 +316,7 @@ def _scratch() -> str | None:
 
 async def _http_worlds(
     make: Callable[[], LivePolicy], traces: TraceSet, worlds: Worlds, budget: int, concurrency: int
-) -> list[SimulationResult]:
+) -> list[WorldResult]:
     """:func:`drive_worlds` through a replay server (see there)."""
     server = ReplayServer(traces)
     out = []
@@ -326,7 +339,7 @@ async def _http_worlds(
                 try:
                     driver = Driver(items, make(), engine, Books(ledger), ExactGrader(), options)
                     await driver.run()
-                    out.append(SimulationResult.of(driver, await ledger.state()))
+                    out.append(WorldResult.of(driver, await ledger.state()))
                 finally:
                     await ledger.aclose()
     return out
