@@ -91,7 +91,7 @@ def test_references_and_unknown_names_are_refused(ctx: FitContext) -> None:
         ctx.curves("true")
     assert policy_info("true-clear") is REFERENCES["true-clear"]
     with pytest.raises(ValueError, match="curves must be one of"):
-        EvalPolicy("x", "y", curves="smooth", solver="market")
+        EvalPolicy("x", "y", curves="smooth", method="market")
 
 
 def test_readme_says_which_clear_is_which() -> None:
@@ -100,3 +100,14 @@ def test_readme_says_which_clear_is_which() -> None:
         assert f"`{name}`" in text, name
     # The solver and the two evaluation policies that share the word are told apart.
     assert 'allocate(…, policy="clear")' in text and "`clear-paper`" in text
+
+
+def test_run_takes_its_policies_and_their_methods_from_the_registry() -> None:
+    from shadowprice.allocate import METHODS
+    from shadowprice.cli.run_cmd import _POLICIES
+
+    runnable = {name: p.run_method for name, p in EVAL_POLICIES.items() if p.run_method}
+    assert set(_POLICIES) == set(runnable)
+    assert all(m in METHODS or m == "live" for m in runnable.values())
+    # The recommendation: the market price on fitted curves, the clear method on given ones.
+    assert (EVAL_POLICIES["clear"].method, runnable["clear"]) == ("market", "clear")

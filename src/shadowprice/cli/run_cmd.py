@@ -36,6 +36,8 @@ from .options import (
 )
 from .queries import query_curves, read_query_file
 
+#: The policies run takes: the registry's entries with a run method (a test keeps the two in
+#: step; listed here so the help needs no import of the registry).
 _POLICIES = ("clear-live", "clear", "market", "uniform", "proportional", "greedy", "length")
 #: The live policy: prices as requests end, reclaims, extends (see shadowprice.live).
 CONTINUATION_HELP = (
@@ -133,6 +135,7 @@ def run_command(
     Exit status: 0 success, 1 some queries ended in error (re-run to retry them), 2 bad
     input, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM); re-run to resume.
     """
+    from shadowprice.curves import TabulatedCurve
     from shadowprice.engine.live import LiveRunOptions
     from shadowprice.engine.planning import LIVE_POLICY, Batch, run_batch
     from shadowprice.engine.results import RunFiles
@@ -140,6 +143,7 @@ def run_command(
     from shadowprice.ledger import JournalMismatch, LedgerError
 
     fmt = check_format(fmt)
+    method = _run_method(policy)
     files = RunFiles.of(out)
     check_outputs(
         [("--output", files.results), ("--output", files.journal), ("--output", files.summary)],
@@ -184,10 +188,11 @@ def run_command(
             deadline=deadline,
             max_retries=retries,
             release_unsettled=release_unsettled,
-            grid=getattr(qc.curves, "grid", None),
+            grid=qc.curves.grid if isinstance(qc.curves, TabulatedCurve) else None,
             state=state,
             state_name=state_name,
             live=LiveRunOptions(continuation=continuation, max_tokens=max_tokens),  # type: ignore[arg-type]
+            method=method,
         )
     except LedgerError as exc:
         if isinstance(exc, JournalMismatch):
@@ -200,6 +205,17 @@ def run_command(
     _report(report.summary.summary(), policy, out, fmt)
     if report.summary["errors"]:
         raise typer.Exit(code=EXIT_FAILED)
+
+
+def _run_method(policy: str) -> str:
+    """The allocate method (or ``live``) the registry gives ``policy`` for a query file's
+    curves."""
+    from shadowprice.evaluate.policies import EVAL_POLICIES
+
+    entry = EVAL_POLICIES.get(policy)
+    if entry is None or entry.run_method is None:
+        fail(f"--policy must be one of {', '.join(_POLICIES)}, got {policy!r}")
+    return entry.run_method
 
 
 def _stopped(exc: Any, summary: Path, n: int) -> NoReturn:

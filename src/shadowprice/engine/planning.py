@@ -39,13 +39,14 @@ class PlannedBudgets:
 def plan_budgets(
     curves: Any,
     budget: int,
-    policy: str = "clear",
+    method: str = "clear",
     *,
     force_tokens: int = 0,
     fallback_tokens: int = 0,
     **allocate_kwargs: Any,
 ) -> PlannedBudgets:
-    """Allocate ``budget`` over ``curves``, leaving room for forcing and fallbacks.
+    """Allocate ``budget`` over ``curves`` with ``method`` (a :func:`shadowprice.allocate`
+    method), leaving room for forcing and fallbacks.
 
     With forcing on, each funded query may need ``force_tokens`` more; with fallbacks on, each
     abandoned query may need ``fallback_tokens``. The reserve depends on how many are funded,
@@ -54,14 +55,14 @@ def plan_budgets(
     from shadowprice import allocate
 
     reserve = 0
-    alloc = allocate(curves, budget, policy, **allocate_kwargs)
+    alloc = allocate(curves, budget, method, **allocate_kwargs)
     for _ in range(5):
         funded = int(np.count_nonzero(alloc.budgets))
         need = funded * force_tokens + (alloc.budgets.size - funded) * fallback_tokens
         if need <= reserve:
             break
         reserve = min(need, budget)
-        alloc = allocate(curves, budget - reserve, policy, **allocate_kwargs)
+        alloc = allocate(curves, budget - reserve, method, **allocate_kwargs)
     return PlannedBudgets(np.asarray(alloc.budgets, dtype=np.int64), reserve, alloc)
 
 
@@ -140,8 +141,14 @@ def run_batch(
     state: str | None = None,
     state_name: str = "run",
     live: LiveRunOptions | None = None,
+    method: str | None = None,
 ) -> RunReport:
     """Price ``budget`` over a batch with ``policy`` and execute it on ``endpoint``.
+
+    ``policy`` names the run (its records, summary and journal say it); ``method`` is the
+    :func:`shadowprice.allocate` method that prices the curves (default: the policy's name,
+    e.g. ``uniform``); the command line takes it from the policy registry
+    (:attr:`shadowprice.evaluate.EvalPolicy.run_method`).
 
     ``policy="clear-live"`` (:data:`LIVE_POLICY`) runs the live planner: queries start as the
     price allows, tokens a finished query leaves go to the next ones, and a request that
@@ -178,7 +185,7 @@ def run_batch(
         "state": state,
         "state_name": state_name,
     }
-    if policy == LIVE_POLICY:
+    if policy == LIVE_POLICY or method == "live":
         if config.force_tokens or config.fallback_tokens:
             raise ValueError(
                 "clear-live continues requests that stop on their cap instead of forcing an "
@@ -199,7 +206,7 @@ def run_batch(
     planned = plan_budgets(
         curves,
         budget,
-        policy,
+        policy if method is None else method,
         force_tokens=config.force_tokens,
         fallback_tokens=config.fallback_tokens,
         **extra,

@@ -238,7 +238,7 @@ class SyntheticSetting:
             DemoPolicy(
                 paper.name,
                 "CLEAR, paper recipe (surge, true tau)",
-                lambda total: allocate(surge, total, paper.solver),
+                lambda total: allocate(surge, total, paper.method),
             ),
             DemoPolicy(
                 "uniform",
@@ -249,14 +249,14 @@ class SyntheticSetting:
                 market.name,
                 market.legend,
                 lambda total: allocate(
-                    truth, total, market.solver, granularity=ORACLE_GRANULARITY, grid=grid(total)
+                    truth, total, market.method, granularity=ORACLE_GRANULARITY, grid=grid(total)
                 ),
             ),
             DemoPolicy(
                 oracle.name,
                 oracle.legend,
                 lambda total: allocate(
-                    truth, total, oracle.solver, granularity=ORACLE_GRANULARITY, grid=grid(total)
+                    truth, total, oracle.method, granularity=ORACLE_GRANULARITY, grid=grid(total)
                 ),
             ),
         ]

@@ -1,21 +1,29 @@
-"""The one registry of evaluation policies: what each name means, and how to run it.
+"""The one registry of policies: what each name means, and how to run it.
 
-An *evaluation policy* turns curves fitted on the fit split, and a total budget, into an
-:class:`~shadowprice.Allocation`; replay then scores it on the score split. Each entry of
-:data:`EVAL_POLICIES` says exactly what it does: which curves (:data:`CURVES`: what they are
-and how they are fitted), which solver of :func:`shadowprice.allocate` prices them, and
-whether it is a runnable policy or a hindsight ceiling. The bench, the demo and the command
-line read names, labels, descriptions and the hindsight flag from here.
+A *policy* is a named recipe: which curves (:data:`CURVES`: what they are and how they are
+fitted) and which *method* of :func:`shadowprice.allocate` prices them (a method is a solver,
+as ``scipy.optimize`` names its algorithms). Evaluated, a policy turns curves fitted on the
+fit split, and a total budget, into an :class:`~shadowprice.Allocation`; replay then scores it
+on the score split. Each entry of :data:`EVAL_POLICIES` says exactly what it does, whether it
+is a runnable policy or a hindsight ceiling, and (:attr:`EvalPolicy.run_method`) the method
+``shadowprice run --policy NAME`` applies to a query file's curves (its thresholds, given or
+predicted). ``run``, ``evaluate``, the bench and the demo read names, labels, descriptions and
+methods from here.
+
+Words, everywhere: the *budget* is the total; a *cap* is one request's ``max_tokens``;
+*allotted* tokens are the caps summed; *spent* tokens are the ones generated.
 
 **"clear" names three things; here is which is which.**
 
-* ``allocate(curves, B, policy="clear")`` is a *solver*: CLEAR's bisection on the price with
-  closed-form demand (Lambert W), for curves that have it (``ShiftedSurge``, ``GammaSCurve``).
-* The evaluation policy ``clear`` is shadowprice's recommendation: the ``market`` solver (one
-  price over concave envelopes on a grid) on empirical-Bayes *shrunk* curves.
-* The evaluation policy ``clear-paper`` is the paper's recipe: the ``clear`` solver on a
-  fitted shifted surge. The synthetic demo's surge series is this recipe on the stream's true
-  thresholds, and carries this name.
+* ``allocate(curves, B, method="clear")`` is a *method*: CLEAR's bisection on the price with
+  closed-form demand (Lambert W), for curves that have it (``ShiftedSurge``, ``GammaSCurve``),
+  the concave envelope otherwise.
+* The policy ``clear`` is shadowprice's recommendation: evaluated, the ``market`` method (one
+  price over concave envelopes on a grid) on empirical-Bayes *shrunk* curves; run, the
+  ``clear`` method on the query file's curves.
+* The policy ``clear-paper`` is the paper's recipe: the ``clear`` method on a fitted shifted
+  surge. The synthetic demo's surge series is this recipe on the stream's true thresholds,
+  and carries this name.
 
 Every policy sees only a :class:`FitContext`: curves fitted on the *fit* split. The
 exceptions are the ceilings (``hindsight=True``: ``oracle``, ``oracle-samples``), which solve
@@ -36,18 +44,23 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ..allocate import allocate
 from ..curves import EmpiricalCurve, GammaSCurve, ShiftedSurge, TabulatedCurve, UtilityCurve
-from ..fit import GammaFitter, ShrunkCurveFitter, SurgeFitter, default_grid, empirical_curves
 from ..live import ClearLive, LivePolicy, OneShot
 from ..solve.menus import ACCOUNTINGS
 from ..solve.result import Allocation
 from ..traces import TraceSet
+
+if TYPE_CHECKING:
+    from ..fit import ShrunkCurveFitter
+
+# The fitters (scipy.stats) are imported where they are used: ``run`` reads this registry
+# without fitting anything.
 
 __all__ = [
     "CURVES",
@@ -106,10 +119,14 @@ class FitContext:
     @cached_property
     def grid(self) -> NDArray[np.int64]:
         """Budget grid of the fitted curves and grid solvers: 96 geometric levels (tokens)."""
+        from ..fit import default_grid
+
         return default_grid(self.fit, levels=96)
 
     @cached_property
     def _shrunk_fitter(self) -> ShrunkCurveFitter:
+        from ..fit import ShrunkCurveFitter
+
         return ShrunkCurveFitter(grid=self.grid, strength=self.strength).fit(self.fit)
 
     @cached_property
@@ -124,6 +141,8 @@ class FitContext:
     @cached_property
     def raw(self) -> UtilityCurve:
         """Each query's raw empirical curve from the fit split (the overfitting baseline)."""
+        from ..fit import empirical_curves
+
         if self.same_queries:
             return empirical_curves(self.fit)
         emp = empirical_curves(self.fit)
@@ -133,6 +152,8 @@ class FitContext:
     @cached_property
     def surge(self) -> ShiftedSurge:
         """The paper's shifted surge (alpha, beta shared, tau per query)."""
+        from ..fit import SurgeFitter
+
         f = SurgeFitter().fit(self.fit)
         if self.same_queries:
             return f.curves_
@@ -143,6 +164,8 @@ class FitContext:
     @cached_property
     def gamma(self) -> GammaSCurve:
         """Shrunk shifted-Gamma S-curves."""
+        from ..fit import GammaFitter
+
         f = GammaFitter(self.strength).fit(self.fit)
         if self.same_queries:
             return f.curves_
@@ -151,6 +174,8 @@ class FitContext:
     @cached_property
     def hindsight(self) -> EmpiricalCurve:
         """The SCORE split's empirical curves: only the hindsight oracle may use these."""
+        from ..fit import empirical_curves
+
         return empirical_curves(self.score)
 
     def curves(self, kind: str) -> UtilityCurve:
@@ -219,9 +244,9 @@ class EvalPolicy:
         One line: what the policy does.
     curves : str
         Which curves it is given: a key of :data:`CURVES`.
-    solver : str
-        The :func:`shadowprice.allocate` policy that prices those curves (``"market"``,
-        ``"clear"``, ``"oracle"``, ...).
+    method : str
+        The :func:`shadowprice.allocate` method that prices those curves (``"market"``,
+        ``"clear"``, ``"oracle"``, ...; ``"live"`` for the live planner).
     hindsight : bool
         True for a ceiling that looks at the score split: not a runnable policy.
     label : str
@@ -243,12 +268,16 @@ class EvalPolicy:
         ``live(ctx, total_budget) -> LivePolicy``: a policy that decides as requests end
         (``clear-live``); without it, the allocation runs as a one-shot plan
         (:class:`~shadowprice.live.OneShot`) under spent accounting.
+    run_method : str, optional
+        What ``shadowprice run --policy NAME`` does with a query file's curves: the
+        :func:`shadowprice.allocate` method, or ``"live"`` (the live planner); None: ``run``
+        cannot run it (it needs fitted or hindsight curves).
     """
 
     name: str
     description: str
     curves: str
-    solver: str
+    method: str
     hindsight: bool = False
     label: str = ""
     legend: str = ""
@@ -257,6 +286,7 @@ class EvalPolicy:
     run: Callable[[FitContext, int], Allocation] | None = field(default=None, repr=False)
     accounting: tuple[str, ...] = ACCOUNTINGS
     live: Callable[[FitContext, int], LivePolicy] | None = field(default=None, repr=False)
+    run_method: str | None = None
 
     def __post_init__(self) -> None:
         if self.curves not in CURVES:
@@ -267,6 +297,11 @@ class EvalPolicy:
             object.__setattr__(self, "label", ORACLE_LABEL if self.hindsight else self.name)
         if not self.legend:
             object.__setattr__(self, "legend", self.label)
+
+    @property
+    def solver(self) -> str:
+        """The older name of :attr:`method`."""
+        return self.method
 
     @property
     def runnable(self) -> bool:
@@ -298,7 +333,7 @@ class EvalPolicy:
             options["grid"] = ctx.grid
         if self.samples is not None:
             options["samples"] = self.samples
-        return allocate(ctx.curves(self.curves), budget, self.solver, **options)
+        return allocate(ctx.curves(self.curves), budget, self.method, **options)
 
     def executor(self, ctx: FitContext, budget: int) -> Callable[[], LivePolicy]:
         """What runs under spent accounting: a factory of fresh live policies (one per
@@ -397,16 +432,18 @@ EVAL_POLICIES: dict[str, EvalPolicy] = {
             "uniform",
             "the same cap B/N for every query",
             curves="raw",
-            solver="uniform",
+            method="uniform",
+            run_method="uniform",
         ),
         EvalPolicy(
             "clear",
             "shadowprice's recommendation: one market price over empirical-Bayes "
             "shrunk curves fitted on the fit split",
             curves="shrunk",
-            solver="market",
+            method="market",
             grid=True,
             legend="CLEAR (market, shrunk curves)",
+            run_method="clear",
         ),
         EvalPolicy(
             "clear-live",
@@ -414,17 +451,18 @@ EVAL_POLICIES: dict[str, EvalPolicy] = {
             "shrunk curves, re-cleared as requests end (unused reservations return), capped "
             "requests continued when the price says so, lengths recalibrated online",
             curves="shrunk",
-            solver="live",
+            method="live",
             accounting=("spent",),
             live=_clear_live,
             legend="CLEAR live (spend-aware, re-cleared, extended)",
+            run_method="live",
         ),
         EvalPolicy(
             "clear-spent",
             "one market price over the shrunk curves' expected spend (sum of E[min(L, b)] "
             "<= B), run as a one-shot plan: spend-aware, but not re-cleared",
             curves="shrunk",
-            solver="market",
+            method="market",
             grid=True,
             accounting=("spent",),
             run=_clear_spent,
@@ -435,48 +473,61 @@ EVAL_POLICIES: dict[str, EvalPolicy] = {
             "the paper's recipe: shifted surge (alpha, beta shared, tau = "
             "shortest correct length per query), closed-form CLEAR",
             curves="surge",
-            solver="clear",
+            method="clear",
             legend="CLEAR, paper recipe (surge)",
         ),
         EvalPolicy(
             "clear-gamma",
             "CLEAR closed form on shrunk shifted-Gamma S-curves",
             curves="gamma",
-            solver="clear",
+            method="clear",
         ),
         EvalPolicy(
             "market-raw",
             "market price on each query's raw empirical curve from the fit "
             "split (overfits few samples)",
             curves="raw",
-            solver="market",
+            method="market",
         ),
         EvalPolicy(
             "proportional",
             "caps proportional to the shrunk curves' thresholds",
             curves="shrunk",
-            solver="proportional",
+            method="proportional",
+            run_method="proportional",
         ),
         EvalPolicy(
             "length",
             "each query the length where its shrunk curve reaches 90% of its "
             "ceiling, scaled to fit (TALE-EP idea)",
             curves="shrunk",
-            solver="length",
+            method="length",
+            run_method="length",
         ),
         EvalPolicy(
             "greedy",
             "myopic greedy on marginal accuracy per token (shrunk curves)",
             curves="shrunk",
-            solver="greedy",
+            method="greedy",
             grid=True,
+            run_method="greedy",
+        ),
+        EvalPolicy(
+            "market",
+            "one market price over the concave envelopes of the curves on a budget grid: "
+            "evaluated on the shrunk curves (the same budgets as clear), run on the query "
+            "file's curves (where clear uses their closed form)",
+            curves="shrunk",
+            method="market",
+            grid=True,
+            run_method="market",
         ),
         EvalPolicy(
             "clear-samples",
             "one market price over (k samples x b tokens) menus, k in "
             "{1, 2, 4}, on shrunk curves valued as pass@k",
             curves="shrunk",
-            solver="market",
+            method="market",
             grid=True,
             samples=(1, 2, 4),
             # The serving-engine simulator runs one sample per query.
@@ -488,7 +539,7 @@ EVAL_POLICIES: dict[str, EvalPolicy] = {
             "score split's own curves (allotted accounting); the correct scoring samples, "
             "shortest first, until the budget is spent (spent accounting)",
             curves="hindsight",
-            solver="oracle",
+            method="oracle",
             hindsight=True,
             run=_oracle,
         ),
@@ -498,7 +549,7 @@ EVAL_POLICIES: dict[str, EvalPolicy] = {
             "on the score split, valued as replay scores it: the hindsight ceiling of "
             "clear-samples",
             curves="hindsight",
-            solver="oracle",
+            method="oracle",
             hindsight=True,
             label="hindsight oracle over k x b (ceiling)",
             samples=(1, 2, 4),
@@ -519,7 +570,7 @@ REFERENCES: dict[str, EvalPolicy] = {
             "replayed on the same held-out halves; the attainable reference (needs knowledge "
             "no policy has)",
             curves="true",
-            solver="clear",
+            method="clear",
             label="CLEAR on the true curves (reference, not runnable)",
         ),
         EvalPolicy(
@@ -527,7 +578,7 @@ REFERENCES: dict[str, EvalPolicy] = {
             "one market price over the concave envelopes of a synthetic stream's true "
             "curves (budgets multiples of 64 tokens, up to 8192)",
             curves="true",
-            solver="market",
+            method="market",
             label="market (true curves)",
         ),
         EvalPolicy(
@@ -535,7 +586,7 @@ REFERENCES: dict[str, EvalPolicy] = {
             "exact knapsack on a synthetic stream's true curves over budgets that are "
             "multiples of 64 tokens (up to 8192): exact on that grid only",
             curves="true",
-            solver="oracle",
+            method="oracle",
             label="oracle (true curves, 64-token grid)",
         ),
     ]

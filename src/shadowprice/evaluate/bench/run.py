@@ -351,7 +351,7 @@ def _true_clear(stream: BenchStream, budget: int, seed: int) -> dict[str, Any]:
     assert stream.truth is not None
     ref = REFERENCES[TRUE_CLEAR]
     ts = stream.traces
-    alloc = allocate(stream.truth, int(budget) * ts.n, ref.solver)
+    alloc = allocate(stream.truth, int(budget) * ts.n, ref.method)
     acc = allotted = spent = 0.0
     for r in range(stream.repeats):
         _, score = split_half(ts, seed + r)
