@@ -470,7 +470,9 @@ def test_a_timeout_after_sending_is_charged_and_ends_the_call(server: FakeServer
 
     async def main() -> None:
         async with ChatClient(server.url, "fake", timeout=0.2, max_retries=50) as client:
-            with pytest.raises(EngineError, match=r"ReadTimeout\b.*after the request was sent") as e:
+            with pytest.raises(
+                EngineError, match=r"ReadTimeout\b.*after the request was sent"
+            ) as e:
                 await client.chat([{"role": "user", "content": "need=1 ans=1"}], 5)
             assert e.value.attempts == 1 and e.value.charge == 5  # it may have been billed
 
