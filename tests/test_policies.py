@@ -98,8 +98,8 @@ def test_readme_says_which_clear_is_which() -> None:
     text = README.read_text(encoding="utf-8")
     for name in EVAL_POLICIES:
         assert f"`{name}`" in text, name
-    # The solver and the two evaluation policies that share the word are told apart.
-    assert 'allocate(…, policy="clear")' in text and "`clear-paper`" in text
+    # The method and the two policies that share the word are told apart.
+    assert 'allocate(…, method="clear")' in text and "`clear-paper`" in text
 
 
 def test_run_takes_its_policies_and_their_methods_from_the_registry() -> None:
