@@ -339,7 +339,7 @@ class Driver:
 
     async def _fill(self) -> None:
         while self.engine.in_flight < self.options.concurrency:
-            available = await self.available()
+            available = self._book.available() if self._book else await self.available()
             act = self.policy.next_start(available)
             if act is None:
                 return
@@ -438,7 +438,8 @@ class Driver:
         else:
             self.fallback[q] = outcome
         capped = kind in OWN and outcome.finish_reason == "length"
-        nxt = self.policy.on_finish(q, used, capped, await self.available())
+        available = self._book.available() if self._book else await self.available()
+        nxt = self.policy.on_finish(q, used, capped, available)
         if nxt is None:
             if kind == "fallback":
                 self.finish(q, "fallback", self.unfunded[q])

@@ -174,7 +174,7 @@ class Book:
                 self._expire(self._clock())
             if reservation.id in self._settled:
                 return Settlement(0, "duplicate")
-            book = self._book(reservation.period) if reservation.period in self._periods else None
+            book = self._periods.get(reservation.period)
             open_ = self._open.pop(reservation.id, None)
             lapsed = self._lapsed.pop(reservation.id, None)
             self._settled[reservation.id] = reservation.period
