@@ -252,7 +252,7 @@ class TestJournal(LedgerContract):
 
 def test_capabilities_are_declared_and_checked_with_isinstance(tmp_path: Any) -> None:
     """Optional capabilities are protocols: a caller asks ``isinstance``, never ``getattr``."""
-    from shadowprice.ledger import Book, InProcess, Recoverable, SharedLedger
+    from shadowprice.ledger import Book, InProcess, Periodic, Recoverable, SharedLedger
 
     memory = MemoryLedger(10)
     journal = JournalLedger(tmp_path / "a.journal", 10, config={})
@@ -266,6 +266,7 @@ def test_capabilities_are_declared_and_checked_with_isinstance(tmp_path: Any) ->
         shared.book  # noqa: B018
     for led in (memory, journal, shared):
         assert isinstance(led, Ledger)
+    assert isinstance(memory, Periodic) and not isinstance(journal, Periodic)
     run(journal.aclose())
     run(shared.aclose())
 

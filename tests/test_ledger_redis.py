@@ -201,3 +201,12 @@ def test_one_lapse_policy_per_budget() -> None:
         await reader.aclose()
 
     run(go())
+
+
+def test_redis_declares_its_capabilities() -> None:
+    from shadowprice.ledger import InProcess, Periodic, Recoverable, SharedLedger
+
+    led = redis_ledger(100, period=60.0)
+    assert isinstance(led, SharedLedger) and isinstance(led, Periodic)
+    assert not isinstance(led, InProcess) and not isinstance(led, Recoverable)
+    run(led.aclose())

@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 from scipy import stats
 
 from ..allocate import allocate
-from ..curves import GammaSCurve, ShiftedSurge, UtilityCurve
+from ..curves import GammaSCurve, ShiftedSurge, TabulatedCurve, UtilityCurve
 from ..fit import SurgeFitter
 from ..predict import ThresholdPredictor, expected_curves
 from ..predict.data import PROXY_SETS, normalize_text, traced_thresholds
@@ -364,10 +364,9 @@ def crossfit_allocation(
             for p in ALLOCATION_POLICIES:
                 c = curves[p]
                 pol = _SOLVER.get(p, "clear")
-                grid = getattr(c, "grid", None)
                 al = (
-                    allocate(c, total, pol, grid=grid)
-                    if grid is not None
+                    allocate(c, total, pol, grid=c.grid)
+                    if isinstance(c, TabulatedCurve)
                     else allocate(c, total, pol)
                 )
                 r = replay(al, score, n_boot=0)

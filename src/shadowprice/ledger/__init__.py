@@ -14,7 +14,8 @@ where it lives:
 
 Optional capabilities are protocols checked with ``isinstance``: :class:`InProcess` (a
 :class:`Book` at hand for synchronous callers), :class:`Recoverable` (a journal: what a crash
-left, what this run charged) and :class:`SharedLedger` (a value every process agrees on).
+left, what this run charged), :class:`Periodic` (a budget that renews every period) and
+:class:`SharedLedger` (a value every process agrees on).
 """
 
 from .base import (
@@ -23,6 +24,7 @@ from .base import (
     LedgerError,
     LedgerState,
     OnLapse,
+    Periodic,
     Recoverable,
     Recovery,
     Reservation,
@@ -44,6 +46,7 @@ __all__ = [
     "LedgerState",
     "MemoryLedger",
     "OnLapse",
+    "Periodic",
     "Recoverable",
     "Recovery",
     "Reservation",

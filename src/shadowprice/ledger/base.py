@@ -241,6 +241,16 @@ class SharedLedger(Protocol):
 
 
 @runtime_checkable
+class Periodic(Protocol):
+    """A ledger whose budget renews every period (memory, Redis; a journal accounts one run)."""
+
+    @property
+    def period(self) -> float | None:
+        """Length of a budget period in seconds (None: one period for the ledger's life)."""
+        ...
+
+
+@runtime_checkable
 class Recoverable(Protocol):
     """A ledger that outlives its process (the journal): what earlier runs left, and what
     this run has charged."""
