@@ -1,6 +1,7 @@
 """Soak the gateway under random fault sequences: does the budget hold?
 
     .venv/bin/python benchmarks/bench_faults.py [--sequences 40] [--steps 25] [--seed 0]
+        [--budget 3000]
 
 Runs the state machine of ``tests/test_serve_fault_sequences.py`` (one or two ``shadowprice
 serve`` replicas on one real Redis, fail closed or open, in front of the fault-capable fake
@@ -35,7 +36,9 @@ def main() -> None:
     ap.add_argument("--sequences", type=int, default=40)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--budget", type=int, default=seq.BUDGET, help="tokens per sequence")
     args = ap.parse_args()
+    seq.BUDGET = args.budget  # read by the state machine at each sequence
     app, log = fake_upstream(speed=4000, worst_case=True, pause=2.0, keep_bodies=False)
     t0 = time.perf_counter()
     with LocalRedis() as redis, ServerThread(app) as up:
