@@ -36,20 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from ..ledger import Ledger
 from ..live.base import LivePolicy
-from .client import CONTINUATIONS, ChatClient, Continuation
-from .driver import VLLM_CONTINUE, Driver, Engine, PlanItem
-from .grading import Grader
+from .client import CONTINUATIONS, Continuation
+from .driver import VLLM_CONTINUE, Driver, PlanItem
 from .results import RunFiles
-from .run import (
-    Interruption,
-    RunConfig,
-    RunReport,
-    execute_policy,
-    plan_identity,
-    run_connected,
-)
+from .run import RunConfig, RunReport, plan_identity, run_plan
 
 __all__ = [
     "CONTINUATIONS",
@@ -57,7 +48,7 @@ __all__ = [
     "Continuation",
     "LivePlan",
     "LiveRunOptions",
-    "execute_live",
+    "live_plan",
     "run_live",
 ]
 
@@ -166,79 +157,6 @@ class LivePlan:
         return {"continuation": continuation, "live": policy.summary()}
 
 
-async def execute_live(
-    items: Sequence[PlanItem],
-    curves: Any,
-    client: Engine | ChatClient,
-    *,
-    total_budget: int,
-    out: str | Path | None = None,
-    config: RunConfig | None = None,
-    options: LiveRunOptions | None = None,
-    grader: Grader | str | None = "math",
-    identity: Mapping[str, Any] | None = None,
-    release_unsettled: bool = False,
-    shared: Ledger | None = None,
-    stop: Interruption | None = None,
-) -> RunReport:
-    """Run ``items`` with the live planner on ``curves`` (one per item) under ``total_budget``.
-
-    Parameters
-    ----------
-    items : sequence of PlanItem
-        The queries (their ``budget`` is ignored: the planner sets caps as it goes).
-    curves : UtilityCurve
-        One curve per item, ideally with a length model (spend); see
-        :class:`~shadowprice.live.ClearLive`.
-    client : Engine or ChatClient
-    total_budget : int
-        Completion tokens the run may generate in all.
-    out : path, optional
-        Results JSONL; its journal beside it makes the run resumable.
-    config : RunConfig, optional
-        Concurrency, sampling parameters, progress bar (answer forcing and fallbacks are not
-        used: capped requests are continued instead).
-    options : LiveRunOptions, optional
-    grader : Grader or str, optional
-    identity : mapping, optional
-        What else must match for a resume.
-    release_unsettled : bool
-        On resume, count requests a crash left in flight as never billed.
-    shared : Ledger, optional
-        A budget shared with other workers (e.g. Redis): every reservation goes through it
-        too. The planner plans on what was available when it started; the shared ledger
-        still refuses anything the others have taken meanwhile.
-    stop : Interruption, optional
-        Names the signal when the run is cancelled to stop it (see
-        :func:`~shadowprice.engine.run.run_connected`).
-
-    Raises
-    ------
-    asyncio.CancelledError
-        When cancelled; if ``stop`` names a signal, after the requests in flight are counted
-        as spent in full, their queries recorded as failed, the journal closed and the
-        summary written (see :func:`~shadowprice.engine.run.execute_policy`).
-    """
-    config = config or RunConfig()
-    options = options or LiveRunOptions()
-    _check_live(items, curves, config, options)
-    files = RunFiles.of(out) if out is not None else None
-    plan = LivePlan(curves, [item.id for item in items], options, _previous_session(files))
-    return await execute_policy(
-        items,
-        client,
-        plan,
-        total_budget=total_budget,
-        out=out,
-        config=config,
-        grader=grader,
-        identity=identity,
-        release_unsettled=release_unsettled,
-        shared=shared,
-        stop=stop,
-    )
-
-
 def _check_live(
     items: Sequence[PlanItem], curves: Any, config: RunConfig, options: LiveRunOptions
 ) -> None:
@@ -273,53 +191,34 @@ def run_live(
     items: Sequence[PlanItem],
     curves: Any,
     *,
-    endpoint: str,
-    model: str,
-    total_budget: int,
+    options: LiveRunOptions | None = None,
+    out: str | Path | None = None,
+    config: RunConfig | None = None,
+    **run: Any,
+) -> RunReport:
+    """Run ``items`` with the live planner on ``curves`` (one per item):
+    :func:`~shadowprice.engine.run.run_plan` with a :class:`LivePlan`; ``run`` are its other
+    keyword arguments (``endpoint``, ``model``, ``total_budget``, ...).
+
+    The items' ``budget`` is ignored: the planner sets caps as it goes. ``config`` sets the
+    concurrency, sampling parameters and progress bar; answer forcing and fallbacks are not
+    used (capped requests are continued instead).
+    """
+    return run_plan(
+        items, plan=live_plan(items, curves, out, config, options), out=out, config=config, **run
+    )
+
+
+def live_plan(
+    items: Sequence[PlanItem],
+    curves: Any,
     out: str | Path | None = None,
     config: RunConfig | None = None,
     options: LiveRunOptions | None = None,
-    grader: Grader | str | None = "math",
-    api_key: str | None = None,
-    timeout: float = 600.0,
-    deadline: float | None = None,
-    max_retries: int = 4,
-    identity: Mapping[str, Any] | None = None,
-    release_unsettled: bool = False,
-    state: str | None = None,
-    state_name: str = "run",
-) -> RunReport:
-    """Synchronous wrapper around :func:`execute_live` that owns its client (and, with
-    ``state`` = ``redis://HOST:PORT/DB``, the budget shared in Redis under ``state_name``)."""
-
-    async def main(
-        client: ChatClient, shared: Ledger | None, ident: dict[str, Any], stop: Interruption
-    ) -> RunReport:
-        return await execute_live(
-            items,
-            curves,
-            client,
-            total_budget=total_budget,
-            out=out,
-            config=config,
-            options=options,
-            grader=grader,
-            identity=ident,
-            release_unsettled=release_unsettled,
-            shared=shared,
-            stop=stop,
-        )
-
-    return run_connected(
-        main,
-        endpoint=endpoint,
-        model=model,
-        total_budget=total_budget,
-        api_key=api_key,
-        timeout=timeout,
-        deadline=deadline,
-        max_retries=max_retries,
-        identity=identity,
-        state=state,
-        state_name=state_name,
-    )
+) -> LivePlan:
+    """The :class:`LivePlan` of ``items`` and their ``curves``, checked (and, for a run
+    re-run with ``out``, what its planner reported last time)."""
+    options = options or LiveRunOptions()
+    _check_live(items, curves, config or RunConfig(), options)
+    files = RunFiles.of(out) if out is not None else None
+    return LivePlan(curves, [item.id for item in items], options, _previous_session(files))

@@ -4,9 +4,11 @@
 beside the results, over a shared Redis budget if asked), finds what earlier runs of the same
 configuration finished and charged, builds the policy over the queries still to run and
 drives it (:class:`~.driver.Driver`) on an engine, then brings the results in line with the
-books and writes the summary. :func:`execute` runs a plan of fixed caps (:class:`FixedPlan`:
-a :class:`~shadowprice.live.OneShot` with answer forcing and fallbacks);
-:func:`~.live.execute_live` the live planner. Guarantees:
+books and writes the summary. A :class:`RunPlan` says what runs: :class:`FixedPlan` (a
+:class:`~shadowprice.live.OneShot` of the items' caps, answer forcing and fallbacks;
+:func:`execute` for short) or :class:`~.live.LivePlan` (the live planner).
+:func:`run_plan` is the synchronous entry that owns the client (``shadowprice run``).
+Guarantees:
 
 * a request is sent only under a ledger reservation of its ``max_tokens``; with an output
   file the reservation is in the write-ahead journal (fsynced) before the request leaves, so
@@ -32,7 +34,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
@@ -377,7 +379,7 @@ async def execute_policy(
         A budget shared with other workers (e.g. a Redis ledger): this run's reservations
         are made there (and journalled here).
     stop : Interruption, optional
-        Names the signal when the run is cancelled to stop it (see :func:`run_connected`);
+        Names the signal when the run is cancelled to stop it (see :func:`run_plan`);
         any other cancellation leaves the books as a crash would (requests in flight open in
         the journal, counted on resume).
 
@@ -481,37 +483,19 @@ async def execute(
     items: Sequence[PlanItem],
     client: Engine | ChatClient,
     *,
-    total_budget: int,
-    out: str | Path | None = None,
     config: RunConfig | None = None,
-    grader: Grader | str | None = "math",
-    identity: Mapping[str, Any] | None = None,
-    release_unsettled: bool = False,
-    shared: Ledger | None = None,
-    stop: Interruption | None = None,
+    **session: Any,
 ) -> RunReport:
-    """Run a plan of fixed caps (``items``' budgets, 0 = abandoned) under ``total_budget``:
-    :func:`execute_policy` with :class:`FixedPlan` (answer forcing and fallbacks as
-    ``config`` says); see it for the parameters."""
+    """Run a plan of fixed caps (``items``' budgets, 0 = abandoned): :func:`execute_policy`
+    with :class:`FixedPlan` (answer forcing and fallbacks as ``config`` says); ``session``
+    are :func:`execute_policy`'s keyword arguments (``total_budget``, ``out``, ...)."""
     config = config or RunConfig()
     plan = FixedPlan(config.force_tokens, config.fallback_tokens)
-    return await execute_policy(
-        items,
-        client,
-        plan,
-        total_budget=total_budget,
-        out=out,
-        config=config,
-        grader=grader,
-        identity=identity,
-        release_unsettled=release_unsettled,
-        shared=shared,
-        stop=stop,
-    )
+    return await execute_policy(items, client, plan, config=config, **session)
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """A run stopped by a signal, after settling its books (see :func:`run_connected`).
+    """A run stopped by a signal, after settling its books (see :func:`run_plan`).
 
     A :class:`KeyboardInterrupt`, so code that handles Ctrl-C handles it.
 
@@ -694,12 +678,17 @@ class Progress:
             self._bar.__exit__(None, None, None)
 
 
+#: Signals that stop a run cleanly (books settled, summary written) instead of killing it.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def run_plan(
     items: Sequence[PlanItem],
     *,
     endpoint: str,
     model: str,
     total_budget: int,
+    plan: RunPlan | None = None,
     out: str | Path | None = None,
     config: RunConfig | None = None,
     grader: Grader | str | None = "math",
@@ -712,76 +701,23 @@ def run_plan(
     state: str | None = None,
     state_name: str = "run",
 ) -> RunReport:
-    """Synchronous wrapper around :func:`execute` that owns its client (and shared ledger).
+    """Run ``plan`` over ``items`` on ``endpoint`` (:func:`execute_policy`), owning the client
+    and, with ``state``, the shared ledger: what ``shadowprice run`` calls.
 
-    ``timeout`` bounds one attempt, ``deadline`` one query over all its attempts (seconds).
-    ``state`` (``redis://HOST:PORT/DB``) keeps the budget in Redis under ``state_name``, so
-    several workers on several machines share one budget (see
-    :class:`~shadowprice.ledger.redis.RedisLedger`). SIGINT and SIGTERM stop the run
-    cleanly: :class:`RunInterrupted` (see :func:`run_connected`).
-    """
-
-    async def main(
-        client: ChatClient, shared: Ledger | None, ident: dict[str, Any], stop: Interruption
-    ) -> RunReport:
-        return await execute(
-            items,
-            client,
-            total_budget=total_budget,
-            out=out,
-            config=config,
-            grader=grader,
-            identity=ident,
-            release_unsettled=release_unsettled,
-            shared=shared,
-            stop=stop,
-        )
-
-    return run_connected(
-        main,
-        endpoint=endpoint,
-        model=model,
-        total_budget=total_budget,
-        api_key=api_key,
-        timeout=timeout,
-        deadline=deadline,
-        max_retries=max_retries,
-        identity=identity,
-        state=state,
-        state_name=state_name,
-    )
-
-
-#: Signals that stop a run cleanly (books settled, summary written) instead of killing it.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def run_connected(
-    main: Callable[[ChatClient, Ledger | None, dict[str, Any], Interruption], Awaitable[RunReport]],
-    *,
-    endpoint: str,
-    model: str,
-    total_budget: int,
-    api_key: str | None = None,
-    timeout: float = 600.0,
-    deadline: float | None = None,
-    max_retries: int = 4,
-    identity: Mapping[str, Any] | None = None,
-    state: str | None = None,
-    state_name: str = "run",
-) -> RunReport:
-    """Run ``main(client, shared ledger, identity, interruption)`` once, owning the client
-    and the ledger.
-
-    With ``state`` (``redis://HOST:PORT/DB``) the budget lives in Redis under ``state_name``
-    and the run's identity names it (without any password), so a resume against another
-    shared budget is refused.
+    ``plan`` defaults to the items' fixed caps (:class:`FixedPlan`, with the forcing and
+    fallbacks of ``config``). ``timeout`` bounds one attempt, ``deadline`` one query over all
+    its attempts (seconds). With ``state`` (``redis://HOST:PORT/DB``) the budget lives in
+    Redis under ``state_name``, shared by every worker that names it (see
+    :class:`~shadowprice.ledger.redis.RedisLedger`), and the run's identity names it (without
+    any password), so a resume against another shared budget is refused.
 
     Called from the main thread, SIGINT (Ctrl-C) and SIGTERM (``timeout``, systemd,
-    Kubernetes) cancel ``main``, which stops sending, counts the requests in flight as spent
-    in full, closes its journal and writes its summary; then :class:`RunInterrupted` is
-    raised. The previous handlers are restored afterwards.
+    Kubernetes) stop the run cleanly: nothing more is sent, the requests in flight are counted
+    as spent in full, the journal is closed and the summary written; then
+    :class:`RunInterrupted` is raised. The previous handlers are restored afterwards.
     """
+    config = config or RunConfig()
+    plan = plan or FixedPlan(config.force_tokens, config.fallback_tokens)
     ident = dict(identity or {})
     shared: Ledger | None = None
     if state is not None:
@@ -803,7 +739,19 @@ def run_connected(
                     deadline=deadline,
                     max_retries=max_retries,
                 ) as client:
-                    return await main(client, shared, ident, stop)
+                    return await execute_policy(
+                        items,
+                        client,
+                        plan,
+                        total_budget=total_budget,
+                        out=out,
+                        config=config,
+                        grader=grader,
+                        identity=ident,
+                        release_unsettled=release_unsettled,
+                        shared=shared,
+                        stop=stop,
+                    )
         except asyncio.CancelledError:
             if stop.signal is None:
                 raise

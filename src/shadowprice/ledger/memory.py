@@ -13,19 +13,10 @@ class MemoryLedger:
 
     Parameters
     ----------
-    total : int
-        Budget per period, tokens (>= 0).
-    period : float, optional
-        Length of a budget period in seconds: the budget renews at every multiple of
-        ``period`` since the epoch (so replicas and restarts agree on boundaries). None: one
-        period for the ledger's whole life (a batch run).
-    spent : int
-        Tokens already spent in the current period (a resumed run).
-    clock : callable, optional
-        Wall clock in seconds (default :func:`time.time`); tests pass a fake one.
-    on_lapse : {'spend', 'release'}
-        What a reservation that lapses costs: its whole allowance (default), or nothing (its
-        tokens return to the pool); see :mod:`shadowprice.ledger.base`.
+    total, period, spent, clock, on_lapse
+        Those of its :class:`~shadowprice.ledger.book.Book`: the budget per period, the
+        period's length in seconds (None: one period), tokens already spent, the wall clock,
+        and what a lapsed reservation costs (see :mod:`shadowprice.ledger.base`).
 
     Attributes
     ----------
