@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any, TextIO
 from .client import ChatClient, EngineError
 from .grading import Grader, get_grader
 from .results import append_record, latest_by_id, open_for_append, read_records
+from .run import check_settings
 
 
 @dataclass
@@ -55,13 +55,8 @@ class CollectConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first setting out of range."""
-        for name in ("samples", "max_tokens", "concurrency"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
-        t = self.params.get("temperature")
-        if t is not None and not (isinstance(t, int | float) and math.isfinite(t) and t >= 0):
-            raise ValueError(f"temperature must be a finite number >= 0, got {t!r}")
+        names = ("samples", "max_tokens", "concurrency")
+        check_settings({n: (getattr(self, n), 1) for n in names}, self.params)
 
 
 def sidecar_path(out: str | Path) -> Path:

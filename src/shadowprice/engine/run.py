@@ -116,14 +116,23 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first setting out of range."""
-        for name in ("concurrency", "force_tokens", "fallback_tokens"):
-            v = getattr(self, name)
-            low = 1 if name == "concurrency" else 0
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
-        t = self.params.get("temperature")
-        if t is not None and not (isinstance(t, int | float) and math.isfinite(t) and t >= 0):
-            raise ValueError(f"temperature must be a finite number >= 0, got {t!r}")
+        check_settings(
+            {"concurrency": (self.concurrency, 1)}
+            | {n: (getattr(self, n), 0) for n in ("force_tokens", "fallback_tokens")},
+            self.params,
+        )
+
+
+def check_settings(counts: Mapping[str, tuple[Any, int]], params: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the first count (``name -> (value, least)``) that is not a
+    whole number of at least its least, or a sampling temperature that is not a finite
+    number >= 0."""
+    for name, (v, low) in counts.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"{name} must be a whole number >= {low}, got {v!r}")
+    t = params.get("temperature")
+    if t is not None and not (isinstance(t, int | float) and math.isfinite(t) and t >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {t!r}")
 
 
 @dataclass

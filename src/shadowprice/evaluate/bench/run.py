@@ -16,7 +16,7 @@ from ...allocate import allocate
 from ...traces import load_paper_results
 from ..policies import EVAL_POLICIES, REFERENCES
 from ..replay import replay
-from ..runner import evaluate
+from ..runner import COLUMNS, evaluate
 from ..splits import split_half
 from .figures import plot_frontier, plot_paper_style, plot_ratio, plot_spent
 from .report import prediction_section, render_report, spent_section
@@ -59,18 +59,7 @@ SPENT_POLICIES: tuple[str, ...] = ("uniform", "clear", "clear-spent", "clear-liv
 RESULT_COLUMNS = [
     "stream",
     "kind",
-    "policy",
-    "label",
-    "budget",
-    "accuracy",
-    "accuracy_ci_low",
-    "accuracy_ci_high",
-    "tokens_allotted",
-    "tokens_spent",
-    "abandoned",
-    "vs_uniform",
-    "vs_uniform_ci_low",
-    "vs_uniform_ci_high",
+    *COLUMNS[: COLUMNS.index("vs_uniform_ci_high") + 1],  # evaluate's, policy to vs_uniform
     "ratio_uniform",
     "share_oracle",
     "n_queries",
