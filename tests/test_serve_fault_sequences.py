@@ -77,7 +77,16 @@ class Replica:
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-            self.proc.wait(timeout=30)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # what is it waiting on? then put it down
+                self.proc.send_signal(signal.SIGUSR1)
+                time.sleep(2)
+                self.proc.kill()
+                self._reader.join(timeout=5)
+                raise AssertionError(
+                    "replica did not stop within 30 s of SIGTERM:\n" + "".join(self.log)[-20000:]
+                ) from None
         self._reader.join(timeout=5)
 
 

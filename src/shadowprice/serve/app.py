@@ -23,7 +23,8 @@ requests; 502/504 say an upstream failed, 503 that the ledger is away. Internal 
 
 Responses carry ``x-shadowprice-allowance`` and ``x-shadowprice-price``. Three loops run
 beside the requests: the price update (every ``tick``), the renewal of running requests'
-reservations (every third of their TTL) and the upstream health checks.
+reservations (every third of their TTL) and the upstream health checks. ``kill -USR1`` prints
+every task's stack on stderr (what a stuck process is waiting on).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -151,6 +154,9 @@ class Gateway:
                 else "requests are refused (503) until it answers",
             )
         tasks = [asyncio.create_task(_every(step, seconds)) for step, seconds in loops]
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            # Operators (and tests) ask a stuck process what it is waiting on: kill -USR1.
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _dump_tasks)
         try:
             yield
         finally:
@@ -438,6 +444,15 @@ async def _read(chunks: AsyncIterator[bytes], limit: int) -> bytes:
             raise _TooLarge(f"upstream answer larger than {limit} bytes")
         parts.append(chunk)
     return b"".join(parts)
+
+
+def _dump_tasks() -> None:
+    """Every asyncio task's stack on stderr (SIGUSR1)."""
+    tasks = asyncio.all_tasks()
+    print(f"shadowprice serve: {len(tasks)} tasks", file=sys.stderr, flush=True)
+    for t in tasks:
+        t.print_stack(file=sys.stderr)
+    sys.stderr.flush()
 
 
 async def _every(step: Callable[[], Awaitable[Any]], seconds: float) -> None:
