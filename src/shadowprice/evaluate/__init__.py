@@ -9,6 +9,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# Imported at once: its function ``replay`` has its module's name, and a submodule imported
+# later would otherwise rebind the package attribute to the module.
+from .replay import ReplayResult, bootstrap_ci, pass_at_k, replay
+
 if TYPE_CHECKING:
     from .bench import run_bench
     from .policies import (
@@ -20,7 +24,6 @@ if TYPE_CHECKING:
         FitContext,
         policy_info,
     )
-    from .replay import ReplayResult, bootstrap_ci, pass_at_k, replay
     from .runner import evaluate
     from .splits import kfold_queries, split_half
     from .streams import POOLS, STREAMS, SyntheticStream, load_stream, make_stream
@@ -40,7 +43,6 @@ _HOMES = {
         ),
         ".policies",
     ),
-    **dict.fromkeys(("ReplayResult", "bootstrap_ci", "pass_at_k", "replay"), ".replay"),
     "evaluate": ".runner",
     **dict.fromkeys(("kfold_queries", "split_half"), ".splits"),
     **dict.fromkeys(
