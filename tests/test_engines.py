@@ -194,3 +194,40 @@ def test_side_requests_on_the_simulated_engine_spend_their_allowance_and_answer_
 
     comp = asyncio.run(go())
     assert comp.usage.completion_tokens == 8 and comp.correct is False
+
+
+def test_a_worker_drives_its_block_of_queries_under_a_shared_ledger(tmp_path: Any) -> None:
+    """drive(): what a worker process of a larger run calls. Two blocks, each through its own
+    journal over one shared budget, on either engine: every token is on a record, and the two
+    blocks together never pass the budget."""
+    from shadowprice.engine.driver import drive
+    from shadowprice.engine.records import QueryRecord
+    from shadowprice.ledger import JournalLedger
+
+    lengths, correct = [40, 90, 25, 60, 150, 10], [True, False, True, True, True, False]
+    ts = traces(lengths, correct)
+    shared = MemoryLedger(250)
+
+    async def block(k: int, eng: Any) -> list[QueryRecord]:
+        mine = items(ts)[3 * k : 3 * k + 3]
+        journal = JournalLedger(tmp_path / f"w{k}.journal.jsonl", 250, config={}, shared=shared)
+        try:
+            return await drive(
+                mine, OneShot([100] * 3), eng, journal, options=DriveOptions(2, {}), grader="exact"
+            )
+        finally:
+            await journal.aclose()
+
+    async def go() -> list[QueryRecord]:
+        server = ReplayServer(ts)
+        async with serving(server.app) as url, ChatClient(url, "replay") as client:
+            first = await block(0, HttpEngine(client))
+        second = await block(1, SimulatedEngine(np.asarray(lengths[3:]), np.asarray(correct[3:])))
+        return first + second
+
+    records = asyncio.run(go())
+    assert [r.id for r in records] == [f"q{i}" for i in range(6)]
+    assert all(isinstance(r, QueryRecord) for r in records)
+    spent = asyncio.run(shared.state()).spent
+    assert sum(r.tokens for r in records) == spent <= 250
+    assert records[0].correct is True and records[1].status == "done"

@@ -30,13 +30,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from ..ledger import InProcess
+from ..ledger import InProcess, Ledger
 from ..live.base import Action, LivePolicy
 from ..live.oneshot import DROPPED_REASON
 from .books import Books, UnreadableStreak
 from .client import ChatClient, Completion, Continuation, EngineError
 from .forcing import fallback_messages, forcing_messages
 from .grading import Grade, Grader
+from .records import QueryRecord
 
 __all__ = [
     "VLLM_CONTINUE",
@@ -48,6 +49,7 @@ __all__ = [
     "PolicyError",
     "Priced",
     "Request",
+    "drive",
 ]
 
 #: Fields that make vLLM / SGLang continue a final assistant message instead of answering it.
@@ -605,3 +607,45 @@ def interrupted_reason(why: str, tokens: int) -> str:
         f"interrupted ({why}) with its request in flight: counted as spent in full "
         f"({tokens} tokens); re-run to retry it"
     )
+
+
+async def drive(
+    items: Sequence[PlanItem],
+    policy: LivePolicy,
+    engine: Engine,
+    ledger: Ledger,
+    *,
+    options: DriveOptions | None = None,
+    grader: Grader | str | None = "math",
+    prior: Mapping[str, int] | None = None,
+) -> list[QueryRecord]:
+    """Run ``policy`` over ``items`` on ``engine``, every token booked in ``ledger``: the loop
+    every run uses, for one block of queries (a worker of a larger run, e.g. on another
+    machine sharing a Redis ledger or keeping its own journal).
+
+    Parameters
+    ----------
+    items : sequence of PlanItem
+    policy : LivePolicy
+        A fresh policy over ``items``.
+    engine : Engine
+    ledger : Ledger
+        Reserves before every request and settles after (a journal makes it resumable).
+    options : DriveOptions, optional
+    grader : Grader or str, optional
+    prior : mapping, optional
+        ``query id -> tokens`` earlier attempts charged (kept on their queries).
+
+    Returns
+    -------
+    list of QueryRecord
+        Each query's final record, in the order of ``items``.
+    """
+    from .grading import get_grader
+
+    driver = Driver(
+        items, policy, engine, Books(ledger, prior), get_grader(grader), options or DriveOptions()
+    )
+    await driver.run()
+    last = {str(r["id"]): r for r in driver.records}
+    return [QueryRecord.of(last[item.id]) for item in items if item.id in last]
