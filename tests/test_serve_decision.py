@@ -50,3 +50,27 @@ def test_a_request_task_that_ends_without_settling_cannot_leak_its_reservation()
         assert await decider.renew() == 0
 
     asyncio.run(go())
+
+
+def test_a_background_loop_stops_even_when_its_step_swallows_the_cancellation() -> None:
+    """What held a replica's shutdown in a soak: a Redis call turned the loop's cancellation
+    into a timeout error, and the price loop went on for ever."""
+    from shadowprice.serve.app import _every
+
+    async def go() -> None:
+        started = asyncio.Event()
+
+        async def step() -> None:
+            started.set()
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:  # as a library's own timeout can
+                raise TimeoutError("timed out") from None
+
+        loop = asyncio.create_task(_every(step, 0.01))
+        await started.wait()
+        loop.cancel()
+        await asyncio.wait_for(asyncio.gather(loop, return_exceptions=True), timeout=2)
+        assert loop.cancelled()
+
+    asyncio.run(go())
