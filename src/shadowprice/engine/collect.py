@@ -30,7 +30,7 @@ from typing import Any, TextIO
 from .client import ChatClient, EngineError
 from .grading import Grader, get_grader
 from .results import append_record, latest_by_id, open_for_append, read_records
-from .run import check_settings
+from .run import Interruption, RunInterrupted, check_settings, stop_on_signals
 
 
 @dataclass
@@ -274,19 +274,29 @@ def collect_traces(
     """Synchronous wrapper around :func:`collect` that owns its client.
 
     ``timeout`` bounds one attempt, ``deadline`` one sample over all its attempts (seconds).
+    SIGINT and SIGTERM cancel the sampling where it stands (every sample written is a whole
+    line; a re-run completes the rest) and raise
+    :class:`~shadowprice.engine.run.RunInterrupted` naming the signal.
     """
     (config or CollectConfig()).validate()
     get_grader(grader)
 
     async def main() -> dict[str, Any]:
-        async with ChatClient(
-            endpoint,
-            model,
-            api_key=api_key,
-            timeout=timeout,
-            deadline=deadline,
-            max_retries=max_retries,
-        ) as client:
-            return await collect(queries, client, out=out, config=config, grader=grader)
+        stop = Interruption()
+        try:
+            with stop_on_signals(stop):
+                async with ChatClient(
+                    endpoint,
+                    model,
+                    api_key=api_key,
+                    timeout=timeout,
+                    deadline=deadline,
+                    max_retries=max_retries,
+                ) as client:
+                    return await collect(queries, client, out=out, config=config, grader=grader)
+        except asyncio.CancelledError:
+            if stop.signal is None:
+                raise
+            raise RunInterrupted(stop.signal, None) from None
 
     return asyncio.run(main())

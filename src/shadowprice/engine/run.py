@@ -739,7 +739,7 @@ def run_plan(
     async def go() -> RunReport:
         stop = Interruption()
         try:
-            with _stopped_by_signals(stop):
+            with stop_on_signals(stop):
                 async with ChatClient(
                     endpoint,
                     model,
@@ -773,7 +773,7 @@ def run_plan(
 
 
 @contextlib.contextmanager
-def _stopped_by_signals(stop: Interruption) -> Iterator[None]:
+def stop_on_signals(stop: Interruption) -> Iterator[None]:
     """While inside, each of :data:`STOP_SIGNALS` cancels the current task (once), noting its
     name in ``stop``; outside the main thread, nothing is installed."""
     if threading.current_thread() is not threading.main_thread():
