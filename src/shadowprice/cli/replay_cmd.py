@@ -35,7 +35,7 @@ def replay_server_command(
         show_default=False,
     ),
     seed: int = typer.Option(
-        0, "--seed", help="seeds the sample drawn for requests without a seed (and streams)"
+        0, "--seed", help="seeds the sample drawn for requests without one (and stream:NAME:N)"
     ),
     log_level: str = typer.Option(
         "warning", "--log-level", help="uvicorn's log level: debug, info, warning, error"
