@@ -30,7 +30,7 @@ from typing import Any, TextIO
 from .client import ChatClient, EngineError
 from .grading import Grader, get_grader
 from .results import append_record, latest_by_id, open_for_append, read_records
-from .run import Interruption, RunInterrupted, check_settings, stop_on_signals
+from .run import Interruption, check_settings, run_stoppable
 
 
 @dataclass
@@ -281,22 +281,15 @@ def collect_traces(
     (config or CollectConfig()).validate()
     get_grader(grader)
 
-    async def main() -> dict[str, Any]:
-        stop = Interruption()
-        try:
-            with stop_on_signals(stop):
-                async with ChatClient(
-                    endpoint,
-                    model,
-                    api_key=api_key,
-                    timeout=timeout,
-                    deadline=deadline,
-                    max_retries=max_retries,
-                ) as client:
-                    return await collect(queries, client, out=out, config=config, grader=grader)
-        except asyncio.CancelledError:
-            if stop.signal is None:
-                raise
-            raise RunInterrupted(stop.signal, None) from None
+    async def work(stop: Interruption) -> dict[str, Any]:
+        async with ChatClient(
+            endpoint,
+            model,
+            api_key=api_key,
+            timeout=timeout,
+            deadline=deadline,
+            max_retries=max_retries,
+        ) as client:
+            return await collect(queries, client, out=out, config=config, grader=grader)
 
-    return asyncio.run(main())
+    return run_stoppable(work)

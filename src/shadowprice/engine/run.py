@@ -34,10 +34,10 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol, TextIO, TypeVar
 from urllib.parse import urlsplit
 
 from ..ledger import JournalLedger, Ledger, LedgerState, MemoryLedger, Recoverable, Recovery
@@ -81,6 +81,8 @@ DEFAULT_TEMPLATE = (
     "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 )
 
+
+T = TypeVar("T")
 
 #: Why a planned query was not sent: the budget left (e.g. after a resume) could not hold it.
 LATE_REASON = DROPPED_REASON
@@ -736,38 +738,50 @@ def run_plan(
         where = urlsplit(state)
         ident["state"] = f"{where.hostname}:{where.port}{where.path}#{state_name}"
 
-    async def go() -> RunReport:
+    async def work(stop: Interruption) -> RunReport:
+        try:
+            async with ChatClient(
+                endpoint,
+                model,
+                api_key=api_key,
+                timeout=timeout,
+                deadline=deadline,
+                max_retries=max_retries,
+            ) as client:
+                return await execute_policy(
+                    items,
+                    client,
+                    plan,
+                    total_budget=total_budget,
+                    out=out,
+                    config=config,
+                    grader=grader,
+                    identity=ident,
+                    release_unsettled=release_unsettled,
+                    shared=shared,
+                    stop=stop,
+                )
+        finally:
+            if shared is not None:
+                await shared.aclose()
+
+    return run_stoppable(work)
+
+
+def run_stoppable(work: Callable[[Interruption], Awaitable[T]]) -> T:
+    """Run ``work(stop)`` in a new event loop, SIGINT and SIGTERM cancelling it from the loop
+    (never an exception raised in whatever task was running); once it has unwound,
+    :class:`RunInterrupted` names the signal (with ``stop.report`` if the work left one)."""
+
+    async def go() -> T:
         stop = Interruption()
         try:
             with stop_on_signals(stop):
-                async with ChatClient(
-                    endpoint,
-                    model,
-                    api_key=api_key,
-                    timeout=timeout,
-                    deadline=deadline,
-                    max_retries=max_retries,
-                ) as client:
-                    return await execute_policy(
-                        items,
-                        client,
-                        plan,
-                        total_budget=total_budget,
-                        out=out,
-                        config=config,
-                        grader=grader,
-                        identity=ident,
-                        release_unsettled=release_unsettled,
-                        shared=shared,
-                        stop=stop,
-                    )
+                return await work(stop)
         except asyncio.CancelledError:
             if stop.signal is None:
                 raise
             raise RunInterrupted(stop.signal, stop.report) from None
-        finally:
-            if shared is not None:
-                await shared.aclose()
 
     return asyncio.run(go())
 
