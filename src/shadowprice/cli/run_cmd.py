@@ -10,6 +10,8 @@ from typing import Any, NoReturn
 
 import typer
 
+from shadowprice.providers import PROVIDERS, Preset, make_preset
+
 from ._errors import EXIT_FAILED, fail, guarded, note, stopped_status, terminable
 from .app import app
 from .files import check_outputs
@@ -114,6 +116,21 @@ def run_command(
     state_name: str = typer.Option(
         "run", "--state-name", help="name of the shared budget in --state"
     ),
+    provider: str | None = typer.Option(
+        None,
+        "--provider",
+        help=f"the endpoint's API: {', '.join(PROVIDERS)} (each allowance in its own fields, "
+        "with a thinking cap and an answer reserve); default: max_tokens and "
+        "max_completion_tokens",
+        show_default=False,
+    ),
+    reserve: int | None = typer.Option(
+        None,
+        "--reserve",
+        help="with --provider: tokens of each allowance kept to answer after a capped thought "
+        "(default: 10%%, at least 64, at most 1024)",
+        show_default=False,
+    ),
     progress: bool = progress_option(),
     continuation: str = typer.Option("auto", "--continuation", help=CONTINUATION_HELP),
     max_tokens: int | None = typer.Option(
@@ -144,6 +161,7 @@ def run_command(
 
     fmt = check_format(fmt)
     method = _run_method(policy)
+    preset = _preset(provider, reserve)
     files = RunFiles.of(out)
     check_outputs(
         [("--output", files.results), ("--output", files.journal), ("--output", files.summary)],
@@ -193,6 +211,7 @@ def run_command(
             state_name=state_name,
             live=LiveRunOptions(continuation=continuation, max_tokens=max_tokens),  # type: ignore[arg-type]
             method=method,
+            preset=preset,
         )
     except LedgerError as exc:
         if isinstance(exc, JournalMismatch):
@@ -216,6 +235,20 @@ def _run_method(policy: str) -> str:
     if entry is None or entry.run_method is None:
         fail(f"--policy must be one of {', '.join(_POLICIES)}, got {policy!r}")
     return entry.run_method
+
+
+def _preset(provider: str | None, reserve: int | None) -> Preset | None:
+    """The provider preset of ``--provider`` and ``--reserve`` (None: the default caps)."""
+    if provider is None:
+        if reserve is not None:
+            fail("--reserve needs --provider (without one the allowance has no thinking cap)")
+        return None
+    if provider not in PROVIDERS:
+        fail(f"unknown --provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+    try:
+        return make_preset(provider, reserve=reserve)
+    except ValueError as exc:
+        fail(f"--reserve {reserve}: {exc}")
 
 
 def _stopped(exc: Any, summary: Path, n: int) -> NoReturn:

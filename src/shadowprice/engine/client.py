@@ -24,6 +24,7 @@ from typing import Any, Literal, Self
 
 import httpx
 
+from ..providers import Preset
 from ..usage import count_completion, error_charge, read_usage
 from .transport import HttpClient
 
@@ -190,6 +191,10 @@ class ChatClient:
     token_param : {'auto', 'max_tokens', 'max_completion_tokens', 'both'}
         How the allowance is sent. ``auto`` sends both and falls back to one of them if the
         server rejects the other.
+    preset : Preset, optional
+        Write each request's allowance in one provider's fields instead
+        (:class:`~shadowprice.providers.Preset`: the output cap, a thinking cap and an answer
+        reserve); ``token_param`` is then not used.
     extra_body : dict, optional
         Fields added to every request body.
     http : httpx.AsyncClient, optional
@@ -216,6 +221,7 @@ class ChatClient:
         token_param: TokenParam = "auto",
         extra_body: dict[str, Any] | None = None,
         http: httpx.AsyncClient | None = None,
+        preset: Preset | None = None,
     ) -> None:
         self.base_url = normalize_base_url(base_url)
         _check_seconds("timeout", timeout)
@@ -233,6 +239,7 @@ class ChatClient:
         self.backoff = backoff
         self.deadline = deadline
         self.token_param: TokenParam = token_param
+        self.preset = preset
         self.extra_body = dict(extra_body or {})
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._own_http = http is None
@@ -261,6 +268,8 @@ class ChatClient:
         body.update(self.extra_body)
         body.update(params)
         body["n"] = 1  # llama.cpp reports usage of the first choice only when n > 1
+        if self.preset is not None:
+            return self.preset.apply(body, max_tokens)
         if self.token_param in ("auto", "both", "max_tokens"):
             body["max_tokens"] = max_tokens
         if self.token_param in ("auto", "both", "max_completion_tokens"):
@@ -269,7 +278,7 @@ class ChatClient:
 
     def _adapt_token_param(self, response: httpx.Response) -> bool:
         """On a 400 naming one allowance parameter, switch to the other; True if switched."""
-        if self.token_param != "auto" or response.status_code != 400:
+        if self.token_param != "auto" or self.preset is not None or response.status_code != 400:
             return False
         text = response.text.lower()
         # OpenAI rejects max_tokens for reasoning models ("use max_completion_tokens");

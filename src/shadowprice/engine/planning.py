@@ -14,10 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from ..providers import Preset
 from .grading import Grader, get_grader
 from .live import LIVE_POLICY, LiveRunOptions, run_live
 from .run import (
     DEFAULT_TEMPLATE,
+    Executor,
     PlanItem,
     RunConfig,
     RunReport,
@@ -142,6 +144,8 @@ def run_batch(
     state_name: str = "run",
     live: LiveRunOptions | None = None,
     method: str | None = None,
+    preset: Preset | None = None,
+    executor: Executor | None = None,
 ) -> RunReport:
     """Price ``budget`` over a batch with ``policy`` and execute it on ``endpoint``.
 
@@ -159,7 +163,8 @@ def run_batch(
     Everything is validated before the first request: the template, the grader, the
     endpoint URL, timeouts and the allocation itself. The run is resumable through ``out``
     (see :func:`shadowprice.engine.run.execute`); ``state`` (``redis://HOST:PORT/DB``) keeps
-    the budget in Redis under ``state_name``, shared by every worker that names it.
+    the budget in Redis under ``state_name``, shared by every worker that names it;
+    ``preset`` and ``executor`` are :func:`~shadowprice.engine.run.run_plan`'s.
 
     Returns
     -------
@@ -184,6 +189,8 @@ def run_batch(
         "release_unsettled": release_unsettled,
         "state": state,
         "state_name": state_name,
+        "preset": preset,
+        "executor": executor,
     }
     if policy == LIVE_POLICY or method == "live":
         if config.force_tokens or config.fallback_tokens:

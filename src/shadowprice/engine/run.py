@@ -45,6 +45,7 @@ from ..limits import MAX_BUDGET
 from ..live.base import LivePolicy
 from ..live.oneshot import DROPPED_REASON, OneShot
 from .books import Books, charges_by_query
+from ..providers import Preset
 from .client import ChatClient, Continuation
 from .driver import DriveOptions, Driver, Engine, HttpEngine, PlanItem, Priced
 from .grading import Grader, get_grader
@@ -62,6 +63,7 @@ from .results import (
 __all__ = [
     "DEFAULT_TEMPLATE",
     "LATE_REASON",
+    "Executor",
     "FixedPlan",
     "Interruption",
     "PlanItem",
@@ -505,6 +507,16 @@ async def execute(
     return await execute_policy(items, client, plan, config=config, **session)
 
 
+class Executor(Protocol):
+    """Runs a plan somewhere other than this process (e.g.
+    :class:`shadowprice.integrations.ray.RayExecutor`, on Ray workers), for
+    :func:`run_plan`: called with the items and :func:`run_plan`'s keyword arguments (``plan``
+    resolved, ``identity`` complete), it returns the run's report and writes its files as a
+    run in this process would."""
+
+    def __call__(self, items: Sequence[PlanItem], **session: Any) -> RunReport: ...
+
+
 class RunInterrupted(KeyboardInterrupt):
     """A run stopped by a signal, after settling its books (see :func:`run_plan`).
 
@@ -711,6 +723,8 @@ def run_plan(
     release_unsettled: bool = False,
     state: str | None = None,
     state_name: str = "run",
+    preset: Preset | None = None,
+    executor: Executor | None = None,
 ) -> RunReport:
     """Run ``plan`` over ``items`` on ``endpoint`` (:func:`execute_policy`), owning the client
     and, with ``state``, the shared ledger: what ``shadowprice run`` calls.
@@ -720,7 +734,10 @@ def run_plan(
     its attempts (seconds). With ``state`` (``redis://HOST:PORT/DB``) the budget lives in
     Redis under ``state_name``, shared by every worker that names it (see
     :class:`~shadowprice.ledger.redis.RedisLedger`), and the run's identity names it (without
-    any password), so a resume against another shared budget is refused.
+    any password), so a resume against another shared budget is refused. ``preset`` writes
+    each request's allowance in one provider's fields (:class:`~.client.ChatClient`).
+    ``executor`` runs the plan elsewhere instead (e.g. on Ray workers): it is called with
+    ``items`` and these keyword arguments, ``plan`` resolved and ``identity`` complete.
 
     Called from the main thread, SIGINT (Ctrl-C) and SIGTERM (``timeout``, systemd,
     Kubernetes) stop the run cleanly: nothing more is sent, the requests in flight are counted
@@ -730,13 +747,34 @@ def run_plan(
     config = config or RunConfig()
     plan = plan or FixedPlan(config.force_tokens, config.fallback_tokens)
     ident = dict(identity or {})
+    if state is not None:
+        where = urlsplit(state)
+        ident["state"] = f"{where.hostname}:{where.port}{where.path}#{state_name}"
+    if executor is not None:
+        return executor(
+            items,
+            endpoint=endpoint,
+            model=model,
+            total_budget=total_budget,
+            plan=plan,
+            out=out,
+            config=config,
+            grader=grader,
+            api_key=api_key,
+            timeout=timeout,
+            deadline=deadline,
+            max_retries=max_retries,
+            identity=ident,
+            release_unsettled=release_unsettled,
+            state=state,
+            state_name=state_name,
+            preset=preset,
+        )
     shared: Ledger | None = None
     if state is not None:
         from ..ledger.redis import RedisLedger
 
         shared = RedisLedger.from_url(state, total_budget, namespace=state_name, timeout=5.0)
-        where = urlsplit(state)
-        ident["state"] = f"{where.hostname}:{where.port}{where.path}#{state_name}"
 
     async def work(stop: Interruption) -> RunReport:
         try:
@@ -747,6 +785,7 @@ def run_plan(
                 timeout=timeout,
                 deadline=deadline,
                 max_retries=max_retries,
+                preset=preset,
             ) as client:
                 return await execute_policy(
                     items,
