@@ -12,7 +12,7 @@ import typer
 
 from shadowprice.providers import PROVIDERS, Preset, make_preset
 
-from ._errors import EXIT_FAILED, fail, guarded, note, stopped_status, terminable
+from ._errors import EXIT_FAILED, EXIT_USAGE, fail, guarded, note, stopped_status, terminable
 from .app import app
 from .files import check_outputs
 from .options import (
@@ -41,6 +41,8 @@ from .queries import query_curves, read_query_file
 #: The policies run takes: the registry's entries with a run method (a test keeps the two in
 #: step; listed here so the help needs no import of the registry).
 _POLICIES = ("clear-live", "clear", "market", "uniform", "proportional", "greedy", "length")
+#: Where run's queries can run (``--executor``).
+EXECUTORS = ("local", "ray")
 #: The live policy: prices as requests end, reclaims, extends (see shadowprice.live).
 CONTINUATION_HELP = (
     "how a request stopped on its cap is continued (clear-live): auto (ask the server), "
@@ -116,6 +118,19 @@ def run_command(
     state_name: str = typer.Option(
         "run", "--state-name", help="name of the shared budget in --state"
     ),
+    executor: str = typer.Option(
+        "local",
+        "--executor",
+        help="where the queries run: local (this process) or ray (spread over Ray workers, "
+        "one budget in --state; Ray at RAY_ADDRESS, else a local Ray)",
+    ),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        help="with --executor ray: blocks of queries, one Ray task each (default: the "
+        "cluster's CPUs, or this machine's cores)",
+        show_default=False,
+    ),
     provider: str | None = typer.Option(
         None,
         "--provider",
@@ -162,6 +177,7 @@ def run_command(
     fmt = check_format(fmt)
     method = _run_method(policy)
     preset = _preset(provider, reserve)
+    elsewhere, block_errors = _executor(executor, workers, state)
     files = RunFiles.of(out)
     check_outputs(
         [("--output", files.results), ("--output", files.journal), ("--output", files.summary)],
@@ -179,7 +195,7 @@ def run_command(
             f"default predictor; train one for your model with `shadowprice predictor fit`"
         )
     if restart:
-        for moved in files.archive():
+        for moved in [*files.archive(), *(_archive_parts(out) if elsewhere else [])]:
             note(f"moved {moved.name.rsplit('.', 2)[0]} aside to {moved}")
     config = RunConfig(
         concurrency=concurrency,
@@ -212,6 +228,7 @@ def run_command(
             live=LiveRunOptions(continuation=continuation, max_tokens=max_tokens),  # type: ignore[arg-type]
             method=method,
             preset=preset,
+            executor=elsewhere,
         )
     except LedgerError as exc:
         if isinstance(exc, JournalMismatch):
@@ -221,6 +238,8 @@ def run_command(
         _resume_error(exc, out)
     except RunInterrupted as exc:
         _stopped(exc, files.summary, qf.n)
+    except block_errors as exc:  # a block Ray gave up on: resumable, like a query's error
+        fail(str(exc), EXIT_FAILED if getattr(exc, "resumable", False) else EXIT_USAGE)
     _report(report.summary.summary(), policy, out, fmt)
     if report.summary["errors"]:
         raise typer.Exit(code=EXIT_FAILED)
@@ -235,6 +254,37 @@ def _run_method(policy: str) -> str:
     if entry is None or entry.run_method is None:
         fail(f"--policy must be one of {', '.join(_POLICIES)}, got {policy!r}")
     return entry.run_method
+
+
+def _executor(
+    name: str, workers: int | None, state: str | None
+) -> tuple[Any, tuple[type[Exception], ...]]:
+    """The executor of ``--executor`` (None: this process) and the errors of its blocks."""
+    if name not in EXECUTORS:
+        fail(f"--executor must be one of {', '.join(EXECUTORS)}, got {name!r}")
+    if name == "local":
+        if workers is not None:
+            fail("--workers applies only with --executor ray")
+        return None, ()
+    if state is None:
+        fail(
+            "--executor ray needs --state redis://HOST:PORT/DB: its workers share one budget "
+            "in Redis (start a redis-server every worker can reach and pass its URL)"
+        )
+    if workers is not None and workers < 1:
+        fail(f"--workers must be a whole number >= 1, got {workers}")
+    try:
+        from shadowprice.integrations.ray.blocks import BlockError
+        from shadowprice.integrations.ray.executor import RayExecutor
+    except ImportError as exc:
+        fail(f"--executor ray: {exc}")
+    return RayExecutor(workers=workers), (BlockError,)
+
+
+def _archive_parts(out: Path) -> list[Path]:
+    from shadowprice.integrations.ray.executor import archive_parts
+
+    return archive_parts(out)
 
 
 def _preset(provider: str | None, reserve: int | None) -> Preset | None:

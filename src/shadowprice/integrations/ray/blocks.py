@@ -1,0 +1,357 @@
+"""One block of a run, on a Ray worker: its queries, its share of the budget, its own files.
+
+A run on Ray (:class:`~.executor.RayExecutor`) splits its queries into blocks. Each block is
+one Ray task that runs the project's own run (:func:`shadowprice.engine.run.execute_policy`:
+the one driver, the write-ahead journal, continuation, grading) over its queries against the
+endpoint, with
+
+- **its own files** in the run's parts folder (``results.parts/block-K.jsonl``, its journal
+  ``block-K.journal.jsonl`` and summary ``block-K.summary.json``), so a block that is run
+  again, by Ray after its worker died or by a re-run of the command, resumes from its journal:
+  nothing finished is sent again, and whatever the dead attempt left in flight is counted as
+  spent in full (settled once in Redis: settling is idempotent per reservation);
+- **a share of the one budget in Redis** (:class:`ShareLedger`): every reservation is made in
+  the shared budget, and no block reserves past its share, so a block's policy plans with
+  what is its own (a fixed plan's forcing and fallbacks never take tokens promised to another
+  block's queries; each ``clear-live`` block clears its own price over its share);
+- **a lock** (``block-K.lock``, held while it runs), so one block is never run by two
+  processes at once (a worker Ray thought dead, a second command on the same output);
+- **a stop file** (``STOP`` in the parts folder, written by the command when it gets SIGINT or
+  SIGTERM): the block stops as a local run stops on Ctrl-C, its requests in flight counted as
+  spent in full and its summary written.
+
+The process id of the worker running block K is in ``block-K.pid`` while it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...engine.client import ChatClient
+from ...engine.results import RunFiles
+from ...engine.run import (
+    PlanItem,
+    RunConfig,
+    RunInterrupted,
+    RunPlan,
+    execute_policy,
+    run_stoppable,
+)
+from ...ledger import Ledger, LedgerState, Reservation, Settlement
+from ...ledger.journal import replay_events
+
+__all__ = ["BlockError", "BlockJob", "ShareLedger", "run_block", "split"]
+
+#: Seconds between looks for the stop file.
+_POLL = 0.2
+#: Seconds a block waits for the lock of another process running it (one Ray thought dead).
+LOCK_WAIT = 30.0
+
+
+class BlockError(RuntimeError):
+    """A block cannot run where it was scheduled (its files are not there, or another live
+    process runs it); not retried by Ray.
+
+    Attributes
+    ----------
+    resumable : bool
+        Whether re-running the same command may finish it (False: fix what the message says
+        first).
+    """
+
+    resumable = False
+
+
+def split(items: Sequence[PlanItem], blocks: int) -> list[list[PlanItem]]:
+    """``items`` dealt into ``blocks`` blocks (block k gets items k, k + blocks, ...), so that
+    each block has a like mix of the file's queries however the file is sorted."""
+    return [list(items[k::blocks]) for k in range(blocks)]
+
+
+def shares(blocks: Sequence[Sequence[PlanItem]], total: int) -> list[int]:
+    """Each block's share of ``total``: the caps of its queries, plus the tokens no cap holds
+    (a fixed plan's reserve for forcing and fallbacks; all of a live plan's budget) split by
+    the number of queries. The shares add up to at most ``total``."""
+    caps = [sum(int(item.budget) for item in block) for block in blocks]
+    n = sum(len(block) for block in blocks)
+    free = max(0, total - sum(caps))
+    return [c + (free * len(block) // n if n else 0) for c, block in zip(caps, blocks, strict=True)]
+
+
+class ShareLedger:
+    """A share of a shared budget: reservations go to ``shared``, and no more than ``share``
+    tokens are ever spent or reserved through this object (its own, earlier sessions' spending
+    included).
+
+    Parameters
+    ----------
+    shared : Ledger
+        The one budget (a :class:`~shadowprice.ledger.redis.RedisLedger`).
+    share : int
+        Tokens this block may spend in all.
+    spent : int
+        Tokens it spent in earlier sessions (settled, or counted on an earlier recovery).
+
+    Notes
+    -----
+    :meth:`state` reports the share as the total and what is available as the least of the
+    share's room and the shared budget's. A reservation settled here that this object did not
+    make (one an earlier session's crash left open, settled on recovery) counts as this
+    block's spending.
+    """
+
+    def __init__(self, shared: Ledger, share: int, spent: int = 0) -> None:
+        if share < 0 or spent < 0:
+            raise ValueError(f"share and spent must be >= 0 tokens, got {share} and {spent}")
+        self.shared = shared
+        self.share = int(share)
+        self.spent = int(spent)
+        self.reserved = 0
+        self.overrun = 0
+        self._open: dict[str, int] = {}
+
+    @property
+    def total(self) -> int:
+        return self.share
+
+    async def reserve(
+        self, tokens: int, *, min_tokens: int | None = None, tag: str = "", ttl: float | None = None
+    ) -> Reservation | None:
+        room = self.share - self.spent - self.reserved
+        want = min(int(tokens), room)
+        if want < 1 or want < (tokens if min_tokens is None else min_tokens):
+            return None
+        self.reserved += want  # held before the await: a concurrent reserve sees it
+        try:
+            res = await self.shared.reserve(
+                want,
+                min_tokens=None if min_tokens is None else min(min_tokens, want),
+                tag=tag,
+                ttl=ttl,
+            )
+        except BaseException:
+            self.reserved -= want
+            raise
+        self.reserved -= want - (res.tokens if res is not None else 0)
+        if res is not None:
+            self._open[res.id] = res.tokens
+        return res
+
+    async def settle(self, reservation: Reservation, used: int) -> Settlement:
+        out = await self.shared.settle(reservation, used)
+        self.reserved -= self._open.pop(reservation.id, 0)
+        self.spent += out.charged
+        self.overrun += out.overrun
+        return out
+
+    async def release(self, reservation: Reservation) -> Settlement:
+        return await self.settle(reservation, 0)
+
+    async def extend(self, reservation: Reservation, ttl: float) -> Reservation | None:
+        return await self.shared.extend(reservation, ttl)
+
+    async def state(self) -> LedgerState:
+        shared = await self.shared.state()
+        available = min(self.share - self.spent - self.reserved, shared.available)
+        return LedgerState(
+            total=self.share,
+            spent=self.spent,
+            reserved=max(0, self.share - self.spent - max(0, available)),
+            overrun=self.overrun,
+            period=shared.period,
+        )
+
+    async def aclose(self) -> None:
+        """Nothing of its own to close (the shared ledger is its owner's)."""
+
+
+def journal_charged(path: Path) -> int:
+    """Tokens a journal has charged (settled, or counted on a recovery); 0 if there is none.
+    Reservations it leaves open are not counted: the next session's recovery settles them."""
+    if not path.exists():
+        return 0
+    events = []
+    for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a torn last line: its reserve never returned
+    return replay_events(events)[0]
+
+
+@dataclass
+class BlockJob:
+    """What one Ray task runs (see the module docstring).
+
+    Attributes
+    ----------
+    index, blocks : int
+        This block's number, and how many the run has.
+    folder : Path
+        The run's parts folder (absolute: every worker must see it).
+    items : list of PlanItem
+    share : int
+        Tokens this block may spend (:func:`shares`).
+    plan : RunPlan
+    client : dict
+        :class:`~shadowprice.engine.client.ChatClient`'s arguments.
+    config : RunConfig
+        The block's settings (its part of the run's concurrency).
+    run : dict
+        :func:`~shadowprice.engine.run.execute_policy`'s other keyword arguments
+        (``total_budget``, ``grader``, ``identity``, ``release_unsettled``).
+    state, state_name : str
+        The Redis budget.
+    """
+
+    index: int
+    blocks: int
+    folder: Path
+    items: list[PlanItem]
+    share: int
+    plan: RunPlan
+    client: dict[str, Any]
+    config: RunConfig
+    run: dict[str, Any]
+    state: str
+    state_name: str
+
+    @property
+    def files(self) -> RunFiles:
+        """The block's results, journal and summary."""
+        return RunFiles.of(self.folder / f"block-{self.index}.jsonl")
+
+    @property
+    def pid_file(self) -> Path:
+        return self.folder / f"block-{self.index}.pid"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.folder / f"block-{self.index}.lock"
+
+
+def stop_file(folder: Path) -> Path:
+    """The file whose presence stops every block of a run (it holds the signal's name)."""
+    return folder / "STOP"
+
+
+def run_block(job: BlockJob, manifest: str) -> dict[str, Any]:
+    """Run one block (see the module docstring): the body of a Ray task. Returns the block's
+    summary (also in its summary file), or ``{"stopped": True}`` when the run was stopped
+    before the block began.
+
+    Raises
+    ------
+    BlockError
+        When the parts folder is not visible here or another process holds the block's lock.
+    """
+    if not (job.folder / manifest).exists():
+        raise BlockError(
+            f"{job.folder} is not visible on {socket.gethostname()}: put the run's --output "
+            f"on storage every node of the Ray cluster mounts at the same path"
+        )
+    with _locked(job.lock_file):
+        job.pid_file.write_text(f"{os.getpid()}\n", encoding="utf-8")
+        if stop_file(job.folder).exists():
+            return {"stopped": True}
+        spent = journal_charged(job.files.journal)
+        try:
+            with _StopWatch(stop_file(job.folder)):
+                report = run_stoppable(lambda stop: _work(job, spent, stop))
+            return report.summary.summary()
+        except RunInterrupted as exc:
+            return exc.report.summary.summary() if exc.report is not None else {"stopped": True}
+        except KeyboardInterrupt:  # the stop came as the block ended: its files say how
+            return {"stopped": True}
+        finally:
+            job.pid_file.unlink(missing_ok=True)
+
+
+async def _work(job: BlockJob, spent: int, stop: Any) -> Any:
+    from ...ledger.redis import RedisLedger
+
+    redis = RedisLedger.from_url(
+        job.state, job.run["total_budget"], namespace=job.state_name, timeout=5.0
+    )
+    try:
+        async with ChatClient(**job.client) as client:
+            return await execute_policy(
+                job.items,
+                client,
+                job.plan,
+                out=job.files.results,
+                config=job.config,
+                shared=ShareLedger(redis, job.share, spent),
+                stop=stop,
+                **job.run,
+            )
+    finally:
+        await redis.aclose()
+
+
+@contextlib.contextmanager
+def _locked(path: Path, wait: float = LOCK_WAIT) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (released by the kernel if the process dies)."""
+    with path.open("a") as fh:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                    pid = path.with_suffix(".pid")
+                    who = pid.read_text().strip() if pid.exists() else "unknown"
+                    raise BlockError(
+                        f"{path.stem} is being run by another process (pid {who} on a node "
+                        f"that shares {path.parent}): wait for it to end, or stop it"
+                    ) from None
+                time.sleep(_POLL)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class _StopWatch:
+    """While inside, a thread that interrupts this process (SIGINT: the run's clean stop, see
+    :func:`~shadowprice.engine.run.run_stoppable`) once ``path`` appears."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="shadowprice-stop", daemon=True)
+
+    def _watch(self) -> None:
+        while not self._done.wait(_POLL):
+            if self.path.exists():
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+
+    def __enter__(self) -> _StopWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def read_summary(path: Path) -> Mapping[str, Any]:
+    """A block's summary file (empty if it has none)."""
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}
