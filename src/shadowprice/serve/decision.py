@@ -43,7 +43,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..ledger import Ledger, LedgerError, LedgerState, MemoryLedger, Reservation, SharedLedger
+from ..ledger import (
+    Ledger,
+    LedgerError,
+    LedgerState,
+    MemoryLedger,
+    Periodic,
+    Reservation,
+    SharedLedger,
+)
 from ..online import DecisionCore, Offer, Ticket
 
 log = logging.getLogger("shadowprice.serve")
@@ -294,7 +302,7 @@ class Decider:
         if self.local is not None:
             return self.local
         held = self.float
-        period = getattr(self.ledger, "period", None)
+        period = self.ledger.period if isinstance(self.ledger, Periodic) else None
         index = int(self.clock() // period) if period else 0
         if held is None or held.period != index:
             log.error(
