@@ -44,8 +44,8 @@ from ..ledger import JournalLedger, Ledger, LedgerState, MemoryLedger, Recoverab
 from ..limits import MAX_BUDGET
 from ..live.base import LivePolicy
 from ..live.oneshot import DROPPED_REASON, OneShot
-from .books import Books, charges_by_query
 from ..providers import Preset
+from .books import Books, charges_by_query
 from .client import ChatClient, Continuation
 from .driver import DriveOptions, Driver, Engine, HttpEngine, PlanItem, Priced
 from .grading import Grader, get_grader
@@ -85,6 +85,13 @@ DEFAULT_TEMPLATE = (
 
 
 T = TypeVar("T")
+
+#: Runs a plan somewhere other than this process (e.g.
+#: :class:`shadowprice.integrations.ray.RayExecutor`, on Ray workers), for :func:`run_plan`:
+#: called with the items and :func:`run_plan`'s keyword arguments (``plan`` resolved,
+#: ``identity`` complete), it returns the run's report and writes its files as a run in this
+#: process would.
+Executor = Callable[..., "RunReport"]
 
 #: Why a planned query was not sent: the budget left (e.g. after a resume) could not hold it.
 LATE_REASON = DROPPED_REASON
@@ -505,16 +512,6 @@ async def execute(
     config = config or RunConfig()
     plan = FixedPlan(config.force_tokens, config.fallback_tokens)
     return await execute_policy(items, client, plan, config=config, **session)
-
-
-class Executor(Protocol):
-    """Runs a plan somewhere other than this process (e.g.
-    :class:`shadowprice.integrations.ray.RayExecutor`, on Ray workers), for
-    :func:`run_plan`: called with the items and :func:`run_plan`'s keyword arguments (``plan``
-    resolved, ``identity`` complete), it returns the run's report and writes its files as a
-    run in this process would."""
-
-    def __call__(self, items: Sequence[PlanItem], **session: Any) -> RunReport: ...
 
 
 class RunInterrupted(KeyboardInterrupt):

@@ -25,14 +25,13 @@ The process id of the worker running block K is in ``block-K.pid`` while it runs
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
 import json
 import os
-import signal
 import socket
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from typing import Any
 from ...engine.client import ChatClient
 from ...engine.results import RunFiles
 from ...engine.run import (
+    Interruption,
     PlanItem,
     RunConfig,
     RunInterrupted,
@@ -52,7 +52,7 @@ from ...engine.run import (
 from ...ledger import Ledger, LedgerState, Reservation, Settlement
 from ...ledger.journal import replay_events
 
-__all__ = ["BlockError", "BlockJob", "ShareLedger", "run_block", "split"]
+__all__ = ["BlockError", "BlockJob", "ShareLedger", "Standing", "run_block", "shares", "split"]
 
 #: Seconds between looks for the stop file.
 _POLL = 0.2
@@ -80,14 +80,39 @@ def split(items: Sequence[PlanItem], blocks: int) -> list[list[PlanItem]]:
     return [list(items[k::blocks]) for k in range(blocks)]
 
 
-def shares(blocks: Sequence[Sequence[PlanItem]], total: int) -> list[int]:
-    """Each block's share of ``total``: the caps of its queries, plus the tokens no cap holds
-    (a fixed plan's reserve for forcing and fallbacks; all of a live plan's budget) split by
-    the number of queries. The shares add up to at most ``total``."""
-    caps = [sum(int(item.budget) for item in block) for block in blocks]
-    n = sum(len(block) for block in blocks)
-    free = max(0, total - sum(caps))
-    return [c + (free * len(block) // n if n else 0) for c, block in zip(caps, blocks, strict=True)]
+@dataclass(frozen=True)
+class Standing:
+    """Where one block stands when a run (re)starts.
+
+    Attributes
+    ----------
+    spent : int
+        Tokens it charged in earlier sessions, with what a crash left in flight (counted in
+        full when it resumes, unless ``release_unsettled``).
+    need : int
+        The caps of its queries still to run (0 for a live plan, which sets caps as it goes).
+    waiting : int
+        Its queries still to run.
+    """
+
+    spent: int = 0
+    need: int = 0
+    waiting: int = 0
+
+
+def shares(standing: Sequence[Standing], total: int) -> list[int]:
+    """Each block's share of ``total`` for this session: what it spent before, the caps of its
+    queries still to run, and its part (by queries still to run) of the tokens no cap holds (a
+    fixed plan's reserve for forcing and fallbacks, what earlier sessions left unspent, all of a
+    live plan's budget). When what is left cannot hold every cap, it is split by the caps. The
+    shares add up to at most ``total`` (more only if earlier sessions spent more than it)."""
+    left = max(0, total - sum(b.spent for b in standing))
+    need = sum(b.need for b in standing)
+    waiting = sum(b.waiting for b in standing)
+    if need > left:
+        return [b.spent + left * b.need // need for b in standing]
+    free = left - need
+    return [b.spent + b.need + (free * b.waiting // waiting if waiting else 0) for b in standing]
 
 
 class ShareLedger:
@@ -177,18 +202,19 @@ class ShareLedger:
         """Nothing of its own to close (the shared ledger is its owner's)."""
 
 
-def journal_charged(path: Path) -> int:
-    """Tokens a journal has charged (settled, or counted on a recovery); 0 if there is none.
-    Reservations it leaves open are not counted: the next session's recovery settles them."""
+def journal_totals(path: Path) -> tuple[int, int]:
+    """(tokens charged, tokens of reservations left open) of a journal; zeros if there is none.
+    The next session's recovery counts the open ones (in full, unless ``release_unsettled``)."""
     if not path.exists():
-        return 0
+        return 0, 0
     events = []
     for line in path.read_text(encoding="utf-8").splitlines()[1:]:
         try:
             events.append(json.loads(line))
         except json.JSONDecodeError:
             break  # a torn last line: its reserve never returned
-    return replay_events(events)[0]
+    charged, open_, _ = replay_events(events)
+    return charged, sum(int(ev["tokens"]) for ev in open_.values())
 
 
 @dataclass
@@ -203,7 +229,7 @@ class BlockJob:
         The run's parts folder (absolute: every worker must see it).
     items : list of PlanItem
     share : int
-        Tokens this block may spend (:func:`shares`).
+        Tokens this block may spend, earlier sessions' spending included (:func:`shares`).
     plan : RunPlan
     client : dict
         :class:`~shadowprice.engine.client.ChatClient`'s arguments.
@@ -266,10 +292,9 @@ def run_block(job: BlockJob, manifest: str) -> dict[str, Any]:
         job.pid_file.write_text(f"{os.getpid()}\n", encoding="utf-8")
         if stop_file(job.folder).exists():
             return {"stopped": True}
-        spent = journal_charged(job.files.journal)
+        spent, _ = journal_totals(job.files.journal)
         try:
-            with _StopWatch(stop_file(job.folder)):
-                report = run_stoppable(lambda stop: _work(job, spent, stop))
+            report = run_stoppable(lambda stop: _work(job, spent, stop))
             return report.summary.summary()
         except RunInterrupted as exc:
             return exc.report.summary.summary() if exc.report is not None else {"stopped": True}
@@ -279,9 +304,12 @@ def run_block(job: BlockJob, manifest: str) -> dict[str, Any]:
             job.pid_file.unlink(missing_ok=True)
 
 
-async def _work(job: BlockJob, spent: int, stop: Any) -> Any:
+async def _work(job: BlockJob, spent: int, stop: Interruption) -> Any:
     from ...ledger.redis import RedisLedger
 
+    task = asyncio.current_task()
+    assert task is not None
+    watch = asyncio.create_task(_watch(stop_file(job.folder), stop, task))
     redis = RedisLedger.from_url(
         job.state, job.run["total_budget"], namespace=job.state_name, timeout=5.0
     )
@@ -298,7 +326,20 @@ async def _work(job: BlockJob, spent: int, stop: Any) -> Any:
                 **job.run,
             )
     finally:
+        watch.cancel()
         await redis.aclose()
+
+
+async def _watch(path: Path, stop: Interruption, task: asyncio.Task[Any]) -> None:
+    """Once ``path`` appears, stop the block as its signal stops a run in one process (the
+    name in the file, noted in ``stop``; the run's task cancelled, so it settles and writes its
+    summary). Polled in the block's own loop: a Ray worker does not pass signals sent to
+    itself on to Python."""
+    while not path.exists():
+        await asyncio.sleep(_POLL)
+    if stop.signal is None:
+        stop.signal = path.read_text(encoding="utf-8").strip() or "SIGTERM"
+        task.cancel()
 
 
 @contextlib.contextmanager
@@ -323,30 +364,6 @@ def _locked(path: Path, wait: float = LOCK_WAIT) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-class _StopWatch:
-    """While inside, a thread that interrupts this process (SIGINT: the run's clean stop, see
-    :func:`~shadowprice.engine.run.run_stoppable`) once ``path`` appears."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="shadowprice-stop", daemon=True)
-
-    def _watch(self) -> None:
-        while not self._done.wait(_POLL):
-            if self.path.exists():
-                os.kill(os.getpid(), signal.SIGINT)
-                return
-
-    def __enter__(self) -> _StopWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
 
 
 def read_summary(path: Path) -> Mapping[str, Any]:

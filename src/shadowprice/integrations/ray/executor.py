@@ -32,6 +32,9 @@ import dataclasses
 import fcntl
 import json
 import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -44,6 +47,7 @@ from ...engine.grading import get_grader
 from ...engine.live import LivePlan
 from ...engine.records import QueryRecord
 from ...engine.results import (
+    FINAL_STATUSES,
     RunFiles,
     latest_by_id,
     read_records,
@@ -65,7 +69,17 @@ from ...ledger import LedgerState
 from ...ledger.journal import JournalMismatch
 from ...live.planner import STATE_NAMES
 from ...providers import Preset
-from .blocks import BlockError, BlockJob, read_summary, run_block, shares, split, stop_file
+from .blocks import (
+    BlockError,
+    BlockJob,
+    Standing,
+    journal_totals,
+    read_summary,
+    run_block,
+    shares,
+    split,
+    stop_file,
+)
 
 __all__ = ["MANIFEST", "BlockFailed", "RayExecutor", "archive_parts", "parts_folder"]
 
@@ -319,9 +333,10 @@ class _Run:
             write_json_atomic(manifest, payload)
         stop_file(self.folder).unlink(missing_ok=True)
         parts = split(self.items, blocks)
+        standing = [self._standing(k, part) for k, part in enumerate(parts)]
         c = self.config.concurrency
         jobs = []
-        for k, (part, share) in enumerate(zip(parts, shares(parts, self.total), strict=True)):
+        for k, (part, share) in enumerate(zip(parts, shares(standing, self.total), strict=True)):
             config = dataclasses.replace(
                 self.config, concurrency=max(1, c // blocks + (k < c % blocks)), progress=False
             )
@@ -331,6 +346,15 @@ class _Run:
             job.plan = _block_plan(self.plan, part, read_summary(job.files.summary))
             jobs.append(job)
         return jobs
+
+    def _standing(self, k: int, part: list[PlanItem]) -> Standing:
+        """Where block ``k`` stands: from its journal and results, if it has run before."""
+        files = RunFiles.of(self.folder / f"block-{k}.jsonl")
+        charged, left_open = journal_totals(files.journal)
+        done = latest_by_id(read_records(files.results))
+        waiting = [i for i in part if done.get(i.id, {}).get("status") not in FINAL_STATUSES]
+        counted = 0 if self.run["release_unsettled"] else left_open
+        return Standing(charged + counted, sum(int(i.budget) for i in waiting), len(waiting))
 
     async def _blocks(
         self, jobs: list[BlockJob], stop: Interruption
@@ -478,10 +502,21 @@ def _ray(executor: RayExecutor) -> Iterator[int]:
     of workers."""
     import logging
 
+    if "ray" not in sys.modules and "RAY_DISABLE_FAILURE_SIGNAL_HANDLER" not in os.environ:
+        # Ray's crash handler would print a stack dump for every SIGTERM the run handles
+        # itself (settling, then exit 143); read once, when Ray is imported.
+        os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"] = "1"
+        try:
+            import ray
+        finally:
+            del os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"]
     import ray
 
     started = False
     if not ray.is_initialized():
+        # ray.init makes SIGTERM exit the driver at once; the run's own handlers (stop every
+        # block, settle, write the summary) are put back after it.
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         address = executor.address or os.environ.get("RAY_ADDRESS") or None
         quiet: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
         # Ray notes on stderr that its token authentication is on (its default): a command's
@@ -497,6 +532,10 @@ def _ray(executor: RayExecutor) -> Iterator[int]:
                 ray.init(num_cpus=cpus, include_dashboard=False, **quiet)
         finally:
             notice.setLevel(level)
+            if threading.current_thread() is threading.main_thread():
+                for sig, handler in handlers.items():
+                    if handler is not None:
+                        signal.signal(sig, handler)
         started = True
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
