@@ -55,13 +55,13 @@ class Menu:
     Attributes
     ----------
     costs : array (N, K) or (K,)
-        Tokens each option consumes: int64 caps (budgets x samples) under ``allotted``
-        accounting, float64 expected spend under ``spent``; a (K,) grid is shared by all rows.
-        Non-decreasing along each row.
+        Tokens each option consumes: integer caps (budgets x samples; int64, or int32 in a
+        compact menu whose grid fits) under ``allotted`` accounting, float64 expected spend
+        under ``spent``; a (K,) grid is shared by all rows. Non-decreasing along each row.
     values : float array (N, K)
         Utility of each option; ``-inf`` marks options the query's limits forbid.
-    budgets : int64 array (N, K) or (K,)
-        Per-sample ``max_tokens`` of each option.
+    budgets : integer array (N, K) or (K,)
+        Per-sample ``max_tokens`` of each option (the dtype of ``costs``).
     samples : int64 array (N, K) or (K,)
         Parallel samples of each option.
     accounting : {'allotted', 'spent'}
@@ -94,7 +94,17 @@ class Menu:
 
     def full_choice(self, choice: NDArray[np.intp]) -> Cols:
         """Each row's option as a column of the full grid (the same for a full menu)."""
-        return choice if self.columns is None else self.columns[np.arange(self.n), choice]
+        return choice if self.columns is None else self.columns.reshape(-1)[self.flat(choice)]
+
+    def flat(
+        self, choice: NDArray[np.intp], rows: NDArray[np.intp] | None = None
+    ) -> NDArray[np.intp]:
+        """Positions of the rows' chosen options in a raveled (N, K) field (``rows=None``:
+        every row): a flat gather costs a third of the time of ``field[rows, choice]``."""
+        r = np.arange(self.n) if rows is None else rows
+        flat = r * self.k
+        flat += choice
+        return flat
 
     @property
     def feasible(self) -> NDArray[np.bool_]:
@@ -116,7 +126,7 @@ class Menu:
         """Gather one option per row from a (K,) or (N, K) field."""
         if field.ndim == 1:
             return field[choice]
-        return field[np.arange(self.n)[rows], choice]
+        return field.reshape(-1)[self.flat(choice, np.arange(self.n)[rows])]
 
 
 #: Rows evaluated at once when tabulating curves, to bound temporary memory.
@@ -340,65 +350,141 @@ def compact_surge_menu(
     Menu
         Per-row costs and budgets (N, K'), ``columns`` mapping each option to the grid.
     """
-    K = grid.size
-    gf: NDArray[Any] = grid.astype(dtype)
-    feasible = _feasible(grid, cons.subset(slice(0, 1)))[0]
-    # Row chunks keep every temporary small (a few MB).
-    parts = [
-        _compact_rows(curves[sl], gf, feasible, dtype)
-        for sl in (slice(a, min(a + CHUNK, curves.n)) for a in range(0, curves.n, CHUNK))
-    ]
-    width = max(c.shape[1] for c, _ in parts)
-    cols = np.concatenate([_widen(c, width) for c, _ in parts])
-    values = np.concatenate([_widen(v, width) for _, v in parts])
-    costs = grid[cols]
-    ones = np.ones(width, dtype=np.int64)
+    win = _SurgeWindows(curves, cons, grid, dtype)
+    cols, values = win.tabulate()
+    # Half the memory of int64 where the grid fits (sums of costs accumulate in int64, and
+    # prices multiply them in float64 either way): the solver reads rows at random.
+    fits = grid.size == 0 or int(grid[-1]) <= np.iinfo(np.int32).max
+    costs = np.empty(cols.shape, dtype=np.int32 if fits else np.int64)
+    for start in range(0, curves.n, CHUNK):
+        sl = slice(start, start + CHUNK)
+        np.take(grid, cols[sl], out=costs[sl])
     return Menu(
         costs=costs,
         values=values,
         budgets=costs,
-        samples=ones,
+        samples=np.ones(cols.shape[1], dtype=np.int64),
         columns=cols,
-        grid_size=K,
+        grid_size=grid.size,
     )
 
 
-def _compact_rows(
-    curves: ShiftedSurge, gf: NDArray[Any], feasible: NDArray[np.bool_], dtype: type
-) -> tuple[Cols, NDArray[np.floating]]:
-    """Kept columns and their values for some rows (see :func:`compact_surge_menu`)."""
-    K = gf.size
-    tau: NDArray[Any] = curves.tau.astype(dtype)
-    beta = dtype(curves.beta[0])
-    # First option worth more than nothing: the first budget above the threshold.
-    first = np.searchsorted(gf, tau, side="right").astype(np.int32)
-    x_top = gf[-1] - tau  # largest budget above threshold in each row (float32 rounding)
-    margin = _SLACK * (np.maximum(beta * x_top, 0.0) + 8.0) * float(np.finfo(dtype).eps)
-    last_feasible = int(np.flatnonzero(feasible).max(initial=0))
-    # The window's end: first guess the second budget past the peak, then move on, row by
-    # row, until it closes the window (or reaches the grid's end).
-    peak = np.searchsorted(gf, tau + dtype(1.0) / beta, side="right").astype(np.int32)
-    end = np.minimum(np.maximum(peak + 1, first), K - 1)
-    cols = _layout(first, end)
-    values = _values_at(curves, gf, cols, feasible, dtype)
-    ok = _closes(values, cols, first, end, gf, tau, beta, margin, last_feasible)
-    moved = rows = np.flatnonzero(~ok)
-    while rows.size:
-        end[rows] += 1
-        sub_cols = _layout(first[rows], end[rows])
-        sub_values = _values_at(curves[rows], gf, sub_cols, feasible, dtype)
-        ok = _closes(
-            sub_values, sub_cols, first[rows], end[rows], gf, tau[rows], beta, margin[rows],
-            last_feasible,
-        )  # fmt: skip
-        rows = rows[~ok]
-    if moved.size:
-        # Rows whose window grew: their own layout and values; the others' padded wider.
-        width = max(cols.shape[1], int(np.max(end[moved] - first[moved], initial=0)) + 3)
-        cols, values = _widen(cols, width), _widen(values, width)
-        cols[moved] = _layout(first[moved], end[moved], width)
-        values[moved] = _values_at(curves[moved], gf, cols[moved], feasible, dtype)
-    return cols, values
+class _SurgeWindows:
+    """Each row's window of a compact surge menu (:func:`compact_surge_menu`): where it
+    starts (``first``, the first budget above the threshold) and ends (``end``), in grid
+    columns, with the values of the options kept."""
+
+    def __init__(
+        self, curves: ShiftedSurge, cons: Constraints, grid: IntArray, dtype: type
+    ) -> None:
+        self.dtype = dtype
+        self.gf: NDArray[Any] = grid.astype(dtype)
+        self.feasible = _feasible(grid, cons.subset(slice(0, 1)))[0]
+        self.last_feasible = int(np.flatnonzero(self.feasible).max(initial=0))
+        self.tau: NDArray[Any] = curves.tau.astype(dtype)
+        self.alpha, self.beta = dtype(curves.alpha[0]), dtype(curves.beta[0])
+        K = grid.size
+        self.first = _at_most(self.gf, self.tau)
+        # Largest budget above threshold in each row (in the table's precision), and the
+        # rounding allowance of the row's values (see _SLACK).
+        x_top = np.subtract(self.gf[-1], self.tau)
+        margin = np.multiply(x_top, self.beta, out=x_top)
+        np.maximum(margin, 0.0, out=margin)
+        margin += 8.0
+        margin *= _SLACK
+        margin *= float(np.finfo(dtype).eps)
+        self.margin = margin
+        # The window's first guess ends at the second budget past the peak.
+        peak = _at_most(self.gf, self.tau + dtype(1.0) / self.beta)
+        self.end = np.minimum(np.maximum(peak + 1, self.first), K - 1)
+
+    def tabulate(self) -> tuple[Cols, NDArray[np.floating]]:
+        """Every row's kept columns and values, (N, K'): the first guesses, in row chunks
+        written in place (temporaries stay in cache), then the windows that do not close
+        there moved on, row by row, until they do."""
+        n = self.tau.size
+        width = int(np.maximum(self.end - self.first, 0).max(initial=0)) + 3
+        cols = np.empty((n, width), dtype=np.int32)
+        values: NDArray[np.floating] = np.empty((n, width), dtype=self.dtype)
+        still_open = []
+        for start in range(0, n, CHUNK):
+            sl = slice(start, min(start + CHUNK, n))
+            cols[sl] = _layout(self.first[sl], self.end[sl], width)
+            self._values(sl, cols[sl], out=values[sl])
+            still_open.append(np.flatnonzero(~self._closes(values[sl], sl)) + start)
+        moved = rows = np.concatenate(still_open)
+        while rows.size:
+            self.end[rows] += 1
+            sub_cols = _layout(self.first[rows], self.end[rows])
+            sub_values = self._values(rows, sub_cols)
+            rows = rows[~self._closes(sub_values, rows)]
+        if moved.size:
+            # Rows whose window grew: their own layout and values; the others padded wider.
+            first, end = self.first[moved], self.end[moved]
+            width = max(width, int(np.max(end - first, initial=0)) + 3)
+            cols, values = _widen(cols, width), _widen(values, width)
+            cols[moved] = _layout(first, end, width)
+            values[moved] = self._values(moved, cols[moved])
+        return cols, values
+
+    def _values(
+        self,
+        rows: NDArray[np.intp] | slice,
+        cols: Cols,
+        out: NDArray[np.floating] | None = None,
+    ) -> NDArray[np.floating]:
+        """The rows' values at their grid columns (-inf at infeasible budgets), with the
+        arithmetic of :meth:`ShiftedSurge.value` step for step, so that they equal the full
+        table's bit for bit (the equivalence tests compare both)."""
+        x = self.gf.take(cols)
+        x -= self.tau[rows][:, None]
+        np.maximum(x, 0.0, out=x)
+        u = np.multiply(x, -self.beta, out=out)
+        np.exp(u, out=u)
+        u *= x
+        u *= self.alpha
+        if not self.feasible.all():
+            u[~self.feasible[cols]] = -np.inf
+        return u
+
+    def _closes(self, values: NDArray[Any], rows: NDArray[np.intp] | slice) -> NDArray[np.bool_]:
+        """Whether each row's window may stop at its ``end`` (the last column of its
+        layout): the grid's last column; a column past every feasible budget (later ones are
+        infeasible too); or a finite value past the peak worth at most the best before it by
+        the row's margin (later ones fall from it, and the margin covers their rounding).
+
+        The layout repeats the end up to the last position, and option 0 (worth 0: nobody is
+        protected) comes before it, so the best over the whole row decides as the best
+        before the end would: where the end is worth more, neither leaves it the margin.
+        """
+        end = self.end[rows]
+        last = values[:, -1]
+        # Column by column: a maximum over a short axis costs more than these passes.
+        best = values[:, 0].copy()
+        for j in range(1, values.shape[1]):
+            np.maximum(best, values[:, j], out=best)
+        best *= 1 - self.margin[rows]
+        falls = (self.gf[end] - self.tau[rows]) * self.beta > 1
+        falls &= np.isfinite(last)
+        falls &= last <= best
+        return (end >= self.gf.size - 1) | (end > self.last_feasible) | falls
+
+
+def _at_most(gf: NDArray[Any], x: NDArray[Any]) -> Cols:
+    """How many budgets of the grid ``gf`` are at most each ``x`` >= 0, as int32: what
+    ``np.searchsorted(gf, x, side="right")`` returns.
+
+    The grid holds whole tokens, so a budget is at most x exactly when it is at most
+    floor(x). Over a grid of up to a few N tokens a table of those counts per whole token
+    answers with one gather, where a binary search per element costs several times more.
+    """
+    top = gf[-1]
+    if not 0 <= top <= max(4 * x.size, 1 << 16):
+        return np.searchsorted(gf, x, side="right").astype(np.int32)
+    whole = np.arange(int(top) + 1, dtype=np.float64)
+    table = np.searchsorted(gf.astype(np.float64), whole, side="right").astype(np.int32)
+    # Truncation is floor for x >= 0; past the grid's top every budget counts.
+    return table.take(np.minimum(x, top).astype(np.intp))
 
 
 def _layout(first: Cols, end: Cols, width: int | None = None) -> Cols:
@@ -406,10 +492,15 @@ def _layout(first: Cols, end: Cols, width: int | None = None) -> Cols:
     padded with copies of end (to ``width`` columns; default: the widest row's)."""
     if width is None:
         width = int(np.maximum(end - first, 0).max(initial=0)) + 3
-    j = np.arange(width, dtype=np.int32)[None, :]
-    start = np.where(first > 1, np.int32(2), np.int32(1))[:, None]  # where row i's window starts
-    cols = np.where(j < start, 1, np.minimum(first[:, None] + (j - start), end[:, None]))
+    # Position j holds first + j - start, capped at end, where the window starts at position
+    # start = 2 after the column 1 (or at 1 where it is column 1 itself).
+    start = np.where(first > 1, np.int32(2), np.int32(1))
+    cols = np.add(np.subtract(first, start)[:, None], np.arange(width, dtype=np.int32))
+    np.minimum(cols, end[:, None], out=cols)
     cols[:, 0] = 0
+    # Position 1 is column 1 where the window starts later (there first - 1 >= 1 and the end
+    # is past it) and the window's own first column, at most 1, where it does not.
+    np.minimum(cols[:, 1], 1, out=cols[:, 1])
     return cols
 
 
@@ -418,48 +509,3 @@ def _widen(a: NDArray[Any], width: int) -> NDArray[Any]:
     if a.shape[1] >= width:
         return a
     return np.concatenate([a, np.repeat(a[:, -1:], width - a.shape[1], axis=1)], axis=1)
-
-
-def _values_at(
-    curves: ShiftedSurge,
-    gf: NDArray[Any],
-    cols: Cols,
-    feasible: NDArray[np.bool_],
-    dtype: type,
-) -> NDArray[np.floating]:
-    """Each row's values at its grid columns, in row chunks, with the full table's
-    arithmetic (and -inf at infeasible budgets)."""
-    out: NDArray[np.floating] = np.empty(cols.shape, dtype=dtype)
-    for start in range(0, curves.n, CHUNK):
-        sl = slice(start, min(start + CHUNK, curves.n))
-        out[sl] = curves[sl].value(gf[cols[sl]])
-    if not feasible.all():
-        out[~feasible[cols]] = -np.inf
-    return out
-
-
-def _closes(
-    values: NDArray[Any],
-    cols: Cols,
-    first: Cols,
-    end: Cols,
-    gf: NDArray[Any],
-    tau: NDArray[Any],
-    beta: Any,
-    margin: NDArray[Any],
-    last_feasible: int,
-) -> NDArray[np.bool_]:
-    """Whether each row's window may stop at ``end`` (the last column of its layout): the
-    grid's last column; a column past every feasible budget (later ones are infeasible too);
-    or a finite value past the peak worth at most the best before it by the row's margin
-    (later ones fall from it, and the margin covers their rounding)."""
-    K = gf.size
-    rows = np.arange(end.size)
-    # Position of the end in the layout; the best value before it (option 0 is worth 0).
-    at = np.where(first > 1, 2, 1) + np.maximum(end - first, 0)
-    at = np.where(first >= K, 2, np.minimum(at, cols.shape[1] - 1))
-    last = values[rows, at]
-    earlier = np.arange(cols.shape[1])[None, :] < at[:, None]
-    best = np.max(np.where(earlier, values, -np.inf), axis=1)
-    falls = ((gf[end] - tau) * beta > 1) & np.isfinite(last) & (last <= best * (1 - margin))
-    return (end >= K - 1) | (end > last_feasible) | falls
