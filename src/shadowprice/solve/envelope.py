@@ -70,7 +70,7 @@ def _cost(
     """Cost of each row's chosen option: int tokens (allotted) or float expected spend."""
     if menu.costs.ndim == 1:
         return menu.costs[choice]
-    return menu.costs.reshape(-1)[menu.flat(choice, rows)]
+    return menu.chosen(menu.costs, choice, rows)
 
 
 def _demand(menu: Menu, price: float) -> tuple[NDArray[np.intp], float]:
@@ -290,7 +290,7 @@ def _fill(
 
 def _value(menu: Menu, choice: NDArray[np.intp], rows: NDArray[np.intp]) -> NDArray[np.floating]:
     """Value of the given rows' chosen options (a flat gather)."""
-    return menu.values.reshape(-1)[menu.flat(choice, rows)]
+    return menu.chosen(menu.values, choice, rows)
 
 
 def _fill_candidates(
@@ -302,27 +302,41 @@ def _fill_candidates(
         costs = menu.row_costs()
         fits = (costs > cur_cost[:, None]) & (costs <= cur_cost[:, None] + left)
         cand = np.flatnonzero(fits.any(axis=1))
-        nxt_all = None
+        if cand.size <= FILL_CANDIDATES:
+            return cand
+        nxt = np.minimum(choice[cand] + 1, menu.k - 1)
+        step = _cost(menu, nxt, cand) - cur_cost[cand]
     else:
         # Costs ascend strictly along a grid, so some upgrade fits exactly when the next
         # option does (a compact menu keeps the next option of any a price picks).
-        nxt_all = np.minimum(choice + 1, menu.k - 1)
-        step_all = _cost(menu, nxt_all)
-        step_all -= cur_cost
-        cand = np.flatnonzero((step_all > 0) & (step_all <= left))
-    if cand.size <= FILL_CANDIDATES:
-        return cand
+        cand, nxt, step = _next_steps(menu, choice, cur_cost, left)
+        if cand.size <= FILL_CANDIDATES:
+            return cand
     # Few upgrades fit in a leftover; rank rows by their next step's ratio and look closely
     # only at the best of them (the ranking's ties go as np.argpartition leaves them).
-    if nxt_all is None:
-        nxt = np.minimum(choice[cand] + 1, menu.k - 1)
-        step = np.maximum(_cost(menu, nxt, cand) - cur_cost[cand], 1)
-    else:
-        # The same next step and its cost, read back for the candidates.
-        nxt, step = nxt_all[cand], np.maximum(step_all[cand], 1)
-    r = (_value(menu, nxt, cand) - _value(menu, choice[cand], cand)) / step
-    top = np.argpartition(-np.nan_to_num(r, nan=-np.inf), FILL_CANDIDATES - 1)
+    r = _value(menu, nxt, cand) - _value(menu, choice[cand], cand)
+    r = r / np.maximum(step, 1)
+    key = np.negative(np.nan_to_num(r, copy=False, nan=-np.inf), out=r)
+    top = np.argpartition(key, FILL_CANDIDATES - 1)
     return cand[top[:FILL_CANDIDATES]]
+
+
+def _next_steps(
+    menu: Menu, choice: NDArray[np.intp], cur_cost: NDArray[Any], left: int | float
+) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[Any]]:
+    """(rows, next option, its extra cost) of the rows whose next option costs more, by at
+    most ``left``; block by block, so that the N-sized scan makes no N-sized temporaries."""
+    rows, nxts, steps = [np.zeros(0, np.intp)], [np.zeros(0, np.intp)], [cur_cost[:0]]
+    for start in range(0, menu.n, CHUNK):
+        stop = min(start + CHUNK, menu.n)
+        nxt = np.minimum(choice[start:stop] + 1, menu.k - 1)
+        step = _cost(menu, nxt, None if menu.costs.ndim == 1 else np.arange(start, stop))
+        step -= cur_cost[start:stop]
+        hit = np.flatnonzero((step > 0) & (step <= left))
+        rows.append(hit + start)
+        nxts.append(nxt[hit])
+        steps.append(step[hit])
+    return np.concatenate(rows), np.concatenate(nxts), np.concatenate(steps)
 
 
 def _result(
@@ -336,11 +350,12 @@ def _result(
     info: dict[str, Any],
     message: str,
 ) -> Allocation:
-    budgets = menu.pick(menu.budgets, choice).astype(np.int64)
-    samples = menu.pick(menu.samples, choice).astype(np.int64)
+    budgets = menu.pick(menu.budgets, choice).astype(np.int64, copy=False)
     funded = budgets > 0
-    utility = float(menu.values.reshape(-1)[menu.flat(choice)].astype(np.float64).sum())
+    utility = float(menu.chosen(menu.values, choice).astype(np.float64).sum())
     multi = bool(np.any(menu.samples != 1))
+    # Samples are reported only where some option has several.
+    samples = menu.pick(menu.samples, choice).astype(np.int64) if multi else None
     if menu.accounting == "spent":
         spend = float(_cost(menu, choice).astype(np.float64).sum())
         info = {**info, "accounting": "spent", "expected_spend": spend}
@@ -354,7 +369,7 @@ def _result(
         policy=policy,
         status=status,
         message=message + f"; {int((~funded).sum())} of {menu.n} queries abandoned",
-        samples=samples if multi else None,
+        samples=samples,
         info={
             "iterations": iterations,
             "options": menu.offered,

@@ -94,17 +94,25 @@ class Menu:
 
     def full_choice(self, choice: NDArray[np.intp]) -> Cols:
         """Each row's option as a column of the full grid (the same for a full menu)."""
-        return choice if self.columns is None else self.columns.reshape(-1)[self.flat(choice)]
+        return choice if self.columns is None else self.chosen(self.columns, choice)
 
-    def flat(
-        self, choice: NDArray[np.intp], rows: NDArray[np.intp] | None = None
-    ) -> NDArray[np.intp]:
-        """Positions of the rows' chosen options in a raveled (N, K) field (``rows=None``:
-        every row): a flat gather costs a third of the time of ``field[rows, choice]``."""
-        r = np.arange(self.n) if rows is None else rows
-        flat = r * self.k
-        flat += choice
-        return flat
+    def chosen(
+        self, field: NDArray[Any], choice: NDArray[np.intp], rows: NDArray[np.intp] | None = None
+    ) -> NDArray[Any]:
+        """``field[rows, choice]`` of an (N, K) field (``rows=None``: every row).
+
+        Flat gathers (a third of the time of fancy indexing), block by block: the index
+        temporaries stay in cache instead of costing fresh N-sized buffers.
+        """
+        flat = field.reshape(-1)
+        out = np.empty(choice.size, dtype=field.dtype)
+        for start in range(0, choice.size, CHUNK):
+            stop = min(start + CHUNK, choice.size)
+            idx = np.arange(start, stop) if rows is None else rows[start:stop]
+            idx = idx * self.k
+            idx += choice[start:stop]
+            np.take(flat, idx, out=out[start:stop])
+        return out
 
     @property
     def feasible(self) -> NDArray[np.bool_]:
@@ -126,7 +134,8 @@ class Menu:
         """Gather one option per row from a (K,) or (N, K) field."""
         if field.ndim == 1:
             return field[choice]
-        return field.reshape(-1)[self.flat(choice, np.arange(self.n)[rows])]
+        every = isinstance(rows, slice) and rows == slice(None)
+        return self.chosen(field, choice, None if every else np.arange(self.n)[rows])
 
 
 #: Rows evaluated at once when tabulating curves, to bound temporary memory.
