@@ -152,7 +152,13 @@ def budget_grid(curves: UtilityCurve, cons: Constraints, levels: int = DEFAULT_L
         raise ValueError(f"levels must be at least 2, got {levels}")
     g = cons.granularity
     peak = curves.peak()
-    useful = np.where(np.isfinite(peak), peak, curves.saturation(0.999, cap=float(cons.budget)))
+    finite = np.isfinite(peak)
+    # The saturation point only where some curve has no peak (an N-sized evaluation).
+    useful = (
+        peak
+        if finite.all()
+        else np.where(finite, peak, curves.saturation(0.999, cap=float(cons.budget)))
+    )
     top = min(int(cons.hi.max(initial=0)), int(np.ceil(np.max(useful, initial=0.0) / g)) * g)
     top = max(top, g)
     steps = top // g
@@ -418,7 +424,7 @@ class _SurgeWindows:
         still_open = []
         for start in range(0, n, CHUNK):
             sl = slice(start, min(start + CHUNK, n))
-            cols[sl] = _layout(self.first[sl], self.end[sl], width)
+            _layout(self.first[sl], self.end[sl], width, out=cols[sl])
             self._values(sl, cols[sl], out=values[sl])
             still_open.append(np.flatnonzero(~self._closes(values[sl], sl)) + start)
         moved = rows = np.concatenate(still_open)
@@ -496,15 +502,17 @@ def _at_most(gf: NDArray[Any], x: NDArray[Any]) -> Cols:
     return table.take(np.minimum(x, top).astype(np.intp))
 
 
-def _layout(first: Cols, end: Cols, width: int | None = None) -> Cols:
+def _layout(first: Cols, end: Cols, width: int | None = None, out: Cols | None = None) -> Cols:
     """Kept grid columns per row: 0, then 1 where the window starts later, then first..end,
-    padded with copies of end (to ``width`` columns; default: the widest row's)."""
+    padded with copies of end (to ``width`` columns; default: the widest row's), written
+    into ``out`` if given."""
     if width is None:
         width = int(np.maximum(end - first, 0).max(initial=0)) + 3
     # Position j holds first + j - start, capped at end, where the window starts at position
     # start = 2 after the column 1 (or at 1 where it is column 1 itself).
     start = np.where(first > 1, np.int32(2), np.int32(1))
-    cols = np.add(np.subtract(first, start)[:, None], np.arange(width, dtype=np.int32))
+    j = np.arange(width, dtype=np.int32)
+    cols = np.add(np.subtract(first, start)[:, None], j, out=out)
     np.minimum(cols, end[:, None], out=cols)
     cols[:, 0] = 0
     # Position 1 is column 1 where the window starts later (there first - 1 >= 1 and the end
