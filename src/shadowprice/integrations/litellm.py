@@ -56,7 +56,7 @@ from litellm.proxy._types import ProxyException
 from ..ledger import Ledger, LedgerError, Reservation
 from ..providers import OPENAI_EFFORT, litellm_fields
 from ..serve.budget import build_decider
-from ..serve.config import ConfigError, KeyTable, _positive, _positive_int
+from ..serve.config import BudgetShares, ConfigError, KeyTable, _positive, _positive_int
 from ..serve.decision import Decider, Grant, Refusal
 from ..serve.inbound import BadRequest, check_body, requested_cap
 from ..serve.predictor import ThresholdSource, load_threshold_source
@@ -111,7 +111,7 @@ _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
 @dataclass
-class PluginSettings:
+class PluginSettings(BudgetShares):
     """What the plugin is told (the environment, see :meth:`from_env`); the budget fields
     mean what ``shadowprice serve``'s options of the same name mean.
 
@@ -198,18 +198,6 @@ class PluginSettings:
             raise ConfigError(
                 f"SHADOWPRICE_STATE must be a redis://HOST:PORT/DB URL, got {self.state!r}"
             )
-
-    @property
-    def float_tokens(self) -> int:
-        """Tokens this replica holds for an outage when it fails open."""
-        if self.fail_open_budget is not None:
-            return self.fail_open_budget
-        return max(1, self.budget // 100)
-
-    @property
-    def floor_tokens(self) -> int:
-        """Tokens of each period kept for requests with a floor."""
-        return int(self.budget * self.floor_share)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> PluginSettings:

@@ -134,8 +134,30 @@ def _key_entry(obj: Any) -> tuple[bytes, Tenant]:
     return raw, Tenant(name, budget, floor, frozenset(classes), metrics)
 
 
+class BudgetShares:
+    """The parts of a period's budget its settings set aside: what the gateway's settings and
+    the LiteLLM plugin's derive alike (each defines ``budget``, ``fail_open_budget`` and
+    ``floor_share``)."""
+
+    budget: int
+    fail_open_budget: int | None
+    floor_share: float
+
+    @property
+    def float_tokens(self) -> int:
+        """Tokens each replica holds for an outage when it fails open."""
+        if self.fail_open_budget is not None:
+            return self.fail_open_budget
+        return max(1, self.budget // 100)
+
+    @property
+    def floor_tokens(self) -> int:
+        """Tokens of each period kept for requests with a floor."""
+        return int(self.budget * self.floor_share)
+
+
 @dataclass
-class GatewayConfig:
+class GatewayConfig(BudgetShares):
     """Everything ``shadowprice serve`` is told (see the README's serving section).
 
     Attributes
@@ -334,18 +356,6 @@ class GatewayConfig:
             )
         except ValueError as exc:
             raise ConfigError(f"--provider {self.provider}: {exc}") from exc
-
-    @property
-    def float_tokens(self) -> int:
-        """Tokens each replica holds for an outage when it fails open."""
-        if self.fail_open_budget is not None:
-            return self.fail_open_budget
-        return max(1, self.budget // 100)
-
-    @property
-    def floor_tokens(self) -> int:
-        """Tokens of each period kept for requests with a floor."""
-        return int(self.budget * self.floor_share)
 
 
 def _positive(name: str, value: float) -> None:
