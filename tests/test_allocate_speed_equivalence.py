@@ -253,3 +253,51 @@ def test_market_on_any_surge_grid_is_unchanged(
     kw = {"min_tokens": 2 * step, "max_tokens": step * levels // 2} if limits == "scalar" else {}
     assert_same(curves, n * per_query, "market", grid=grid, **kw)
     assert_same(curves, n * per_query, "market", levels=levels, **kw)
+
+
+@settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    n=st.sampled_from([1, 2, 17, 300, 5000]),
+    budget_per_query=st.sampled_from([0.0, 0.01, 0.5, 40.0, 300.0, 900.0, 5000.0]),
+    tied=st.sampled_from(["few", "integer", "no"]),
+    g=st.sampled_from([1, 7, 64]),
+    limits=st.sampled_from(["none", "scalar", "caps", "mixed"]),
+    step=st.sampled_from([None, 1, 16, 111, 4096]),
+    f32=st.booleans(),
+    leftover=st.sampled_from(["spread", "keep"]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_market_matches_the_solver_before_on_random_markets(
+    monkeypatch: pytest.MonkeyPatch,
+    n: int,
+    budget_per_query: float,
+    tied: str,
+    g: int,
+    limits: str,
+    step: int | None,
+    f32: bool,
+    leftover: str,
+    seed: int,
+) -> None:
+    # The market as the solver before the speed work priced it: ties (thresholds drawn from
+    # a few values, integer thresholds) and fractional thresholds, no budget at all, caps
+    # and floors, coarse granularity, grids whose top a lookup table covers and grids far
+    # past it (counted by binary search), float32 and float64 tables, and markets large
+    # enough to be priced on a subsample first.
+    for module in ("shadowprice.allocate", "_solve_before.allocate"):
+        monkeypatch.setattr(sys.modules[module], "LARGE_MENU", 0 if f32 else 10**12)
+    rng = np.random.default_rng(seed)
+    if tied == "few":
+        tau = rng.choice([0.0, 1.0, 250.0, 400.0, 1e4], n)
+    else:
+        tau = _taus(rng, n, integer=tied == "integer")
+    curves = ShiftedSurge(tau, ALPHA, BETA)
+    kw = _limits(rng, n, limits)
+    kw["granularity"] = g
+    if step is not None:
+        kw["grid"] = np.arange(0, 300) * step * g
+    assert_same(curves, int(n * budget_per_query), "market", leftover=leftover, **kw)
