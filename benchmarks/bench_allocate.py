@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench_allocate.py --quick    # N up to 1e5
     .venv/bin/python benchmarks/bench_allocate.py --before   # and the solvers before the
                                                              # speed work, in the same rounds
+    .venv/bin/python benchmarks/bench_allocate.py --sizes 1000000 --no-gap  # one size only
 
 In each of ``--repeat`` rounds every solver is timed right after np.sort of the same
 thresholds; the table gives median times and the median of those pairs' ratios, so that
@@ -171,6 +172,10 @@ def main() -> None:
         action="store_true",
         help="also time 'clear' and 'market' as they were before the speed work (tests/)",
     )
+    ap.add_argument(
+        "--sizes", type=int, nargs="+", help="numbers of queries to time (default 1e3 to 1e6)"
+    )
+    ap.add_argument("--no-gap", action="store_true", help="skip the optimality-gap table")
     args = ap.parse_args()
     print(
         f"Machine: {platform.machine()}, {platform.python_implementation()} "
@@ -178,8 +183,9 @@ def main() -> None:
     )
     sizes = [10**3, 10**4, 10**5] if args.quick else [10**3, 10**4, 10**5, 10**6]
     before = before_solvers() if args.before else None
-    speed_table(sizes, 3 if args.quick else args.repeat, before=before)
-    gap_table(seeds=2 if args.quick else 5)
+    speed_table(args.sizes or sizes, 3 if args.quick else args.repeat, before=before)
+    if not args.no_gap:
+        gap_table(seeds=2 if args.quick else 5)
 
 
 if __name__ == "__main__":
