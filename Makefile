@@ -26,11 +26,15 @@ lint: $(STAMP)
 
 # Starts the bundled llama.cpp server for the live engine tests (they skip, saying so, if it
 # is not there; with SHADOWPRICE_REQUIRE_ENGINE=1, as in CI, a failed start fails the run).
+# Two pytest processes, each taking whole files (module fixtures: one Ray, one LiteLLM proxy
+# per file): the suite mostly waits on real servers and subprocesses, so two halve its time
+# even on two cores; the slowest tests are printed.
 test: lint
 	@if bash tools/engine.sh start >/dev/null; then :; \
 	elif [ "$${SHADOWPRICE_REQUIRE_ENGINE:-0}" = 1 ]; then echo "make test: engine failed to start" >&2; exit 1; \
 	else echo "make test: local engine did not start; live engine tests will skip" >&2; fi
-	@SHADOWPRICE_LLAMA_URL="$$(cat .cache/llama.url 2>/dev/null)" $(BIN)/python -m pytest; \
+	@SHADOWPRICE_LLAMA_URL="$$(cat .cache/llama.url 2>/dev/null)" $(BIN)/python -m pytest \
+		-n 2 --dist loadfile --durations=15; \
 	rc=$$?; bash tools/engine.sh stop; exit $$rc
 
 bench: $(STAMP)
