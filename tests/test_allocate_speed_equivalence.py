@@ -13,6 +13,7 @@ comparison allows exactly that: granules moved between rows with the same remain
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -21,10 +22,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from _solve_before import allocate as allocate_before
+from _solve_before.constraints import make_constraints as make_constraints_before
+from _solve_before.leftover import spread_leftover as spread_before
 from shadowprice import EmpiricalCurve, GammaSCurve, LogisticCurve, ShiftedSurge, allocate
 from shadowprice.curves.base import UtilityCurve
 from shadowprice.curves.surge import surge_excess
 from shadowprice.solve import Allocation
+from shadowprice.solve.constraints import make_constraints
+from shadowprice.solve.leftover import spread_leftover
 
 ALPHA, BETA = 1.5, 0.005
 
@@ -301,3 +306,22 @@ def test_market_matches_the_solver_before_on_random_markets(
     if step is not None:
         kw["grid"] = np.arange(0, 300) * step * g
     assert_same(curves, int(n * budget_per_query), "market", leftover=leftover, **kw)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("extra", [1, 37, 5_000, 2_000_000])
+def test_spreading_the_leftover_is_unchanged(seed: int, extra: int) -> None:
+    # Leftovers of a few granules up to several per query (share > 1, caps that fill up and
+    # end the rounds), spread by both versions from the same allocation.
+    rng = np.random.default_rng(seed)
+    n = 2_000
+    curves = ShiftedSurge(_taus(rng, n, integer=bool(seed % 2)), ALPHA, BETA)
+    caps = rng.integers(300, 3000, n)
+    g = (1, 8)[seed % 2]
+    kept = allocate(curves, 250 * n, "market", max_tokens=caps, granularity=g, leftover="keep")
+    alloc = replace(kept, budget=kept.budget + extra)
+    limits: dict[str, Any] = {"max_tokens": caps, "granularity": g}
+    new = spread_leftover(curves, alloc, make_constraints(n, alloc.budget, **limits))
+    old = spread_before(curves, alloc, make_constraints_before(n, alloc.budget, **limits))
+    np.testing.assert_array_equal(new.budgets, old.budgets)
+    assert new.utility == old.utility and new.message == old.message and new.info == old.info

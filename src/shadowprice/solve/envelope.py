@@ -306,37 +306,56 @@ def _fill_candidates(
             return cand
         nxt = np.minimum(choice[cand] + 1, menu.k - 1)
         step = _cost(menu, nxt, cand) - cur_cost[cand]
+        key = _step_key(_value(menu, nxt, cand), _value(menu, choice[cand], cand), step)
     else:
         # Costs ascend strictly along a grid, so some upgrade fits exactly when the next
         # option does (a compact menu keeps the next option of any a price picks).
-        cand, nxt, step = _next_steps(menu, choice, cur_cost, left)
+        cand, key = _next_steps(menu, choice, cur_cost, left)
         if cand.size <= FILL_CANDIDATES:
             return cand
-    # Few upgrades fit in a leftover; rank rows by their next step's ratio and look closely
-    # only at the best of them (the ranking's ties go as np.argpartition leaves them).
-    r = _value(menu, nxt, cand) - _value(menu, choice[cand], cand)
-    r = r / np.maximum(step, 1)
-    key = np.negative(np.nan_to_num(r, copy=False, nan=-np.inf), out=r)
+    # Few upgrades fit in a leftover; look closely only at the rows whose next step has the
+    # best ratio (the ranking's ties go as np.argpartition leaves them).
     top = np.argpartition(key, FILL_CANDIDATES - 1)
     return cand[top[:FILL_CANDIDATES]]
 
 
+def _step_key(
+    v_next: NDArray[np.floating], v_cur: NDArray[np.floating], step: NDArray[Any]
+) -> NDArray[np.floating]:
+    """Ranking key of next steps: minus their gain per token (NaN ranks last)."""
+    r = v_next - v_cur
+    r = r / np.maximum(step, 1)
+    if not np.isfinite(r).all():  # one pass where nan_to_num makes several
+        np.nan_to_num(r, copy=False, nan=-np.inf)
+    return np.negative(r, out=r)
+
+
 def _next_steps(
     menu: Menu, choice: NDArray[np.intp], cur_cost: NDArray[Any], left: int | float
-) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[Any]]:
-    """(rows, next option, its extra cost) of the rows whose next option costs more, by at
-    most ``left``; block by block, so that the N-sized scan makes no N-sized temporaries."""
-    rows, nxts, steps = [np.zeros(0, np.intp)], [np.zeros(0, np.intp)], [cur_cost[:0]]
+) -> tuple[NDArray[np.intp], NDArray[np.floating]]:
+    """(rows, ranking key of :func:`_step_key`) of the rows whose next option costs more, by
+    at most ``left``; block by block, with the gathers of values for those rows only, so that
+    the N-sized scan makes no N-sized temporaries."""
+    rows: list[NDArray[np.intp]] = [np.zeros(0, np.intp)]
+    keys: list[NDArray[np.floating]] = [np.zeros(0)]
+    shared = menu.costs.ndim == 1
+    flat_costs, flat_values = menu.costs.reshape(-1), menu.values.reshape(-1)
     for start in range(0, menu.n, CHUNK):
         stop = min(start + CHUNK, menu.n)
-        nxt = np.minimum(choice[start:stop] + 1, menu.k - 1)
-        step = _cost(menu, nxt, None if menu.costs.ndim == 1 else np.arange(start, stop))
+        cur = choice[start:stop]
+        nxt = np.minimum(cur + 1, menu.k - 1)
+        # Flat positions of each row's current and next option in the (N, K) tables.
+        at = np.arange(start * menu.k, stop * menu.k, menu.k)
+        at += nxt
+        step = menu.costs[nxt] if shared else flat_costs.take(at)
         step -= cur_cost[start:stop]
         hit = np.flatnonzero((step > 0) & (step <= left))
+        at_next = at[hit]
+        at_cur = at_next - nxt[hit]
+        at_cur += cur[hit]
         rows.append(hit + start)
-        nxts.append(nxt[hit])
-        steps.append(step[hit])
-    return np.concatenate(rows), np.concatenate(nxts), np.concatenate(steps)
+        keys.append(_step_key(flat_values.take(at_next), flat_values.take(at_cur), step[hit]))
+    return np.concatenate(rows), np.concatenate(keys)
 
 
 def _result(

@@ -47,12 +47,14 @@ def spread_leftover(curves: UtilityCurve, alloc: Allocation, cons: Constraints) 
     granules = alloc.leftover // g
     given = 0
     while granules > 0:
-        room = (cons.hi - b) // g
-        open_ = np.flatnonzero(alloc.funded & (room > 0))
+        # Room for a granule: (hi - b) // g > 0, that is hi - b >= g.
+        open_ = np.flatnonzero(alloc.funded & (cons.hi - b >= g))
         if open_.size == 0:
             break
         share = max(granules // open_.size, 1)
-        add = np.minimum(room[open_], share)
+        # Each open query gets at least one granule, so only the first ones can get any.
+        open_ = open_[:granules]
+        add = np.minimum((cons.hi[open_] - b[open_]) // g, share)
         # With share 1 and fewer granules than queries, the first ones in index order get one.
         add[np.cumsum(add) > granules] = 0
         b[open_] += add * g

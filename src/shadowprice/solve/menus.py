@@ -14,6 +14,7 @@ What an option costs depends on the accounting:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -366,14 +367,10 @@ def compact_surge_menu(
         Per-row costs and budgets (N, K'), ``columns`` mapping each option to the grid.
     """
     win = _SurgeWindows(curves, cons, grid, dtype)
-    cols, values = win.tabulate()
     # Half the memory of int64 where the grid fits (sums of costs accumulate in int64, and
     # prices multiply them in float64 either way): the solver reads rows at random.
     fits = grid.size == 0 or int(grid[-1]) <= np.iinfo(np.int32).max
-    costs = np.empty(cols.shape, dtype=np.int32 if fits else np.int64)
-    for start in range(0, curves.n, CHUNK):
-        sl = slice(start, start + CHUNK)
-        np.take(grid, cols[sl], out=costs[sl])
+    cols, values, costs = win.tabulate(grid.astype(np.int32 if fits else np.int64))
     return Menu(
         costs=costs,
         values=values,
@@ -413,19 +410,24 @@ class _SurgeWindows:
         peak = _at_most(self.gf, self.tau + dtype(1.0) / self.beta)
         self.end = np.minimum(np.maximum(peak + 1, self.first), K - 1)
 
-    def tabulate(self) -> tuple[Cols, NDArray[np.floating]]:
-        """Every row's kept columns and values, (N, K'): the first guesses, in row chunks
-        written in place (temporaries stay in cache), then the windows that do not close
-        there moved on, row by row, until they do."""
+    def tabulate(self, grid: NDArray[Any]) -> tuple[Cols, NDArray[np.floating], NDArray[Any]]:
+        """Every row's kept columns, values and costs (from ``grid``, in its dtype), (N, K'):
+        the first guesses, in row chunks written in place (temporaries stay in cache), then
+        the windows that do not close there moved on, row by row, until they do."""
         n = self.tau.size
         width = int(np.maximum(self.end - self.first, 0).max(initial=0)) + 3
         cols = np.empty((n, width), dtype=np.int32)
         values: NDArray[np.floating] = np.empty((n, width), dtype=self.dtype)
+        costs = np.empty((n, width), dtype=grid.dtype)
         still_open = []
         for start in range(0, n, CHUNK):
             sl = slice(start, min(start + CHUNK, n))
             _layout(self.first[sl], self.end[sl], width, out=cols[sl])
-            self._values(sl, cols[sl], out=values[sl])
+            # Both gathers index with one intp copy (each would convert the int32 columns),
+            # into a grid of the costs' own dtype (a take that casts as it writes is slow).
+            at = cols[sl].astype(np.intp)
+            np.take(grid, at, out=costs[sl])
+            self._values(sl, at, out=values[sl])
             still_open.append(np.flatnonzero(~self._closes(values[sl], sl)) + start)
         moved = rows = np.concatenate(still_open)
         while rows.size:
@@ -438,9 +440,11 @@ class _SurgeWindows:
             first, end = self.first[moved], self.end[moved]
             width = max(width, int(np.max(end - first, initial=0)) + 3)
             cols, values = _widen(cols, width), _widen(values, width)
+            costs = _widen(costs, width)
             cols[moved] = _layout(first, end, width)
             values[moved] = self._values(moved, cols[moved])
-        return cols, values
+            costs[moved] = grid.take(cols[moved])
+        return cols, values, costs
 
     def _values(
         self,
@@ -452,7 +456,8 @@ class _SurgeWindows:
         arithmetic of :meth:`ShiftedSurge.value` step for step, so that they equal the full
         table's bit for bit (the equivalence tests compare both)."""
         x = self.gf.take(cols)
-        x -= self.tau[rows][:, None]
+        # Flat, the thresholds repeated per column (see _layout).
+        np.subtract(x.reshape(-1), np.repeat(self.tau[rows], x.shape[1]), out=x.reshape(-1))
         np.maximum(x, 0.0, out=x)
         u = np.multiply(x, -self.beta, out=out)
         np.exp(u, out=u)
@@ -505,20 +510,37 @@ def _at_most(gf: NDArray[Any], x: NDArray[Any]) -> Cols:
 def _layout(first: Cols, end: Cols, width: int | None = None, out: Cols | None = None) -> Cols:
     """Kept grid columns per row: 0, then 1 where the window starts later, then first..end,
     padded with copies of end (to ``width`` columns; default: the widest row's), written
-    into ``out`` if given."""
+    into ``out`` (C-contiguous) if given."""
     if width is None:
         width = int(np.maximum(end - first, 0).max(initial=0)) + 3
     # Position j holds first + j - start, capped at end, where the window starts at position
     # start = 2 after the column 1 (or at 1 where it is column 1 itself).
     start = np.where(first > 1, np.int32(2), np.int32(1))
-    j = np.arange(width, dtype=np.int32)
-    cols = np.add(np.subtract(first, start)[:, None], j, out=out)
-    np.minimum(cols, end[:, None], out=cols)
+    cols = np.empty((first.size, width), dtype=np.int32) if out is None else out
+    # On the flat table with the per-row terms repeated: broadcasting a per-row column over
+    # a few columns runs an inner loop per row, several times slower.
+    flat = np.reshape(cols, -1, copy=False)
+    np.add(np.repeat(np.subtract(first, start), width), _ramp(width, first.size), out=flat)
+    np.minimum(flat, np.repeat(end, width), out=flat)
     cols[:, 0] = 0
     # Position 1 is column 1 where the window starts later (there first - 1 >= 1 and the end
     # is past it) and the window's own first column, at most 1, where it does not.
     np.minimum(cols[:, 1], 1, out=cols[:, 1])
     return cols
+
+
+@functools.lru_cache(maxsize=8)
+def _ramp_block(width: int) -> Cols:
+    ramp = np.tile(np.arange(width, dtype=np.int32), CHUNK)
+    ramp.flags.writeable = False
+    return ramp
+
+
+def _ramp(width: int, rows: int) -> Cols:
+    """0, 1, ..., width - 1 repeated ``rows`` times, flat (kept per width for a chunk)."""
+    if rows <= CHUNK:
+        return _ramp_block(width)[: rows * width]
+    return np.tile(np.arange(width, dtype=np.int32), rows)
 
 
 def _widen(a: NDArray[Any], width: int) -> NDArray[Any]:
