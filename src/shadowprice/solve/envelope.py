@@ -73,9 +73,11 @@ def _cost(
     return menu.chosen(menu.costs, choice, rows)
 
 
-def _demand(menu: Menu, price: float) -> tuple[NDArray[np.intp], float]:
+def _demand(menu: Menu, price: float) -> tuple[NDArray[np.intp], NDArray[Any], float]:
+    """(choice, its cost, total cost) of every row at ``price``."""
     c = _choose(menu, None, price)
-    return c, _cost(menu, c).sum().item()
+    cost = _cost(menu, c)
+    return c, cost, cost.sum().item()
 
 
 def price_ceiling(menu: Menu) -> float:
@@ -123,11 +125,11 @@ def _estimate_price(menu: Menu, budget: int, rng_seed: int = 0) -> float | None:
     )
     sub_budget = budget * size / menu.n
     p_lo, p_hi = 0.0, price_ceiling(sub)
-    if _demand(sub, 0.0)[1] <= sub_budget:
+    if _demand(sub, 0.0)[2] <= sub_budget:
         return None
     for _ in range(40):
         mid = 0.5 * (p_lo + p_hi)
-        if _demand(sub, mid)[1] <= sub_budget:
+        if _demand(sub, mid)[2] <= sub_budget:
             p_hi = mid
         else:
             p_lo = mid
@@ -147,30 +149,33 @@ def _check_options(menu: Menu, cons: Constraints) -> None:
         )
 
 
-def _bracket(menu: Menu, B: float, guess: float | None) -> tuple[float, Any, float | None, Any]:
-    """(p_lo, choice at p_lo, p_hi, choice at p_hi) around the subsample's price ``guess``:
-    tight, widened until it brackets the full market; (0, None, None, None) without a guess."""
+def _bracket(
+    menu: Menu, B: float, guess: float | None
+) -> tuple[float, Any, float | None, Any, Any]:
+    """(p_lo, choice at p_lo, p_hi, choice at p_hi, its cost) around the subsample's price
+    ``guess``: tight, widened until it brackets the full market; (0, None, None, None, None)
+    without a guess."""
     p_lo, p_hi = 0.0, None
-    c_lo = c_hi = None
+    c_lo = c_hi = cost_hi = None
     if guess is None:
-        return p_lo, c_lo, p_hi, c_hi
+        return p_lo, c_lo, p_hi, c_hi, cost_hi
     hi_try = guess * 1.02
     while p_hi is None:
-        c, d = _demand(menu, hi_try)
+        c, cost, d = _demand(menu, hi_try)
         if d <= B:
-            p_hi, c_hi = hi_try, c
+            p_hi, c_hi, cost_hi = hi_try, c, cost
         else:
             p_lo, c_lo = hi_try, c
             hi_try *= 1.5
     lo_try = guess * 0.98
     while p_lo == 0.0 and lo_try > guess * 1e-6:
-        c, d = _demand(menu, lo_try)
+        c, cost, d = _demand(menu, lo_try)
         if d > B:
             p_lo, c_lo = lo_try, c
         else:
-            p_hi, c_hi = lo_try, c
+            p_hi, c_hi, cost_hi = lo_try, c, cost
             lo_try *= 0.5
-    return p_lo, c_lo, p_hi, c_hi
+    return p_lo, c_lo, p_hi, c_hi, cost_hi
 
 
 def clear_menu(menu: Menu, cons: Constraints, *, policy: str = "market") -> Allocation:
@@ -182,9 +187,9 @@ def clear_menu(menu: Menu, cons: Constraints, *, policy: str = "market") -> Allo
         )
     _check_options(menu, cons)
     guess = _estimate_price(menu, B) if n >= SUBSAMPLE_FROM else None
-    p_lo, c_lo, p_hi, c_hi = _bracket(menu, B, guess)
+    p_lo, c_lo, p_hi, c_hi, cost_hi = _bracket(menu, B, guess)
     if p_lo == 0.0:
-        c_lo, d_lo = _demand(menu, 0.0)
+        c_lo, _, d_lo = _demand(menu, 0.0)
         if d_lo <= B:
             return _result(
                 menu,
@@ -199,26 +204,11 @@ def clear_menu(menu: Menu, cons: Constraints, *, policy: str = "market") -> Allo
             )
     if p_hi is None:
         p_hi = price_ceiling(menu)
-        c_hi, d_hi = _demand(menu, p_hi)
+        c_hi, cost_hi, d_hi = _demand(menu, p_hi)
         if d_hi > B:
             return floors_exceed_budget(n, int(d_hi), B, policy)
-    active = np.flatnonzero(c_lo != c_hi)
-    fixed = (_cost(menu, c_hi).sum() - _cost(menu, c_hi[active], active).sum()).item()
-    it = 0
-    while active.size and p_hi - p_lo > PRICE_RTOL * p_hi and it < MAX_ITER:
-        mid = 0.5 * (p_lo + p_hi)
-        c_mid = _choose(menu, active, mid)
-        if fixed + _cost(menu, c_mid, active).sum().item() <= B:
-            p_hi = mid
-            c_hi[active] = c_mid
-        else:
-            p_lo = mid
-            c_lo[active] = c_mid
-        settled = c_lo[active] == c_hi[active]
-        fixed += _cost(menu, c_hi[active[settled]], active[settled]).sum().item()
-        active = active[~settled]
-        it += 1
-    choice, fill = _fill(menu, c_hi, c_lo, active, cons)
+    p_hi, active, it = _bisect(menu, B, (p_lo, c_lo), (p_hi, c_hi, cost_hi))
+    choice, cost, fill = _fill(menu, c_hi, cost_hi, c_lo, active, cons)
     return _result(
         menu,
         choice,
@@ -230,21 +220,55 @@ def clear_menu(menu: Menu, cons: Constraints, *, policy: str = "market") -> Allo
         {"undecided_at_price": int(active.size), "subsample_price": guess or 0.0, **fill},
         f"market cleared at price {p_hi:.6g} after {it} bisection steps over "
         f"{menu.offered}-option menus",
+        cost,
     )
+
+
+def _bisect(
+    menu: Menu,
+    B: float,
+    lower: tuple[float, NDArray[np.intp]],
+    upper: tuple[float, NDArray[np.intp], NDArray[Any]],
+) -> tuple[float, NDArray[np.intp], int]:
+    """Bisection from the bracket (p_lo, choice there) and (p_hi, choice there, its cost),
+    the choices and cost updated in place, over the rows whose choice differs at the two
+    ends; returns (p_hi, rows still undecided, steps)."""
+    (p_lo, c_lo), (p_hi, c_hi, cost_hi) = lower, upper
+    active = np.flatnonzero(c_lo != c_hi)
+    fixed = (cost_hi.sum() - cost_hi[active].sum()).item()
+    it = 0
+    while active.size and p_hi - p_lo > PRICE_RTOL * p_hi and it < MAX_ITER:
+        mid = 0.5 * (p_lo + p_hi)
+        c_mid = _choose(menu, active, mid)
+        cost_mid = _cost(menu, c_mid, active)
+        if fixed + cost_mid.sum().item() <= B:
+            p_hi = mid
+            c_hi[active] = c_mid
+            cost_hi[active] = cost_mid
+        else:
+            p_lo = mid
+            c_lo[active] = c_mid
+        settled = c_lo[active] == c_hi[active]
+        fixed += cost_hi[active[settled]].sum().item()
+        active = active[~settled]
+        it += 1
+    return p_hi, active, it
 
 
 def _fill(
     menu: Menu,
     choice: NDArray[np.intp],
+    cur_cost: NDArray[Any],
     upper: NDArray[np.intp],
     active: NDArray[np.intp],
     cons: Constraints,
-) -> tuple[NDArray[np.intp], dict[str, int]]:
+) -> tuple[NDArray[np.intp], NDArray[Any], dict[str, int]]:
     """Spend the leftover at the clearing price: first upgrade the undecided queries (their
-    next option is worth the price per token), then the best single upgrades that still fit."""
+    next option is worth the price per token), then the best single upgrades that still fit.
+
+    ``cur_cost`` (the cost of ``choice``) is kept up to date in place as rows are upgraded;
+    returns the choices, their cost and the fill's counts."""
     choice = choice.copy()
-    # Each row's current cost, kept up to date as rows are upgraded (one full gather).
-    cur_cost = _cost(menu, choice)
     left = cons.budget - cur_cost.sum().item()
     upgraded = 0
     if active.size and left > 0:
@@ -285,7 +309,7 @@ def _fill(
         choice[rows] = to
         cur_cost[rows] = _cost(menu, to, rows)
         rounds += 1
-    return choice, {"upgraded_at_price": upgraded, "fill_rounds": rounds}
+    return choice, cur_cost, {"upgraded_at_price": upgraded, "fill_rounds": rounds}
 
 
 def _value(menu: Menu, choice: NDArray[np.intp], rows: NDArray[np.intp]) -> NDArray[np.floating]:
@@ -368,15 +392,24 @@ def _result(
     iterations: int,
     info: dict[str, Any],
     message: str,
+    cost: NDArray[Any] | None = None,
 ) -> Allocation:
-    budgets = menu.pick(menu.budgets, choice).astype(np.int64, copy=False)
+    """The :class:`Allocation` of ``choice``; ``cost``, the cost of each row's choice where
+    the caller kept it, saves gathering it again (the budgets too, where they are the costs).
+    """
+    is_cost = menu.budgets is menu.costs
+    if cost is None and (is_cost or menu.accounting == "spent"):
+        cost = _cost(menu, choice)
+    picked = cost if cost is not None and is_cost else menu.pick(menu.budgets, choice)
+    budgets = picked.astype(np.int64, copy=False)
     funded = budgets > 0
     utility = float(menu.chosen(menu.values, choice).astype(np.float64).sum())
     multi = bool(np.any(menu.samples != 1))
     # Samples are reported only where some option has several.
     samples = menu.pick(menu.samples, choice).astype(np.int64) if multi else None
     if menu.accounting == "spent":
-        spend = float(_cost(menu, choice).astype(np.float64).sum())
+        spent = _cost(menu, choice) if cost is None else cost
+        spend = float(spent.astype(np.float64).sum())
         info = {**info, "accounting": "spent", "expected_spend": spend}
         message += f"; expected spend {spend:.0f} of {cons.budget} tokens"
     return Allocation(
