@@ -325,3 +325,20 @@ def test_spreading_the_leftover_is_unchanged(seed: int, extra: int) -> None:
     old = spread_before(curves, alloc, make_constraints_before(n, alloc.budget, **limits))
     np.testing.assert_array_equal(new.budgets, old.budgets)
     assert new.utility == old.utility and new.message == old.message and new.info == old.info
+
+
+@pytest.mark.parametrize("f32", [False, True])
+def test_market_on_budgets_past_float32_integers_is_unchanged(
+    monkeypatch: pytest.MonkeyPatch, f32: bool
+) -> None:
+    # Budgets above 2**24 that float32 cannot hold exactly: the compact menu's costs come
+    # from the integer grid there, not from the table's budgets.
+    for module in ("shadowprice.allocate", "_solve_before.allocate"):
+        monkeypatch.setattr(sys.modules[module], "LARGE_MENU", 0 if f32 else 10**12)
+    rng = np.random.default_rng(7)
+    n = 5_000
+    curves = ShiftedSurge(rng.lognormal(np.log(2e7), 0.3, n), ALPHA, 5e-8)
+    grid = np.arange(300) * 262_147
+    assert not np.array_equal(grid.astype(np.float32).astype(np.int64), grid)
+    assert_same(curves, n * 30_000_000, "market", grid=grid)
+    assert_same(curves, n * 30_000_000, "market", grid=grid * 7, granularity=7)

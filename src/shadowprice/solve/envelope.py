@@ -16,6 +16,7 @@ inside it, so they leave the active set and later steps only touch undecided que
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,27 +41,37 @@ SUBSAMPLE = 8192
 def _choose(menu: Menu, rows: NDArray[np.intp] | None, price: float) -> NDArray[np.intp]:
     """Index of each row's surplus-maximising option (lowest cost on ties); chunked so the
     (rows x K) score never materialises at once. ``rows=None`` means all rows."""
+    return _choose_each(menu, rows, (price,))[0]
+
+
+def _choose_each(
+    menu: Menu, rows: NDArray[np.intp] | None, prices: Sequence[float]
+) -> list[NDArray[np.intp]]:
+    """:func:`_choose` at each of ``prices``, in one pass over the rows (each chunk of the
+    menu is read once for all of them)."""
     n = menu.n if rows is None else rows.size
-    out = np.empty(n, dtype=np.intp)
+    out = [np.empty(n, dtype=np.intp) for _ in prices]
     dtype = menu.values.dtype
-    shared = (price * menu.costs).astype(dtype) if menu.costs.ndim == 1 else None
+    shared = [(p * menu.costs).astype(dtype) for p in prices] if menu.costs.ndim == 1 else None
     # One score buffer for every chunk: fresh chunk-sized temporaries cost page faults.
     score = np.empty((min(n, CHUNK), menu.k), dtype=dtype)
     for start in range(0, n, CHUNK):
         sl = slice(start, min(start + CHUNK, n))
         # np.take gathers whole rows several times faster than fancy indexing does.
         values = menu.values[sl] if rows is None else np.take(menu.values, rows[sl], axis=0)
-        s = score[: sl.stop - start]
         if shared is None:
-            # Per-row costs, priced for these rows only (bisection steps touch few rows):
-            # the product in float64, rounded once to the table's precision, as
-            # (price * cost).astype(dtype) rounds it.
             costs = menu.costs[sl] if rows is None else np.take(menu.costs, rows[sl], axis=0)
-            np.multiply(costs, price, out=s, casting="unsafe")
-            np.subtract(values, s, out=s)
-        else:
-            np.subtract(values, shared, out=s)
-        out[sl] = np.argmax(s, axis=1)
+        s = score[: sl.stop - start]
+        for i, price in enumerate(prices):
+            if shared is not None:
+                np.subtract(values, shared[i], out=s)
+            else:
+                # Per-row costs, priced for these rows only (bisection steps touch few
+                # rows): the product in float64, rounded once to the table's precision, as
+                # (price * cost).astype(dtype) rounds it.
+                np.multiply(costs, price, out=s, casting="unsafe")
+                np.subtract(values, s, out=s)
+            out[i][sl] = np.argmax(s, axis=1)
     return out
 
 
@@ -75,9 +86,18 @@ def _cost(
 
 def _demand(menu: Menu, price: float) -> tuple[NDArray[np.intp], NDArray[Any], float]:
     """(choice, its cost, total cost) of every row at ``price``."""
-    c = _choose(menu, None, price)
-    cost = _cost(menu, c)
-    return c, cost, cost.sum().item()
+    return _demands(menu, (price,))[0]
+
+
+def _demands(
+    menu: Menu, prices: Sequence[float]
+) -> list[tuple[NDArray[np.intp], NDArray[Any], float]]:
+    """:func:`_demand` at each of ``prices``, choosing in one pass over the menu."""
+    out = []
+    for c in _choose_each(menu, None, prices):
+        cost = _cost(menu, c)
+        out.append((c, cost, cost.sum().item()))
+    return out
 
 
 def price_ceiling(menu: Menu) -> float:
@@ -159,17 +179,19 @@ def _bracket(
     c_lo = c_hi = cost_hi = None
     if guess is None:
         return p_lo, c_lo, p_hi, c_hi, cost_hi
-    hi_try = guess * 1.02
+    hi_try, lo_try = guess * 1.02, guess * 0.98
+    # Both first tries in one pass over the menu: the second is needed unless the first is
+    # too low, which a subsample's price seldom is.
+    first = dict(zip((hi_try, lo_try), _demands(menu, (hi_try, lo_try)), strict=True))
     while p_hi is None:
-        c, cost, d = _demand(menu, hi_try)
+        c, cost, d = first.pop(hi_try) if hi_try in first else _demand(menu, hi_try)
         if d <= B:
             p_hi, c_hi, cost_hi = hi_try, c, cost
         else:
             p_lo, c_lo = hi_try, c
             hi_try *= 1.5
-    lo_try = guess * 0.98
     while p_lo == 0.0 and lo_try > guess * 1e-6:
-        c, cost, d = _demand(menu, lo_try)
+        c, cost, d = first.pop(lo_try) if lo_try in first else _demand(menu, lo_try)
         if d > B:
             p_lo, c_lo = lo_try, c
         else:

@@ -419,15 +419,19 @@ class _SurgeWindows:
         cols = np.empty((n, width), dtype=np.int32)
         values: NDArray[np.floating] = np.empty((n, width), dtype=self.dtype)
         costs = np.empty((n, width), dtype=grid.dtype)
+        # Where the table's precision holds every budget exactly, the costs are the budgets
+        # gathered for the values, cast; else a second gather, from a grid of the costs' own
+        # dtype (a take that casts as it writes is several times slower).
+        exact = bool(np.array_equal(self.gf.astype(grid.dtype), grid))
         still_open = []
         for start in range(0, n, CHUNK):
             sl = slice(start, min(start + CHUNK, n))
             _layout(self.first[sl], self.end[sl], width, out=cols[sl])
-            # Both gathers index with one intp copy (each would convert the int32 columns),
-            # into a grid of the costs' own dtype (a take that casts as it writes is slow).
+            # One intp copy of the columns for the gathers (each would convert them).
             at = cols[sl].astype(np.intp)
-            np.take(grid, at, out=costs[sl])
-            self._values(sl, at, out=values[sl])
+            if not exact:
+                np.take(grid, at, out=costs[sl])
+            self._values(sl, at, out=values[sl], costs=costs[sl] if exact else None)
             still_open.append(np.flatnonzero(~self._closes(values[sl], sl)) + start)
         moved = rows = np.concatenate(still_open)
         while rows.size:
@@ -451,11 +455,15 @@ class _SurgeWindows:
         rows: NDArray[np.intp] | slice,
         cols: Cols,
         out: NDArray[np.floating] | None = None,
+        costs: NDArray[Any] | None = None,
     ) -> NDArray[np.floating]:
         """The rows' values at their grid columns (-inf at infeasible budgets), with the
         arithmetic of :meth:`ShiftedSurge.value` step for step, so that they equal the full
-        table's bit for bit (the equivalence tests compare both)."""
+        table's bit for bit (the equivalence tests compare both); the budgets, cast, into
+        ``costs`` if given (exact only where the table's precision holds them)."""
         x = self.gf.take(cols)
+        if costs is not None:
+            np.copyto(costs, x, casting="unsafe")
         # Flat, the thresholds repeated per column (see _layout).
         np.subtract(x.reshape(-1), np.repeat(self.tau[rows], x.shape[1]), out=x.reshape(-1))
         np.maximum(x, 0.0, out=x)
