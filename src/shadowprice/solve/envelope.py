@@ -380,28 +380,32 @@ def _next_steps(
     menu: Menu, choice: NDArray[np.intp], cur_cost: NDArray[Any], left: int | float
 ) -> tuple[NDArray[np.intp], NDArray[np.floating]]:
     """(rows, ranking key of :func:`_step_key`) of the rows whose next option costs more, by
-    at most ``left``; block by block, with the gathers of values for those rows only, so that
-    the N-sized scan makes no N-sized temporaries."""
-    rows: list[NDArray[np.intp]] = [np.zeros(0, np.intp)]
-    keys: list[NDArray[np.floating]] = [np.zeros(0)]
+    at most ``left``; block by block, with the gathers of values for those rows only, each
+    block's written straight into the outputs (no N-sized temporaries, no concatenation)."""
+    rows = np.empty(menu.n, dtype=np.intp)
+    keys = np.empty(menu.n)
+    found = 0
     shared = menu.costs.ndim == 1
     flat_costs, flat_values = menu.costs.reshape(-1), menu.values.reshape(-1)
     for start in range(0, menu.n, CHUNK):
         stop = min(start + CHUNK, menu.n)
-        cur = choice[start:stop]
-        nxt = np.minimum(cur + 1, menu.k - 1)
-        # Flat positions of each row's current and next option in the (N, K) tables.
+        nxt = np.minimum(choice[start:stop] + 1, menu.k - 1)
+        # Flat positions of each row's next option in the (N, K) tables.
         at = np.arange(start * menu.k, stop * menu.k, menu.k)
         at += nxt
         step = menu.costs[nxt] if shared else flat_costs.take(at)
         step -= cur_cost[start:stop]
         hit = np.flatnonzero((step > 0) & (step <= left))
+        # A next option that costs more is not the last one capped: the current one is the
+        # position before it.
         at_next = at[hit]
-        at_cur = at_next - nxt[hit]
-        at_cur += cur[hit]
-        rows.append(hit + start)
-        keys.append(_step_key(flat_values.take(at_next), flat_values.take(at_cur), step[hit]))
-    return np.concatenate(rows), np.concatenate(keys)
+        v_next = flat_values.take(at_next)
+        at_next -= 1
+        out = slice(found, found + hit.size)
+        np.add(hit, start, out=rows[out])
+        keys[out] = _step_key(v_next, flat_values.take(at_next), step[hit])
+        found += hit.size
+    return rows[:found], keys[:found]
 
 
 def _result(
