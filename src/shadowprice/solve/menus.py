@@ -107,12 +107,18 @@ class Menu:
         """
         flat = field.reshape(-1)
         out = np.empty(choice.size, dtype=field.dtype)
+        # One index buffer for every block, and the blocks' row offsets from one ramp.
+        idx = np.empty(min(choice.size, CHUNK), dtype=np.intp)
+        ramp = np.arange(0, idx.size * self.k, self.k)
         for start in range(0, choice.size, CHUNK):
             stop = min(start + CHUNK, choice.size)
-            idx = np.arange(start, stop) if rows is None else rows[start:stop]
-            idx = idx * self.k
-            idx += choice[start:stop]
-            np.take(flat, idx, out=out[start:stop])
+            at = idx[: stop - start]
+            if rows is not None:
+                np.multiply(rows[start:stop], self.k, out=at)
+            else:
+                np.add(ramp[: stop - start], start * self.k, out=at)
+            at += choice[start:stop]
+            np.take(flat, at, out=out[start:stop])
         return out
 
     @property
