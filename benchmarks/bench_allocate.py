@@ -88,7 +88,7 @@ def speed_row(
     t_solve = np.asarray(times).reshape(repeat, k)
     med = np.concatenate([[np.median(t_sort)], np.median(t_solve, axis=0)])
     ratio = np.median(t_solve / t_sort, axis=0)
-    then = f" {ratio[3]:.1f}x | {ratio[4]:.0f}x |" if before is not None else ""
+    then = f" {ratio[3]:.1f}x | {ratio[4]:.1f}x |" if before is not None else ""
     if n <= 2000:
         oracle = f"{one_time(lambda: allocate(curves, budget, 'oracle', granularity=64)) * 1e3:.0f}"
     else:
@@ -97,7 +97,7 @@ def speed_row(
     m_market = peak_mib(lambda: allocate(curves, budget, "market"))
     return (
         f"| {n:.0e} | {med[0] * 1e3:.1f} | {med[1] * 1e3:.1f} | {ratio[0]:.1f}x | "
-        f"{med[2] * 1e3:.0f} ({ratio[1]:.0f}x) | {med[3] * 1e3:.0f} | {ratio[2]:.0f}x | "
+        f"{med[2] * 1e3:.0f} ({ratio[1]:.0f}x) | {med[3] * 1e3:.0f} | {ratio[2]:.1f}x | "
         f"{med[3] / med[1]:.1f}x | {oracle} | {m_clear:.0f} | {m_market:.0f} |{then}"
     )
 
