@@ -545,6 +545,7 @@ def _layout(first: Cols, end: Cols, width: int | None = None, out: Cols | None =
 
 @functools.lru_cache(maxsize=8)
 def _ramp_block(width: int) -> Cols:
+    """0, 1, ..., width - 1 repeated CHUNK times, flat, read-only (shared between calls)."""
     ramp = np.tile(np.arange(width, dtype=np.int32), CHUNK)
     ramp.flags.writeable = False
     return ramp
