@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from shadowprice import ShiftedSurge, allocate
 from shadowprice.solve import sharded
+from shadowprice.solve.market import PRICE_RTOL
 from shadowprice.solve.sharded import LocalShards, Market, clear_sharded, make_shard
 
 
@@ -35,7 +36,13 @@ def assert_same_as_one_process(tau: np.ndarray, budget: int, cuts: list[int], **
     budgets = np.concatenate([s.budgets for s in shards.shards])
     np.testing.assert_array_equal(budgets, want.budgets)
     np.testing.assert_array_equal(np.concatenate([s.funded for s in shards.shards]), want.funded)
-    assert got.price == want.price and got.status == want.status
+    # The shards sum thresholds exactly, one process in order: where the demand at a midpoint
+    # is within that rounding of the budget (at a crossing, or along a stretch of prices where
+    # it stays at the budget) the two bisections part (documented in solve/sharded.py); the
+    # prices then differ by a few of the bisection's steps, the budgets above still bit for
+    # bit (found by hypothesis: n=669, per_query=669, g=1, seed=0 differs by 8e-13).
+    assert got.price == pytest.approx(want.price, rel=1e3 * PRICE_RTOL, abs=0.0)
+    assert got.status == want.status
     assert (got.spent, got.leftover, got.funded) == (want.spent, want.leftover, want.funded.sum())
     assert got.utility == pytest.approx(want.utility, rel=1e-12, abs=1e-12)
     for key in ("iterations", "admitted", "entered", "spread", "handout_rounds"):
