@@ -99,6 +99,24 @@ def replay_events(
     return charged, open_, by_tag
 
 
+def journal_totals(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(tokens charged, tokens of the reservations left open) of the journal at ``path``, read
+    as a resume reads it (a torn last line left out); zeros if there is none. A resume counts
+    the open ones in full, unless it releases them.
+
+    Raises
+    ------
+    LedgerError
+        When the file is damaged or not a journal.
+    """
+    path = Path(path)
+    if not path.exists():
+        return 0, 0
+    _, events, _ = _read_events(path)
+    charged, open_, _ = replay_events(events)
+    return charged, sum(int(ev["tokens"]) for ev in open_.values())
+
+
 class JournalLedger:
     """A :class:`~shadowprice.ledger.MemoryLedger` whose every reservation is journalled.
 

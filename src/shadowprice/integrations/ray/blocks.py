@@ -33,7 +33,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,9 +50,18 @@ from ...engine.run import (
     run_stoppable,
 )
 from ...ledger import Ledger, LedgerState, Reservation, Settlement
-from ...ledger.journal import replay_events
+from ...ledger.journal import journal_totals
 
-__all__ = ["BlockError", "BlockJob", "ShareLedger", "Standing", "run_block", "shares", "split"]
+__all__ = [
+    "BlockError",
+    "BlockJob",
+    "ShareLedger",
+    "Standing",
+    "exclusive",
+    "run_block",
+    "shares",
+    "split",
+]
 
 #: Seconds between looks for the stop file.
 _POLL = 0.2
@@ -202,21 +211,6 @@ class ShareLedger:
         """Nothing of its own to close (the shared ledger is its owner's)."""
 
 
-def journal_totals(path: Path) -> tuple[int, int]:
-    """(tokens charged, tokens of reservations left open) of a journal; zeros if there is none.
-    The next session's recovery counts the open ones (in full, unless ``release_unsettled``)."""
-    if not path.exists():
-        return 0, 0
-    events = []
-    for line in path.read_text(encoding="utf-8").splitlines()[1:]:
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a torn last line: its reserve never returned
-    charged, open_, _ = replay_events(events)
-    return charged, sum(int(ev["tokens"]) for ev in open_.values())
-
-
 @dataclass
 class BlockJob:
     """What one Ray task runs (see the module docstring).
@@ -288,7 +282,7 @@ def run_block(job: BlockJob, manifest: str) -> dict[str, Any]:
             f"{job.folder} is not visible on {socket.gethostname()}: put the run's --output "
             f"on storage every node of the Ray cluster mounts at the same path"
         )
-    with _locked(job.lock_file):
+    with exclusive(job.lock_file, lambda: _block_busy(job.lock_file), LOCK_WAIT):
         job.pid_file.write_text(f"{os.getpid()}\n", encoding="utf-8")
         if stop_file(job.folder).exists():
             return {"stopped": True}
@@ -343,8 +337,9 @@ async def _watch(path: Path, stop: Interruption, task: asyncio.Task[Any]) -> Non
 
 
 @contextlib.contextmanager
-def _locked(path: Path, wait: float = LOCK_WAIT) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (released by the kernel if the process dies)."""
+def exclusive(path: Path, busy: Callable[[], Exception], wait: float = 0.0) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (released by the kernel if the process dies),
+    waiting up to ``wait`` seconds for another holder; raises ``busy()`` if it still holds it."""
     with path.open("a") as fh:
         deadline = time.monotonic() + wait
         while True:
@@ -353,17 +348,21 @@ def _locked(path: Path, wait: float = LOCK_WAIT) -> Iterator[None]:
                 break
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
-                    pid = path.with_suffix(".pid")
-                    who = pid.read_text().strip() if pid.exists() else "unknown"
-                    raise BlockError(
-                        f"{path.stem} is being run by another process (pid {who} on a node "
-                        f"that shares {path.parent}): wait for it to end, or stop it"
-                    ) from None
+                    raise busy() from None
                 time.sleep(_POLL)
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _block_busy(path: Path) -> BlockError:
+    pid = path.with_suffix(".pid")
+    who = pid.read_text().strip() if pid.exists() else "unknown"
+    return BlockError(
+        f"{path.stem} is being run by another process (pid {who} on a node that shares "
+        f"{path.parent}): wait for it to end, or stop it"
+    )
 
 
 def read_summary(path: Path) -> Mapping[str, Any]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import fcntl
 import json
 import os
 import signal
@@ -66,14 +65,14 @@ from ...engine.run import (
     summarize,
 )
 from ...ledger import LedgerState
-from ...ledger.journal import JournalMismatch
+from ...ledger.journal import JournalMismatch, journal_totals
 from ...live.planner import STATE_NAMES
 from ...providers import Preset
 from .blocks import (
     BlockError,
     BlockJob,
     Standing,
-    journal_totals,
+    exclusive,
     read_summary,
     run_block,
     shares,
@@ -306,7 +305,8 @@ class _Run:
                 pass  # the endpoint's URL and the client's settings are valid
             with _ray(self.executor) as workers:
                 jobs = self._jobs(blocks or max(1, min(workers, len(self.items))))
-                with _locked(self.folder / "run.lock", files.results):
+                lock = self.folder / "run.lock"
+                with exclusive(lock, lambda: _run_busy(lock, files.results)):
                     outcomes, cut = await self._blocks(jobs, stop)
             final = await redis.state()
         finally:
@@ -545,18 +545,8 @@ def _ray(executor: RayExecutor) -> Iterator[int]:
             ray.shutdown()
 
 
-@contextmanager
-def _locked(path: Path, results: Path) -> Iterator[None]:
-    """Hold the run's lock: one command at a time writes a Ray run's files."""
-    with path.open("a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise RunStateError(
-                f"another shadowprice run is writing {results} (it holds {path}): wait for it "
-                f"to end, or choose another output"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _run_busy(path: Path, results: Path) -> RunStateError:
+    return RunStateError(
+        f"another shadowprice run is writing {results} (it holds {path}): wait for it to end, "
+        f"or choose another output"
+    )
