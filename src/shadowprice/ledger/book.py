@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol, runtime_checkable
 
 from .base import (
     LedgerError,
@@ -236,12 +235,22 @@ class Book:
         )
 
 
-@runtime_checkable
-class InProcess(Protocol):
-    """A ledger whose books are kept in this process (memory, an unshared journal): their
-    synchronous :class:`Book` is at hand (an optional capability, checked with isinstance)."""
+class _HasBook(type):
+    def __instancecheck__(cls, obj: object) -> bool:
+        # Asks the object itself: a ledger whose books may live elsewhere (a journal over a
+        # shared budget) answers that it has none. A runtime protocol cannot ask: since
+        # Python 3.12 it looks the attribute up statically and finds the property.
+        return isinstance(getattr(obj, "book", None), Book)
 
-    @property
-    def book(self) -> Book:
-        """The books, for synchronous callers."""
-        ...
+
+class InProcess(metaclass=_HasBook):
+    """A ledger whose books are kept in this process (memory, an unshared journal): their
+    synchronous :class:`Book` is at hand (an optional capability, checked with isinstance).
+
+    Attributes
+    ----------
+    book : Book
+        The books, for synchronous callers.
+    """
+
+    book: Book
