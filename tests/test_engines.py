@@ -231,3 +231,61 @@ def test_a_worker_drives_its_block_of_queries_under_a_shared_ledger(tmp_path: An
     spent = asyncio.run(shared.state()).spent
     assert sum(r.tokens for r in records) == spent <= 250
     assert records[0].correct is True and records[1].status == "done"
+
+
+def test_a_continuation_is_checked_against_what_the_policy_was_offered(tmp_path: Any) -> None:
+    """On a shared budget, other workers reserve between any two reads of what is available:
+    a continuation that fit what the policy was offered is sent or, if the budget moved
+    meanwhile, dropped at reservation; it is never a policy error (the driver used to check it
+    against a second read)."""
+    from shadowprice.ledger import JournalLedger
+    from shadowprice.live.base import Action
+
+    class Sibling(MemoryLedger):
+        """A shared budget where another worker reserves 10 tokens at every look once armed."""
+
+        armed = False
+
+        async def state(self) -> Any:
+            if self.armed:
+                await self.reserve(10)
+            return await super().state()
+
+    class ExtendOnce:
+        n, running = 1, 0
+
+        def __init__(self) -> None:
+            self.started = self.extended = False
+
+        def next_start(self, available: int) -> Action | None:
+            if self.started:
+                return None
+            self.started = True
+            return Action(0, 20, 20)
+
+        def on_finish(self, query: int, generated: int, capped: bool, available: int) -> Any:
+            if not capped or self.extended:
+                return None
+            self.extended, shared.armed = True, True
+            return Action(0, 20 + available, available, "extend")
+
+        def on_error(self, query: int, charged: int) -> bool:
+            return False
+
+    shared = Sibling(100)
+
+    async def go() -> Any:
+        journal = JournalLedger(tmp_path / "w.journal.jsonl", 100, config={}, shared=shared)
+        try:
+            eng = SimulatedEngine(np.array([500]), np.array([True]))
+            ts = traces([500], [True])
+            driver = Driver(items(ts), ExtendOnce(), eng, Books(journal), ExactGrader(),
+                            DriveOptions(1, {}))  # fmt: skip
+            await driver.run()
+            return driver
+        finally:
+            await journal.aclose()
+
+    driver = asyncio.run(go())
+    rec = driver.records[0]
+    assert rec["status"] == "done" and rec["tokens"] == 20  # the continuation was dropped

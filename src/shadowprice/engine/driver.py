@@ -450,7 +450,7 @@ class Driver:
             return
         if nxt.query != q:
             raise PolicyError(f"a continuation must be of query {q}, got {nxt.query}")
-        await self._act(nxt, await self.available())
+        await self._act(nxt, available)  # what it was offered: a shared budget moves
 
     def _abandoned(self, q: int, reason: str) -> None:
         """The policy will never send query ``q`` (what earlier attempts cost stays on it)."""
