@@ -288,4 +288,5 @@ def test_a_continuation_is_checked_against_what_the_policy_was_offered(tmp_path:
 
     driver = asyncio.run(go())
     rec = driver.records[0]
-    assert rec["status"] == "done" and rec["tokens"] == 20  # the continuation was dropped
+    assert rec["status"] == "done" and rec["tokens"] == 100  # 20, then the 80 offered
+    assert shared.book.state().spent == 100  # the sibling's looks only reserved
