@@ -54,8 +54,11 @@ def test_a_request_task_that_ends_without_settling_cannot_leak_its_reservation()
 
 def test_a_background_loop_stops_even_when_its_step_swallows_the_cancellation() -> None:
     """What held a replica's shutdown in a soak: a Redis call turned the loop's cancellation
-    into a timeout error, and the price loop went on for ever."""
-    from shadowprice.serve.app import _every
+    into a timeout error, and the price loop went on for ever (the gateway's and the LiteLLM
+    plugin's loops are this one)."""
+    import logging
+
+    from shadowprice.serve.budget import every
 
     async def go() -> None:
         started = asyncio.Event()
@@ -70,7 +73,7 @@ def test_a_background_loop_stops_even_when_its_step_swallows_the_cancellation() 
                     raise TimeoutError("timed out") from None
                 raise
 
-        loop = asyncio.create_task(_every(step, 0.01))
+        loop = asyncio.create_task(every(step, 0.01, logging.getLogger("test")))
         await started.wait()
         loop.cancel()
         done, _ = await asyncio.wait({loop}, timeout=2)

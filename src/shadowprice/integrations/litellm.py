@@ -55,7 +55,7 @@ from litellm.proxy._types import ProxyException
 
 from ..ledger import Ledger, LedgerError, Reservation
 from ..providers import OPENAI_EFFORT, litellm_fields
-from ..serve.budget import build_decider
+from ..serve.budget import build_decider, every
 from ..serve.config import BudgetShares, ConfigError, KeyTable, _positive, _positive_int
 from ..serve.decision import Decider, Grant, Refusal
 from ..serve.inbound import BadRequest, check_body, requested_cap
@@ -366,7 +366,7 @@ class ShadowpricePlugin(CustomLogger):
             (self._renew, s.ttl / 3),
             (self._sweep, min(1.0, s.ttl / 3)),
         ]
-        self._loops = [asyncio.create_task(_every(step, seconds)) for step, seconds in steps]
+        self._loops = [asyncio.create_task(every(step, seconds, log)) for step, seconds in steps]
 
     async def _renew(self) -> None:
         await self.decider.renew()
@@ -733,16 +733,6 @@ async def _quiet(step: Awaitable[Any]) -> None:
         await step
     except LedgerError:
         pass  # the reservation lapses after its TTL
-
-
-async def _every(step: Callable[[], Awaitable[Any]], seconds: float) -> None:
-    """Run ``step`` every ``seconds`` until cancelled; a failing step is logged, not fatal."""
-    while True:
-        try:
-            await step()
-        except Exception:
-            log.exception("background step %s failed", getattr(step, "__name__", step))
-        await asyncio.sleep(seconds)
 
 
 _handler: ShadowpricePlugin | None = None

@@ -48,7 +48,7 @@ from starlette.routing import Route
 from ..ledger import Ledger
 from ..providers import make_preset
 from ..usage import Count, StreamMeter, completion_problem, count_completion, error_charge
-from .budget import build_decider
+from .budget import build_decider, every
 from .config import GatewayConfig, Tenant
 from .decision import Grant, Refusal
 from .inbound import (
@@ -153,7 +153,7 @@ class Gateway:
                 if self.decider.local is not None
                 else "requests are refused (503) until it answers",
             )
-        tasks = [asyncio.create_task(_every(step, seconds)) for step, seconds in loops]
+        tasks = [asyncio.create_task(every(step, seconds, log)) for step, seconds in loops]
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
             # Operators (and tests) ask a stuck process what it is waiting on: kill -USR1.
             asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _dump_tasks)
@@ -455,23 +455,3 @@ def _dump_tasks() -> None:
     for t in tasks:
         t.print_stack(file=sys.stderr)
     sys.stderr.flush()
-
-
-async def _every(step: Callable[[], Awaitable[Any]], seconds: float) -> None:
-    """Run ``step`` every ``seconds`` until cancelled; a failing step is logged, not fatal (a
-    dead price loop would freeze the price).
-
-    A cancellation that arrives while ``step`` waits on a timeout of its own can be swallowed
-    inside the library that waits (the Redis client turns it into a timeout error): the task
-    is still marked as being cancelled, so it stops then, instead of looping on for ever and
-    holding up the shutdown.
-    """
-    task = asyncio.current_task()
-    while True:
-        try:
-            await step()
-        except Exception:
-            log.exception("background step %s failed", getattr(step, "__name__", step))
-        if task is not None and task.cancelling():
-            raise asyncio.CancelledError
-        await asyncio.sleep(seconds)

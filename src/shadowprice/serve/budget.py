@@ -7,14 +7,17 @@ LiteLLM proxy and ``serve`` replicas naming one ``state`` share one budget and o
 
 from __future__ import annotations
 
-from typing import Protocol
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from ..ledger import Ledger, MemoryLedger, OnLapse
 from ..online import DecisionCore, PacedPricer, PopulationPrior, SurgeShape
 from .config import KeyTable
 from .decision import Decider
 
-__all__ = ["BudgetSettings", "build_decider"]
+__all__ = ["BudgetSettings", "build_decider", "every"]
 
 
 class BudgetSettings(Protocol):
@@ -99,3 +102,24 @@ def build_decider(c: BudgetSettings, *, ledger: Ledger | None = None) -> Decider
         fail_open=c.fail_open and c.state is not None,
         fail_open_budget=c.float_tokens,
     )
+
+
+async def every(step: Callable[[], Awaitable[Any]], seconds: float, log: logging.Logger) -> None:
+    """Run ``step`` every ``seconds`` until cancelled (a replica's price and renewal loops, in
+    the gateway and the LiteLLM plugin alike); a failing step is logged on ``log``, not fatal
+    (a dead price loop would freeze the price).
+
+    A cancellation that arrives while ``step`` waits on a timeout of its own can be swallowed
+    inside the library that waits (the Redis client turns it into a timeout error): the task
+    is still marked as being cancelled, so it stops then, instead of looping on for ever and
+    holding up the shutdown.
+    """
+    task = asyncio.current_task()
+    while True:
+        try:
+            await step()
+        except Exception:
+            log.exception("background step %s failed", getattr(step, "__name__", step))
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
+        await asyncio.sleep(seconds)
