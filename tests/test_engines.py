@@ -290,3 +290,4 @@ def test_a_continuation_is_checked_against_what_the_policy_was_offered(tmp_path:
     rec = driver.records[0]
     assert rec["status"] == "done" and rec["tokens"] == 100  # 20, then the 80 offered
     assert shared.book.state().spent == 100  # the sibling's looks only reserved
+    assert driver.books.total == sum(driver.books.charged.values()) == 100

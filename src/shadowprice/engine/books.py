@@ -69,6 +69,8 @@ class Books:
     ----------
     charged : Counter
         ``query id -> tokens`` charged to it, ``prior`` included.
+    total : int
+        Their sum, kept as they grow (a progress bar reads it after every query).
     open : dict
         ``reservation id -> (query id, reservation)`` of requests not settled yet.
     """
@@ -76,6 +78,7 @@ class Books:
     def __init__(self, ledger: Ledger, prior: Mapping[str, int] | None = None) -> None:
         self.ledger = ledger
         self.charged: Counter[str] = Counter(prior or {})
+        self.total = sum(self.charged.values())
         self.open: dict[str, tuple[str, Reservation]] = {}
 
     async def reserve(self, query: str, tokens: int, tag: str | None = None) -> Reservation | None:
@@ -90,6 +93,7 @@ class Books:
         query, _ = self.open.pop(res.id, (res.tag, res))
         out = await self.ledger.settle(res, used)
         self.charged[query] += out.charged
+        self.total += out.charged
         return out.charged
 
     async def settle_open(self) -> Counter[str]:

@@ -660,7 +660,7 @@ class Progress:
 
     def _fields(self) -> dict[str, Any]:
         d = self.driver
-        fields: dict[str, Any] = {"spent": sum(d.books.charged.values())}
+        fields: dict[str, Any] = {"spent": d.books.total}
         fields["price"] = f"price {d.policy.price:.3g}" if isinstance(d.policy, Priced) else ""
         return fields
 
