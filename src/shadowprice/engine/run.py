@@ -72,9 +72,11 @@ __all__ = [
     "RunPlan",
     "RunReport",
     "RunStateError",
+    "check_plan",
     "execute",
     "execute_policy",
     "prompt_messages",
+    "run_identity",
     "run_plan",
 ]
 
@@ -229,7 +231,28 @@ def summarize(
     )
 
 
-def _check_plan(items: Sequence[PlanItem], total_budget: int) -> None:
+def run_identity(
+    items: Sequence[PlanItem],
+    plan: RunPlan,
+    model: str,
+    total_budget: int,
+    identity: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What a run's files are a run of (its journal's header, a Ray run's manifest): a resume
+    with any of it different is refused. ``identity`` (the caller's, e.g. the policy's name)
+    comes first; the plan names its policy if the caller did not."""
+    named = identity or {}
+    return {
+        **dict(named),
+        **({"policy": plan.name} if plan.name and "policy" not in named else {}),
+        "model": model,
+        "budget": int(total_budget),
+        **plan.identity(items),
+    }
+
+
+def check_plan(items: Sequence[PlanItem], total_budget: int) -> None:
+    """Refuse a budget out of range, duplicate query ids or a negative cap (ValueError)."""
     if isinstance(total_budget, bool) or not isinstance(total_budget, int):
         raise ValueError(f"budget must be a whole number of tokens, got {total_budget!r}")
     if not 0 <= total_budget <= MAX_BUDGET:
@@ -415,16 +438,10 @@ async def execute_policy(
     """
     config = config or RunConfig()
     config.validate()
-    _check_plan(items, total_budget)
+    check_plan(items, total_budget)
     grade = get_grader(grader)
     engine = as_engine(engine)
-    ident = {
-        **dict(identity or {}),
-        **({"policy": plan.name} if plan.name and "policy" not in (identity or {}) else {}),
-        "model": engine.model,
-        "budget": int(total_budget),
-        **plan.identity(items),
-    }
+    ident = run_identity(items, plan, engine.model, total_budget, identity)
     ledger, history = open_ledger(
         out, total_budget, ident, release_unsettled=release_unsettled, shared=shared
     )

@@ -61,6 +61,8 @@ from ...engine.run import (
     RunPlan,
     RunReport,
     RunStateError,
+    check_plan,
+    run_identity,
     run_stoppable,
     summarize,
 )
@@ -201,16 +203,8 @@ class RayExecutor:
             )
         config.validate()
         get_grader(grader)  # fail here, not in every worker
-        ids = [item.id for item in items]
-        if len(set(ids)) != len(ids):
-            raise ValueError("plan has duplicate query ids")
-        ident = {
-            **dict(identity or {}),
-            **({"policy": plan.name} if plan.name and "policy" not in (identity or {}) else {}),
-            "model": model,
-            "budget": int(total_budget),
-            **plan.identity(items),
-        }
+        check_plan(items, total_budget)
+        ident = run_identity(items, plan, model, total_budget, identity)
         run = _Run(
             self,
             list(items),
@@ -312,12 +306,7 @@ class _Run:
         finally:
             await redis.aclose()
         _raise_failures(jobs, outcomes)
-        report = self._gather(jobs, final, workers, time.perf_counter() - start)
-        if cut is not None:
-            parts = [read_summary(job.files.summary) for job in jobs]
-            report.summary.update(
-                interrupted=cut, cancelled_requests=_sum(parts, "cancelled_requests")
-            )
+        report = self._gather(jobs, final, workers, time.perf_counter() - start, cut)
         write_json_atomic(files.summary, report.summary.summary())
         if cut is not None:
             stop.report = report
@@ -385,9 +374,10 @@ class _Run:
             return done, stop.signal
 
     def _gather(
-        self, jobs: list[BlockJob], state: LedgerState, workers: int, wall: float
+        self, jobs: list[BlockJob], state: LedgerState, workers: int, wall: float, cut: str | None
     ) -> RunReport:
-        """The run's records (written to the results file) and its summary."""
+        """The run's records (written to the results file) and its summary (stopped by the
+        signal ``cut``, if not None)."""
         rows: dict[str, dict[str, Any]] = {}
         for job in jobs:
             rows.update(latest_by_id(read_records(job.files.results)))
@@ -413,6 +403,8 @@ class _Run:
             blocks=len(jobs),
             workers=workers,
         )
+        if cut is not None:
+            summary.update(interrupted=cut, cancelled_requests=_sum(parts, "cancelled_requests"))
         return RunReport([QueryRecord.of(r) for r in final], summary)
 
 
