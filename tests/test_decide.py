@@ -35,8 +35,21 @@ def warmed(
     through ``taus``."""
     core = DecisionCore(PacedPricer(budget, P, **options), tick=0.25)  # type: ignore[arg-type]
     n = int(rate * seconds)
+    tick = -1
     for i in range(n):
-        core.arrive(T0 + i / rate, taus[i % len(taus)], cap)
+        now = T0 + i / rate
+        if int(now / 0.25) > tick:  # re-priced every tick, as the gateway does
+            tick = int(now / 0.25)
+            core.update(now, 0, 0)
+        core.arrive(now, taus[i % len(taus)], cap)
+    return core
+
+
+def unheld(core: DecisionCore) -> DecisionCore:
+    """``core`` without the hold between updates: the tests that send many requests at one
+    instant stand them for a stream at the current price and ration; the hold such a burst
+    meets is tested on its own (``test_a_burst_the_price_has_not_seen_...``)."""
+    setattr(core.pricer, "within_pace", lambda *args, **kw: True)  # noqa: B010
     return core
 
 
@@ -50,7 +63,7 @@ def admitted(
 def test_equal_requests_are_rationed_not_flipped_between_all_and_none() -> None:
     shares, prices = [], []
     for spent in range(0, 6_001, 500):  # less and less left: the ration falls smoothly
-        core = warmed()  # 10 requests/s of one curve at ~3x what the budget allows
+        core = unheld(warmed())  # 10 requests/s of one curve at ~3x what the budget allows
         core.update(T0 + 10.0, spent, 0)
         prices.append(core.price)
         shares.append(admitted(core, T0 + 10.0, (300.0,), 100) / 100)
@@ -59,7 +72,7 @@ def test_equal_requests_are_rationed_not_flipped_between_all_and_none() -> None:
     assert shares[0] - shares[-1] > 0.2
     assert max(prices) == pytest.approx(min(prices))  # the price sits on the step
     # The stride admits exactly the ration's share of the marginal requests, all alike.
-    core = warmed()
+    core = unheld(warmed())
     core.update(T0 + 10.0, 2_000, 0)
     r = core.pricer.ration
     offers = [core.arrive(T0 + 10.0, 300.0, 4096) for _ in range(500)]
@@ -121,7 +134,7 @@ def test_while_behind_pace_some_of_every_stretch_is_admitted(
     k = len(population)
     demand = float(np.mean([min(c, t + 200.0) for t, c in population]))
     budget = max(1, int(demand * rate * P / pressure))
-    core = DecisionCore(PacedPricer(budget, P), tick=0.25)
+    core = unheld(DecisionCore(PacedPricer(budget, P), tick=0.25))
     now = T0 + elapsed * P
     n = max(16, int(rate * P * elapsed))  # at ``rate``, up to now (from the last period, too)
     for i in range(n):
@@ -173,6 +186,74 @@ def test_a_burst_does_not_lock_out_the_rest_of_the_period() -> None:
     assert max(len(r) for r in refused_behind.split("1")) <= 3  # the fair share is 1 in 3
     assert max(len(r) for r in "".join("01"[g] for g in granted).split("1")) <= 6
     assert 0.25 < np.mean(granted) < 0.4
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    budget=st.integers(2_000, 200_000),
+    margin=st.sampled_from([0.0, 0.05, 0.2, 0.5, 1.0]),
+    elapsed=st.floats(0.0, 0.98),
+    lag=st.floats(0.0, 1.0),
+    quiet=st.booleans(),
+    burst=st.lists(st.tuples(st.floats(0.0, 0.24), st.floats(0.0, 2_000.0)), max_size=300),
+)
+def test_a_burst_the_price_has_not_seen_takes_at_most_the_margin(
+    budget: int,
+    margin: float,
+    elapsed: float,
+    lag: float,
+    quiet: bool,
+    burst: list[tuple[float, float]],
+) -> None:
+    """Between two updates (a tick), whatever arrives: the grants' expected spend plus what
+    was committed at the update stays under the pace line's ceiling, give or take one grant.
+    ``quiet``: no update yet (a fresh gateway: price 0, nothing known); else an update behind
+    the line that left the price at 0 (too few arrivals to price)."""
+    pricer = PacedPricer(budget, P, margin=margin)
+    core = DecisionCore(pricer, tick=0.25)
+    now = T0 + elapsed * P
+    committed = 0.0
+    if not quiet:
+        spent = int(budget * elapsed * (1.0 - lag))
+        core.update(now, spent, 0)
+        committed = pricer.committed
+    counted, largest = 0.0, 0.0
+    for dt, tau in sorted(burst):
+        offer = core.arrive(now + dt, tau, 4096)
+        assert offer.status in ("granted", "priced_out", "cap_too_small")
+        if offer.admitted:
+            counted += pricer.prior.usage * offer.allowance
+            largest = max(largest, pricer.prior.usage * offer.allowance)
+        ceiling = pricer.pace.ceiling(now + dt)
+        if int((now + dt) // P) == int(now // P):
+            assert committed + counted <= max(ceiling, committed) + largest + 1e-6
+
+
+def test_a_fresh_burst_is_paced_but_floors_are_not_and_the_unpaced_core_is_unchanged() -> None:
+    budget = 12_000  # 30 requests of 400 tokens at price 0
+    paced = DecisionCore(PacedPricer(budget, P), tick=0.25)
+    offers = [paced.arrive(T0 + 0.01 * i, 200.0, 4096) for i in range(40)]
+    granted = [o for o in offers if o.admitted]
+    ceiling = budget * (1 / 12 + 0.2)  # the line one horizon ahead plus the margin, at t = 0
+    assert 0 < sum(0.7 * o.allowance for o in granted) <= ceiling  # 0.7: the prior's usage
+    held = offers[-1]
+    assert held.status == "priced_out" and "ahead of this period's pace" in held.message
+    assert held.retry_after == 1  # the price moves at the next tick
+    assert paced.arrive(T0 + 0.5, 200.0, 4096, floor=300).status == "floor"  # guaranteed
+    # What the ledger (or the caller) refused, or held only in part, reserved nothing: uncounted.
+    for drop in ("ledger", "caller", "partial"):
+        core = DecisionCore(PacedPricer(budget, P), tick=0.25)
+        first = core.arrive(T0, 200.0, 4096)
+        if drop == "ledger":
+            core.refused_by_ledger(T0, first)
+        elif drop == "caller":
+            core.dropped(first)
+        else:
+            core.granted(first, 16)
+        again = [core.arrive(T0 + 0.01 * i, 200.0, 4096) for i in range(40)]
+        assert sum(o.admitted for o in again) == len(granted), drop  # 16 tokens fit too
+    unpaced = DecisionCore(OnlinePricer(budget, P), tick=0.25)
+    assert all(unpaced.arrive(T0 + 0.01 * i, 200.0, 4096).admitted for i in range(40))
 
 
 def test_budget_spent_is_exhausted_until_the_next_period() -> None:
@@ -258,7 +339,7 @@ def test_bad_requests_name_the_field() -> None:
 # -- tickets and replicas -----------------------------------------------------------------------
 def test_tickets_teach_once_and_count_toward_the_share() -> None:
     core = warmed()
-    offer = core.arrive(T0 + 10.0, 300.0, 4096)
+    offer = next(o for _ in range(20) if (o := core.arrive(T0 + 10.0, 300.0, 4096)).admitted)
     ticket = core.granted(offer, offer.allowance, period=int(T0 // P))
     seen = core.pricer.prior.observed
     core.settled(ticket, 120, "stop")

@@ -119,7 +119,8 @@ def test_stream_is_counted_and_usage_forwarded_only_when_asked(upstream) -> None
 
 def test_budget_runs_out_with_a_clean_429_and_never_overspends(upstream) -> None:  # type: ignore[no-untyped-def]
     url, _ = upstream
-    with Running([url], budget=1000, min_tokens=16, tick=3600) as g:  # price stays 0
+    # Price 0 (no update) and no pace line (margin 1): what refuses is the ledger.
+    with Running([url], budget=1000, min_tokens=16, tick=3600, pace_margin=1.0) as g:
         codes = []
         for _ in range(12):
             r = g.post(chat("LEN:300", max_tokens=300))
@@ -157,7 +158,9 @@ def test_priced_out_floor_class_and_fallback(upstream) -> None:  # type: ignore[
 def test_a_floor_share_serves_floor_classes_after_the_budget_is_spent(upstream) -> None:  # type: ignore[no-untyped-def]
     url, _ = upstream
     gold = {"x-shadowprice-class": "gold"}
-    with Running([url], budget=1000, floor_share=0.2, classes={"gold": 100}, tick=3600) as g:
+    with Running(
+        [url], budget=1000, floor_share=0.2, classes={"gold": 100}, tick=3600, pace_margin=1.0
+    ) as g:
         assert g.ledger.total == 800  # the rest is kept for floor requests
         got = [g.post(chat("LEN:300", max_tokens=300)) for _ in range(4)]
         assert [r.status_code for r in got] == [200, 200, 200, 429]

@@ -34,7 +34,10 @@ at least D(t + h) - committed (back on the line) and at most D(t + h) + margin B
 Behind the line the least is at least B h / P: the price falls until the budget's rate is
 offered to whoever arrives, so no stretch of traffic is refused while spending lags; more
 than a margin ahead, nothing is admitted until the line catches up (``Retry-After`` says
-when). A forecast that is wrong (a burst taken for the new rate, another replica's traffic
+when). Between two updates the core also counts each grant against that ceiling
+(:meth:`~.paced.PacedPricer.within_pace`), so a burst the price has not yet seen, at a fresh
+start or after a quiet spell that left the price at 0, cannot take more than the margin
+allows. A forecast that is wrong (a burst taken for the new rate, another replica's traffic
 not yet counted) is corrected by the line within a horizon; the ledger, not the price, keeps
 the budget, so a wrong price costs accuracy, never an overspend.
 
@@ -227,8 +230,15 @@ class DecisionCore:
         _check_request(tau_hat, cap, floor)
         self.pricer.observe(now, tau_hat, cap)
         q = self.pricer.quote(tau_hat, cap, floor)
+        ahead = False
         if q.status in ("granted", "floor"):
-            return Offer(q.status, q.allowance, q.least, q.price, q.tau, tau_hat)
+            if self.pricer.within_pace(now, q.allowance, force=q.status == "floor"):
+                return Offer(q.status, q.allowance, q.least, q.price, q.tau, tau_hat)
+            ahead = True  # worth its price, but the price has not yet seen this burst
+            if floor > 0:  # never priced out: its guaranteed floor, counted all the same
+                f = min(floor, cap)
+                self.pricer.within_pace(now, f, force=True)
+                return Offer("floor", f, f, q.price, q.tau, tau_hat)
         if q.status == "cap_too_small":
             x, _ = self.pricer.terms(q.price)
             return Offer(
@@ -248,8 +258,9 @@ class DecisionCore:
             return self.refusal(now, "budget_exhausted", _SPENT, q.tau, tau_hat)
         if self.fallback_tokens > 0:
             a = min(self.fallback_tokens, cap)
+            self.pricer.within_pace(now, a, force=True)
             return Offer("fallback", a, a, q.price, q.tau, tau_hat)
-        if self.pricer.paused_for > 0:
+        if ahead or self.pricer.paused_for > 0:
             why = "spending is ahead of this period's pace"
         elif q.rationed:
             why = (
@@ -304,6 +315,7 @@ class DecisionCore:
         """The answer to an admitted ``offer`` the ledger could not reserve (not even its
         ``least``): ``budget_exhausted``, with a short wait when open reservations are
         expected to give back at least that many tokens, else until the period ends."""
+        self.dropped(offer)
         if self._returning >= max(offer.least, 1):
             wait = max(1, math.ceil(_RETRY_TICKS * self.tick))
             return Offer(
@@ -317,6 +329,11 @@ class DecisionCore:
                 "the token budget of this period is held by requests still running; retry shortly",
             )
         return self.refusal(now, "budget_exhausted", _SPENT, offer.tau, offer.tau_hat)
+
+    def dropped(self, offer: Offer) -> None:
+        """Record that an admitted ``offer`` was refused by the caller for its own reasons (a
+        tenant's spent budget, an unreachable store): it reserved nothing."""
+        self.pricer.withdraw(offer.allowance)
 
     def granted(
         self, offer: Offer, allowance: int, *, held: int | None = None, period: int | None = None
@@ -336,6 +353,7 @@ class DecisionCore:
             in the shared budget (it is then not counted toward this replica's share).
         """
         held = allowance if held is None else held
+        self.pricer.withdraw(offer.allowance - allowance)  # a partial grant holds less
         if period is not None:
             self._count(period, opened=held)
         return Ticket(offer.tau_hat, int(allowance), int(held), period)

@@ -18,6 +18,12 @@ coming request may spend on average (:meth:`PaceLine.bounds`). Behind the line `
 least B h / P, so the least is never below the budget's rate over the arrival rate: the price
 can never refuse everyone while spending lags. Ahead of the line by more than the margin
 ``room`` is 0 and nothing is admitted until the line catches up (:meth:`PaceLine.resume_in`).
+
+The price moves only at updates, so between two of them the line's :meth:`PaceLine.ceiling`
+(the line one horizon ahead plus the margin) is also held grant by grant
+(:meth:`~shadowprice.online.paced.PacedPricer.within_pace`): a burst that arrives before the
+price has seen it, at a fresh start or after a quiet spell that left the price at 0, takes at
+most what the margin allows, not the whole period's budget.
 """
 
 from __future__ import annotations
@@ -76,6 +82,12 @@ class PaceLine:
         """Whether spending lags the pace line at ``now``."""
         return committed < self.line(now)
 
+    def ceiling(self, now: float) -> float:
+        """Tokens that may be committed by ``now``: the line one :meth:`span` ahead plus the
+        margin, at most the budget (what :meth:`bounds` keeps spending under)."""
+        ahead = self.elapsed(now) + self.span(now) / self.period
+        return self.budget * min(1.0, ahead + self.margin)
+
     def bounds(self, now: float, committed: float, arrivals: float) -> tuple[float, float]:
         """(least, most) tokens each of the ``arrivals`` expected over the horizon may spend.
 
@@ -98,7 +110,7 @@ class PaceLine:
             return 0.0, math.inf
         ahead = self.elapsed(now) + self.span(now) / self.period
         need = self.budget * min(1.0, ahead) - committed
-        room = self.budget * min(1.0, ahead + self.margin) - committed
+        room = self.ceiling(now) - committed
         return max(need, 0.0) / arrivals, max(room, 0.0) / arrivals
 
     def resume_in(self, now: float, committed: float) -> float:

@@ -1,7 +1,7 @@
 """The online price with pacing and rationing at the cut (no I/O).
 
 :class:`PacedPricer` decides like :class:`~shadowprice.online.pricer.OnlinePricer` (the same
-window of curves, spend model, arrival forecast and population prior) with three changes; the
+window of curves, spend model, arrival forecast and population prior) with four changes; the
 reasons and the arithmetic are in :mod:`shadowprice.online.decide`, the decision core that
 drives it:
 
@@ -15,6 +15,9 @@ drives it:
   rationed instead of flipping between everyone and no one;
 - a request whose ``max_tokens`` is below what its curve needs is priced on the curve truncated
   at that cap, and refused as ``cap_too_small`` when even that is not worth its cost.
+- between two updates, grants are counted against the pace line's ceiling
+  (:meth:`PacedPricer.within_pace`): the price has not yet seen a burst that arrives at a fresh
+  start or after a quiet spell, and would otherwise admit all of it.
 """
 
 from __future__ import annotations
@@ -97,6 +100,11 @@ class PacedPricer(OnlinePricer):
         self._win: tuple[FloatArray, ...] = (empty, empty, empty, empty)
         self._prepared = False
         self._credit = float(np.random.default_rng(seed).random())
+        #: Ledger period (index) of :attr:`committed`, the latest update's.
+        self._basis = -1
+        #: Expected spend of the grants counted since the latest update, and their period.
+        self._since, self._since_period = 0.0, -1
+        self._share = 1.0
 
     # -- decisions --------------------------------------------------------------------------
     def quote(self, tau_hat: float, cap: int, floor: int = 0) -> Quote:
@@ -118,6 +126,47 @@ class PacedPricer(OnlinePricer):
             return Quote(0, 0, lam, status, tau, rationed)
         least = min(b, max(self.min_tokens, math.ceil(tau + 0.5 * max(b - tau, 0.0))))
         return Quote(b, least, lam, "granted", tau)
+
+    def within_pace(self, now: float, allowance: int, *, force: bool = False) -> bool:
+        """Count a grant of ``allowance`` tokens at ``now`` against the pace line's ceiling.
+
+        The price moves only at updates; in between, the grants this replica counted since
+        the latest one (each expected to spend ``usage`` x its allowance, as :attr:`committed`
+        counts open reservations) may fill its share of the room under the pace line's
+        :meth:`~.pace.PaceLine.ceiling` left at that update, and no more: a burst the price
+        has not yet seen takes what the margin allows, not the period's budget. One grant is
+        always counted after an update while there is room, so that a request larger than the
+        room is paced rather than never served.
+
+        Parameters
+        ----------
+        now : float
+            Seconds since the epoch.
+        allowance : int
+            Tokens of the grant.
+        force : bool
+            Count it whatever the room (a guaranteed floor).
+
+        Returns
+        -------
+        bool
+            Whether the grant was counted (False: refuse it, spending is ahead of the pace).
+        """
+        index = int(now // self.period)
+        if index != self._since_period:
+            self._since_period, self._since = index, 0.0
+        committed = self.committed if index == self._basis else 0.0
+        room = self._share * (self.pace.ceiling(now) - committed)
+        expect = self.prior.usage * allowance
+        if not force and (room <= 0.0 or (self._since > 0.0 and self._since + expect > room)):
+            return False
+        self._since += expect
+        return True
+
+    def withdraw(self, allowance: int) -> None:
+        """Uncount ``allowance`` tokens of a grant :meth:`within_pace` counted that the ledger
+        did not reserve (a refusal, or the part of a partial grant it could not hold)."""
+        self._since = max(0.0, self._since - self.prior.usage * max(0, allowance))
 
     def _want(self, tau: float, cap: int, lam: float) -> tuple[float, QuoteStatus, bool]:
         """Tokens wanted at price ``lam`` (0 when refused), the refusal's status, and whether
@@ -205,6 +254,8 @@ class PacedPricer(OnlinePricer):
         self._scale = self.prior.threshold(1.0)
         self._prepared = False
         self.ration = 1.0
+        self._basis = self._since_period = int(now // self.period)
+        self._since, self._share = 0.0, min(max(share, 1e-3), 1.0)
         price = super().update(now, spent, reserved, share)
         if price >= self.shape.price_ceiling:
             self.ration = 0.0

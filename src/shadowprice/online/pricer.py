@@ -204,6 +204,16 @@ class OnlinePricer:
         least = min(b, max(self.min_tokens, math.ceil(tau + 0.5 * max(b - tau, 0.0))))
         return Quote(b, least, lam, "granted", tau)
 
+    def within_pace(self, now: float, allowance: int, *, force: bool = False) -> bool:
+        """Count a grant of ``allowance`` tokens at ``now`` against the pacing between price
+        updates; False when it must wait. Always True here: this pricer does not pace (see
+        :meth:`PacedPricer.within_pace <shadowprice.online.paced.PacedPricer.within_pace>`)."""
+        return True
+
+    def withdraw(self, allowance: int) -> None:
+        """Uncount ``allowance`` tokens of a grant :meth:`within_pace` counted that the ledger
+        did not reserve; nothing to do here."""
+
     # -- the price ----------------------------------------------------------------------------
     def terms(self, price: float) -> tuple[float, float]:
         """(x, T) at ``price``: tokens granted above the threshold and the largest threshold

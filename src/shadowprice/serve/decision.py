@@ -227,6 +227,7 @@ class Decider:
         if holds is None:  # the shared budget could not hold even the least
             return _refusal(self.core.refused_by_ledger(now, offer))
         if isinstance(holds, Refusal):
+            self.core.dropped(offer)
             return holds
         allowance = min(r.tokens for _, r in holds)
         shared = [(led, r) for led, r in holds if self._shared_pool(led)]
