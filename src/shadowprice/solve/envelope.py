@@ -52,7 +52,12 @@ def _choose_each(
     n = menu.n if rows is None else rows.size
     out = [np.empty(n, dtype=np.intp) for _ in prices]
     dtype = menu.values.dtype
-    shared = [(p * menu.costs).astype(dtype) for p in prices] if menu.costs.ndim == 1 else None
+    shared: list[NDArray[Any]] | None = None
+    if menu.costs.ndim == 1:
+        # A priced cost past the table's precision (float32 tables, costs past 3e38 / price)
+        # becomes inf: an option no price can pay for, which is what it is.
+        with np.errstate(over="ignore"):
+            shared = [(p * menu.costs).astype(dtype) for p in prices]
     # One score buffer for every chunk: fresh chunk-sized temporaries cost page faults.
     score = np.empty((min(n, CHUNK), menu.k), dtype=dtype)
     for start in range(0, n, CHUNK):
@@ -369,8 +374,9 @@ def _step_key(
     v_next: NDArray[np.floating], v_cur: NDArray[np.floating], step: NDArray[Any]
 ) -> NDArray[np.floating]:
     """Ranking key of next steps: minus their gain per token (NaN ranks last)."""
-    r = v_next - v_cur
-    r = r / np.maximum(step, 1)
+    with np.errstate(invalid="ignore"):  # inf - inf (unbounded values) ranks last, below
+        r = v_next - v_cur
+        r = r / np.maximum(step, 1)
     if not np.isfinite(r).all():  # one pass where nan_to_num makes several
         np.nan_to_num(r, copy=False, nan=-np.inf)
     return np.negative(r, out=r)
