@@ -365,12 +365,17 @@ class StreamMeter:
                 chunk = json.loads(payload)
             except (ValueError, RecursionError):
                 chunk = None
-            if not isinstance(chunk, dict) or "error" in chunk:
-                self.unreadable += 1
-                keep = False
-                continue
-            keep = self._chunk(chunk) and keep
+            keep = self.feed_chunk(chunk) and keep
         return keep
+
+    def feed_chunk(self, chunk: object) -> bool:
+        """Account for one chunk a client library has parsed already (an OpenAI chunk as a
+        dict); False when it is not to be passed on (an ``error`` chunk, anything but a dict:
+        both counted in :attr:`unreadable`, or a usage-only chunk with ``drop_usage``)."""
+        if not isinstance(chunk, dict) or "error" in chunk:
+            self.unreadable += 1
+            return False
+        return self._chunk(chunk)
 
     def _chunk(self, chunk: dict[str, Any]) -> bool:
         usage = chunk.get("usage")

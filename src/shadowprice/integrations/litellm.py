@@ -41,7 +41,6 @@ by LiteLLM's call id and its lifetime is managed here, not tied to a task):
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
@@ -657,7 +656,7 @@ def _feed(meter: StreamMeter, item: Any) -> None:
         if isinstance(got.get("text"), str):
             choice["text"] = got["text"]
         choices.append(choice)
-    meter.feed(b"data: " + json.dumps({"choices": choices}, default=str).encode() + b"\n\n")
+    meter.feed_chunk({"choices": choices})
 
 
 def _fields(obj: Any) -> Mapping[str, Any]:
@@ -682,8 +681,7 @@ def _stream_count(meter: StreamMeter, response: Any, allowance: int, complete: b
             usage = getattr(c, "usage", None)
             if usage is not None:
                 dump = getattr(usage, "model_dump", None)
-                report = {"choices": [], "usage": dump() if callable(dump) else usage}
-                meter.feed(b"data: " + json.dumps(report, default=str).encode() + b"\n\n")
+                meter.feed_chunk({"choices": [], "usage": dump() if callable(dump) else usage})
                 break
     if complete:
         meter.feed(b"data: [DONE]\n\n")
