@@ -46,7 +46,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..ledger import Ledger
-from ..providers import make_preset
 from ..usage import Count, StreamMeter, completion_problem, count_completion, error_charge
 from .budget import build_decider, every
 from .config import GatewayConfig, Tenant
@@ -108,13 +107,7 @@ class Gateway:
         self.pool = UpstreamPool(c.upstreams, c.balance, c.eject_after)
         self.thresholds = thresholds or load_threshold_source(c.predictor, c.route_tau)
         self.decider = build_decider(c, ledger=ledger)
-        self.preset = make_preset(
-            c.provider,
-            thinking_field=c.thinking_field,
-            effort_levels=c.effort_levels,
-            token_param=c.token_param,
-            reserve=c.reserve,
-        )
+        self.preset = c.preset()
         self.ledger = self.decider.ledger
         self.pricer = self.decider.core.pricer
         #: Ports of the separate metrics listener (set by whoever binds it).

@@ -8,8 +8,11 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from ..providers import Preset
 
 __all__ = ["GatewayConfig", "KeyTable", "Tenant", "load_keys"]
 
@@ -344,10 +347,15 @@ class GatewayConfig(BudgetShares):
             raise ConfigError("--token-param must be both, max_tokens or max_completion_tokens")
         if self.effort_levels is not None and not 0 < self.effort_levels[0] < self.effort_levels[1]:
             raise ConfigError("--effort-levels must be two increasing token counts LOW,MEDIUM")
+        self.preset()
+
+    def preset(self) -> Preset:
+        """The provider preset these settings name (how an allowance is written into a
+        request); ConfigError naming ``--provider`` when its options do not fit."""
         from ..providers import make_preset
 
         try:
-            make_preset(
+            return make_preset(
                 self.provider,
                 thinking_field=self.thinking_field,
                 effort_levels=self.effort_levels,
