@@ -102,17 +102,23 @@ class Book:
         """Budget per period, tokens."""
         return self._total
 
-    def _index(self) -> int:
-        return 0 if self.period is None else int(self._clock() // self.period)
+    def _index(self, now: float | None = None) -> int:
+        if self.period is None:
+            return 0
+        return int((self._clock() if now is None else now) // self.period)
 
-    def _tick(self) -> tuple[int, _Period]:
-        """Expire what has lapsed; the current period's index and books."""
+    def _tick(self) -> tuple[int, _Period, float | None]:
+        """Expire what has lapsed; the current period's index and books, and the time read
+        (None when nothing needed it: one period and no reservation with a TTL). The clock
+        is read once, so a reservation's period and expiry belong to the same instant."""
+        now = self._clock() if self._expiry or self.period is not None else None
         if self._expiry:
-            self._expire(self._clock())
+            assert now is not None
+            self._expire(now)
         if self.period is None:  # one period: no clock needed
-            return 0, self._periods[0]
-        index = self._index()
-        return index, self._book(index)
+            return 0, self._periods[0], now
+        index = self._index(now)
+        return index, self._book(index), now
 
     def _book(self, index: int) -> _Period:
         book = self._periods.get(index)
@@ -147,7 +153,7 @@ class Book:
         """See :meth:`shadowprice.ledger.Ledger.reserve`."""
         want, least = check_reservation(tokens, min_tokens, ttl)
         with self._lock:
-            index, book = self._tick()
+            index, book, now = self._tick()
             free = self._total - book.spent - book.reserved
             grant = min(want, free)
             if grant < least:
@@ -158,7 +164,7 @@ class Book:
                 tokens=grant,
                 period=index,
                 tag=tag,
-                expires_at=None if ttl is None else self._clock() + ttl,
+                expires_at=None if ttl is None else (self._clock() if now is None else now) + ttl,
             )
             self._open[res.id] = res
             if res.expires_at is not None:
@@ -216,7 +222,7 @@ class Book:
     def state(self) -> LedgerState:
         """See :meth:`shadowprice.ledger.Ledger.state`."""
         with self._lock:
-            index, book = self._tick()
+            index, book, _ = self._tick()
             return LedgerState(
                 self._total, book.spent, book.reserved, book.overrun, index, book.lapsed
             )
@@ -225,7 +231,7 @@ class Book:
         """Tokens neither spent nor reserved now (``state().available``, without building the
         state: a driver asks before every request)."""
         with self._lock:
-            _, book = self._tick()
+            _, book, _ = self._tick()
             return max(0, self._total - book.spent - book.reserved)
 
     def __repr__(self) -> str:
