@@ -440,6 +440,32 @@ def test_settings_from_the_environment_name_the_variable(caplog: pytest.LogCaptu
             PluginSettings.from_env(full)
 
 
+def test_the_variables_the_plugin_says_it_reads_are_those_it_reads(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The warning about unread ``SHADOWPRICE_*`` variables names the ones ``from_env`` asks
+    for: a variable added to one and not the other fails here."""
+
+    keys: set[str] = set()
+
+    class Recording(dict[str, str]):
+        def get(self, key: str, default: Any = None) -> Any:
+            keys.add(key)
+            return super().get(key, default)
+
+        def __getitem__(self, key: str) -> str:
+            keys.add(key)
+            return super().__getitem__(key)
+
+    env = Recording(SHADOWPRICE_BUDGET="10", SHADOWPRICE_PERIOD="60")
+    PluginSettings.from_env(env)
+    asked = {k.removeprefix("SHADOWPRICE_") for k in keys if k.startswith("SHADOWPRICE_")}
+    with caplog.at_level(logging.WARNING, "shadowprice.litellm"):
+        PluginSettings.from_env({**env, "SHADOWPRICE_X": "1"})
+    listed = caplog.text.split("it reads ", 1)[1].splitlines()[0].split(", ")
+    assert {n.removeprefix("SHADOWPRICE_") for n in listed} == asked
+
+
 def _plugin(budget: int = 1000, **kw: Any) -> ShadowpricePlugin:
     s = PluginSettings(
         budget=budget, period=PERIOD, predictor=None, route_tau=40, pace_margin=1.0, **kw
