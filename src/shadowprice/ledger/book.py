@@ -91,7 +91,7 @@ class Book:
         self._expiry: list[tuple[float, str]] = []
         self._settled: dict[str, int] = {}  # id -> period, for idempotent settling
         self._lapsed: dict[str, Reservation] = {}  # lapsed and charged, not yet settled
-        self._periods[self._index()] = _Period(spent=check_tokens("spent", spent))
+        self._periods[self._index(self._clock())] = _Period(spent=check_tokens("spent", spent))
         # Reservation ids: a random prefix per book and a counter (unique across the runs
         # that share a journal, and cheaper than a uuid per request).
         self._prefix = secrets.token_hex(8)
@@ -102,20 +102,16 @@ class Book:
         """Budget per period, tokens."""
         return self._total
 
-    def _index(self, now: float | None = None) -> int:
-        if self.period is None:
-            return 0
-        return int((self._clock() if now is None else now) // self.period)
+    def _index(self, now: float) -> int:
+        return 0 if self.period is None else int(now // self.period)
 
-    def _tick(self) -> tuple[int, _Period, float | None]:
+    def _tick(self) -> tuple[int, _Period, float]:
         """Expire what has lapsed; the current period's index and books, and the time read
-        (None when nothing needed it: one period and no reservation with a TTL). The clock
-        is read once, so a reservation's period and expiry belong to the same instant."""
-        now = self._clock() if self._expiry or self.period is not None else None
+        (once, so that a reservation's period and expiry belong to the same instant)."""
+        now = self._clock()
         if self._expiry:
-            assert now is not None
             self._expire(now)
-        if self.period is None:  # one period: no clock needed
+        if self.period is None:  # one period
             return 0, self._periods[0], now
         index = self._index(now)
         return index, self._book(index), now
@@ -164,7 +160,7 @@ class Book:
                 tokens=grant,
                 period=index,
                 tag=tag,
-                expires_at=None if ttl is None else (self._clock() if now is None else now) + ttl,
+                expires_at=None if ttl is None else now + ttl,
             )
             self._open[res.id] = res
             if res.expires_at is not None:
